@@ -1,0 +1,106 @@
+/**
+ * A cpu job: what the main thread sends to each worker (or runs inline). Sizes travel as plain numbers,
+ * arrays as (Shared)ArrayBuffers; `views` turns them back into typed arrays on either side.
+ */
+import type { Problem } from '../problem.js';
+import { strides } from '../tensor.js';
+
+export type Kernel = 'flashForward' | 'flashBackward' | 'standardForward' | 'standardBackward';
+
+/** Everything a kernel needs to know about the sizes, with the layout resolved into strides. */
+export interface CpuShape {
+  B: number;
+  H: number;
+  Hkv: number;
+  Nq: number;
+  Nk: number;
+  D: number;
+  causal: boolean;
+  scale: number;
+  /** q / out / dout: element (b, n, h, d) at b*qBatch + n*qRow + h*qHead + d; likewise for k / v. */
+  qBatch: number;
+  qRow: number;
+  qHead: number;
+  kvBatch: number;
+  kvRow: number;
+  kvHead: number;
+  /** Query rows and key rows per tile. */
+  Br: number;
+  Bc: number;
+  /** Key blocks of one (b, hkv) split over this many backward tasks (each with its own dQ partial). */
+  chunks: number;
+  /** The standard algorithm stores S and P in f16 (as 16-bit storage) when the inputs are f16. */
+  f16Scores: boolean;
+}
+
+export interface Job {
+  kernel: Kernel;
+  shape: CpuShape;
+  tasks: number;
+  /** Named arrays: f32 unless the name ends in '.f64' or '.f16' (see views). */
+  buffers: Record<string, ArrayBufferLike>;
+  /** One scratch buffer (f64) per worker; the inline path uses the first. */
+  scratch: ArrayBufferLike[];
+}
+
+/**
+ * Tile sizes for head dim D: a Br×D query tile, a Bc×D key tile and the Br×Bc score tile (f64) stay
+ * within a core's L2 cache (about 100 KiB in all at the sizes below).
+ */
+export function tileSizes(D: number): { Br: number; Bc: number } {
+  const t = Math.max(16, Math.min(128, 2 ** Math.floor(Math.log2(8192 / D))));
+  return { Br: t, Bc: t };
+}
+
+export function cpuShape(p: Problem, threads: number, f16Scores = false): CpuShape {
+  const sq = strides({ B: p.B, N: p.Nq, H: p.H, D: p.D }, p.layout);
+  const sk = strides({ B: p.B, N: p.Nk, H: p.Hkv, D: p.D }, p.layout);
+  const { Br, Bc } = tileSizes(p.D);
+  // Enough backward tasks to keep every thread busy, never more chunks than key blocks.
+  const chunks = Math.max(1, Math.min(Math.ceil(p.Nk / Bc), Math.ceil((2 * threads) / (p.B * p.Hkv))));
+  return {
+    B: p.B,
+    H: p.H,
+    Hkv: p.Hkv,
+    Nq: p.Nq,
+    Nk: p.Nk,
+    D: p.D,
+    causal: p.causal,
+    scale: p.scale,
+    qBatch: sq.batch,
+    qRow: sq.row,
+    qHead: sq.head,
+    kvBatch: sk.batch,
+    kvRow: sk.row,
+    kvHead: sk.head,
+    Br,
+    Bc,
+    chunks: threads > 1 ? chunks : 1,
+    f16Scores,
+  };
+}
+
+/** Typed views of a job's buffers, by name without the type: 'dqPartial.f64' is the Float64Array dqPartial. */
+export function views(job: Job): Record<string, Float32Array | Float64Array | Uint16Array> {
+  const out: Record<string, Float32Array | Float64Array | Uint16Array> = {};
+  for (const [name, buf] of Object.entries(job.buffers)) {
+    const [key, type] = name.split('.');
+    out[key] = type === 'f64' ? new Float64Array(buf) : type === 'f16' ? new Uint16Array(buf) : new Float32Array(buf);
+  }
+  return out;
+}
+
+/** f64 elements of scratch each worker needs for a kernel. */
+export function scratchLength(kernel: Kernel, s: CpuShape): number {
+  const { Br, Bc, D, H, Hkv, Nq } = s;
+  switch (kernel) {
+    case 'flashForward':
+      return 2 * Br * D + Br * Bc + 2 * Br; // Q_i, O_i, S, m, l
+    case 'flashBackward':
+      return 2 * Bc * D + 2 * Br * Bc + (H / Hkv) * Nq; // dK_j, dV_j, P, dS, D for each head of the group
+    case 'standardForward':
+      return 0;
+    case 'standardBackward':
+      return Nq + 2 * s.Nk * D; // D = rowsum(dO ∘ O), dK and dV of the key/value head
+  }
+}

@@ -1,0 +1,16 @@
+/** flashattn: exact attention that never materialises the Nq×Nk score matrix. */
+export { backward, forward, type BackwardResult, type ForwardResult, type ResolvedBackend } from './api.js';
+export {
+  BackendUnavailableError,
+  DTypeError,
+  FlashAttnError,
+  NotSupportedError,
+  OutOfMemoryError,
+  ShapeError,
+  ValueError,
+} from './errors.js';
+export { decodeF16, encodeF16, f16ToNumber, numberToF16, roundToF16 } from './f16.js';
+export { attentionFlops } from './flops.js';
+export { MemoryTracker, memory } from './memory.js';
+export type { Algorithm, AttentionOptions, Backend } from './options.js';
+export { tensor, type DType, type Layout, type Tensor, type TensorData } from './tensor.js';
