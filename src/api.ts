@@ -33,7 +33,7 @@ function resolveBackend(p: Problem): ResolvedBackend {
     case 'auto':
       return p.dtype === 'f64' ? 'reference' : 'cpu';
     case 'webgpu':
-      throw new NotSupportedError('options.backend', 'the webgpu backend', "'webgpu'");
+      throw new NotSupportedError('options.backend', 'the webgpu backend', "'auto', 'cpu' or 'reference'", "'webgpu'");
     case 'cpu':
       if (p.dtype === 'f64') throw new DTypeError('q.dtype', "'f32' or 'f16' on the cpu backend (f64 runs on 'reference')", "'f64'");
       return 'cpu';

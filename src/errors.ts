@@ -29,8 +29,8 @@ export class ValueError extends FlashAttnError {}
 
 /** A valid request for a feature this version or this backend does not implement yet. */
 export class NotSupportedError extends FlashAttnError {
-  constructor(argument: string, feature: string, received: string) {
-    super(argument, `an option this backend supports`, received, `${argument}: ${feature} is not supported yet (got ${received})`);
+  constructor(argument: string, feature: string, expected: string, received: string) {
+    super(argument, expected, received, `${argument}: ${feature} is not supported yet; expected ${expected}, got ${received}`);
   }
 }
 

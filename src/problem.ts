@@ -79,7 +79,7 @@ function checkOptions(options: unknown, D: number) {
       throw new ValueError(`options.${key}`, `one of the known options (${[...KNOWN_OPTIONS].join(', ')})`, `an unknown option`);
     }
     if (key in UNSUPPORTED_OPTIONS && o[key] !== undefined) {
-      throw new NotSupportedError(`options.${key}`, UNSUPPORTED_OPTIONS[key], describe(o[key]));
+      throw new NotSupportedError(`options.${key}`, UNSUPPORTED_OPTIONS[key], 'undefined', describe(o[key]));
     }
   }
   if (o.causal !== undefined && typeof o.causal !== 'boolean') {

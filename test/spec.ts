@@ -1,0 +1,137 @@
+/**
+ * The one correctness spec every backend runs (PRODUCT.md, "Correctness rules"): forward and backward
+ * against the float64 oracle over the shape grid, under the error rule of util.ts. The oracle and the
+ * standard-attention yardstick are computed once per case and shared by every backend and layout.
+ */
+import { describe, test } from 'node:test';
+import { backward, forward, type AttentionOptions, type DType, type Layout, type Tensor } from '../src/index.js';
+import { checkForward } from '../src/problem.js';
+import { standardBackward, standardForward } from '../src/reference/index.js';
+import { toF64 } from '../src/tensor.js';
+import { assertWithinRule, inputs, maxError, type Case } from './util.js';
+
+export const GRID_SHAPES: readonly [number, number][] = [
+  [1, 1],
+  [113, 203],
+  [128, 217],
+  [113, 211],
+  [108, 256],
+  [256, 512],
+  [512, 256],
+  [1023, 1024],
+  [1024, 1023],
+];
+export const GRID_D: readonly number[] = [1, 8, 40, 59, 64, 111, 128, 256];
+
+interface Results {
+  out: Float64Array;
+  lse: Float64Array;
+  dq: Float64Array;
+  dk: Float64Array;
+  dv: Float64Array;
+}
+
+/** Back to BNHD as f64, so results of either layout compare with the oracle. */
+function bnhd(t: Tensor, layout: Layout): Float64Array {
+  if (layout === 'BNHD') return toF64(t);
+  const [B, H, N, D] = t.shape;
+  const src = toF64(t);
+  const out = new Float64Array(src.length);
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < H; h++)
+      for (let n = 0; n < N; n++)
+        for (let d = 0; d < D; d++) out[((b * N + n) * H + h) * D + d] = src[((b * H + h) * N + n) * D + d];
+  return out;
+}
+
+const cache = new Map<string, { oracle: Results; standard: Results }>();
+
+/** The float64 oracle and the cpu standard-attention yardstick for one case (BNHD inputs). */
+async function yardsticks(c: Case, dtype: DType, causal: boolean) {
+  const key = JSON.stringify([c, dtype, causal]);
+  const hit = cache.get(key);
+  if (hit) return hit;
+  const { q, k, v, dout } = inputs(c, dtype, 'BNHD');
+  const p = checkForward(q, k, v, { causal });
+  const [Q, K, V, dO] = [toF64(q), toF64(k), toF64(v), toF64(dout)];
+  const fo = standardForward(p, Q, K, V);
+  const bo = standardBackward(p, dO, Q, K, V);
+  const standard = await run(c, dtype, 'BNHD', causal, { backend: 'cpu', algorithm: 'standard' });
+  const entry = { oracle: { ...fo, ...bo }, standard };
+  cache.clear(); // one case at a time: keeps the memory of large cases bounded
+  cache.set(key, entry);
+  return entry;
+}
+
+async function run(c: Case, dtype: DType, layout: Layout, causal: boolean, how: { backend: 'cpu' | 'reference'; algorithm: 'flash' | 'standard' }): Promise<Results> {
+  const { q, k, v, dout } = inputs(c, dtype, layout);
+  const options = { causal, layout, ...how };
+  const f = await forward(q, k, v, options);
+  const g = await backward(dout, q, k, v, f.out, f.lse, options);
+  return { out: bnhd(f.out, layout), lse: toF64(f.lse), dq: bnhd(g.dq, layout), dk: bnhd(g.dk, layout), dv: bnhd(g.dv, layout) };
+}
+
+/** Forward and backward of `backend` (flash) on one case, checked against the oracle by the error rule. */
+export async function checkCase(backend: 'cpu', c: Case, dtype: DType, layout: Layout, causal: boolean): Promise<void> {
+  const { oracle, standard } = await yardsticks(c, dtype, causal);
+  const got = await run(c, dtype, layout, causal, { backend, algorithm: 'flash' });
+  const label = `${backend} ${dtype} ${layout} causal=${causal} Nq=${c.Nq} Nk=${c.Nk} D=${c.D}`;
+  assertWithinRule(`${label} out`, maxError(got.out, oracle.out), maxError(standard.out, oracle.out), 2);
+  assertWithinRule(`${label} lse`, maxError(got.lse, oracle.lse), maxError(standard.lse, oracle.lse), 2);
+  for (const g of ['dq', 'dk', 'dv'] as const) {
+    assertWithinRule(`${label} ${g}`, maxError(got[g], oracle[g]), maxError(standard[g], oracle[g]), 3);
+  }
+}
+
+
+
+/** The backends the spec runs on (webgpu joins when an adapter is present). */
+export const BACKENDS: readonly 'cpu'[] = ['cpu'];
+
+/**
+ * One test per (Nq, Nk, D) of the grid, B = 2, H = 3, for one dtype and causal setting; inside it every
+ * backend in both layouts. Largest cases first, so the slowest file does not start last.
+ */
+export function registerGrid(dtype: DType, causal: boolean): void {
+  const cases = GRID_SHAPES.flatMap(([Nq, Nk]) => GRID_D.map((D) => ({ B: 2, H: 3, Hkv: 3, Nq, Nk, D })));
+  cases.sort((a, b) => b.Nq * b.Nk * b.D - a.Nq * a.Nk * a.D);
+  describe(`grid ${dtype} causal=${causal}`, () => {
+    for (const c of cases) {
+      test(`Nq=${c.Nq} Nk=${c.Nk} D=${c.D}`, async () => {
+        for (const backend of BACKENDS) {
+          for (const layout of ['BNHD', 'BHND'] as const) await checkCase(backend, c, dtype, layout, causal);
+        }
+      });
+    }
+  });
+}
+
+export interface Inputs {
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  dout: Tensor;
+}
+
+/**
+ * Forward and backward of `how` on given inputs (BNHD), checked against the oracle by the error rule with
+ * the cpu standard attention of the same dtype as yardstick. Returns the results for further checks.
+ */
+export async function checkInputs(label: string, t: Inputs, options: AttentionOptions, how: { backend: 'cpu' | 'reference' }) {
+  const p = checkForward(t.q, t.k, t.v, options);
+  const [Q, K, V, dO] = [toF64(t.q), toF64(t.k), toF64(t.v), toF64(t.dout)];
+  const oracle = { ...standardForward(p, Q, K, V), ...standardBackward(p, dO, Q, K, V) };
+  const results = async (algorithm: 'flash' | 'standard', backend: 'cpu' | 'reference') => {
+    const f = await forward(t.q, t.k, t.v, { ...options, backend, algorithm });
+    const g = await backward(t.dout, t.q, t.k, t.v, f.out, f.lse, { ...options, backend, algorithm });
+    return { out: f.out, lse: f.lse, dq: g.dq, dk: g.dk, dv: g.dv };
+  };
+  const standard = await results('standard', 'cpu');
+  const got = await results('flash', how.backend);
+  assertWithinRule(`${label} out`, maxError(got.out, oracle.out), maxError(standard.out, oracle.out), 2);
+  assertWithinRule(`${label} lse`, maxError(got.lse, oracle.lse), maxError(standard.lse, oracle.lse), 2);
+  for (const g of ['dq', 'dk', 'dv'] as const) {
+    assertWithinRule(`${label} ${g}`, maxError(got[g], oracle[g]), maxError(standard[g], oracle[g]), 3);
+  }
+  return got;
+}
