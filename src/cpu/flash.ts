@@ -4,14 +4,16 @@
  *
  * forwardTask: one task owns query block Q_i of one head (Br rows). K_j and V_j (Bc rows) stream past;
  *   S = Q_i K_jᵀ (Br×Bc) lives in scratch with the running max m, running sum l and the unnormalised O_i;
- *   O_i and L_i are written once. Causal: key blocks above the diagonal are never visited, and only
- *   blocks that cross it are masked element by element.
+ *   O_i and L_i are written once. Causal: key blocks above the diagonal are never visited, and in blocks
+ *   that cross it each row only touches the keys it sees.
  * backwardTask: one task owns a run of key blocks K_j, V_j of one key/value head (every query head of its
  *   group). For each K_j it streams the query blocks, recomputes P = exp(S − L) and accumulates dK_j and
  *   dV_j in scratch (written once), and dQ into the task's own f64 partial, summed over tasks afterwards
  *   in a fixed order: no atomics, the result is deterministic.
- * Scratch per thread: (2·Br·D + Br·Bc + 2·Br) f64 forward, (2·Bc·D + 2·Br·Bc + G·Nq) f64 backward.
- * Nothing of size Nq×Nk is ever allocated.
+ * Every tile is copied once into packed f64 scratch, so the inner loops read contiguous doubles; the
+ * matrix products below are register-blocked (each load feeds two to four multiply-adds).
+ * Scratch per thread: (2·Br·D + 2·Bc·D + Br·Bc + 3·Br) f64 forward,
+ * (2·Br·D + 4·Bc·D + 2·Br·Bc + Br + G·Nq) f64 backward. Nothing of size Nq×Nk is ever allocated.
  */
 import type { CpuShape } from './job.js';
 
@@ -54,6 +56,179 @@ function keyBlocks(s: CpuShape, r0: number, rows: number): number {
   return Math.max(0, Math.min(Tc, Math.floor(lastKey / s.Bc) + 1));
 }
 
+/** Copy `rows` rows of D elements from `src` (row stride `stride`) into packed `dst`, times `f`. */
+function load(dst: Float64Array, src: Float32Array, o: number, stride: number, rows: number, D: number, f: number): void {
+  for (let r = 0; r < rows; r++) {
+    const so = o + r * stride;
+    const dO = r * D;
+    for (let x = 0; x < D; x++) dst[dO + x] = src[so + x] * f;
+  }
+}
+
+/** C[r·ldc + c] = A_r · B_c (packed rows of D) for r < rows, c < cols; 4 rows × 2 columns at a time. */
+function abT(A: Float64Array, B: Float64Array, C: Float64Array, rows: number, cols: number, D: number, ldc: number): void {
+  let r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const a0 = r * D;
+    const a1 = a0 + D;
+    const a2 = a1 + D;
+    const a3 = a2 + D;
+    const o = r * ldc;
+    let c = 0;
+    for (; c + 2 <= cols; c += 2) {
+      const b0 = c * D;
+      const b1 = b0 + D;
+      let s00 = 0, s01 = 0, s10 = 0, s11 = 0, s20 = 0, s21 = 0, s30 = 0, s31 = 0;
+      for (let x = 0; x < D; x++) {
+        const k0 = B[b0 + x];
+        const k1 = B[b1 + x];
+        const q0 = A[a0 + x];
+        const q1 = A[a1 + x];
+        const q2 = A[a2 + x];
+        const q3 = A[a3 + x];
+        s00 += q0 * k0;
+        s01 += q0 * k1;
+        s10 += q1 * k0;
+        s11 += q1 * k1;
+        s20 += q2 * k0;
+        s21 += q2 * k1;
+        s30 += q3 * k0;
+        s31 += q3 * k1;
+      }
+      C[o + c] = s00;
+      C[o + c + 1] = s01;
+      C[o + ldc + c] = s10;
+      C[o + ldc + c + 1] = s11;
+      C[o + 2 * ldc + c] = s20;
+      C[o + 2 * ldc + c + 1] = s21;
+      C[o + 3 * ldc + c] = s30;
+      C[o + 3 * ldc + c + 1] = s31;
+    }
+    if (c < cols) {
+      const b0 = c * D;
+      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (let x = 0; x < D; x++) {
+        const k0 = B[b0 + x];
+        s0 += A[a0 + x] * k0;
+        s1 += A[a1 + x] * k0;
+        s2 += A[a2 + x] * k0;
+        s3 += A[a3 + x] * k0;
+      }
+      C[o + c] = s0;
+      C[o + ldc + c] = s1;
+      C[o + 2 * ldc + c] = s2;
+      C[o + 3 * ldc + c] = s3;
+    }
+  }
+  for (; r < rows; r++) {
+    const a0 = r * D;
+    for (let c = 0; c < cols; c++) {
+      const b0 = c * D;
+      let s0 = 0;
+      for (let x = 0; x < D; x++) s0 += A[a0 + x] * B[b0 + x];
+      C[r * ldc + c] = s0;
+    }
+  }
+}
+
+/**
+ * C[co + r·D ..] += Σ_{c < n[r]} A[r·lda + c] · B_c (packed rows of D): row r only meets the n[r] keys
+ * it sees. Two rows × four columns at a time while both rows see them, then one row and one column.
+ */
+function addAB(C: Float64Array, co: number, A: Float64Array, lda: number, B: Float64Array, rows: number, n: Float64Array, D: number): void {
+  let r = 0;
+  let c = 0;
+  for (; r + 2 <= rows; r += 2) {
+    const both = Math.min(n[r], n[r + 1]);
+    const a0 = r * lda;
+    const a1 = a0 + lda;
+    const o0 = co + r * D;
+    const o1 = o0 + D;
+    for (c = 0; c + 4 <= both; c += 4) {
+      const p00 = A[a0 + c], p01 = A[a0 + c + 1], p02 = A[a0 + c + 2], p03 = A[a0 + c + 3];
+      const p10 = A[a1 + c], p11 = A[a1 + c + 1], p12 = A[a1 + c + 2], p13 = A[a1 + c + 3];
+      const b0 = c * D;
+      const b1 = b0 + D;
+      const b2 = b1 + D;
+      const b3 = b2 + D;
+      for (let x = 0; x < D; x++) {
+        const v0 = B[b0 + x];
+        const v1 = B[b1 + x];
+        const v2 = B[b2 + x];
+        const v3 = B[b3 + x];
+        C[o0 + x] += p00 * v0 + p01 * v1 + p02 * v2 + p03 * v3;
+        C[o1 + x] += p10 * v0 + p11 * v1 + p12 * v2 + p13 * v3;
+      }
+    }
+    addRow(C, o0, A, a0, B, c, n[r], D);
+    addRow(C, o1, A, a1, B, c, n[r + 1], D);
+  }
+  if (r < rows) addRow(C, co + r * D, A, r * lda, B, 0, n[r], D);
+}
+
+/** C[o ..] += Σ_{c0 <= c < c1} A[a + c] · B_c, four columns at a time. */
+function addRow(C: Float64Array, o: number, A: Float64Array, a: number, B: Float64Array, c0: number, c1: number, D: number): void {
+  let c = c0;
+  for (; c + 4 <= c1; c += 4) {
+    const p0 = A[a + c], p1 = A[a + c + 1], p2 = A[a + c + 2], p3 = A[a + c + 3];
+    const b0 = c * D;
+    const b1 = b0 + D;
+    const b2 = b1 + D;
+    const b3 = b2 + D;
+    for (let x = 0; x < D; x++) C[o + x] += p0 * B[b0 + x] + p1 * B[b1 + x] + p2 * B[b2 + x] + p3 * B[b3 + x];
+  }
+  for (; c < c1; c++) {
+    const p0 = A[a + c];
+    const b0 = c * D;
+    for (let x = 0; x < D; x++) C[o + x] += p0 * B[b0 + x];
+  }
+}
+
+/**
+ * C_c += Σ_{r : c < n[r]} A[r·lda + c] · B_r (packed rows of D), the transposed product: only the
+ * (r, c) that row r sees contribute. Four rows × two columns at a time where all four rows see both.
+ */
+function addAtB(C: Float64Array, A: Float64Array, lda: number, B: Float64Array, rows: number, n: Float64Array, D: number): void {
+  let r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const all = Math.min(n[r], n[r + 1], n[r + 2], n[r + 3]);
+    const a0 = r * lda;
+    const a1 = a0 + lda;
+    const a2 = a1 + lda;
+    const a3 = a2 + lda;
+    const b0 = r * D;
+    const b1 = b0 + D;
+    const b2 = b1 + D;
+    const b3 = b2 + D;
+    let c = 0;
+    for (; c + 2 <= all; c += 2) {
+      const p00 = A[a0 + c], p10 = A[a1 + c], p20 = A[a2 + c], p30 = A[a3 + c];
+      const p01 = A[a0 + c + 1], p11 = A[a1 + c + 1], p21 = A[a2 + c + 1], p31 = A[a3 + c + 1];
+      const o0 = c * D;
+      const o1 = o0 + D;
+      for (let x = 0; x < D; x++) {
+        const d0 = B[b0 + x];
+        const d1 = B[b1 + x];
+        const d2 = B[b2 + x];
+        const d3 = B[b3 + x];
+        C[o0 + x] += p00 * d0 + p10 * d1 + p20 * d2 + p30 * d3;
+        C[o1 + x] += p01 * d0 + p11 * d1 + p21 * d2 + p31 * d3;
+      }
+    }
+    for (let i = 0; i < 4; i++) addCol(C, A, a0 + i * lda, B, b0 + i * D, c, n[r + i], D);
+  }
+  for (; r < rows; r++) addCol(C, A, r * lda, B, r * D, 0, n[r], D);
+}
+
+/** C_c += A[a + c] · B[b ..] for c0 <= c < c1: one row's remaining keys. */
+function addCol(C: Float64Array, A: Float64Array, a: number, B: Float64Array, b: number, c0: number, c1: number, D: number): void {
+  for (let c = c0; c < c1; c++) {
+    const p = A[a + c];
+    const o = c * D;
+    for (let x = 0; x < D; x++) C[o + x] += p * B[b + x];
+  }
+}
+
 export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: Float64Array): void {
   const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow } = s;
   const { q, k, v, out, lse } = a;
@@ -69,17 +244,19 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
   const rows = Math.min(Br, Nq - r0);
   const offset = Nk - Nq; // causal: row r sees keys c <= r + offset
 
-  const Qi = scratch.subarray(0, Br * D);
-  const Oi = scratch.subarray(Br * D, 2 * Br * D);
-  const S = scratch.subarray(2 * Br * D, 2 * Br * D + Br * Bc);
-  const m = scratch.subarray(2 * Br * D + Br * Bc, 2 * Br * D + Br * Bc + Br);
-  const l = scratch.subarray(2 * Br * D + Br * Bc + Br, 2 * Br * D + Br * Bc + 2 * Br);
+  let at = 0;
+  const take = (n: number) => scratch.subarray(at, (at += n));
+  const Qi = take(Br * D);
+  const Oi = take(Br * D);
+  const Kj = take(Bc * D);
+  const Vj = take(Bc * D);
+  const S = take(Br * Bc);
+  const m = take(Br);
+  const l = take(Br);
+  const seen = take(Br); // keys of the current block each row sees (0: none)
 
   // Alg. 1 lines 4-5: load Q_i with the softmax scale folded in; O_i = 0, l = 0, m = −∞.
-  for (let r = 0; r < rows; r++) {
-    const src = qo + (r0 + r) * qRow;
-    for (let x = 0; x < D; x++) Qi[r * D + x] = q[src + x] * scale;
-  }
+  load(Qi, q, qo + r0 * qRow, qRow, rows, D, scale);
   Oi.fill(0, 0, rows * D);
   l.fill(0, 0, rows);
   m.fill(-Infinity, 0, rows);
@@ -88,69 +265,36 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
   for (let j = 0; j < jEnd; j++) {
     const c0 = j * Bc;
     const cols = Math.min(Bc, Nk - c0);
-    // Only a block that crosses the diagonal needs the mask: its last key is beyond its first row's reach.
-    const masked = causal && c0 + cols - 1 > r0 + offset;
-
-    // Alg. 1 line 8: S = Q_i K_jᵀ, two key rows at a time to halve the loads of Q_i.
-    for (let c = 0; c < cols; c += 2) {
-      const k0 = ko + (c0 + c) * kvRow;
-      const k1 = c + 1 < cols ? k0 + kvRow : k0;
-      for (let r = 0; r < rows; r++) {
-        const qr = r * D;
-        let s0 = 0;
-        let s1 = 0;
-        for (let x = 0; x < D; x++) {
-          const qx = Qi[qr + x];
-          s0 += qx * k[k0 + x];
-          s1 += qx * k[k1 + x];
-        }
-        S[r * Bc + c] = s0;
-        if (c + 1 < cols) S[r * Bc + c + 1] = s1;
-      }
-    }
-    if (masked) {
-      for (let r = 0; r < rows; r++) {
-        for (let c = Math.max(0, r0 + r + offset + 1 - c0); c < cols; c++) S[r * Bc + c] = -Infinity;
-      }
-    }
+    // Alg. 1 lines 7-8: load K_j, V_j; S = Q_i K_jᵀ.
+    load(Kj, k, ko + c0 * kvRow, kvRow, cols, D, 1);
+    load(Vj, v, ko + c0 * kvRow, kvRow, cols, D, 1);
+    abT(Qi, Kj, S, rows, cols, D, Bc);
 
     for (let r = 0; r < rows; r++) {
+      // Causal: a block that crosses the diagonal is cut per row (keys past a row's reach stay unread).
+      const n = causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
       // Alg. 1 line 9: new running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
       const mOld = m[r];
       let mNew = mOld;
       const sr = r * Bc;
-      for (let c = 0; c < cols; c++) {
-        const x = S[sr + c];
-        if (x !== x) mNew = NaN; // a NaN logit makes its row NaN, and only its row
-        else if (x > mNew) mNew = x;
+      for (let c = 0; c < n; c++) mNew = Math.max(mNew, S[sr + c]); // Math.max keeps a NaN: it poisons only its row
+      if (mNew === -Infinity) {
+        seen[r] = 0; // nothing visible yet in this row: P̃ = 0, nothing changes
+        continue;
       }
-      if (mNew === -Infinity) continue; // nothing visible yet in this row: P̃ = 0, nothing changes
+      seen[r] = n;
       const alpha = Math.exp(mOld - mNew);
       let rowsum = 0;
-      for (let c = 0; c < cols; c++) rowsum += S[sr + c] = Math.exp(S[sr + c] - mNew);
+      for (let c = 0; c < n; c++) rowsum += S[sr + c] = Math.exp(S[sr + c] - mNew);
       l[r] = alpha * l[r] + rowsum;
       m[r] = mNew;
-      // Alg. 1 line 10: O_i = diag(e^(m_old − m)) O_i + P̃ V_j, four key rows at a time.
-      const or = r * D;
-      if (alpha !== 1) for (let x = 0; x < D; x++) Oi[or + x] *= alpha;
-      let c = 0;
-      for (; c + 4 <= cols; c += 4) {
-        const p0 = S[sr + c];
-        const p1 = S[sr + c + 1];
-        const p2 = S[sr + c + 2];
-        const p3 = S[sr + c + 3];
-        const v0 = ko + (c0 + c) * kvRow;
-        const v1 = v0 + kvRow;
-        const v2 = v1 + kvRow;
-        const v3 = v2 + kvRow;
-        for (let x = 0; x < D; x++) Oi[or + x] += p0 * v[v0 + x] + p1 * v[v1 + x] + p2 * v[v2 + x] + p3 * v[v3 + x];
-      }
-      for (; c < cols; c++) {
-        const p0 = S[sr + c];
-        const v0 = ko + (c0 + c) * kvRow;
-        for (let x = 0; x < D; x++) Oi[or + x] += p0 * v[v0 + x];
+      if (alpha !== 1) {
+        const or = r * D;
+        for (let x = 0; x < D; x++) Oi[or + x] *= alpha;
       }
     }
+    // Alg. 1 line 10: O_i = diag(e^(m_old − m)) O_i (above) + P̃ V_j.
+    addAB(Oi, 0, S, Bc, Vj, rows, seen, D);
   }
 
   // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l (a row that saw no key: O = 0, L = −∞).
@@ -177,11 +321,18 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
   const jStart = Math.floor((chunk * Tc) / chunks);
   const jEnd = Math.floor(((chunk + 1) * Tc) / chunks);
 
-  const dKj = scratch.subarray(0, Bc * D);
-  const dVj = scratch.subarray(Bc * D, 2 * Bc * D);
-  const P = scratch.subarray(2 * Bc * D, 2 * Bc * D + Br * Bc);
-  const dS = scratch.subarray(2 * Bc * D + Br * Bc, 2 * Bc * D + 2 * Br * Bc);
-  const Dg = scratch.subarray(2 * Bc * D + 2 * Br * Bc, 2 * Bc * D + 2 * Br * Bc + G * Nq);
+  let at = 0;
+  const take = (n: number) => scratch.subarray(at, (at += n));
+  const dKj = take(Bc * D);
+  const dVj = take(Bc * D);
+  const Kj = take(Bc * D);
+  const Vj = take(Bc * D);
+  const Qi = take(Br * D);
+  const dOi = take(Br * D);
+  const P = take(Br * Bc);
+  const dS = take(Br * Bc); // dP first, then dS in place, with the scale folded in
+  const seen = take(Br); // keys of K_j each row sees (0: none)
+  const Dg = take(G * Nq);
 
   // Alg. 2 line 4: D = rowsum(dO ∘ O) for every query head of the group.
   for (let g = 0; g < G; g++) {
@@ -197,9 +348,12 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
   for (let j = jStart; j < jEnd; j++) {
     const c0 = j * Bc;
     const cols = Math.min(Bc, Nk - c0);
+    // Alg. 2 lines 6-7: load K_j, V_j; dK_j = 0, dV_j = 0.
+    load(Kj, k, ko + c0 * kvRow, kvRow, cols, D, 1);
+    load(Vj, v, ko + c0 * kvRow, kvRow, cols, D, 1);
     dKj.fill(0, 0, cols * D);
     dVj.fill(0, 0, cols * D);
-    // Causal: the first query row that sees key c0; query blocks before it are skipped.
+    // Alg. 2 line 8. Causal: the first query row that sees key c0; query blocks before it are skipped.
     const iStart = causal ? Math.max(0, Math.floor((c0 - offset) / Br)) : 0;
     for (let g = 0; g < G; g++) {
       const h = hkv * G + g;
@@ -208,56 +362,30 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
       const dqo = ((chunk * B + b) * H + h) * Nq * D;
       for (let r0 = iStart * Br; r0 < Nq; r0 += Br) {
         const rows = Math.min(Br, Nq - r0);
-        const masked = causal && c0 + cols - 1 > r0 + offset;
-        // Alg. 2 lines 10-14: S = scale Q_i K_jᵀ, P = exp(S − L), dP = dO_i V_jᵀ, dS = P ∘ (dP − D).
+        // Alg. 2 lines 9-11 and 13-14: load Q_i, dO_i; S = Q_i K_jᵀ, P = exp(scale S − L), dP = dO_i V_jᵀ,
+        // dS = P ∘ (dP − D) (stored times the scale, which dQ and dK carry).
+        load(Qi, q, qo + r0 * qRow, qRow, rows, D, 1);
+        load(dOi, dout, qo + r0 * qRow, qRow, rows, D, 1);
+        abT(Qi, Kj, P, rows, cols, D, Bc);
+        abT(dOi, Vj, dS, rows, cols, D, Bc);
         for (let r = 0; r < rows; r++) {
-          const qr = qo + (r0 + r) * qRow;
           const L = lse[Lo + r0 + r];
           const Dr = Dg[g * Nq + r0 + r];
-          const cVisible = masked ? Math.min(cols, r0 + r + offset + 1 - c0) : cols;
-          for (let c = 0; c < cols; c++) {
-            let p = 0;
-            let ds = 0;
-            if (c < cVisible && L !== -Infinity) {
-              const kc = ko + (c0 + c) * kvRow;
-              let sc = 0;
-              let dp = 0;
-              for (let x = 0; x < D; x++) {
-                sc += q[qr + x] * k[kc + x];
-                dp += dout[qr + x] * v[kc + x];
-              }
-              p = Math.exp(sc * scale - L);
-              ds = p * (dp - Dr);
-            }
-            P[r * Bc + c] = p;
-            dS[r * Bc + c] = ds;
+          // Masked keys and rows that see none (L = −∞) have P = dS = 0: they are left out, not added.
+          const n = L === -Infinity ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
+          seen[r] = n;
+          const sr = r * Bc;
+          for (let c = 0; c < n; c++) {
+            const p = Math.exp(P[sr + c] * scale - L);
+            P[sr + c] = p;
+            dS[sr + c] = scale * (p * (dS[sr + c] - Dr));
           }
         }
         // Alg. 2 lines 12 and 16: dV_j += Pᵀ dO_i, dK_j += scale dSᵀ Q_i.
-        for (let r = 0; r < rows; r++) {
-          const qr = qo + (r0 + r) * qRow;
-          for (let c = 0; c < cols; c++) {
-            const p = P[r * Bc + c];
-            if (p === 0 && dS[r * Bc + c] === 0) continue;
-            const ds = scale * dS[r * Bc + c];
-            const kc = c * D;
-            for (let x = 0; x < D; x++) {
-              dVj[kc + x] += p * dout[qr + x];
-              dKj[kc + x] += ds * q[qr + x];
-            }
-          }
-        }
+        addAtB(dVj, P, Bc, dOi, rows, seen, D);
+        addAtB(dKj, dS, Bc, Qi, rows, seen, D);
         // Alg. 2 line 15: dQ_i += scale dS K_j, into this task's partial.
-        for (let r = 0; r < rows; r++) {
-          const dr = dqo + (r0 + r) * D;
-          for (let c = 0; c < cols; c++) {
-            const ds = dS[r * Bc + c];
-            if (ds === 0) continue;
-            const f = scale * ds;
-            const kc = ko + (c0 + c) * kvRow;
-            for (let x = 0; x < D; x++) dqPartial[dr + x] += f * k[kc + x];
-          }
-        }
+        addAB(dqPartial, dqo + r0 * D, dS, Bc, Kj, rows, seen, D);
       }
     }
     // Alg. 2 line 18: write dK_j, dV_j once, summed over the group's heads.

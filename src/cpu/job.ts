@@ -95,12 +95,14 @@ export function scratchLength(kernel: Kernel, s: CpuShape): number {
   const { Br, Bc, D, H, Hkv, Nq } = s;
   switch (kernel) {
     case 'flashForward':
-      return 2 * Br * D + Br * Bc + 2 * Br; // Q_i, O_i, S, m, l
+      return 2 * Br * D + 2 * Bc * D + Br * Bc + 3 * Br; // Q_i, O_i, K_j, V_j, S, m, l, keys seen per row
     case 'flashBackward':
-      return 2 * Bc * D + 2 * Br * Bc + (H / Hkv) * Nq; // dK_j, dV_j, P, dS, D for each head of the group
+      // dK_j, dV_j, K_j, V_j, Q_i, dO_i, P, dS, keys seen per row, D for each head of the group
+      return 4 * Bc * D + 2 * Br * D + 2 * Br * Bc + Br + (H / Hkv) * Nq;
     case 'standardForward':
       return 0;
     case 'standardBackward':
-      return Nq + 2 * s.Nk * D; // D = rowsum(dO ∘ O), dK and dV of the key/value head
+      // D = rowsum(dO ∘ O), dK and dV of the key/value head, four rows of Q, dO, dQ, P and dS
+      return Nq + 2 * s.Nk * D + 12 * D + 8 * s.Nk;
   }
 }

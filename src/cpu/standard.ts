@@ -4,7 +4,8 @@
  *   forward:  S = scale·QKᵀ (masked −∞), P = softmax(S), O = PV, L = m + log l.     Holds S and P.
  *   backward: P = exp(scale·QKᵀ − L), dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)),
  *             dV = Pᵀ dO, dQ = scale·dS K, dK = scale·dSᵀ Q.                        Holds P, dP and dS.
- * One task per head (forward) or per key/value head with its group (backward); f64 accumulation.
+ * One task per head (forward) or per key/value head with its group (backward); f64 accumulation. Query
+ * rows go four at a time, copied to f64 scratch, so each key and value element loaded feeds four rows.
  */
 import { f16ToNumber, numberToF16 } from '../f16.js';
 import type { CpuShape } from './job.js';
@@ -49,6 +50,36 @@ function get(a: Scores, i: number): number {
   return a instanceof Float32Array ? a[i] : f16ToNumber(a[i]);
 }
 
+/** Copy up to four rows of D elements (row stride `stride`) into packed `dst`; missing rows repeat the last. */
+function loadRows(dst: Float64Array, src: Float32Array, o: number, stride: number, rows: number, D: number): void {
+  for (let r = 0; r < 4; r++) {
+    const so = o + Math.min(r, rows - 1) * stride;
+    for (let x = 0; x < D; x++) dst[r * D + x] = src[so + x];
+  }
+}
+
+/** T[r·ld + j] = A_r · src row j, for the four packed rows of A and keys j0 <= j < j1; each load feeds four rows. */
+function dots4(T: Float64Array, ld: number, A: Float64Array, src: Float32Array, o: number, stride: number, j0: number, j1: number, D: number): void {
+  for (let j = j0; j < j1; j++) {
+    const kj = o + j * stride;
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    for (let x = 0; x < D; x++) {
+      const kx = src[kj + x];
+      s0 += A[x] * kx;
+      s1 += A[D + x] * kx;
+      s2 += A[2 * D + x] * kx;
+      s3 += A[3 * D + x] * kx;
+    }
+    T[j] = s0;
+    T[ld + j] = s1;
+    T[2 * ld + j] = s2;
+    T[3 * ld + j] = s3;
+  }
+}
+
 export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: number): void {
   const { H, Hkv, Nq, Nk, D, scale, causal, qRow, kvRow } = s;
   const { q, k, v, out, lse, S, P } = a;
@@ -57,38 +88,58 @@ export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: nu
   const qo = b * s.qBatch + h * s.qHead;
   const ko = b * s.kvBatch + Math.floor(h / (H / Hkv)) * s.kvHead;
   const base = t * Nq * Nk;
-  for (let i = 0; i < Nq; i++) {
-    const qi = qo + i * qRow;
-    const row = base + i * Nk;
-    const seen = causal ? Math.min(Nk, i + Nk - Nq + 1) : Nk; // keys 0 .. seen-1 are visible
-    for (let j = 0; j < Nk; j++) {
-      let x = -Infinity;
-      if (j < seen) {
-        x = 0;
-        const kj = ko + j * kvRow;
-        for (let d = 0; d < D; d++) x += q[qi + d] * k[kj + d];
-        x *= scale;
+  const scratch = new Float64Array(5 * D + 5 * Nk); // per head: small next to the head's S and P
+  const Qr = scratch.subarray(0, 4 * D); // four query rows
+  const O = scratch.subarray(4 * D, 5 * D); // one output row, accumulated in f64
+  const T = scratch.subarray(5 * D, 5 * D + 4 * Nk); // the four rows' scores, then each row's exp(S − m)
+  const nz = scratch.subarray(5 * D + 4 * Nk, 5 * D + 5 * Nk); // keys with P ≠ 0
+  for (let i0 = 0; i0 < Nq; i0 += 4) {
+    const rows = Math.min(4, Nq - i0);
+    const seenAll = causal ? Math.max(0, Math.min(Nk, i0 + rows + Nk - Nq)) : Nk; // keys the group's last row sees
+    loadRows(Qr, q, qo + i0 * qRow, qRow, rows, D);
+    dots4(T, Nk, Qr, k, ko, kvRow, 0, seenAll, D);
+    for (let r = 0; r < rows; r++) {
+      const i = i0 + r;
+      const row = base + i * Nk;
+      const tr = r * Nk;
+      const seen = causal ? Math.max(0, Math.min(Nk, i + Nk - Nq + 1)) : Nk; // keys 0 .. seen-1 are visible
+      for (let j = 0; j < seen; j++) put(S, row + j, T[tr + j] * scale);
+      for (let j = seen; j < Nk; j++) put(S, row + j, -Infinity);
+      let m = -Infinity;
+      for (let j = 0; j < Nk; j++) m = Math.max(m, get(S, row + j)); // Math.max keeps a NaN: the row turns NaN
+      let l = 0;
+      if (m !== -Infinity) for (let j = 0; j < Nk; j++) l += T[tr + j] = Math.exp(get(S, row + j) - m);
+      const inv = l === 0 ? 0 : 1 / l;
+      // P, and the keys where it is nonzero (packed to the front of T): only those meet V.
+      let n = 0;
+      for (let j = 0; j < Nk; j++) {
+        const p = put(P, row + j, m === -Infinity ? 0 : T[tr + j] * inv);
+        if (p === 0) continue;
+        T[tr + n] = p;
+        nz[n++] = j;
       }
-      put(S, row + j, x);
+      O.fill(0);
+      let c = 0;
+      for (; c + 4 <= n; c += 4) {
+        const p0 = T[tr + c];
+        const p1 = T[tr + c + 1];
+        const p2 = T[tr + c + 2];
+        const p3 = T[tr + c + 3];
+        const v0 = ko + nz[c] * kvRow;
+        const v1 = ko + nz[c + 1] * kvRow;
+        const v2 = ko + nz[c + 2] * kvRow;
+        const v3 = ko + nz[c + 3] * kvRow;
+        for (let d = 0; d < D; d++) O[d] += p0 * v[v0 + d] + p1 * v[v1 + d] + p2 * v[v2 + d] + p3 * v[v3 + d];
+      }
+      for (; c < n; c++) {
+        const p0 = T[tr + c];
+        const v0 = ko + nz[c] * kvRow;
+        for (let d = 0; d < D; d++) O[d] += p0 * v[v0 + d];
+      }
+      const oi = qo + i * qRow;
+      for (let d = 0; d < D; d++) out[oi + d] = O[d];
+      lse[t * Nq + i] = l === 0 ? -Infinity : m + Math.log(l);
     }
-    let m = -Infinity;
-    for (let j = 0; j < Nk; j++) {
-      const x = get(S, row + j);
-      if (x !== x) m = NaN;
-      else if (x > m) m = x;
-    }
-    let l = 0;
-    if (m !== -Infinity) for (let j = 0; j < Nk; j++) l += Math.exp(get(S, row + j) - m);
-    const inv = l === 0 ? 0 : 1 / l;
-    const oi = qo + i * qRow;
-    for (let d = 0; d < D; d++) out[oi + d] = 0;
-    for (let j = 0; j < Nk; j++) {
-      const p = put(P, row + j, m === -Infinity ? 0 : Math.exp(get(S, row + j) - m) * inv);
-      if (p === 0) continue;
-      const vj = ko + j * kvRow;
-      for (let d = 0; d < D; d++) out[oi + d] += p * v[vj + d];
-    }
-    lse[t * Nq + i] = l === 0 ? -Infinity : m + Math.log(l);
   }
 }
 
@@ -99,9 +150,17 @@ export function standardBackwardTask(s: CpuShape, a: StandardBackwardArrays, t: 
   const b = Math.floor(t / Hkv);
   const hkv = t % Hkv;
   const ko = b * s.kvBatch + hkv * s.kvHead;
-  const Di = scratch.subarray(0, Nq);
-  const dK = scratch.subarray(Nq, Nq + Nk * D).fill(0);
-  const dV = scratch.subarray(Nq + Nk * D, Nq + 2 * Nk * D).fill(0);
+  let at = 0;
+  const take = (n: number) => scratch.subarray(at, (at += n));
+  const Di = take(Nq);
+  const dK = take(Nk * D).fill(0);
+  const dV = take(Nk * D).fill(0);
+  const Qr = take(4 * D); // four query rows, their dO rows and their dQ, in f64
+  const dOr = take(4 * D);
+  const dQr = take(4 * D);
+  const Ts = take(4 * Nk); // the four rows' Q Kᵀ, then their P as stored
+  const Td = take(4 * Nk); // the four rows' dO Vᵀ, then scale·dS as stored
+  const seen = [0, 0, 0, 0];
   for (let g = 0; g < G; g++) {
     const h = hkv * G + g;
     const qo = b * s.qBatch + h * s.qHead;
@@ -112,41 +171,70 @@ export function standardBackwardTask(s: CpuShape, a: StandardBackwardArrays, t: 
       for (let d = 0; d < D; d++) sum += dout[qi + d] * out[qi + d];
       Di[i] = sum;
     }
-    // P = exp(scale·QKᵀ − L) and dP = dO Vᵀ, both materialised; then dS = P ∘ (dP − D).
-    for (let i = 0; i < Nq; i++) {
-      const qi = qo + i * qRow;
-      const L = lse[(b * H + h) * Nq + i];
-      const seen = L === -Infinity ? 0 : causal ? Math.min(Nk, i + Nk - Nq + 1) : Nk;
-      const row = base + i * Nk;
-      for (let j = 0; j < Nk; j++) {
-        const kj = ko + j * kvRow;
-        let x = 0;
-        let y = 0;
-        for (let d = 0; d < D; d++) y += dout[qi + d] * v[kj + d];
-        if (j < seen) {
-          for (let d = 0; d < D; d++) x += q[qi + d] * k[kj + d];
-          x = Math.exp(x * scale - L);
-        }
-        const p = put(P, row + j, x);
-        const dp = put(dP, row + j, y);
-        put(dS, row + j, p * (dp - Di[i]));
+    for (let i0 = 0; i0 < Nq; i0 += 4) {
+      const rows = Math.min(4, Nq - i0);
+      loadRows(Qr, q, qo + i0 * qRow, qRow, rows, D);
+      loadRows(dOr, dout, qo + i0 * qRow, qRow, rows, D);
+      let most = 0;
+      let least = Nk;
+      for (let r = 0; r < 4; r++) {
+        const i = i0 + Math.min(r, rows - 1);
+        const L = lse[(b * H + h) * Nq + i];
+        seen[r] = L === -Infinity ? 0 : causal ? Math.max(0, Math.min(Nk, i + Nk - Nq + 1)) : Nk;
+        most = Math.max(most, seen[r]);
+        least = Math.min(least, seen[r]);
       }
-    }
-    // dV += Pᵀ dO, dK += scale·dSᵀ Q, dQ = scale·dS K.
-    for (let i = 0; i < Nq; i++) {
-      const qi = qo + i * qRow;
-      const row = base + i * Nk;
-      for (let d = 0; d < D; d++) dq[qi + d] = 0;
-      for (let j = 0; j < Nk; j++) {
-        const p = get(P, row + j);
-        const ds = scale * get(dS, row + j);
-        if (p === 0 && ds === 0) continue;
-        const kj = ko + j * kvRow;
-        for (let d = 0; d < D; d++) {
-          dV[j * D + d] += p * dout[qi + d];
-          dK[j * D + d] += ds * q[qi + d];
-          dq[qi + d] += ds * k[kj + d];
+      // P = exp(scale·QKᵀ − L) and dP = dO Vᵀ, both materialised; then dS = P ∘ (dP − D).
+      dots4(Ts, Nk, Qr, k, ko, kvRow, 0, most, D);
+      dots4(Td, Nk, dOr, v, ko, kvRow, 0, Nk, D);
+      for (let r = 0; r < rows; r++) {
+        const i = i0 + r;
+        const L = lse[(b * H + h) * Nq + i];
+        const row = base + i * Nk;
+        const tr = r * Nk;
+        for (let j = 0; j < Nk; j++) {
+          const p = put(P, row + j, j < seen[r] ? Math.exp(Ts[tr + j] * scale - L) : 0);
+          const dp = put(dP, row + j, Td[tr + j]);
+          put(dS, row + j, p * (dp - Di[i]));
+          Ts[tr + j] = get(P, row + j);
+          Td[tr + j] = scale * get(dS, row + j);
         }
+      }
+      // dV += Pᵀ dO, dK += scale·dSᵀ Q, dQ = scale·dS K: four rows per key where all four see it, then
+      // row by row, skipping the entries that are zero (masked keys, rows that see none).
+      dQr.fill(0);
+      for (let j = 0; j < (rows === 4 ? least : 0); j++) {
+        const p0 = Ts[j], p1 = Ts[Nk + j], p2 = Ts[2 * Nk + j], p3 = Ts[3 * Nk + j];
+        const s0 = Td[j], s1 = Td[Nk + j], s2 = Td[2 * Nk + j], s3 = Td[3 * Nk + j];
+        const kj = ko + j * kvRow;
+        const o = j * D;
+        for (let d = 0; d < D; d++) {
+          dV[o + d] += p0 * dOr[d] + p1 * dOr[D + d] + p2 * dOr[2 * D + d] + p3 * dOr[3 * D + d];
+          dK[o + d] += s0 * Qr[d] + s1 * Qr[D + d] + s2 * Qr[2 * D + d] + s3 * Qr[3 * D + d];
+          const kx = k[kj + d];
+          dQr[d] += s0 * kx;
+          dQr[D + d] += s1 * kx;
+          dQr[2 * D + d] += s2 * kx;
+          dQr[3 * D + d] += s3 * kx;
+        }
+      }
+      for (let r = 0; r < rows; r++) {
+        const tr = r * Nk;
+        const rd = r * D;
+        for (let j = rows === 4 ? least : 0; j < Nk; j++) {
+          const p = Ts[tr + j];
+          const ds = Td[tr + j];
+          if (p === 0 && ds === 0) continue;
+          const kj = ko + j * kvRow;
+          const o = j * D;
+          for (let d = 0; d < D; d++) {
+            dV[o + d] += p * dOr[rd + d];
+            dK[o + d] += ds * Qr[rd + d];
+            dQr[rd + d] += ds * k[kj + d];
+          }
+        }
+        const qi = qo + (i0 + r) * qRow;
+        for (let d = 0; d < D; d++) dq[qi + d] = dQr[rd + d];
       }
     }
   }
