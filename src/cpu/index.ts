@@ -63,7 +63,7 @@ function result(p: Problem, buf: ArrayBufferLike, shape: readonly number[]): Ten
 async function prepare(p: Problem, kernel: Kernel, bufs: Buffers, buffers: Record<string, ArrayBufferLike>, work: number) {
   const threads = await threadsFor(work);
   const shape = cpuShape(p, threads, p.dtype === 'f16');
-  const scratch = Array.from({ length: threads }, (_, i) => bufs.make(scratchLength(kernel, shape) * 8 || 8, `thread ${i}'s scratch`));
+  const scratch = Array.from({ length: threads }, (_, i) => bufs.make(scratchLength(kernel, shape) * 8, `thread ${i}'s scratch`));
   return { shape, run: (extra: Record<string, ArrayBufferLike>, tasks: number) => runJob({ kernel, shape, tasks, buffers: { ...buffers, ...extra }, scratch } satisfies Job) };
 }
 

@@ -100,7 +100,7 @@ export function scratchLength(kernel: Kernel, s: CpuShape): number {
       // dK_j, dV_j, K_j, V_j, Q_i, dO_i, P, dS, keys seen per row, D for each head of the group
       return 4 * Bc * D + 2 * Br * D + 2 * Br * Bc + Br + (H / Hkv) * Nq;
     case 'standardForward':
-      return 0;
+      return 5 * D + 5 * s.Nk; // four query rows, one output row, four rows of scores, the keys with P ≠ 0
     case 'standardBackward':
       // D = rowsum(dO ∘ O), dK and dV of the key/value head, four rows of Q, dO, dQ, P and dS
       return Nq + 2 * s.Nk * D + 12 * D + 8 * s.Nk;

@@ -13,7 +13,7 @@ export function runTasks(job: Job, counter: Int32Array, scratch: Float64Array): 
   const task = {
     flashForward: (t: number) => forwardTask(s, a as unknown as ForwardArrays, t, scratch),
     flashBackward: (t: number) => backwardTask(s, a as unknown as BackwardArrays, t, scratch),
-    standardForward: (t: number) => standardForwardTask(s, a as unknown as StandardForwardArrays, t),
+    standardForward: (t: number) => standardForwardTask(s, a as unknown as StandardForwardArrays, t, scratch),
     standardBackward: (t: number) => standardBackwardTask(s, a as unknown as StandardBackwardArrays, t, scratch),
   }[job.kernel];
   for (let t = Atomics.add(counter, 0, 1); t < job.tasks; t = Atomics.add(counter, 0, 1)) task(t);

@@ -80,7 +80,7 @@ function dots4(T: Float64Array, ld: number, A: Float64Array, src: Float32Array, 
   }
 }
 
-export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: number): void {
+export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: number, scratch: Float64Array): void {
   const { H, Hkv, Nq, Nk, D, scale, causal, qRow, kvRow } = s;
   const { q, k, v, out, lse, S, P } = a;
   const b = Math.floor(t / H);
@@ -88,7 +88,6 @@ export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: nu
   const qo = b * s.qBatch + h * s.qHead;
   const ko = b * s.kvBatch + Math.floor(h / (H / Hkv)) * s.kvHead;
   const base = t * Nq * Nk;
-  const scratch = new Float64Array(5 * D + 5 * Nk); // per head: small next to the head's S and P
   const Qr = scratch.subarray(0, 4 * D); // four query rows
   const O = scratch.subarray(4 * D, 5 * D); // one output row, accumulated in f64
   const T = scratch.subarray(5 * D, 5 * D + 4 * Nk); // the four rows' scores, then each row's exp(S − m)
