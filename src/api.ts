@@ -3,37 +3,46 @@
  * backend is chosen once, and the backend's forward or backward runs. Inputs are never modified.
  */
 import { cpuBackward, cpuForward } from './cpu/index.js';
-import { DTypeError, NotSupportedError } from './errors.js';
+import { DTypeError, NotSupportedError, ValueError } from './errors.js';
 import type { AttentionOptions } from './options.js';
 import { checkBackward, checkForward, type Problem } from './problem.js';
 import { referenceBackward, referenceForward } from './reference/index.js';
-import type { Tensor } from './tensor.js';
+import type { AnyTensor, GpuTensor, Tensor } from './tensor.js';
+import { preferWebgpu } from './webgpu/device.js';
+import { webgpuBackward, webgpuForward } from './webgpu/index.js';
 
 /** The backends that run computations ('auto' resolves to one of them). */
-export type ResolvedBackend = 'cpu' | 'reference';
+export type ResolvedBackend = 'cpu' | 'reference' | 'webgpu';
 
-export interface ForwardResult {
+export interface ForwardResult<T extends AnyTensor = Tensor> {
   /** Like q: (B, Nq, H, D) or (B, H, Nq, D) per the layout, in q's dtype. */
-  out: Tensor;
+  out: T;
   /** (B, H, Nq) log-sum-exp of each query row's scaled logits, natural log; f32 (f64 for f64 inputs). −∞ for a row that sees no key. */
-  lse: Tensor;
+  lse: T;
   backend: ResolvedBackend;
 }
 
-export interface BackwardResult {
+export interface BackwardResult<T extends AnyTensor = Tensor> {
   /** Gradients of sum(out ∘ dout), shaped and typed like q, k and v. */
-  dq: Tensor;
-  dk: Tensor;
-  dv: Tensor;
+  dq: T;
+  dk: T;
+  dv: T;
   backend: ResolvedBackend;
 }
 
-function resolveBackend(p: Problem): ResolvedBackend {
+async function resolveBackend(p: Problem): Promise<ResolvedBackend> {
+  if (p.onGpu) {
+    if (p.backend !== 'auto' && p.backend !== 'webgpu') {
+      throw new ValueError('options.backend', "'webgpu' or 'auto' for GPUBuffer tensors", `'${p.backend}'`);
+    }
+    return 'webgpu';
+  }
   switch (p.backend) {
     case 'auto':
-      return p.dtype === 'f64' ? 'reference' : 'cpu';
+      if (p.dtype === 'f64') return 'reference';
+      return (await preferWebgpu(p.dtype)) ? 'webgpu' : 'cpu';
     case 'webgpu':
-      throw new NotSupportedError('options.backend', 'the webgpu backend', "'auto', 'cpu' or 'reference'", "'webgpu'");
+      return 'webgpu';
     case 'cpu':
       if (p.dtype === 'f64') throw new DTypeError('q.dtype', "'f32' or 'f16' on the cpu backend (f64 runs on 'reference')", "'f64'");
       return 'cpu';
@@ -45,11 +54,20 @@ function resolveBackend(p: Problem): ResolvedBackend {
 /**
  * Attention forward: out = softmax(scale · q kᵀ [causal mask]) v, and the log-sum-exp per row.
  * q: (B, Nq, H, D), k and v: (B, Nk, Hkv, D) with H % Hkv == 0 (axes per options.layout).
+ * Typed-array tensors give typed-array results; GPUBuffer tensors (webgpu) give GPUBuffer results.
  */
-export async function forward(q: Tensor, k: Tensor, v: Tensor, options?: AttentionOptions): Promise<ForwardResult> {
+export async function forward(q: Tensor, k: Tensor, v: Tensor, options?: AttentionOptions): Promise<ForwardResult<Tensor>>;
+export async function forward(q: GpuTensor, k: GpuTensor, v: GpuTensor, options?: AttentionOptions): Promise<ForwardResult<GpuTensor>>;
+export async function forward(q: AnyTensor, k: AnyTensor, v: AnyTensor, options?: AttentionOptions): Promise<ForwardResult<AnyTensor>> {
   const p = checkForward(q, k, v, options);
-  const backend = resolveBackend(p);
-  const r = backend === 'cpu' ? await cpuForward(p, q, k, v) : referenceForward(p, q, k, v);
+  const backend = await resolveBackend(p);
+  const host = (t: AnyTensor) => t as Tensor;
+  const r =
+    backend === 'webgpu'
+      ? await webgpuForward(p, q, k, v)
+      : backend === 'cpu'
+        ? await cpuForward(p, host(q), host(k), host(v))
+        : referenceForward(p, host(q), host(k), host(v));
   return { ...r, backend };
 }
 
@@ -57,17 +75,33 @@ export async function forward(q: Tensor, k: Tensor, v: Tensor, options?: Attenti
  * Attention backward with recomputation: from dout and the forward's out and lse (nothing else is saved),
  * the gradients dq, dk, dv. Options must be those of the forward call.
  */
+export async function backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, options?: AttentionOptions): Promise<BackwardResult<Tensor>>;
 export async function backward(
-  dout: Tensor,
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
-  out: Tensor,
-  lse: Tensor,
+  dout: GpuTensor,
+  q: GpuTensor,
+  k: GpuTensor,
+  v: GpuTensor,
+  out: GpuTensor,
+  lse: GpuTensor,
   options?: AttentionOptions,
-): Promise<BackwardResult> {
+): Promise<BackwardResult<GpuTensor>>;
+export async function backward(
+  dout: AnyTensor,
+  q: AnyTensor,
+  k: AnyTensor,
+  v: AnyTensor,
+  out: AnyTensor,
+  lse: AnyTensor,
+  options?: AttentionOptions,
+): Promise<BackwardResult<AnyTensor>> {
   const p = checkBackward(dout, q, k, v, out, lse, options);
-  const backend = resolveBackend(p);
-  const r = backend === 'cpu' ? await cpuBackward(p, dout, q, k, v, out, lse) : referenceBackward(p, dout, q, k, v, out, lse);
+  const backend = await resolveBackend(p);
+  const h = (t: AnyTensor) => t as Tensor;
+  const r =
+    backend === 'webgpu'
+      ? await webgpuBackward(p, dout, q, k, v, out, lse)
+      : backend === 'cpu'
+        ? await cpuBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse))
+        : referenceBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse));
   return { ...r, backend };
 }

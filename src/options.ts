@@ -32,6 +32,8 @@ export interface AttentionOptions {
   algorithm?: Algorithm;
   /** Where the library's allocations are counted; default: the shared `memory` tracker. */
   memory?: MemoryTracker;
+  /** webgpu: run on this device (the caller's) instead of the library's own. GPUBuffer inputs must belong to it. */
+  device?: GPUDevice;
 
   // Declared for the feature table; not supported yet (setting any of them throws NotSupportedError).
   /** Sliding window (left, right) in FlashAttention-2 semantics; -1 for unbounded. */
@@ -70,5 +72,6 @@ export const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'backend',
   'algorithm',
   'memory',
+  'device',
   ...Object.keys(UNSUPPORTED_OPTIONS),
 ]);

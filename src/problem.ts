@@ -14,7 +14,7 @@ import {
   type AttentionOptions,
   type Backend,
 } from './options.js';
-import { dimsOf, dtypeOfArray, type DType, type Layout, type Tensor } from './tensor.js';
+import { BYTES_PER_ELEMENT, dimsOf, dtypeOfArray, isGpuBuffer, type AnyTensor, type DType, type Layout, type Tensor, type TensorData } from './tensor.js';
 
 /** Sizes and settings of one attention call. Heads of k and v: Hkv, with H % Hkv == 0 (GQA / MQA). */
 export interface Problem {
@@ -31,19 +31,25 @@ export interface Problem {
   backend: Backend;
   algorithm: Algorithm;
   memory: MemoryTracker;
+  /** The tensors' data are GPUBuffers (webgpu, zero-copy). */
+  onGpu: boolean;
+  /** The caller's device, if it brought one. */
+  device?: GPUDevice;
 }
 
 /** A tensor argument whose structure (array, dtype, shape, length) has been checked. */
-function checkTensor(name: string, t: unknown, rank: number): Tensor {
+function checkTensor(name: string, t: unknown, rank: number): AnyTensor {
   if (typeof t !== 'object' || t === null) {
     throw new ValueError(name, 'a tensor { data, dtype, shape }', describe(t));
   }
   const { data, dtype, shape } = t as Partial<Tensor>;
-  const arrayType = dtypeOfArray(data);
-  if (arrayType === undefined) {
-    throw new DTypeError(`${name}.data`, 'a Float32Array, Uint16Array (f16 bits) or Float64Array', describe(data));
-  }
-  if (dtype !== arrayType) {
+  const onGpu = isGpuBuffer(data);
+  const arrayType = onGpu ? undefined : dtypeOfArray(data);
+  if (onGpu) {
+    if (dtype !== 'f32' && dtype !== 'f16') throw new DTypeError(`${name}.dtype`, "'f32' or 'f16' for a GPUBuffer", describe(dtype));
+  } else if (arrayType === undefined) {
+    throw new DTypeError(`${name}.data`, 'a Float32Array, Uint16Array (f16 bits), Float64Array or GPUBuffer', describe(data));
+  } else if (dtype !== arrayType) {
     throw new DTypeError(`${name}.dtype`, `'${arrayType}' for a ${data!.constructor.name}`, describe(dtype));
   }
   if (!Array.isArray(shape) || shape.length !== rank) {
@@ -55,10 +61,25 @@ function checkTensor(name: string, t: unknown, rank: number): Tensor {
     }
   });
   const size = shape.reduce((a: number, b: number) => a * b, 1);
-  if (data!.length !== size) {
-    throw new ShapeError(`${name}.data`, `${size} elements for shape [${shape.join(', ')}]`, `${data!.length} elements`);
+  if (onGpu) {
+    const bytes = size * BYTES_PER_ELEMENT[dtype!];
+    if (data.size < bytes) {
+      throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${bytes} bytes for shape [${shape.join(', ')}] in ${dtype}`, `${data.size} bytes`);
+    }
+    if (!(data.usage & 0x80)) { // GPUBufferUsage.STORAGE
+      throw new ValueError(`${name}.data`, 'a GPUBuffer with STORAGE usage', `usage ${data.usage}`);
+    }
+  } else if ((data as TensorData).length !== size) {
+    throw new ShapeError(`${name}.data`, `${size} elements for shape [${shape.join(', ')}]`, `${(data as TensorData).length} elements`);
   }
-  return t as Tensor;
+  return t as AnyTensor;
+}
+
+/** All tensors of a call live on the same side: typed arrays, or GPUBuffers. */
+function sameKind(name: string, t: AnyTensor, onGpu: boolean): void {
+  if (isGpuBuffer(t.data) !== onGpu) {
+    throw new ValueError(`${name}.data`, onGpu ? 'a GPUBuffer, as q.data is' : 'a typed array, as q.data is', onGpu ? 'a typed array' : 'a GPUBuffer');
+  }
 }
 
 function checkEnum<T extends string>(name: string, value: unknown, allowed: readonly T[], fallback: T): T {
@@ -91,6 +112,9 @@ function checkOptions(options: unknown, D: number) {
   if (o.memory !== undefined && !(o.memory instanceof MemoryTracker)) {
     throw new ValueError('options.memory', 'a MemoryTracker', describe(o.memory));
   }
+  if (o.device !== undefined && (typeof o.device !== 'object' || o.device === null || typeof o.device.createBuffer !== 'function')) {
+    throw new ValueError('options.device', 'a GPUDevice', describe(o.device));
+  }
   return {
     causal: o.causal ?? false,
     scale: o.scale ?? 1 / Math.sqrt(D),
@@ -98,14 +122,15 @@ function checkOptions(options: unknown, D: number) {
     backend: checkEnum('options.backend', o.backend, BACKENDS, 'auto'),
     algorithm: checkEnum('options.algorithm', o.algorithm, ALGORITHMS, 'flash'),
     memory: o.memory ?? defaultMemory,
+    device: o.device,
   };
 }
 
-function sameDType(name: string, t: Tensor, dtype: DType): void {
+function sameDType(name: string, t: AnyTensor, dtype: DType): void {
   if (t.dtype !== dtype) throw new DTypeError(`${name}.dtype`, `'${dtype}' (the dtype of q)`, `'${t.dtype}'`);
 }
 
-function sameShape(name: string, t: Tensor, shape: readonly number[], what: string): void {
+function sameShape(name: string, t: AnyTensor, shape: readonly number[], what: string): void {
   if (t.shape.some((s, i) => s !== shape[i])) {
     throw new ShapeError(`${name}.shape`, `[${shape.join(', ')}] (${what})`, `[${t.shape.join(', ')}]`);
   }
@@ -125,6 +150,9 @@ export function checkForward(q: unknown, k: unknown, v: unknown, options: unknow
   );
   const dq = dimsOf(Q.shape, layout);
   const dk = dimsOf(K.shape, layout);
+  const onGpu = isGpuBuffer(Q.data);
+  sameKind('k', K, onGpu);
+  sameKind('v', V, onGpu);
   sameDType('k', K, Q.dtype);
   sameDType('v', V, Q.dtype);
   const axes = layout === 'BNHD' ? 'B, Nk, Hkv, D' : 'B, Hkv, Nk, D';
@@ -134,7 +162,7 @@ export function checkForward(q: unknown, k: unknown, v: unknown, options: unknow
     throw new ShapeError('k.shape', `a head count that divides q's ${dq.H} heads (axes ${axes})`, `[${K.shape.join(', ')}]`);
   }
   sameShape('v', V, K.shape, 'the shape of k');
-  return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, ...checkOptions(options, dq.D) };
+  return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, onGpu, ...checkOptions(options, dq.D) };
 }
 
 /** Check the arguments of backward(dout, q, k, v, out, lse, options). */
@@ -148,10 +176,13 @@ export function checkBackward(
   options: unknown,
 ): Problem {
   const p = checkForward(q, k, v, options);
-  const Q = q as Tensor;
+  const Q = q as AnyTensor;
   const dO = checkTensor('dout', dout, 4);
   const O = checkTensor('out', out, 4);
   const L = checkTensor('lse', lse, 3);
+  sameKind('dout', dO, p.onGpu);
+  sameKind('out', O, p.onGpu);
+  sameKind('lse', L, p.onGpu);
   sameDType('dout', dO, p.dtype);
   sameDType('out', O, p.dtype);
   sameShape('dout', dO, Q.shape, 'the shape of q');

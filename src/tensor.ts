@@ -26,6 +26,22 @@ export interface Tensor<T extends DType = DType> {
   readonly shape: readonly number[];
 }
 
+/**
+ * A tensor whose data is a GPUBuffer on the caller's device (zero-copy, webgpu backend): the buffer holds
+ * the elements densely from offset 0, in f32 or f16; outputs of such a call are GpuTensors too.
+ */
+export interface GpuTensor {
+  readonly data: GPUBuffer;
+  readonly dtype: 'f32' | 'f16';
+  readonly shape: readonly number[];
+}
+
+export type AnyTensor = Tensor | GpuTensor;
+
+export function isGpuBuffer(x: unknown): x is GPUBuffer {
+  return typeof x === 'object' && x !== null && typeof (x as GPUBuffer).mapAsync === 'function' && typeof (x as GPUBuffer).size === 'number';
+}
+
 export const BYTES_PER_ELEMENT: Record<DType, number> = { f32: 4, f16: 2, f64: 8 };
 
 /**

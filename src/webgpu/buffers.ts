@@ -1,0 +1,86 @@
+/**
+ * The one allocator for every GPUBuffer the library makes: each is counted in a MemoryTracker (live and
+ * peak bytes) from creation until it is destroyed or handed to the caller as an output.
+ */
+import { OutOfMemoryError } from '../errors.js';
+import type { MemoryTracker } from '../memory.js';
+
+export class GpuBuffers {
+  private readonly owned = new Map<GPUBuffer, number>();
+
+  constructor(
+    readonly device: GPUDevice,
+    private readonly memory: MemoryTracker,
+  ) {}
+
+  /** A storage buffer of at least `bytes` (rounded up to 4), counted; `what` names it in errors. */
+  create(bytes: number, what: string, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST): GPUBuffer {
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    const { maxBufferSize, maxStorageBufferBindingSize } = this.device.limits;
+    const limit = usage & GPUBufferUsage.STORAGE ? Math.min(maxBufferSize, maxStorageBufferBindingSize) : maxBufferSize;
+    if (size > limit) {
+      throw new OutOfMemoryError('q', `at most ${limit} bytes per buffer on this device for ${what}`, `${size} bytes`);
+    }
+    const buffer = this.device.createBuffer({ size, usage, label: what });
+    this.owned.set(buffer, this.memory.allocate(size));
+    return buffer;
+  }
+
+  /** A storage buffer holding `data`. */
+  upload(data: ArrayBufferView, what: string): GPUBuffer {
+    const buffer = this.create(data.byteLength, what);
+    const padded = data.byteLength % 4 === 0 ? data : copyPadded(data);
+    this.device.queue.writeBuffer(buffer, 0, padded.buffer, padded.byteOffset, Math.ceil(data.byteLength / 4) * 4);
+    return buffer;
+  }
+
+  /** A uniform buffer holding `bytes`. */
+  uniform(bytes: ArrayBuffer, what: string): GPUBuffer {
+    const buffer = this.create(bytes.byteLength, what, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+    this.device.queue.writeBuffer(buffer, 0, bytes);
+    return buffer;
+  }
+
+  /** Read `bytes` of a buffer back (through a counted staging buffer). */
+  async read(buffer: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+    const size = Math.ceil(bytes / 4) * 4;
+    const staging = this.create(size, 'readback', GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    const enc = this.device.createCommandEncoder();
+    enc.copyBufferToBuffer(buffer, 0, staging, 0, size);
+    this.device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = staging.getMappedRange(0, size).slice(0, bytes);
+    staging.unmap();
+    this.destroy(staging);
+    return out;
+  }
+
+  destroy(buffer: GPUBuffer): void {
+    const bytes = this.owned.get(buffer);
+    if (bytes === undefined) return;
+    this.owned.delete(buffer);
+    this.memory.release(bytes);
+    buffer.destroy();
+  }
+
+  /** Stop counting a buffer that now belongs to the caller. */
+  handOver(buffer: GPUBuffer): GPUBuffer {
+    const bytes = this.owned.get(buffer);
+    if (bytes !== undefined) {
+      this.owned.delete(buffer);
+      this.memory.release(bytes);
+    }
+    return buffer;
+  }
+
+  /** Destroy everything still owned (the call's temporaries). */
+  destroyAll(): void {
+    for (const b of [...this.owned.keys()]) this.destroy(b);
+  }
+}
+
+function copyPadded(data: ArrayBufferView): Uint8Array {
+  const out = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
+  out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  return out;
+}

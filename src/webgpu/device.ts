@@ -1,0 +1,131 @@
+/**
+ * Getting a GPUDevice: navigator.gpu in a browser, the `webgpu` package (Dawn) in Node. The device is
+ * asked for the adapter's own limits where kernels need more than the defaults (workgroup memory,
+ * binding and buffer sizes) and for the features the fast paths use (shader-f16, subgroups,
+ * timestamp-query). Callers may bring their own device instead (options.device).
+ */
+import { BackendUnavailableError } from '../errors.js';
+
+/** Dawn toggles for Node: f16 on NVIDIA's Vulkan driver, the Vulkan memory model, experimental features. */
+export const DAWN_TOGGLES = ['enable-dawn-features=allow_unsafe_apis,use_vulkan_memory_model,vulkan_enable_f16_on_nvidia'];
+
+const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query'] as const;
+const WANTED_LIMITS = [
+  'maxComputeWorkgroupStorageSize',
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+/** What the kernels need to know about a device. */
+export interface Gpu {
+  device: GPUDevice;
+  /** Adapter description for reports ('' where the device was passed in without its adapter). */
+  description: string;
+  f16: boolean;
+  subgroups: boolean;
+  timestamps: boolean;
+  /** A CPU implementation of WebGPU (lavapipe, SwiftShader): correct, but slower than the cpu backend. */
+  software: boolean;
+  limits: GPUSupportedLimits;
+  /** The GPU object the device came from: dawn.node stops serving a device whose GPU object was collected. */
+  entry?: GPU;
+}
+
+const known = new WeakMap<GPUDevice, Gpu>();
+
+/** The Gpu record of a device, for a device the caller brought. */
+export function gpuOf(device: GPUDevice, description = '', software = false): Gpu {
+  let gpu = known.get(device);
+  if (!gpu) {
+    gpu = {
+      device,
+      description,
+      f16: device.features.has('shader-f16'),
+      subgroups: device.features.has('subgroups'),
+      timestamps: device.features.has('timestamp-query'),
+      software,
+      limits: device.limits,
+    };
+    known.set(device, gpu);
+  }
+  return gpu;
+}
+
+/** navigator.gpu where it exists, else Dawn through the `webgpu` package (undefined if neither). */
+export async function gpuEntry(): Promise<{ gpu: GPU; source: string } | undefined> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu) return { gpu: nav.gpu, source: 'navigator.gpu' };
+  try {
+    const dawn = (await import('webgpu')) as unknown as { create(toggles: string[]): GPU; globals: object };
+    Object.assign(globalThis, dawn.globals); // GPUBufferUsage and friends, as in a browser
+    return { gpu: dawn.create(DAWN_TOGGLES), source: 'webgpu (Dawn)' };
+  } catch {
+    return undefined;
+  }
+}
+
+/** lavapipe, llvmpipe, SwiftShader and other adapters that run on the CPU. */
+export function isSoftware(adapter: GPUAdapter): boolean {
+  const i = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean; adapterType?: string };
+  const text = `${i.vendor} ${i.architecture} ${i.device} ${i.description}`.toLowerCase();
+  return Boolean(i.isFallbackAdapter) || i.adapterType === 'cpu' || /llvmpipe|lavapipe|swiftshader/.test(text);
+}
+
+export function describeAdapter(adapter: GPUAdapter): string {
+  const i = adapter.info;
+  return [i.vendor, i.architecture, i.device, i.description].filter((s) => s).join(' / ') || 'unknown adapter';
+}
+
+let shared: Promise<Gpu> | undefined;
+
+/** The library's own device, created on first use and shared by later calls. */
+export function defaultGpu(): Promise<Gpu> {
+  shared ??= (async () => {
+    const entry = await gpuEntry();
+    if (!entry) {
+      throw new BackendUnavailableError('options.backend', 'a WebGPU implementation (navigator.gpu, or the `webgpu` package in Node)', 'none');
+    }
+    const adapter = await entry.gpu.requestAdapter({ powerPreference: 'high-performance' });
+    if (!adapter) throw new BackendUnavailableError('options.backend', 'a WebGPU adapter', `none from ${entry.source}`);
+    const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f));
+    const requiredLimits: Record<string, number> = {};
+    for (const l of WANTED_LIMITS) requiredLimits[l] = adapter.limits[l];
+    const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+    device.lost.then(() => {
+      shared = undefined; // the next call asks for a new device
+    });
+    return { ...gpuOf(device, describeAdapter(adapter), isSoftware(adapter)), entry: entry.gpu };
+  })();
+  shared.catch(() => {
+    shared = undefined;
+  });
+  return shared;
+}
+
+/** Whether a WebGPU adapter can be had here (used by 'auto' and by the tests). */
+export async function webgpuAvailable(): Promise<boolean> {
+  try {
+    await defaultGpu();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether 'auto' should pick webgpu for host tensors of this dtype: an adapter that is a real GPU (not a
+ * software rasteriser such as lavapipe or SwiftShader, where the cpu backend is faster) with what the
+ * dtype needs.
+ */
+export async function preferWebgpu(dtype: 'f32' | 'f16'): Promise<boolean> {
+  try {
+    const gpu = await defaultGpu();
+    return !gpu.software && (dtype === 'f32' || gpu.f16);
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * The webgpu backend: typed arrays are uploaded (or GPUBuffers used as they are), the kernels run on
+ * the device, and results are read back (or handed over as GPUBuffers when the inputs were GPUBuffers).
+ * Every buffer it makes goes through GpuBuffers, which counts it in the call's MemoryTracker.
+ */
+import { DTypeError, NotSupportedError, ValueError } from '../errors.js';
+import type { Problem } from '../problem.js';
+import { isGpuBuffer, strides, type AnyTensor, type DType } from '../tensor.js';
+import { GpuBuffers } from './buffers.js';
+import { defaultGpu, gpuOf, type Gpu } from './device.js';
+import { chooseTiles, sizesBytes, type Sizes, type StorageType } from './kernels/common.js';
+import { forwardAccumulator, forwardWGSL, forwardWorkgroupBytes, type ForwardParams } from './kernels/forward.js';
+import { dispatch, pipeline } from './pipelines.js';
+
+/** The device a call runs on, checked against what the inputs need. */
+export async function gpuFor(p: Problem): Promise<Gpu> {
+  const gpu = p.device ? gpuOf(p.device) : await defaultGpu();
+  if (p.dtype === 'f64') throw new DTypeError('q.dtype', "'f32' or 'f16' on the webgpu backend (f64 runs on 'reference')", "'f64'");
+  if (p.dtype === 'f16' && !gpu.f16) {
+    throw new DTypeError('q.dtype', "'f32' (this adapter lacks shader-f16, which f16 storage needs)", "'f16'");
+  }
+  return gpu;
+}
+
+/** Threads per workgroup: 128 where the device allows it. */
+export function workgroupSize(gpu: Gpu): number {
+  return Math.min(128, gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX);
+}
+
+/** Run-time sizes of a problem, for the kernels' uniform block. */
+export function sizesOf(p: Problem): Sizes {
+  const sq = strides({ B: p.B, N: p.Nq, H: p.H, D: p.D }, p.layout);
+  const sk = strides({ B: p.B, N: p.Nk, H: p.Hkv, D: p.D }, p.layout);
+  return {
+    B: p.B,
+    H: p.H,
+    Hkv: p.Hkv,
+    Nq: p.Nq,
+    Nk: p.Nk,
+    qBatch: sq.batch,
+    qRow: sq.row,
+    qHead: sq.head,
+    kvBatch: sk.batch,
+    kvRow: sk.row,
+    kvHead: sk.head,
+    scale: p.scale,
+  };
+}
+
+/** The forward kernel's compile-time configuration for a problem on a device. */
+export function forwardParams(p: Problem, gpu: Gpu): ForwardParams {
+  const WG = workgroupSize(gpu);
+  const { rows: Br, cols: Bc } = chooseTiles(
+    (Br, Bc) => forwardWorkgroupBytes({ D: p.D, Br, Bc }),
+    (Br) => forwardAccumulator({ D: p.D, Br, WG }),
+    gpu.limits.maxComputeWorkgroupStorageSize,
+    64,
+  );
+  return { D: p.D, Br, Bc, WG, dtype: p.dtype as StorageType, causal: p.causal };
+}
+
+const ELEMENT_BYTES: Record<DType, number> = { f32: 4, f16: 2, f64: 8 };
+
+/** One call's device buffers: inputs (uploaded or the caller's), temporaries and outputs. */
+export class Call {
+  readonly buffers: GpuBuffers;
+  constructor(
+    readonly p: Problem,
+    readonly gpu: Gpu,
+  ) {
+    this.buffers = new GpuBuffers(gpu.device, p.memory);
+  }
+
+  /** The tensor's data on the device: the caller's GPUBuffer, or an upload of its typed array. */
+  input(t: AnyTensor, name: string): GPUBuffer {
+    if (isGpuBuffer(t.data)) return t.data;
+    return this.buffers.upload(t.data, name);
+  }
+
+  /** An output buffer of `elements` in the problem's dtype (lse: f32). */
+  output(elements: number, name: string, dtype: DType = this.p.dtype): GPUBuffer {
+    return this.buffers.create(elements * ELEMENT_BYTES[dtype], name);
+  }
+
+  /** Submit the encoded work; device errors (another device's buffer, say) become typed errors. */
+  async submit(encode: (enc: GPUCommandEncoder) => Promise<void>): Promise<void> {
+    const { device } = this.gpu;
+    device.pushErrorScope('validation');
+    const enc = device.createCommandEncoder();
+    await encode(enc);
+    device.queue.submit([enc.finish()]);
+    const error = await device.popErrorScope();
+    if (error) {
+      throw new ValueError(this.p.onGpu ? 'q.data' : 'options.device', 'buffers and a device that belong together', error.message);
+    }
+  }
+
+  /** An output as the caller gets it: a GpuTensor handed over, or a typed array read back. */
+  async result(buffer: GPUBuffer, shape: readonly number[], dtype: 'f32' | 'f16' = this.p.dtype as 'f32' | 'f16'): Promise<AnyTensor> {
+    if (this.p.onGpu) return { data: this.buffers.handOver(buffer), dtype, shape: [...shape] };
+    const elements = shape.reduce((a, b) => a * b, 1);
+    const bytes = await this.buffers.read(buffer, elements * ELEMENT_BYTES[dtype]);
+    const data = dtype === 'f16' ? new Uint16Array(bytes) : new Float32Array(bytes);
+    return { data, dtype, shape: [...shape] };
+  }
+
+  dispose(): void {
+    this.buffers.destroyAll();
+  }
+}
+
+export async function webgpuForward(p: Problem, q: AnyTensor, k: AnyTensor, v: AnyTensor): Promise<{ out: AnyTensor; lse: AnyTensor }> {
+  const gpu = await gpuFor(p);
+  const call = new Call(p, gpu);
+  try {
+    const params = forwardParams(p, gpu);
+    const pipe = await pipeline(gpu.device, 'forward', params, (x) => forwardWGSL(x, gpu.limits.maxComputeWorkgroupStorageSize));
+    const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
+    const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
+    const out = call.output(p.B * p.Nq * p.H * p.D, 'out');
+    const lse = call.output(p.B * p.H * p.Nq, 'lse', 'f32');
+    await call.submit(async (enc) => dispatch(enc, gpu.device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(p.Nq / params.Br), p.B * p.H]));
+    return { out: await call.result(out, q.shape), lse: await call.result(lse, [p.B, p.H, p.Nq], 'f32') };
+  } finally {
+    call.dispose();
+  }
+}
+
+export async function webgpuBackward(
+  p: Problem,
+  dout: AnyTensor,
+  q: AnyTensor,
+  k: AnyTensor,
+  v: AnyTensor,
+  out: AnyTensor,
+  lse: AnyTensor,
+): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor }> {
+  void [p, dout, q, k, v, out, lse];
+  throw new NotSupportedError('options.backend', 'the webgpu backward', "'cpu' or 'reference'", "'webgpu'");
+}

@@ -1,0 +1,81 @@
+/**
+ * What every attention kernel shares: the uniform block of run-time sizes, the storage types, the masked
+ * score value, and the tile-size choice within a device's workgroup-memory budget.
+ *
+ * Compile-time parameters (head dim, tiles, dtype, causal) go into the WGSL and its cache key; run-time
+ * sizes (B, H, N, strides, scale) go into the uniform block below, so one pipeline serves every N.
+ */
+
+export type StorageType = 'f32' | 'f16';
+
+/** The uniform block, in declaration order: all u32 but `scale`. */
+export const SIZE_FIELDS = ['B', 'H', 'Hkv', 'Nq', 'Nk', 'qBatch', 'qRow', 'qHead', 'kvBatch', 'kvRow', 'kvHead'] as const;
+export type Sizes = Record<(typeof SIZE_FIELDS)[number], number> & { scale: number };
+
+export const SIZES_WGSL = `struct Sizes {
+${SIZE_FIELDS.map((f) => `  ${f}: u32,`).join('\n')}
+  scale: f32,
+}`;
+
+/** The uniform block as bytes (12 four-byte fields, padded to 16-byte multiples). */
+export function sizesBytes(s: Sizes): ArrayBuffer {
+  const buf = new ArrayBuffer(48);
+  const u = new Uint32Array(buf);
+  SIZE_FIELDS.forEach((f, i) => (u[i] = s[f]));
+  new Float32Array(buf)[SIZE_FIELDS.length] = s.scale;
+  return buf;
+}
+
+/** `enable f16;` when the storage is f16. */
+export function enables(t: StorageType): string {
+  return t === 'f16' ? 'enable f16;\n' : '';
+}
+
+/**
+ * Masked scores hold this instead of −∞: WGSL gives no guarantee for arithmetic on infinities, so the
+ * kernels keep every value finite and test `m == MASKED` where the paper tests m = −∞.
+ */
+export const MASKED_WGSL = 'const MASKED = -3.0e38;';
+
+/**
+ * L is stored as f32 bits in an array<u32>: a WGSL constant cannot be infinite, but the bit pattern of
+ * −∞ (a row that sees no key) can be written and compared.
+ */
+export const NEG_INF_BITS = '0xff800000u';
+
+/** Causal visibility, bottom-right aligned: query `row` sees `key` iff key ≤ row + Nk − Nq. */
+export const VISIBLE_WGSL = `fn visible(row: u32, key: u32) -> bool {
+  return i32(key) <= i32(row) + i32(u.Nk) - i32(u.Nq);
+}`;
+
+/** A stable, key-order-independent serialisation: the pipeline cache key of a params object. */
+export function cacheKey(kernel: string, params: object): string {
+  const entries = Object.entries(params).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return `${kernel}(${entries.map(([k, v]) => `${k}=${String(v)}`).join(',')})`;
+}
+
+/** Error for a kernel configuration the device cannot run, raised when the WGSL is generated. */
+export class KernelConfigError extends Error {}
+
+/** Check a kernel's workgroup memory against the device's limit; returns the bytes. */
+export function checkWorkgroupBytes(kernel: string, bytes: number, limit: number): number {
+  if (bytes > limit) throw new KernelConfigError(`${kernel}: needs ${bytes} bytes of workgroup memory, the device allows ${limit}`);
+  return bytes;
+}
+
+/**
+ * Tile sizes (rows, cols) for a kernel whose workgroup memory is `bytes(rows, cols)`: the largest
+ * candidate that fits in `limit` and keeps the per-thread accumulator within `maxAccumulator` floats.
+ */
+export function chooseTiles(
+  bytes: (rows: number, cols: number) => number,
+  accumulator: (rows: number, cols: number) => number,
+  limit: number,
+  maxAccumulator: number,
+): { rows: number; cols: number } {
+  const candidates = [64, 32, 16, 8, 4, 2, 1].flatMap((r) => [64, 32, 16, 8, 4].map((c) => ({ rows: r, cols: c })));
+  candidates.sort((a, b) => b.rows * b.cols - a.rows * a.cols || b.rows - a.rows);
+  const fit = candidates.find((t) => bytes(t.rows, t.cols) <= limit && accumulator(t.rows, t.cols) <= maxAccumulator);
+  if (!fit) throw new KernelConfigError(`no tile fits in ${limit} bytes of workgroup memory`);
+  return fit;
+}

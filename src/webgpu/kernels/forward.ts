@@ -1,0 +1,175 @@
+/**
+ * Forward kernel, FlashAttention-2 order (portable: no subgroups needed, any subgroup size).
+ *
+ * One workgroup owns query block Q_i (Br rows) of one head (b, h); dispatch (Tr, B·H). K_j and then V_j
+ * (Bc rows each) stream through one workgroup-memory tile. Per key block:
+ *   1. all threads load K_j; S = Q_i K_jᵀ (Br×Bc) is computed one entry per thread at a time;
+ *   2. thread r < Br updates row r's running max m and sum l and leaves P̃ = exp(S − m) in S and the
+ *      rescale factor e^(m_old − m) in `alpha`;
+ *   3. all threads load V_j; each owns OPT entries of the unnormalised O_i (Br×D, in registers) and does
+ *      O = diag(alpha) O + P̃ V_j.
+ * O_i = O_i / l and L_i = m + log l are written once. Causal: key blocks entirely above the diagonal are
+ * never loaded; the others are masked entry by entry (cheap next to the dot products).
+ * Workgroup memory: 4·(Br·D + Bc·D + Br·Bc + 2·Br) bytes (Q_i, K_j/V_j, S, alpha, l); f32 throughout.
+ */
+import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+
+export interface ForwardParams {
+  D: number;
+  Br: number;
+  Bc: number;
+  /** Threads per workgroup. */
+  WG: number;
+  dtype: StorageType;
+  causal: boolean;
+}
+
+export function forwardWorkgroupBytes(p: Pick<ForwardParams, 'D' | 'Br' | 'Bc'>): number {
+  return 4 * (2 * p.Br * p.D + p.Bc * p.D + p.Br * p.Bc + 2 * p.Br);
+}
+
+/** Entries of O_i each thread keeps in registers. */
+export function forwardAccumulator(p: Pick<ForwardParams, 'D' | 'Br' | 'WG'>): number {
+  return Math.ceil((p.Br * p.D) / p.WG);
+}
+
+export function forwardWGSL(p: ForwardParams, workgroupLimit: number): string {
+  const { D, Br, Bc, WG, dtype, causal } = p;
+  checkWorkgroupBytes('forward', forwardWorkgroupBytes(p), workgroupLimit);
+  return `${enables(dtype)}
+${SIZES_WGSL}
+@group(0) @binding(0) var<uniform> u: Sizes;
+@group(0) @binding(1) var<storage, read> q: array<${dtype}>;
+@group(0) @binding(2) var<storage, read> k: array<${dtype}>;
+@group(0) @binding(3) var<storage, read> v: array<${dtype}>;
+@group(0) @binding(4) var<storage, read_write> o: array<${dtype}>;
+@group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits
+
+const D = ${D}u;
+const Br = ${Br}u;
+const Bc = ${Bc}u;
+const WG = ${WG}u;
+${MASKED_WGSL}
+
+var<workgroup> Qi: array<f32, ${Br * D}>;
+var<workgroup> Oi: array<f32, ${Br * D}>;
+var<workgroup> KV: array<f32, ${Bc * D}>;
+var<workgroup> S: array<f32, ${Br * Bc}>;
+var<workgroup> alpha: array<f32, ${Br}>;
+var<workgroup> lrow: array<f32, ${Br}>;
+
+${VISIBLE_WGSL}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let bh = wid.y;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  let qo = b * u.qBatch + h * u.qHead;
+  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
+  let r0 = wid.x * Br;
+
+  // Alg. 1 line 4: Q_i, with the softmax scale folded in; rows past Nq read as 0.
+  for (var e = lid; e < Br * D; e += WG) {
+    let row = r0 + e / D;
+    Qi[e] = select(0.0, f32(q[qo + min(row, u.Nq - 1u) * u.qRow + e % D]) * u.scale, row < u.Nq);
+  }
+  // Alg. 1 line 5: O_i = 0 (registers), m = −∞ (MASKED), l = 0 (thread r owns row r).
+  for (var e = lid; e < Br * D; e += WG) {
+    Oi[e] = 0.0;
+  }
+  var m = MASKED;
+  var l = 0.0;
+
+  var Tc = (u.Nk + Bc - 1u) / Bc;
+  ${
+    causal
+      ? `// Causal: the last key the block's last row sees bounds the key blocks.
+  let lastKey = i32(min(r0 + Br, u.Nq)) - 1 + i32(u.Nk) - i32(u.Nq);
+  Tc = select(0u, min(Tc, u32(lastKey) / Bc + 1u), lastKey >= 0);`
+      : ''
+  }
+  for (var j = 0u; j < Tc; j++) {
+    let c0 = j * Bc;
+    workgroupBarrier(); // the previous block's V_j is no longer read
+    // Alg. 1 line 7: K_j
+    for (var e = lid; e < Bc * D; e += WG) {
+      let key = c0 + e / D;
+      KV[e] = select(0.0, f32(k[ko + min(key, u.Nk - 1u) * u.kvRow + e % D]), key < u.Nk);
+    }
+    workgroupBarrier();
+    // Alg. 1 line 8: S = Q_i K_jᵀ, masked entries MASKED.
+    for (var e = lid; e < Br * Bc; e += WG) {
+      let r = e / Bc;
+      let c = e % Bc;
+      var s = 0.0;
+      for (var d = 0u; d < D; d++) {
+        s += Qi[r * D + d] * KV[c * D + d];
+      }
+      let key = c0 + c;
+      S[e] = select(MASKED, s, key < u.Nk${causal ? ' && visible(r0 + r, key)' : ''});
+    }
+    workgroupBarrier();
+    // Alg. 1 line 9: running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
+    if (lid < Br) {
+      var mx = m;
+      for (var c = 0u; c < Bc; c++) {
+        mx = max(mx, S[lid * Bc + c]);
+      }
+      var a = 1.0;
+      if (mx != MASKED) {
+        a = exp(m - mx);
+        var sum = 0.0;
+        for (var c = 0u; c < Bc; c++) {
+          let x = S[lid * Bc + c];
+          let pe = select(exp(x - mx), 0.0, x == MASKED);
+          S[lid * Bc + c] = pe;
+          sum += pe;
+        }
+        l = a * l + sum;
+        m = mx;
+      } else {
+        for (var c = 0u; c < Bc; c++) {
+          S[lid * Bc + c] = 0.0; // nothing visible yet in this row
+        }
+      }
+      alpha[lid] = a;
+    }
+    workgroupBarrier();
+    // Alg. 1 line 7 (second half): V_j, into the tile K_j used.
+    for (var e = lid; e < Bc * D; e += WG) {
+      let key = c0 + e / D;
+      KV[e] = select(0.0, f32(v[ko + min(key, u.Nk - 1u) * u.kvRow + e % D]), key < u.Nk);
+    }
+    workgroupBarrier();
+    // Alg. 1 line 10: O_i = diag(alpha) O_i + P̃ V_j.
+    for (var e = lid; e < Br * D; e += WG) {
+      let r = e / D;
+      let d = e % D;
+      var pv = 0.0;
+      for (var c = 0u; c < Bc; c++) {
+        pv += S[r * Bc + c] * KV[c * D + d];
+      }
+      Oi[e] = alpha[r] * Oi[e] + pv;
+    }
+  }
+
+  // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l; a row that saw no key: O = 0, L = −∞.
+  if (lid < Br) {
+    lrow[lid] = l;
+    let row = r0 + lid;
+    if (row < u.Nq) {
+      lse[bh * u.Nq + row] = select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0);
+    }
+  }
+  workgroupBarrier();
+  for (var e = lid; e < Br * D; e += WG) {
+    let row = r0 + e / D;
+    if (row < u.Nq) {
+      let lr = lrow[e / D];
+      o[qo + row * u.qRow + e % D] = ${dtype}(select(Oi[e] / lr, 0.0, lr == 0.0));
+    }
+  }
+}
+`;
+}
