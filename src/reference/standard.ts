@@ -1,5 +1,6 @@
 /**
- * The oracle: standard attention in float64, materialising S and P for one head at a time.
+ * The oracle: standard attention in float64, materialising S and P for one head at a time, every
+ * product written as a matrix product of dense per-head matrices.
  *   S = scale · Q Kᵀ (masked entries −∞),  P = softmax(S) row-wise,  O = P V,  L = rowmax(S) + log rowsum(exp(S − rowmax))
  * and its exact gradient
  *   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − rowsum(dP ∘ P)),  dQ = scale · dS K,  dK = scale · dSᵀ Q.
@@ -56,65 +57,87 @@ export function visible(p: Problem, i: number, j: number): boolean {
 }
 
 /**
- * Keys are visited in blocks of this many so that a block of K (or V, dK, dV) stays in cache while every
- * query row passes it. Only the loop order changes: every sum still runs over j (and over i) in order.
+ * C (m×n) = A (m×k) · Bᵀ with B (n×k): every entry is the dot product of two contiguous rows. Rows of B
+ * are visited in blocks that stay in cache while every row of A passes them.
  */
-const KEYS = 64;
-
-/** S = scale · Q Kᵀ for one head, masked entries −∞; then P = softmax(S) in place. Returns L per row. */
-function probabilities(p: Problem, hd: Heads, q: Float64Array, k: Float64Array, qo: number, ko: number, P: Float64Array): Float64Array {
-  const { Nq, Nk, D, scale } = p;
-  for (let j0 = 0; j0 < Nk; j0 += KEYS) {
-    for (let i = 0; i < Nq; i++) {
-      for (let j = j0; j < Math.min(j0 + KEYS, Nk); j++) {
-        P[i * Nk + j] = visible(p, i, j) ? scale * dot(q, qo + i * hd.qRow, k, ko + j * hd.kvRow, D) : -Infinity;
-      }
+function gemmNT(A: Float64Array, B: Float64Array, m: number, n: number, k: number, alpha = 1): Float64Array {
+  const C = new Float64Array(m * n);
+  for (let j0 = 0; j0 < n; j0 += 64) {
+    for (let i = 0; i < m; i++) {
+      for (let j = j0; j < Math.min(j0 + 64, n); j++) C[i * n + j] = alpha * dot(A, i * k, B, j * k, k);
     }
   }
+  return C;
+}
+
+/** The transpose of an (m×n) matrix. */
+function transpose(A: Float64Array, m: number, n: number): Float64Array {
+  const T = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) T[j * m + i] = A[i * n + j];
+  return T;
+}
+
+/** The N rows of one head as a dense (N×D) matrix. */
+function rowsOf(x: Float64Array, offset: number, rowStride: number, N: number, D: number): Float64Array {
+  const out = new Float64Array(N * D);
+  for (let n = 0; n < N; n++) out.set(x.subarray(offset + n * rowStride, offset + n * rowStride + D), n * D);
+  return out;
+}
+
+/** Add a dense (N×D) matrix into the N rows of one head. */
+function addRows(x: Float64Array, offset: number, rowStride: number, N: number, D: number, values: Float64Array): void {
+  for (let n = 0; n < N; n++) for (let d = 0; d < D; d++) x[offset + n * rowStride + d] += values[n * D + d];
+}
+
+/** P = softmax(S) for one head (S = scale · Q Kᵀ, masked entries −∞), in place; returns L per row. */
+function softmax(p: Problem, S: Float64Array): Float64Array {
+  const { Nq, Nk } = p;
   const L = new Float64Array(Nq);
   for (let i = 0; i < Nq; i++) {
     let m = -Infinity;
     for (let j = 0; j < Nk; j++) {
-      const s = P[i * Nk + j];
+      if (!visible(p, i, j)) S[i * Nk + j] = -Infinity;
+      const s = S[i * Nk + j];
       if (s !== s) m = NaN; // a NaN logit makes the whole row NaN
       else if (s > m) m = s;
     }
     if (m === -Infinity) {
-      P.fill(0, i * Nk, (i + 1) * Nk);
+      S.fill(0, i * Nk, (i + 1) * Nk);
       L[i] = -Infinity;
       continue;
     }
     let l = 0;
-    for (let j = 0; j < Nk; j++) l += P[i * Nk + j] = Math.exp(P[i * Nk + j] - m);
-    for (let j = 0; j < Nk; j++) P[i * Nk + j] /= l;
+    for (let j = 0; j < Nk; j++) l += S[i * Nk + j] = Math.exp(S[i * Nk + j] - m);
+    for (let j = 0; j < Nk; j++) S[i * Nk + j] /= l;
     L[i] = m + Math.log(l);
   }
   return L;
 }
 
+/** One head's dense Q, K, V (and P with L) from the inputs. */
+function head(p: Problem, hd: Heads, q: Float64Array, k: Float64Array, v: Float64Array, b: number, h: number) {
+  const { Nq, Nk, D, H, Hkv, scale } = p;
+  const qo = hd.q(b, h);
+  const ko = hd.kv(b, Math.floor(h / (H / Hkv)));
+  const Q = rowsOf(q, qo, hd.qRow, Nq, D);
+  const K = rowsOf(k, ko, hd.kvRow, Nk, D);
+  const V = rowsOf(v, ko, hd.kvRow, Nk, D);
+  const P = gemmNT(Q, K, Nq, Nk, D, scale); // S = scale · Q Kᵀ, softmax'd in place below
+  const L = softmax(p, P);
+  return { qo, ko, Q, K, V, P, L };
+}
+
 /** (B, Nq, H, D) q, (B, Nk, Hkv, D) k, v -> out like q, lse (B, H, Nq); all float64. */
 export function standardForward(p: Problem, q: Float64Array, k: Float64Array, v: Float64Array): { out: Float64Array; lse: Float64Array } {
-  const { B, H, Hkv, Nq, Nk, D } = p;
+  const { B, H, Nq, Nk, D } = p;
   const hd = heads(p);
   const out = new Float64Array(q.length);
   const lse = new Float64Array(B * H * Nq);
-  const P = new Float64Array(Nq * Nk);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      const qo = hd.q(b, h);
-      const ko = hd.kv(b, Math.floor(h / (H / Hkv)));
-      lse.set(probabilities(p, hd, q, k, qo, ko, P), (b * H + h) * Nq);
-      for (let j0 = 0; j0 < Nk; j0 += KEYS) {
-        for (let i = 0; i < Nq; i++) {
-          const o = qo + i * hd.qRow;
-          for (let j = j0; j < Math.min(j0 + KEYS, Nk); j++) {
-            const pij = P[i * Nk + j];
-            if (pij === 0) continue; // masked keys (and underflowed ones) contribute nothing
-            const vo = ko + j * hd.kvRow;
-            for (let d = 0; d < D; d++) out[o + d] += pij * v[vo + d];
-          }
-        }
-      }
+      const { qo, V, P, L } = head(p, hd, q, k, v, b, h);
+      addRows(out, qo, hd.qRow, Nq, D, gemmNT(P, transpose(V, Nk, D), Nq, D, Nk)); // O = P V
+      lse.set(L, (b * H + h) * Nq);
     }
   }
   return { out, lse };
@@ -128,44 +151,24 @@ export function standardBackward(
   k: Float64Array,
   v: Float64Array,
 ): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
-  const { B, H, Hkv, Nq, Nk, D, scale } = p;
+  const { B, H, Nq, Nk, D, scale } = p;
   const hd = heads(p);
   const dq = new Float64Array(q.length);
   const dk = new Float64Array(k.length);
   const dv = new Float64Array(v.length);
-  const P = new Float64Array(Nq * Nk);
-  const dS = new Float64Array(Nq * Nk);
-  const rowDot = new Float64Array(Nq); // rowsum(dP ∘ P)
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      const qo = hd.q(b, h);
-      const ko = hd.kv(b, Math.floor(h / (H / Hkv)));
-      probabilities(p, hd, q, k, qo, ko, P);
-      for (let j0 = 0; j0 < Nk; j0 += KEYS) {
-        for (let i = 0; i < Nq; i++) {
-          for (let j = j0; j < Math.min(j0 + KEYS, Nk); j++) dS[i * Nk + j] = dot(dout, qo + i * hd.qRow, v, ko + j * hd.kvRow, D); // dP = dO Vᵀ
-        }
-      }
+      const { qo, ko, Q, K, V, P } = head(p, hd, q, k, v, b, h);
+      const dO = rowsOf(dout, qo, hd.qRow, Nq, D);
+      const dS = gemmNT(dO, V, Nq, Nk, D); // dP = dO Vᵀ, turned into dS in place
       for (let i = 0; i < Nq; i++) {
-        let sum = 0;
-        for (let j = 0; j < Nk; j++) sum += dS[i * Nk + j] * P[i * Nk + j];
-        rowDot[i] = sum;
+        let rowDot = 0; // rowsum(dP ∘ P)
+        for (let j = 0; j < Nk; j++) rowDot += dS[i * Nk + j] * P[i * Nk + j];
+        for (let j = 0; j < Nk; j++) dS[i * Nk + j] = P[i * Nk + j] * (dS[i * Nk + j] - rowDot); // dS = P ∘ (dP − rowDot)
       }
-      for (let j0 = 0; j0 < Nk; j0 += KEYS) {
-        for (let i = 0; i < Nq; i++) {
-          const oi = qo + i * hd.qRow;
-          for (let j = j0; j < Math.min(j0 + KEYS, Nk); j++) {
-            const pij = P[i * Nk + j];
-            const ds = pij === 0 ? 0 : pij * (dS[i * Nk + j] - rowDot[i]); // dS = P ∘ (dP − rowsum(dP ∘ P))
-            const kj = ko + j * hd.kvRow;
-            for (let d = 0; d < D; d++) {
-              dv[kj + d] += pij * dout[oi + d]; // dV = Pᵀ dO
-              dq[oi + d] += scale * ds * k[kj + d]; // dQ = scale dS K
-              dk[kj + d] += scale * ds * q[oi + d]; // dK = scale dSᵀ Q
-            }
-          }
-        }
-      }
+      addRows(dv, ko, hd.kvRow, Nk, D, gemmNT(transpose(P, Nq, Nk), transpose(dO, Nq, D), Nk, D, Nq)); // dV = Pᵀ dO
+      addRows(dq, qo, hd.qRow, Nq, D, gemmNT(dS, transpose(K, Nk, D), Nq, D, Nk, scale)); // dQ = scale dS K
+      addRows(dk, ko, hd.kvRow, Nk, D, gemmNT(transpose(dS, Nq, Nk), transpose(Q, Nq, D), Nk, D, Nq, scale)); // dK = scale dSᵀ Q
     }
   }
   return { dq, dk, dv };
