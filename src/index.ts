@@ -13,4 +13,5 @@ export { decodeF16, encodeF16, f16ToNumber, numberToF16, roundToF16 } from './f1
 export { attentionFlops } from './flops.js';
 export { MemoryTracker, memory } from './memory.js';
 export type { Algorithm, AttentionOptions, Backend } from './options.js';
-export { tensor, type DType, type Layout, type Tensor, type TensorData } from './tensor.js';
+export { tensor, type AnyTensor, type DType, type GpuTensor, type Layout, type Tensor, type TensorData } from './tensor.js';
+export { webgpuDevice } from './webgpu/device.js';

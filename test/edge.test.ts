@@ -4,10 +4,11 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { forward, tensor, type Tensor } from '../src/index.js';
 import { toF64 } from '../src/tensor.js';
-import { BACKENDS, checkInputs } from './spec.js';
+import { BACKENDS, checkInputs, reportWebgpuSkip } from './spec.js';
 import { inputs, randomTensor, type Case } from './util.js';
 
 const TARGETS = [...BACKENDS.map((backend) => ({ backend })), { backend: 'reference' as const }];
+reportWebgpuSkip();
 
 /** Rows of a (B, N, H, D) tensor for which pred(b, n, h) holds, as f64 values. */
 function rows(t: Tensor, pred: (b: number, n: number, h: number) => boolean): number[] {

@@ -8,6 +8,7 @@ import { backward, forward, type AttentionOptions, type DType, type Layout, type
 import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
+import { webgpuStatus } from '../src/webgpu/device.js';
 import { assertWithinRule, inputs, maxError, type Case } from './util.js';
 
 export const GRID_SHAPES: readonly [number, number][] = [
@@ -63,7 +64,7 @@ async function yardsticks(c: Case, dtype: DType, causal: boolean) {
   return entry;
 }
 
-async function run(c: Case, dtype: DType, layout: Layout, causal: boolean, how: { backend: 'cpu' | 'reference'; algorithm: 'flash' | 'standard' }): Promise<Results> {
+async function run(c: Case, dtype: DType, layout: Layout, causal: boolean, how: { backend: Backend | 'reference'; algorithm: 'flash' | 'standard' }): Promise<Results> {
   const { q, k, v, dout } = inputs(c, dtype, layout);
   const options = { causal, layout, ...how };
   const f = await forward(q, k, v, options);
@@ -72,7 +73,7 @@ async function run(c: Case, dtype: DType, layout: Layout, causal: boolean, how: 
 }
 
 /** Forward and backward of `backend` (flash) on one case, checked against the oracle by the error rule. */
-export async function checkCase(backend: 'cpu', c: Case, dtype: DType, layout: Layout, causal: boolean): Promise<void> {
+export async function checkCase(backend: Backend, c: Case, dtype: DType, layout: Layout, causal: boolean): Promise<void> {
   const { oracle, standard } = await yardsticks(c, dtype, causal);
   const got = await run(c, dtype, layout, causal, { backend, algorithm: 'flash' });
   const label = `${backend} ${dtype} ${layout} causal=${causal} Nq=${c.Nq} Nk=${c.Nk} D=${c.D}`;
@@ -85,8 +86,24 @@ export async function checkCase(backend: 'cpu', c: Case, dtype: DType, layout: L
 
 
 
-/** The backends the spec runs on (webgpu joins when an adapter is present). */
-export const BACKENDS: readonly 'cpu'[] = ['cpu'];
+export type Backend = 'cpu' | 'webgpu';
+
+/**
+ * The backends the spec runs on: cpu always, webgpu when an adapter is present. Without one the webgpu
+ * tests are reported as skipped, with the reason; with FLASHATTN_REQUIRE_WEBGPU=1 (CI) a missing adapter
+ * fails instead.
+ */
+const webgpu = await webgpuStatus();
+if (!webgpu.ok && process.env.FLASHATTN_REQUIRE_WEBGPU === '1') {
+  throw new Error(`FLASHATTN_REQUIRE_WEBGPU=1 but no WebGPU adapter: ${webgpu.reason}`);
+}
+export const BACKENDS: readonly Backend[] = webgpu.ok ? ['cpu', 'webgpu'] : ['cpu'];
+export const WEBGPU_SKIPPED = webgpu.ok ? undefined : `webgpu tests skipped: no WebGPU adapter here (${webgpu.reason})`;
+
+/** Registers a visibly skipped test saying why the webgpu tests did not run (nothing when they run). */
+export function reportWebgpuSkip(): void {
+  if (WEBGPU_SKIPPED) test(WEBGPU_SKIPPED, { skip: WEBGPU_SKIPPED }, () => {});
+}
 
 /**
  * One test per (Nq, Nk, D) of the grid, B = 2, H = 3, for one dtype and causal setting; inside it every
@@ -96,6 +113,7 @@ export function registerGrid(dtype: DType, causal: boolean): void {
   const cases = GRID_SHAPES.flatMap(([Nq, Nk]) => GRID_D.map((D) => ({ B: 2, H: 3, Hkv: 3, Nq, Nk, D })));
   cases.sort((a, b) => b.Nq * b.Nk * b.D - a.Nq * a.Nk * a.D);
   describe(`grid ${dtype} causal=${causal}`, () => {
+    reportWebgpuSkip();
     for (const c of cases) {
       test(`Nq=${c.Nq} Nk=${c.Nk} D=${c.D}`, async () => {
         for (const backend of BACKENDS) {
@@ -117,11 +135,11 @@ export interface Inputs {
  * Forward and backward of `how` on given inputs (BNHD), checked against the oracle by the error rule with
  * the cpu standard attention of the same dtype as yardstick. Returns the results for further checks.
  */
-export async function checkInputs(label: string, t: Inputs, options: AttentionOptions, how: { backend: 'cpu' | 'reference' }) {
+export async function checkInputs(label: string, t: Inputs, options: AttentionOptions, how: { backend: Backend | 'reference' }) {
   const p = checkForward(t.q, t.k, t.v, options);
   const [Q, K, V, dO] = [toF64(t.q), toF64(t.k), toF64(t.v), toF64(t.dout)];
   const oracle = { ...standardForward(p, Q, K, V), ...standardBackward(p, dO, Q, K, V) };
-  const results = async (algorithm: 'flash' | 'standard', backend: 'cpu' | 'reference') => {
+  const results = async (algorithm: 'flash' | 'standard', backend: Backend | 'reference') => {
     const f = await forward(t.q, t.k, t.v, { ...options, backend, algorithm });
     const g = await backward(t.dout, t.q, t.k, t.v, f.out, f.lse, { ...options, backend, algorithm });
     return { out: f.out, lse: f.lse, dq: g.dq, dk: g.dk, dv: g.dv };

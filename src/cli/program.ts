@@ -2,6 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { BENCH_BACKENDS, BENCH_DTYPES, TOLERANCE, VALIDATION_MAX_N, runBench, type BenchBackend, type BenchConfig, type BenchDType } from './bench.js';
+import { info } from './info.js';
 import { parseIntList, parsePositiveInt, parseSeed } from './parse.js';
 import { environment, formatHeader, formatNotes, formatTable, formatValidations, jsonReport, packageVersion } from './report.js';
 
@@ -61,6 +62,13 @@ export function createProgram(): Command {
     // Usage errors exit with 2 (commander's own default is 1), so they differ from a failed benchmark.
     .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
     .addHelpText('after', "\nRun 'flashattn bench --help' for what the benchmark measures and its options.");
+
+  program
+    .command('info')
+    .description('Print what this machine offers: the cpu threads, and the WebGPU adapter with its features, subgroup sizes, subgroup-matrix configs and limits.')
+    .action(async () => {
+      process.stdout.write((await info()) + '\n');
+    });
 
   program
     .command('bench')

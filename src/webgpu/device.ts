@@ -31,8 +31,6 @@ export interface Gpu {
   /** A CPU implementation of WebGPU (lavapipe, SwiftShader): correct, but slower than the cpu backend. */
   software: boolean;
   limits: GPUSupportedLimits;
-  /** The GPU object the device came from: dawn.node stops serving a device whose GPU object was collected. */
-  entry?: GPU;
 }
 
 const known = new WeakMap<GPUDevice, Gpu>();
@@ -55,17 +53,25 @@ export function gpuOf(device: GPUDevice, description = '', software = false): Gp
   return gpu;
 }
 
-/** navigator.gpu where it exists, else Dawn through the `webgpu` package (undefined if neither). */
-export async function gpuEntry(): Promise<{ gpu: GPU; source: string } | undefined> {
-  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
-  if (nav?.gpu) return { gpu: nav.gpu, source: 'navigator.gpu' };
-  try {
-    const dawn = (await import('webgpu')) as unknown as { create(toggles: string[]): GPU; globals: object };
-    Object.assign(globalThis, dawn.globals); // GPUBufferUsage and friends, as in a browser
-    return { gpu: dawn.create(DAWN_TOGGLES), source: 'webgpu (Dawn)' };
-  } catch {
-    return undefined;
-  }
+let entry: Promise<{ gpu: GPU; source: string } | undefined> | undefined;
+
+/**
+ * navigator.gpu where it exists, else Dawn through the `webgpu` package (undefined if neither). One Dawn
+ * instance per process: a second one aborts in dawn.node.
+ */
+export function gpuEntry(): Promise<{ gpu: GPU; source: string } | undefined> {
+  entry ??= (async () => {
+    const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+    if (nav?.gpu) return { gpu: nav.gpu, source: 'navigator.gpu' };
+    try {
+      const dawn = (await import('webgpu')) as unknown as { create(toggles: string[]): GPU; globals: object };
+      Object.assign(globalThis, dawn.globals); // GPUBufferUsage and friends, as in a browser
+      return { gpu: dawn.create(DAWN_TOGGLES), source: 'webgpu (Dawn)' };
+    } catch {
+      return undefined;
+    }
+  })();
+  return entry;
 }
 
 /** lavapipe, llvmpipe, SwiftShader and other adapters that run on the CPU. */
@@ -85,6 +91,7 @@ let shared: Promise<Gpu> | undefined;
 /** The library's own device, created on first use and shared by later calls. */
 export function defaultGpu(): Promise<Gpu> {
   shared ??= (async () => {
+    // The module keeps the GPU object (gpuEntry): dawn.node stops serving devices whose GPU object was collected.
     const entry = await gpuEntry();
     if (!entry) {
       throw new BackendUnavailableError('options.backend', 'a WebGPU implementation (navigator.gpu, or the `webgpu` package in Node)', 'none');
@@ -98,7 +105,7 @@ export function defaultGpu(): Promise<Gpu> {
     device.lost.then(() => {
       shared = undefined; // the next call asks for a new device
     });
-    return { ...gpuOf(device, describeAdapter(adapter), isSoftware(adapter)), entry: entry.gpu };
+    return gpuOf(device, describeAdapter(adapter), isSoftware(adapter));
   })();
   shared.catch(() => {
     shared = undefined;
@@ -106,13 +113,12 @@ export function defaultGpu(): Promise<Gpu> {
   return shared;
 }
 
-/** Whether a WebGPU adapter can be had here (used by 'auto' and by the tests). */
-export async function webgpuAvailable(): Promise<boolean> {
+/** Whether a WebGPU adapter can be had here, and if not, why (for 'auto', the tests and `flashattn info`). */
+export async function webgpuStatus(): Promise<{ ok: true; gpu: Gpu } | { ok: false; reason: string }> {
   try {
-    await defaultGpu();
-    return true;
-  } catch {
-    return false;
+    return { ok: true, gpu: await defaultGpu() };
+  } catch (e) {
+    return { ok: false, reason: e instanceof Error ? e.message : String(e) };
   }
 }
 
@@ -128,4 +134,9 @@ export async function preferWebgpu(dtype: 'f32' | 'f16'): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** The library's own GPUDevice (created on first use): make GPUBuffers on it for zero-copy calls. */
+export async function webgpuDevice(): Promise<GPUDevice> {
+  return (await defaultGpu()).device;
 }

@@ -3,12 +3,23 @@
  * the device, and results are read back (or handed over as GPUBuffers when the inputs were GPUBuffers).
  * Every buffer it makes goes through GpuBuffers, which counts it in the call's MemoryTracker.
  */
-import { DTypeError, NotSupportedError, ValueError } from '../errors.js';
+import { DTypeError, ValueError } from '../errors.js';
 import type { Problem } from '../problem.js';
 import { isGpuBuffer, strides, type AnyTensor, type DType } from '../tensor.js';
 import { GpuBuffers } from './buffers.js';
 import { defaultGpu, gpuOf, type Gpu } from './device.js';
 import { chooseTiles, sizesBytes, type Sizes, type StorageType } from './kernels/common.js';
+import {
+  backwardKVAccumulator,
+  backwardKVWGSL,
+  backwardKVWorkgroupBytes,
+  backwardQAccumulator,
+  backwardQWGSL,
+  backwardQWorkgroupBytes,
+  preprocessWGSL,
+  type BackwardParams,
+  type PreprocessParams,
+} from './kernels/backward.js';
 import { forwardAccumulator, forwardWGSL, forwardWorkgroupBytes, type ForwardParams } from './kernels/forward.js';
 import { dispatch, pipeline } from './pipelines.js';
 
@@ -126,6 +137,31 @@ export async function webgpuForward(p: Problem, q: AnyTensor, k: AnyTensor, v: A
   }
 }
 
+/** The backward kernels' compile-time configurations for a problem on a device (dK/dV and dQ tiles apart). */
+export function backwardParams(p: Problem, gpu: Gpu): { pre: PreprocessParams; kv: BackwardParams; q: BackwardParams } {
+  const WG = workgroupSize(gpu);
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const dtype = p.dtype as StorageType;
+  // dK/dV: the owned key block Bc is chooseTiles' `rows`, the streamed query block Br its `cols`.
+  const kv = chooseTiles(
+    (Bc, Br) => backwardKVWorkgroupBytes({ D: p.D, Br, Bc }),
+    (Bc) => backwardKVAccumulator({ D: p.D, Bc, WG }),
+    limit,
+    64,
+  );
+  const q = chooseTiles(
+    (Br, Bc) => backwardQWorkgroupBytes({ D: p.D, Br, Bc }),
+    (Br) => backwardQAccumulator({ D: p.D, Br, WG }),
+    limit,
+    64,
+  );
+  return {
+    pre: { D: p.D, WG, dtype },
+    kv: { D: p.D, Br: kv.cols, Bc: kv.rows, WG, dtype, causal: p.causal },
+    q: { D: p.D, Br: q.rows, Bc: q.cols, WG, dtype, causal: p.causal },
+  };
+}
+
 export async function webgpuBackward(
   p: Problem,
   dout: AnyTensor,
@@ -135,6 +171,27 @@ export async function webgpuBackward(
   out: AnyTensor,
   lse: AnyTensor,
 ): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor }> {
-  void [p, dout, q, k, v, out, lse];
-  throw new NotSupportedError('options.backend', 'the webgpu backward', "'cpu' or 'reference'", "'webgpu'");
+  const gpu = await gpuFor(p);
+  const call = new Call(p, gpu);
+  try {
+    const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+    const params = backwardParams(p, gpu);
+    const pre = await pipeline(gpu.device, 'backwardPreprocess', params.pre, preprocessWGSL);
+    const kv = await pipeline(gpu.device, 'backwardKV', params.kv, (x) => backwardKVWGSL(x, limit));
+    const dqPipe = await pipeline(gpu.device, 'backwardQ', params.q, (x) => backwardQWGSL(x, limit));
+    const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
+    const [dO, Q, K, V, O, L] = [call.input(dout, 'dout'), call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v'), call.input(out, 'out'), call.input(lse, 'lse')];
+    const Dvec = call.output(p.B * p.H * p.Nq, 'Dvec', 'f32');
+    const dq = call.output(p.B * p.Nq * p.H * p.D, 'dq');
+    const dk = call.output(p.B * p.Nk * p.Hkv * p.D, 'dk');
+    const dv = call.output(p.B * p.Nk * p.Hkv * p.D, 'dv');
+    await call.submit(async (enc) => {
+      dispatch(enc, gpu.device, pre, [sizes, dO, O, Dvec], [Math.ceil(p.Nq / params.pre.WG), p.B * p.H]);
+      dispatch(enc, gpu.device, kv, [sizes, Q, K, V, dO, L, Dvec, dk, dv], [Math.ceil(p.Nk / params.kv.Bc), p.B * p.Hkv]);
+      dispatch(enc, gpu.device, dqPipe, [sizes, Q, K, V, dO, L, Dvec, dq], [Math.ceil(p.Nq / params.q.Br), p.B * p.H]);
+    });
+    return { dq: await call.result(dq, q.shape), dk: await call.result(dk, k.shape), dv: await call.result(dv, v.shape) };
+  } finally {
+    call.dispose();
+  }
 }

@@ -1,0 +1,387 @@
+/**
+ * Backward kernels, FlashAttention-2 order (Dao 2023, Algorithm 2), split in three dispatches so that no
+ * two workgroups ever write the same element: deterministic, and no float atomics (WGSL has none).
+ *
+ * 1. preprocess (Alg. 2 line 4): one invocation owns one query row of one head (b, h); dispatch
+ *    (⌈Nq/WG⌉, B·H). It writes Dvec[(b·H + h)·Nq + i] = rowsum(dO ∘ O) in f32. No workgroup memory.
+ * 2. dK/dV: one workgroup owns key block K_j (Bc rows) of one key/value head (b, hkv); dispatch
+ *    (Tc, B·Hkv). K_j, V_j (lines 6-7) and the accumulators dK_j, dV_j stay in workgroup memory. Loop
+ *    order: for each query head h of the group, for each query block i (line 8; causal: blocks entirely
+ *    above the diagonal are skipped):
+ *      a. all threads load Q_i (times the scale) and dO_i, and L_i, D_i (line 9);
+ *      b. P = exp(S − L) one entry per thread at a time, into the Br×Bc tile T (lines 10-11);
+ *      c. each thread owns entries of dV_j: dV_j += Pᵀ dO_i (line 12);
+ *      d. dS = P ∘ (dO_i V_jᵀ − D_i) in place in T (lines 13-14);
+ *      e. each thread owns entries of dK_j: dK_j += dSᵀ (scale·Q_i) (line 16).
+ *    dK_j, dV_j are written once at the end (line 18), summed over the group's query heads.
+ *    Workgroup memory: 4·(4·Bc·D + 2·Br·D + Br·Bc + 2·Br) bytes (K_j, V_j, dK_j, dV_j, Q_i, dO_i, T, L, D).
+ * 3. dQ: one workgroup owns query block Q_i (Br rows) of one head (b, h); dispatch (Tr, B·H). Q_i (times
+ *    the scale), dO_i, L_i, D_i and the accumulator dQ_i stay in workgroup memory; V_j and then K_j
+ *    stream through one tile. Per key block j (causal: blocks entirely above the diagonal are skipped):
+ *      a. all threads load V_j; dP = dO_i V_jᵀ into T (line 13);
+ *      b. all threads load K_j into the same tile; P = exp(S − L), dS = P ∘ (dP − D) in place (11, 14);
+ *      c. each thread owns entries of dQ_i: dQ_i += dS K_j (line 15).
+ *    dQ_i = scale·dQ_i is written once.
+ *    Workgroup memory: 4·(3·Br·D + Bc·D + Br·Bc + 2·Br) bytes (Q_i, dO_i, dQ_i, K_j/V_j, T, L, D).
+ * Every accumulator lives in workgroup memory, each element owned by one thread (`e = lid; e += WG`):
+ * per-thread private arrays make some drivers' (lavapipe's LLVM) first compile take minutes.
+ * Rows past Nq and keys past Nk load as 0 and are masked; rows that see no key (L = −∞) have P = dS = 0.
+ */
+import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+
+export interface PreprocessParams {
+  D: number;
+  /** Threads per workgroup. */
+  WG: number;
+  dtype: StorageType;
+}
+
+/** The dK/dV and dQ kernels' compile-time configuration (each with its own tiles). */
+export interface BackwardParams {
+  D: number;
+  /** Query rows per block. */
+  Br: number;
+  /** Keys per block. */
+  Bc: number;
+  /** Threads per workgroup. */
+  WG: number;
+  dtype: StorageType;
+  causal: boolean;
+}
+
+export function backwardKVWorkgroupBytes(p: Pick<BackwardParams, 'D' | 'Br' | 'Bc'>): number {
+  return 4 * (4 * p.Bc * p.D + 2 * p.Br * p.D + p.Br * p.Bc + 2 * p.Br);
+}
+
+export function backwardQWorkgroupBytes(p: Pick<BackwardParams, 'D' | 'Br' | 'Bc'>): number {
+  return 4 * (3 * p.Br * p.D + p.Bc * p.D + p.Br * p.Bc + 2 * p.Br);
+}
+
+/** Entries of each of dK_j, dV_j (workgroup memory) each thread owns. */
+export function backwardKVAccumulator(p: Pick<BackwardParams, 'D' | 'Bc' | 'WG'>): number {
+  return Math.ceil((p.Bc * p.D) / p.WG);
+}
+
+/** Entries of dQ_i (workgroup memory) each thread owns. */
+export function backwardQAccumulator(p: Pick<BackwardParams, 'D' | 'Br' | 'WG'>): number {
+  return Math.ceil((p.Br * p.D) / p.WG);
+}
+
+/** Alg. 2 line 4: D = rowsum(dO ∘ O), one query row per invocation. */
+export function preprocessWGSL(p: PreprocessParams): string {
+  const { D, WG, dtype } = p;
+  return `${enables(dtype)}
+${SIZES_WGSL}
+@group(0) @binding(0) var<uniform> u: Sizes;
+@group(0) @binding(1) var<storage, read> dout: array<${dtype}>;
+@group(0) @binding(2) var<storage, read> o: array<${dtype}>;
+@group(0) @binding(3) var<storage, read_write> Dvec: array<f32>;
+
+const D = ${D}u;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let bh = wid.y;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  let row = wid.x * ${WG}u + lid;
+  if (row < u.Nq) {
+    let base = b * u.qBatch + h * u.qHead + row * u.qRow;
+    var s = 0.0;
+    for (var d = 0u; d < D; d++) {
+      s += f32(dout[base + d]) * f32(o[base + d]);
+    }
+    Dvec[bh * u.Nq + row] = s;
+  }
+}
+`;
+}
+
+/** Load L_i (f32 bits; −∞ and rows past Nq become MASKED) and D_i into Lrow, Drow. */
+function rowStatsWGSL(): string {
+  return `for (var r = lid; r < Br; r += WG) {
+      let row = r0 + r;
+      var L = MASKED;
+      var Dr = 0.0;
+      if (row < u.Nq) {
+        let bits = lse[Lo + row];
+        if (bits != ${NEG_INF_BITS}) {
+          L = bitcast<f32>(bits);
+        }
+        Dr = Dvec[Lo + row];
+      }
+      Lrow[r] = L;
+      Drow[r] = Dr;
+    }`;
+}
+
+/** Alg. 2 lines 5-18 for one key block: dK_j and dV_j, summed over the group's query heads. */
+export function backwardKVWGSL(p: BackwardParams, workgroupLimit: number): string {
+  const { D, Br, Bc, WG, dtype, causal } = p;
+  checkWorkgroupBytes('backward dK/dV', backwardKVWorkgroupBytes(p), workgroupLimit);
+  return `${enables(dtype)}
+${SIZES_WGSL}
+@group(0) @binding(0) var<uniform> u: Sizes;
+@group(0) @binding(1) var<storage, read> q: array<${dtype}>;
+@group(0) @binding(2) var<storage, read> k: array<${dtype}>;
+@group(0) @binding(3) var<storage, read> v: array<${dtype}>;
+@group(0) @binding(4) var<storage, read> dout: array<${dtype}>;
+@group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits
+@group(0) @binding(6) var<storage, read> Dvec: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dk: array<${dtype}>;
+@group(0) @binding(8) var<storage, read_write> dv: array<${dtype}>;
+
+const D = ${D}u;
+const Br = ${Br}u;
+const Bc = ${Bc}u;
+const WG = ${WG}u;
+${MASKED_WGSL}
+
+var<workgroup> Kj: array<f32, ${Bc * D}>;
+var<workgroup> Vj: array<f32, ${Bc * D}>;
+var<workgroup> dKj: array<f32, ${Bc * D}>;
+var<workgroup> dVj: array<f32, ${Bc * D}>;
+var<workgroup> Qi: array<f32, ${Br * D}>;
+var<workgroup> dOi: array<f32, ${Br * D}>;
+var<workgroup> T: array<f32, ${Br * Bc}>; // P, then dS
+var<workgroup> Lrow: array<f32, ${Br}>;
+var<workgroup> Drow: array<f32, ${Br}>;
+
+${VISIBLE_WGSL}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let bk = wid.y;
+  let b = bk / u.Hkv;
+  let hkv = bk % u.Hkv;
+  let G = u.H / u.Hkv;
+  let ko = b * u.kvBatch + hkv * u.kvHead;
+  let c0 = wid.x * Bc;
+
+  // Alg. 2 lines 6-7: K_j, V_j (keys past Nk read as 0); dK_j = 0, dV_j = 0.
+  for (var e = lid; e < Bc * D; e += WG) {
+    let key = c0 + e / D;
+    let src = ko + min(key, u.Nk - 1u) * u.kvRow + e % D;
+    Kj[e] = select(0.0, f32(k[src]), key < u.Nk);
+    Vj[e] = select(0.0, f32(v[src]), key < u.Nk);
+    dKj[e] = 0.0;
+    dVj[e] = 0.0;
+  }
+
+  let Tr = (u.Nq + Br - 1u) / Br;
+  var iStart = 0u;
+  ${
+    causal
+      ? `// Alg. 2 line 8, causal: the first query row that sees key c0 bounds the query blocks.
+  let firstRow = i32(c0) - (i32(u.Nk) - i32(u.Nq));
+  iStart = select(0u, u32(firstRow) / Br, firstRow > 0);`
+      : ''
+  }
+  for (var g = 0u; g < G; g++) {
+    let h = hkv * G + g;
+    let qo = b * u.qBatch + h * u.qHead;
+    let Lo = (b * u.H + h) * u.Nq;
+    for (var i = iStart; i < Tr; i++) {
+      let r0 = i * Br;
+      workgroupBarrier(); // the previous block's Q_i, dO_i and T are no longer read
+      // Alg. 2 line 9: Q_i (with the softmax scale folded in), dO_i, L_i, D_i; rows past Nq read as 0.
+      for (var e = lid; e < Br * D; e += WG) {
+        let row = r0 + e / D;
+        let src = qo + min(row, u.Nq - 1u) * u.qRow + e % D;
+        Qi[e] = select(0.0, f32(q[src]) * u.scale, row < u.Nq);
+        dOi[e] = select(0.0, f32(dout[src]), row < u.Nq);
+      }
+      ${rowStatsWGSL()}
+      workgroupBarrier();
+      // Alg. 2 lines 10-11: S = scale·Q_i K_jᵀ, P = exp(S − L); 0 where masked or L = −∞.
+      for (var e = lid; e < Br * Bc; e += WG) {
+        let r = e / Bc;
+        let c = e % Bc;
+        let key = c0 + c;
+        let L = Lrow[r];
+        var pe = 0.0;
+        if (key < u.Nk && L != MASKED${causal ? ' && visible(r0 + r, key)' : ''}) {
+          var s = 0.0;
+          for (var d = 0u; d < D; d++) {
+            s += Qi[r * D + d] * Kj[c * D + d];
+          }
+          pe = exp(s - L);
+        }
+        T[e] = pe;
+      }
+      workgroupBarrier();
+      // Alg. 2 line 12: dV_j += Pᵀ dO_i.
+      for (var e = lid; e < Bc * D; e += WG) {
+        let c = e / D;
+        let d = e % D;
+        var acc = 0.0;
+        for (var r = 0u; r < Br; r++) {
+          acc += T[r * Bc + c] * dOi[r * D + d];
+        }
+        dVj[e] += acc;
+      }
+      workgroupBarrier();
+      // Alg. 2 lines 13-14: dP = dO_i V_jᵀ, dS = P ∘ (dP − D), in place.
+      for (var e = lid; e < Br * Bc; e += WG) {
+        let pe = T[e];
+        if (pe != 0.0) {
+          let r = e / Bc;
+          let c = e % Bc;
+          var dp = 0.0;
+          for (var d = 0u; d < D; d++) {
+            dp += dOi[r * D + d] * Vj[c * D + d];
+          }
+          T[e] = pe * (dp - Drow[r]);
+        }
+      }
+      workgroupBarrier();
+      // Alg. 2 line 16: dK_j += scale·dSᵀ Q_i (Q_i carries the scale).
+      for (var e = lid; e < Bc * D; e += WG) {
+        let c = e / D;
+        let d = e % D;
+        var acc = 0.0;
+        for (var r = 0u; r < Br; r++) {
+          acc += T[r * Bc + c] * Qi[r * D + d];
+        }
+        dKj[e] += acc;
+      }
+    }
+  }
+
+  // Alg. 2 line 18: write dK_j, dV_j once (each thread the entries it accumulated).
+  for (var e = lid; e < Bc * D; e += WG) {
+    let key = c0 + e / D;
+    if (key < u.Nk) {
+      let dst = ko + key * u.kvRow + e % D;
+      dk[dst] = ${dtype}(dKj[e]);
+      dv[dst] = ${dtype}(dVj[e]);
+    }
+  }
+}
+`;
+}
+
+/** Alg. 2 line 15, reordered FlashAttention-2 style: dQ_i over all key blocks, written once. */
+export function backwardQWGSL(p: BackwardParams, workgroupLimit: number): string {
+  const { D, Br, Bc, WG, dtype, causal } = p;
+  checkWorkgroupBytes('backward dQ', backwardQWorkgroupBytes(p), workgroupLimit);
+  return `${enables(dtype)}
+${SIZES_WGSL}
+@group(0) @binding(0) var<uniform> u: Sizes;
+@group(0) @binding(1) var<storage, read> q: array<${dtype}>;
+@group(0) @binding(2) var<storage, read> k: array<${dtype}>;
+@group(0) @binding(3) var<storage, read> v: array<${dtype}>;
+@group(0) @binding(4) var<storage, read> dout: array<${dtype}>;
+@group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits
+@group(0) @binding(6) var<storage, read> Dvec: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dq: array<${dtype}>;
+
+const D = ${D}u;
+const Br = ${Br}u;
+const Bc = ${Bc}u;
+const WG = ${WG}u;
+${MASKED_WGSL}
+
+var<workgroup> Qi: array<f32, ${Br * D}>;
+var<workgroup> dOi: array<f32, ${Br * D}>;
+var<workgroup> dQi: array<f32, ${Br * D}>;
+var<workgroup> KV: array<f32, ${Bc * D}>;
+var<workgroup> T: array<f32, ${Br * Bc}>; // dP, then dS
+var<workgroup> Lrow: array<f32, ${Br}>;
+var<workgroup> Drow: array<f32, ${Br}>;
+
+${VISIBLE_WGSL}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let bh = wid.y;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  let qo = b * u.qBatch + h * u.qHead;
+  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
+  let Lo = bh * u.Nq;
+  let r0 = wid.x * Br;
+
+  // Q_i (with the softmax scale folded in), dO_i, L_i, D_i; rows past Nq read as 0; dQ_i = 0.
+  for (var e = lid; e < Br * D; e += WG) {
+    let row = r0 + e / D;
+    let src = qo + min(row, u.Nq - 1u) * u.qRow + e % D;
+    Qi[e] = select(0.0, f32(q[src]) * u.scale, row < u.Nq);
+    dOi[e] = select(0.0, f32(dout[src]), row < u.Nq);
+    dQi[e] = 0.0;
+  }
+  ${rowStatsWGSL()}
+
+  var Tc = (u.Nk + Bc - 1u) / Bc;
+  ${
+    causal
+      ? `// Causal: the last key the block's last row sees bounds the key blocks.
+  let lastKey = i32(min(r0 + Br, u.Nq)) - 1 + i32(u.Nk) - i32(u.Nq);
+  Tc = select(0u, min(Tc, u32(lastKey) / Bc + 1u), lastKey >= 0);`
+      : ''
+  }
+  for (var j = 0u; j < Tc; j++) {
+    let c0 = j * Bc;
+    workgroupBarrier(); // the previous block's K_j and dS are no longer read
+    // Alg. 2 line 6 (V_j), keys past Nk read as 0.
+    for (var e = lid; e < Bc * D; e += WG) {
+      let key = c0 + e / D;
+      KV[e] = select(0.0, f32(v[ko + min(key, u.Nk - 1u) * u.kvRow + e % D]), key < u.Nk);
+    }
+    workgroupBarrier();
+    // Alg. 2 line 13: dP = dO_i V_jᵀ.
+    for (var e = lid; e < Br * Bc; e += WG) {
+      let r = e / Bc;
+      let c = e % Bc;
+      var dp = 0.0;
+      for (var d = 0u; d < D; d++) {
+        dp += dOi[r * D + d] * KV[c * D + d];
+      }
+      T[e] = dp;
+    }
+    workgroupBarrier();
+    // Alg. 2 line 6 (K_j), into the tile V_j used.
+    for (var e = lid; e < Bc * D; e += WG) {
+      let key = c0 + e / D;
+      KV[e] = select(0.0, f32(k[ko + min(key, u.Nk - 1u) * u.kvRow + e % D]), key < u.Nk);
+    }
+    workgroupBarrier();
+    // Alg. 2 lines 10-11 and 14: P = exp(scale·Q_i K_jᵀ − L) (0 where masked or L = −∞), dS = P ∘ (dP − D).
+    for (var e = lid; e < Br * Bc; e += WG) {
+      let r = e / Bc;
+      let c = e % Bc;
+      let key = c0 + c;
+      let L = Lrow[r];
+      var ds = 0.0;
+      if (key < u.Nk && L != MASKED${causal ? ' && visible(r0 + r, key)' : ''}) {
+        var s = 0.0;
+        for (var d = 0u; d < D; d++) {
+          s += Qi[r * D + d] * KV[c * D + d];
+        }
+        ds = exp(s - L) * (T[e] - Drow[r]);
+      }
+      T[e] = ds;
+    }
+    workgroupBarrier();
+    // Alg. 2 line 15: dQ_i += dS K_j (the scale is applied once, at the write).
+    for (var e = lid; e < Br * D; e += WG) {
+      let r = e / D;
+      let d = e % D;
+      var acc = 0.0;
+      for (var c = 0u; c < Bc; c++) {
+        acc += T[r * Bc + c] * KV[c * D + d];
+      }
+      dQi[e] += acc;
+    }
+  }
+
+  // dQ_i = scale·dQ_i, written once (rows that see no key: 0).
+  for (var e = lid; e < Br * D; e += WG) {
+    let row = r0 + e / D;
+    if (row < u.Nq) {
+      dq[qo + row * u.qRow + e % D] = ${dtype}(dQi[e] * u.scale);
+    }
+  }
+}
+`;
+}

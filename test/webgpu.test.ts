@@ -1,0 +1,89 @@
+// The webgpu backend beyond the shared spec: zero-copy GPUBuffers in and out, the caller's own device,
+// typed errors for a buffer of another device and for f16 on a device without shader-f16, and the
+// allocator's accounting (flash never allocates an Nq×Nk buffer).
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { DTypeError, MemoryTracker, ValueError, forward, webgpuDevice, type GpuTensor, type Tensor } from '../src/index.js';
+import { gpuEntry } from '../src/webgpu/device.js';
+import { BACKENDS, reportWebgpuSkip } from './spec.js';
+import { inputs } from './util.js';
+
+reportWebgpuSkip();
+
+const c = { B: 2, H: 3, Hkv: 3, Nq: 70, Nk: 90, D: 24 };
+
+/** A GPUBuffer on `device` holding the tensor's data, as a GpuTensor. */
+function onDevice(device: GPUDevice, t: Tensor): GpuTensor {
+  const buffer = device.createBuffer({ size: Math.ceil(t.data.byteLength / 4) * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(buffer, 0, t.data.buffer, t.data.byteOffset, Math.ceil(t.data.byteLength / 4) * 4);
+  return { data: buffer, dtype: t.dtype as 'f32' | 'f16', shape: t.shape };
+}
+
+async function readBack(device: GPUDevice, t: GpuTensor): Promise<Float32Array> {
+  const staging = device.createBuffer({ size: t.data.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(t.data, 0, staging, 0, t.data.size);
+  device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const out = new Float32Array(staging.getMappedRange().slice(0));
+  staging.destroy();
+  return out.subarray(0, t.shape.reduce((a, b) => a * b, 1));
+}
+
+/** A second device from the same adapter, optionally without shader-f16. */
+async function otherDevice(withF16: boolean): Promise<GPUDevice> {
+  const entry = await gpuEntry();
+  const adapter = await entry!.gpu.requestAdapter();
+  return adapter!.requestDevice({ requiredFeatures: withF16 && adapter!.features.has('shader-f16') ? ['shader-f16'] : [] });
+}
+
+if (BACKENDS.includes('webgpu')) {
+  describe('webgpu', () => {
+    test('GPUBuffers in, GPUBuffers out, equal to the typed-array path', async () => {
+      const device = await webgpuDevice();
+      const { q, k, v } = inputs(c, 'f32', 'BNHD');
+      const host = await forward(q, k, v, { backend: 'webgpu', causal: true });
+      const gpu = await forward(onDevice(device, q), onDevice(device, k), onDevice(device, v), { causal: true });
+      assert.equal(gpu.backend, 'webgpu');
+      assert.ok(gpu.out.data instanceof GPUBuffer, 'out is a GPUBuffer');
+      assert.deepEqual(await readBack(device, gpu.out), host.out.data);
+      assert.deepEqual(await readBack(device, gpu.lse), host.lse.data);
+    });
+
+    test("the caller's own device (options.device)", async () => {
+      const device = await otherDevice(false);
+      const { q, k, v } = inputs(c, 'f32', 'BNHD');
+      const mine = await forward(onDevice(device, q), onDevice(device, k), onDevice(device, v), { device });
+      const host = await forward(q, k, v, { backend: 'webgpu' });
+      assert.deepEqual(await readBack(device, mine.out), host.out.data);
+      device.destroy();
+    });
+
+    test('a GPUBuffer of another device is a typed error naming it', async () => {
+      const device = await otherDevice(false);
+      const { q, k, v } = inputs(c, 'f32', 'BNHD');
+      await assert.rejects(forward(onDevice(device, q), onDevice(device, k), onDevice(device, v)), (e: unknown) => {
+        assert.ok(e instanceof ValueError, String(e));
+        assert.equal(e.argument, 'q.data');
+        return true;
+      });
+      device.destroy();
+    });
+
+    test('f16 on a device without shader-f16 is a typed error', async () => {
+      const device = await otherDevice(false);
+      const { q, k, v } = inputs(c, 'f16', 'BNHD');
+      await assert.rejects(forward(q, k, v, { backend: 'webgpu', device }), (e: unknown) => e instanceof DTypeError && e.argument === 'q.dtype');
+      device.destroy();
+    });
+
+    test('flash peaks far below one Nq×Nk matrix and leaves nothing allocated', async () => {
+      const n = 2048;
+      const { q, k, v } = inputs({ B: 1, H: 2, Hkv: 2, Nq: n, Nk: n, D: 8 }, 'f32', 'BNHD');
+      const memory = new MemoryTracker();
+      await forward(q, k, v, { backend: 'webgpu', memory });
+      assert.equal(memory.live, 0);
+      assert.ok(memory.peak > 0 && memory.peak < (n * n * 4) / 4, `peak ${memory.peak} B`);
+    });
+  });
+}
