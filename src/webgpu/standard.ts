@@ -35,7 +35,8 @@ import { dispatch, pipeline } from './pipelines.js';
 
 /**
  * A chunk of heads: query heads g0 .. g0+c−1 of each of the global kv heads kv0 .. kv0+nkv−1
- * (global kv head = b·Hkv + hk). Its N×N matrices hold nkv·c heads, head z = ⌊z/c⌋·c + z % c.
+ * (global kv head = b·Hkv + hk). Its N×N matrices hold nkv·c heads: head z is query head g0 + z % c of
+ * kv head kv0 + ⌊z/c⌋, so the c heads of one kv head are contiguous.
  */
 export interface Chunk {
   kv0: number;

@@ -6,10 +6,13 @@
  * matmul: C = alpha·op(A)·op(B) (+ C when `accumulate`), per head. One workgroup (WG threads, TY×TX with
  *   TX = 8) owns one BM×BN tile of C of one head (dispatch x: tiles along N, y: tiles along M, z: heads,
  *   grid-strided where a size exceeds the dispatch limit); each invocation owns RM×RN = 2×4 entries of
- *   it, rows ty + r·TY and columns tx + c·TX, held in RM·RN named scalars (no private array: lavapipe's
+ *   it, rows ty + r·TY and columns tx + c·TX, held in 2·RM·RN named scalars (no private array: lavapipe's
  *   LLVM compiles those slowly). The contraction runs in BK-deep steps: A's BM×BK and B's BK×BN slices
  *   are loaded (converted to f32, zero past the edges) into workgroup tiles, then each invocation does
- *   RM·RN·BK multiply-adds from them. Workgroup memory: 4·BK·(BM + BN) bytes (3 KiB at WG = 128).
+ *   RM·RN·BK multiply-adds from them into per-step partial sums, which are then added to the entries'
+ *   sums (two-level summation: the f32 rounding error grows with BK + K/BK, not K, which matters for
+ *   dK and dV, contracted over a whole group's G·Nq rows). Workgroup memory: 4·BK·(BM + BN) bytes
+ *   (3 KiB at WG = 128, BK = 16).
  *   A, B and C are addressed through run-time offsets (the `Step` block): head z has a batch index b, a
  *   query head hq and a key/value head hk (see `head()`), and an operand's base is b·batch + hq·qHead +
  *   hk·kHead + z·local; stored row r is at (r / split)·splitStride + (r % split)·ld. So q, k, v, out and
@@ -214,11 +217,13 @@ ${acc.map(([r, c]) => `      var c${r}${c} = 0.0;`).join('\n')}
           Bs[kk * BN + n] = x;
         }
         workgroupBarrier();
+${acc.map(([r, c]) => `        var p${r}${c} = 0.0;`).join('\n')}
         for (var kk = 0u; kk < BK; kk++) {
 ${Array.from({ length: RM }, (_, r) => `          let a${r} = As[kk * BM + ty + ${r * TY}u];`).join('\n')}
 ${Array.from({ length: RN }, (_, c) => `          let b${c} = Bs[kk * BN + tx + ${c * TX}u];`).join('\n')}
-${acc.map(([r, c]) => `          c${r}${c} += a${r} * b${c};`).join('\n')}
+${acc.map(([r, c]) => `          p${r}${c} += a${r} * b${c};`).join('\n')}
         }
+${acc.map(([r, c]) => `        c${r}${c} += p${r}${c};`).join('\n')}
         workgroupBarrier();
       }
 ${acc
