@@ -10,6 +10,7 @@ import { referenceBackward, referenceForward } from './reference/index.js';
 import type { AnyTensor, GpuTensor, Tensor } from './tensor.js';
 import { preferWebgpu } from './webgpu/device.js';
 import { webgpuBackward, webgpuForward } from './webgpu/index.js';
+import { webgpuStandardBackward, webgpuStandardForward } from './webgpu/standard.js';
 
 /** The backends that run computations ('auto' resolves to one of them). */
 export type ResolvedBackend = 'cpu' | 'reference' | 'webgpu';
@@ -64,7 +65,7 @@ export async function forward(q: AnyTensor, k: AnyTensor, v: AnyTensor, options?
   const host = (t: AnyTensor) => t as Tensor;
   const r =
     backend === 'webgpu'
-      ? await webgpuForward(p, q, k, v)
+      ? await (p.algorithm === 'standard' ? webgpuStandardForward : webgpuForward)(p, q, k, v)
       : backend === 'cpu'
         ? await cpuForward(p, host(q), host(k), host(v))
         : referenceForward(p, host(q), host(k), host(v));
@@ -99,7 +100,7 @@ export async function backward(
   const h = (t: AnyTensor) => t as Tensor;
   const r =
     backend === 'webgpu'
-      ? await webgpuBackward(p, dout, q, k, v, out, lse)
+      ? await (p.algorithm === 'standard' ? webgpuStandardBackward : webgpuBackward)(p, dout, q, k, v, out, lse)
       : backend === 'cpu'
         ? await cpuBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse))
         : referenceBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse));

@@ -85,5 +85,23 @@ if (BACKENDS.includes('webgpu')) {
       assert.equal(memory.live, 0);
       assert.ok(memory.peak > 0 && memory.peak < (n * n * 4) / 4, `peak ${memory.peak} B`);
     });
+
+    test('the standard baseline materialises S and P, in head chunks when one binding would exceed the limit', async () => {
+      const device = await webgpuDevice();
+      const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
+      // Enough heads that all of S would not fit in one binding; few enough columns to stay quick.
+      const n = 2048;
+      const H = Math.floor(limit / (n * n * 4)) + 1;
+      const { q, k, v } = inputs({ B: 1, H, Hkv: H, Nq: n, Nk: n, D: 4 }, 'f32', 'BNHD');
+      const memory = new MemoryTracker();
+      const standard = await forward(q, k, v, { backend: 'webgpu', algorithm: 'standard', memory });
+      const flash = await forward(q, k, v, { backend: 'webgpu' });
+      const matrix = n * n * 4;
+      assert.ok(memory.peak >= 2 * matrix, `S and P of at least one head: peak ${memory.peak} B`);
+      assert.ok(memory.peak < 2 * H * matrix, `chunked: peak ${memory.peak} B below S and P of all ${H} heads`);
+      let err = 0;
+      for (let i = 0; i < flash.out.data.length; i++) err = Math.max(err, Math.abs(standard.out.data[i] - flash.out.data[i]));
+      assert.ok(err < 1e-5, `standard and flash agree: ${err}`);
+    });
   });
 }

@@ -14,13 +14,20 @@ import {
   type Algorithm,
   type Tensor,
 } from '../index.js';
+import { preferWebgpu, webgpuDevice } from '../webgpu/device.js';
+import type { GpuTensor } from '../tensor.js';
 import { mulberry32, randomTensor } from './random.js';
 
-export type BenchBackend = 'cpu' | 'reference';
+export type BenchBackend = 'cpu' | 'reference' | 'webgpu';
 export type BenchDType = 'f32' | 'f16';
 export type Pass = 'forward' | 'backward';
 
-export const BENCH_BACKENDS: readonly BenchBackend[] = ['cpu', 'reference'];
+export const BENCH_BACKENDS: readonly BenchBackend[] = ['cpu', 'reference', 'webgpu'];
+
+/** The backend `--backend auto` means here: webgpu on a real GPU adapter, else cpu. */
+export async function bestBackend(dtype: BenchDType): Promise<BenchBackend> {
+  return (await preferWebgpu(dtype)) ? 'webgpu' : 'cpu';
+}
 export const BENCH_DTYPES: readonly BenchDType[] = ['f32', 'f16'];
 
 export interface BenchConfig {
@@ -240,15 +247,55 @@ export async function validate(config: BenchConfig, algorithm: Algorithm, pass: 
   }
 }
 
-/** One warm-up call, then `repeats` timed calls, each with a fresh MemoryTracker. */
-async function time<T>(repeats: number, call: (memory: MemoryTracker) => Promise<T>): Promise<{ timesMs: number[]; peak: number; last: T }> {
+/**
+ * On the webgpu backend the benchmark keeps its tensors on the device (zero-copy), so a timed call is the
+ * kernels alone: it ends when the queue has finished the work, and the outputs of calls that are not kept
+ * are destroyed.
+ */
+interface Device {
+  device: GPUDevice;
+  upload(t: Tensor): GpuTensor;
+}
+
+async function benchDevice(backend: BenchBackend): Promise<Device | undefined> {
+  if (backend !== 'webgpu') return undefined;
+  const device = await webgpuDevice();
+  return {
+    device,
+    upload(t) {
+      const bytes = Math.ceil(t.data.byteLength / 4) * 4;
+      const data = device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+      const padded = new Uint8Array(bytes);
+      padded.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      device.queue.writeBuffer(data, 0, padded);
+      return { data, dtype: t.dtype as 'f32' | 'f16', shape: t.shape };
+    },
+  };
+}
+
+/** Wait for the device (if any) and free the GPU outputs of a result that is not kept. */
+async function settle(dev: Device | undefined, result: object, keep: boolean): Promise<void> {
+  if (!dev) return;
+  await dev.device.queue.onSubmittedWorkDone();
+  if (!keep) for (const t of Object.values(result)) if (t && typeof t === 'object' && 'data' in t && t.data instanceof GPUBuffer) t.data.destroy();
+}
+
+/** One warm-up call, then `repeats` timed calls, each with a fresh MemoryTracker; the last result is kept. */
+async function time<T extends object>(
+  repeats: number,
+  dev: Device | undefined,
+  call: (memory: MemoryTracker) => Promise<T>,
+): Promise<{ timesMs: number[]; peak: number; last: T }> {
   let last = await call(new MemoryTracker());
+  await settle(dev, last, repeats === 0);
   let peak = 0;
   const timesMs: number[] = [];
   for (let r = 0; r < repeats; r++) {
     const memory = new MemoryTracker();
+    await settle(dev, last, false);
     const t0 = performance.now();
     last = await call(memory);
+    await settle(dev, last, true);
     timesMs.push(performance.now() - t0);
     peak = Math.max(peak, memory.peak);
   }
@@ -297,10 +344,13 @@ export async function runBench(config: BenchConfig, hooks: BenchHooks = {}): Pro
     say('starting the cpu worker threads (one untimed call) ...');
     await warmUpPool(config);
   }
+  const dev = await benchDevice(config.backend);
 
   for (const N of config.ns) {
     say(`N=${N}: generating inputs (B=${B} H=${H} D=${D} ${config.dtype}) ...`);
-    const { q, k, v, dout } = makeInputs(B, N, H, D, config.dtype, config.seed + N);
+    const host = makeInputs(B, N, H, D, config.dtype, config.seed + N);
+    // On webgpu the inputs live on the device for the whole N (the overloads take all-host or all-GPU tensors).
+    const [q, k, v, dout] = [host.q, host.k, host.v, host.dout].map((t) => (dev ? dev.upload(t) : t)) as Tensor[];
     const size = { B, H, Nq: N, Nk: N, D, causal };
     const forwards = new Map<Algorithm, { out: Tensor; lse: Tensor }>();
 
@@ -331,12 +381,13 @@ export async function runBench(config: BenchConfig, hooks: BenchHooks = {}): Pro
         say(`N=${N} ${algorithm} ${pass}: 1 warm-up + ${config.repeats} timed ...`);
         try {
           if (pass === 'forward') {
-            const r = await time(config.repeats, (memory) => forward(q, k, v, options(memory)));
+            const r = await time(config.repeats, dev, (memory) => forward(q, k, v, options(memory)));
             forwards.set(algorithm, { out: r.last.out, lse: r.last.lse });
             Object.assign(m, summarize(r.timesMs), { timesMs: r.timesMs, peakBytes: r.peak || null });
           } else {
             const { out, lse } = outLse!;
-            const r = await time(config.repeats, (memory) => backward(dout, q, k, v, out, lse, options(memory)));
+            const r = await time(config.repeats, dev, (memory) => backward(dout, q, k, v, out, lse, options(memory)));
+            await settle(dev, r.last, false);
             Object.assign(m, summarize(r.timesMs), { timesMs: r.timesMs, peakBytes: r.peak || null });
           }
           m.gflops = gflopsOf(flops, m.medianMs!);
@@ -348,6 +399,7 @@ export async function runBench(config: BenchConfig, hooks: BenchHooks = {}): Pro
         }
       }
     }
+    if (dev) for (const t of [q, k, v, dout, ...[...forwards.values()].flatMap((f) => [f.out, f.lse])]) (t.data as unknown as GPUBuffer).destroy();
   }
   fillPeakRatios(measurements);
   return { config, validations, measurements: sortMeasurements(measurements) };

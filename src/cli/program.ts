@@ -1,13 +1,13 @@
 /** The `flashattn` command: its subcommands, options and help text. */
 import { writeFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
-import { BENCH_BACKENDS, BENCH_DTYPES, TOLERANCE, VALIDATION_MAX_N, runBench, type BenchBackend, type BenchConfig, type BenchDType } from './bench.js';
+import { BENCH_BACKENDS, BENCH_DTYPES, bestBackend, TOLERANCE, VALIDATION_MAX_N, runBench, type BenchBackend, type BenchConfig, type BenchDType } from './bench.js';
 import { info } from './info.js';
 import { parseIntList, parsePositiveInt, parseSeed } from './parse.js';
 import { environment, formatHeader, formatNotes, formatTable, formatValidations, jsonReport, packageVersion } from './report.js';
 
 interface BenchOptions {
-  backend: BenchBackend;
+  backend: BenchBackend | 'auto';
   n: number[];
   batch: number;
   heads: number;
@@ -73,13 +73,13 @@ export function createProgram(): Command {
   program
     .command('bench')
     .description(
-      'Benchmark attention forward and backward on the CPU: the flash algorithm against the standard ' +
+      'Benchmark attention forward and backward on the best backend present (or --backend): the flash algorithm against the standard ' +
         'baseline, validated against a float64 reference first, printed as a table.',
     )
     .addOption(
-      new Option('--backend <name>', "backend that runs the kernels ('reference' is the slow float64 one)")
-        .choices(BENCH_BACKENDS)
-        .default('cpu'),
+      new Option('--backend <name>', "backend that runs the kernels: 'auto' is webgpu on a GPU adapter (not a software one such as lavapipe), else cpu; 'reference' is the slow float64 one")
+        .choices(['auto', ...BENCH_BACKENDS])
+        .default('auto'),
     )
     .addOption(
       new Option('--n <list>', 'comma-separated sequence lengths N (queries = keys = N)')
@@ -106,7 +106,7 @@ export function createProgram(): Command {
     .addHelpText('after', BENCH_HELP_AFTER)
     .action(async (o: BenchOptions) => {
       const config: BenchConfig = {
-        backend: o.backend,
+        backend: o.backend === 'auto' ? await bestBackend(o.dtype) : o.backend,
         ns: o.n,
         batch: o.batch,
         heads: o.heads,
