@@ -43,6 +43,15 @@ export const MASKED_WGSL = 'const MASKED = -3.0e38;';
  */
 export const NEG_INF_BITS = '0xff800000u';
 
+/**
+ * `opaque(n)` is n, in a form the shader compiler cannot fold (B is never 0). Inner loops run to
+ * opaque(D4) or opaque(Bc) so that lavapipe's LLVM does not unroll them completely: fully unrolled, one
+ * pipeline took 8-14 s to compile there, against about 1 s; GPU drivers still unroll what pays.
+ */
+export const OPAQUE_WGSL = `fn opaque(n: u32) -> u32 {
+  return select(n, 0u, u.B == 0u);
+}`;
+
 /** Causal visibility, bottom-right aligned: query `row` sees `key` iff key ≤ row + Nk − Nq. */
 export const VISIBLE_WGSL = `fn visible(row: u32, key: u32) -> bool {
   return i32(key) <= i32(row) + i32(u.Nk) - i32(u.Nq);

@@ -10,9 +10,13 @@
  *      O = diag(alpha) O + P̃ V_j.
  * O_i = O_i / l and L_i = m + log l are written once. Causal: key blocks entirely above the diagonal are
  * never loaded; the others are masked entry by entry (cheap next to the dot products).
- * Workgroup memory: 4·(Br·D + Bc·D + Br·Bc + 2·Br) bytes (Q_i, K_j/V_j, S, alpha, l); f32 throughout.
+ * Rows of Q_i, O_i, K_j and V_j sit in workgroup memory as vec4<f32> (D padded with zeros to D4 = ⌈D/4⌉ vec4s):
+ * one load and one dot() do four multiply-adds, on GPUs and on lavapipe alike.
+ * Workgroup memory: 16·D4·(2·Br + Bc) + 4·(Br·Bc + 2·Br) bytes (Q_i, O_i, K_j/V_j, S, alpha, l).
+ * No private arrays: O_i lives in workgroup memory, each vec4 owned by one thread (private arrays indexed
+ * in loops make lavapipe's LLVM compile take minutes).
  */
-import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { MASKED_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
 
 export interface ForwardParams {
   D: number;
@@ -25,17 +29,32 @@ export interface ForwardParams {
 }
 
 export function forwardWorkgroupBytes(p: Pick<ForwardParams, 'D' | 'Br' | 'Bc'>): number {
-  return 4 * (2 * p.Br * p.D + p.Bc * p.D + p.Br * p.Bc + 2 * p.Br);
+  const D4 = Math.ceil(p.D / 4);
+  return 16 * D4 * (2 * p.Br + p.Bc) + 4 * (p.Br * p.Bc + 2 * p.Br);
 }
 
-/** Entries of O_i each thread keeps in registers. */
+/** vec4s of O_i each thread owns (bounded so that threads stay busy enough per tile). */
 export function forwardAccumulator(p: Pick<ForwardParams, 'D' | 'Br' | 'WG'>): number {
-  return Math.ceil((p.Br * p.D) / p.WG);
+  return Math.ceil((p.Br * Math.ceil(p.D / 4)) / p.WG);
+}
+
+/**
+ * WGSL: elements d0..d0+3 of the row at `base` of a storage array as a vec4 (0 past D, or when !ok).
+ * Written out lane by lane: a loop over a vec4's lanes becomes a private array, which lavapipe's LLVM
+ * compiles very slowly.
+ */
+export function loadVec4(name: string): string {
+  const lane = (t: number) => `select(0.0, f32(${name}[min(base + d0 + ${t}u, last)]), ok && d0 + ${t}u < D)`;
+  return `fn load_${name}(base: u32, d0: u32, ok: bool) -> vec4<f32> {
+  let last = arrayLength(&${name}) - 1u;
+  return vec4<f32>(${[0, 1, 2, 3].map(lane).join(', ')});
+}`;
 }
 
 export function forwardWGSL(p: ForwardParams, workgroupLimit: number): string {
   const { D, Br, Bc, WG, dtype, causal } = p;
   checkWorkgroupBytes('forward', forwardWorkgroupBytes(p), workgroupLimit);
+  const D4 = Math.ceil(D / 4);
   return `${enables(dtype)}
 ${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
@@ -46,19 +65,24 @@ ${SIZES_WGSL}
 @group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits
 
 const D = ${D}u;
+const D4 = ${D4}u;
 const Br = ${Br}u;
 const Bc = ${Bc}u;
 const WG = ${WG}u;
 ${MASKED_WGSL}
 
-var<workgroup> Qi: array<f32, ${Br * D}>;
-var<workgroup> Oi: array<f32, ${Br * D}>;
-var<workgroup> KV: array<f32, ${Bc * D}>;
+var<workgroup> Qi: array<vec4<f32>, ${Br * D4}>;
+var<workgroup> Oi: array<vec4<f32>, ${Br * D4}>;
+var<workgroup> KV: array<vec4<f32>, ${Bc * D4}>;
 var<workgroup> S: array<f32, ${Br * Bc}>;
 var<workgroup> alpha: array<f32, ${Br}>;
 var<workgroup> lrow: array<f32, ${Br}>;
 
 ${VISIBLE_WGSL}
+${OPAQUE_WGSL}
+${loadVec4('q')}
+${loadVec4('k')}
+${loadVec4('v')}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -68,15 +92,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let qo = b * u.qBatch + h * u.qHead;
   let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
   let r0 = wid.x * Br;
+  let d4 = opaque(D4); // loop bounds the compiler does not unroll (see OPAQUE_WGSL)
+  let bc = opaque(Bc);
 
   // Alg. 1 line 4: Q_i, with the softmax scale folded in; rows past Nq read as 0.
-  for (var e = lid; e < Br * D; e += WG) {
-    let row = r0 + e / D;
-    Qi[e] = select(0.0, f32(q[qo + min(row, u.Nq - 1u) * u.qRow + e % D]) * u.scale, row < u.Nq);
-  }
-  // Alg. 1 line 5: O_i = 0 (registers), m = −∞ (MASKED), l = 0 (thread r owns row r).
-  for (var e = lid; e < Br * D; e += WG) {
-    Oi[e] = 0.0;
+  // Alg. 1 line 5: O_i = 0; m = −∞ (MASKED) and l = 0 for row r live in thread r.
+  for (var e = lid; e < Br * D4; e += WG) {
+    let row = r0 + e / D4;
+    Qi[e] = load_q(qo + min(row, u.Nq - 1u) * u.qRow, 4u * (e % D4), row < u.Nq) * u.scale;
+    Oi[e] = vec4<f32>(0.0);
   }
   var m = MASKED;
   var l = 0.0;
@@ -93,9 +117,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     let c0 = j * Bc;
     workgroupBarrier(); // the previous block's V_j is no longer read
     // Alg. 1 line 7: K_j
-    for (var e = lid; e < Bc * D; e += WG) {
-      let key = c0 + e / D;
-      KV[e] = select(0.0, f32(k[ko + min(key, u.Nk - 1u) * u.kvRow + e % D]), key < u.Nk);
+    for (var e = lid; e < Bc * D4; e += WG) {
+      let key = c0 + e / D4;
+      KV[e] = load_k(ko + min(key, u.Nk - 1u) * u.kvRow, 4u * (e % D4), key < u.Nk);
     }
     workgroupBarrier();
     // Alg. 1 line 8: S = Q_i K_jᵀ, masked entries MASKED.
@@ -103,8 +127,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       let r = e / Bc;
       let c = e % Bc;
       var s = 0.0;
-      for (var d = 0u; d < D; d++) {
-        s += Qi[r * D + d] * KV[c * D + d];
+      for (var d = 0u; d < d4; d++) {
+        s += dot(Qi[r * D4 + d], KV[c * D4 + d]);
       }
       let key = c0 + c;
       S[e] = select(MASKED, s, key < u.Nk${causal ? ' && visible(r0 + r, key)' : ''});
@@ -113,14 +137,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     // Alg. 1 line 9: running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
     if (lid < Br) {
       var mx = m;
-      for (var c = 0u; c < Bc; c++) {
+      for (var c = 0u; c < bc; c++) {
         mx = max(mx, S[lid * Bc + c]);
       }
       var a = 1.0;
       if (mx != MASKED) {
         a = exp(m - mx);
         var sum = 0.0;
-        for (var c = 0u; c < Bc; c++) {
+        for (var c = 0u; c < bc; c++) {
           let x = S[lid * Bc + c];
           let pe = select(exp(x - mx), 0.0, x == MASKED);
           S[lid * Bc + c] = pe;
@@ -129,7 +153,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         l = a * l + sum;
         m = mx;
       } else {
-        for (var c = 0u; c < Bc; c++) {
+        for (var c = 0u; c < bc; c++) {
           S[lid * Bc + c] = 0.0; // nothing visible yet in this row
         }
       }
@@ -137,18 +161,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     }
     workgroupBarrier();
     // Alg. 1 line 7 (second half): V_j, into the tile K_j used.
-    for (var e = lid; e < Bc * D; e += WG) {
-      let key = c0 + e / D;
-      KV[e] = select(0.0, f32(v[ko + min(key, u.Nk - 1u) * u.kvRow + e % D]), key < u.Nk);
+    for (var e = lid; e < Bc * D4; e += WG) {
+      let key = c0 + e / D4;
+      KV[e] = load_v(ko + min(key, u.Nk - 1u) * u.kvRow, 4u * (e % D4), key < u.Nk);
     }
     workgroupBarrier();
     // Alg. 1 line 10: O_i = diag(alpha) O_i + P̃ V_j.
-    for (var e = lid; e < Br * D; e += WG) {
-      let r = e / D;
-      let d = e % D;
-      var pv = 0.0;
-      for (var c = 0u; c < Bc; c++) {
-        pv += S[r * Bc + c] * KV[c * D + d];
+    for (var e = lid; e < Br * D4; e += WG) {
+      let r = e / D4;
+      let d = e % D4;
+      var pv = vec4<f32>(0.0);
+      for (var c = 0u; c < bc; c++) {
+        pv += S[r * Bc + c] * KV[c * D4 + d];
       }
       Oi[e] = alpha[r] * Oi[e] + pv;
     }
@@ -163,11 +187,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     }
   }
   workgroupBarrier();
-  for (var e = lid; e < Br * D; e += WG) {
-    let row = r0 + e / D;
+  for (var e = lid; e < Br * D4; e += WG) {
+    let row = r0 + e / D4;
     if (row < u.Nq) {
-      let lr = lrow[e / D];
-      o[qo + row * u.qRow + e % D] = ${dtype}(select(Oi[e] / lr, 0.0, lr == 0.0));
+      let lr = lrow[e / D4];
+      let x = select(Oi[e] / lr, vec4<f32>(0.0), lr == 0.0);
+      let at = qo + row * u.qRow + 4u * (e % D4);
+      ${['x', 'y', 'z', 'w'].map((c, t) => (t === 0 ? `o[at] = ${dtype}(x.x);` : `if (4u * (e % D4) + ${t}u < D) { o[at + ${t}u] = ${dtype}(x.${c}); }`)).join('\n      ')}
     }
   }
 }
