@@ -97,7 +97,9 @@ const webgpu = await webgpuStatus();
 if (!webgpu.ok && process.env.FLASHATTN_REQUIRE_WEBGPU === '1') {
   throw new Error(`FLASHATTN_REQUIRE_WEBGPU=1 but no WebGPU adapter: ${webgpu.reason}`);
 }
-export const BACKENDS: readonly Backend[] = webgpu.ok ? ['cpu', 'webgpu'] : ['cpu'];
+/** FLASHATTN_TEST_BACKENDS=webgpu (say) narrows the run, e.g. on a GPU machine whose cpu side is already tested. */
+const only = process.env.FLASHATTN_TEST_BACKENDS?.split(',');
+export const BACKENDS: readonly Backend[] = (webgpu.ok ? (['cpu', 'webgpu'] as const) : (['cpu'] as const)).filter((b) => !only || only.includes(b));
 export const WEBGPU_SKIPPED = webgpu.ok ? undefined : `webgpu tests skipped: no WebGPU adapter here (${webgpu.reason})`;
 
 /** Registers a visibly skipped test saying why the webgpu tests did not run (nothing when they run). */
