@@ -10,24 +10,28 @@
  *    above the diagonal are skipped):
  *      a. all threads load Q_i (times the scale) and dO_i, and L_i, D_i (line 9);
  *      b. P = exp(S − L) one entry per thread at a time, into the Br×Bc tile T (lines 10-11);
- *      c. each thread owns entries of dV_j: dV_j += Pᵀ dO_i (line 12);
+ *      c. each thread owns vec4s of dV_j: dV_j += Pᵀ dO_i (line 12);
  *      d. dS = P ∘ (dO_i V_jᵀ − D_i) in place in T (lines 13-14);
- *      e. each thread owns entries of dK_j: dK_j += dSᵀ (scale·Q_i) (line 16).
+ *      e. each thread owns vec4s of dK_j: dK_j += dSᵀ (scale·Q_i) (line 16).
  *    dK_j, dV_j are written once at the end (line 18), summed over the group's query heads.
- *    Workgroup memory: 4·(4·Bc·D + 2·Br·D + Br·Bc + 2·Br) bytes (K_j, V_j, dK_j, dV_j, Q_i, dO_i, T, L, D).
+ *    Workgroup memory: 16·D4·(4·Bc + 2·Br) + 4·(Br·Bc + 2·Br) bytes (K_j, V_j, dK_j, dV_j, Q_i, dO_i; T,
+ *    L, D).
  * 3. dQ: one workgroup owns query block Q_i (Br rows) of one head (b, h); dispatch (Tr, B·H). Q_i (times
  *    the scale), dO_i, L_i, D_i and the accumulator dQ_i stay in workgroup memory; V_j and then K_j
  *    stream through one tile. Per key block j (causal: blocks entirely above the diagonal are skipped):
  *      a. all threads load V_j; dP = dO_i V_jᵀ into T (line 13);
  *      b. all threads load K_j into the same tile; P = exp(S − L), dS = P ∘ (dP − D) in place (11, 14);
- *      c. each thread owns entries of dQ_i: dQ_i += dS K_j (line 15).
+ *      c. each thread owns vec4s of dQ_i: dQ_i += dS K_j (line 15).
  *    dQ_i = scale·dQ_i is written once.
- *    Workgroup memory: 4·(3·Br·D + Bc·D + Br·Bc + 2·Br) bytes (Q_i, dO_i, dQ_i, K_j/V_j, T, L, D).
- * Every accumulator lives in workgroup memory, each element owned by one thread (`e = lid; e += WG`):
- * per-thread private arrays make some drivers' (lavapipe's LLVM) first compile take minutes.
+ *    Workgroup memory: 16·D4·(3·Br + Bc) + 4·(Br·Bc + 2·Br) bytes (Q_i, dO_i, dQ_i, K_j/V_j; T, L, D).
+ * Rows sit in workgroup memory as vec4<f32> (D padded with zeros to D4 = ⌈D/4⌉ vec4s), as in the forward.
+ * Every accumulator lives in workgroup memory, each vec4 owned by one thread (`e = lid; e += WG`), and
+ * inner loops run to opaque() bounds: per-thread private arrays and fully unrolled loops make lavapipe's
+ * LLVM first compile take minutes. Sums are two-level: a tile's partial sum, then added to the accumulator.
  * Rows past Nq and keys past Nk load as 0 and are masked; rows that see no key (L = −∞) have P = dS = 0.
  */
-import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { MASKED_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { loadVec4 } from './forward.js';
 
 export interface PreprocessParams {
   D: number;
@@ -50,21 +54,30 @@ export interface BackwardParams {
 }
 
 export function backwardKVWorkgroupBytes(p: Pick<BackwardParams, 'D' | 'Br' | 'Bc'>): number {
-  return 4 * (4 * p.Bc * p.D + 2 * p.Br * p.D + p.Br * p.Bc + 2 * p.Br);
+  const D4 = Math.ceil(p.D / 4);
+  return 16 * D4 * (4 * p.Bc + 2 * p.Br) + 4 * (p.Br * p.Bc + 2 * p.Br);
 }
 
 export function backwardQWorkgroupBytes(p: Pick<BackwardParams, 'D' | 'Br' | 'Bc'>): number {
-  return 4 * (3 * p.Br * p.D + p.Bc * p.D + p.Br * p.Bc + 2 * p.Br);
+  const D4 = Math.ceil(p.D / 4);
+  return 16 * D4 * (3 * p.Br + p.Bc) + 4 * (p.Br * p.Bc + 2 * p.Br);
 }
 
-/** Entries of each of dK_j, dV_j (workgroup memory) each thread owns. */
+/** vec4s of each of dK_j, dV_j (workgroup memory) each thread owns. */
 export function backwardKVAccumulator(p: Pick<BackwardParams, 'D' | 'Bc' | 'WG'>): number {
-  return Math.ceil((p.Bc * p.D) / p.WG);
+  return Math.ceil((p.Bc * Math.ceil(p.D / 4)) / p.WG);
 }
 
-/** Entries of dQ_i (workgroup memory) each thread owns. */
+/** vec4s of dQ_i (workgroup memory) each thread owns. */
 export function backwardQAccumulator(p: Pick<BackwardParams, 'D' | 'Br' | 'WG'>): number {
-  return Math.ceil((p.Br * p.D) / p.WG);
+  return Math.ceil((p.Br * Math.ceil(p.D / 4)) / p.WG);
+}
+
+/** WGSL: store vec4 `x` as elements d0..d0+3 of the row at `at` of storage array `name` (lanes past D dropped). */
+function storeVec4(name: string, dtype: StorageType, at: string, d0: string, x: string): string {
+  return ['x', 'y', 'z', 'w']
+    .map((c, t) => (t === 0 ? `${name}[${at}] = ${dtype}(${x}.x);` : `if (${d0} + ${t}u < D) { ${name}[${at} + ${t}u] = ${dtype}(${x}.${c}); }`))
+    .join('\n      ');
 }
 
 /** Alg. 2 line 4: D = rowsum(dO ∘ O), one query row per invocation. */
@@ -79,16 +92,19 @@ ${SIZES_WGSL}
 
 const D = ${D}u;
 
+${OPAQUE_WGSL}
+
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let bh = wid.y;
   let b = bh / u.H;
   let h = bh % u.H;
   let row = wid.x * ${WG}u + lid;
+  let dd = opaque(D); // a loop bound the compiler does not unroll (see OPAQUE_WGSL)
   if (row < u.Nq) {
     let base = b * u.qBatch + h * u.qHead + row * u.qRow;
     var s = 0.0;
-    for (var d = 0u; d < D; d++) {
+    for (var d = 0u; d < dd; d++) {
       s += f32(dout[base + d]) * f32(o[base + d]);
     }
     Dvec[bh * u.Nq + row] = s;
@@ -119,6 +135,7 @@ function rowStatsWGSL(): string {
 export function backwardKVWGSL(p: BackwardParams, workgroupLimit: number): string {
   const { D, Br, Bc, WG, dtype, causal } = p;
   checkWorkgroupBytes('backward dK/dV', backwardKVWorkgroupBytes(p), workgroupLimit);
+  const D4 = Math.ceil(D / 4);
   return `${enables(dtype)}
 ${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
@@ -132,22 +149,28 @@ ${SIZES_WGSL}
 @group(0) @binding(8) var<storage, read_write> dv: array<${dtype}>;
 
 const D = ${D}u;
+const D4 = ${D4}u;
 const Br = ${Br}u;
 const Bc = ${Bc}u;
 const WG = ${WG}u;
 ${MASKED_WGSL}
 
-var<workgroup> Kj: array<f32, ${Bc * D}>;
-var<workgroup> Vj: array<f32, ${Bc * D}>;
-var<workgroup> dKj: array<f32, ${Bc * D}>;
-var<workgroup> dVj: array<f32, ${Bc * D}>;
-var<workgroup> Qi: array<f32, ${Br * D}>;
-var<workgroup> dOi: array<f32, ${Br * D}>;
+var<workgroup> Kj: array<vec4<f32>, ${Bc * D4}>;
+var<workgroup> Vj: array<vec4<f32>, ${Bc * D4}>;
+var<workgroup> dKj: array<vec4<f32>, ${Bc * D4}>;
+var<workgroup> dVj: array<vec4<f32>, ${Bc * D4}>;
+var<workgroup> Qi: array<vec4<f32>, ${Br * D4}>;
+var<workgroup> dOi: array<vec4<f32>, ${Br * D4}>;
 var<workgroup> T: array<f32, ${Br * Bc}>; // P, then dS
 var<workgroup> Lrow: array<f32, ${Br}>;
 var<workgroup> Drow: array<f32, ${Br}>;
 
 ${VISIBLE_WGSL}
+${OPAQUE_WGSL}
+${loadVec4('q')}
+${loadVec4('k')}
+${loadVec4('v')}
+${loadVec4('dout')}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -157,15 +180,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let G = u.H / u.Hkv;
   let ko = b * u.kvBatch + hkv * u.kvHead;
   let c0 = wid.x * Bc;
+  let d4 = opaque(D4); // loop bounds the compiler does not unroll (see OPAQUE_WGSL)
+  let br = opaque(Br);
 
   // Alg. 2 lines 6-7: K_j, V_j (keys past Nk read as 0); dK_j = 0, dV_j = 0.
-  for (var e = lid; e < Bc * D; e += WG) {
-    let key = c0 + e / D;
-    let src = ko + min(key, u.Nk - 1u) * u.kvRow + e % D;
-    Kj[e] = select(0.0, f32(k[src]), key < u.Nk);
-    Vj[e] = select(0.0, f32(v[src]), key < u.Nk);
-    dKj[e] = 0.0;
-    dVj[e] = 0.0;
+  for (var e = lid; e < Bc * D4; e += WG) {
+    let key = c0 + e / D4;
+    let base = ko + min(key, u.Nk - 1u) * u.kvRow;
+    Kj[e] = load_k(base, 4u * (e % D4), key < u.Nk);
+    Vj[e] = load_v(base, 4u * (e % D4), key < u.Nk);
+    dKj[e] = vec4<f32>(0.0);
+    dVj[e] = vec4<f32>(0.0);
   }
 
   let Tr = (u.Nq + Br - 1u) / Br;
@@ -185,11 +210,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       let r0 = i * Br;
       workgroupBarrier(); // the previous block's Q_i, dO_i and T are no longer read
       // Alg. 2 line 9: Q_i (with the softmax scale folded in), dO_i, L_i, D_i; rows past Nq read as 0.
-      for (var e = lid; e < Br * D; e += WG) {
-        let row = r0 + e / D;
-        let src = qo + min(row, u.Nq - 1u) * u.qRow + e % D;
-        Qi[e] = select(0.0, f32(q[src]) * u.scale, row < u.Nq);
-        dOi[e] = select(0.0, f32(dout[src]), row < u.Nq);
+      for (var e = lid; e < Br * D4; e += WG) {
+        let row = r0 + e / D4;
+        let base = qo + min(row, u.Nq - 1u) * u.qRow;
+        Qi[e] = load_q(base, 4u * (e % D4), row < u.Nq) * u.scale;
+        dOi[e] = load_dout(base, 4u * (e % D4), row < u.Nq);
       }
       ${rowStatsWGSL()}
       workgroupBarrier();
@@ -202,8 +227,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         var pe = 0.0;
         if (key < u.Nk && L != MASKED${causal ? ' && visible(r0 + r, key)' : ''}) {
           var s = 0.0;
-          for (var d = 0u; d < D; d++) {
-            s += Qi[r * D + d] * Kj[c * D + d];
+          for (var d = 0u; d < d4; d++) {
+            s += dot(Qi[r * D4 + d], Kj[c * D4 + d]);
           }
           pe = exp(s - L);
         }
@@ -211,12 +236,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       }
       workgroupBarrier();
       // Alg. 2 line 12: dV_j += Pᵀ dO_i.
-      for (var e = lid; e < Bc * D; e += WG) {
-        let c = e / D;
-        let d = e % D;
-        var acc = 0.0;
-        for (var r = 0u; r < Br; r++) {
-          acc += T[r * Bc + c] * dOi[r * D + d];
+      for (var e = lid; e < Bc * D4; e += WG) {
+        let c = e / D4;
+        let d = e % D4;
+        var acc = vec4<f32>(0.0);
+        for (var r = 0u; r < br; r++) {
+          acc += T[r * Bc + c] * dOi[r * D4 + d];
         }
         dVj[e] += acc;
       }
@@ -228,33 +253,35 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
           let r = e / Bc;
           let c = e % Bc;
           var dp = 0.0;
-          for (var d = 0u; d < D; d++) {
-            dp += dOi[r * D + d] * Vj[c * D + d];
+          for (var d = 0u; d < d4; d++) {
+            dp += dot(dOi[r * D4 + d], Vj[c * D4 + d]);
           }
           T[e] = pe * (dp - Drow[r]);
         }
       }
       workgroupBarrier();
       // Alg. 2 line 16: dK_j += scale·dSᵀ Q_i (Q_i carries the scale).
-      for (var e = lid; e < Bc * D; e += WG) {
-        let c = e / D;
-        let d = e % D;
-        var acc = 0.0;
-        for (var r = 0u; r < Br; r++) {
-          acc += T[r * Bc + c] * Qi[r * D + d];
+      for (var e = lid; e < Bc * D4; e += WG) {
+        let c = e / D4;
+        let d = e % D4;
+        var acc = vec4<f32>(0.0);
+        for (var r = 0u; r < br; r++) {
+          acc += T[r * Bc + c] * Qi[r * D4 + d];
         }
         dKj[e] += acc;
       }
     }
   }
 
-  // Alg. 2 line 18: write dK_j, dV_j once (each thread the entries it accumulated).
-  for (var e = lid; e < Bc * D; e += WG) {
-    let key = c0 + e / D;
+  // Alg. 2 line 18: write dK_j, dV_j once (each thread the vec4s it accumulated).
+  for (var e = lid; e < Bc * D4; e += WG) {
+    let key = c0 + e / D4;
     if (key < u.Nk) {
-      let dst = ko + key * u.kvRow + e % D;
-      dk[dst] = ${dtype}(dKj[e]);
-      dv[dst] = ${dtype}(dVj[e]);
+      let at = ko + key * u.kvRow + 4u * (e % D4);
+      let xk = dKj[e];
+      let xv = dVj[e];
+      ${storeVec4('dk', dtype, 'at', '4u * (e % D4)', 'xk')}
+      ${storeVec4('dv', dtype, 'at', '4u * (e % D4)', 'xv')}
     }
   }
 }
@@ -265,6 +292,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 export function backwardQWGSL(p: BackwardParams, workgroupLimit: number): string {
   const { D, Br, Bc, WG, dtype, causal } = p;
   checkWorkgroupBytes('backward dQ', backwardQWorkgroupBytes(p), workgroupLimit);
+  const D4 = Math.ceil(D / 4);
   return `${enables(dtype)}
 ${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
@@ -277,20 +305,26 @@ ${SIZES_WGSL}
 @group(0) @binding(7) var<storage, read_write> dq: array<${dtype}>;
 
 const D = ${D}u;
+const D4 = ${D4}u;
 const Br = ${Br}u;
 const Bc = ${Bc}u;
 const WG = ${WG}u;
 ${MASKED_WGSL}
 
-var<workgroup> Qi: array<f32, ${Br * D}>;
-var<workgroup> dOi: array<f32, ${Br * D}>;
-var<workgroup> dQi: array<f32, ${Br * D}>;
-var<workgroup> KV: array<f32, ${Bc * D}>;
+var<workgroup> Qi: array<vec4<f32>, ${Br * D4}>;
+var<workgroup> dOi: array<vec4<f32>, ${Br * D4}>;
+var<workgroup> dQi: array<vec4<f32>, ${Br * D4}>;
+var<workgroup> KV: array<vec4<f32>, ${Bc * D4}>;
 var<workgroup> T: array<f32, ${Br * Bc}>; // dP, then dS
 var<workgroup> Lrow: array<f32, ${Br}>;
 var<workgroup> Drow: array<f32, ${Br}>;
 
 ${VISIBLE_WGSL}
+${OPAQUE_WGSL}
+${loadVec4('q')}
+${loadVec4('k')}
+${loadVec4('v')}
+${loadVec4('dout')}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -301,14 +335,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
   let Lo = bh * u.Nq;
   let r0 = wid.x * Br;
+  let d4 = opaque(D4); // loop bounds the compiler does not unroll (see OPAQUE_WGSL)
+  let bc = opaque(Bc);
 
   // Q_i (with the softmax scale folded in), dO_i, L_i, D_i; rows past Nq read as 0; dQ_i = 0.
-  for (var e = lid; e < Br * D; e += WG) {
-    let row = r0 + e / D;
-    let src = qo + min(row, u.Nq - 1u) * u.qRow + e % D;
-    Qi[e] = select(0.0, f32(q[src]) * u.scale, row < u.Nq);
-    dOi[e] = select(0.0, f32(dout[src]), row < u.Nq);
-    dQi[e] = 0.0;
+  for (var e = lid; e < Br * D4; e += WG) {
+    let row = r0 + e / D4;
+    let base = qo + min(row, u.Nq - 1u) * u.qRow;
+    Qi[e] = load_q(base, 4u * (e % D4), row < u.Nq) * u.scale;
+    dOi[e] = load_dout(base, 4u * (e % D4), row < u.Nq);
+    dQi[e] = vec4<f32>(0.0);
   }
   ${rowStatsWGSL()}
 
@@ -324,9 +360,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     let c0 = j * Bc;
     workgroupBarrier(); // the previous block's K_j and dS are no longer read
     // Alg. 2 line 6 (V_j), keys past Nk read as 0.
-    for (var e = lid; e < Bc * D; e += WG) {
-      let key = c0 + e / D;
-      KV[e] = select(0.0, f32(v[ko + min(key, u.Nk - 1u) * u.kvRow + e % D]), key < u.Nk);
+    for (var e = lid; e < Bc * D4; e += WG) {
+      let key = c0 + e / D4;
+      KV[e] = load_v(ko + min(key, u.Nk - 1u) * u.kvRow, 4u * (e % D4), key < u.Nk);
     }
     workgroupBarrier();
     // Alg. 2 line 13: dP = dO_i V_jᵀ.
@@ -334,16 +370,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       let r = e / Bc;
       let c = e % Bc;
       var dp = 0.0;
-      for (var d = 0u; d < D; d++) {
-        dp += dOi[r * D + d] * KV[c * D + d];
+      for (var d = 0u; d < d4; d++) {
+        dp += dot(dOi[r * D4 + d], KV[c * D4 + d]);
       }
       T[e] = dp;
     }
     workgroupBarrier();
     // Alg. 2 line 6 (K_j), into the tile V_j used.
-    for (var e = lid; e < Bc * D; e += WG) {
-      let key = c0 + e / D;
-      KV[e] = select(0.0, f32(k[ko + min(key, u.Nk - 1u) * u.kvRow + e % D]), key < u.Nk);
+    for (var e = lid; e < Bc * D4; e += WG) {
+      let key = c0 + e / D4;
+      KV[e] = load_k(ko + min(key, u.Nk - 1u) * u.kvRow, 4u * (e % D4), key < u.Nk);
     }
     workgroupBarrier();
     // Alg. 2 lines 10-11 and 14: P = exp(scale·Q_i K_jᵀ − L) (0 where masked or L = −∞), dS = P ∘ (dP − D).
@@ -355,8 +391,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       var ds = 0.0;
       if (key < u.Nk && L != MASKED${causal ? ' && visible(r0 + r, key)' : ''}) {
         var s = 0.0;
-        for (var d = 0u; d < D; d++) {
-          s += Qi[r * D + d] * KV[c * D + d];
+        for (var d = 0u; d < d4; d++) {
+          s += dot(Qi[r * D4 + d], KV[c * D4 + d]);
         }
         ds = exp(s - L) * (T[e] - Drow[r]);
       }
@@ -364,22 +400,24 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     }
     workgroupBarrier();
     // Alg. 2 line 15: dQ_i += dS K_j (the scale is applied once, at the write).
-    for (var e = lid; e < Br * D; e += WG) {
-      let r = e / D;
-      let d = e % D;
-      var acc = 0.0;
-      for (var c = 0u; c < Bc; c++) {
-        acc += T[r * Bc + c] * KV[c * D + d];
+    for (var e = lid; e < Br * D4; e += WG) {
+      let r = e / D4;
+      let d = e % D4;
+      var acc = vec4<f32>(0.0);
+      for (var c = 0u; c < bc; c++) {
+        acc += T[r * Bc + c] * KV[c * D4 + d];
       }
       dQi[e] += acc;
     }
   }
 
   // dQ_i = scale·dQ_i, written once (rows that see no key: 0).
-  for (var e = lid; e < Br * D; e += WG) {
-    let row = r0 + e / D;
+  for (var e = lid; e < Br * D4; e += WG) {
+    let row = r0 + e / D4;
     if (row < u.Nq) {
-      dq[qo + row * u.qRow + e % D] = ${dtype}(dQi[e] * u.scale);
+      let at = qo + row * u.qRow + 4u * (e % D4);
+      let x = dQi[e] * u.scale;
+      ${storeVec4('dq', dtype, 'at', '4u * (e % D4)', 'x')}
     }
   }
 }
