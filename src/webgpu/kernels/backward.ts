@@ -3,7 +3,8 @@
  * two workgroups ever write the same element: deterministic, and no float atomics (WGSL has none).
  *
  * 1. preprocess (Alg. 2 line 4): one invocation owns one query row of one head (b, h); dispatch
- *    (⌈Nq/WG⌉, B·H). It writes Dvec[(b·H + h)·Nq + i] = rowsum(dO ∘ O) in f32. No workgroup memory.
+ *    (⌈Nq/WG⌉, B·H). It writes Dvec[(b·H + h)·Nq + i] = rowsum(dO ∘ O) in f32 (summed in dP's order).
+ *    No workgroup memory.
  * 2. dK/dV: one workgroup owns key block K_j (Bc rows) of one key/value head (b, hkv); dispatch
  *    (Tc, B·Hkv). K_j, V_j (lines 6-7) and the accumulators dK_j, dV_j stay in workgroup memory. Loop
  *    order: for each query head h of the group, for each query block i (line 8; causal: blocks entirely
@@ -80,7 +81,10 @@ function storeVec4(name: string, dtype: StorageType, at: string, d0: string, x: 
     .join('\n      ');
 }
 
-/** Alg. 2 line 4: D = rowsum(dO ∘ O), one query row per invocation. */
+/**
+ * Alg. 2 line 4: D = rowsum(dO ∘ O), one query row per invocation, summed vec4 by vec4 in the order the
+ * other kernels sum dP = dO_i V_jᵀ: where O_i = V_j exactly (one key), dP − D is exactly 0, as it should be.
+ */
 export function preprocessWGSL(p: PreprocessParams): string {
   const { D, WG, dtype } = p;
   return `${enables(dtype)}
@@ -91,8 +95,11 @@ ${SIZES_WGSL}
 @group(0) @binding(3) var<storage, read_write> Dvec: array<f32>;
 
 const D = ${D}u;
+const D4 = ${Math.ceil(D / 4)}u;
 
 ${OPAQUE_WGSL}
+${loadVec4('dout')}
+${loadVec4('o')}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -100,12 +107,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let b = bh / u.H;
   let h = bh % u.H;
   let row = wid.x * ${WG}u + lid;
-  let dd = opaque(D); // a loop bound the compiler does not unroll (see OPAQUE_WGSL)
+  let d4 = opaque(D4); // a loop bound the compiler does not unroll (see OPAQUE_WGSL)
   if (row < u.Nq) {
     let base = b * u.qBatch + h * u.qHead + row * u.qRow;
     var s = 0.0;
-    for (var d = 0u; d < dd; d++) {
-      s += f32(dout[base + d]) * f32(o[base + d]);
+    for (var d = 0u; d < d4; d++) {
+      s += dot(load_dout(base, 4u * d, true), load_o(base, 4u * d, true));
     }
     Dvec[bh * u.Nq + row] = s;
   }
