@@ -55,7 +55,11 @@ if (BACKENDS.includes('webgpu')) {
       const { q, k, v } = inputs(c, 'f32', 'BNHD');
       const mine = await forward(onDevice(device, q), onDevice(device, k), onDevice(device, v), { device });
       const host = await forward(q, k, v, { backend: 'webgpu' });
-      assert.deepEqual(await readBack(device, mine.out), host.out.data);
+      // The two devices may have different limits, hence other tiles and other roundings: equal to f32 level.
+      const got = await readBack(device, mine.out);
+      let err = 0;
+      got.forEach((x, i) => (err = Math.max(err, Math.abs(x - host.out.data[i]))));
+      assert.ok(err < 1e-6, `the caller's device agrees with the library's: ${err}`);
       device.destroy();
     });
 

@@ -52,6 +52,17 @@ export const OPAQUE_WGSL = `fn opaque(n: u32) -> u32 {
   return select(n, 0u, u.B == 0u);
 }`;
 
+/**
+ * NaN without relying on float comparisons (which WGSL leaves to the implementation): `is_nan` tests the
+ * bits; `nan()` makes one at run time (a constant NaN is a WGSL compile error).
+ */
+export const NAN_WGSL = `fn is_nan(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+fn nan() -> f32 {
+  return bitcast<f32>(select(0x7fc00000u, 0u, u.B == 0u));
+}`;
+
 /** Causal visibility, bottom-right aligned: query `row` sees `key` iff key ≤ row + Nk − Nq. */
 export const VISIBLE_WGSL = `fn visible(row: u32, key: u32) -> bool {
   return i32(key) <= i32(row) + i32(u.Nk) - i32(u.Nq);

@@ -16,7 +16,7 @@
  * No private arrays: O_i lives in workgroup memory, each vec4 owned by one thread (private arrays indexed
  * in loops make lavapipe's LLVM compile take minutes).
  */
-import { MASKED_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
 
 export interface ForwardParams {
   D: number;
@@ -80,6 +80,7 @@ var<workgroup> lrow: array<f32, ${Br}>;
 
 ${VISIBLE_WGSL}
 ${OPAQUE_WGSL}
+${NAN_WGSL}
 ${loadVec4('q')}
 ${loadVec4('k')}
 ${loadVec4('v')}
@@ -104,6 +105,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   }
   var m = MASKED;
   var l = 0.0;
+  var poisoned = false; // a NaN logit makes the row's out and L NaN, and no other row's
 
   var Tc = (u.Nk + Bc - 1u) / Bc;
   ${
@@ -139,6 +141,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       var mx = m;
       for (var c = 0u; c < bc; c++) {
         mx = max(mx, S[lid * Bc + c]);
+        poisoned = poisoned || is_nan(S[lid * Bc + c]);
       }
       var a = 1.0;
       if (mx != MASKED) {
@@ -180,10 +183,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 
   // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l; a row that saw no key: O = 0, L = −∞.
   if (lid < Br) {
-    lrow[lid] = l;
+    lrow[lid] = select(l, nan(), poisoned);
     let row = r0 + lid;
     if (row < u.Nq) {
-      lse[bh * u.Nq + row] = select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0);
+      lse[bh * u.Nq + row] = select(select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
     }
   }
   workgroupBarrier();
@@ -191,7 +194,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     let row = r0 + e / D4;
     if (row < u.Nq) {
       let lr = lrow[e / D4];
-      let x = select(Oi[e] / lr, vec4<f32>(0.0), lr == 0.0);
+      let x = select(Oi[e] / lr, vec4<f32>(0.0), lr == 0.0 && !is_nan(lr));
       let at = qo + row * u.qRow + 4u * (e % D4);
       ${['x', 'y', 'z', 'w'].map((c, t) => (t === 0 ? `o[at] = ${dtype}(x.x);` : `if (4u * (e % D4) + ${t}u < D) { o[at + ${t}u] = ${dtype}(x.${c}); }`)).join('\n      ')}
     }
