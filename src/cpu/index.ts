@@ -23,6 +23,7 @@ class Buffers {
     let buf: ArrayBufferLike;
     try {
       buf = sharedBuffer(bytes);
+      void new Uint16Array(buf); // the view with the most elements the kernels make: over the limit is a RangeError too
     } catch (e) {
       if (!(e instanceof RangeError)) throw e;
       throw new OutOfMemoryError('q', `an allocation this machine can make for ${what}`, `${bytes} bytes (${e.message})`);
