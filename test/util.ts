@@ -1,23 +1,12 @@
 /** Test helpers: seeded inputs, the one error rule, snapshots that prove inputs were not modified. */
 import assert from 'node:assert/strict';
 import { encodeF16, tensor, type DType, type Layout, type Tensor } from '../src/index.js';
+import { mulberry32 } from '../src/cli/random.js';
 import { dimsOf, toF64 } from '../src/tensor.js';
-
-/** mulberry32: a small seeded generator, so every failure reproduces. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Standard normal values (Box-Muller), seeded. */
 export function randn(n: number, seed: number, scale = 1): Float64Array {
-  const u = rng(seed);
+  const u = mulberry32(seed); // seeded, so every failure reproduces
   const out = new Float64Array(n);
   for (let i = 0; i < n; i += 2) {
     const r = Math.sqrt(-2 * Math.log(1 - u()));
