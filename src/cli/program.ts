@@ -2,6 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { BENCH_BACKENDS, BENCH_DTYPES, bestBackend, TOLERANCE, VALIDATION_MAX_N, runBench, type BenchBackend, type BenchConfig, type BenchDType } from './bench.js';
+import { defaultGpu } from '../webgpu/device.js';
 import { info } from './info.js';
 import { parseIntList, parsePositiveInt, parseSeed } from './parse.js';
 import { environment, formatHeader, formatNotes, formatTable, formatValidations, jsonReport, packageVersion } from './report.js';
@@ -34,7 +35,9 @@ What it does:
   ${TOLERANCE.f32} (f32) or ${TOLERANCE.f16} (f16) for out and lse (forward) or dq, dk, dv (backward). A configuration
   that fails is shown as FAILED and not timed.
 
-  Each timed row: 1 warm-up call, then --repeats calls. Columns: median ms, spread (min–max ms),
+  Each timed row: 1 warm-up call, then --repeats calls. On webgpu the tensors stay on the device
+  (GPUBuffers in and out) and each call is timed until the queue has finished its work.
+  Columns: median ms, spread (min–max ms),
   GFLOP/s (attentionFlops() / median: forward 4·B·H·N²·D, halved when causal; backward 2.5×), peak MiB
   (the MemoryTracker's peak: every byte the library allocated during the call, counting staging
   copies, scratch, outputs and the N×N matrices) and, on flash rows, flash peak / standard peak.
@@ -118,7 +121,8 @@ export function createProgram(): Command {
         seed: o.seed,
       };
       const env = environment();
-      process.stdout.write(formatHeader(env, config) + '\n\n');
+      const adapter = config.backend === 'webgpu' ? `  adapter   ${(await defaultGpu()).description}\n` : '';
+      process.stdout.write(formatHeader(env, config) + '\n' + adapter + '\n');
       const result = await runBench(config, { progress: (line) => process.stderr.write(line + '\n') });
       process.stdout.write(`${formatValidations(result)}\n\n${formatTable(result)}\n${formatNotes(result)}\n`);
       if (o.json) {
