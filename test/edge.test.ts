@@ -37,7 +37,10 @@ for (const target of TARGETS) {
         }
       });
 
-      test(`${dtype}: logits of ±1e4 do not overflow`, async () => {
+      // The reference backend computes in f64 and rounds the lse it returns to f32 for these dtypes, so its
+      // backward cannot recover P to better than L's f32 ulp (1e-3 at 1e4); its ±1e4 case runs in f64
+      // in reference.test.ts instead.
+      test(`${dtype}: logits of ±1e4 do not overflow`, { skip: target.backend === 'reference' ? 'f64 only: see reference.test.ts' : undefined }, async () => {
         // |q|, |k| ~ 100 and D = 16: scaled logits reach ±1e4, where exp overflows without the running max.
         const c: Case = { B: 1, H: 2, Hkv: 2, Nq: 67, Nk: 131, D: 16 };
         const t = inputs(c, dtype, 'BNHD');

@@ -76,6 +76,7 @@ export function maxError(x: Tensor | Float64Array, ref: Float64Array): number {
  * factor: 2 for outputs, 3 for gradients.
  */
 export function assertWithinRule(what: string, err: number, errStandard: number, factor: 2 | 3): void {
+  assert.ok(Number.isFinite(errStandard), `${what}: standard attention's error ${errStandard} is not finite, so the rule would check nothing`);
   const bound = factor * errStandard + 1e-6;
   assert.ok(err <= bound, `${what}: error ${err.toExponential(3)} exceeds ${factor}× standard attention's ${errStandard.toExponential(3)} + 1e-6`);
 }

@@ -3,7 +3,7 @@
 // allocator's accounting (flash never allocates an Nq×Nk buffer).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DTypeError, MemoryTracker, ValueError, forward, webgpuDevice, type GpuTensor, type Tensor } from '../src/index.js';
+import { DTypeError, MemoryTracker, ValueError, backward, forward, webgpuDevice, type GpuTensor, type Tensor } from '../src/index.js';
 import { gpuEntry } from '../src/webgpu/device.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
 import { inputs } from './util.js';
@@ -48,6 +48,15 @@ if (BACKENDS.includes('webgpu')) {
       assert.ok(gpu.out.data instanceof GPUBuffer, 'out is a GPUBuffer');
       assert.deepEqual(await readBack(device, gpu.out), host.out.data);
       assert.deepEqual(await readBack(device, gpu.lse), host.lse.data);
+    });
+
+    test('typed arrays backed by a SharedArrayBuffer (cpu results) are accepted', async () => {
+      const { q, k, v, dout } = inputs(c, 'f32', 'BNHD');
+      const cpu = await forward(q, k, v, { backend: 'cpu' });
+      assert.ok(cpu.out.data.buffer instanceof SharedArrayBuffer);
+      const gpu = await backward(dout, q, k, v, cpu.out, cpu.lse, { backend: 'webgpu' });
+      assert.equal(gpu.dq.data.length, q.data.length);
+      assert.ok((gpu.dq.data as Float32Array).every(Number.isFinite));
     });
 
     test("the caller's own device (options.device)", async () => {

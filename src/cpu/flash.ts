@@ -277,7 +277,9 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
       const mOld = m[r];
       let mNew = mOld;
       const sr = r * Bc;
-      for (let c = 0; c < n; c++) mNew = Math.max(mNew, S[sr + c]); // Math.max keeps a NaN: it poisons only its row
+      // Scores are rounded to f32, as the lse the forward returns is: the backward recomputes P = exp(S − L)
+      // from the same f32 S, so a row's largest P stays 1 even where |S| ~ 1e4 and L's f32 ulp is 1e-3.
+      for (let c = 0; c < n; c++) mNew = Math.max(mNew, (S[sr + c] = Math.fround(S[sr + c]))); // Math.max keeps a NaN: it poisons only its row
       if (mNew === -Infinity) {
         seen[r] = 0; // nothing visible yet in this row: P̃ = 0, nothing changes
         continue;
@@ -376,7 +378,7 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
           seen[r] = n;
           const sr = r * Bc;
           for (let c = 0; c < n; c++) {
-            const p = Math.exp(P[sr + c] * scale - L);
+            const p = Math.exp(Math.fround(P[sr + c] * scale) - L); // S in f32, as the forward rounded it
             P[sr + c] = p;
             dS[sr + c] = scale * (p * (dS[sr + c] - Dr));
           }

@@ -7,7 +7,7 @@
  * One task per head (forward) or per key/value head with its group (backward); f64 accumulation. Query
  * rows go four at a time, copied to f64 scratch, so each key and value element loaded feeds four rows.
  */
-import { f16ToNumber, numberToF16 } from '../f16.js';
+import { f16ToNumber, numberToF16, roundToF16 } from '../f16.js';
 import type { CpuShape } from './job.js';
 
 /** An Nq×Nk matrix of all heads, in f32 or in f16 bits. */
@@ -44,6 +44,11 @@ function put(a: Scores, i: number, x: number): number {
   const h = numberToF16(x);
   a[i] = h;
   return f16ToNumber(h);
+}
+
+/** x as a score matrix like `a` would hold it (the backward recomputes S as the forward stored it). */
+function rounded(a: Scores, x: number): number {
+  return a instanceof Float32Array ? Math.fround(x) : roundToF16(x);
 }
 
 function get(a: Scores, i: number): number {
@@ -192,7 +197,7 @@ export function standardBackwardTask(s: CpuShape, a: StandardBackwardArrays, t: 
         const row = base + i * Nk;
         const tr = r * Nk;
         for (let j = 0; j < Nk; j++) {
-          const p = put(P, row + j, j < seen[r] ? Math.exp(Ts[tr + j] * scale - L) : 0);
+          const p = put(P, row + j, j < seen[r] ? Math.exp(rounded(P, Ts[tr + j] * scale) - L) : 0);
           const dp = put(dP, row + j, Td[tr + j]);
           put(dS, row + j, p * (dp - Di[i]));
           Ts[tr + j] = get(P, row + j);

@@ -29,7 +29,9 @@ export class GpuBuffers {
   /** A storage buffer holding `data`. */
   upload(data: ArrayBufferView, what: string): GPUBuffer {
     const buffer = this.create(data.byteLength, what);
-    const padded = data.byteLength % 4 === 0 ? data : copyPadded(data);
+    // Dawn's writeBuffer takes neither a SharedArrayBuffer (cpu results are backed by one) nor a ragged length.
+    const shared = typeof SharedArrayBuffer === 'function' && data.buffer instanceof SharedArrayBuffer;
+    const padded = data.byteLength % 4 === 0 && !shared ? data : copyPadded(data);
     this.device.queue.writeBuffer(buffer, 0, padded.buffer, padded.byteOffset, Math.ceil(data.byteLength / 4) * 4);
     return buffer;
   }
