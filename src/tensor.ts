@@ -73,23 +73,6 @@ export function dtypeOfArray(data: unknown): DType | undefined {
   return undefined;
 }
 
-/** An array of `n` zeros of the given dtype. */
-export function allocate<T extends DType>(dtype: T, n: number): DataOf[T] {
-  const arrays: { [K in DType]: (n: number) => DataOf[K] } = {
-    f32: (k) => new Float32Array(k),
-    f16: (k) => new Uint16Array(k),
-    f64: (k) => new Float64Array(k),
-  };
-  return arrays[dtype](n) as DataOf[T];
-}
-
-/** The values of any tensor as f32 (a copy for f16 and f64; the same array for f32 unless `copy`). */
-export function toF32(t: Tensor, copy = false): Float32Array {
-  if (t.dtype === 'f32') return copy ? (t.data as Float32Array).slice() : (t.data as Float32Array);
-  if (t.dtype === 'f16') return decodeF16(t.data as Uint16Array);
-  return Float32Array.from(t.data as Float64Array);
-}
-
 /** The values of any tensor as f64 (always a copy). */
 export function toF64(t: Tensor): Float64Array {
   if (t.dtype === 'f16') return Float64Array.from(decodeF16(t.data as Uint16Array));
@@ -115,10 +98,6 @@ export function dimsOf(shape: readonly number[], layout: Layout): Dims {
   return layout === 'BNHD'
     ? { B: shape[0], N: shape[1], H: shape[2], D: shape[3] }
     : { B: shape[0], H: shape[1], N: shape[2], D: shape[3] };
-}
-
-export function shapeOf(d: Dims, layout: Layout): number[] {
-  return layout === 'BNHD' ? [d.B, d.N, d.H, d.D] : [d.B, d.H, d.N, d.D];
 }
 
 /**
