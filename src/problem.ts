@@ -14,7 +14,7 @@ import {
   type AttentionOptions,
   type Backend,
 } from './options.js';
-import { BYTES_PER_ELEMENT, dimsOf, dtypeOfArray, isGpuBuffer, type AnyTensor, type DType, type Layout, type Tensor, type TensorData } from './tensor.js';
+import { BYTES_PER_ELEMENT, dimsOf, strides, type Strides, dtypeOfArray, isGpuBuffer, type AnyTensor, type DType, type Layout, type Tensor, type TensorData } from './tensor.js';
 
 /** Sizes and settings of one attention call. Heads of k and v: Hkv, with H % Hkv == 0 (GQA / MQA). */
 export interface Problem {
@@ -191,4 +191,12 @@ export function checkBackward(
   if (L.dtype !== lseDType) throw new DTypeError('lse.dtype', `'${lseDType}' (as forward returns it)`, `'${L.dtype}'`);
   sameShape('lse', L, [p.B, p.H, p.Nq], '(B, H, Nq)');
   return p;
+}
+
+/** Strides of q / out / dout (H heads, Nq rows) and of k / v (Hkv heads, Nk rows) in the problem's layout. */
+export function problemStrides(p: Problem): { q: Strides; kv: Strides } {
+  return {
+    q: strides({ B: p.B, N: p.Nq, H: p.H, D: p.D }, p.layout),
+    kv: strides({ B: p.B, N: p.Nk, H: p.Hkv, D: p.D }, p.layout),
+  };
 }

@@ -2,8 +2,7 @@
  * A cpu job: what the main thread sends to each worker (or runs inline). Sizes travel as plain numbers,
  * arrays as (Shared)ArrayBuffers; `views` turns them back into typed arrays on either side.
  */
-import type { Problem } from '../problem.js';
-import { strides } from '../tensor.js';
+import { problemStrides, type Problem } from '../problem.js';
 
 export type Kernel = 'flashForward' | 'flashBackward' | 'standardForward' | 'standardBackward';
 
@@ -53,8 +52,7 @@ export function tileSizes(D: number): { Br: number; Bc: number } {
 }
 
 export function cpuShape(p: Problem, threads: number, f16Scores = false): CpuShape {
-  const sq = strides({ B: p.B, N: p.Nq, H: p.H, D: p.D }, p.layout);
-  const sk = strides({ B: p.B, N: p.Nk, H: p.Hkv, D: p.D }, p.layout);
+  const { q: sq, kv: sk } = problemStrides(p);
   const { Br, Bc } = tileSizes(p.D);
   // Enough backward tasks to keep every thread busy, never more chunks than key blocks.
   const chunks = Math.max(1, Math.min(Math.ceil(p.Nk / Bc), Math.ceil((2 * threads) / (p.B * p.Hkv))));

@@ -6,8 +6,7 @@
  *   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − rowsum(dP ∘ P)),  dQ = scale · dS K,  dK = scale · dSᵀ Q.
  * A fully masked row has P = 0, O = 0 and L = −∞. Every test compares against these functions.
  */
-import type { Problem } from '../problem.js';
-import { strides } from '../tensor.js';
+import { problemStrides, type Problem } from '../problem.js';
 
 export interface Heads {
   /** Offset of row 0 of query head (b, h) in q / out / dout. */
@@ -21,8 +20,7 @@ export interface Heads {
 
 /** Where each head's rows live, for the problem's layout. */
 export function heads(p: Problem): Heads {
-  const sq = strides({ B: p.B, N: p.Nq, H: p.H, D: p.D }, p.layout);
-  const sk = strides({ B: p.B, N: p.Nk, H: p.Hkv, D: p.D }, p.layout);
+  const { q: sq, kv: sk } = problemStrides(p);
   return {
     q: (b, h) => b * sq.batch + h * sq.head,
     kv: (b, h) => b * sk.batch + h * sk.head,

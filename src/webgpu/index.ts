@@ -4,8 +4,8 @@
  * Every buffer it makes goes through GpuBuffers, which counts it in the call's MemoryTracker.
  */
 import { DTypeError, ValueError } from '../errors.js';
-import type { Problem } from '../problem.js';
-import { isGpuBuffer, strides, type AnyTensor, type DType } from '../tensor.js';
+import { problemStrides, type Problem } from '../problem.js';
+import { isGpuBuffer, type AnyTensor, type DType } from '../tensor.js';
 import { GpuBuffers } from './buffers.js';
 import { defaultGpu, gpuOf, type Gpu } from './device.js';
 import { chooseTiles, sizesBytes, type Sizes, type StorageType } from './kernels/common.js';
@@ -40,8 +40,7 @@ export function workgroupSize(gpu: Gpu): number {
 
 /** Run-time sizes of a problem, for the kernels' uniform block. */
 export function sizesOf(p: Problem): Sizes {
-  const sq = strides({ B: p.B, N: p.Nq, H: p.H, D: p.D }, p.layout);
-  const sk = strides({ B: p.B, N: p.Nk, H: p.Hkv, D: p.D }, p.layout);
+  const { q: sq, kv: sk } = problemStrides(p);
   return {
     B: p.B,
     H: p.H,
