@@ -1,6 +1,6 @@
 /** `flashattn info`: what this machine offers each backend (the WebGPU adapter in detail). */
 import { availableParallelism, cpus } from 'node:os';
-import { describeAdapter, gpuEntry } from '../webgpu/device.js';
+import { describeAdapter, gpuEntry, type MatrixConfig } from '../webgpu/device.js';
 
 /** The limits the kernels care about, in the order printed. */
 const LIMITS = [
@@ -12,14 +12,6 @@ const LIMITS = [
   'maxBufferSize',
   'maxStorageBuffersPerShaderStage',
 ] as const;
-
-interface MatrixConfig {
-  M: number;
-  N: number;
-  K: number;
-  componentType: string;
-  resultComponentType: string;
-}
 
 export async function info(): Promise<string> {
   const lines = [`cpu: ${cpus()[0]?.model ?? 'unknown'}, ${availableParallelism()} threads for the cpu backend`];

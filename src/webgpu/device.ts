@@ -9,7 +9,7 @@ import { BackendUnavailableError } from '../errors.js';
 /** Dawn toggles for Node: f16 on NVIDIA's Vulkan driver, the Vulkan memory model, experimental features. */
 export const DAWN_TOGGLES = ['enable-dawn-features=allow_unsafe_apis,use_vulkan_memory_model,vulkan_enable_f16_on_nvidia'];
 
-const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query'] as const;
+const WANTED_FEATURES = ['shader-f16', 'subgroups', 'timestamp-query', 'chromium-experimental-subgroup-matrix'] as const;
 const WANTED_LIMITS = [
   'maxComputeWorkgroupStorageSize',
   'maxStorageBufferBindingSize',
@@ -30,15 +30,31 @@ export interface Gpu {
   timestamps: boolean;
   /** A CPU implementation of WebGPU (lavapipe, SwiftShader): correct, but slower than the cpu backend. */
   software: boolean;
+  /** The subgroup size where the adapter has one fixed size (NVIDIA: 32), else undefined. */
+  subgroupSize: number | undefined;
+  /** Subgroup matrices with f16 inputs, f32 results, 16×16×16 (tensor cores): the fast kernels' needs. */
+  matrixF16: boolean;
   limits: GPUSupportedLimits;
+}
+
+/** One entry of adapter.info.subgroupMatrixConfigs (read by field: such an object prints as {} in Dawn). */
+export interface MatrixConfig {
+  M: number;
+  N: number;
+  K: number;
+  componentType: string;
+  resultComponentType: string;
 }
 
 const known = new WeakMap<GPUDevice, Gpu>();
 
 /** The Gpu record of a device, for a device the caller brought. */
-export function gpuOf(device: GPUDevice, description = '', software = false): Gpu {
+export function gpuOf(device: GPUDevice, description = '', software = false, adapterInfo: GPUAdapterInfo | undefined = device.adapterInfo): Gpu {
   let gpu = known.get(device);
   if (!gpu) {
+    // The adapter's own info where we have it: this Dawn leaves subgroupMatrixConfigs out of device.adapterInfo.
+    const info = adapterInfo as (GPUAdapterInfo & { subgroupMatrixConfigs?: MatrixConfig[] }) | undefined;
+    const fixed = info?.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
     gpu = {
       device,
       description,
@@ -46,6 +62,14 @@ export function gpuOf(device: GPUDevice, description = '', software = false): Gp
       subgroups: device.features.has('subgroups'),
       timestamps: device.features.has('timestamp-query'),
       software,
+      subgroupSize: fixed ? info.subgroupMinSize : undefined,
+      matrixF16:
+        device.features.has('chromium-experimental-subgroup-matrix') &&
+        device.features.has('subgroups') &&
+        device.features.has('shader-f16') &&
+        (info?.subgroupMatrixConfigs ?? []).some(
+          (c) => c.componentType === 'f16' && c.resultComponentType === 'f32' && c.M === 16 && c.N === 16 && c.K === 16,
+        ),
       limits: device.limits,
     };
     known.set(device, gpu);
@@ -98,14 +122,14 @@ export function defaultGpu(): Promise<Gpu> {
     }
     const adapter = await entry.gpu.requestAdapter({ powerPreference: 'high-performance' });
     if (!adapter) throw new BackendUnavailableError('options.backend', 'a WebGPU adapter', `none from ${entry.source}`);
-    const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f));
+    const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
     const requiredLimits: Record<string, number> = {};
     for (const l of WANTED_LIMITS) requiredLimits[l] = adapter.limits[l];
     const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
     device.lost.then(() => {
       shared = undefined; // the next call asks for a new device
     });
-    return gpuOf(device, describeAdapter(adapter), isSoftware(adapter));
+    return gpuOf(device, describeAdapter(adapter), isSoftware(adapter), adapter.info);
   })();
   shared.catch(() => {
     shared = undefined;

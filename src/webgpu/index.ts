@@ -21,6 +21,7 @@ import {
   type PreprocessParams,
 } from './kernels/backward.js';
 import { forwardAccumulator, forwardWGSL, forwardWorkgroupBytes, type ForwardParams } from './kernels/forward.js';
+import { FRAGMENT, forwardMatrixFits, forwardMatrixProblem, forwardMatrixWGSL, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from './kernels/forward-matrix.js';
 import { dispatch, pipeline } from './pipelines.js';
 
 /** The device a call runs on, checked against what the inputs need. */
@@ -67,6 +68,29 @@ export function forwardParams(p: Problem, gpu: Gpu): ForwardParams {
     64,
   );
   return { D: p.D, Br, Bc, WG, dtype: p.dtype as StorageType, causal: p.causal };
+}
+
+/**
+ * The subgroup-matrix forward's configuration, or undefined where it cannot run and the portable kernel
+ * takes over: no f16 subgroup matrices or fixed subgroup size, f32 inputs, D not a multiple of 16, or
+ * fewer than a block of queries or keys. Tiles per D, tuned on an H100 (bench/variants/forward-matrix.ts).
+ */
+export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams | undefined {
+  if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
+  const params: ForwardMatrixParams = { D: p.D, Bc: 64, RF: p.D <= 128 ? 2 : 1, SGS: gpu.subgroupSize, causal: p.causal };
+  const fits =
+    !forwardMatrixProblem(params) &&
+    forwardMatrixWorkgroupBytes(params) <= gpu.limits.maxComputeWorkgroupStorageSize &&
+    forwardMatrixFits(params, p.Nq, p.Nk);
+  return fits ? params : undefined;
+}
+
+/** The forward pipeline for a problem (subgroup matrices where possible) and its query rows per workgroup. */
+export async function forwardKernel(p: Problem, gpu: Gpu, matrix: ForwardMatrixParams | undefined): Promise<{ pipe: GPUComputePipeline; Br: number }> {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  if (matrix) return { pipe: await pipeline(gpu.device, 'forwardMatrix', matrix, (x) => forwardMatrixWGSL(x, limit)), Br: FRAGMENT * matrix.RF };
+  const params = forwardParams(p, gpu);
+  return { pipe: await pipeline(gpu.device, 'forward', params, (x) => forwardWGSL(x, limit)), Br: params.Br };
 }
 
 const ELEMENT_BYTES: Record<DType, number> = { f32: 4, f16: 2, f64: 8 };
@@ -123,13 +147,12 @@ export async function webgpuForward(p: Problem, q: AnyTensor, k: AnyTensor, v: A
   const gpu = await gpuFor(p);
   const call = new Call(p, gpu);
   try {
-    const params = forwardParams(p, gpu);
-    const pipe = await pipeline(gpu.device, 'forward', params, (x) => forwardWGSL(x, gpu.limits.maxComputeWorkgroupStorageSize));
+    const { pipe, Br } = await forwardKernel(p, gpu, forwardMatrixParams(p, gpu));
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * p.Nq * p.H * p.D, 'out');
     const lse = call.output(p.B * p.H * p.Nq, 'lse', 'f32');
-    await call.submit(async (enc) => dispatch(enc, gpu.device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(p.Nq / params.Br), p.B * p.H]));
+    await call.submit(async (enc) => dispatch(enc, gpu.device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(p.Nq / Br), p.B * p.H]));
     return { out: await call.result(out, q.shape), lse: await call.result(lse, [p.B, p.H, p.Nq], 'f32') };
   } finally {
     call.dispose();
