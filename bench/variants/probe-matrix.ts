@@ -60,6 +60,8 @@ const NESTED_HEAD = HEAD + `var<workgroup> A2: array<array<f16, 256>, 4>;
 var<workgroup> F2: array<array<f32, 256>, 4>;
 `;
 const probes: Record<string, string> = {
+  'chromium.subgroup_matrix_uniformity off, lid / 32': 'diagnostic(off, chromium.subgroup_matrix_uniformity);\n' + HEAD + BODY('lid / 32u'),
+  'chromium.subgroup_matrix_uniformity off, nested': 'diagnostic(off, chromium.subgroup_matrix_uniformity);\n' + NESTED_HEAD + NESTED,
   'nested array pointer &F2[sg]': NESTED_HEAD + NESTED,
   'load offsets per subgroup, store uniform': HEAD + LOADONLY,
   'switch on subgroup, uniform offsets': HEAD + SWITCHED,

@@ -77,7 +77,7 @@ export function forwardParams(p: Problem, gpu: Gpu): ForwardParams {
  */
 export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams | undefined {
   if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
-  const params: ForwardMatrixParams = { D: p.D, Bc: 64, RF: p.D <= 128 ? 2 : 1, SGS: gpu.subgroupSize, causal: p.causal };
+  const params: ForwardMatrixParams = { D: p.D, Bc: p.D === 128 ? 32 : 16, RF: p.D <= 128 ? 2 : 1, SGS: gpu.subgroupSize, causal: p.causal };
   const fits =
     !forwardMatrixProblem(params) &&
     forwardMatrixWorkgroupBytes(params) <= gpu.limits.maxComputeWorkgroupStorageSize &&

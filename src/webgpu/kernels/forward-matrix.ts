@@ -149,28 +149,28 @@ ${grid(RF, DF)
     let kv0 = ko + c0 * u.kvRow;
     workgroupBarrier(); // the previous block's P and flag are no longer read
     S[FLAG] = 0.0;
-    // Alg. 1 line 8: S = Q_i K_jᵀ.
+    // Alg. 1 line 8: S = Q_i K_jᵀ. All of K_j's fragments are loaded first, so that their latencies overlap.
+${grid(CF, DF)
+  .map(([c, d]) => `    let k${c}_${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&k, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);`)
+  .join('\n')}
 ${range(CF)
   .map(
     (c) => `    {
 ${range(RF)
   .map((f) => `      var s${f} = ${RESULT}();`)
   .join('\n')}
-${range(DF)
-  .map(
-    (d) => `      {
-        let kf = subgroupMatrixLoad<${RIGHT}, col_major>(&k, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);
-${range(RF)
-  .map((f) => `        s${f} = subgroupMatrixMultiplyAccumulate(q${f}_${d}, kf, s${f});`)
-  .join('\n')}
-      }`,
-  )
+${grid(DF, RF)
+  .map(([d, f]) => `      s${f} = subgroupMatrixMultiplyAccumulate(q${f}_${d}, k${c}_${d}, s${f});`)
   .join('\n')}
 ${range(RF)
   .map((f) => `      subgroupMatrixStore<col_major>(&S, ${c * FRAGMENT * Br + f * FRAGMENT}u, s${f}, Br);`)
   .join('\n')}
     }`,
   )
+  .join('\n')}
+    // V_j's fragments, loaded now: their latency hides behind the softmax.
+${grid(CF, DF)
+  .map(([c, d]) => `    let v${c}_${d} = subgroupMatrixLoad<${RIGHT}, row_major>(&v, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);`)
   .join('\n')}
     workgroupBarrier();
     // Alg. 1 line 9: the block's row max; m moves only by more than TAU (see above).
@@ -235,15 +235,8 @@ ${range(CF)
 ${range(RF)
   .map((f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&P, ${c * FRAGMENT * Br + f * FRAGMENT}u, Br);`)
   .join('\n')}
-${range(DF)
-  .map(
-    (d) => `      {
-        let vf = subgroupMatrixLoad<${RIGHT}, row_major>(&v, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);
-${range(RF)
-  .map((f) => `        o${f}_${d} = subgroupMatrixMultiplyAccumulate(p${f}, vf, o${f}_${d});`)
-  .join('\n')}
-      }`,
-  )
+${grid(DF, RF)
+  .map(([d, f]) => `      o${f}_${d} = subgroupMatrixMultiplyAccumulate(p${f}, v${c}_${d}, o${f}_${d});`)
   .join('\n')}
     }`,
   )
