@@ -21,7 +21,17 @@ import {
   type PreprocessParams,
 } from './kernels/backward.js';
 import { forwardAccumulator, forwardWGSL, forwardWorkgroupBytes, type ForwardParams } from './kernels/forward.js';
-import { FRAGMENT, forwardMatrixFits, forwardMatrixProblem, forwardMatrixWGSL, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from './kernels/forward-matrix.js';
+import { forwardMatrixFits, forwardMatrixProblem, forwardMatrixWGSL, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from './kernels/forward-matrix.js';
+import { FRAGMENT } from './kernels/matrix.js';
+import {
+  backwardKVMatrixWGSL,
+  backwardKVMatrixWorkgroupBytes,
+  backwardMatrixProblem,
+  backwardQMatrixWGSL,
+  backwardQMatrixWorkgroupBytes,
+  type BackwardKVMatrixParams,
+  type BackwardQMatrixParams,
+} from './kernels/backward-matrix.js';
 import { dispatch, pipeline } from './pipelines.js';
 
 /** The device a call runs on, checked against what the inputs need. */
@@ -184,6 +194,25 @@ export function backwardParams(p: Problem, gpu: Gpu): { pre: PreprocessParams; k
   };
 }
 
+/**
+ * The subgroup-matrix backward's configurations (dK/dV and dQ), or undefined where the portable kernels
+ * run: as for the forward, and also where D is not a multiple of 16 or Nq, Nk hold less than a block.
+ */
+export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatrixParams; q: BackwardQMatrixParams } | undefined {
+  if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
+  const SGS = gpu.subgroupSize;
+  const kv: BackwardKVMatrixParams = { D: p.D, QF: 4, SGS, causal: p.causal };
+  const q: BackwardQMatrixParams = { D: p.D, RF: p.D <= 64 ? 2 : 1, Bc: 32, SGS, causal: p.causal };
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const ok =
+    !backwardMatrixProblem({ D: p.D, SGS, rows: FRAGMENT * q.RF, Bc: q.Bc }) &&
+    backwardKVMatrixWorkgroupBytes(kv) <= limit &&
+    backwardQMatrixWorkgroupBytes(q) <= limit &&
+    p.Nq >= Math.max(FRAGMENT * kv.QF, FRAGMENT * q.RF) &&
+    p.Nk >= Math.max(FRAGMENT, q.Bc);
+  return ok ? { kv, q } : undefined;
+}
+
 export async function webgpuBackward(
   p: Problem,
   dout: AnyTensor,
@@ -198,9 +227,16 @@ export async function webgpuBackward(
   try {
     const limit = gpu.limits.maxComputeWorkgroupStorageSize;
     const params = backwardParams(p, gpu);
+    const matrix = backwardMatrixParams(p, gpu);
     const pre = await pipeline(gpu.device, 'backwardPreprocess', params.pre, preprocessWGSL);
-    const kv = await pipeline(gpu.device, 'backwardKV', params.kv, (x) => backwardKVWGSL(x, limit));
-    const dqPipe = await pipeline(gpu.device, 'backwardQ', params.q, (x) => backwardQWGSL(x, limit));
+    const kv = matrix
+      ? await pipeline(gpu.device, 'backwardKVMatrix', matrix.kv, (x) => backwardKVMatrixWGSL(x, limit))
+      : await pipeline(gpu.device, 'backwardKV', params.kv, (x) => backwardKVWGSL(x, limit));
+    const dqPipe = matrix
+      ? await pipeline(gpu.device, 'backwardQMatrix', matrix.q, (x) => backwardQMatrixWGSL(x, limit))
+      : await pipeline(gpu.device, 'backwardQ', params.q, (x) => backwardQWGSL(x, limit));
+    const keysPerGroup = matrix ? FRAGMENT : params.kv.Bc;
+    const rowsPerGroup = matrix ? FRAGMENT * matrix.q.RF : params.q.Br;
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [dO, Q, K, V, O, L] = [call.input(dout, 'dout'), call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v'), call.input(out, 'out'), call.input(lse, 'lse')];
     const Dvec = call.output(p.B * p.H * p.Nq, 'Dvec', 'f32');
@@ -209,8 +245,8 @@ export async function webgpuBackward(
     const dv = call.output(p.B * p.Nk * p.Hkv * p.D, 'dv');
     await call.submit(async (enc) => {
       dispatch(enc, gpu.device, pre, [sizes, dO, O, Dvec], [Math.ceil(p.Nq / params.pre.WG), p.B * p.H]);
-      dispatch(enc, gpu.device, kv, [sizes, Q, K, V, dO, L, Dvec, dk, dv], [Math.ceil(p.Nk / params.kv.Bc), p.B * p.Hkv]);
-      dispatch(enc, gpu.device, dqPipe, [sizes, Q, K, V, dO, L, Dvec, dq], [Math.ceil(p.Nq / params.q.Br), p.B * p.H]);
+      dispatch(enc, gpu.device, kv, [sizes, Q, K, V, dO, L, Dvec, dk, dv], [Math.ceil(p.Nk / keysPerGroup), p.B * p.Hkv]);
+      dispatch(enc, gpu.device, dqPipe, [sizes, Q, K, V, dO, L, Dvec, dq], [Math.ceil(p.Nq / rowsPerGroup), p.B * p.H]);
     });
     return { dq: await call.result(dq, q.shape), dk: await call.result(dk, k.shape), dv: await call.result(dv, v.shape) };
   } finally {

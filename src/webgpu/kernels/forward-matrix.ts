@@ -26,6 +26,7 @@
  * Workgroup memory: S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag); Br = 32, Bc = 64: 12 KiB.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes } from './common.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, range } from './matrix.js';
 
 export interface ForwardMatrixParams {
   D: number;
@@ -38,12 +39,6 @@ export interface ForwardMatrixParams {
   causal: boolean;
 }
 
-/** The 16×16×16 f16→f32 shape of every matrix operation here. */
-export const FRAGMENT = 16;
-
-const LEFT = 'subgroup_matrix_left<f16, 16, 16>';
-const RIGHT = 'subgroup_matrix_right<f16, 16, 16>';
-const RESULT = 'subgroup_matrix_result<f32, 16, 16>';
 
 export function forwardMatrixWorkgroupBytes(p: ForwardMatrixParams): number {
   return 6 * FRAGMENT * p.RF * p.Bc + 4;
@@ -64,8 +59,6 @@ export function forwardMatrixFits(p: ForwardMatrixParams, Nq: number, Nk: number
   return Nq >= FRAGMENT * p.RF && Nk >= p.Bc;
 }
 
-const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-const grid = (a: number, b: number) => range(a).flatMap((i) => range(b).map((j) => [i, j] as const));
 
 export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number): string {
   const problem = forwardMatrixProblem(p);
@@ -76,14 +69,9 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   const DF = D / FRAGMENT; // fragments along D
   const CF = Bc / FRAGMENT; // fragments along the key block
   const SHARES = SGS / Br; // invocations per row
-  const shuffles = (x: string, op: (a: string, b: string) => string) =>
-    range(Math.log2(SHARES))
-      .map((i) => `${x} = ${op(x, `subgroupShuffleXor(${x}, ${Br << i}u)`)};`)
-      .join('\n    ');
+  const shuffles = (x: string, op: (a: string, b: string) => string) => combine(x, op, Br, SHARES);
   const visible = `key >= jc${causal ? ' && visible(row, key)' : ''}`;
-  return `enable f16;
-enable subgroups;
-enable chromium_experimental_subgroup_matrix;
+  return `${MATRIX_ENABLES}
 ${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<f16>;
@@ -97,8 +85,7 @@ const Br = ${Br}u;
 const Bc = ${Bc}u;
 const FLAG = ${Br * Bc}u;
 const TAU = 8.0;
-const LOG2E = 1.4426950408889634;
-const LN2 = 0.6931471805599453;
+${LOG2E_WGSL}
 ${MASKED_WGSL}
 
 // S: [c][r]; also the round trip of O_i's fragments ([d][r]); its last element is the rescale flag.

@@ -1,0 +1,104 @@
+/**
+ * Check and time the subgroup-matrix backward on the GPU machine:
+ * `bash .gpu/enter.sh node dist/bench/variants/backward-matrix.js`.
+ * 1. dq, dk, dv of the webgpu backend (matrix kernels where they apply) against the float64 reference,
+ *    beside the webgpu standard attention in f16 (the correctness rule: error ≤ 3× standard's).
+ * 2. Forward + backward at B·N = 16384, H·D = 2048, f16, through the API with GPU-resident tensors: wall
+ *    clock per call until the queue is done, best of 3; TFLOP/s by PRODUCT.md's FLOP rule (3.5× forward).
+ */
+import { attentionFlops, backward, forward, tensor, type GpuTensor, type Tensor } from '../../src/index.js';
+import { checkBackward } from '../../src/problem.js';
+import { encodeF16 } from '../../src/f16.js';
+import { toF64 } from '../../src/tensor.js';
+import { defaultGpu } from '../../src/webgpu/device.js';
+import { backwardMatrixParams } from '../../src/webgpu/index.js';
+import { mulberry32 } from '../../src/cli/random.js';
+
+function randomF16(n: number, seed: number): Uint16Array {
+  const u = mulberry32(seed);
+  const x = new Float64Array(n);
+  for (let i = 0; i < n; i++) x[i] = Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
+  return encodeF16(x);
+}
+
+function maxErr(a: Tensor, ref: Tensor): number {
+  const x = toF64(a);
+  const y = toF64(ref);
+  let e = 0;
+  for (let i = 0; i < x.length; i++) {
+    if (x[i] === y[i]) continue;
+    const d = Math.abs(x[i] - y[i]);
+    if (Number.isNaN(d)) return NaN;
+    if (d > e) e = d;
+  }
+  return e;
+}
+
+const gpu = await defaultGpu();
+console.log(`${new Date().toISOString()} ${gpu.description}`);
+const cases = [
+  { B: 2, H: 3, Hkv: 3, Nq: 113, Nk: 203, D: 64 },
+  { B: 2, H: 3, Hkv: 3, Nq: 1023, Nk: 1024, D: 128 },
+  { B: 2, H: 4, Hkv: 2, Nq: 256, Nk: 512, D: 128 },
+  { B: 2, H: 3, Hkv: 3, Nq: 512, Nk: 256, D: 64 },
+  { B: 1, H: 2, Hkv: 2, Nq: 256, Nk: 512, D: 256 },
+  { B: 1, H: 2, Hkv: 1, Nq: 70, Nk: 40, D: 32 },
+];
+for (const c of cases) {
+  for (const causal of [false, true]) {
+    const t = (N: number, H: number, seed: number) => tensor(randomF16(c.B * N * H * c.D, seed), [c.B, N, H, c.D], 'f16');
+    const [q, k, v, dout] = [t(c.Nq, c.H, 1), t(c.Nk, c.Hkv, 2), t(c.Nk, c.Hkv, 3), t(c.Nq, c.H, 4)];
+    const ref = await forward(q, k, v, { backend: 'reference', causal });
+    const gref = await backward(dout, q, k, v, ref.out, ref.lse, { backend: 'reference', causal });
+    const fl = await forward(q, k, v, { backend: 'webgpu', causal });
+    const st = await forward(q, k, v, { backend: 'webgpu', causal, algorithm: 'standard' });
+    const gfl = await backward(dout, q, k, v, fl.out, fl.lse, { backend: 'webgpu', causal }).catch((e: Error) => e);
+    if (gfl instanceof Error) {
+      console.log(`FAIL ${JSON.stringify(c)} causal=${causal}: ${gfl.message.slice(0, 800)}`);
+      continue;
+    }
+    const gst = await backward(dout, q, k, v, st.out, st.lse, { backend: 'webgpu', causal, algorithm: 'standard' });
+    const kernel = backwardMatrixParams(checkBackward(dout, q, k, v, fl.out, fl.lse, { causal }), gpu) ? 'matrix' : 'portable';
+    const cells = (['dq', 'dk', 'dv'] as const).map((n) => {
+      const [e, s] = [maxErr(gfl[n], gref[n]), maxErr(gst[n], gref[n])];
+      return { n, e, s, ok: e <= 3 * s + 1e-6 };
+    });
+    const out = { n: 'out', e: maxErr(fl.out, ref.out), s: maxErr(st.out, ref.out), ok: true };
+    out.ok = out.e <= 2 * out.s + 1e-6;
+    const all = [out, ...cells];
+    console.log(`${all.every((x) => x.ok) ? 'ok  ' : 'FAIL'} ${kernel} ${JSON.stringify(c)} causal=${causal} ${all.map((x) => `${x.n} ${x.e.toExponential(2)} (std ${x.s.toExponential(2)})`).join(', ')}`);
+  }
+}
+
+const { device } = gpu;
+for (const D of [64, 128]) {
+  for (const causal of [false, true]) {
+    const N = 4096;
+    const [B, H] = [16384 / N, 2048 / D];
+    const make = (seed: number): GpuTensor => {
+      const data = device.createBuffer({ size: B * N * H * D * 2, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+      device.queue.writeBuffer(data, 0, randomF16(B * N * H * D, seed));
+      return { data, dtype: 'f16', shape: [B, N, H, D] };
+    };
+    const [q, k, v, dout] = [make(1), make(2), make(3), make(4)];
+    const run = async () => {
+      const t0 = performance.now();
+      const f = await forward(q, k, v, { causal });
+      const t1 = performance.now();
+      const g = await backward(dout, q, k, v, f.out, f.lse, { causal });
+      await device.queue.onSubmittedWorkDone();
+      const t2 = performance.now();
+      for (const x of [f.out, f.lse, g.dq, g.dk, g.dv]) x.data.destroy();
+      return [t1 - t0, t2 - t0];
+    };
+    await run();
+    let best = [Infinity, Infinity];
+    for (let i = 0; i < 3; i++) {
+      const [a, b] = await run();
+      best = [Math.min(best[0], a), Math.min(best[1], b)];
+    }
+    const flops = attentionFlops({ B, H, Nq: N, Nk: N, D, causal });
+    console.log(`D=${D} N=${N} B=${B} H=${H} causal=${causal}: fwd ${best[0].toFixed(2)} ms ${(flops / best[0] / 1e9).toFixed(1)} TFLOP/s, fwd+bwd ${best[1].toFixed(2)} ms ${((3.5 * flops) / best[1] / 1e9).toFixed(1)} TFLOP/s`);
+    for (const x of [q, k, v, dout]) x.data.destroy();
+  }
+}

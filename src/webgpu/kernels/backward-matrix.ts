@@ -1,0 +1,326 @@
+/**
+ * Backward kernels on subgroup matrices (tensor cores), FlashAttention-2 order (Alg. 2); f16 storage,
+ * f32 accumulation. Chosen with the subgroup-matrix forward (see webgpu/index.ts) where D is a multiple
+ * of 16; the preprocess D = rowsum(dO ∘ O) is the portable kernel's (backward.ts). As in the forward, a
+ * workgroup is one subgroup (this Dawn wants subgroup-matrix offsets uniform over the workgroup),
+ * fragments are loaded straight from the storage buffers, and tails are handled by moving the last block
+ * back so that it ends at N (masking what the block before already covered; rows it computed again are
+ * computed identically). So Nq and Nk must each hold a whole block.
+ *
+ * dK/dV: one workgroup owns 16 keys K_j (one fragment) of one key/value head; dispatch (⌈Nk/16⌉, B·Hkv).
+ *   K_j's and V_j's Dp/16 fragments (as left matrices) and the accumulators dK_j, dV_j (Dp/16 result
+ *   fragments each) stay in registers. For each query head of the group, for each query block Q_i of
+ *   Bq = 16·QF rows (causal: blocks entirely above the diagonal skipped):
+ *     Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ (Q_i and dO_i read as column-major Qᵀ, dO_iᵀ), to workgroup
+ *     memory ([r][c], stride 16); each invocation takes its share of the 16 keys' columns: Pᵀ =
+ *     exp2(Sᵀ·scale·log2e − L·log2e), dSᵀ = Pᵀ ∘ (dPᵀ − D_i), both stored in f16;
+ *     dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i (dO_i, Q_i read row-major).
+ *   dK_j = scale·dK_j and dV_j are written once, through workgroup memory.
+ * dQ: one workgroup owns Br = 16·RF query rows Q_i of one head; dispatch (Tr, B·H). Q_i's and dO_i's
+ *   fragments and the accumulator dQ_i stay in registers. For each key block (Bc keys; causal: blocks
+ *   above the diagonal skipped): S = Q_i K_jᵀ and dP = dO_i V_jᵀ to workgroup memory ([c][r]); each
+ *   invocation takes its row: dS = P ∘ (dP − D_i) in f16; dQ_i += dS K_j. dQ_i = scale·dQ_i is written once.
+ * Rows that see no key (L = −∞) get P = dS = 0. Workgroup memory: dK/dV 12·Bq·16 bytes (Sᵀ, dPᵀ in f32,
+ * Pᵀ, dSᵀ in f16); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16).
+ */
+import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes } from './common.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, lines, range } from './matrix.js';
+
+export interface BackwardKVMatrixParams {
+  D: number;
+  /** Query row fragments per block: Bq = 16·QF. */
+  QF: number;
+  /** The adapter's (fixed) subgroup size, the workgroup size. */
+  SGS: number;
+  causal: boolean;
+}
+
+export interface BackwardQMatrixParams {
+  D: number;
+  /** Row fragments per workgroup: Br = 16·RF. */
+  RF: number;
+  /** Keys per block. */
+  Bc: number;
+  SGS: number;
+  causal: boolean;
+}
+
+export function backwardKVMatrixWorkgroupBytes(p: BackwardKVMatrixParams): number {
+  return 12 * FRAGMENT * p.QF * FRAGMENT;
+}
+
+export function backwardQMatrixWorkgroupBytes(p: BackwardQMatrixParams): number {
+  return 10 * FRAGMENT * p.RF * p.Bc;
+}
+
+/** Why these params cannot work (undefined when they can). */
+export function backwardMatrixProblem(p: { D: number; SGS: number; rows: number; Bc: number }): string | undefined {
+  if (p.D % FRAGMENT !== 0) return `D = ${p.D} is not a multiple of ${FRAGMENT}`;
+  if (p.Bc % FRAGMENT !== 0) return `Bc = ${p.Bc} is not a multiple of ${FRAGMENT}`;
+  if (![16, 32, 64, 128].includes(p.SGS)) return `subgroup size ${p.SGS} is not a power of two from 16 to 128`;
+  if (p.rows > p.SGS) return `${p.rows} rows exceed the ${p.SGS} invocations of a subgroup`;
+  return undefined;
+}
+
+/** The bindings both kernels share (the portable backward's order). */
+const BINDINGS = `@group(0) @binding(0) var<uniform> u: Sizes;
+@group(0) @binding(1) var<storage, read> q: array<f16>;
+@group(0) @binding(2) var<storage, read> k: array<f16>;
+@group(0) @binding(3) var<storage, read> v: array<f16>;
+@group(0) @binding(4) var<storage, read> dout: array<f16>;
+@group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits
+@group(0) @binding(6) var<storage, read> Dvec: array<f32>;`;
+
+/** L·log2e of a query row (MASKED where L = −∞: the row sees no key). */
+const ROW_L2 = `fn row_l2(at: u32) -> f32 {
+  let bits = lse[at];
+  return select(bitcast<f32>(bits) * LOG2E, MASKED, bits == ${NEG_INF_BITS});
+}`;
+
+/** Alg. 2 lines 5-18 for 16 keys: dK_j and dV_j, summed over the group's query heads. */
+export function backwardKVMatrixWGSL(p: BackwardKVMatrixParams, workgroupLimit: number): string {
+  const problem = backwardMatrixProblem({ D: p.D, SGS: p.SGS, rows: FRAGMENT, Bc: FRAGMENT });
+  if (problem) throw new Error(`backwardKVMatrix: ${problem}`);
+  checkWorkgroupBytes('backwardKVMatrix', backwardKVMatrixWorkgroupBytes(p), workgroupLimit);
+  const { D, QF, SGS, causal } = p;
+  const DF = D / FRAGMENT;
+  const Bq = FRAGMENT * QF;
+  const SHARES = SGS / FRAGMENT; // invocations per key column
+  const RS = Bq / SHARES; // query rows each invocation takes
+  return `${MATRIX_ENABLES}
+${SIZES_WGSL}
+${BINDINGS}
+@group(0) @binding(7) var<storage, read_write> dk: array<f16>;
+@group(0) @binding(8) var<storage, read_write> dv: array<f16>;
+
+const D = ${D}u;
+const Bq = ${Bq}u;
+${LOG2E_WGSL}
+${MASKED_WGSL}
+
+var<workgroup> St: array<f32, ${Bq * FRAGMENT}>;  // Sᵀ, [r][c]; at the end dK_j, dV_j's round trip ([d][c])
+var<workgroup> dPt: array<f32, ${Bq * FRAGMENT}>; // dPᵀ, [r][c]
+var<workgroup> Pt: array<f16, ${Bq * FRAGMENT}>;  // Pᵀ, [r][c]
+var<workgroup> dSt: array<f16, ${Bq * FRAGMENT}>; // dSᵀ, [r][c]
+
+${VISIBLE_WGSL}
+${ROW_L2}
+
+@compute @workgroup_size(${SGS})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane: u32) {
+  let c = lane % 16u;      // this invocation's key of K_j
+  let part = lane / 16u;   // its share of the block's query rows
+  let bk = wid.y;
+  let b = bk / u.Hkv;
+  let hkv = bk % u.Hkv;
+  let G = u.H / u.Hkv;
+  let ko = b * u.kvBatch + hkv * u.kvHead;
+  let c0 = min(wid.x * 16u, u.Nk - 16u); // the last block overlaps the one before
+  let key = c0 + c;
+  let kv0 = ko + c0 * u.kvRow;
+  let scale2 = u.scale * LOG2E;
+
+  // Alg. 2 lines 6-7: K_j, V_j as left matrices; dK_j = dV_j = 0.
+${lines(DF, (d) => `  let k${d} = subgroupMatrixLoad<${LEFT}, row_major>(&k, kv0 + ${d * FRAGMENT}u, u.kvRow);
+  let v${d} = subgroupMatrixLoad<${LEFT}, row_major>(&v, kv0 + ${d * FRAGMENT}u, u.kvRow);
+  var dk${d} = ${RESULT}();
+  var dv${d} = ${RESULT}();`)}
+
+  let Tr = (u.Nq + Bq - 1u) / Bq;
+  var iStart = 0u;
+  ${
+    causal
+      ? `// Alg. 2 line 8, causal: the first query row that sees key c0 bounds the query blocks.
+  let firstRow = i32(c0) - (i32(u.Nk) - i32(u.Nq));
+  iStart = select(0u, u32(firstRow) / Bq, firstRow > 0);`
+      : ''
+  }
+  for (var g = 0u; g < G; g++) {
+    let h = hkv * G + g;
+    let qo = b * u.qBatch + h * u.qHead;
+    let Lo = (b * u.H + h) * u.Nq;
+    for (var i = iStart; i < Tr; i++) {
+      let iq = i * Bq;                  // the block's first row not seen before
+      let r0 = min(iq, u.Nq - Bq);      // where it is loaded from (the last block overlaps)
+      workgroupBarrier(); // the previous block's Pᵀ and dSᵀ are no longer read
+      // Alg. 2 lines 10 and 13: Sᵀ = K_j Q_iᵀ, dPᵀ = V_j dO_iᵀ.
+${lines(
+  QF,
+  (f) => `      {
+        var s = ${RESULT}();
+        var t = ${RESULT}();
+${lines(DF, (d) => `        s = subgroupMatrixMultiplyAccumulate(k${d}, subgroupMatrixLoad<${RIGHT}, col_major>(&q, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow), s);
+        t = subgroupMatrixMultiplyAccumulate(v${d}, subgroupMatrixLoad<${RIGHT}, col_major>(&dout, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow), t);`)}
+        subgroupMatrixStore<col_major>(&St, ${f * FRAGMENT * FRAGMENT}u, s, 16u);
+        subgroupMatrixStore<col_major>(&dPt, ${f * FRAGMENT * FRAGMENT}u, t, 16u);
+      }`,
+)}
+      workgroupBarrier();
+      // Alg. 2 lines 11 and 14: Pᵀ = exp(Sᵀ − L), dSᵀ = Pᵀ ∘ (dPᵀ − D); 0 where masked or seen before.
+      for (var t = 0u; t < ${RS}u; t++) {
+        let r = part * ${RS}u + t;
+        let row = r0 + r;
+        let L2 = row_l2(Lo + row);
+        let at = r * 16u + c;
+        let pe = select(0.0, exp2(St[at] * scale2 - L2), row >= iq && L2 != MASKED${causal ? ' && visible(row, key)' : ''});
+        Pt[at] = f16(pe);
+        dSt[at] = f16(pe * (dPt[at] - Dvec[Lo + row]));
+      }
+      workgroupBarrier();
+      // Alg. 2 lines 12 and 16: dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i.
+${lines(
+  QF,
+  (f) => `      {
+        let pf = subgroupMatrixLoad<${LEFT}, col_major>(&Pt, ${f * FRAGMENT * FRAGMENT}u, 16u);
+        let sf = subgroupMatrixLoad<${LEFT}, col_major>(&dSt, ${f * FRAGMENT * FRAGMENT}u, 16u);
+${lines(DF, (d) => `        dv${d} = subgroupMatrixMultiplyAccumulate(pf, subgroupMatrixLoad<${RIGHT}, row_major>(&dout, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow), dv${d});
+        dk${d} = subgroupMatrixMultiplyAccumulate(sf, subgroupMatrixLoad<${RIGHT}, row_major>(&q, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow), dk${d});`)}
+      }`,
+)}
+    }
+  }
+
+  // Alg. 2 line 18: dK_j = scale·dK_j and dV_j, written once through St ([d][c]).
+  let at = ko + key * u.kvRow;
+${lines(
+  DF,
+  (d) => `  workgroupBarrier();
+  subgroupMatrixStore<col_major>(&St, 0u, dk${d}, 16u);
+  subgroupMatrixStore<col_major>(&St, 256u, dv${d}, 16u);
+  workgroupBarrier();
+  for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
+    let dd = part * ${FRAGMENT / SHARES}u + t;
+    dk[at + ${d * FRAGMENT}u + dd] = f16(St[dd * 16u + c] * u.scale);
+    dv[at + ${d * FRAGMENT}u + dd] = f16(St[256u + dd * 16u + c]);
+  }`,
+)}
+}
+`;
+}
+
+/** Alg. 2 line 15, reordered FlashAttention-2 style: dQ_i over all key blocks, written once. */
+export function backwardQMatrixWGSL(p: BackwardQMatrixParams, workgroupLimit: number): string {
+  const Br = FRAGMENT * p.RF;
+  const problem = backwardMatrixProblem({ D: p.D, SGS: p.SGS, rows: Br, Bc: p.Bc });
+  if (problem) throw new Error(`backwardQMatrix: ${problem}`);
+  checkWorkgroupBytes('backwardQMatrix', backwardQMatrixWorkgroupBytes(p), workgroupLimit);
+  const { D, RF, Bc, SGS, causal } = p;
+  const DF = D / FRAGMENT;
+  const CF = Bc / FRAGMENT;
+  const SHARES = SGS / Br;
+  return `${MATRIX_ENABLES}
+${SIZES_WGSL}
+${BINDINGS}
+@group(0) @binding(7) var<storage, read_write> dq: array<f16>;
+
+const D = ${D}u;
+const Br = ${Br}u;
+const Bc = ${Bc}u;
+${LOG2E_WGSL}
+${MASKED_WGSL}
+
+var<workgroup> S: array<f32, ${Br * Bc}>;  // [c][r]; at the end dQ_i's round trip ([d][r])
+var<workgroup> dP: array<f32, ${Br * Bc}>; // [c][r]
+var<workgroup> dS: array<f16, ${Br * Bc}>; // [c][r]
+
+${VISIBLE_WGSL}
+${ROW_L2}
+
+@compute @workgroup_size(${SGS})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane: u32) {
+  let r = lane % Br;       // this invocation's row of Q_i
+  let part = lane / Br;    // its share of the row's keys
+  let bh = wid.y;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  let qo = b * u.qBatch + h * u.qHead;
+  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
+  let Tr = (u.Nq + Br - 1u) / Br;
+  let i = ${causal ? 'Tr - 1u - wid.x' : 'wid.x'};
+  let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
+  let row = r0 + r;
+  let scale2 = u.scale * LOG2E;
+  let L2 = row_l2((b * u.H + h) * u.Nq + row);
+  let Dr = Dvec[(b * u.H + h) * u.Nq + row];
+
+  // Q_i, dO_i into registers; dQ_i = 0.
+${grid(RF, DF)
+  .map(
+    ([f, d]) => `  let q${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&q, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);
+  let g${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&dout, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);
+  var a${f}_${d} = ${RESULT}();`,
+  )
+  .join('\n')}
+
+  var Tc = (u.Nk + Bc - 1u) / Bc;
+  ${
+    causal
+      ? `// Causal: the last key the block's last row sees bounds the key blocks.
+  let lastKey = i32(r0 + Br) - 1 + i32(u.Nk) - i32(u.Nq);
+  Tc = select(0u, min(Tc, u32(lastKey) / Bc + 1u), lastKey >= 0);`
+      : ''
+  }
+  for (var j = 0u; j < Tc; j++) {
+    let jc = j * Bc;                   // the block's first key not seen before
+    let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
+    let kv0 = ko + c0 * u.kvRow;
+    workgroupBarrier(); // the previous block's dS is no longer read
+    // Alg. 2 lines 10 and 13: S = Q_i K_jᵀ, dP = dO_i V_jᵀ.
+${range(CF)
+  .map(
+    (c) => `    {
+${lines(RF, (f) => `      var s${f} = ${RESULT}();\n      var t${f} = ${RESULT}();`)}
+${lines(
+  DF,
+  (d) => `      {
+        let kf = subgroupMatrixLoad<${RIGHT}, col_major>(&k, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);
+        let vf = subgroupMatrixLoad<${RIGHT}, col_major>(&v, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);
+${lines(RF, (f) => `        s${f} = subgroupMatrixMultiplyAccumulate(q${f}_${d}, kf, s${f});\n        t${f} = subgroupMatrixMultiplyAccumulate(g${f}_${d}, vf, t${f});`)}
+      }`,
+)}
+${lines(RF, (f) => `      subgroupMatrixStore<col_major>(&S, ${c * FRAGMENT * Br + f * FRAGMENT}u, s${f}, Br);\n      subgroupMatrixStore<col_major>(&dP, ${c * FRAGMENT * Br + f * FRAGMENT}u, t${f}, Br);`)}
+    }`,
+  )
+  .join('\n')}
+    workgroupBarrier();
+    // Alg. 2 lines 11 and 14: P = exp(S − L), dS = P ∘ (dP − D); 0 where masked or seen before.
+    for (var t = 0u; t < ${Bc / SHARES}u; t++) {
+      let c = part * ${Bc / SHARES}u + t;
+      let key = c0 + c;
+      let at = c * Br + r;
+      let pe = select(0.0, exp2(S[at] * scale2 - L2), key >= jc && L2 != MASKED${causal ? ' && visible(row, key)' : ''});
+      dS[at] = f16(pe * (dP[at] - Dr));
+    }
+    workgroupBarrier();
+    // Alg. 2 line 15: dQ_i += dS K_j.
+${range(CF)
+  .map(
+    (c) => `    {
+${lines(RF, (f) => `      let s${f} = subgroupMatrixLoad<${LEFT}, col_major>(&dS, ${c * FRAGMENT * Br + f * FRAGMENT}u, Br);`)}
+${lines(
+  DF,
+  (d) => `      {
+        let kf = subgroupMatrixLoad<${RIGHT}, row_major>(&k, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);
+${lines(RF, (f) => `        a${f}_${d} = subgroupMatrixMultiplyAccumulate(s${f}, kf, a${f}_${d});`)}
+      }`,
+)}
+    }`,
+  )
+  .join('\n')}
+  }
+
+  // dQ_i = scale·dQ_i, written once through S ([d][r]).
+  let at = qo + row * u.qRow;
+${lines(
+  DF,
+  (d) => `  workgroupBarrier();
+${lines(RF, (f) => `  subgroupMatrixStore<col_major>(&S, ${f * FRAGMENT}u, a${f}_${d}, Br);`)}
+  workgroupBarrier();
+  for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
+    let dd = part * ${FRAGMENT / SHARES}u + t;
+    dq[at + ${d * FRAGMENT}u + dd] = f16(S[dd * Br + r] * u.scale);
+  }`,
+)}
+}
+`;
+}
