@@ -1,10 +1,14 @@
 // The webgpu backend beyond the shared spec: zero-copy GPUBuffers in and out, the caller's own device,
 // typed errors for a buffer of another device and for f16 on a device without shader-f16, and the
-// allocator's accounting (flash never allocates an Nq×Nk buffer).
+// allocator's accounting (flash never allocates an Nq×Nk buffer; the standard baseline's matrices are in
+// the input dtype), and the standard baseline rounding where the cpu's does.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { DTypeError, MemoryTracker, ValueError, backward, forward, webgpuDevice, type GpuTensor, type Tensor } from '../src/index.js';
+import { checkForward } from '../src/problem.js';
+import { toF64 } from '../src/tensor.js';
 import { gpuEntry } from '../src/webgpu/device.js';
+import { webgpuStandardForward } from '../src/webgpu/standard.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
 import { inputs } from './util.js';
 
@@ -28,6 +32,11 @@ async function readBack(device: GPUDevice, t: GpuTensor): Promise<Float32Array> 
   const out = new Float32Array(staging.getMappedRange().slice(0));
   staging.destroy();
   return out.subarray(0, t.shape.reduce((a, b) => a * b, 1));
+}
+
+/** The spacing of f16 values at magnitude x (subnormals: 2^-24). */
+function ulp16(x: number): number {
+  return Math.abs(x) < 2 ** -14 ? 2 ** -24 : 2 ** (Math.floor(Math.log2(Math.abs(x))) - 10);
 }
 
 /** A second device from the same adapter, optionally without shader-f16. */
@@ -115,6 +124,60 @@ if (BACKENDS.includes('webgpu')) {
       let err = 0;
       for (let i = 0; i < flash.out.data.length; i++) err = Math.max(err, Math.abs(standard.out.data[i] - flash.out.data[i]));
       assert.ok(err < 1e-5, `standard and flash agree: ${err}`);
+    });
+
+    test('the f16 standard baseline holds S and P in f16, chunked by 2-byte heads', async () => {
+      const n = 256;
+      const c = { B: 1, H: 5, Hkv: 5, Nq: n, Nk: n, D: 8 };
+      const { q, k, v } = inputs(c, 'f16', 'BNHD');
+      const matrix = n * n * 2; // one head's S in f16
+      const whole = new MemoryTracker();
+      const all = await webgpuStandardForward(checkForward(q, k, v, { backend: 'webgpu', algorithm: 'standard', memory: whole }), q, k, v);
+      // S and P of all heads at 2 bytes an entry (at 4 they alone would be 4·H·matrix).
+      assert.ok(whole.peak >= 2 * c.H * matrix && whole.peak < 3 * c.H * matrix, `S and P of all heads in f16: peak ${whole.peak} B`);
+      // A binding of 2.5 f16 heads: chunks of 2 heads (an f32 rule would give 1).
+      const chunked = new MemoryTracker();
+      const two = await webgpuStandardForward(checkForward(q, k, v, { backend: 'webgpu', algorithm: 'standard', memory: chunked }), q, k, v, 2.5 * matrix);
+      assert.ok(chunked.peak >= 2 * 2 * matrix && chunked.peak < 2 * 3 * matrix, `S and P of a 2-head chunk: peak ${chunked.peak} B`);
+      assert.deepEqual(two.out.data, all.out.data, 'chunking does not change the result');
+      assert.deepEqual(two.lse.data, all.lse.data, 'chunking does not change the lse');
+    });
+
+    // Both backends' f16 standard attention store S, P (P, dP, dS) in f16, rounded at the same points
+    // (to nearest even: f16.ts, and lavapipe's or a GPU's f32 → f16 conversion) from the same f16 inputs.
+    // Before each rounding they differ only by accumulation error (f32 with two-level summation here, f64
+    // on the cpu): about 2^-19 relative, against f16's spacing of 2^-10, so a stored entry lands on the
+    // other f16 neighbour rarely, and then one ulp away. An output element then differs by at most one
+    // ulp from its own final rounding plus the flips that reach it, each ulp(P)·|v| ≤ 2^-10·P·|v| (P ≤ 1,
+    // a row's P sums to 1): within 2 ulps at the tensor's largest magnitude, and few elements differ at
+    // all. (Measured: ≤ 1 ulp, ≤ 1.5% of the elements; with S and P in f32 on the GPU, 55–65% differed.)
+    test('f16 standard attention: cpu and webgpu agree to the stored f16 roundings', async () => {
+      for (const causal of [false, true]) {
+        const { q, k, v, dout } = inputs(c, 'f16', 'BNHD');
+        const results = await Promise.all(
+          (['cpu', 'webgpu'] as const).map(async (backend) => {
+            const options = { backend, algorithm: 'standard' as const, causal };
+            const f = await forward(q, k, v, options);
+            const g = await backward(dout, q, k, v, f.out, f.lse, options);
+            return { out: toF64(f.out), dq: toF64(g.dq), dk: toF64(g.dk), dv: toF64(g.dv) };
+          }),
+        );
+        const [cpu, gpu] = results;
+        for (const name of ['out', 'dq', 'dk', 'dv'] as const) {
+          const [x, y] = [cpu[name], gpu[name]];
+          const unit = ulp16(x.reduce((m, a) => Math.max(m, Math.abs(a)), 0));
+          let err = 0;
+          let differ = 0;
+          x.forEach((a, i) => {
+            if (a === y[i]) return;
+            differ++;
+            err = Math.max(err, Math.abs(a - y[i]));
+          });
+          const label = `causal=${causal} ${name}`;
+          assert.ok(err <= 2 * unit, `${label}: max difference ${err} is ${(err / unit).toFixed(2)} f16 ulps at the tensor's scale (at most 2)`);
+          assert.ok(differ <= 0.05 * x.length, `${label}: ${differ} of ${x.length} elements differ (at most 5%: the backends round at the same points)`);
+        }
+      }
     });
   });
 }

@@ -103,7 +103,8 @@ export async function forwardKernel(p: Problem, gpu: Gpu, matrix: ForwardMatrixP
   return { pipe: await pipeline(gpu.device, 'forward', params, (x) => forwardWGSL(x, limit)), Br: params.Br };
 }
 
-const ELEMENT_BYTES: Record<DType, number> = { f32: 4, f16: 2, f64: 8 };
+/** Bytes of one element of each dtype. */
+export const ELEMENT_BYTES: Record<DType, number> = { f32: 4, f16: 2, f64: 8 };
 
 /** One call's device buffers: inputs (uploaded or the caller's), temporaries and outputs. */
 export class Call {

@@ -1,24 +1,25 @@
 /**
  * The webgpu standard-attention baseline, for comparisons: like PyTorch's math path it materialises the
- * Nq×Nk matrices in device buffers (f32, whatever the input dtype), built from the kernels of
- * kernels/standard.ts:
- *   forward:  S = scale·QKᵀ (matmul), masked to MASKED, P = softmax(S) and lse (softmax), O = PV (matmul).
- *             Holds S and P.
+ * Nq×Nk matrices in device buffers, in the input dtype (f16 for f16 inputs, as the cpu baseline, PyTorch's
+ * math path and FlashAttention's upcast=False reference store them; f32 arithmetic), built from the
+ * kernels of kernels/standard.ts:
+ *   forward:  S = scale·QKᵀ (matmul), P = softmax(S) over the visible entries and lse (softmax),
+ *             O = PV (matmul). Holds S and P.
  *   backward: S = scale·QKᵀ and dP = dO Vᵀ (matmul); P = exp(S − lse) over S and dS = P ∘ (dP − rowsum(dO ∘ O))
  *             (dS); dQ = scale·dS K, dV = Pᵀ dO, dK = scale·dSᵀ Q (matmul). Holds P, dP and dS.
  * dK and dV of a kv head contract over all query heads of its group in one dispatch (GQA), so every
  * output entry is written by one invocation: deterministic, no atomics.
  *
- * Chunking: one N×N matrix of `heads` heads is one storage binding of heads·Nq·Nk·4 bytes, which must
- * fit in the device's maxStorageBufferBindingSize (and maxBufferSize). The heads are processed in chunks
- * of as many as fit, the N×N buffers allocated once for the largest chunk and reused, so the peak memory
- * is bounded by the chunk; see `standardChunks`.
+ * Chunking: one N×N matrix of `heads` heads is one storage binding of heads·Nq·Nk·e bytes (e = 4 for f32,
+ * 2 for f16), which must fit in the device's maxStorageBufferBindingSize (and maxBufferSize). The heads
+ * are processed in chunks of as many as fit, the N×N buffers allocated once for the largest chunk and
+ * reused, so the peak memory is bounded by the chunk; see `standardChunks`.
  */
 import { OutOfMemoryError } from '../errors.js';
 import type { Problem } from '../problem.js';
 import type { AnyTensor } from '../tensor.js';
 import type { Gpu } from './device.js';
-import { Call, gpuFor, sizesOf, workgroupSize } from './index.js';
+import { Call, ELEMENT_BYTES, gpuFor, sizesOf, workgroupSize } from './index.js';
 import { sizesBytes, type StorageType } from './kernels/common.js';
 import {
   castWGSL,
@@ -57,22 +58,23 @@ export function bindingLimit(gpu: Gpu): number {
 }
 
 /**
- * The chunk rule. fit = ⌊maxBinding / (Nq·Nk·4)⌋ heads (at most maxHeads, the dispatch limit). If a
- * whole GQA group of G = H/Hkv heads fits, each chunk is ⌊fit/G⌋ whole groups (the last one fewer);
- * otherwise each kv head's group is split into slices of `fit` query heads, and dK, dV accumulate over
- * the slices. Throws OutOfMemoryError when not even one head's Nq×Nk matrix fits.
+ * The chunk rule. fit = ⌊maxBinding / (Nq·Nk·e)⌋ heads, e the bytes of an element of the input dtype
+ * (at most maxHeads, the dispatch limit). If a whole GQA group of G = H/Hkv heads fits, each chunk is
+ * ⌊fit/G⌋ whole groups (the last one fewer); otherwise each kv head's group is split into slices of `fit`
+ * query heads, and dK, dV accumulate over the slices. Throws OutOfMemoryError when not even one head's
+ * Nq×Nk matrix fits.
  */
 export function standardChunks(
-  p: Pick<Problem, 'B' | 'H' | 'Hkv' | 'Nq' | 'Nk'>,
+  p: Pick<Problem, 'B' | 'H' | 'Hkv' | 'Nq' | 'Nk' | 'dtype'>,
   maxBinding: number,
   maxHeads = 65535,
 ): ChunkPlan {
-  const perHead = p.Nq * p.Nk * 4;
+  const perHead = p.Nq * p.Nk * ELEMENT_BYTES[p.dtype];
   const fit = Math.min(Math.floor(maxBinding / perHead), maxHeads);
   if (fit < 1) {
     throw new OutOfMemoryError(
       'q',
-      `at most ${maxBinding} bytes per storage binding on this device (maxStorageBufferBindingSize) for one head's ${p.Nq}×${p.Nk} f32 matrix of the standard algorithm`,
+      `at most ${maxBinding} bytes per storage binding on this device (maxStorageBufferBindingSize) for one head's ${p.Nq}×${p.Nk} ${p.dtype} matrix of the standard algorithm`,
       `${perHead} bytes`,
     );
   }
@@ -169,22 +171,23 @@ export async function webgpuStandardForward(
     const { Nq, Nk, D, scale } = p;
     const dt = run.dt;
     const [qk, pv, softmax] = await Promise.all([
-      run.matmul({ tA: dt, tB: dt, tC: 'f32', transA: false, transB: true, accumulate: false }),
-      run.matmul({ tA: 'f32', tB: dt, tC: dt, transA: false, transB: false, accumulate: false }),
-      pipeline(gpu.device, 'standardSoftmax', { WG: run.WG, causal: p.causal }, softmaxWGSL),
+      run.matmul({ tA: dt, tB: dt, tC: dt, transA: false, transB: true, accumulate: false }),
+      run.matmul({ tA: dt, tB: dt, tC: dt, transA: false, transB: false, accumulate: false }),
+      pipeline(gpu.device, 'standardSoftmax', { WG: run.WG, causal: p.causal, dtype: dt }, softmaxWGSL),
     ]);
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * Nq * p.H * D, 'out');
     const lse = call.output(p.B * p.H * Nq, 'lse', 'f32');
-    const S = call.buffers.create(plan.heads * Nq * Nk * 4, 'S');
-    const P = call.buffers.create(plan.heads * Nq * Nk * 4, 'P');
+    const nn = plan.heads * Nq * Nk * ELEMENT_BYTES[dt];
+    const S = call.buffers.create(nn, 'S');
+    const P = call.buffers.create(nn, 'P');
     await call.submit(async (enc) => {
       for (const { kv0, nkv, g0, c } of plan.chunks) {
         const heads = nkv * c;
         const at = { kv0, cz: c, g0 };
         // S = scale·Q Kᵀ
         run.runMatmul(enc, qk, { M: Nq, N: Nk, K: D, alpha: scale, ...at, a: run.qLike(), b: run.kvLike(), c: run.dense() }, heads, Q, K, S);
-        // P = softmax(S) (S masked in place), lse
+        // P = softmax(S) over the visible entries, and lse
         dispatch(enc, gpu.device, softmax, [run.sizes, run.step({ M: Nq, N: Nk, K: D, alpha: 1, ...at }), S, P, lse], run.rowGroups(heads));
         // O = P V
         run.runMatmul(enc, pv, { M: Nq, N: D, K: Nk, alpha: 1, ...at, a: run.dense(), b: run.kvLike(), c: run.qLike() }, heads, P, V, out);
@@ -222,12 +225,12 @@ export async function webgpuStandardBackward(
     const split = plan.chunks.some((ch) => ch.c < G);
     const tKV: StorageType = split ? 'f32' : dt;
     const [qk, dsK, pT, ds] = await Promise.all([
-      run.matmul({ tA: dt, tB: dt, tC: 'f32', transA: false, transB: true, accumulate: false }),
-      run.matmul({ tA: 'f32', tB: dt, tC: dt, transA: false, transB: false, accumulate: false }),
-      run.matmul({ tA: 'f32', tB: dt, tC: tKV, transA: true, transB: false, accumulate: false }),
+      run.matmul({ tA: dt, tB: dt, tC: dt, transA: false, transB: true, accumulate: false }),
+      run.matmul({ tA: dt, tB: dt, tC: dt, transA: false, transB: false, accumulate: false }),
+      run.matmul({ tA: dt, tB: dt, tC: tKV, transA: true, transB: false, accumulate: false }),
       pipeline(gpu.device, 'standardDs', { WG: run.WG, causal: p.causal, dtype: dt }, dsWGSL),
     ]);
-    const pTacc = split ? await run.matmul({ tA: 'f32', tB: dt, tC: tKV, transA: true, transB: false, accumulate: true }) : pT;
+    const pTacc = split ? await run.matmul({ tA: dt, tB: dt, tC: tKV, transA: true, transB: false, accumulate: true }) : pT;
     const [dO, Q, K, V, O, L] = [
       call.input(dout, 'dout'),
       call.input(q, 'q'),
@@ -243,7 +246,7 @@ export async function webgpuStandardBackward(
     const scratch = split && dt === 'f16';
     const dk32 = scratch ? call.output(kvElements, 'dk (f32 accumulator)', 'f32') : dk;
     const dv32 = scratch ? call.output(kvElements, 'dv (f32 accumulator)', 'f32') : dv;
-    const nn = plan.heads * Nq * Nk * 4;
+    const nn = plan.heads * Nq * Nk * ELEMENT_BYTES[dt];
     const SP = call.buffers.create(nn, 'P');
     const dP = call.buffers.create(nn, 'dP');
     const dS = call.buffers.create(nn, 'dS');

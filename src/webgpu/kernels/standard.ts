@@ -1,30 +1,39 @@
 /**
  * Standard-attention kernels: the webgpu baseline that materialises the Nq×Nk matrices (S, P; dP, dS) in
- * device buffers, as PyTorch's math path does. Those matrices are f32 always (whatever q's dtype), one
- * dense Nq×Nk block per head of a chunk of heads, chunk-local head z at z·Nq·Nk. Four kernels:
+ * device buffers, as PyTorch's math path does, in the input dtype: f32, or f16 for f16 inputs (as the cpu
+ * baseline and FlashAttention's upcast=False reference store them). One dense Nq×Nk block per head of a
+ * chunk of heads, chunk-local head z at z·Nq·Nk; a buffer is heads·Nq·Nk·4 bytes (f32) or ·2 (f16) and
+ * fits one storage binding (the host chunks the heads so that it does). The forward holds S and P, the
+ * backward P, dP and dS. A value is rounded to the storage type where it is stored and nowhere else:
+ * loads widen to f32, and all arithmetic and accumulation is f32 (workgroup memory too). Four kernels:
  *
  * matmul: C = alpha·op(A)·op(B) (+ C when `accumulate`), per head. One workgroup (WG threads, TY×TX with
  *   TX = 8) owns one BM×BN tile of C of one head (dispatch x: tiles along N, y: tiles along M, z: heads,
  *   grid-strided where a size exceeds the dispatch limit); each invocation owns RM×RN = 2×4 entries of
  *   it, rows ty + r·TY and columns tx + c·TX, held in 2·RM·RN named scalars (no private array: lavapipe's
  *   LLVM compiles those slowly). The contraction runs in BK-deep steps: A's BM×BK and B's BK×BN slices
- *   are loaded (converted to f32, zero past the edges) into workgroup tiles, then each invocation does
+ *   are loaded (widened to f32, zero past the edges) into f32 workgroup tiles, then each invocation does
  *   RM·RN·BK multiply-adds from them into per-step partial sums, which are then added to the entries'
  *   sums (two-level summation: the f32 rounding error grows with BK + K/BK, not K, which matters for
  *   dK and dV, contracted over a whole group's G·Nq rows). Workgroup memory: 4·BK·(BM + BN) bytes
- *   (3 KiB at WG = 128, BK = 16).
+ *   (4 KiB at WG = 128, BK = 16: BM = BN = 32).
  *   A, B and C are addressed through run-time offsets (the `Step` block): head z has a batch index b, a
  *   query head hq and a key/value head hk (see `head()`), and an operand's base is b·batch + hq·qHead +
  *   hk·kHead + z·local; stored row r is at (r / split)·splitStride + (r % split)·ld. So q, k, v, out and
  *   the gradients are read and written in either layout where they lie, the N×N matrices densely, and
  *   dK, dV contract over all query heads of a kv head's group (row t = g·Nq + i) in one dispatch,
- *   deterministically (no atomics).
+ *   deterministically (no atomics). C is rounded to its type once, as it is stored.
  * softmax: one workgroup owns one row of S (dispatch x: rows, grid-strided; y: heads). Three passes over
- *   the row with WG invocations striding over keys and a tree reduction in workgroup memory (4·WG bytes):
- *   masked entries are set to MASKED in S and the row max m taken; l = Σ exp(S − m); P = exp(S − m)/l and
- *   lse = m + log l (−∞ bits and P = 0 for a row that sees no key).
+ *   the row with WG invocations striding over keys and a tree reduction in workgroup memory (4·WG bytes,
+ *   512 at WG = 128): the row max m over the visible entries; l = Σ exp(S − m); P = exp(S − m)/l, stored
+ *   (rounded) in P, and lse = m + log l in f32 (−∞ bits and P = 0 for a row that sees no key). Masking
+ *   stays out of the stored values: each pass tests causal visibility itself and the running max starts
+ *   at MASKED, an f32 register constant, so no sentinel has to be stored in f16 (−3e38 is not
+ *   representable there, and any finite f16 sentinel, −65504 say, is also a score a row can really hold).
+ *   S keeps scale·QKᵀ as rounded on store; P is 0 where masked.
  * dS: one workgroup owns one row (as softmax): Dvec = rowsum(dO ∘ O) by reduction, then elementwise
- *   P = exp(S − lse) (written over S; 0 where masked or lse = −∞) and dS = P ∘ (dP − Dvec).
+ *   P = exp(S − lse), rounded as stored (written over S; 0 where masked or lse = −∞), and
+ *   dS = P ∘ (dP − Dvec) from the stored P and dP, rounded as stored.
  * cast: one invocation per element, f32 → f16 (dK, dV accumulated in f32 when a group spans chunks).
  */
 import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, type StorageType } from './common.js';
@@ -247,17 +256,21 @@ ${acc
 export interface RowParams {
   WG: number;
   causal: boolean;
+  /** The input dtype, which the Nq×Nk matrices are stored in. */
+  dtype: StorageType;
 }
 
-/** Row softmax: S (Nq×Nk per head, masked here) → P and lse. Step: M = Nq, N = Nk. */
+/** Row softmax: S (Nq×Nk per head; masked entries skipped, not overwritten) → P and lse. Step: M = Nq, N = Nk. */
 export function softmaxWGSL(p: RowParams): string {
-  const { WG, causal } = p;
-  return `${SIZES_WGSL}
+  const { WG, causal, dtype } = p;
+  const seen = causal ? 'visible(row, j)' : 'true';
+  return `${enableIf(dtype)}
+${SIZES_WGSL}
 ${STEP_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<uniform> s: Step;
-@group(0) @binding(2) var<storage, read_write> S: array<f32>;
-@group(0) @binding(3) var<storage, read_write> P: array<f32>;
+@group(0) @binding(2) var<storage, read> S: array<${dtype}>;
+@group(0) @binding(3) var<storage, read_write> P: array<${dtype}>;
 @group(0) @binding(4) var<storage, read_write> lse: array<u32>; // f32 bits
 
 const WG = ${WG}u;
@@ -278,30 +291,26 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     let o = (z * s.M + row) * s.N;
     var mx = MASKED;
     for (var j = lid; j < s.N; j += WG) {
-      ${
-        causal
-          ? `var x = MASKED;
-      if (visible(row, j)) {
-        x = S[o + j];
-      } else {
-        S[o + j] = MASKED;
-      }`
-          : 'let x = S[o + j];'
+      if (${seen}) {
+        mx = max(mx, f32(S[o + j]));
       }
-      mx = max(mx, x);
     }
     let m = rowMax(mx, lid);
     var sum = 0.0;
     if (m != MASKED) {
       for (var j = lid; j < s.N; j += WG) {
-        let x = S[o + j];
-        sum += select(exp(x - m), 0.0, x == MASKED);
+        if (${seen}) {
+          sum += exp(f32(S[o + j]) - m);
+        }
       }
     }
     let l = rowSum(sum, lid);
     for (var j = lid; j < s.N; j += WG) {
-      let x = S[o + j];
-      P[o + j] = select(exp(x - m) / l, 0.0, x == MASKED || l == 0.0);
+      var pj = 0.0;
+      if (${seen} && l != 0.0) {
+        pj = exp(f32(S[o + j]) - m) / l;
+      }
+      P[o + j] = ${dtype}(pj);
     }
     if (lid == 0u) {
       lse[(hd.x * u.H + hd.y) * s.M + row] = select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0);
@@ -311,21 +320,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
 `;
 }
 
-export interface DsParams extends RowParams {
-  dtype: StorageType;
-}
-
 /** dS = P ∘ (dP − rowsum(dO ∘ O)) with P = exp(S − lse) written over S. Step: M = Nq, N = Nk, K = D. */
-export function dsWGSL(p: DsParams): string {
+export function dsWGSL(p: RowParams): string {
   const { WG, causal, dtype } = p;
   return `${enableIf(dtype)}
 ${SIZES_WGSL}
 ${STEP_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<uniform> s: Step;
-@group(0) @binding(2) var<storage, read_write> SP: array<f32>; // scale·QKᵀ in, P out
-@group(0) @binding(3) var<storage, read> dP: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dS: array<f32>;
+@group(0) @binding(2) var<storage, read_write> SP: array<${dtype}>; // scale·QKᵀ in, P out
+@group(0) @binding(3) var<storage, read> dP: array<${dtype}>;
+@group(0) @binding(4) var<storage, read_write> dS: array<${dtype}>;
 @group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits
 @group(0) @binding(6) var<storage, read> dout: array<${dtype}>;
 @group(0) @binding(7) var<storage, read> out: array<${dtype}>;
@@ -355,12 +360,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     let dead = bits == ${NEG_INF_BITS};
     let o = (z * s.M + row) * s.N;
     for (var j = lid; j < s.N; j += WG) {
-      var pj = 0.0;
+      var pj = ${dtype}(0.0);
       if (!dead${causal ? ' && visible(row, j)' : ''}) {
-        pj = exp(SP[o + j] - L);
+        pj = ${dtype}(exp(f32(SP[o + j]) - L));
       }
       SP[o + j] = pj;
-      dS[o + j] = pj * (dP[o + j] - Di);
+      // dS from P and dP as stored, as the cpu baseline computes it.
+      dS[o + j] = ${dtype}(f32(pj) * (f32(dP[o + j]) - Di));
     }
   }
 }
