@@ -47,7 +47,7 @@ function hostTensor(v: Float64Array, shape: number[], dtype: NnDType): Tensor {
   return { data: fromValues(v, dtype), dtype, shape } as Tensor;
 }
 
-/** The ops' own tensor of these values (uploaded on webgpu), and the values for the reference. */
+/** The ops' own tensor of these values (uploaded on webgpu). */
 async function opTensor(ops: Ops, v: Float64Array, shape: number[]) {
   return ops.input(hostTensor(v, shape, ops.dtype), 'x');
 }

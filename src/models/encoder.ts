@@ -8,8 +8,9 @@
  *   x = LN2(x + relu(x·W1ᵀ + b1)·W2ᵀ + b2)                  (B, N, ffn) inside
  * torch's in_proj (3·dModel, dModel) is held as its three blocks Wq, Wk, Wv, so that q, k and v are
  * dense tensors the attention reads in place. Each intermediate is freed as soon as it is dead, so the
- * memory tracker's peak is what the model needs: the weights, the layer's input, and the larger of
- * q, k, v with attention's own buffers, or the (B, N, ffn) hidden layer with its neighbours.
+ * memory tracker's peak is what the model needs: the weights plus the larger of x, q, k, v with the
+ * attention's own buffers and output, and LN1's output with the (B, N, ffn) hidden layer and its
+ * projection back to (B, N, dModel).
  *
  * Weights are drawn as torch initialises them, from one seeded mulberry32 stream, layer after layer, in
  * the order of LAYER_PARTS, weight before bias: Wq, Wk, Wv ~ U(±√(6 / 4·dModel)) (xavier_uniform_ of
@@ -17,7 +18,7 @@
  * U(±1/√dModel) and W2, b2 ~ U(±1/√ffn) (nn.Linear's default); layer norms weight 1, bias 0.
  * `encoderWeights` gives the same values as f32 arrays, for references and checks.
  */
-import { ValueError, describe, ShapeError } from '../errors.js';
+import { ShapeError, ValueError, describe } from '../errors.js';
 import type { MemoryTracker } from '../memory.js';
 import { mulberry32 } from '../cli/random.js';
 import { createOps } from '../nn/index.js';
@@ -154,7 +155,7 @@ class Live {
   }
 }
 
-/** One post-norm layer, x (B, N, dModel) -> (B, N, dModel); x itself is left to the caller. */
+/** One post-norm layer, x (B, N, dModel) -> (B, N, dModel); x is freed once dead if `live` tracks it. */
 async function layerForward(ops: Ops, c: EncoderConfig, w: LayerWeights<AnyTensor>, x: AnyTensor, live: Live): Promise<AnyTensor> {
   const linear = async (t: AnyTensor, part: LayerPart, relu = false) => live.add(await ops.linear(t, w[part].weight, w[part].bias, { relu }));
   const q = await linear(x, 'q');
@@ -165,7 +166,7 @@ async function layerForward(ops: Ops, c: EncoderConfig, w: LayerWeights<AnyTenso
   const o = await linear(a, 'out');
   live.free(a);
   const h = live.add(await ops.layerNorm(o, w.norm1.weight, w.norm1.bias, x));
-  live.free(o);
+  live.free(o, x);
   const f = await linear(h, 'linear1', true);
   const g = await linear(f, 'linear2');
   live.free(f);
@@ -204,11 +205,7 @@ export async function createEncoder(config: EncoderConfig): Promise<Encoder> {
       const live = new Live(ops);
       try {
         let h = live.add(await ops.input(x, 'x'));
-        for (const w of weights) {
-          const next = await layerForward(ops, c, w, h, live);
-          live.free(h); // the caller's x is only untracked here: ops.free leaves it alone
-          h = next;
-        }
+        for (const w of weights) h = await layerForward(ops, c, w, h, live);
         const out = await ops.output(h, !isGpuBuffer(x.data));
         live.release(h);
         return out as Tensor | GpuTensor;

@@ -39,6 +39,8 @@ export function linearTileFor(M: number, N: number): Pick<LinearParams, 'RM' | '
 export class WebgpuOps implements Ops {
   readonly backend = 'webgpu';
   private readonly buffers: GpuBuffers;
+  /** The last op's completion (see `op`). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly gpu: Gpu,
@@ -63,9 +65,17 @@ export class WebgpuOps implements Ops {
   /**
    * Run one op's body, which makes its buffers through `make` and returns its output. Buffers larger
    * than the device allows, or refused by it, give an OutOfMemoryError naming `argument` (the input
-   * whose size asked for them); everything made but the output is destroyed when the op ends.
+   * whose size asked for them); everything made but the output is destroyed when the op ends. Ops run
+   * one at a time, in call order: error scopes are a stack per device, so two ops awaiting at once
+   * would pop each other's.
    */
-  private async op(argument: string, what: string, body: (make: Make) => Promise<GPUBuffer>): Promise<GPUBuffer> {
+  private op(argument: string, what: string, body: (make: Make) => Promise<GPUBuffer>): Promise<GPUBuffer> {
+    const run = this.queue.then(() => this.scoped(argument, what, body));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async scoped(argument: string, what: string, body: (make: Make) => Promise<GPUBuffer>): Promise<GPUBuffer> {
     const { device, buffers } = this;
     const made: GPUBuffer[] = [];
     const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
