@@ -20,7 +20,7 @@ import {
 import { createOps, type NnDType, type Ops } from '../src/nn/index.js';
 import { LAYER_NORM_EPS } from '../src/nn/ops.js';
 import { fromValues, toF64 } from '../src/tensor.js';
-import { webgpuStatus } from '../src/webgpu/device.js';
+import { gpuEntry, webgpuStatus } from '../src/webgpu/device.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
 import { randn } from './util.js';
 
@@ -340,6 +340,23 @@ describe('encoder', () => {
       gy.data.destroy();
       ops.free(gx);
       enc.dispose();
+    });
+
+    test('webgpu: f16 on a device without shader-f16, and a GPUBuffer of another device, are typed errors', async () => {
+      const adapter = await (await gpuEntry())!.gpu.requestAdapter();
+      const other = await adapter!.requestDevice(); // no features: no shader-f16
+      const config: EncoderConfig = { ...base, backend: 'webgpu', dtype: 'f16', attention: 'flash', device: other };
+      await assert.rejects(createEncoder(config), (e: unknown) => e instanceof DTypeError && e.argument === 'config.dtype');
+      const memory = new MemoryTracker();
+      const enc = await createEncoder({ ...config, dtype: 'f32', memory });
+      const weights = memory.live;
+      const ops = await createOps({ backend: 'webgpu', dtype: 'f32' }); // the library's own device
+      const x = await ops.input(hostTensor(values(B * N * base.dModel, 11, 'f32'), [B, N, base.dModel], 'f32'), 'x');
+      await assert.rejects(enc.forward(x as GpuTensor), (e: unknown) => e instanceof ValueError && e.argument === 'x.data');
+      assert.equal(memory.live, weights, 'the failed forward freed what it made');
+      ops.free(x);
+      enc.dispose();
+      other.destroy();
     });
 
     test('webgpu: an activation larger than the device allows is an OutOfMemoryError, and nothing is left allocated', async () => {
