@@ -12,6 +12,7 @@ export {
 export { decodeF16, encodeF16, f16ToNumber, numberToF16, roundToF16 } from './f16.js';
 export { attentionFlops } from './flops.js';
 export { MemoryTracker, memory } from './memory.js';
+export { createEncoder, encoderWeights, type Encoder, type EncoderConfig, type LayerWeights } from './models/encoder.js';
 export type { Algorithm, AttentionOptions, Backend } from './options.js';
 export { tensor, type AnyTensor, type DType, type GpuTensor, type Layout, type Tensor, type TensorData } from './tensor.js';
 export { webgpuDevice } from './webgpu/device.js';

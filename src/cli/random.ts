@@ -2,7 +2,8 @@
  * Seeded pseudo-random inputs for the benchmark: mulberry32 (a small 32-bit generator) and Box-Muller
  * for standard-normal values, so every run of `flashattn bench` times the same numbers.
  */
-import { encodeF16, tensor, type Tensor } from '../index.js';
+import { encodeF16 } from '../f16.js';
+import { tensor, type Tensor } from '../tensor.js';
 
 /** A generator of uniform numbers in [0, 1) from a 32-bit seed (mulberry32). */
 export function mulberry32(seed: number): () => number {

@@ -1,7 +1,9 @@
 /**
  * A cpu job: what the main thread sends to each worker (or runs inline). Sizes travel as plain numbers,
- * arrays as (Shared)ArrayBuffers; `views` turns them back into typed arrays on either side.
+ * arrays as (Shared)ArrayBuffers; `views` turns them back into typed arrays on either side. Besides the
+ * attention kernels, the pool runs the nn layer's linear (src/nn/cpu/kernels.ts).
  */
+import type { LinearShape } from '../nn/cpu/kernels.js';
 import { problemStrides, type Problem } from '../problem.js';
 
 export type Kernel = 'flashForward' | 'flashBackward' | 'standardForward' | 'standardBackward';
@@ -32,15 +34,17 @@ export interface CpuShape {
   f16Scores: boolean;
 }
 
-export interface Job {
-  kernel: Kernel;
-  shape: CpuShape;
+interface JobOf<K extends string, S> {
+  kernel: K;
+  shape: S;
   tasks: number;
   /** Named arrays: f32 unless the name ends in '.f64' or '.f16' (see views). */
   buffers: Record<string, ArrayBufferLike>;
   /** One scratch buffer (f64) per worker; the inline path uses the first. */
   scratch: ArrayBufferLike[];
 }
+
+export type Job = JobOf<Kernel, CpuShape> | JobOf<'linear', LinearShape>;
 
 /**
  * Tile sizes for head dim D: a Br×D query tile, a Bc×D key tile and the Br×Bc score tile (f64) stay

@@ -75,6 +75,12 @@ export class GpuBuffers {
     return buffer;
   }
 
+  /** Count a buffer handed over by another call (an attention output, say) as this allocator's own. */
+  adopt(buffer: GPUBuffer): GPUBuffer {
+    if (!this.owned.has(buffer)) this.owned.set(buffer, this.memory.allocate(buffer.size));
+    return buffer;
+  }
+
   /** Destroy everything still owned (the call's temporaries). */
   destroyAll(): void {
     for (const b of [...this.owned.keys()]) this.destroy(b);

@@ -92,8 +92,11 @@ const HEAD_WGSL = `fn head(z: u32) -> vec3u {
   return vec3u(kv / u.Hkv, hk * (u.H / u.Hkv) + s.g0 + z % s.cz, hk);
 }`;
 
-/** A workgroup-wide reduction over WG values (call from uniform control flow). */
-function reduceWGSL(name: string, op: (a: string, b: string) => string): string {
+/**
+ * A workgroup-wide reduction over WG values (call from uniform control flow); the shader declares the
+ * constant WG and `var<workgroup> red: array<f32, WG>`.
+ */
+export function reduceWGSL(name: string, op: (a: string, b: string) => string): string {
   return `fn ${name}(x: f32, lid: u32) -> f32 {
   red[lid] = x;
   workgroupBarrier();

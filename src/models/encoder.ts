@@ -1,0 +1,222 @@
+/**
+ * The seed experiment's model: a stack of post-norm transformer encoder layers, as
+ * torch.nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, activation=relu, batch_first=True,
+ * norm_first=False) in inference (dropout off), built from the nn ops. One layer, x (B, N, dModel):
+ *   q, k, v = x·Wqᵀ + bq, x·Wkᵀ + bk, x·Wvᵀ + bv         (B, N, dModel) each = (B, N, H, dModel/H)
+ *   a = attention(q, k, v), `heads` heads, flash or standard  (B, N, dModel)
+ *   x = LN1(x + a·Woᵀ + bo)                                 (B, N, dModel)
+ *   x = LN2(x + relu(x·W1ᵀ + b1)·W2ᵀ + b2)                  (B, N, ffn) inside
+ * torch's in_proj (3·dModel, dModel) is held as its three blocks Wq, Wk, Wv, so that q, k and v are
+ * dense tensors the attention reads in place. Each intermediate is freed as soon as it is dead, so the
+ * memory tracker's peak is what the model needs: the weights plus the larger of x, q, k, v with the
+ * attention's own buffers and output, and LN1's output with the (B, N, ffn) hidden layer and its
+ * projection back to (B, N, dModel).
+ *
+ * Weights are drawn as torch initialises them, from one seeded mulberry32 stream, layer after layer, in
+ * the order of LAYER_PARTS, weight before bias: Wq, Wk, Wv ~ U(±√(6 / 4·dModel)) (xavier_uniform_ of
+ * in_proj) with zero biases; Wo ~ U(±1/√dModel) (nn.Linear's default) with a zero bias; W1, b1 ~
+ * U(±1/√dModel) and W2, b2 ~ U(±1/√ffn) (nn.Linear's default); layer norms weight 1, bias 0.
+ * `encoderWeights` gives the same values as f32 arrays, for references and checks.
+ */
+import { ShapeError, ValueError, describe } from '../errors.js';
+import type { MemoryTracker } from '../memory.js';
+import { mulberry32 } from '../cli/random.js';
+import { createOps } from '../nn/index.js';
+import type { Ops } from '../nn/ops.js';
+import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
+
+export interface EncoderConfig {
+  /** 6 in the seed experiment. */
+  layers: number;
+  /** 512 */
+  dModel: number;
+  /** 32 */
+  heads: number;
+  /** 2048 */
+  ffn: number;
+  causal: boolean;
+  attention: 'flash' | 'standard';
+  backend: 'cpu' | 'webgpu';
+  dtype: 'f32' | 'f16';
+  /** Weights are drawn from a generator with this seed (default 0). */
+  seed?: number;
+  /** Counts every buffer the model and its ops allocate, weights included; default: the shared `memory`. */
+  memory?: MemoryTracker;
+  /** webgpu: the caller's device; default: the library's own. */
+  device?: GPUDevice;
+}
+
+export interface Encoder {
+  readonly config: EncoderConfig;
+  /**
+   * x: (B, N, dModel) in config.dtype (f16 as Uint16Array bits) -> (B, N, dModel). A typed-array tensor
+   * gives a typed-array result; on webgpu a GpuTensor gives a GpuTensor, handed over to the caller (who
+   * destroys it). On webgpu, resolves when the GPU work is done (onSubmittedWorkDone) so it can be timed.
+   * x is never modified.
+   */
+  forward(x: Tensor | GpuTensor): Promise<Tensor | GpuTensor>;
+  /** Free the weights; the encoder cannot be used afterwards. */
+  dispose(): void;
+}
+
+/** The parts of one layer, as torch.nn.TransformerEncoderLayer names them (in_proj split into q, k, v). */
+export const LAYER_PARTS = ['q', 'k', 'v', 'out', 'linear1', 'linear2', 'norm1', 'norm2'] as const;
+export type LayerPart = (typeof LAYER_PARTS)[number];
+export type LayerWeights<T> = Record<LayerPart, { weight: T; bias: T }>;
+
+/** How a parameter is initialised: U(−bound, bound), or a constant. */
+type Init = { uniform: number } | { constant: number };
+
+interface ParamSpec {
+  shape: number[];
+  init: Init;
+}
+
+/** Shape and initialisation of every parameter of one layer. */
+function layerSpec(c: EncoderConfig): LayerWeights<ParamSpec> {
+  const d = c.dModel;
+  const linear = (out: number, inp: number, weight: Init, bias: Init) => ({ weight: { shape: [out, inp], init: weight }, bias: { shape: [out], init: bias } });
+  const inProj = { uniform: Math.sqrt(6 / (d + 3 * d)) };
+  const zero = { constant: 0 };
+  const norm = { weight: { shape: [d], init: { constant: 1 } }, bias: { shape: [d], init: zero } };
+  return {
+    q: linear(d, d, inProj, zero),
+    k: linear(d, d, inProj, zero),
+    v: linear(d, d, inProj, zero),
+    out: linear(d, d, { uniform: 1 / Math.sqrt(d) }, zero),
+    linear1: linear(c.ffn, d, { uniform: 1 / Math.sqrt(d) }, { uniform: 1 / Math.sqrt(d) }),
+    linear2: linear(d, c.ffn, { uniform: 1 / Math.sqrt(c.ffn) }, { uniform: 1 / Math.sqrt(c.ffn) }),
+    norm1: norm,
+    norm2: norm,
+  };
+}
+
+function draw(uniform: () => number, init: Init, values: Float32Array): void {
+  if ('constant' in init) values.fill(init.constant);
+  else for (let i = 0; i < values.length; i++) values[i] = (2 * uniform() - 1) * init.uniform;
+}
+
+/** The parameters of every layer in drawing order: (layer, part, weight or bias, spec). */
+function* params(c: EncoderConfig) {
+  const spec = layerSpec(c);
+  for (let layer = 0; layer < c.layers; layer++) {
+    for (const part of LAYER_PARTS) for (const kind of ['weight', 'bias'] as const) yield { layer, part, kind, spec: spec[part][kind] };
+  }
+}
+
+/** The weights `createEncoder(config)` draws, as f32 values (the f16 model rounds them to f16). */
+export function encoderWeights(config: EncoderConfig): LayerWeights<Float32Array>[] {
+  checkConfig(config);
+  const uniform = mulberry32(config.seed ?? 0);
+  const layers: LayerWeights<Float32Array>[] = [];
+  for (const { layer, part, kind, spec } of params(config)) {
+    const values = new Float32Array(spec.shape.reduce((a, b) => a * b, 1));
+    draw(uniform, spec.init, values);
+    ((layers[layer] ??= {} as LayerWeights<Float32Array>)[part] ??= {} as { weight: Float32Array; bias: Float32Array })[kind] = values;
+  }
+  return layers;
+}
+
+function checkConfig(c: EncoderConfig): void {
+  if (typeof c !== 'object' || c === null) throw new ValueError('config', 'an EncoderConfig object', describe(c));
+  for (const key of ['layers', 'dModel', 'heads', 'ffn'] as const) {
+    if (!Number.isSafeInteger(c[key]) || c[key] < 1) throw new ValueError(`config.${key}`, 'a positive integer', describe(c[key]));
+  }
+  if (c.dModel % c.heads !== 0) throw new ValueError('config.heads', `a divisor of config.dModel (${c.dModel})`, describe(c.heads));
+  if (typeof c.causal !== 'boolean') throw new ValueError('config.causal', 'a boolean', describe(c.causal));
+  if (c.attention !== 'flash' && c.attention !== 'standard') throw new ValueError('config.attention', "'flash' or 'standard'", describe(c.attention));
+  if (c.seed !== undefined && !Number.isSafeInteger(c.seed)) throw new ValueError('config.seed', 'an integer', describe(c.seed));
+}
+
+/**
+ * The intermediates of one forward: each is freed as soon as it is dead, and all that are left if the
+ * forward fails.
+ */
+class Live {
+  private readonly tensors = new Set<AnyTensor>();
+  constructor(private readonly ops: Ops) {}
+
+  add(t: AnyTensor): AnyTensor {
+    this.tensors.add(t);
+    return t;
+  }
+
+  free(...ts: AnyTensor[]): void {
+    for (const t of ts) if (this.tensors.delete(t)) this.ops.free(t);
+  }
+
+  /** Stop tracking a result that is handed to the caller. */
+  release(t: AnyTensor): void {
+    this.tensors.delete(t);
+  }
+
+  freeAll(): void {
+    this.free(...this.tensors);
+  }
+}
+
+/** One post-norm layer, x (B, N, dModel) -> (B, N, dModel); x is freed once dead if `live` tracks it. */
+async function layerForward(ops: Ops, c: EncoderConfig, w: LayerWeights<AnyTensor>, x: AnyTensor, live: Live): Promise<AnyTensor> {
+  const linear = async (t: AnyTensor, part: LayerPart, relu = false) => live.add(await ops.linear(t, w[part].weight, w[part].bias, { relu }));
+  const q = await linear(x, 'q');
+  const k = await linear(x, 'k');
+  const v = await linear(x, 'v');
+  const a = live.add(await ops.attention(q, k, v, { heads: c.heads, causal: c.causal, algorithm: c.attention }));
+  live.free(q, k, v);
+  const o = await linear(a, 'out');
+  live.free(a);
+  const h = live.add(await ops.layerNorm(o, w.norm1.weight, w.norm1.bias, x));
+  live.free(o, x);
+  const f = await linear(h, 'linear1', true);
+  const g = await linear(f, 'linear2');
+  live.free(f);
+  const y = live.add(await ops.layerNorm(g, w.norm2.weight, w.norm2.bias, h));
+  live.free(g, h);
+  return y;
+}
+
+export async function createEncoder(config: EncoderConfig): Promise<Encoder> {
+  checkConfig(config);
+  const c: EncoderConfig = { ...config };
+  const ops = await createOps(c);
+  const weights: LayerWeights<AnyTensor>[] = [];
+  const made: AnyTensor[] = [];
+  try {
+    const uniform = mulberry32(c.seed ?? 0);
+    for (const { layer, part, kind, spec } of params(c)) {
+      const what = `layer ${layer} ${part}.${kind} [${spec.shape.join(', ')}]`;
+      const t = await ops.create(spec.shape, (values) => draw(uniform, spec.init, values), what, part === 'linear1' || part === 'linear2' ? 'config.ffn' : 'config.dModel');
+      made.push(t);
+      ((weights[layer] ??= {} as LayerWeights<AnyTensor>)[part] ??= {} as { weight: AnyTensor; bias: AnyTensor })[kind] = t;
+    }
+  } catch (e) {
+    made.forEach((t) => ops.free(t));
+    throw e;
+  }
+  let disposed = false;
+  return {
+    config: c,
+    async forward(x: Tensor | GpuTensor): Promise<Tensor | GpuTensor> {
+      if (disposed) throw new ValueError('encoder', 'an encoder not yet disposed', 'a disposed one');
+      if (typeof x !== 'object' || x === null) throw new ValueError('x', 'a tensor { data, dtype, shape }', describe(x));
+      if (!Array.isArray(x.shape) || x.shape.length !== 3 || x.shape[2] !== c.dModel) {
+        throw new ShapeError('x.shape', `(B, N, ${c.dModel})`, describe(x.shape));
+      }
+      const live = new Live(ops);
+      try {
+        let h = live.add(await ops.input(x, 'x'));
+        for (const w of weights) h = await layerForward(ops, c, w, h, live);
+        const out = await ops.output(h, !isGpuBuffer(x.data));
+        live.release(h);
+        return out as Tensor | GpuTensor;
+      } finally {
+        live.freeAll();
+      }
+    },
+    dispose() {
+      if (disposed) return;
+      disposed = true;
+      made.forEach((t) => ops.free(t));
+    },
+  };
+}

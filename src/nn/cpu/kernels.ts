@@ -1,0 +1,145 @@
+/**
+ * The cpu kernels of the nn ops: plain typed-array loops, f32 or f16 in memory and f64 in registers
+ * (JavaScript numbers are doubles, so the arithmetic costs the same and rounds less).
+ *
+ * linearTask: y = x·Wᵀ + b (ReLU optional), x (M, K) → y (M, N) with W (N, K). One task owns a block of
+ *   MB rows of x: it packs them into f64 scratch, four rows interleaved (xp[g·4K + 4k + i] = x[4g + i][k]),
+ *   then for each group of four rows of W packs those the same way (wp[4k + j] = W[n + j][k]) and runs a
+ *   4×4 register-blocked micro-kernel over k for every row group: each step loads 4 + 4 doubles from two
+ *   contiguous streams for 16 multiply-adds. The packed x block (MB·K doubles) stays in L2 and the packed
+ *   W group (4·K) in L1. Tails (M, N not multiples of 4) are packed as zeros and not stored.
+ *   Scratch per thread: (MB + 4)·K f64.
+ * layerNormRows: y = LN(x [+ r])·weight + bias per row of C, two passes (mean, then the centred
+ *   variance), biased variance as torch.nn.LayerNorm; runs inline (it is O(M·C)).
+ */
+import { f16ToNumber, numberToF16 } from '../../f16.js';
+
+/** f32 values, or f16 bits. */
+export type HostData = Float32Array | Uint16Array;
+
+export interface LinearShape {
+  M: number;
+  N: number;
+  K: number;
+  /** Rows of x per task (a multiple of 4). */
+  MB: number;
+  relu: boolean;
+}
+
+export interface LinearArrays {
+  x: HostData;
+  w: HostData;
+  b: HostData;
+  y: HostData;
+}
+
+export function linearTasks(s: LinearShape): number {
+  return Math.ceil(s.M / s.MB);
+}
+
+/** f64 elements of scratch each thread needs. */
+export function linearScratch(s: LinearShape): number {
+  return (s.MB + 4) * s.K;
+}
+
+/** Rows of x per task: enough tasks for every thread twice over, 16 to 64 rows each. */
+export function linearRowBlock(M: number, threads: number): number {
+  return Math.min(64, Math.max(16, 4 * Math.ceil(M / (8 * threads))));
+}
+
+/** dst[d + 4k] = src[o + k] for k < K (a row into its lane of a 4-interleaved pack). */
+function packRow(dst: Float64Array, d: number, src: HostData, o: number, K: number): void {
+  if (src instanceof Uint16Array) {
+    for (let k = 0; k < K; k++) dst[d + 4 * k] = f16ToNumber(src[o + k]);
+  } else {
+    for (let k = 0; k < K; k++) dst[d + 4 * k] = src[o + k];
+  }
+}
+
+function zeroLane(dst: Float64Array, d: number, K: number): void {
+  for (let k = 0; k < K; k++) dst[d + 4 * k] = 0;
+}
+
+function store(y: HostData, i: number, v: number): void {
+  y[i] = y instanceof Uint16Array ? numberToF16(v) : v;
+}
+
+/**
+ * tile[4i + j] = Σ_k xp[ia + 4k + i] · wp[4k + j]: the 4×4 micro-kernel over packed rows. A function of
+ * its own so that V8 optimises it whole once, rather than the loop alone and then again around it.
+ */
+function microKernel(xp: Float64Array, ia: number, wp: Float64Array, K: number, tile: Float64Array): void {
+  let c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
+  let c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
+  for (let k = 0, ib = 0; k < K; k++, ia += 4, ib += 4) {
+    const a0 = xp[ia], a1 = xp[ia + 1], a2 = xp[ia + 2], a3 = xp[ia + 3];
+    const b0 = wp[ib], b1 = wp[ib + 1], b2 = wp[ib + 2], b3 = wp[ib + 3];
+    c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3;
+    c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3;
+    c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3;
+    c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3;
+  }
+  tile[0] = c00; tile[1] = c01; tile[2] = c02; tile[3] = c03;
+  tile[4] = c10; tile[5] = c11; tile[6] = c12; tile[7] = c13;
+  tile[8] = c20; tile[9] = c21; tile[10] = c22; tile[11] = c23;
+  tile[12] = c30; tile[13] = c31; tile[14] = c32; tile[15] = c33;
+}
+
+export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: Float64Array): void {
+  const { M, N, K, relu } = s;
+  const m0 = t * s.MB;
+  const rows = Math.min(s.MB, M - m0);
+  const groups = Math.ceil(rows / 4);
+  const xp = scratch.subarray(0, groups * 4 * K);
+  const wp = scratch.subarray(s.MB * K, (s.MB + 4) * K);
+  for (let r = 0; r < groups * 4; r++) {
+    const d = (r >> 2) * 4 * K + (r & 3);
+    if (r < rows) packRow(xp, d, a.x, (m0 + r) * K, K);
+    else zeroLane(xp, d, K);
+  }
+  const bias = new Float64Array(4);
+  const tile = new Float64Array(16);
+  for (let n = 0; n < N; n += 4) {
+    for (let j = 0; j < 4; j++) {
+      if (n + j < N) {
+        packRow(wp, j, a.w, (n + j) * K, K);
+        bias[j] = at(a.b, n + j);
+      } else {
+        zeroLane(wp, j, K);
+      }
+    }
+    const cols = Math.min(4, N - n);
+    for (let g = 0; g < groups; g++) {
+      microKernel(xp, g * 4 * K, wp, K, tile);
+      const m = m0 + 4 * g;
+      for (let i = 0; i < 4 && m + i < M; i++) {
+        for (let j = 0; j < cols; j++) {
+          const v = tile[4 * i + j] + bias[j];
+          store(a.y, (m + i) * N + n + j, relu && v < 0 ? 0 : v);
+        }
+      }
+    }
+  }
+}
+
+function at(t: HostData, i: number): number {
+  return t instanceof Uint16Array ? f16ToNumber(t[i]) : t[i];
+}
+
+/** y[m] = (v − mean(v)) / sqrt(var(v) + eps) · weight + bias with v = x[m] (+ r[m]), for M rows of C. */
+export function layerNormRows(x: HostData, r: HostData | undefined, weight: HostData, bias: HostData, y: HostData, M: number, C: number, eps: number): void {
+  const v = new Float64Array(C);
+  for (let m = 0; m < M; m++) {
+    const o = m * C;
+    let sum = 0;
+    for (let c = 0; c < C; c++) {
+      v[c] = r ? at(x, o + c) + at(r, o + c) : at(x, o + c);
+      sum += v[c];
+    }
+    const mean = sum / C;
+    let sq = 0;
+    for (let c = 0; c < C; c++) sq += (v[c] - mean) * (v[c] - mean);
+    const inv = 1 / Math.sqrt(sq / C + eps);
+    for (let c = 0; c < C; c++) store(y, o + c, (v[c] - mean) * inv * at(weight, c) + at(bias, c));
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * The nn layer: the ops a model is written against, the same on the cpu and webgpu backends. Tensors
+ * are row-major in the ops' dtype (f32, or f16 storage with f32-or-better arithmetic); shapes:
+ *   linear(x, weight, bias, { relu })          (..., K) -> (..., N)   x·Wᵀ + b, W (N, K) as torch.nn.Linear
+ *   layerNorm(x, weight, bias, residual?)      (..., C) -> (..., C)   LN(x + residual)·weight + bias, eps 1e-5
+ *   attention(q, k, v, { heads, causal, ... }) (B, N, C) ×3 -> (B, N, C)
+ * ReLU and the residual add are fused into linear and layer norm: apart, each would be one more pass over
+ * the activations and one more live buffer of their size. attention is the library's own forward() over
+ * H = heads heads of C/H in the layout BNHD, so (B, N, C) is (B, N, H, C/H) with no transpose.
+ * Every buffer the ops make is counted in their MemoryTracker until it is freed (`free`) or handed to the
+ * caller (`output`); tensors the caller passed in are never freed or modified.
+ */
+import { DTypeError, ShapeError, ValueError, describe } from '../errors.js';
+import type { MemoryTracker } from '../memory.js';
+import type { Algorithm } from '../options.js';
+import { BYTES_PER_ELEMENT, dtypeOfArray, isGpuBuffer, type AnyTensor, type TensorData } from '../tensor.js';
+
+export type NnBackend = 'cpu' | 'webgpu';
+export type NnDType = 'f32' | 'f16';
+
+/** torch.nn.LayerNorm's default. */
+export const LAYER_NORM_EPS = 1e-5;
+
+export interface AttentionConfig {
+  heads: number;
+  causal: boolean;
+  algorithm: Algorithm;
+}
+
+export interface Ops {
+  readonly backend: NnBackend;
+  readonly dtype: NnDType;
+  readonly memory: MemoryTracker;
+  /**
+   * A new tensor of `shape` in the ops' dtype holding the f32 values `fill` writes (weights); the
+   * storage is made before `fill` runs, so a size the device cannot hold fails before any work.
+   * `argument` names what the size came from, for the OutOfMemoryError.
+   */
+  create(shape: readonly number[], fill: (values: Float32Array) => void, what: string, argument: string): Promise<AnyTensor>;
+  /** A caller's tensor as the ops compute on it: the tensor itself where it can be, else a counted copy. */
+  input(t: AnyTensor, name: string): Promise<AnyTensor>;
+  linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options?: { relu?: boolean }): Promise<AnyTensor>;
+  layerNorm(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, residual?: AnyTensor): Promise<AnyTensor>;
+  attention(q: AnyTensor, k: AnyTensor, v: AnyTensor, config: AttentionConfig): Promise<AnyTensor>;
+  /**
+   * Hand a result to the caller, no longer counted: a typed-array tensor (read back on webgpu) when
+   * `host`, else a GpuTensor. Resolves when the device's work is done.
+   */
+  output(t: AnyTensor, host: boolean): Promise<AnyTensor>;
+  /** Release a tensor the ops made (a no-op for the caller's own). */
+  free(t: AnyTensor): void;
+}
+
+/** The elements of a shape. */
+export function sizeOf(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+function checkShape(name: string, t: AnyTensor, rank?: number): readonly number[] {
+  const { shape } = t;
+  if (!Array.isArray(shape) || shape.length < 1 || (rank !== undefined && shape.length !== rank)) {
+    throw new ShapeError(`${name}.shape`, rank === undefined ? 'at least one dimension' : `${rank} dimensions`, describe(shape));
+  }
+  shape.forEach((s, i) => {
+    if (!Number.isSafeInteger(s) || s < 1) throw new ShapeError(`${name}.shape[${i}]`, 'a positive integer', describe(s));
+  });
+  return shape;
+}
+
+/**
+ * A tensor argument of the ops: an object with a shape, in the ops' dtype, whose data is what the
+ * backend computes on (a typed array of that dtype on cpu, a STORAGE GPUBuffer large enough on webgpu).
+ */
+export function checkTensor(backend: NnBackend, dtype: NnDType, name: string, t: unknown, rank?: number): AnyTensor {
+  if (typeof t !== 'object' || t === null) throw new ValueError(name, 'a tensor { data, dtype, shape }', describe(t));
+  const x = t as AnyTensor;
+  if (x.dtype !== dtype) throw new DTypeError(`${name}.dtype`, `'${dtype}' (the dtype of the ops)`, describe(x.dtype));
+  const shape = checkShape(name, x, rank);
+  const bytes = sizeOf(shape) * BYTES_PER_ELEMENT[dtype];
+  if (backend === 'webgpu') {
+    if (!isGpuBuffer(x.data)) throw new ValueError(`${name}.data`, 'a GPUBuffer (webgpu ops)', describe(x.data));
+    if (x.data.size < bytes) {
+      throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${bytes} bytes for shape [${shape.join(', ')}] in ${dtype}`, `${x.data.size} bytes`);
+    }
+    if (!(x.data.usage & 0x80)) { // GPUBufferUsage.STORAGE
+      throw new ValueError(`${name}.data`, 'a GPUBuffer with STORAGE usage', `usage ${x.data.usage}`);
+    }
+  } else {
+    if (dtypeOfArray(x.data) !== dtype) {
+      throw new DTypeError(`${name}.data`, dtype === 'f16' ? 'a Uint16Array (f16 bits)' : 'a Float32Array', describe(x.data));
+    }
+    const { length } = x.data as TensorData;
+    if (length !== sizeOf(shape)) {
+      throw new ShapeError(`${name}.data`, `${sizeOf(shape)} elements for shape [${shape.join(', ')}]`, `${length} elements`);
+    }
+  }
+  return x;
+}
+
+/** Sizes of linear(x, weight, bias): M rows of K features in, N out. */
+export function checkLinear(ops: Pick<Ops, 'backend' | 'dtype'>, x: AnyTensor, weight: AnyTensor, bias: AnyTensor) {
+  const X = checkTensor(ops.backend, ops.dtype, 'x', x);
+  const W = checkTensor(ops.backend, ops.dtype, 'weight', weight, 2);
+  const K = X.shape[X.shape.length - 1];
+  const [N, Kw] = W.shape;
+  if (Kw !== K) throw new ShapeError('weight.shape', `[N, ${K}] (x has ${K} features)`, describe(W.shape));
+  checkTensor(ops.backend, ops.dtype, 'bias', bias, 1);
+  if (bias.shape[0] !== N) throw new ShapeError('bias.shape', `[${N}] (weight has ${N} rows)`, describe(bias.shape));
+  return { M: sizeOf(X.shape) / K, N, K, shape: [...X.shape.slice(0, -1), N] };
+}
+
+/** Sizes of layerNorm(x, weight, bias, residual): M rows of C. */
+export function checkLayerNorm(ops: Pick<Ops, 'backend' | 'dtype'>, x: AnyTensor, weight: AnyTensor, bias: AnyTensor, residual?: AnyTensor) {
+  const X = checkTensor(ops.backend, ops.dtype, 'x', x);
+  const C = X.shape[X.shape.length - 1];
+  for (const [name, t] of [['weight', weight], ['bias', bias]] as const) {
+    checkTensor(ops.backend, ops.dtype, name, t, 1);
+    if (t.shape[0] !== C) throw new ShapeError(`${name}.shape`, `[${C}] (x has ${C} features)`, describe(t.shape));
+  }
+  if (residual !== undefined) {
+    const R = checkTensor(ops.backend, ops.dtype, 'residual', residual);
+    if (R.shape.length !== X.shape.length || R.shape.some((s, i) => s !== X.shape[i])) {
+      throw new ShapeError('residual.shape', `[${X.shape.join(', ')}] (the shape of x)`, describe(R.shape));
+    }
+  }
+  return { M: sizeOf(X.shape) / C, C, shape: [...X.shape] };
+}
+
+/** Sizes of attention(q, k, v): (B, N, C) each, C = H·D. */
+export function checkAttention(ops: Pick<Ops, 'backend' | 'dtype'>, q: AnyTensor, k: AnyTensor, v: AnyTensor, config: AttentionConfig) {
+  const Q = checkTensor(ops.backend, ops.dtype, 'q', q, 3);
+  for (const [name, t] of [['k', k], ['v', v]] as const) {
+    checkTensor(ops.backend, ops.dtype, name, t, 3);
+    if (t.shape.some((s, i) => s !== Q.shape[i])) throw new ShapeError(`${name}.shape`, `[${Q.shape.join(', ')}] (the shape of q)`, describe(t.shape));
+  }
+  const [B, N, C] = Q.shape;
+  const H = config.heads;
+  if (!Number.isSafeInteger(H) || H < 1 || C % H !== 0) {
+    throw new ValueError('config.heads', `a positive integer that divides q's ${C} features`, describe(H));
+  }
+  return { B, N, C, H, D: C / H };
+}

@@ -1,0 +1,214 @@
+/**
+ * WGSL of the nn ops, generated from typed params (the params object is the pipeline's cache key).
+ * Storage is f32 or f16 (`dtype`); arithmetic is f32 always.
+ *
+ * linear: y = x·Wᵀ + b (ReLU optional), x (M, K), W (N, K) as torch.nn.Linear's weight, y (M, N).
+ *   One workgroup of 256 invocations (16×16) owns a BM×BN tile of y, BM = 16·RM, BN = 64·CN (dispatch x:
+ *   tiles along N, y: tiles along M, grid-strided past the dispatch limit). Invocation (tx, ty) owns RM
+ *   rows (row quads ty + 16g) by 4·CN columns (column quads tx + 16c), held in RM·CN named vec4<f32>
+ *   accumulators (no private array: lavapipe's LLVM compiles those slowly). K runs in BK-deep steps: the
+ *   BK×BM slice of x and the BK×BN slice of W are loaded (f32, zero past the edges) into workgroup memory
+ *   as vec4s of four consecutive rows, each row of the slice padded by one vec4 so that the stores of
+ *   neighbouring k do not fall in one bank; then each k of the step costs RM/4 + CN vec4 loads for
+ *   4·RM·CN vec4 multiply-adds. Workgroup memory: 16·BK·(BM/4 + BN/4 + 2) bytes (8.4 KiB for 64×64 at
+ *   BK = 16, 8.4 KiB for 128×128 at BK = 8). The bias and the ReLU are applied as y is stored.
+ * layerNorm: y = (v − mean) / sqrt(var + eps) · weight + bias with v = x (+ r), per row of C (biased
+ *   variance, as torch.nn.LayerNorm). One workgroup owns a row (dispatch x: rows, grid-strided); its WG
+ *   invocations stride over the row three times (sum, centred sum of squares, store: v is re-read rather
+ *   than kept, so the row length is free), with tree reductions in workgroup memory (4·WG bytes).
+ */
+import { checkWorkgroupBytes, enables, type StorageType } from '../../webgpu/kernels/common.js';
+import { reduceWGSL } from '../../webgpu/kernels/standard.js';
+
+export interface LinearParams {
+  dtype: StorageType;
+  relu: boolean;
+  /** Rows of y per invocation: 4 or 8. */
+  RM: number;
+  /** Column quads of y per invocation: 1 or 2. */
+  CN: number;
+  BK: number;
+}
+
+/** Invocations per side of a linear workgroup (16×16 = 256, WebGPU's guaranteed minimum). */
+const T = 16;
+
+export function linearTile(p: Pick<LinearParams, 'RM' | 'CN'>): { BM: number; BN: number } {
+  return { BM: T * p.RM, BN: T * 4 * p.CN };
+}
+
+export function linearWorkgroupBytes(p: Pick<LinearParams, 'RM' | 'CN' | 'BK'>): number {
+  const { BM, BN } = linearTile(p);
+  return 16 * p.BK * (BM / 4 + 1 + BN / 4 + 1);
+}
+
+/** The uniform block of a linear: M, N, K (u32), padded to 16 bytes. */
+export function linearDims(M: number, N: number, K: number): ArrayBuffer {
+  return new Uint32Array([M, N, K, 0]).buffer;
+}
+
+export function linearWGSL(p: LinearParams, workgroupLimit: number): string {
+  const { dtype, relu, RM, CN, BK } = p;
+  const { BM, BN } = linearTile(p);
+  checkWorkgroupBytes('linear', linearWorkgroupBytes(p), workgroupLimit);
+  const G = RM / 4; // row quads per invocation
+  const acc: { g: number; i: number; c: number }[] = [];
+  for (let g = 0; g < G; g++) for (let i = 0; i < 4; i++) for (let c = 0; c < CN; c++) acc.push({ g, i, c });
+  const name = ({ g, i, c }: { g: number; i: number; c: number }) => `acc${g}${i}${c}`;
+  const lane = ['x', 'y', 'z', 'w'];
+  return `${enables(dtype)}
+struct Dims {
+  M: u32,
+  N: u32,
+  K: u32,
+  pad: u32,
+}
+@group(0) @binding(0) var<uniform> u: Dims;
+@group(0) @binding(1) var<storage, read> x: array<${dtype}>;
+@group(0) @binding(2) var<storage, read> w: array<${dtype}>;
+@group(0) @binding(3) var<storage, read> bias: array<${dtype}>;
+@group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
+
+const BM = ${BM}u;
+const BN = ${BN}u;
+const BK = ${BK}u;
+const XQ = ${BM / 4 + 1}u; // vec4s per k in Xs: BM/4 row quads and one of padding
+const WQ = ${BN / 4 + 1}u;
+
+var<workgroup> Xs: array<vec4<f32>, ${BK * (BM / 4 + 1)}>; // Xs[kk·XQ + q] = x[m0 + 4q + (0..3)][k0 + kk]
+var<workgroup> Ws: array<vec4<f32>, ${BK * (BN / 4 + 1)}>; // Ws[kk·WQ + q] = W[n0 + 4q + (0..3)][k0 + kk]
+
+fn xAt(m: u32, k: u32) -> f32 {
+  if (m < u.M && k < u.K) {
+    return f32(x[m * u.K + k]);
+  }
+  return 0.0;
+}
+
+fn wAt(n: u32, k: u32) -> f32 {
+  if (n < u.N && k < u.K) {
+    return f32(w[n * u.K + k]);
+  }
+  return 0.0;
+}
+
+// Entries (row, col .. col+3) of y: the sums plus the bias${relu ? ', ReLU' : ''}, stored where inside y.
+fn store(row: u32, col: u32, acc: vec4<f32>) {
+  if (row >= u.M) {
+    return;
+  }
+  for (var j = 0u; j < 4u; j++) {
+    let n = col + j;
+    if (n < u.N) {
+      let v = acc[j] + f32(bias[n]);
+      y[row * u.N + n] = ${dtype}(${relu ? 'max(v, 0.0)' : 'v'});
+    }
+  }
+}
+
+@compute @workgroup_size(${T * T})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let tx = lid % ${T}u;
+  let ty = lid / ${T}u;
+  let tilesM = (u.M + BM - 1u) / BM;
+  let tilesN = (u.N + BN - 1u) / BN;
+  for (var tm = wid.y; tm < tilesM; tm += nwg.y) {
+    for (var tn = wid.x; tn < tilesN; tn += nwg.x) {
+      let m0 = tm * BM;
+      let n0 = tn * BN;
+${acc.map((a) => `      var ${name(a)} = vec4<f32>(0.0);`).join('\n')}
+      for (var k0 = 0u; k0 < u.K; k0 += BK) {
+        for (var e = lid; e < BK * (BM / 4u); e += ${T * T}u) {
+          let kk = e % BK;
+          let q = e / BK;
+          let m = m0 + 4u * q;
+          let k = k0 + kk;
+          Xs[kk * XQ + q] = vec4<f32>(xAt(m, k), xAt(m + 1u, k), xAt(m + 2u, k), xAt(m + 3u, k));
+        }
+        for (var e = lid; e < BK * (BN / 4u); e += ${T * T}u) {
+          let kk = e % BK;
+          let q = e / BK;
+          let n = n0 + 4u * q;
+          let k = k0 + kk;
+          Ws[kk * WQ + q] = vec4<f32>(wAt(n, k), wAt(n + 1u, k), wAt(n + 2u, k), wAt(n + 3u, k));
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+${Array.from({ length: G }, (_, g) => `          let a${g} = Xs[kk * XQ + ty + ${16 * g}u];`).join('\n')}
+${Array.from({ length: CN }, (_, c) => `          let b${c} = Ws[kk * WQ + tx + ${16 * c}u];`).join('\n')}
+${acc.map((a) => `          ${name(a)} += a${a.g}.${lane[a.i]} * b${a.c};`).join('\n')}
+        }
+        workgroupBarrier();
+      }
+${acc.map((a) => `      store(m0 + 4u * (ty + ${16 * a.g}u) + ${a.i}u, n0 + 4u * (tx + ${16 * a.c}u), ${name(a)});`).join('\n')}
+    }
+  }
+}
+`;
+}
+
+export interface LayerNormParams {
+  dtype: StorageType;
+  /** v = x + r (the residual) rather than x. */
+  residual: boolean;
+  WG: number;
+}
+
+/** The uniform block of a layer norm: M, C (u32), eps (f32), padded to 16 bytes. */
+export function layerNormDims(M: number, C: number, eps: number): ArrayBuffer {
+  const buf = new ArrayBuffer(16);
+  new Uint32Array(buf).set([M, C]);
+  new Float32Array(buf)[2] = eps;
+  return buf;
+}
+
+export function layerNormWGSL(p: LayerNormParams): string {
+  const { dtype, residual, WG } = p;
+  const t = dtype;
+  return `${enables(dtype)}
+struct Dims {
+  M: u32,
+  C: u32,
+  eps: f32,
+  pad: u32,
+}
+@group(0) @binding(0) var<uniform> u: Dims;
+@group(0) @binding(1) var<storage, read> x: array<${t}>;
+@group(0) @binding(2) var<storage, read> weight: array<${t}>;
+@group(0) @binding(3) var<storage, read> bias: array<${t}>;
+@group(0) @binding(4) var<storage, read_write> y: array<${t}>;
+${residual ? `@group(0) @binding(5) var<storage, read> r: array<${t}>;
+` : ''}
+const WG = ${WG}u;
+
+var<workgroup> red: array<f32, ${WG}>;
+
+${reduceWGSL('rowSum', (a, b) => `${a} + ${b}`)}
+
+fn v(i: u32) -> f32 {
+  return ${residual ? 'f32(x[i]) + f32(r[i])' : 'f32(x[i])'};
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let C = u.C;
+  for (var row = wid.x; row < u.M; row += nwg.x) {
+    let o = row * C;
+    var sum = 0.0;
+    for (var c = lid; c < C; c += WG) {
+      sum += v(o + c);
+    }
+    let mean = rowSum(sum, lid) / f32(C);
+    var sq = 0.0;
+    for (var c = lid; c < C; c += WG) {
+      let d = v(o + c) - mean;
+      sq += d * d;
+    }
+    let inv = 1.0 / sqrt(rowSum(sq, lid) / f32(C) + u.eps);
+    for (var c = lid; c < C; c += WG) {
+      y[o + c] = ${t}((v(o + c) - mean) * inv * f32(weight[c]) + f32(bias[c]));
+    }
+  }
+}
+`;
+}
