@@ -84,6 +84,7 @@ for (const D of [64, 128]) {
     const run = async () => {
       const t0 = performance.now();
       const f = await forward(q, k, v, { causal });
+      await device.queue.onSubmittedWorkDone();
       const t1 = performance.now();
       const g = await backward(dout, q, k, v, f.out, f.lse, { causal });
       await device.queue.onSubmittedWorkDone();

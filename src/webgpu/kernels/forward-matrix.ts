@@ -12,7 +12,8 @@
  *   1. S = Q_i K_jᵀ: each K_j fragment is loaded once and used for the RF row fragments; S goes to
  *      workgroup memory ([c][r], stride Br);
  *   2. each invocation takes its row (or share of a row: SGS/Br invocations per row, combined with
- *      subgroup shuffles): running max m, P̃ = exp2(S·scale·log2e − m) written to P in f16, and l;
+ *      subgroup shuffles): running max m, P̃ = exp2(S·scale·log2e − m) written to P in f16, and l, the
+ *      sum of those f16 values (so a one-hot row, as with logits of ±1e4, gives exactly its V row);
  *   3. O_i += P̃ V_j.
  * The rescale O_i = diag(e^(m_old − m)) O_i needs per-row scalars, which subgroup matrices cannot take; so
  * m only moves when a row's block max exceeds it by more than TAU (in log2 units; P̃ ≤ 2^TAU, well within
@@ -188,9 +189,9 @@ ${grid(CF, DF)
     for (var t = 0u; t < ${Bc / SHARES}u; t++) {
       let c = part * ${Bc / SHARES}u + t;
       let key = c0 + c;
-      let pe = select(0.0, exp2(S[c * Br + r] * scale2 - m), ${visible});
-      P[c * Br + r] = f16(pe);
-      sum += pe;
+      let pe = f16(select(0.0, exp2(S[c * Br + r] * scale2 - m), ${visible}));
+      P[c * Br + r] = pe;
+      sum += f32(pe); // l sums the P̃ that O_i is made of, so O_i / l weighs V exactly as P̃ does
     }
     ${shuffles('sum', (a, b) => `${a} + ${b}`)}
     l += sum;
