@@ -214,7 +214,7 @@ export function chartsFor(r: Results): Chart[] {
         id: 'attention-io',
         title: `Attention: ${where} traffic over N (the paper's IO analysis)`,
         caption: `Bytes each algorithm moves to and from ${where}: standard Θ(N·d + N²) (every pass over the N×N matrices counted), flash Θ(N²·d²/M) with M the on-chip memory its tiles use. Compare with the time chart: where the traffic differs most, so should the time.`,
-        spec: lineSpec(`${where} traffic by the IO analysis`, sweepData(r, nSweeps, 'io'), 'MiB moved', true),
+        spec: lineSpec(`${where === 'HBM' ? 'HBM' : 'Main-memory'} traffic by the IO analysis`, sweepData(r, nSweeps, 'io'), 'MiB moved', true),
       },
       {
         id: 'attention-tflops',

@@ -3,7 +3,8 @@
  * 32 heads, ffn 2048, causal) run forward at N = 128, 256, 512, ... with flash attention and with
  * standard attention; time per forward (the GPU synchronised: forward resolves when the work is done)
  * and the MemoryTracker's peak during it. Where the standard variant runs out of memory it stops and the
- * flash variant goes on to the largest N that fits or the cap.
+ * flash variant goes on to the largest N that fits or the cap. Each variant's model is made once and
+ * warmed up once, at its first N (N is a run-time size: nothing compiles again for a new N).
  *
  * The model comes from src/models/encoder.ts (createEncoder); the driver takes it as an EncoderFactory
  * so that it does not depend on that file's presence.
@@ -42,7 +43,6 @@ export type EncoderFactory = (config: EncoderRequest) => Promise<EncoderModel>;
 
 export interface EncoderContext {
   backend: 'cpu' | 'webgpu';
-  repeats: number;
   seed: number;
   clock: Clock;
   device?: GPUDevice;
@@ -50,6 +50,13 @@ export interface EncoderContext {
 }
 
 const VARIANTS = ['standard', 'flash'] as const;
+
+/** A variant's model, its tracker, and whether it has had its warm-up forward (the first N only). */
+interface Variant {
+  model: EncoderModel;
+  memory: MemoryTracker;
+  warm: boolean;
+}
 
 function input(s: EncoderSettings, N: number, seed: number, device: GPUDevice | undefined): Tensor | GpuTensor {
   const t = randomTensor([s.batch, N, s.dModel], s.dtype, mulberry32(seed));
@@ -77,7 +84,7 @@ export async function runEncoder(settings: EncoderSettings, factory: EncoderFact
   if (!factory) return { settings, points: [], skipped: 'the encoder model (src/models/encoder.ts) is not part of this build' };
   const say = ctx.progress;
   say.plan(settings.ns.length * VARIANTS.length);
-  const models = new Map<'flash' | 'standard', { model: EncoderModel; memory: MemoryTracker }>();
+  const models = new Map<'flash' | 'standard', Variant>();
   const stopped = new Map<'flash' | 'standard', string>();
   const points: EncoderPoint[] = [];
   try {
@@ -105,12 +112,12 @@ export async function runEncoder(settings: EncoderSettings, factory: EncoderFact
   return { settings, points };
 }
 
-/** One point: a warm-up forward, then `repeats` timed forwards, each with the peak reset before it. */
+/** One point: a warm-up forward where the variant has had none, then the timed forwards, each with the peak reset before it. */
 async function measure(
   s: EncoderSettings,
   factory: EncoderFactory,
   ctx: EncoderContext,
-  models: Map<'flash' | 'standard', { model: EncoderModel; memory: MemoryTracker }>,
+  models: Map<'flash' | 'standard', Variant>,
   attention: 'flash' | 'standard',
   N: number,
 ): Promise<EncoderPoint> {
@@ -121,15 +128,18 @@ async function measure(
       const memory = new MemoryTracker();
       const { layers, dModel, heads, ffn, causal, dtype } = s;
       const model = await factory({ layers, dModel, heads, ffn, causal, dtype, attention, backend: ctx.backend, seed: ctx.seed, memory, device: ctx.device });
-      entry = { model, memory };
+      entry = { model, memory, warm: false };
       models.set(attention, entry);
     }
     const { model, memory } = entry;
     x = input(s, N, ctx.seed + N, ctx.device);
-    release(await model.forward(x));
+    if (!entry.warm) {
+      release(await model.forward(x));
+      entry.warm = true;
+    }
     const timesMs: number[] = [];
     let peak = 0;
-    for (let r = 0; r < ctx.repeats; r++) {
+    for (let r = 0; r < s.repeats; r++) {
       memory.resetPeak();
       await ctx.clock.start();
       const y = await model.forward(x);

@@ -61,8 +61,10 @@ Suites:
            the other sweeps at the smallest N (about a minute on 2 cores). GPU: B·N = 16384, H·D = 2048,
            D=64, f16 where the adapter has shader-f16, N = ${DEFAULT_NS.gpu.join(', ')}, the other
            sweeps at the middle N. Then the seed notebook's encoder (6 layers,
-           d_model 512, 32 heads, ffn 2048, causal) at N = 128, 256, ... with flash and with standard
-           attention: batch ${ENCODER_DEFAULTS.small.batch} up to N=${ENCODER_DEFAULTS.small.maxN} on the cpu, batch ${ENCODER_DEFAULTS.gpu.batch} up to N=${ENCODER_DEFAULTS.gpu.maxN} on a GPU.
+           d_model 512, 32 heads, ffn 2048, causal) at doubling N with flash and with standard attention:
+           on the cpu batch ${ENCODER_DEFAULTS.small.batch}, N = ${ENCODER_DEFAULTS.small.firstN}..${ENCODER_DEFAULTS.small.maxN}, ${ENCODER_DEFAULTS.small.repeats} timed forwards; on a GPU batch ${ENCODER_DEFAULTS.gpu.batch},
+           N = ${ENCODER_DEFAULTS.gpu.firstN}..${ENCODER_DEFAULTS.gpu.maxN}, --repeats timed forwards. Standard stops where it runs out of
+           memory; flash goes on to --encoder-max-n.
   product  PRODUCT.md's grid (issue 4): D ∈ {64, 128}, N = ${PRODUCT_NS.join(', ')} (--n narrows it),
            B = 16384/N, H = 2048/D, causal off and on, f16 (where supported) and f32. Meant for a GPU.
 
@@ -150,8 +152,8 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
     results.attention = await runAttention(sweeps, { backend, repeats: o.repeats, seed: o.seed, standard: o.standard, clock, device: gpu?.device, geometry, progress });
     if (runEncoderToo) {
       const dtype = o.dtype ?? (scale === 'gpu' && f16 ? 'f16' : 'f32');
-      const settings = encoderSettings(scale, dtype, o.encoderBatch, o.encoderMaxN);
-      results.encoder = await runEncoder(settings, encoderFactory, { backend: backend as 'cpu' | 'webgpu', repeats: o.repeats, seed: o.seed, clock, device: gpu?.device, progress });
+      const settings = encoderSettings(scale, dtype, o.repeats, o.encoderBatch, o.encoderMaxN);
+      results.encoder = await runEncoder(settings, encoderFactory, { backend: backend as 'cpu' | 'webgpu', seed: o.seed, clock, device: gpu?.device, progress });
     }
   } finally {
     progress.stop();

@@ -99,6 +99,8 @@ export interface EncoderSettings {
   dtype: BenchDType;
   /** The sequence lengths tried: from the first, doubling, to the cap. */
   ns: number[];
+  /** Timed forwards per point (after one warm-up forward per variant). */
+  repeats: number;
 }
 
 export interface EncoderPoint {

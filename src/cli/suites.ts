@@ -109,14 +109,20 @@ export function uniqueCases(sweeps: readonly Sweep[]): Case[] {
 
 /** The seed notebook's encoder: 6 layers, d_model 512, 32 heads, ffn 2048, causal. */
 export const ENCODER = { layers: 6, dModel: 512, heads: 32, ffn: 2048, causal: true } as const;
-export const ENCODER_FIRST_N = 128;
-/** Batch and largest N by scale (the notebook: batch 32; PyTorch's anchor goes to 8192). */
-export const ENCODER_DEFAULTS: Record<Scale, { batch: number; maxN: number }> = { small: { batch: 1, maxN: 256 }, gpu: { batch: 32, maxN: 8192 } };
+/**
+ * Batch, first and largest N, and timed forwards by scale. The notebook: batch 32 from N=128; PyTorch's
+ * anchor goes to 8192. On a cpu one forward of batch 1 at N=128 is about 5 GFLOP (the linear layers), a
+ * few seconds on 2 cores: two sizes and two timed forwards keep the default run near a minute.
+ */
+export const ENCODER_DEFAULTS: Record<Scale, { batch: number; firstN: number; maxN: number; repeats?: number }> = {
+  small: { batch: 1, firstN: 64, maxN: 128, repeats: 2 },
+  gpu: { batch: 32, firstN: 128, maxN: 8192 },
+};
 
-export function encoderSettings(scale: Scale, dtype: BenchDType, batch?: number, maxN?: number): EncoderSettings {
+export function encoderSettings(scale: Scale, dtype: BenchDType, repeats: number, batch?: number, maxN?: number): EncoderSettings {
   const d = ENCODER_DEFAULTS[scale];
   const cap = maxN ?? d.maxN;
   const ns: number[] = [];
-  for (let N = ENCODER_FIRST_N; N <= cap; N *= 2) ns.push(N);
-  return { ...ENCODER, batch: batch ?? d.batch, dtype, ns };
+  for (let N = Math.min(d.firstN, cap); N <= cap; N *= 2) ns.push(N);
+  return { ...ENCODER, batch: batch ?? d.batch, dtype, ns, repeats: Math.min(repeats, d.repeats ?? repeats) };
 }
