@@ -66,7 +66,7 @@ export function reportHtml(r: Results, charts: readonly RenderedChart[], chartsN
     `<dl>${envRows.map(([k, v]) => `<dt>${escapeHtml(k)}</dt><dd>${escapeHtml(v)}</dd>`).join('')}</dl>`,
     `<h2>Validation</h2>`,
     `<p>Each kernel (algorithm × forward/backward × D, dtype, causal) ran on a small problem and was compared with the float64 reference: ${failed ? `<span class="fail">${failed} FAILED</span> (not timed)` : '<span class="ok">all passed</span>'}.</p>`,
-    `<pre>${escapeHtml(validationLines(r).join('\n'))}</pre>`,
+    `<details${failed ? ' open' : ''}><summary>${r.attention.validations.length} validations</summary><pre>${escapeHtml(validationLines(r).join('\n'))}</pre></details>`,
     `<h2>Attention</h2>`,
   ];
   if (chartsNote) parts.push(`<p class="fail">No charts: ${escapeHtml(chartsNote)}</p>`);

@@ -160,7 +160,3 @@ export interface Results {
 export function caseKey(c: Case): string {
   return `B${c.B}-H${c.H}-N${c.N}-D${c.D}-${c.causal ? 'causal' : 'full'}-${c.dtype}`;
 }
-
-export function sameCase(a: Case, b: Case): boolean {
-  return caseKey(a) === caseKey(b);
-}
