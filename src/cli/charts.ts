@@ -1,8 +1,9 @@
 /**
  * The report's charts: Vega-Lite specifications built from Results (pure, so their data can be tested),
- * rendered headless to SVG by vega (no canvas: text widths are estimated) and to PNG by resvg. The chart
- * libraries are optional dependencies that only the bench command loads, through dynamic imports: the
- * library itself never needs them, and a report without them still has its tables and results.json.
+ * rendered headless to SVG by vega (no canvas: text widths are estimated) and to PNG by resvg with
+ * DejaVu Sans. The chart libraries are optional dependencies that only the bench command loads, through
+ * dynamic imports: the library itself never needs them, and a report without them still has its tables
+ * and results.json.
  *
  * Charts: over N (per N sweep, forward and forward+backward side by side) the median time with its
  * min–max, the peak memory, the HBM bytes of the IO analysis and TFLOP/s (with PyTorch's SDPA figures
@@ -10,6 +11,7 @@
  * per N as bars, flash beside standard, as the seed notebook plots them. "OOM" marks an algorithm that
  * ran out of memory at that point.
  */
+import { createRequire } from 'node:module';
 import { SDPA_BACKENDS, sdpaFor } from './anchors.js';
 import { measurementOf } from './bench.js';
 import type { Measurement, Pass, Results, Sweep } from './results.js';
@@ -124,7 +126,8 @@ function lineSpec(title: string, data: Datum[], yTitle: string, log: boolean): V
   if (data.some((d) => d.low !== undefined)) {
     layers.splice(1, 0, { mark: { type: 'rule', strokeWidth: 2 }, transform: [{ filter: 'isValid(datum.low)' }], encoding: { x, y: { field: 'low', type: 'quantitative' }, y2: { field: 'high' }, color } });
   }
-  const rows = new Set(data.map((d) => d.panel)).size;
+  const panels = [...new Set(data.map((d) => d.panel))]; // in sweep order (a facet's `sort: null` is not kept)
+  const rows = panels.length;
   return {
     title,
     config: CONFIG,
@@ -132,7 +135,7 @@ function lineSpec(title: string, data: Datum[], yTitle: string, log: boolean): V
     padding: 10,
     data: { values: data },
     facet: {
-      row: { field: 'panel', type: 'nominal', title: null, sort: null, header: rows > 1 ? { labelAngle: 0, labelAlign: 'left', labelOrient: 'top', labelAnchor: 'start', labelFontWeight: 'bold' } : { labels: false } },
+      row: { field: 'panel', type: 'nominal', title: null, sort: panels, header: rows > 1 ? { labelAngle: 0, labelAlign: 'left', labelOrient: 'top', labelAnchor: 'start', labelFontWeight: 'bold' } : { labels: false } },
       column: { field: 'pass', type: 'nominal', title: null, sort: PASSES, header: { labelFontWeight: 'bold' } },
     },
     spec: { width: 300, height: 190, layer: layers },
@@ -286,17 +289,32 @@ async function optional<T>(name: string): Promise<T> {
   }
 }
 
+/**
+ * DejaVu Sans from the optional package dejavu-fonts-ttf, for the PNGs: resvg draws text only with fonts
+ * it is given or finds on the system, and a machine without fonts (a bare GPU server) would get charts
+ * without a single label. Empty where the package is missing (the system's fonts are still used).
+ */
+function bundledFonts(): string[] {
+  const require = createRequire(import.meta.url);
+  try {
+    return ['DejaVuSans.ttf', 'DejaVuSans-Bold.ttf'].map((f) => require.resolve(`dejavu-fonts-ttf/ttf/${f}`));
+  } catch {
+    return [];
+  }
+}
+
 /** Render charts to SVG (vega, headless) and PNG (resvg, twice the SVG's size). */
 export async function renderCharts(charts: readonly Chart[]): Promise<RenderedChart[]> {
   const vl = await optional<VegaLiteModule>('vega-lite');
   const vega = await optional<VegaModule>('vega');
   const { Resvg } = await optional<ResvgModule>('@resvg/resvg-js');
+  const font = { fontFiles: bundledFonts(), loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans', sansSerifFamily: 'DejaVu Sans' };
   const out: RenderedChart[] = [];
   for (const chart of charts) {
     const view = new vega.View(vega.parse(vl.compile(chart.spec, { logger: quiet }).spec), { renderer: 'none', logLevel: 0 });
     const svg = await view.toSVG();
     view.finalize();
-    const png = new Resvg(svg, { fitTo: { mode: 'zoom', value: 2 }, background: 'white', font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans', sansSerifFamily: 'DejaVu Sans' } }).render().asPng();
+    const png = new Resvg(svg, { fitTo: { mode: 'zoom', value: 2 }, background: 'white', font }).render().asPng();
     out.push({ ...chart, svg, png });
   }
   return out;
