@@ -144,16 +144,15 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   process.stdout.write(formatHeader(results) + '\n\n');
 
   const progress = progressOn(process.stderr);
-  const runEncoderToo = o.suite === 'default' && o.encoder && backend !== 'reference';
   try {
     progress.plan(uniqueCases(sweeps).length * (o.standard ? 2 : 1));
     const threads = availableParallelism();
     const geometry = backend === 'cpu' ? (c: Case) => cpuGeometry(c, threads) : gpu ? (c: Case) => webgpuGeometry(c, gpu) : undefined;
     results.attention = await runAttention(sweeps, { backend, repeats: o.repeats, seed: o.seed, standard: o.standard, clock, device: gpu?.device, geometry, progress });
-    if (runEncoderToo) {
+    if (o.suite === 'default' && o.encoder && backend !== 'reference') {
       const dtype = o.dtype ?? (scale === 'gpu' && f16 ? 'f16' : 'f32');
       const settings = encoderSettings(scale, dtype, o.repeats, o.encoderBatch, o.encoderMaxN);
-      results.encoder = await runEncoder(settings, encoderFactory, { backend: backend as 'cpu' | 'webgpu', seed: o.seed, clock, device: gpu?.device, progress });
+      results.encoder = await runEncoder(settings, encoderFactory, { backend, seed: o.seed, clock, device: gpu?.device, progress });
     }
   } finally {
     progress.stop();
