@@ -93,7 +93,8 @@ export function sweepTable(r: Results, sweep: Sweep): TableModel {
       }
     }
   }
-  return { title: sweep.title, head, rows, numeric: [4, 5, 6, 7, 8], notes: [] };
+  const axisNumeric = sweep.axis === 'N' || sweep.axis === 'D' ? [0] : [];
+  return { title: sweep.title, head, rows, numeric: [...axisNumeric, 4, 5, 6, 7, 8], notes: [] };
 }
 
 /** The notes under the attention tables: what each column means. */
