@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import { SDPA_BACKENDS, sdpaFor } from './anchors.js';
 import { measurementOf } from './bench.js';
 import type { Measurement, Pass, Results, Sweep } from './results.js';
-import { axisValue } from './tables.js';
+import { axisValue, encoderNs } from './tables.js';
 
 /** A Vega-Lite specification (kept as plain data: the vega-lite types are not needed to build one). */
 export type VegaLiteSpec = Record<string, unknown>;
@@ -174,7 +174,7 @@ function variantsSpec(data: Datum[]): VegaLiteSpec {
 function encoderData(r: Results, metric: 'time' | 'memory'): Datum[] {
   const e = r.encoder!;
   const out: Datum[] = [];
-  for (const N of e.settings.ns) {
+  for (const N of encoderNs(e, r.anchors?.seed)) {
     for (const attention of ['flash', 'standard'] as const) {
       const p = e.points.find((q) => q.attention === attention && q.N === N);
       if (!p || p.status === 'not-run') continue;

@@ -113,11 +113,11 @@ export const ENCODER = { layers: 6, dModel: 512, heads: 32, ffn: 2048, causal: t
  * Batch, first and largest N, and timed forwards by scale. The notebook: batch 32 from N=128 (PyTorch's
  * math path runs out of 80 GB at N=4096; our standard attention splits its heads into chunks and does
  * not, but at N=8192 it takes minutes on an H100: --encoder-max-n goes further). On a cpu one forward of
- * batch 1 at N=128 is about 5 GFLOP (the linear layers), a few seconds on 2 cores: two sizes and two
+ * batch 1 at N=128 is about 5 GFLOP (the linear layers), a second or two on 2 cores: three sizes and two
  * timed forwards keep the default run near a minute.
  */
 export const ENCODER_DEFAULTS: Record<Scale, { batch: number; firstN: number; maxN: number; repeats?: number }> = {
-  small: { batch: 1, firstN: 64, maxN: 128, repeats: 2 },
+  small: { batch: 1, firstN: 64, maxN: 256, repeats: 2 },
   gpu: { batch: 32, firstN: 128, maxN: 4096 },
 };
 

@@ -170,13 +170,18 @@ function seedCell(row: SeedRow | undefined, value: number | null, fmt: (x: numbe
   return value === null ? 'n/a' : fmt(value);
 }
 
+/** The encoder's sequence lengths and PyTorch's, in order (PyTorch's anchor may go further than this run). */
+export function encoderNs(e: EncoderResult, seed?: SeedAnchor): number[] {
+  return [...new Set([...e.settings.ns, ...(seed?.rows.map((r) => r.seq) ?? [])])].sort((a, b) => a - b);
+}
+
 /** The encoder experiment: time and peak memory per N, flash beside standard (and PyTorch's, with a seed anchor). */
 export function encoderTable(e: EncoderResult, seed?: SeedAnchor): TableModel {
   const s = e.settings;
   const head = ['N', 'flash ms', 'standard ms', 'flash peak MiB', 'standard peak MiB'];
   if (seed) head.push('torch flash ms', 'torch math ms', 'torch flash MiB', 'torch math MiB');
   const rows: Cell[][] = [];
-  for (const N of s.ns) {
+  for (const N of encoderNs(e, seed)) {
     const f = e.points.find((p) => p.attention === 'flash' && p.N === N);
     const st = e.points.find((p) => p.attention === 'standard' && p.N === N);
     const row: Cell[] = [
@@ -202,7 +207,7 @@ export function encoderTable(e: EncoderResult, seed?: SeedAnchor): TableModel {
     title: `Encoder: ${s.layers} layers, d_model ${s.dModel}, ${s.heads} heads, ffn ${s.ffn}, batch ${s.batch}, ${s.dtype}, ${s.causal ? 'causal' : 'not causal'}`,
     head,
     rows,
-    numeric: head.map((_, i) => i).slice(1),
+    numeric: head.map((_, i) => i),
     notes,
   };
 }
