@@ -1,51 +1,21 @@
 /**
- * The benchmark behind `flashattn bench`: for each sequence length N, the flash algorithm and the
- * standard baseline (S and P materialised), forward and backward, each first validated against the
- * float64 reference on a small problem and then timed. Everything here but runBench is a pure function,
- * so the statistics, the error measure and the validation rule can be tested without timing anything.
+ * The attention measurements behind `flashattn bench`. For each case of the sweeps and each algorithm
+ * (flash, and the standard baseline that materialises S and P), the forward and backward kernels are
+ * first validated against the float64 reference on a small problem, then timed: the forward alone, and
+ * the forward followed by the backward (fed that forward's out and lse). Each row gets the median and
+ * min–max of the samples, TFLOP/s (src/flops.ts), the MemoryTracker's peak, and the HBM bytes of the
+ * paper's IO analysis (io.ts). A call that runs out of memory makes an 'out-of-memory' row and the run
+ * goes on. The helpers above runAttention are pure, so the error measure and the statistics are tested
+ * without timing anything.
  */
-import {
-  MemoryTracker,
-  OutOfMemoryError,
-  attentionFlops,
-  backward,
-  decodeF16,
-  forward,
-  type Algorithm,
-  type Tensor,
-} from '../index.js';
-import { preferWebgpu, webgpuDevice } from '../webgpu/device.js';
-import type { GpuTensor } from '../tensor.js';
+import { isGpuBuffer } from '../tensor.js';
+import { MemoryTracker, OutOfMemoryError, attentionFlops, backward, decodeF16, forward, type Algorithm, type GpuTensor, type Tensor } from '../index.js';
+import type { Clock } from './clock.js';
+import { ioOf, type KernelGeometry } from './io.js';
+import type { Progress } from './progress.js';
 import { mulberry32, randomTensor } from './random.js';
-
-export type BenchBackend = 'cpu' | 'reference' | 'webgpu';
-export type BenchDType = 'f32' | 'f16';
-export type Pass = 'forward' | 'backward';
-
-export const BENCH_BACKENDS: readonly BenchBackend[] = ['cpu', 'reference', 'webgpu'];
-
-/** The backend `--backend auto` means here: webgpu on a real GPU adapter, else cpu. */
-export async function bestBackend(dtype: BenchDType): Promise<BenchBackend> {
-  return (await preferWebgpu(dtype)) ? 'webgpu' : 'cpu';
-}
-export const BENCH_DTYPES: readonly BenchDType[] = ['f32', 'f16'];
-
-export interface BenchConfig {
-  backend: BenchBackend;
-  /** Sequence lengths; Nq = Nk = N. */
-  ns: number[];
-  batch: number;
-  heads: number;
-  dim: number;
-  causal: boolean;
-  dtype: BenchDType;
-  /** Timed calls per measurement (after one warm-up call). */
-  repeats: number;
-  /** Also run the standard baseline. */
-  standard: boolean;
-  /** Seed of the random inputs. */
-  seed: number;
-}
+import { caseKey, type AttentionResult, type BenchBackend, type BenchDType, type Case, type Measurement, type Pass, type Sweep, type Validation } from './results.js';
+import { uniqueCases } from './suites.js';
 
 /** Sizes of the validation problem: B=1, H=2, N = min(N, VALIDATION_MAX_N). */
 export const VALIDATION_B = 1;
@@ -55,56 +25,9 @@ export const VALIDATION_MAX_N = 256;
 /** Largest allowed max|kernel − reference| / max|reference|, per tensor, by dtype. */
 export const TOLERANCE: Record<BenchDType, number> = { f32: 1e-4, f16: 1e-2 };
 
-export interface Validation {
-  algorithm: Algorithm;
-  pass: Pass;
-  B: number;
-  H: number;
-  N: number;
-  ok: boolean;
-  tolerance: number;
-  /** Per tensor (out, lse; or dq, dk, dv): max abs error relative to max |reference|. */
-  errors: Record<string, number>;
-  /** Why validation could not run (an exception), if it could not. */
-  message?: string;
-}
-
-export type Status = 'ok' | 'failed-validation' | 'out-of-memory' | 'error' | 'skipped';
-
-export interface Measurement {
-  N: number;
-  pass: Pass;
-  algorithm: Algorithm;
-  status: Status;
-  /** Validation that gated this measurement (absent if skipped before validating). */
-  validation?: Validation;
-  flops: number;
-  /** Wall time of each timed call (not the warm-up), ms. */
-  timesMs: number[];
-  medianMs: number | null;
-  minMs: number | null;
-  maxMs: number | null;
-  /** flops / median time, in GFLOP/s. */
-  gflops: number | null;
-  /** Largest MemoryTracker peak over the calls, bytes; null where the backend counts nothing (reference). */
-  peakBytes: number | null;
-  /** For flash rows: flash peak / standard peak for the same N and pass. */
-  peakRatio: number | null;
-  /** For backward rows: which forward's out and lse were fed in (its own, unless it failed). */
-  outLseFrom?: Algorithm;
-  message?: string;
-}
-
-export interface BenchResult {
-  config: BenchConfig;
-  validations: Validation[];
-  measurements: Measurement[];
-}
-
-export interface BenchHooks {
-  /** A line of progress (the CLI prints these to stderr). */
-  progress?: (line: string) => void;
-}
+/** On webgpu a timed sample repeats the call until it lasts about this long (host gaps amortised). */
+export const TARGET_SAMPLE_MS = 25;
+export const MAX_INNER = 32;
 
 // ---------------------------------------------------------------------------------------------------
 // Pure helpers
@@ -121,9 +44,9 @@ export function summarize(timesMs: readonly number[]): { medianMs: number; minMs
   return { medianMs: median(timesMs), minMs: Math.min(...timesMs), maxMs: Math.max(...timesMs) };
 }
 
-/** GFLOP/s of `flops` done in `ms` milliseconds. */
-export function gflopsOf(flops: number, ms: number): number {
-  return ms > 0 ? flops / (ms * 1e6) : Infinity;
+/** TFLOP/s of `flops` done in `ms` milliseconds. */
+export function tflopsOf(flops: number, ms: number): number {
+  return ms > 0 ? flops / (ms * 1e9) : Infinity;
 }
 
 /** The values of a tensor as numbers (f16 is decoded). */
@@ -169,25 +92,48 @@ export function errorMessage(e: unknown): string {
   return e instanceof Error ? `${e.name}: ${e.message}` : String(e);
 }
 
-/** Shape of q, k, v, out, dout in the benchmark's layout, BNHD. */
-export function shapeBNHD(B: number, N: number, H: number, D: number): number[] {
-  return [B, N, H, D];
+/** "out 1.2e-7, lse 3.4e-8 (tolerance 1e-4)", or the reason validation could not run. */
+export function formatErrors(v: Validation): string {
+  if (v.message) return v.message;
+  const parts = Object.entries(v.errors).map(([name, e]) => `${name} ${e.toExponential(1)}`);
+  return `max|err|/max|ref|: ${parts.join(', ')} (tolerance ${v.tolerance.toExponential(0)})`;
 }
 
-/** flash peak / standard peak for each (N, pass), written into the flash rows. */
-export function fillPeakRatios(ms: Measurement[]): void {
-  for (const m of ms) {
-    if (m.algorithm !== 'flash') continue;
-    const s = ms.find((x) => x.algorithm === 'standard' && x.N === m.N && x.pass === m.pass);
-    m.peakRatio = m.peakBytes !== null && s?.peakBytes ? m.peakBytes / s.peakBytes : null;
-  }
+/** A row before it is timed (or when it cannot be). */
+export function emptyMeasurement(c: Case, algorithm: Algorithm, pass: Pass, status: Measurement['status'] = 'ok', message?: string): Measurement {
+  const m: Measurement = {
+    ...c,
+    algorithm,
+    pass,
+    status,
+    flops: attentionFlops({ B: c.B, H: c.H, Nq: c.N, Nk: c.N, D: c.D, causal: c.causal }, pass),
+    timesMs: [],
+    medianMs: null,
+    minMs: null,
+    maxMs: null,
+    tflops: null,
+    peakBytes: null,
+    io: null,
+    inner: 1,
+  };
+  if (message !== undefined) m.message = message;
+  return m;
 }
 
-/** Rows in table order: by N, then forward before backward, then flash before standard. */
-export function sortMeasurements(ms: readonly Measurement[]): Measurement[] {
-  const passRank = (p: Pass) => (p === 'forward' ? 0 : 1);
-  const algRank = (a: Algorithm) => (a === 'flash' ? 0 : 1);
-  return [...ms].sort((a, b) => a.N - b.N || passRank(a.pass) - passRank(b.pass) || algRank(a.algorithm) - algRank(b.algorithm));
+/** Fill a row's statistics from its samples. */
+export function finishMeasurement(m: Measurement, timesMs: number[], peakBytes: number | null): void {
+  Object.assign(m, summarize(timesMs), { timesMs, peakBytes });
+  m.tflops = tflopsOf(m.flops, m.medianMs!);
+}
+
+/** Calls per timed sample on a GPU, from the time of one call. */
+export function innerCalls(callMs: number): number {
+  return Math.max(1, Math.min(MAX_INNER, Math.ceil(TARGET_SAMPLE_MS / Math.max(callMs, 1e-3))));
+}
+
+/** Score-matrix elements of a case: what the standard algorithm's memory grows with. */
+function scoreElements(c: Case): number {
+  return c.B * c.H * c.N * c.N;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -202,36 +148,28 @@ interface Inputs {
 
 function makeInputs(B: number, N: number, H: number, D: number, dtype: BenchDType, seed: number): Inputs {
   const uniform = mulberry32(seed);
-  const shape = shapeBNHD(B, N, H, D);
-  return {
-    q: randomTensor(shape, dtype, uniform),
-    k: randomTensor(shape, dtype, uniform),
-    v: randomTensor(shape, dtype, uniform),
-    dout: randomTensor(shape, dtype, uniform),
-  };
+  const shape = [B, N, H, D];
+  return { q: randomTensor(shape, dtype, uniform), k: randomTensor(shape, dtype, uniform), v: randomTensor(shape, dtype, uniform), dout: randomTensor(shape, dtype, uniform) };
 }
 
 /**
- * Compare one backend/algorithm/pass with the float64 reference ('reference' backend, 'standard'
- * algorithm) on a B=1, H=2, N=min(N, 256) problem with the benchmark's D, dtype and causal flag.
- * The backward is fed the reference forward's out and lse, so it is judged on its own.
+ * Compare one backend/algorithm/kernel with the float64 reference ('reference' backend, 'standard'
+ * algorithm) on a B=1, H=2, N=min(N, 256) problem with the case's D, dtype and causal flag. The backward
+ * is fed the reference forward's out and lse, so it is judged on its own.
  */
-export async function validate(config: BenchConfig, algorithm: Algorithm, pass: Pass, N: number): Promise<Validation> {
-  const Nv = Math.min(N, VALIDATION_MAX_N);
-  const tolerance = TOLERANCE[config.dtype];
-  const base: Validation = { algorithm, pass, B: VALIDATION_B, H: VALIDATION_H, N: Nv, ok: false, tolerance, errors: {} };
+export async function validate(backend: BenchBackend, c: Case, algorithm: Algorithm, kernel: 'forward' | 'backward', seed: number): Promise<Validation> {
+  const N = Math.min(c.N, VALIDATION_MAX_N);
+  const tolerance = TOLERANCE[c.dtype];
+  const base: Validation = { algorithm, kernel, B: VALIDATION_B, H: VALIDATION_H, N, D: c.D, causal: c.causal, dtype: c.dtype, ok: false, tolerance, errors: {} };
   try {
-    const { q, k, v, dout } = makeInputs(VALIDATION_B, Nv, VALIDATION_H, config.dim, config.dtype, config.seed ^ 0x5eed);
-    const refOpts = { backend: 'reference', algorithm: 'standard', causal: config.causal, memory: new MemoryTracker() } as const;
-    const opts = { backend: config.backend, algorithm, causal: config.causal, memory: new MemoryTracker() };
+    const { q, k, v, dout } = makeInputs(VALIDATION_B, N, VALIDATION_H, c.D, c.dtype, seed ^ 0x5eed);
+    const refOpts = { backend: 'reference', algorithm: 'standard', causal: c.causal, memory: new MemoryTracker() } as const;
+    const opts = { backend, algorithm, causal: c.causal, memory: new MemoryTracker() };
     const ref = await forward(q, k, v, refOpts);
     let errors: Record<string, number>;
-    if (pass === 'forward') {
+    if (kernel === 'forward') {
       const got = await forward(q, k, v, opts);
-      errors = {
-        out: relativeMaxError(valuesOf(got.out), valuesOf(ref.out)),
-        lse: relativeMaxError(valuesOf(got.lse), valuesOf(ref.lse)),
-      };
+      errors = { out: relativeMaxError(valuesOf(got.out), valuesOf(ref.out)), lse: relativeMaxError(valuesOf(got.lse), valuesOf(ref.lse)) };
     } else {
       const refG = await backward(dout, q, k, v, ref.out, ref.lse, refOpts);
       const got = await backward(dout, q, k, v, ref.out, ref.lse, opts);
@@ -247,167 +185,213 @@ export async function validate(config: BenchConfig, algorithm: Algorithm, pass: 
   }
 }
 
-/**
- * On the webgpu backend the benchmark keeps its tensors on the device (zero-copy), so a timed call is the
- * kernels alone: it ends when the queue has finished the work, and the outputs of calls that are not kept
- * are destroyed.
- */
-interface Device {
-  device: GPUDevice;
-  upload(t: Tensor): GpuTensor;
+/** What a run needs besides the sweeps. */
+export interface AttentionContext {
+  backend: BenchBackend;
+  repeats: number;
+  seed: number;
+  standard: boolean;
+  clock: Clock;
+  /** webgpu: the device the tensors live on (zero-copy: the timed calls are the kernels alone). */
+  device?: GPUDevice;
+  /** The kernels' tiles for the IO counts (undefined for the reference backend, which has none). */
+  geometry?: (c: Case) => KernelGeometry;
+  progress: Progress;
 }
 
-async function benchDevice(backend: BenchBackend): Promise<Device | undefined> {
-  if (backend !== 'webgpu') return undefined;
-  const device = await webgpuDevice();
+type AnyInputs = { q: Tensor | GpuTensor; k: Tensor | GpuTensor; v: Tensor | GpuTensor; dout: Tensor | GpuTensor };
+
+function upload(device: GPUDevice, t: Tensor): GpuTensor {
+  const bytes = Math.ceil(t.data.byteLength / 4) * 4;
+  const data = device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+  const padded = new Uint8Array(bytes);
+  padded.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  device.queue.writeBuffer(data, 0, padded);
+  return { data, dtype: t.dtype as 'f32' | 'f16', shape: t.shape };
+}
+
+/** Destroy the GPUBuffers among a result's tensors (host tensors need nothing). */
+function release(result: object): void {
+  for (const t of Object.values(result)) if (t && typeof t === 'object' && 'data' in t && isGpuBuffer(t.data)) t.data.destroy();
+}
+
+/** The two calls of a case, on host or device tensors alike. */
+function calls(ctx: AttentionContext, c: Case, algorithm: Algorithm, x: AnyInputs) {
+  const options = (memory: MemoryTracker) => ({ backend: ctx.backend, algorithm, causal: c.causal, memory });
+  // The overloads take all-host or all-GPU tensors; the benchmark never mixes them.
+  const q = x.q as Tensor;
+  const k = x.k as Tensor;
+  const v = x.v as Tensor;
+  const dout = x.dout as Tensor;
   return {
-    device,
-    upload(t) {
-      const bytes = Math.ceil(t.data.byteLength / 4) * 4;
-      const data = device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
-      const padded = new Uint8Array(bytes);
-      padded.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-      device.queue.writeBuffer(data, 0, padded);
-      return { data, dtype: t.dtype as 'f32' | 'f16', shape: t.shape };
-    },
+    forward: (memory: MemoryTracker) => forward(q, k, v, options(memory)),
+    backward: (f: { out: Tensor; lse: Tensor }, memory: MemoryTracker) => backward(dout, q, k, v, f.out, f.lse, options(memory)),
   };
 }
 
-/** Wait for the device (if any) and free the GPU outputs of a result that is not kept. */
-async function settle(dev: Device | undefined, result: object, keep: boolean): Promise<void> {
-  if (!dev) return;
-  await dev.device.queue.onSubmittedWorkDone();
-  if (!keep) for (const t of Object.values(result)) if (t && typeof t === 'object' && 'data' in t && t.data instanceof GPUBuffer) t.data.destroy();
-}
-
-/** One warm-up call, then `repeats` timed calls, each with a fresh MemoryTracker; the last result is kept. */
-async function time<T extends object>(
-  repeats: number,
-  dev: Device | undefined,
-  call: (memory: MemoryTracker) => Promise<T>,
-): Promise<{ timesMs: number[]; peak: number; last: T }> {
-  let last = await call(new MemoryTracker());
-  await settle(dev, last, repeats === 0);
-  let peak = 0;
-  const timesMs: number[] = [];
-  for (let r = 0; r < repeats; r++) {
-    const memory = new MemoryTracker();
-    await settle(dev, last, false);
-    const t0 = performance.now();
-    last = await call(memory);
-    await settle(dev, last, true);
-    timesMs.push(performance.now() - t0);
-    peak = Math.max(peak, memory.peak);
-  }
-  return { timesMs, peak, last };
-}
-
-function emptyMeasurement(N: number, pass: Pass, algorithm: Algorithm, flops: number, status: Status): Measurement {
-  return { N, pass, algorithm, status, flops, timesMs: [], medianMs: null, minMs: null, maxMs: null, gflops: null, peakBytes: null, peakRatio: null };
-}
-
 /**
- * The cpu backend starts its worker threads on first use, and a thread that is still starting competes
- * with the timed calls for the cores. One untimed forward and backward big enough to run on the pool
- * (2^21 multiply-adds and up) makes sure every worker has started and answered before any timing.
+ * Time one case and algorithm: a warm-up (which also compiles GPU pipelines), on webgpu a call that sets
+ * how many calls a sample repeats, then `repeats` samples of: `inner` forwards, a mark, `inner`
+ * backwards (of the last forward's out and lse), a mark. The forward row's time per call is the first
+ * interval / inner; the forward+backward row's is both intervals / inner.
  */
-export async function warmUpPool(config: BenchConfig): Promise<void> {
-  const { q, k, v, dout } = makeInputs(1, 128, 2, 64, config.dtype, config.seed);
-  const opts = { backend: config.backend, algorithm: 'flash', causal: false, memory: new MemoryTracker() } as const;
-  const { out, lse } = await forward(q, k, v, opts);
-  await backward(dout, q, k, v, out, lse, opts);
+async function timeCase(
+  ctx: AttentionContext,
+  c: Case,
+  algorithm: Algorithm,
+  x: AnyInputs,
+  withBackward: boolean,
+): Promise<{ fwd: number[]; both: number[]; peakF: number; peakB: number; inner: number; backwardError?: unknown }> {
+  const call = calls(ctx, c, algorithm, x);
+  const warm = await call.forward(new MemoryTracker());
+  let backwardError: unknown;
+  if (withBackward) {
+    try {
+      release(await call.backward(warm, new MemoryTracker()));
+    } catch (e) {
+      // The backward does not fit (or fails): the forward is still timed.
+      backwardError = e;
+      withBackward = false;
+    }
+  }
+  release(warm);
+  let inner = 1;
+  if (ctx.device) {
+    const t0 = performance.now();
+    release(await call.forward(new MemoryTracker()));
+    await ctx.device.queue.onSubmittedWorkDone();
+    inner = innerCalls(performance.now() - t0);
+  }
+  const fwd: number[] = [];
+  const both: number[] = [];
+  let peakF = 0;
+  let peakB = 0;
+  for (let r = 0; r < ctx.repeats; r++) {
+    const memF = new MemoryTracker();
+    const memB = new MemoryTracker();
+    await ctx.clock.start();
+    let last = await call.forward(memF);
+    for (let i = 1; i < inner; i++) {
+      release(last);
+      last = await call.forward(memF);
+    }
+    await ctx.clock.mark();
+    if (withBackward) {
+      for (let i = 0; i < inner; i++) release(await call.backward(last, memB));
+      await ctx.clock.mark();
+    }
+    const [f, b = 0] = await ctx.clock.finish();
+    release(last);
+    fwd.push(f / inner);
+    both.push((f + b) / inner);
+    peakF = Math.max(peakF, memF.peak);
+    peakB = Math.max(peakB, memB.peak);
+  }
+  return { fwd, both, peakF, peakB, inner, backwardError };
 }
 
-/** Run the whole benchmark. Measurements come back in table order, with peak ratios filled in. */
-export async function runBench(config: BenchConfig, hooks: BenchHooks = {}): Promise<BenchResult> {
-  const say = hooks.progress ?? (() => undefined);
-  const algorithms: Algorithm[] = config.standard ? ['flash', 'standard'] : ['flash'];
+/** Run the attention sweeps: every case once, flash then standard. */
+export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionContext): Promise<AttentionResult> {
+  const algorithms: Algorithm[] = ctx.standard ? ['flash', 'standard'] : ['flash'];
   const validations: Validation[] = [];
   const cache = new Map<string, Validation>();
   const measurements: Measurement[] = [];
-  const { batch: B, heads: H, dim: D, causal } = config;
+  const outOfMemory: Case[] = []; // standard cases that did not fit
+  const say = ctx.progress;
 
-  const validated = async (algorithm: Algorithm, pass: Pass, N: number): Promise<Validation> => {
-    const key = `${algorithm}/${pass}/${Math.min(N, VALIDATION_MAX_N)}`;
+  const validated = async (c: Case, algorithm: Algorithm, kernel: 'forward' | 'backward'): Promise<Validation> => {
+    const key = `${algorithm}/${kernel}/${c.D}/${c.causal}/${c.dtype}/${Math.min(c.N, VALIDATION_MAX_N)}`;
     let v = cache.get(key);
     if (!v) {
-      say(`N=${N} ${algorithm} ${pass}: validating against the float64 reference (B=${VALIDATION_B} H=${VALIDATION_H} N=${Math.min(N, VALIDATION_MAX_N)}) ...`);
-      v = await validate(config, algorithm, pass, N);
+      say.step(`validating ${algorithm} ${kernel} (D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''}) against the float64 reference`);
+      v = await validate(ctx.backend, c, algorithm, kernel, ctx.seed);
       cache.set(key, v);
       validations.push(v);
-      say(`  ${v.ok ? 'ok' : 'FAILED'}: ${formatErrors(v)}`);
+      if (!v.ok) say.note(`FAILED validation: ${algorithm} ${kernel} D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''}: ${formatErrors(v)}`);
     }
     return v;
   };
 
-  if (config.backend === 'cpu') {
-    say('starting the cpu worker threads (one untimed call) ...');
-    await warmUpPool(config);
-  }
-  const dev = await benchDevice(config.backend);
+  /** Validate and time one case with each algorithm. */
+  const measureCase = async (c: Case, x: AnyInputs): Promise<void> => {
+    for (const algorithm of algorithms) {
+      const label = `${algorithm} B=${c.B} H=${c.H} N=${c.N} D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''}`;
+      const rows = { fwd: emptyMeasurement(c, algorithm, 'forward'), both: emptyMeasurement(c, algorithm, 'forward+backward') };
+      measurements.push(rows.fwd, rows.both);
+      if (ctx.geometry) {
+        const g = ctx.geometry(c);
+        rows.fwd.io = ioOf(c, algorithm, 'forward', g);
+        rows.both.io = ioOf(c, algorithm, 'forward+backward', g);
+      }
+      const smaller = algorithm === 'standard' && outOfMemory.find((o) => o.D === c.D && o.causal === c.causal && o.dtype === c.dtype && scoreElements(o) <= scoreElements(c));
+      if (smaller) {
+        for (const m of [rows.fwd, rows.both]) Object.assign(m, { status: 'out-of-memory', message: `not tried: N=${smaller.N} (B=${smaller.B}, H=${smaller.H}) already ran out of memory` });
+        say.done(1);
+        continue;
+      }
+      const vf = await validated(c, algorithm, 'forward');
+      const vb = await validated(c, algorithm, 'backward');
+      if (!vf.ok) {
+        for (const m of [rows.fwd, rows.both]) Object.assign(m, { status: 'failed-validation', message: vf.message ?? 'forward failed validation' });
+        say.done(1);
+        continue;
+      }
+      if (!vb.ok) Object.assign(rows.both, { status: 'failed-validation', message: vb.message ?? 'backward failed validation' });
+      say.step(`timing ${label}`);
+      try {
+        const t = await timeCase(ctx, c, algorithm, x, vb.ok);
+        finishMeasurement(rows.fwd, t.fwd, t.peakF || null);
+        rows.fwd.inner = t.inner;
+        if (t.backwardError !== undefined) throw t.backwardError;
+        if (vb.ok) {
+          finishMeasurement(rows.both, t.both, Math.max(t.peakF, t.peakB) || null);
+          rows.both.inner = t.inner;
+        }
+      } catch (e) {
+        const status = isOutOfMemory(e) ? 'out-of-memory' : 'error';
+        if (status === 'out-of-memory' && algorithm === 'standard') outOfMemory.push(c);
+        // A forward that ran leaves its row; the failure belongs to whatever had not finished.
+        for (const m of [rows.fwd, rows.both]) if (m.status === 'ok' && m.medianMs === null) Object.assign(m, { status, message: errorMessage(e) });
+        say.note(`${label}: ${status === 'out-of-memory' ? 'out of memory' : 'error'}: ${errorMessage(e)}`);
+      }
+      say.done(1);
+    }
+  };
 
-  for (const N of config.ns) {
-    say(`N=${N}: generating inputs (B=${B} H=${H} D=${D} ${config.dtype}) ...`);
-    const host = makeInputs(B, N, H, D, config.dtype, config.seed + N);
-    // On webgpu the inputs live on the device for the whole N (the overloads take all-host or all-GPU tensors).
-    const [q, k, v, dout] = [host.q, host.k, host.v, host.dout].map((t) => (dev ? dev.upload(t) : t)) as Tensor[];
-    const size = { B, H, Nq: N, Nk: N, D, causal };
-    const forwards = new Map<Algorithm, { out: Tensor; lse: Tensor }>();
-
-    for (const pass of ['forward', 'backward'] as const) {
-      const flops = attentionFlops(size, pass);
-      for (const algorithm of algorithms) {
-        const validation = await validated(algorithm, pass, N);
-        const m = emptyMeasurement(N, pass, algorithm, flops, 'ok');
-        m.validation = validation;
-        measurements.push(m);
-        if (!validation.ok) {
-          m.status = 'failed-validation';
-          m.message = validation.message ?? 'validation failed';
+  // Inputs are drawn once per element count and dtype and re-shaped for each case of that size: the
+  // sweeps keep B·N·H·D fixed on a GPU, where drawing 4 × 33M normal values per case would cost seconds.
+  let held: { key: string; x: AnyInputs } | undefined;
+  const drop = () => {
+    if (held && ctx.device) release(held.x);
+    held = undefined;
+  };
+  try {
+    for (const c of uniqueCases(sweeps)) {
+      const key = `${c.dtype}/${c.B * c.N * c.H * c.D}`;
+      if (held?.key !== key) {
+        drop();
+        try {
+          const host = makeInputs(c.B, c.N, c.H, c.D, c.dtype, ctx.seed);
+          held = { key, x: ctx.device ? { q: upload(ctx.device, host.q), k: upload(ctx.device, host.k), v: upload(ctx.device, host.v), dout: upload(ctx.device, host.dout) } : host };
+        } catch (e) {
+          // Inputs too large to place: every row of the case says so.
+          for (const algorithm of algorithms) for (const pass of ['forward', 'forward+backward'] as const) measurements.push(emptyMeasurement(c, algorithm, pass, isOutOfMemory(e) ? 'out-of-memory' : 'error', errorMessage(e)));
+          say.done(algorithms.length);
           continue;
         }
-        const options = (memory: MemoryTracker) => ({ backend: config.backend, algorithm, causal, memory });
-        let outLse: { out: Tensor; lse: Tensor } | undefined;
-        if (pass === 'backward') {
-          // Its own forward's out and lse; the other algorithm's if its own forward did not run.
-          m.outLseFrom = forwards.has(algorithm) ? algorithm : [...forwards.keys()][0];
-          outLse = m.outLseFrom && forwards.get(m.outLseFrom);
-          if (!outLse) {
-            m.status = 'skipped';
-            m.message = 'no forward output to differentiate';
-            continue;
-          }
-        }
-        say(`N=${N} ${algorithm} ${pass}: 1 warm-up + ${config.repeats} timed ...`);
-        try {
-          if (pass === 'forward') {
-            const r = await time(config.repeats, dev, (memory) => forward(q, k, v, options(memory)));
-            forwards.set(algorithm, { out: r.last.out, lse: r.last.lse });
-            Object.assign(m, summarize(r.timesMs), { timesMs: r.timesMs, peakBytes: r.peak || null });
-          } else {
-            const { out, lse } = outLse!;
-            const r = await time(config.repeats, dev, (memory) => backward(dout, q, k, v, out, lse, options(memory)));
-            await settle(dev, r.last, false);
-            Object.assign(m, summarize(r.timesMs), { timesMs: r.timesMs, peakBytes: r.peak || null });
-          }
-          m.gflops = gflopsOf(flops, m.medianMs!);
-          say(`  median ${m.medianMs!.toFixed(2)} ms`);
-        } catch (e) {
-          m.status = isOutOfMemory(e) ? 'out-of-memory' : 'error';
-          m.message = errorMessage(e);
-          say(`  ${m.status === 'out-of-memory' ? 'out of memory' : 'error'}: ${m.message}`);
-        }
       }
+      const shape = [c.B, c.N, c.H, c.D];
+      const x = { q: { ...held.x.q, shape }, k: { ...held.x.k, shape }, v: { ...held.x.v, shape }, dout: { ...held.x.dout, shape } } as AnyInputs;
+      await measureCase(c, x);
     }
-    if (dev) for (const t of [q, k, v, dout, ...[...forwards.values()].flatMap((f) => [f.out, f.lse])]) (t.data as unknown as GPUBuffer).destroy();
+  } finally {
+    drop();
   }
-  fillPeakRatios(measurements);
-  return { config, validations, measurements: sortMeasurements(measurements) };
+  return { sweeps: [...sweeps], validations, measurements };
 }
 
-/** "out 1.2e-7, lse 3.4e-8 (tolerance 1e-4)", or the reason validation could not run. */
-export function formatErrors(v: Validation): string {
-  if (v.message) return v.message;
-  const parts = Object.entries(v.errors).map(([name, e]) => `${name} ${e.toExponential(1)}`);
-  return `max|err|/max|ref|: ${parts.join(', ')} (tolerance ${v.tolerance.toExponential(0)})`;
+/** The measurement of a case, algorithm and pass, if there is one. */
+export function measurementOf(ms: readonly Measurement[], c: Case, algorithm: Algorithm, pass: Pass): Measurement | undefined {
+  const key = caseKey(c);
+  return ms.find((m) => m.algorithm === algorithm && m.pass === pass && caseKey(m) === key);
 }

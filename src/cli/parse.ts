@@ -1,5 +1,7 @@
 /** Parsers for command-line option values: each returns the value or throws commander's InvalidArgumentError. */
 import { InvalidArgumentError } from 'commander';
+import type { SweepAxis } from './results.js';
+import { SWEEP_AXES } from './suites.js';
 
 /** A positive safe integer, written in decimal digits only ("64"; not "6.4e1", "0x40" or "64abc"). */
 export function parsePositiveInt(value: string): number {
@@ -34,4 +36,14 @@ export function parseIntList(value: string): number[] {
     }
   });
   return [...new Set(ns)];
+}
+
+/** A comma-separated list of sweep axes ("N,D"), any case; order kept, duplicates dropped. */
+export function parseAxes(value: string): SweepAxis[] {
+  const axes = value.split(',').map((p) => {
+    const a = SWEEP_AXES.find((x) => x.toLowerCase() === p.trim().toLowerCase());
+    if (!a) throw new InvalidArgumentError(`'${p.trim()}' is not one of ${SWEEP_AXES.join(', ')}.`);
+    return a;
+  });
+  return [...new Set(axes)];
 }

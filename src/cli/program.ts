@@ -1,59 +1,178 @@
-/** The `flashattn` command: its subcommands, options and help text. */
+/** The `flashattn` command: its subcommands, options and help text; `bench` from options to report. */
 import { writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
-import { BENCH_BACKENDS, BENCH_DTYPES, bestBackend, TOLERANCE, VALIDATION_MAX_N, runBench, type BenchBackend, type BenchConfig, type BenchDType } from './bench.js';
-import { defaultGpu } from '../webgpu/device.js';
+import { defaultGpu, preferWebgpu, type Gpu } from '../webgpu/device.js';
+import { AnchorError, readAnchors } from './anchors.js';
+import { TARGET_SAMPLE_MS, TOLERANCE, VALIDATION_MAX_N, runAttention } from './bench.js';
+import { WallClock, clockFor } from './clock.js';
+import { runEncoder, type EncoderFactory } from './encoder-bench.js';
+import { createEncoder } from '../models/encoder.js';
 import { info } from './info.js';
-import { parseIntList, parsePositiveInt, parseSeed } from './parse.js';
-import { environment, formatHeader, formatNotes, formatTable, formatValidations, jsonReport, packageVersion } from './report.js';
+import { cpuGeometry, webgpuGeometry } from './io.js';
+import { parseAxes, parseIntList, parsePositiveInt, parseSeed } from './parse.js';
+import { progressOn } from './progress.js';
+import { formatHeader, formatResults, machine, packageVersion, webgpuVersion, writeReport } from './report.js';
+import type { BenchBackend, BenchDType, Case, Results, Suite, SweepAxis } from './results.js';
+import { DEFAULT_NS, ENCODER_DEFAULTS, PRODUCT_NS, SWEEP_AXES, defaultSweeps, encoderSettings, productSweeps, uniqueCases, type Scale } from './suites.js';
 
 interface BenchOptions {
   backend: BenchBackend | 'auto';
-  n: number[];
-  batch: number;
-  heads: number;
-  dim: number;
+  suite: Suite;
+  out: string;
+  json?: string;
+  n?: number[];
+  batch?: number;
+  heads?: number;
+  dim?: number;
   causal?: boolean;
-  dtype: BenchDType;
+  dtype?: BenchDType;
+  sweeps?: SweepAxis[];
   repeats: number;
   seed: number;
-  json?: string;
   standard: boolean;
+  encoder: boolean;
+  encoderBatch?: number;
+  encoderMaxN?: number;
+  anchor: string[];
 }
+
+/** Options that shape the default suite only (the product suite's grid is fixed). */
+const DEFAULT_SUITE_ONLY = ['batch', 'heads', 'dim', 'causal', 'dtype', 'sweeps', 'encoderBatch', 'encoderMaxN'] as const;
 
 const BENCH_HELP_AFTER = `
 What it does:
-  For each N (Nq = Nk = N), inputs q, k, v and dout of shape (B, N, H, D), layout BNHD, are drawn
-  from a seeded normal distribution. Then, in turn: flash forward, standard forward, flash backward,
-  standard backward. 'standard' is the baseline that materialises the N×N matrices S and P (and in
-  the backward P, dP, dS); 'flash' never does. The backward is fed the out and lse of the same
-  algorithm's forward.
+  Attention: for every case of the suite (q, k, v, dout of shape (B, N, H, D), layout BNHD, seeded
+  normal values) the flash algorithm and the standard baseline (which materialises the N×N matrices S
+  and P, and P, dP, dS in the backward) are each validated, then timed. Validation runs the same
+  backend, algorithm, dtype, causal flag and D on B=1, H=2, N=min(N, ${VALIDATION_MAX_N}) against the float64
+  reference; it passes when max|error| / max|reference| ≤ ${TOLERANCE.f32} (f32) or ${TOLERANCE.f16} (f16) for out and lse (forward)
+  and dq, dk, dv (backward); what fails is not timed. Timing: a warm-up call, then --repeats samples of
+  the forward, then the backward fed its out and lse; rows 'forward' and 'forward+backward'. On webgpu
+  the tensors stay on the device, a sample repeats the call until it lasts ~${TARGET_SAMPLE_MS} ms, and the GPU is timed
+  with timestamp queries where the adapter has 'timestamp-query' (else the wall clock until the queue
+  is idle); on the cpu, the wall clock. Each row: median ms and min–max, TFLOP/s (forward
+  4·B·H·N²·D, halved when causal; forward+backward 3.5×), the MemoryTracker's peak, and the bytes moved
+  to and from main memory by the paper's IO analysis with the backend's real tile sizes. A call that
+  runs out of memory is shown as such and the run goes on (standard stops at that size, flash goes on).
 
-  Before a configuration is timed it is validated: the same backend, algorithm, dtype, causal flag and
-  D run on a small problem (B=1, H=2, N=min(N, ${VALIDATION_MAX_N})) and are compared with the float64 reference
-  (backend 'reference', algorithm 'standard'). It passes when max|error| / max|reference| is at most
-  ${TOLERANCE.f32} (f32) or ${TOLERANCE.f16} (f16) for out and lse (forward) or dq, dk, dv (backward). A configuration
-  that fails is shown as FAILED and not timed.
+Suites:
+  default  an N sweep at a base case, then D ∈ {32, 64, 128}, causal off/on and f32/f16 at one N
+           (--sweeps picks). cpu and software adapters: B=1, H=2, D=64, f32, N = ${DEFAULT_NS.small.join(', ')},
+           the other sweeps at the smallest N (about a minute on 2 cores). GPU: B·N = 16384, H·D = 2048,
+           D=64, f16 where the adapter has shader-f16, N = ${DEFAULT_NS.gpu.join(', ')}, the other
+           sweeps at the middle N. Then the seed notebook's encoder (6 layers,
+           d_model 512, 32 heads, ffn 2048, causal) at doubling N with flash and with standard attention:
+           on the cpu batch ${ENCODER_DEFAULTS.small.batch}, N = ${ENCODER_DEFAULTS.small.firstN}..${ENCODER_DEFAULTS.small.maxN}, ${ENCODER_DEFAULTS.small.repeats} timed forwards; on a GPU batch ${ENCODER_DEFAULTS.gpu.batch},
+           N = ${ENCODER_DEFAULTS.gpu.firstN}..${ENCODER_DEFAULTS.gpu.maxN}, --repeats timed forwards. Standard stops where it runs out of
+           memory; flash goes on to --encoder-max-n.
+  product  PRODUCT.md's grid (issue 4): D ∈ {64, 128}, N = ${PRODUCT_NS.join(', ')} (--n narrows it),
+           B = 16384/N, H = 2048/D, causal off and on, f16 (where supported) and f32. Meant for a GPU.
 
-  Each timed row: 1 warm-up call, then --repeats calls. On webgpu the tensors stay on the device
-  (GPUBuffers in and out) and each call is timed until the queue has finished its work.
-  Columns: median ms, spread (min–max ms),
-  GFLOP/s (attentionFlops() / median: forward 4·B·H·N²·D, halved when causal; backward 2.5×), peak MiB
-  (the MemoryTracker's peak: every byte the library allocated during the call, counting staging
-  copies, scratch, outputs and the N×N matrices) and, on flash rows, flash peak / standard peak.
-  A call that runs out of memory (usually standard at large N) is shown as "out of memory" and the
-  benchmark goes on. Progress goes to stderr; the header, validation lines and table to stdout.
+Report (--out, default report/): results.json (every measurement with its raw sample times, the
+  validations, the environment), each chart as .svg and .png, and index.html, one self-contained page.
+  The charts need the optional packages vega, vega-lite and @resvg/resvg-js; without them the report
+  has its tables and says why there are no charts.
 
-Exit status: 0 when every configuration passed validation and ran (out of memory counts as ran);
-  1 when one failed validation or raised another error; 2 on bad options.
+PyTorch beside ours (--anchor FILE, repeatable): the JSON lines printed by ../shared/anchors/pytorch_sdpa.py
+  (SDPA math/efficient/flash/cudnn per shape: one table of TFLOP/s beside ours) or
+  ../shared/anchors/pytorch_seed_notebook.py (the encoder's ms and peak MiB beside ours).
+
+Progress goes to stderr (a bar on a terminal, lines otherwise); the header and tables to stdout.
+
+Exit status: 0 when everything passed validation and ran (out of memory counts as ran);
+  1 when a kernel failed validation or a call raised another error; 2 on bad options or inputs.
 
 Examples:
   $ flashattn bench
-  $ flashattn bench --n 512,2048 --causal --dtype f16 --repeats 5
-  $ flashattn bench --n 1024 --no-standard --json bench.json
+  $ flashattn bench --backend cpu --n 512,2048 --causal --dtype f16 --sweeps N --no-encoder
+  $ flashattn bench --suite product --anchor sdpa.jsonl --out report-h100
+  $ flashattn bench --anchor seed.jsonl --encoder-max-n 16384
 `;
 
-export function createProgram(): Command {
+/** The webgpu adapter, or a message that says why there is none. */
+async function gpuOrReason(): Promise<Gpu | string> {
+  try {
+    return await defaultGpu();
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
+}
+
+async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFactory): Promise<void> {
+  const fail = (message: string): never => cmd.error(`error: ${message}`, { exitCode: 2 });
+  if (o.suite === 'product') {
+    const given = DEFAULT_SUITE_ONLY.filter((k) => cmd.getOptionValueSource(k) === 'cli');
+    if (given.length) fail(`--${given[0].replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} does not apply to --suite product (its grid is PRODUCT.md's)`);
+  }
+  let anchors: Results['anchors'];
+  try {
+    anchors = o.anchor.length ? readAnchors(o.anchor) : undefined;
+  } catch (e) {
+    if (e instanceof AnchorError) fail(`--anchor ${e.message}`);
+    throw e;
+  }
+  const backend: BenchBackend = o.backend === 'auto' ? ((await preferWebgpu('f32')) ? 'webgpu' : 'cpu') : o.backend;
+  let gpu: Gpu | undefined;
+  if (backend === 'webgpu') {
+    const g = await gpuOrReason();
+    if (typeof g === 'string') return fail(`--backend webgpu: ${g}`);
+    gpu = g;
+  }
+  const scale: Scale = gpu && !gpu.software ? 'gpu' : 'small';
+  const f16 = !gpu || gpu.f16;
+  if (o.dtype === 'f16' && !f16) fail("--dtype f16: this adapter lacks 'shader-f16'");
+  const sweeps =
+    o.suite === 'product'
+      ? productSweeps(o.n ?? PRODUCT_NS, f16)
+      : defaultSweeps({ scale, ns: o.n, batch: o.batch, heads: o.heads, dim: o.dim, causal: o.causal, dtype: o.dtype, axes: o.sweeps ?? SWEEP_AXES, f16 });
+
+  const clock = gpu ? clockFor(gpu.device) : new WallClock();
+  const results: Results = {
+    tool: 'flashattn bench',
+    schema: 1,
+    environment: {
+      ...machine(),
+      ...(gpu ? { webgpu: webgpuVersion() } : {}),
+      backend,
+      ...(gpu ? { adapter: { description: gpu.description, features: [...gpu.device.features].sort(), software: gpu.software } } : {}),
+      timer: clock.method,
+    },
+    settings: { suite: o.suite, repeats: o.repeats, seed: o.seed, standard: o.standard },
+    attention: { sweeps, validations: [], measurements: [] },
+  };
+  if (anchors) results.anchors = anchors;
+  process.stdout.write(formatHeader(results) + '\n\n');
+
+  const progress = progressOn(process.stderr);
+  try {
+    progress.plan(uniqueCases(sweeps).length * (o.standard ? 2 : 1));
+    const threads = availableParallelism();
+    const geometry = backend === 'cpu' ? (c: Case) => cpuGeometry(c, threads) : gpu ? (c: Case) => webgpuGeometry(c, gpu) : undefined;
+    results.attention = await runAttention(sweeps, { backend, repeats: o.repeats, seed: o.seed, standard: o.standard, clock, device: gpu?.device, geometry, progress });
+    if (o.suite === 'default' && o.encoder && backend !== 'reference') {
+      const dtype = o.dtype ?? (scale === 'gpu' && f16 ? 'f16' : 'f32');
+      const settings = encoderSettings(scale, dtype, o.repeats, o.encoderBatch, o.encoderMaxN);
+      results.encoder = await runEncoder(settings, encoderFactory, { backend, seed: o.seed, clock, device: gpu?.device, progress });
+    }
+  } finally {
+    progress.stop();
+  }
+
+  process.stdout.write(formatResults(results) + '\n\n');
+  const { files, chartsNote } = await writeReport(o.out, results);
+  if (o.json) {
+    writeFileSync(o.json, JSON.stringify(results, null, 2) + '\n');
+    files.push(o.json);
+  }
+  if (chartsNote) process.stderr.write(`no charts: ${chartsNote}\n`);
+  process.stdout.write(`report: ${o.out}/index.html (${files.length} files)\n`);
+  const failed = results.attention.measurements.some((m) => m.status === 'failed-validation' || m.status === 'error') || results.encoder?.points.some((p) => p.status === 'error');
+  if (failed) process.exitCode = 1;
+}
+
+/** The command; the encoder experiment builds its models with `encoderFactory` (tests pass their own). */
+export function createProgram(encoderFactory: EncoderFactory = createEncoder): Command {
   const program = new Command();
   program
     .name('flashattn')
@@ -76,61 +195,34 @@ export function createProgram(): Command {
   program
     .command('bench')
     .description(
-      'Benchmark attention forward and backward on the best backend present (or --backend): the flash algorithm against the standard ' +
-        'baseline, validated against a float64 reference first, printed as a table.',
+      'Benchmark attention on the best backend present (or --backend): flash against the standard baseline over N, D, causal and dtype, ' +
+        'forward and forward+backward, each kernel validated against a float64 reference first; then the seed notebook\'s encoder. ' +
+        'Prints tables and writes a report folder (results.json, SVG and PNG charts, index.html).',
     )
     .addOption(
       new Option('--backend <name>', "backend that runs the kernels: 'auto' is webgpu on a GPU adapter (not a software one such as lavapipe), else cpu; 'reference' is the slow float64 one")
-        .choices(['auto', ...BENCH_BACKENDS])
+        .choices(['auto', 'cpu', 'reference', 'webgpu'])
         .default('auto'),
     )
-    .addOption(
-      new Option('--n <list>', 'comma-separated sequence lengths N (queries = keys = N)')
-        .argParser(parseIntList)
-        .default([256, 1024, 4096], '256,1024,4096'),
-    )
-    .addOption(new Option('--batch <B>', 'batch size B').argParser(parsePositiveInt).default(1))
-    .addOption(new Option('--heads <H>', 'number of heads H (for q and for k, v)').argParser(parsePositiveInt).default(8))
-    .addOption(new Option('--dim <D>', 'head dimension D').argParser(parsePositiveInt).default(64))
-    .addOption(new Option('--causal', 'use a causal mask (query i sees keys j ≤ i); the FLOP count used for GFLOP/s is halved'))
-    .addOption(
-      new Option('--dtype <type>', 'storage type of q, k, v, dout and the outputs (f16: 16-bit storage, arithmetic in f32 or wider)')
-        .choices(BENCH_DTYPES)
-        .default('f32'),
-    )
-    .addOption(
-      new Option('--repeats <r>', 'timed calls per row, after 1 warm-up; the median and min–max are reported')
-        .argParser(parsePositiveInt)
-        .default(3),
-    )
+    .addOption(new Option('--suite <name>', "what to measure: 'default' (sweeps sized for the backend, then the encoder) or 'product' (PRODUCT.md's grid; see below)").choices(['default', 'product']).default('default'))
+    .addOption(new Option('--out <dir>', 'report folder (created if missing; files in it are replaced)').default('report'))
+    .addOption(new Option('--json <file>', 'also write results.json to <file>'))
+    .addOption(new Option('--n <list>', `comma-separated sequence lengths N of the N sweep (default: ${DEFAULT_NS.small.join(',')} on the cpu, ${DEFAULT_NS.gpu.join(',')} on a GPU)`).argParser(parseIntList))
+    .addOption(new Option('--batch <B>', 'batch size B (default: 1 on the cpu, 16384/N on a GPU)').argParser(parsePositiveInt))
+    .addOption(new Option('--heads <H>', 'heads H (default: 2 on the cpu, 2048/D on a GPU)').argParser(parsePositiveInt))
+    .addOption(new Option('--dim <D>', 'head dimension D of the base case (default 64)').argParser(parsePositiveInt))
+    .addOption(new Option('--causal', 'causal mask in the base case (query i sees keys j ≤ i; FLOPs halved)'))
+    .addOption(new Option('--dtype <type>', 'storage type of the base case (default: f32 on the cpu, f16 on a GPU with shader-f16); arithmetic is f32 or wider').choices(['f32', 'f16']))
+    .addOption(new Option('--sweeps <list>', `which sweeps of the default suite to run, from ${SWEEP_AXES.join(',')} (default: all)`).argParser(parseAxes))
+    .addOption(new Option('--repeats <r>', 'timed samples per row, after a warm-up; the median and min–max are reported').argParser(parsePositiveInt).default(3))
     .addOption(new Option('--seed <s>', 'seed of the random inputs (0 to 2^32-1)').argParser(parseSeed).default(1))
-    .addOption(new Option('--json <file>', 'also write every measurement (raw times, errors, environment) as JSON to <file>'))
-    .addOption(new Option('--no-standard', 'skip the standard baseline (only the flash algorithm runs)'))
+    .addOption(new Option('--no-standard', 'skip the standard baseline in the attention sweeps (flash only)'))
+    .addOption(new Option('--no-encoder', 'skip the encoder experiment'))
+    .addOption(new Option('--encoder-batch <B>', `the encoder's batch (default: ${ENCODER_DEFAULTS.small.batch} on the cpu, ${ENCODER_DEFAULTS.gpu.batch} on a GPU)`).argParser(parsePositiveInt))
+    .addOption(new Option('--encoder-max-n <N>', `the encoder's largest N (default: ${ENCODER_DEFAULTS.small.maxN} on the cpu, ${ENCODER_DEFAULTS.gpu.maxN} on a GPU)`).argParser(parsePositiveInt))
+    .addOption(new Option('--anchor <file>', "PyTorch's figures to show beside ours: JSON lines of ../shared/anchors/pytorch_sdpa.py or pytorch_seed_notebook.py (repeatable)").argParser((v: string, prev: string[]) => [...prev, v]).default([]))
     .addHelpText('after', BENCH_HELP_AFTER)
-    .action(async (o: BenchOptions) => {
-      const config: BenchConfig = {
-        backend: o.backend === 'auto' ? await bestBackend(o.dtype) : o.backend,
-        ns: o.n,
-        batch: o.batch,
-        heads: o.heads,
-        dim: o.dim,
-        causal: o.causal ?? false,
-        dtype: o.dtype,
-        repeats: o.repeats,
-        standard: o.standard,
-        seed: o.seed,
-      };
-      const env = environment();
-      const adapter = config.backend === 'webgpu' ? `  adapter   ${(await defaultGpu()).description}\n` : '';
-      process.stdout.write(formatHeader(env, config) + '\n' + adapter + '\n');
-      const result = await runBench(config, { progress: (line) => process.stderr.write(line + '\n') });
-      process.stdout.write(`${formatValidations(result)}\n\n${formatTable(result)}\n${formatNotes(result)}\n`);
-      if (o.json) {
-        writeFileSync(o.json, JSON.stringify(jsonReport(env, result), null, 2) + '\n');
-        process.stderr.write(`wrote ${o.json}\n`);
-      }
-      if (result.measurements.some((m) => m.status === 'failed-validation' || m.status === 'error')) process.exitCode = 1;
-    });
+    .action(async (o: BenchOptions, cmd: Command) => bench(o, cmd, encoderFactory));
 
   return program;
 }

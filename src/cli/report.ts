@@ -1,21 +1,17 @@
 /**
- * What `flashattn bench` prints and writes: the header (machine and versions), the validation lines,
- * the results table, and the JSON document of --json.
+ * What `flashattn bench` prints and writes: the environment (machine, adapter, versions), the terminal
+ * text (header, validations, tables), and the report folder: results.json, every chart as SVG and PNG,
+ * and index.html.
  */
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import os from 'node:os';
+import { join } from 'node:path';
 import Table from 'cli-table3';
-import { VALIDATION_B, VALIDATION_H, VALIDATION_MAX_N, formatErrors, type BenchConfig, type BenchResult, type Measurement } from './bench.js';
-
-export interface Environment {
-  date: string;
-  flashattn: string;
-  node: string;
-  cpu: string;
-  cores: number;
-  platform: string;
-  arch: string;
-}
+import { ChartsUnavailableError, chartsFor, renderCharts, type RenderedChart } from './charts.js';
+import { reportHtml } from './html.js';
+import type { Environment, Results } from './results.js';
+import { attentionNotes, encoderTable, sdpaTable, sweepTable, validationLines, type TableModel } from './tables.js';
 
 /** The package version, read from package.json next to the build (dist/src/cli/ -> ../../../). */
 export function packageVersion(): string {
@@ -27,7 +23,17 @@ export function packageVersion(): string {
   }
 }
 
-export function environment(now = new Date()): Environment {
+/** The installed `webgpu` package's version (Dawn's Node binding). */
+export function webgpuVersion(): string {
+  try {
+    return (createRequire(import.meta.url)('webgpu/package.json') as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** The machine and versions; the caller adds the backend, adapter and timer. */
+export function machine(now = new Date()): Pick<Environment, 'date' | 'flashattn' | 'node' | 'cpu' | 'cores' | 'platform' | 'arch'> {
   const cpus = os.cpus();
   return {
     date: now.toISOString(),
@@ -40,96 +46,67 @@ export function environment(now = new Date()): Environment {
   };
 }
 
-export function formatHeader(env: Environment, c: BenchConfig): string {
+export function formatHeader(r: Results): string {
+  const e = r.environment;
   const rows: [string, string][] = [
-    ['date', env.date],
-    ['flashattn', env.flashattn],
-    ['node', env.node],
-    ['cpu', `${env.cpu} (${env.cores} cores)`],
-    ['platform', `${env.platform}/${env.arch}`],
-    ['backend', c.backend],
-    [
-      'problem',
-      `B=${c.batch} H=${c.heads} D=${c.dim} N=${c.ns.join(',')} dtype=${c.dtype} causal=${c.causal ? 'yes' : 'no'} layout=BNHD seed=${c.seed}`,
-    ],
-    ['timing', `1 warm-up + ${c.repeats} timed call${c.repeats === 1 ? '' : 's'} per row; median and min–max`],
+    ['date', e.date],
+    ['versions', `flashattn ${e.flashattn}, node ${e.node}${e.webgpu ? `, webgpu ${e.webgpu}` : ''}`],
+    ['cpu', `${e.cpu} (${e.cores} cores), ${e.platform}/${e.arch}`],
+    ['backend', e.backend],
+    ...(e.adapter ? ([['adapter', `${e.adapter.description}${e.adapter.software ? ' (software)' : ''}`]] as [string, string][]) : []),
+    ['timing', `${e.timer}; ${r.settings.repeats} timed sample${r.settings.repeats === 1 ? '' : 's'} per row after a warm-up; median and min–max`],
+    ['suite', r.settings.suite],
   ];
   return ['flashattn bench', ...rows.map(([k, v]) => `  ${k.padEnd(10)}${v}`)].join('\n');
 }
 
-export function formatValidations(r: BenchResult): string {
-  const lines = r.validations.map(
-    (v) => `  ${v.ok ? 'ok    ' : 'FAILED'} ${v.algorithm} ${v.pass} (N=${v.N}): ${formatErrors(v)}`,
-  );
-  return [
-    `validation against the float64 reference (backend 'reference', algorithm 'standard'; B=${VALIDATION_B} H=${VALIDATION_H} N=min(N, ${VALIDATION_MAX_N}), same D, dtype, causal):`,
-    ...lines,
-  ].join('\n');
-}
-
-const MiB = 1024 * 1024;
-
-function fmtMs(ms: number): string {
-  return ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms >= 1 ? ms.toFixed(2) : ms.toFixed(3);
-}
-
-function fmtRatio(x: number): string {
-  return x >= 0.1 ? `${x.toFixed(2)}×` : `${x.toPrecision(2)}×`;
-}
-
-function statusText(m: Measurement): string {
-  switch (m.status) {
-    case 'failed-validation':
-      return 'FAILED validation (not timed)';
-    case 'out-of-memory':
-      return 'out of memory';
-    case 'skipped':
-      return `skipped: ${m.message ?? ''}`;
-    case 'error':
-      return `error: ${m.message ?? ''}`;
-    default:
-      return '';
-  }
-}
-
-/** The results table: one row per (N, pass, algorithm). */
-export function formatTable(r: BenchResult): string {
+/** A table model as terminal text. */
+export function formatTable(t: TableModel): string {
   const table = new Table({
-    head: ['N', 'pass', 'algorithm', 'median ms', 'spread ms', 'GFLOP/s', 'peak MiB', 'peak flash/std'],
-    colAligns: ['right', 'left', 'left', 'right', 'right', 'right', 'right', 'right'],
-    style: { head: [], border: [] },
+    head: t.head,
+    colAligns: t.head.map((_, i) => (t.numeric.includes(i) ? 'right' : 'left')),
+    style: { head: [], border: [], compact: true },
   });
-  for (const m of r.measurements) {
-    const first = [m.N, m.pass, m.algorithm];
-    if (m.status !== 'ok') {
-      table.push([...first, { content: statusText(m), colSpan: 5, hAlign: 'left' }]);
-      continue;
-    }
-    table.push([
-      ...first,
-      fmtMs(m.medianMs!),
-      `${fmtMs(m.minMs!)}–${fmtMs(m.maxMs!)}`,
-      m.gflops!.toFixed(2),
-      m.peakBytes === null ? 'n/a' : (m.peakBytes / MiB).toFixed(2),
-      m.peakRatio === null ? '' : fmtRatio(m.peakRatio),
-    ]);
-  }
-  return table.toString();
+  for (const row of t.rows) table.push(row.map((c) => (typeof c === 'string' ? c : { content: c.text, colSpan: c.span, hAlign: 'left' as const })));
+  return [t.title, table.toString(), ...t.notes].join('\n');
 }
 
-export function formatNotes(r: BenchResult): string {
-  const notes = [
-    'GFLOP/s: attentionFlops() / median time (forward 4·B·H·N²·D, halved when causal; backward 2.5× forward).',
-    'peak MiB: most bytes the library held at once during one call (MemoryTracker): staging copies, scratch, outputs, and for standard the N×N matrices.',
+/** Everything the terminal shows after a run, from the validations to the last table. */
+export function formatResults(r: Results): string {
+  const parts = [
+    `validation against the float64 reference (backend 'reference', algorithm 'standard'):\n${validationLines(r).map((l) => `  ${l}`).join('\n')}`,
+    ...r.attention.sweeps.map((s) => formatTable(sweepTable(r, s))),
+    attentionNotes(r).join('\n'),
   ];
-  if (r.config.backend === 'reference') notes.push("n/a: the reference backend does not count its allocations in the MemoryTracker.");
-  if (r.measurements.some((m) => m.outLseFrom && m.outLseFrom !== m.algorithm)) {
-    notes.push("A backward row whose own forward did not run was fed the other algorithm's out and lse (see --json).");
-  }
-  return notes.join('\n');
+  if (r.anchors?.sdpa) parts.push(formatTable(sdpaTable(r, r.anchors.sdpa)));
+  if (r.encoder) parts.push(formatTable(encoderTable(r.encoder, r.anchors?.seed)));
+  return parts.join('\n\n');
 }
 
-/** The document --json writes: environment, settings, validations and every measurement with raw times. */
-export function jsonReport(env: Environment, r: BenchResult): object {
-  return { tool: 'flashattn bench', environment: env, config: r.config, validations: r.validations, measurements: r.measurements };
+/**
+ * Write the report folder: results.json, <chart>.svg and <chart>.png, index.html. Returns the files
+ * written and, where the chart packages could not be loaded, why there are no charts.
+ */
+export async function writeReport(dir: string, r: Results): Promise<{ files: string[]; chartsNote?: string }> {
+  mkdirSync(dir, { recursive: true });
+  const files: string[] = [];
+  const write = (name: string, data: string | Uint8Array) => {
+    writeFileSync(join(dir, name), data);
+    files.push(join(dir, name));
+  };
+  write('results.json', JSON.stringify(r, null, 2) + '\n');
+  let charts: RenderedChart[] = [];
+  let chartsNote: string | undefined;
+  try {
+    charts = await renderCharts(chartsFor(r));
+  } catch (e) {
+    if (!(e instanceof ChartsUnavailableError)) throw e;
+    chartsNote = e.message;
+  }
+  for (const c of charts) {
+    write(`${c.id}.svg`, c.svg);
+    write(`${c.id}.png`, c.png);
+  }
+  write('index.html', reportHtml(r, charts, chartsNote));
+  return chartsNote === undefined ? { files } : { files, chartsNote };
 }

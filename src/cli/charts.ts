@@ -1,0 +1,321 @@
+/**
+ * The report's charts: Vega-Lite specifications built from Results (pure, so their data can be tested),
+ * rendered headless to SVG by vega (no canvas: text widths are estimated) and to PNG by resvg with
+ * DejaVu Sans. The chart libraries are optional dependencies that only the bench command loads, through
+ * dynamic imports: the library itself never needs them, and a report without them still has its tables
+ * and results.json.
+ *
+ * Charts: over N (per N sweep, forward and forward+backward side by side) the median time with its
+ * min–max, the peak memory, the HBM bytes of the IO analysis and TFLOP/s (with PyTorch's SDPA figures
+ * where an anchor has them); bars for the D / causal / dtype sweeps; and the encoder's time and memory
+ * per N as bars, flash beside standard, as the seed notebook plots them. "OOM" marks an algorithm that
+ * ran out of memory at that point.
+ */
+import { createRequire } from 'node:module';
+import { SDPA_BACKENDS, sdpaFor } from './anchors.js';
+import { measurementOf } from './bench.js';
+import type { Measurement, Pass, Results, Sweep } from './results.js';
+import { axisValue, encoderNs } from './tables.js';
+
+/** A Vega-Lite specification (kept as plain data: the vega-lite types are not needed to build one). */
+export type VegaLiteSpec = Record<string, unknown>;
+
+export interface Chart {
+  /** File name without extension. */
+  id: string;
+  title: string;
+  /** A sentence or two for index.html: what the chart shows and how to read it. */
+  caption: string;
+  spec: VegaLiteSpec;
+}
+
+export interface RenderedChart extends Chart {
+  svg: string;
+  png: Uint8Array;
+}
+
+/** Thrown when the optional chart packages cannot be loaded. */
+export class ChartsUnavailableError extends Error {
+  override readonly name = 'ChartsUnavailableError';
+}
+
+const MiB = 1024 * 1024;
+const PASSES: readonly Pass[] = ['forward', 'forward+backward'];
+const SERIES = ['flash', 'standard', ...SDPA_BACKENDS.map((b) => `torch ${b}`)];
+const COLORS = ['#1f77b4', '#ff7f0e', '#7f7f7f', '#2ca02c', '#9467bd', '#d62728'];
+const FONT = 'DejaVu Sans, Helvetica, Arial, sans-serif';
+
+/** One point of a chart: a series' value at x (null where the series has none: out of memory, say). */
+export interface Datum {
+  panel: string;
+  pass?: Pass;
+  x: number | string;
+  series: string;
+  value: number | null;
+  /** The series ran out of memory here: the chart writes "OOM". */
+  oom: boolean;
+  low?: number;
+  high?: number;
+}
+
+type Metric = 'time' | 'memory' | 'io' | 'tflops';
+
+/** Panel titles of the sweeps at one N (their base case is in the tables). */
+const VARIANT_PANEL: Record<'D' | 'causal' | 'dtype', string> = { D: 'head dimension D', causal: 'causal mask', dtype: 'storage dtype' };
+
+function metricOf(m: Measurement, metric: Metric): number | null {
+  if (m.status !== 'ok') return null;
+  switch (metric) {
+    case 'time':
+      return m.medianMs;
+    case 'memory':
+      return m.peakBytes === null ? null : m.peakBytes / MiB;
+    case 'io':
+      return m.io ? m.io.bytes / MiB : null;
+    case 'tflops':
+      return m.tflops;
+  }
+}
+
+/** The data of a metric over the N sweeps: per sweep (panel), pass, N and algorithm (and PyTorch for TFLOP/s). */
+export function sweepData(r: Results, sweeps: readonly Sweep[], metric: Metric): Datum[] {
+  const out: Datum[] = [];
+  const sdpa = r.anchors?.sdpa;
+  for (const s of sweeps) {
+    for (const c of s.cases) {
+      for (const pass of PASSES) {
+        for (const algorithm of ['flash', 'standard'] as const) {
+          const m = measurementOf(r.attention.measurements, c, algorithm, pass);
+          if (!m) continue;
+          const d: Datum = { panel: s.axis === 'N' ? s.title : VARIANT_PANEL[s.axis], pass, x: s.axis === 'N' ? c.N : axisValue(c, s.axis), series: algorithm, value: metricOf(m, metric), oom: m.status === 'out-of-memory' };
+          if (metric === 'time' && m.status === 'ok') Object.assign(d, { low: m.minMs, high: m.maxMs });
+          out.push(d);
+        }
+        if (metric === 'tflops' && sdpa) {
+          for (const b of SDPA_BACKENDS) {
+            const t = sdpaFor(sdpa, c, b);
+            if (!t) continue;
+            const value = t.error ? null : pass === 'forward' ? t.fwdTflops : t.fwdbwdTflops;
+            if (value === null && !t.error) continue;
+            out.push({ panel: s.title, pass, x: c.N, series: `torch ${b}`, value, oom: Boolean(t.error && /out of memory/i.test(t.error)) });
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+function colorScale(data: readonly Datum[]) {
+  const used = SERIES.filter((s) => data.some((d) => d.series === s));
+  return { field: 'series', type: 'nominal', title: null, scale: { domain: used, range: used.map((s) => COLORS[SERIES.indexOf(s)]) }, legend: { orient: 'top' } };
+}
+
+const CONFIG = { font: FONT, view: { stroke: '#ccc' }, axis: { labelFontSize: 11, titleFontSize: 12 }, header: { labelFontSize: 12, titleFontSize: 12 }, legend: { labelFontSize: 12 }, title: { fontSize: 15 } };
+
+/** A line chart over N, one panel per (sweep, pass). */
+function lineSpec(title: string, data: Datum[], yTitle: string, log: boolean): VegaLiteSpec {
+  const ns = [...new Set(data.map((d) => d.x as number))].sort((a, b) => a - b);
+  const x = { field: 'x', type: 'quantitative', title: 'N (sequence length)', scale: { type: 'log', base: 2, domain: [ns[0] / 1.2, ns[ns.length - 1] * 1.2], nice: false }, axis: { values: ns, format: 'd', labelAngle: 0 } };
+  const y = { field: 'value', type: 'quantitative', title: yTitle, scale: log ? { type: 'log' } : { zero: true } };
+  const color = colorScale(data);
+  const layers: object[] = [
+    { mark: { type: 'line', point: { size: 50 }, strokeWidth: 2 }, transform: [{ filter: 'isValid(datum.value)' }], encoding: { x, y, color } },
+    { mark: { type: 'text', fontWeight: 'bold', fontSize: 11, dy: 0 }, transform: [{ filter: 'datum.oom' }], encoding: { x, y: { value: 10 }, text: { value: 'OOM' }, color } },
+  ];
+  if (data.some((d) => d.low !== undefined)) {
+    layers.splice(1, 0, { mark: { type: 'rule', strokeWidth: 2 }, transform: [{ filter: 'isValid(datum.low)' }], encoding: { x, y: { field: 'low', type: 'quantitative' }, y2: { field: 'high' }, color } });
+  }
+  const panels = [...new Set(data.map((d) => d.panel))]; // in sweep order (a facet's `sort: null` is not kept)
+  const rows = panels.length;
+  return {
+    title,
+    config: CONFIG,
+    background: 'white',
+    padding: 10,
+    data: { values: data },
+    facet: {
+      row: { field: 'panel', type: 'nominal', title: null, sort: panels, header: rows > 1 ? { labelAngle: 0, labelAlign: 'left', labelOrient: 'top', labelAnchor: 'start', labelFontWeight: 'bold' } : { labels: false } },
+      column: { field: 'pass', type: 'nominal', title: null, sort: PASSES, header: { labelFontWeight: 'bold' } },
+    },
+    spec: { width: 300, height: 190, layer: layers },
+    resolve: { scale: { y: 'independent' } },
+  };
+}
+
+/** Grouped bars: one group per x, one bar per series, "OOM" where a series ran out of memory. */
+function barLayers(data: readonly Datum[], xTitle: string, yTitle: string): object[] {
+  const x = { field: 'x', type: 'ordinal', title: xTitle, sort: null, axis: { labelAngle: 0 } };
+  const color = colorScale(data);
+  const xOffset = { field: 'series', type: 'nominal', scale: { domain: color.scale.domain } };
+  return [
+    { mark: 'bar', encoding: { x, xOffset, y: { field: 'value', type: 'quantitative', title: yTitle }, color } },
+    { mark: { type: 'text', baseline: 'bottom', dy: -2, fontWeight: 'bold', fontSize: 10 }, transform: [{ filter: 'datum.oom' }], encoding: { x, xOffset, y: { datum: 0 }, text: { value: 'OOM' }, color } },
+  ];
+}
+
+function variantsSpec(data: Datum[]): VegaLiteSpec {
+  return {
+    title: 'Time per call across D, causal and dtype',
+    config: CONFIG,
+    background: 'white',
+    padding: 10,
+    data: { values: data },
+    facet: {
+      column: { field: 'panel', type: 'nominal', title: null, sort: Object.values(VARIANT_PANEL), header: { labelFontWeight: 'bold' } },
+      row: { field: 'pass', type: 'nominal', title: null, sort: PASSES, header: { labelFontWeight: 'bold' } },
+    },
+    // A step width: with a fixed width, independent x scales and xOffset, vega-lite draws the bars one pixel wide.
+    spec: { width: { step: 70 }, height: 170, layer: barLayers(data, '', 'median ms') },
+    resolve: { scale: { x: 'independent', y: 'independent' } },
+  };
+}
+
+function encoderData(r: Results, metric: 'time' | 'memory'): Datum[] {
+  const e = r.encoder!;
+  const out: Datum[] = [];
+  for (const N of encoderNs(e, r.anchors?.seed)) {
+    for (const attention of ['flash', 'standard'] as const) {
+      const p = e.points.find((q) => q.attention === attention && q.N === N);
+      if (!p || p.status === 'not-run') continue;
+      const value = p.status !== 'ok' ? null : metric === 'time' ? p.medianMs : p.peakBytes === null ? null : p.peakBytes / MiB;
+      out.push({ panel: 'encoder', x: String(N), series: attention, value, oom: p.status === 'out-of-memory' });
+    }
+    for (const [backend, series] of [['flash', 'torch flash'], ['math', 'torch math']] as const) {
+      const t = r.anchors?.seed?.rows.find((q) => q.backend === backend && q.seq === N);
+      if (!t) continue;
+      out.push({ panel: 'encoder', x: String(N), series, value: t.error ? null : metric === 'time' ? t.ms : t.peakMib, oom: Boolean(t.error && /out of memory/i.test(t.error)) });
+    }
+  }
+  return out;
+}
+
+function encoderSpec(title: string, data: Datum[], yTitle: string): VegaLiteSpec {
+  return { title, config: CONFIG, background: 'white', padding: 10, width: 420, height: 260, data: { values: data }, layer: barLayers(data, 'N (sequence length)', yTitle) };
+}
+
+/** Every chart the results call for, in the order index.html shows them. */
+export function chartsFor(r: Results): Chart[] {
+  const charts: Chart[] = [];
+  const nSweeps = r.attention.sweeps.filter((s) => s.axis === 'N');
+  if (nSweeps.length) {
+    const where = r.environment.backend === 'webgpu' ? 'HBM' : 'main memory';
+    charts.push(
+      {
+        id: 'attention-time',
+        title: 'Attention: time per call over N',
+        caption: 'Median time per call, with a bar from the fastest to the slowest sample; log scales. The standard baseline grows with N² in time and memory traffic; flash does the same FLOPs with less traffic.',
+        spec: lineSpec('Attention time per call (median, min–max)', sweepData(r, nSweeps, 'time'), 'ms', true),
+      },
+      {
+        id: 'attention-memory',
+        title: 'Attention: peak memory over N',
+        caption: 'Most bytes the library held at once during one call (MemoryTracker). Standard holds N×N matrices (S, P; P, dP, dS in the backward) and grows with N²; flash holds tiles and grows with N.',
+        spec: lineSpec('Attention peak memory (MemoryTracker)', sweepData(r, nSweeps, 'memory'), 'peak MiB', true),
+      },
+      {
+        id: 'attention-io',
+        title: `Attention: ${where} traffic over N (the paper's IO analysis)`,
+        caption: `Bytes each algorithm moves to and from ${where}: standard Θ(N·d + N²) (every pass over the N×N matrices counted), flash Θ(N²·d²/M) with M the on-chip memory its tiles use. Compare with the time chart: where the traffic differs most, so should the time.`,
+        spec: lineSpec(`${where === 'HBM' ? 'HBM' : 'Main-memory'} traffic by the IO analysis`, sweepData(r, nSweeps, 'io'), 'MiB moved', true),
+      },
+      {
+        id: 'attention-tflops',
+        title: 'Attention: TFLOP/s over N',
+        caption: `Throughput by FlashAttention's FLOP count (forward 4·B·H·N²·D, halved when causal; forward+backward 3.5×)${r.anchors?.sdpa ? `, beside PyTorch's scaled_dot_product_attention backends on ${r.anchors.sdpa.gpu}` : ''}.`,
+        spec: lineSpec('Attention TFLOP/s', sweepData(r, nSweeps, 'tflops'), 'TFLOP/s', false),
+      },
+    );
+  }
+  const variants = r.attention.sweeps.filter((s) => s.axis !== 'N');
+  if (variants.length) {
+    charts.push({
+      id: 'attention-variants',
+      title: 'Attention: head dimension, causal mask and dtype',
+      caption: `Median time per call at N=${variants[0].cases[0].N} while one setting changes (the base case is in the tables below).`
+        + ' A causal mask halves the work for both; a larger D raises the work per score for both, but only the standard baseline pays N² memory traffic.',
+      spec: variantsSpec(sweepData(r, variants, 'time')),
+    });
+  }
+  if (r.encoder && r.encoder.points.length) {
+    charts.push(
+      {
+        id: 'encoder-time',
+        title: 'Encoder: time per forward over N',
+        caption: 'The seed notebook\'s first bar chart, measured properly: each forward ends when its work is done (the notebook timed kernel launches only).',
+        spec: encoderSpec('Encoder forward time (median)', encoderData(r, 'time'), 'ms'),
+      },
+      {
+        id: 'encoder-memory',
+        title: 'Encoder: peak memory over N',
+        caption: 'The seed notebook\'s second bar chart: peak memory during one forward. Standard attention\'s N×N matrices make it grow with N²; "OOM" where it no longer fits, while flash goes on.',
+        spec: encoderSpec('Encoder peak memory during a forward', encoderData(r, 'memory'), 'peak MiB'),
+      },
+    );
+  }
+  return charts;
+}
+
+interface Logger {
+  level(level?: number): Logger | number;
+  error(...args: unknown[]): Logger;
+  warn(...args: unknown[]): Logger;
+  info(...args: unknown[]): Logger;
+  debug(...args: unknown[]): Logger;
+}
+interface VegaLiteModule {
+  compile(spec: object, options: { logger: Logger }): { spec: object };
+}
+interface VegaModule {
+  parse(spec: object): object;
+  View: new (runtime: object, options: { renderer: 'none'; logLevel: number }) => { toSVG(): Promise<string>; finalize(): void };
+}
+
+/**
+ * vega-lite warns on the console about layered facets that filter their data (harmless here); the
+ * report's output stays clean.
+ */
+const quiet: Logger = { level: () => quiet, error: () => quiet, warn: () => quiet, info: () => quiet, debug: () => quiet };
+interface ResvgModule {
+  Resvg: new (svg: string, options: object) => { render(): { asPng(): Uint8Array } };
+}
+
+/** Import an optional package by a name kept out of the type checker's reach (the build must not need it). */
+async function optional<T>(name: string): Promise<T> {
+  try {
+    return (await import(name)) as T;
+  } catch (e) {
+    throw new ChartsUnavailableError(`the chart package '${name}' cannot be loaded (${e instanceof Error ? e.message : String(e)}); it is an optional dependency: npm install ${name}`);
+  }
+}
+
+/**
+ * DejaVu Sans from the optional package dejavu-fonts-ttf, for the PNGs: resvg draws text only with fonts
+ * it is given or finds on the system, and a machine without fonts (a bare GPU server) would get charts
+ * without a single label. Empty where the package is missing (the system's fonts are still used).
+ */
+function bundledFonts(): string[] {
+  const require = createRequire(import.meta.url);
+  try {
+    return ['DejaVuSans.ttf', 'DejaVuSans-Bold.ttf'].map((f) => require.resolve(`dejavu-fonts-ttf/ttf/${f}`));
+  } catch {
+    return [];
+  }
+}
+
+/** Render charts to SVG (vega, headless) and PNG (resvg, twice the SVG's size). */
+export async function renderCharts(charts: readonly Chart[]): Promise<RenderedChart[]> {
+  const vl = await optional<VegaLiteModule>('vega-lite');
+  const vega = await optional<VegaModule>('vega');
+  const { Resvg } = await optional<ResvgModule>('@resvg/resvg-js');
+  const font = { fontFiles: bundledFonts(), loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans', sansSerifFamily: 'DejaVu Sans' };
+  const out: RenderedChart[] = [];
+  for (const chart of charts) {
+    const view = new vega.View(vega.parse(vl.compile(chart.spec, { logger: quiet }).spec), { renderer: 'none', logLevel: 0 });
+    const svg = await view.toSVG();
+    view.finalize();
+    const png = new Resvg(svg, { fitTo: { mode: 'zoom', value: 2 }, background: 'white', font }).render().asPng();
+    out.push({ ...chart, svg, png });
+  }
+  return out;
+}
