@@ -6,33 +6,12 @@
  * 2. Forward + backward at B·N = 16384, H·D = 2048, f16, through the API with GPU-resident tensors: wall
  *    clock per call until the queue is done, best of 3; TFLOP/s by PRODUCT.md's FLOP rule (3.5× forward).
  */
-import { attentionFlops, backward, forward, tensor, type GpuTensor, type Tensor } from '../../src/index.js';
+import { attentionFlops, backward, forward, tensor, type GpuTensor } from '../../src/index.js';
 import { checkBackward } from '../../src/problem.js';
-import { encodeF16 } from '../../src/f16.js';
-import { toF64 } from '../../src/tensor.js';
 import { defaultGpu } from '../../src/webgpu/device.js';
 import { backwardMatrixParams } from '../../src/webgpu/index.js';
-import { mulberry32 } from '../../src/cli/random.js';
+import { maxErr, randomF16 } from './util.js';
 
-function randomF16(n: number, seed: number): Uint16Array {
-  const u = mulberry32(seed);
-  const x = new Float64Array(n);
-  for (let i = 0; i < n; i++) x[i] = Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
-  return encodeF16(x);
-}
-
-function maxErr(a: Tensor, ref: Tensor): number {
-  const x = toF64(a);
-  const y = toF64(ref);
-  let e = 0;
-  for (let i = 0; i < x.length; i++) {
-    if (x[i] === y[i]) continue;
-    const d = Math.abs(x[i] - y[i]);
-    if (Number.isNaN(d)) return NaN;
-    if (d > e) e = d;
-  }
-  return e;
-}
 
 const gpu = await defaultGpu();
 console.log(`${new Date().toISOString()} ${gpu.description}`);

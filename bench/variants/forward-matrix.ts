@@ -8,36 +8,15 @@
  *    submission, wall clock until the queue is done, best of 3; TFLOP/s by PRODUCT.md's FLOP rule.
  * Results are kept in bench/results/ with the date and device.
  */
-import { attentionFlops, forward, tensor, type Tensor } from '../../src/index.js';
+import { attentionFlops, forward, tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
-import { encodeF16 } from '../../src/f16.js';
-import { toF64 } from '../../src/tensor.js';
 import { defaultGpu, type Gpu } from '../../src/webgpu/device.js';
 import { forwardKernel, forwardMatrixParams, sizesOf } from '../../src/webgpu/index.js';
 import { sizesBytes } from '../../src/webgpu/kernels/common.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { dispatch } from '../../src/webgpu/pipelines.js';
-import { mulberry32 } from '../../src/cli/random.js';
+import { maxErr, randomF16 } from './util.js';
 
-function randomF16(n: number, seed: number): Uint16Array {
-  const u = mulberry32(seed);
-  const x = new Float64Array(n);
-  for (let i = 0; i < n; i++) x[i] = Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
-  return encodeF16(x);
-}
-
-function maxErr(a: Tensor, ref: Tensor): number {
-  const x = toF64(a);
-  const y = toF64(ref);
-  let e = 0;
-  for (let i = 0; i < x.length; i++) {
-    if (x[i] === y[i]) continue; // equal infinities (L = −∞ of a row that sees no key) too
-    const d = Math.abs(x[i] - y[i]);
-    if (Number.isNaN(d)) return NaN;
-    if (d > e && Number.isFinite(y[i])) e = d;
-  }
-  return e;
-}
 
 async function validate(gpu: Gpu): Promise<boolean> {
   const cases = [

@@ -15,31 +15,14 @@ import { errorMessage, isOutOfMemory, summarize } from './bench.js';
 import type { Clock } from './clock.js';
 import type { Progress } from './progress.js';
 import { mulberry32, randomTensor } from './random.js';
-import type { BenchDType, EncoderPoint, EncoderResult, EncoderSettings } from './results.js';
-
-/** The fields of src/models/encoder.ts's EncoderConfig that the driver sets. */
-export interface EncoderRequest {
-  layers: number;
-  dModel: number;
-  heads: number;
-  ffn: number;
-  causal: boolean;
-  attention: 'flash' | 'standard';
-  backend: 'cpu' | 'webgpu';
-  dtype: BenchDType;
-  seed?: number;
-  memory?: MemoryTracker;
-  device?: GPUDevice;
-}
+import type { EncoderPoint, EncoderResult, EncoderSettings } from './results.js';
+import type { Encoder, EncoderConfig } from '../models/encoder.js';
 
 /** What the driver uses of src/models/encoder.ts's Encoder. */
-export interface EncoderModel {
-  forward(x: Tensor | GpuTensor): Promise<Tensor | GpuTensor>;
-  dispose(): void;
-}
+export type EncoderModel = Pick<Encoder, 'forward' | 'dispose'>;
 
 /** createEncoder of src/models/encoder.ts (out of memory: OutOfMemoryError). */
-export type EncoderFactory = (config: EncoderRequest) => Promise<EncoderModel>;
+export type EncoderFactory = (config: EncoderConfig) => Promise<EncoderModel>;
 
 export interface EncoderContext {
   backend: 'cpu' | 'webgpu';

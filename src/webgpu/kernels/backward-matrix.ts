@@ -23,7 +23,7 @@
  * Rows that see no key (L = −∞) get P = dS = 0. Workgroup memory: dK/dV 12·Bq·16 bytes (Sᵀ, dPᵀ in f32,
  * Pᵀ, dSᵀ in f16); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16).
  */
-import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes } from './common.js';
+import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
 import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, lines, range } from './matrix.js';
 
 export interface BackwardKVMatrixParams {
@@ -127,14 +127,8 @@ ${lines(DF, (d) => `  let k${d} = subgroupMatrixLoad<${LEFT}, row_major>(&k, kv0
   var dv${d} = ${RESULT}();`)}
 
   let Tr = (u.Nq + Bq - 1u) / Bq;
-  var iStart = 0u;
-  ${
-    causal
-      ? `// Alg. 2 line 8, causal: the first query row that sees key c0 bounds the query blocks.
-  let firstRow = i32(c0) - (i32(u.Nk) - i32(u.Nq));
-  iStart = select(0u, u32(firstRow) / Bq, firstRow > 0);`
-      : ''
-  }
+  // Alg. 2 line 8, causal: the first query block that sees key c0.
+  ${firstQueryBlockWGSL(causal, 'Bq')}
   for (var g = 0u; g < G; g++) {
     let h = hkv * G + g;
     let qo = b * u.qBatch + h * u.qHead;
@@ -252,14 +246,8 @@ ${grid(RF, DF)
   )
   .join('\n')}
 
-  var Tc = (u.Nk + Bc - 1u) / Bc;
-  ${
-    causal
-      ? `// Causal: the last key the block's last row sees bounds the key blocks.
-  let lastKey = i32(r0 + Br) - 1 + i32(u.Nk) - i32(u.Nq);
-  Tc = select(0u, min(Tc, u32(lastKey) / Bc + 1u), lastKey >= 0);`
-      : ''
-  }
+  // Causal: key blocks entirely above the diagonal are skipped.
+  ${keyBlocksWGSL(causal)}
   for (var j = 0u; j < Tc; j++) {
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)

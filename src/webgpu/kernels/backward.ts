@@ -31,7 +31,7 @@
  * LLVM first compile take minutes. Sums are two-level: a tile's partial sum, then added to the accumulator.
  * Rows past Nq and keys past Nk load as 0 and are masked; rows that see no key (L = −∞) have P = dS = 0.
  */
-import { MASKED_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { MASKED_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
 import { loadVec4 } from './forward.js';
 
 export interface PreprocessParams {
@@ -201,14 +201,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   }
 
   let Tr = (u.Nq + Br - 1u) / Br;
-  var iStart = 0u;
-  ${
-    causal
-      ? `// Alg. 2 line 8, causal: the first query row that sees key c0 bounds the query blocks.
-  let firstRow = i32(c0) - (i32(u.Nk) - i32(u.Nq));
-  iStart = select(0u, u32(firstRow) / Br, firstRow > 0);`
-      : ''
-  }
+  // Alg. 2 line 8, causal: the first query block that sees key c0.
+  ${firstQueryBlockWGSL(causal, 'Br')}
   for (var g = 0u; g < G; g++) {
     let h = hkv * G + g;
     let qo = b * u.qBatch + h * u.qHead;
@@ -355,14 +349,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   }
   ${rowStatsWGSL()}
 
-  var Tc = (u.Nk + Bc - 1u) / Bc;
-  ${
-    causal
-      ? `// Causal: the last key the block's last row sees bounds the key blocks.
-  let lastKey = i32(min(r0 + Br, u.Nq)) - 1 + i32(u.Nk) - i32(u.Nq);
-  Tc = select(0u, min(Tc, u32(lastKey) / Bc + 1u), lastKey >= 0);`
-      : ''
-  }
+  // Causal: key blocks entirely above the diagonal are skipped.
+  ${keyBlocksWGSL(causal)}
   for (var j = 0u; j < Tc; j++) {
     let c0 = j * Bc;
     workgroupBarrier(); // the previous block's K_j and dS are no longer read

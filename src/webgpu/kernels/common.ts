@@ -99,3 +99,25 @@ export function chooseTiles(
   if (!fit) throw new KernelConfigError(`no tile fits in ${limit} bytes of workgroup memory`);
   return fit;
 }
+
+/**
+ * WGSL: `Tc`, the number of key blocks (Bc keys each) the query block starting at row r0 (Br rows) visits;
+ * causal: the last key its last row sees bounds it, so blocks entirely above the diagonal are skipped.
+ */
+export function keyBlocksWGSL(causal: boolean): string {
+  const count = 'var Tc = (u.Nk + Bc - 1u) / Bc;';
+  if (!causal) return count;
+  return `${count}
+  let lastKey = i32(min(r0 + Br, u.Nq)) - 1 + i32(u.Nk) - i32(u.Nq);
+  Tc = select(0u, min(Tc, u32(lastKey) / Bc + 1u), lastKey >= 0);`;
+}
+
+/**
+ * WGSL: `iStart`, the first query block (of `rows` rows) that sees key c0 (Alg. 2 line 8, causal: the
+ * blocks before it are entirely above the diagonal); 0 when not causal.
+ */
+export function firstQueryBlockWGSL(causal: boolean, rows: string): string {
+  if (!causal) return 'let iStart = 0u;';
+  return `let firstRow = i32(c0) - (i32(u.Nk) - i32(u.Nq));
+  let iStart = select(0u, u32(firstRow) / ${rows}, firstRow > 0);`;
+}

@@ -26,7 +26,7 @@
  * in reverse order so the heaviest start first.
  * Workgroup memory: S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag); Br = 32, Bc = 64: 12 KiB.
  */
-import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes } from './common.js';
+import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL } from './common.js';
 import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, range } from './matrix.js';
 
 export interface ForwardMatrixParams {
@@ -123,14 +123,8 @@ ${grid(RF, DF)
   var l = 0.0;
   var poisoned = false; // a NaN logit makes this row's out and L NaN, and no other row's
 
-  var Tc = (u.Nk + Bc - 1u) / Bc;
-  ${
-    causal
-      ? `// Causal: the last key the block's last row sees bounds the key blocks.
-  let lastKey = i32(r0 + Br) - 1 + i32(u.Nk) - i32(u.Nq);
-  Tc = select(0u, min(Tc, u32(lastKey) / Bc + 1u), lastKey >= 0);`
-      : ''
-  }
+  // Causal: key blocks entirely above the diagonal are skipped.
+  ${keyBlocksWGSL(causal)}
   for (var j = 0u; j < Tc; j++) {
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)

@@ -16,7 +16,7 @@
  * No private arrays: O_i lives in workgroup memory, each vec4 owned by one thread (private arrays indexed
  * in loops make lavapipe's LLVM compile take minutes).
  */
-import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL } from './common.js';
 
 export interface ForwardParams {
   D: number;
@@ -107,14 +107,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   var l = 0.0;
   var poisoned = false; // a NaN logit makes the row's out and L NaN, and no other row's
 
-  var Tc = (u.Nk + Bc - 1u) / Bc;
-  ${
-    causal
-      ? `// Causal: the last key the block's last row sees bounds the key blocks.
-  let lastKey = i32(min(r0 + Br, u.Nq)) - 1 + i32(u.Nk) - i32(u.Nq);
-  Tc = select(0u, min(Tc, u32(lastKey) / Bc + 1u), lastKey >= 0);`
-      : ''
-  }
+  // Causal: key blocks entirely above the diagonal are skipped.
+  ${keyBlocksWGSL(causal)}
   for (var j = 0u; j < Tc; j++) {
     let c0 = j * Bc;
     workgroupBarrier(); // the previous block's V_j is no longer read
