@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine (through the device tool; see ../shared/gpu/README.md), logs under $OUT:
-#   bash .gpu/enter.sh bash bench/gpu.sh tests   the whole test spec on the webgpu backend
-#   bash .gpu/enter.sh bash bench/gpu.sh bench   flash against the standard baseline, then the shape sweep
+# On the GPU machine (through the device tool; see ../shared/gpu/README.md), logs and reports under $OUT:
+#   bash .gpu/enter.sh bash bench/gpu.sh tests     the whole test spec on the webgpu backend
+#   bash .gpu/enter.sh bash bench/gpu.sh product   PyTorch's SDPA figures, then PRODUCT.md's grid beside them
+#   bash .gpu/enter.sh bash bench/gpu.sh default   PyTorch's seed-notebook encoder, then `flashattn bench` beside it
+# The PyTorch scripts are copies of ../shared/anchors (bench/anchors/); the machine's python3 has torch.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -11,17 +13,13 @@ case "${1:-}" in
     FLASHATTN_REQUIRE_WEBGPU=1 FLASHATTN_TEST_BACKENDS=webgpu \
       node --test --test-concurrency=8 --test-reporter=spec dist/test/*.test.js > "$out/tests.txt" 2>&1
     echo "tests exit $?"; grep -E '^ℹ (tests|pass|fail|skipped|duration)' "$out/tests.txt" ;;
-  bench)
-    flashattn info | tee "$out/info.txt"
-    # B=4, H=16, N=4096, D=128, f16: flash against the standard baseline (time and peak memory).
-    flashattn bench --backend webgpu --dtype f16 --batch 4 --heads 16 --dim 128 --n 4096 --repeats 5 \
-      --json "$out/std-4096.json" 2>/dev/null | tee "$out/std-4096.txt"
-    # FlashAttention's benchmark shapes: B·N = 16384, H·D = 2048; flash only.
-    for D in 64 128; do
-      for N in 1024 2048 4096 8192 16384; do
-        flashattn bench --backend webgpu --dtype f16 --batch $((16384 / N)) --heads $((2048 / D)) --dim $D --n $N \
-          --repeats 3 --no-standard 2>/dev/null | grep -E '│ +[0-9]+ │' | sed "s/^/D=$D B=$((16384 / N)) H=$((2048 / D)) /"
-      done
-    done | tee "$out/sweep.txt" ;;
-  *) echo "usage: bench/gpu.sh tests|bench" >&2; exit 2 ;;
+  product)
+    python3 bench/anchors/pytorch_sdpa.py > "$out/sdpa.jsonl" 2> "$out/sdpa.err"
+    flashattn bench --suite product --anchor "$out/sdpa.jsonl" --out "$out/product" > "$out/product.txt" 2> "$out/product.err"
+    echo "bench exit $?"; tail -n 60 "$out/product.txt" ;;
+  default)
+    python3 bench/anchors/pytorch_seed_notebook.py > "$out/seed.jsonl" 2> "$out/seed.err"
+    flashattn bench --anchor "$out/seed.jsonl" --out "$out/default" > "$out/default.txt" 2> "$out/default.err"
+    echo "bench exit $?"; tail -n 60 "$out/default.txt" ;;
+  *) echo "usage: bench/gpu.sh tests|product|default" >&2; exit 2 ;;
 esac
