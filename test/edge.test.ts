@@ -54,14 +54,15 @@ for (const target of TARGETS) {
       });
     }
 
-    test('a NaN in one query row stays in that row', async () => {
+    for (const algorithm of ['flash', 'standard'] as const) test(`${algorithm}: a NaN in one query row stays in that row`, async () => {
       const c: Case = { B: 2, H: 3, Hkv: 3, Nq: 130, Nk: 140, D: 20 };
       const { q, k, v } = inputs(c, 'f32', 'BNHD');
-      const clean = await forward(q, k, v, target);
+      const options = { ...target, algorithm };
+      const clean = await forward(q, k, v, options);
       const poisoned = q.data.slice();
       const [b0, n0, h0] = [1, 77, 2];
       poisoned[((b0 * c.Nq + n0) * c.H + h0) * c.D + 5] = NaN;
-      const got = await forward(tensor(poisoned, q.shape), k, v, target);
+      const got = await forward(tensor(poisoned, q.shape), k, v, options);
       const hit = (b: number, n: number, h: number) => b === b0 && n === n0 && h === h0;
       assert.ok(rows(got.out, hit).every(Number.isNaN), 'the poisoned row is NaN');
       assert.deepEqual(rows(got.out, (b, n, h) => !hit(b, n, h)), rows(clean.out, (b, n, h) => !hit(b, n, h)), 'every other row is unchanged');

@@ -36,7 +36,7 @@
  *   dS = P ∘ (dP − Dvec) from the stored P and dP, rounded as stored.
  * cast: one invocation per element, f32 → f16 (dK, dV accumulated in f32 when a group spans chunks).
  */
-import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, type StorageType } from './common.js';
+import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, type StorageType } from './common.js';
 
 /** The per-dispatch uniform block: geometry, the chunk's head mapping, and the three operands' addressing. */
 const OPERAND_FIELDS = ['Batch', 'QHead', 'KHead', 'Local', 'Ld', 'Split', 'SplitStride'] as const;
@@ -285,6 +285,7 @@ ${HEAD_WGSL}
 ${VISIBLE_WGSL}
 ${reduceWGSL('rowMax', (x, y) => `max(${x}, ${y})`)}
 ${reduceWGSL('rowSum', (x, y) => `${x} + ${y}`)}
+${NAN_WGSL}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -293,12 +294,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
   for (var row = wid.x; row < s.M; row += nwg.x) {
     let o = (z * s.M + row) * s.N;
     var mx = MASKED;
+    var bad = 0.0; // 1 where this invocation saw a NaN: max() may drop NaNs, so they are tested by their bits
     for (var j = lid; j < s.N; j += WG) {
       if (${seen}) {
-        mx = max(mx, f32(S[o + j]));
+        let x = f32(S[o + j]);
+        mx = max(mx, x);
+        bad = max(bad, select(0.0, 1.0, is_nan(x)));
       }
     }
     let m = rowMax(mx, lid);
+    let poisoned = rowMax(bad, lid) != 0.0; // a NaN logit makes the row's P and L NaN, and no other row's
     var sum = 0.0;
     if (m != MASKED) {
       for (var j = lid; j < s.N; j += WG) {
@@ -313,10 +318,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
       if (${seen} && l != 0.0) {
         pj = exp(f32(S[o + j]) - m) / l;
       }
-      P[o + j] = ${dtype}(pj);
+      P[o + j] = ${dtype}(select(pj, nan(), poisoned && ${seen}));
     }
     if (lid == 0u) {
-      lse[(hd.x * u.H + hd.y) * s.M + row] = select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0);
+      lse[(hd.x * u.H + hd.y) * s.M + row] = select(select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
     }
   }
 }
