@@ -3,7 +3,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { tileSizes } from '../src/cpu/job.js';
-import { cpuGeometry, flashForwardBytes, ioOf, standardForwardBytes, streamedRows, webgpuGeometry } from '../src/cli/io.js';
+import { cpuGeometry, flashForwardBytes, ioOf, problemOf, standardForwardBytes, streamedRows, webgpuGeometry } from '../src/cli/io.js';
+import { forwardMatrixParams } from '../src/webgpu/index.js';
+import { forwardMatrixWorkgroupBytes } from '../src/webgpu/kernels/forward-matrix.js';
 import type { Case } from '../src/cli/results.js';
 import type { Gpu } from '../src/webgpu/device.js';
 
@@ -60,4 +62,19 @@ test('webgpu: tiles from forwardParams within the device limit; f16 halves the e
   // WG = 128 threads: a matmul column tile is 32 wide, so PV reads P twice at D = 64.
   assert.equal(g.standard.forwardPasses, 5 + 2);
   assert.equal(g.standard.backwardPasses, 6 + 3 * 2);
+  assert.equal(g.standard.scoreBytes, 2, 'f16 inputs: the webgpu standard stores S and P in f16');
+  assert.equal(big.standard.scoreBytes, 4);
+});
+
+test('webgpu: the subgroup-matrix kernels\' tiles where they run (f16 on an adapter with f16 matrices)', () => {
+  const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 256, maxComputeWorkgroupSizeX: 256 } as GPUSupportedLimits;
+  const gpu = { limits, matrixF16: true, subgroupSize: 32 } as Gpu;
+  const c: Case = { ...base, dtype: 'f16', N: 4096 };
+  const g = webgpuGeometry(c, gpu);
+  const fm = forwardMatrixParams(problemOf(c, 'flash', 'webgpu'), gpu);
+  assert.ok(fm, 'the matrix forward applies');
+  assert.deepEqual(g.flash.forward, { Br: 16 * fm.RF, Bc: fm.Bc, onChipBytes: forwardMatrixWorkgroupBytes(fm) });
+  assert.equal(g.flash.backwardKV.Bc, 16, 'a dK/dV workgroup owns one 16-key fragment');
+  const f32 = webgpuGeometry({ ...base, N: 4096 }, gpu);
+  assert.notDeepEqual(f32.flash.forward, g.flash.forward, 'f32 runs the portable kernels');
 });

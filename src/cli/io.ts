@@ -17,7 +17,10 @@ import { MemoryTracker, type Algorithm } from '../index.js';
 import { cpuShape, scratchLength } from '../cpu/job.js';
 import type { Problem } from '../problem.js';
 import type { Gpu } from '../webgpu/device.js';
-import { backwardParams, forwardParams, workgroupSize } from '../webgpu/index.js';
+import { backwardMatrixParams, backwardParams, forwardMatrixParams, forwardParams, workgroupSize } from '../webgpu/index.js';
+import { backwardKVMatrixWorkgroupBytes, backwardQMatrixWorkgroupBytes } from '../webgpu/kernels/backward-matrix.js';
+import { forwardMatrixWorkgroupBytes } from '../webgpu/kernels/forward-matrix.js';
+import { FRAGMENT } from '../webgpu/kernels/matrix.js';
 import { backwardKVWorkgroupBytes, backwardQWorkgroupBytes } from '../webgpu/kernels/backward.js';
 import { forwardWorkgroupBytes } from '../webgpu/kernels/forward.js';
 import { matmulTile } from '../webgpu/kernels/standard.js';
@@ -88,24 +91,37 @@ export function cpuGeometry(c: Case, threads: number): KernelGeometry {
   };
 }
 
-/** The webgpu backend's tiles (src/webgpu/index.ts) for a case on a device. */
+/**
+ * The webgpu backend's tiles (src/webgpu/index.ts) for a case on a device: the subgroup-matrix kernels'
+ * where they run (their on-chip memory is the workgroup scratch; fragments sit in registers), else the
+ * portable kernels'.
+ */
 export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
   const p = problemOf(c, 'flash', 'webgpu');
   const f = forwardParams(p, gpu);
   const b = backwardParams(p, gpu);
+  const fm = forwardMatrixParams(p, gpu);
+  const bm = backwardMatrixParams(p, gpu);
   // A matmul that reads an N×N operand reads it once per BN-wide column tile of its D-wide result.
   const reads = Math.ceil(c.D / matmulTile({ WG: workgroupSize(gpu) }).BN);
   return {
     backend: 'webgpu',
     elementBytes: c.dtype === 'f16' ? 2 : 4,
     flash: {
-      forward: { Br: f.Br, Bc: f.Bc, onChipBytes: forwardWorkgroupBytes(f) },
-      backwardKV: { Br: b.kv.Br, Bc: b.kv.Bc, onChipBytes: backwardKVWorkgroupBytes(b.kv) },
-      backwardQ: { Br: b.q.Br, Bc: b.q.Bc, onChipBytes: backwardQWorkgroupBytes(b.q) },
+      forward: fm
+        ? { Br: FRAGMENT * fm.RF, Bc: fm.Bc, onChipBytes: forwardMatrixWorkgroupBytes(fm) }
+        : { Br: f.Br, Bc: f.Bc, onChipBytes: forwardWorkgroupBytes(f) },
+      backwardKV: bm
+        ? { Br: FRAGMENT * bm.kv.QF, Bc: FRAGMENT, onChipBytes: backwardKVMatrixWorkgroupBytes(bm.kv) }
+        : { Br: b.kv.Br, Bc: b.kv.Bc, onChipBytes: backwardKVWorkgroupBytes(b.kv) },
+      backwardQ: bm
+        ? { Br: FRAGMENT * bm.q.RF, Bc: bm.q.Bc, onChipBytes: backwardQMatrixWorkgroupBytes(bm.q) }
+        : { Br: b.q.Br, Bc: b.q.Bc, onChipBytes: backwardQWorkgroupBytes(b.q) },
       dqChunks: 0,
     },
     standard: {
-      scoreBytes: 4,
+      // S, P, dP and dS are stored in the input dtype (src/webgpu/standard.ts).
+      scoreBytes: c.dtype === 'f16' ? 2 : 4,
       // forward: QKᵀ writes S; softmax reads S three times (max, sum, P) and writes P; PV reads P `reads` times.
       // backward: QKᵀ writes S, dO Vᵀ writes dP; the dS kernel reads S and dP, writes P over S and dS;
       // dQ = dS K, dK = dSᵀ Q and dV = Pᵀ dO read dS, dS and P `reads` times each.
