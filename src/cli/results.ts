@@ -26,16 +26,11 @@ export interface Case {
   dtype: BenchDType;
 }
 
-export interface Validation {
+/** A validation run: the case it ran (B, H, N smaller than the timed one's), and its verdict. */
+export interface Validation extends Case {
   algorithm: Algorithm;
   /** The kernel validated: forward (out, lse) or backward (dq, dk, dv). */
   kernel: 'forward' | 'backward';
-  B: number;
-  H: number;
-  N: number;
-  D: number;
-  causal: boolean;
-  dtype: BenchDType;
   ok: boolean;
   tolerance: number;
   /** Per tensor: max |kernel − reference| / max |reference|. */
