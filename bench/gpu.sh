@@ -2,7 +2,9 @@
 # On the GPU machine (through the device tool; see ../shared/gpu/README.md), logs and reports under $OUT:
 #   bash .gpu/enter.sh bash bench/gpu.sh tests     the whole test spec on the webgpu backend
 #   bash .gpu/enter.sh bash bench/gpu.sh product   PyTorch's SDPA figures, then PRODUCT.md's grid beside them
-#   bash .gpu/enter.sh bash bench/gpu.sh default   PyTorch's seed-notebook encoder, then `flashattn bench` beside it
+#   bash .gpu/enter.sh bash bench/gpu.sh default [bench options]
+#                                                  PyTorch's seed-notebook encoder, then `flashattn bench` beside it
+#                                                  (SEED_ANCHOR=file.jsonl: PyTorch's lines from an earlier run instead)
 # The PyTorch scripts are copies of ../shared/anchors (bench/anchors/); the machine's python3 has torch.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -18,8 +20,10 @@ case "${1:-}" in
     flashattn bench --suite product --anchor "$out/sdpa.jsonl" --out "$out/product" > "$out/product.txt" 2> "$out/product.err"
     echo "bench exit $?"; tail -n 60 "$out/product.txt" ;;
   default)
-    python3 bench/anchors/pytorch_seed_notebook.py > "$out/seed.jsonl" 2> "$out/seed.err"
-    flashattn bench --anchor "$out/seed.jsonl" --out "$out/default" > "$out/default.txt" 2> "$out/default.err"
+    shift
+    if [ -n "${SEED_ANCHOR:-}" ]; then cp "$SEED_ANCHOR" "$out/seed.jsonl"
+    else python3 bench/anchors/pytorch_seed_notebook.py > "$out/seed.jsonl" 2> "$out/seed.err"; fi
+    flashattn bench --anchor "$out/seed.jsonl" --out "$out/default" "$@" > "$out/default.txt" 2> "$out/default.err"
     echo "bench exit $?"; tail -n 60 "$out/default.txt" ;;
   *) echo "usage: bench/gpu.sh tests|product|default" >&2; exit 2 ;;
 esac

@@ -13,7 +13,8 @@
  *      workgroup memory ([c][r], stride Br);
  *   2. each invocation takes its row (or share of a row: SGS/Br invocations per row, combined with
  *      subgroup shuffles): running max m, P̃ = exp2(S·scale·log2e − m) written to P in f16, and l, the
- *      sum of those f16 values (so a one-hot row, as with logits of ±1e4, gives exactly its V row);
+ *      sum of those f16 values read back from P (so a one-hot row, as with logits of ±1e4, gives exactly
+ *      its V row);
  *   3. O_i += P̃ V_j.
  * The rescale O_i = diag(e^(m_old − m)) O_i needs per-row scalars, which subgroup matrices cannot take; so
  * m only moves when a row's block max exceeds it by more than TAU (in log2 units; P̃ ≤ 2^TAU, well within
@@ -179,17 +180,21 @@ ${grid(CF, DF)
       l = l * alpha;
       m = mx;
     }
-    var sum = 0.0;
     for (var t = 0u; t < ${Bc / SHARES}u; t++) {
       let c = part * ${Bc / SHARES}u + t;
       let key = c0 + c;
-      let pe = f16(select(0.0, exp2(S[c * Br + r] * scale2 - m), ${visible}));
-      P[c * Br + r] = pe;
-      sum += f32(pe); // l sums the P̃ that O_i is made of, so O_i / l weighs V exactly as P̃ does
+      P[c * Br + r] = f16(select(0.0, exp2(S[c * Br + r] * scale2 - m), ${visible}));
+    }
+    workgroupBarrier(); // P is written
+    // l sums the P̃ that O_i is made of, read back from P: so O_i / l weighs V exactly as P̃ does (a
+    // one-hot row gives exactly its V row). Summing the values as computed is not the same: the compiler
+    // may keep them unrounded, or compute them twice with and without a fused multiply-add.
+    var sum = 0.0;
+    for (var t = 0u; t < ${Bc / SHARES}u; t++) {
+      sum += f32(P[(part * ${Bc / SHARES}u + t) * Br + r]);
     }
     ${shuffles('sum', (a, b) => `${a} + ${b}`)}
     l += sum;
-    workgroupBarrier(); // P is written
     if (workgroupUniformLoad(&S[FLAG]) != 0.0) {
       // O_i = diag(alpha) O_i, 16 columns at a time through S ([d][r]).
 ${range(DF)
