@@ -1,57 +1,63 @@
 /**
  * Tuning sweep for the subgroup-matrix forward (src/webgpu/kernels/forward-matrix.ts), run on the GPU
- * machine: `bash .gpu/enter.sh node dist/bench/variants/forward-matrix.js`.
+ * machine: `bash .gpu/enter.sh node dist/bench/variants/forward-matrix.js [quick|full] [tiles as JSON]`.
  *
- * 1. Validates the kernel the library picks, on a few shapes with tails, against the float64 reference,
- *    beside the webgpu standard attention in the same dtype (the correctness rule: error ≤ 2× standard's).
- * 2. Times each variant (Bc, SG, pad) at B·N = 16384, H·D = 2048, f16, forward: R dispatches in one
- *    submission, wall clock until the queue is done, best of 3; TFLOP/s by PRODUCT.md's FLOP rule.
- * Results are kept in bench/results/ with the date and device.
+ * For each variant (Bc, RF, W, PAD) of the tiles by D:
+ * 1. validates it through the library (FORWARD_MATRIX_TILES set to the variant) on shapes with tails,
+ *    causal off and on, against the float64 reference beside the webgpu standard attention in the same
+ *    dtype (the correctness rule: error ≤ 2× standard's); a variant that fails is not timed;
+ * 2. times it at B·N = 16384, H·D = 2048, f16, forward: R dispatches in one submission, wall clock until
+ *    the queue is done, best of 3; TFLOP/s by PRODUCT.md's FLOP rule.
+ * The kernel before warps shared K/V tiles (forward-matrix-direct.ts, one warp per workgroup, fragments
+ * loaded straight from storage) is timed beside them. One line per result, printed as it comes.
  */
-import { attentionFlops, forward, tensor } from '../../src/index.js';
+import { attentionFlops, forward, tensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
 import { defaultGpu, type Gpu } from '../../src/webgpu/device.js';
-import { forwardKernel, forwardMatrixParams, sizesOf } from '../../src/webgpu/index.js';
+import { FORWARD_MATRIX_TILES, forwardKernel, forwardMatrixParams, sizesOf } from '../../src/webgpu/index.js';
 import { sizesBytes } from '../../src/webgpu/kernels/common.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
-import { dispatch } from '../../src/webgpu/pipelines.js';
+import { dispatch, pipeline } from '../../src/webgpu/pipelines.js';
+import { forwardMatrixWGSL as directWGSL } from './forward-matrix-direct.js';
 import { maxErr, randomF16 } from './util.js';
 
+type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>;
 
-async function validate(gpu: Gpu): Promise<boolean> {
+/** The float64 reference and the webgpu standard's errors, by D, case and causal: drawn once for all variants. */
+const yardsticks = new Map<string, { ref: { out: Tensor; lse: Tensor }; so: number; sl: number }>();
+
+/** The variant's errors on shapes of this D with tails, or the first failure. */
+async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | undefined> {
+  FORWARD_MATRIX_TILES[D] = tiles;
   const cases = [
-    { B: 2, H: 3, Nq: 113, Nk: 203, D: 64 },
-    { B: 2, H: 3, Nq: 1023, Nk: 1024, D: 128 },
-    { B: 2, H: 3, Nq: 108, Nk: 256, D: 40 },
-    { B: 2, H: 3, Nq: 113, Nk: 211, D: 128 },
-    { B: 2, H: 3, Nq: 512, Nk: 256, D: 64 },
-    { B: 1, H: 2, Nq: 40, Nk: 70, D: 32 },
-    { B: 1, H: 2, Nq: 256, Nk: 512, D: 256 },
-    { B: 2, H: 3, Nq: 128, Nk: 217, D: 59 },
-    { B: 2, H: 3, Nq: 512, Nk: 256, D: 8 },
-    { B: 1, H: 2, Nq: 1, Nk: 1, D: 1 },
+    { B: 2, H: 3, Nq: 1023, Nk: 1024 },
+    { B: 2, H: 3, Nq: 113, Nk: 211 },
+    { B: 1, H: 2, Nq: 300, Nk: 77 },
+    { B: 1, H: 2, Nq: 64, Nk: 64 },
   ];
-  let ok = true;
   for (const c of cases) {
     for (const causal of [false, true]) {
-      const q = tensor(randomF16(c.B * c.Nq * c.H * c.D, 1), [c.B, c.Nq, c.H, c.D], 'f16');
-      const k = tensor(randomF16(c.B * c.Nk * c.H * c.D, 2), [c.B, c.Nk, c.H, c.D], 'f16');
-      const v = tensor(randomF16(c.B * c.Nk * c.H * c.D, 3), [c.B, c.Nk, c.H, c.D], 'f16');
-      const ref = await forward(q, k, v, { backend: 'reference', causal });
+      const q = tensor(randomF16(c.B * c.Nq * c.H * D, 1), [c.B, c.Nq, c.H, D], 'f16');
+      const k = tensor(randomF16(c.B * c.Nk * c.H * D, 2), [c.B, c.Nk, c.H, D], 'f16');
+      const v = tensor(randomF16(c.B * c.Nk * c.H * D, 3), [c.B, c.Nk, c.H, D], 'f16');
+      const params = forwardMatrixParams(checkForward(q, k, v, { causal }), gpu);
+      if (!params) continue;
       const fl = await forward(q, k, v, { backend: 'webgpu', causal }).catch((e: Error) => e);
-      if (fl instanceof Error) {
-        console.log(`FAIL ${JSON.stringify(c)} causal=${causal}: ${fl.message.slice(0, 600)}`);
-        return false;
+      if (fl instanceof Error) return `${JSON.stringify(c)} causal=${causal}: ${fl.message.slice(0, 800)}`;
+      const key = `${D}/${JSON.stringify(c)}/${causal}`;
+      if (!yardsticks.has(key)) {
+        const ref = await forward(q, k, v, { backend: 'reference', causal });
+        const st = await forward(q, k, v, { backend: 'webgpu', causal, algorithm: 'standard' });
+        yardsticks.set(key, { ref, so: maxErr(st.out, ref.out), sl: maxErr(st.lse, ref.lse) });
       }
-      const st = await forward(q, k, v, { backend: 'webgpu', causal, algorithm: 'standard' });
-      const kernel = forwardMatrixParams(checkForward(q, k, v, { causal }), gpu) ? 'matrix' : 'portable';
-      const [eo, so, el, sl] = [maxErr(fl.out, ref.out), maxErr(st.out, ref.out), maxErr(fl.lse, ref.lse), maxErr(st.lse, ref.lse)];
-      const pass = eo <= 2 * so + 1e-6 && el <= 2 * sl + 1e-6;
-      ok &&= pass;
-      console.log(`${pass ? 'ok  ' : 'FAIL'} ${kernel} ${JSON.stringify(c)} causal=${causal} out ${eo.toExponential(2)} (std ${so.toExponential(2)}) lse ${el.toExponential(2)} (std ${sl.toExponential(2)})`);
+      const { ref, so, sl } = yardsticks.get(key)!;
+      const [eo, el] = [maxErr(fl.out, ref.out), maxErr(fl.lse, ref.lse)];
+      if (!(eo <= 2 * so + 1e-6 && el <= 2 * sl + 1e-6)) {
+        return `${JSON.stringify(c)} W=${params.W} causal=${causal}: out ${eo.toExponential(2)} (std ${so.toExponential(2)}) lse ${el.toExponential(2)} (std ${sl.toExponential(2)})`;
+      }
     }
   }
-  return ok;
+  return undefined;
 }
 
 interface Shape {
@@ -59,10 +65,11 @@ interface Shape {
   H: number;
   N: number;
   D: number;
+  causal: boolean;
 }
 
 /** Device buffers for a shape, filled once (random f16 values; drawing them in JS is the slow part). */
-function buffers(gpu: Gpu, { B, H, N, D }: Shape): GPUBuffer[] {
+function buffers(gpu: Gpu, { B, H, N, D }: Omit<Shape, 'causal'>): GPUBuffer[] {
   const { device } = gpu;
   const bytes = B * N * H * D * 2;
   const data = randomF16(B * N * H * D, 1);
@@ -76,13 +83,18 @@ function buffers(gpu: Gpu, { B, H, N, D }: Shape): GPUBuffer[] {
   return [make(input, true), make(input, true), make(input, true), make(GPUBufferUsage.STORAGE, false), lse];
 }
 
-async function time(gpu: Gpu, shape: Shape & { causal: boolean }, bufs: GPUBuffer[], params: ForwardMatrixParams | undefined): Promise<number> {
-  const { device } = gpu;
-  const { B, H, N, D, causal } = shape;
-  const [Q, K, V, out, lse] = bufs;
+/** The checked problem of a shape over its buffers. */
+function problem({ B, H, N, D, causal }: Shape, bufs: GPUBuffer[]) {
   const gt = (data: GPUBuffer) => ({ data, dtype: 'f16' as const, shape: [B, N, H, D] });
-  const p = checkForward(gt(Q), gt(K), gt(V), { causal });
-  const { pipe, Br } = await forwardKernel(p, gpu, params);
+  return checkForward(gt(bufs[0]), gt(bufs[1]), gt(bufs[2]), { causal });
+}
+
+/** ms per dispatch of `pipe` (Br query rows per workgroup) over the shape. */
+async function time(gpu: Gpu, shape: Shape, bufs: GPUBuffer[], pipe: GPUComputePipeline, Br: number): Promise<number> {
+  const { device } = gpu;
+  const { B, H, N } = shape;
+  const [Q, K, V, out, lse] = bufs;
+  const p = problem(shape, bufs);
   const sizes = device.createBuffer({ size: 48, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
   device.queue.writeBuffer(sizes, 0, sizesBytes(sizesOf(p)));
   const run = async (R: number) => {
@@ -104,32 +116,61 @@ async function time(gpu: Gpu, shape: Shape & { causal: boolean }, bufs: GPUBuffe
 async function main(): Promise<void> {
   const gpu = await defaultGpu();
   console.log(`${new Date().toISOString()} ${gpu.description} matrixF16=${gpu.matrixF16} subgroupSize=${gpu.subgroupSize}`);
-  const ok = process.argv[3] === 'novalidate' || (await validate(gpu));
-  console.log(ok ? 'validation: all pass' : 'validation: FAILED');
   if (!gpu.matrixF16 || gpu.subgroupSize === undefined) return;
+  const SGS = gpu.subgroupSize;
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  const only = process.argv[2];
-  const variants: Array<Pick<ForwardMatrixParams, 'Bc' | 'RF'>> = [
-    { Bc: 16, RF: 2 },
-    { Bc: 32, RF: 2 },
-    ...(only === 'quick' ? [{ Bc: 64, RF: 2 }, { Bc: 32, RF: 1 }, { Bc: 64, RF: 1 }] : []),
-  ];
-  for (const D of [64, 128]) {
-    for (const N of only === 'quick' ? [4096] : [1024, 4096, 16384]) {
-      const bufs = buffers(gpu, { B: 16384 / N, H: 2048 / D, N, D });
-      for (const causal of only === 'quick' ? [false] : [false, true]) {
-        const shape = { B: 16384 / N, H: 2048 / D, N, D, causal };
+  const quick = process.argv[2] === 'quick';
+  const Ds = process.argv[4] ? process.argv[4].split(',').map(Number) : [128, 64];
+  const variants: Record<number, Tiles[]> = {
+    64: [
+      { Bc: 64, RF: 1, W: 4, PAD: 8 },
+      { Bc: 32, RF: 1, W: 4, PAD: 8 },
+      { Bc: 64, RF: 1, W: 8, PAD: 8 },
+      { Bc: 64, RF: 2, W: 4, PAD: 8 },
+      { Bc: 64, RF: 1, W: 4, PAD: 0 },
+      { Bc: 128, RF: 1, W: 4, PAD: 8 },
+    ],
+    128: [
+      { Bc: 32, RF: 1, W: 4, PAD: 8 },
+      { Bc: 32, RF: 1, W: 8, PAD: 8 },
+      { Bc: 64, RF: 1, W: 4, PAD: 8 },
+      { Bc: 32, RF: 2, W: 4, PAD: 8 },
+      { Bc: 32, RF: 1, W: 4, PAD: 0 },
+      { Bc: 16, RF: 1, W: 8, PAD: 8 },
+    ],
+  };
+  // `node forward-matrix.js quick '[{"Bc":32,"RF":1,"W":1,"PAD":8}]'`: these tiles for every D instead
+  // (or '{"64": [...], "128": [...]}': by D).
+  if (process.argv[3]) {
+    const arg = JSON.parse(process.argv[3]) as Tiles[] | Record<number, Tiles[]>;
+    for (const D of [64, 128]) variants[D] = Array.isArray(arg) ? arg : arg[D];
+  }
+  const direct: Record<number, { Bc: number; RF: number }> = { 64: { Bc: 16, RF: 2 }, 128: { Bc: 32, RF: 2 } };
+  const saved = { ...FORWARD_MATRIX_TILES };
+  for (const D of Ds) {
+    const ok: Tiles[] = [];
+    for (const t of variants[D]) {
+      const params: ForwardMatrixParams = { D, ...t, SGS, causal: false };
+      const why = forwardMatrixProblem(params) ?? (forwardMatrixWorkgroupBytes(params) > limit ? `${forwardMatrixWorkgroupBytes(params)} B of workgroup memory` : undefined);
+      const bad = why ?? (await validate(gpu, D, t).catch((e: Error) => `threw ${e.message.slice(0, 800)}`));
+      console.log(`D=${D} ${JSON.stringify(t)}: ${bad ? `REJECTED ${bad}` : 'valid'}`);
+      if (!bad) ok.push(t);
+    }
+    FORWARD_MATRIX_TILES[D] = saved[D];
+    for (const N of quick ? [4096] : [1024, 4096, 16384]) {
+      const base = { B: 16384 / N, H: 2048 / D, N, D };
+      const bufs = buffers(gpu, base);
+      for (const causal of [false, true]) {
+        const shape = { ...base, causal };
         const flops = attentionFlops({ ...shape, Nq: N, Nk: N });
-        const cells: string[] = [];
-        for (const v of variants) {
-          const params: ForwardMatrixParams = { D, ...v, SGS: gpu.subgroupSize, causal };
-          if (forwardMatrixProblem(params) || forwardMatrixWorkgroupBytes(params) > limit) continue;
-          const ms = await time(gpu, shape, bufs, params);
-          cells.push(`Bc${v.Bc}/RF${v.RF} ${(flops / ms / 1e9).toFixed(1)}`);
-          console.log(`  D=${D} N=${N} causal=${causal} ${cells[cells.length - 1]}`);
+        const tf = (ms: number) => (flops / ms / 1e9).toFixed(1);
+        for (const t of ok) {
+          const { pipe, Br } = await forwardKernel(problem(shape, bufs), gpu, { D, ...t, SGS, causal });
+          console.log(`D=${D} N=${N} causal=${causal} ${JSON.stringify(t)} ${tf(await time(gpu, shape, bufs, pipe, Br))} TFLOP/s`);
         }
-        if (N === 4096 && only !== 'quick') cells.push(`portable ${(flops / (await time(gpu, shape, bufs, undefined)) / 1e9).toFixed(1)}`);
-        console.log(`D=${D} N=${N} causal=${causal}: ${cells.join(' | ')} TFLOP/s`);
+        const d = { D, ...direct[D], SGS, causal };
+        const pipe = await pipeline(gpu.device, 'forwardMatrixDirect', d, (x) => directWGSL(x, limit));
+        console.log(`D=${D} N=${N} causal=${causal} direct ${JSON.stringify(direct[D])} ${tf(await time(gpu, shape, bufs, pipe, 16 * d.RF))} TFLOP/s`);
       }
       for (const b of bufs) b.destroy();
     }

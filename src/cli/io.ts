@@ -19,7 +19,7 @@ import type { Problem } from '../problem.js';
 import type { Gpu } from '../webgpu/device.js';
 import { backwardMatrixParams, backwardParams, forwardMatrixParams, forwardParams, workgroupSize } from '../webgpu/index.js';
 import { backwardKVMatrixWorkgroupBytes, backwardQMatrixWorkgroupBytes } from '../webgpu/kernels/backward-matrix.js';
-import { forwardMatrixWorkgroupBytes } from '../webgpu/kernels/forward-matrix.js';
+import { forwardMatrixRows, forwardMatrixWorkgroupBytes } from '../webgpu/kernels/forward-matrix.js';
 import { FRAGMENT } from '../webgpu/kernels/matrix.js';
 import { backwardKVWorkgroupBytes, backwardQWorkgroupBytes } from '../webgpu/kernels/backward.js';
 import { forwardWorkgroupBytes } from '../webgpu/kernels/forward.js';
@@ -109,7 +109,7 @@ export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
     elementBytes: c.dtype === 'f16' ? 2 : 4,
     flash: {
       forward: fm
-        ? { Br: FRAGMENT * fm.RF, Bc: fm.Bc, onChipBytes: forwardMatrixWorkgroupBytes(fm) }
+        ? { Br: forwardMatrixRows(fm), Bc: fm.Bc, onChipBytes: forwardMatrixWorkgroupBytes(fm) }
         : { Br: f.Br, Bc: f.Bc, onChipBytes: forwardWorkgroupBytes(f) },
       backwardKV: bm
         ? { Br: FRAGMENT * bm.kv.QF, Bc: FRAGMENT, onChipBytes: backwardKVMatrixWorkgroupBytes(bm.kv) }

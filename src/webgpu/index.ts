@@ -21,7 +21,14 @@ import {
   type PreprocessParams,
 } from './kernels/backward.js';
 import { forwardAccumulator, forwardWGSL, forwardWorkgroupBytes, type ForwardParams } from './kernels/forward.js';
-import { forwardMatrixFits, forwardMatrixProblem, forwardMatrixWGSL, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from './kernels/forward-matrix.js';
+import {
+  forwardMatrixFits,
+  forwardMatrixProblem,
+  forwardMatrixRows,
+  forwardMatrixWGSL,
+  forwardMatrixWorkgroupBytes,
+  type ForwardMatrixParams,
+} from './kernels/forward-matrix.js';
 import { FRAGMENT } from './kernels/matrix.js';
 import {
   backwardKVMatrixWGSL,
@@ -87,7 +94,11 @@ export function forwardParams(p: Problem, gpu: Gpu): ForwardParams {
  */
 export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams | undefined {
   if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
-  const params: ForwardMatrixParams = { D: p.D, Bc: p.D === 128 ? 32 : 16, RF: p.D <= 128 ? 2 : 1, SGS: gpu.subgroupSize, causal: p.causal };
+  const tiles = FORWARD_MATRIX_TILES[p.D] ?? FORWARD_MATRIX_TILES.other;
+  // Fewer warps where the block would be taller than the queries.
+  let W = tiles.W;
+  while (W > 1 && forwardMatrixRows({ ...tiles, W }) > p.Nq) W /= 2;
+  const params: ForwardMatrixParams = { D: p.D, ...tiles, W, SGS: gpu.subgroupSize, causal: p.causal };
   const fits =
     !forwardMatrixProblem(params) &&
     forwardMatrixWorkgroupBytes(params) <= gpu.limits.maxComputeWorkgroupStorageSize &&
@@ -95,10 +106,17 @@ export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams |
   return fits ? params : undefined;
 }
 
+/** The subgroup-matrix forward's tiles by D: the best of the sweep on an H100 (bench/results/2026-11-22-h100-forward-matrix-sweep.md). */
+export const FORWARD_MATRIX_TILES: Record<number | 'other', Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>> = {
+  64: { Bc: 16, RF: 1, W: 8, PAD: 8 },
+  128: { Bc: 32, RF: 1, W: 8, PAD: 8 },
+  other: { Bc: 16, RF: 1, W: 8, PAD: 8 },
+};
+
 /** The forward pipeline for a problem (subgroup matrices where possible) and its query rows per workgroup. */
 export async function forwardKernel(p: Problem, gpu: Gpu, matrix: ForwardMatrixParams | undefined): Promise<{ pipe: GPUComputePipeline; Br: number }> {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  if (matrix) return { pipe: await pipeline(gpu.device, 'forwardMatrix', matrix, (x) => forwardMatrixWGSL(x, limit)), Br: FRAGMENT * matrix.RF };
+  if (matrix) return { pipe: await pipeline(gpu.device, 'forwardMatrix', matrix, (x) => forwardMatrixWGSL(x, limit)), Br: forwardMatrixRows(matrix) };
   const params = forwardParams(p, gpu);
   return { pipe: await pipeline(gpu.device, 'forward', params, (x) => forwardWGSL(x, limit)), Br: params.Br };
 }

@@ -3,104 +3,154 @@
  * Chosen where the adapter lists an f16→f32 16×16×16 subgroup-matrix config and D is a multiple of 16
  * (see webgpu/index.ts); the portable kernel (forward.ts) runs everywhere else.
  *
- * This Dawn requires the pointer and offset of every subgroup-matrix load and store to be uniform across
- * the workgroup, so a workgroup is one subgroup (SGS invocations). It owns query block Q_i of Br = 16·RF
- * rows of one head; dispatch (Tr, B·H). Q_i's RF × Dp/16 fragments and the unnormalised O_i's RF × Dp/16
- * f32 fragments stay in registers for the whole loop. Fragments of Q_i, K_j and V_j are loaded straight
- * from the storage buffers (Q and K column-major views of their rows, V row-major), so nothing is staged
- * and no tile is copied. Per key block (Bc keys):
- *   1. S = Q_i K_jᵀ: each K_j fragment is loaded once and used for the RF row fragments; S goes to
- *      workgroup memory ([c][r], stride Br);
- *   2. each invocation takes its row (or share of a row: SGS/Br invocations per row, combined with
- *      subgroup shuffles): running max m, P̃ = exp2(S·scale·log2e − m) written to P in f16, and l, the
- *      sum of those f16 values read back from P (so a one-hot row, as with logits of ±1e4, gives exactly
- *      its V row);
- *   3. O_i += P̃ V_j.
+ * A workgroup is W subgroups (warps) of SGS invocations and owns query block Q_i of Br = W·16·RF rows of
+ * one head; dispatch (Tr, B·H). Warp w owns rows 16·RF·w .. of the block: its Q fragments (RF × D/16)
+ * and the unnormalised O_i's f32 fragments stay in registers for the whole loop. Per key block (Bc keys):
+ *   0. all invocations copy K_j and V_j into workgroup memory (vec4 loads, coalesced; rows padded by PAD
+ *      f16 so that a fragment's 16 rows fall in different banks), shared by the W warps; the loads of
+ *      block j + 1 are issued into registers right after, so they arrive while block j is computed;
+ *   1. S = Q_i K_jᵀ: each warp multiplies its Q fragments by K_j's fragments read from workgroup memory
+ *      and stores its S ([c][r], stride 16·RF) in its own region;
+ *   2. each invocation takes its row (or share of a row: SGS/(16·RF) invocations per row, combined with
+ *      subgroup shuffles): running max m, P̃ = exp2(S·scale·log2e − m) written to the warp's P in f16,
+ *      and l, the sum of those f16 values read back from P (so a one-hot row, as with logits of ±1e4,
+ *      gives exactly its V row; summing the values as computed is not the same, as the compiler may keep
+ *      them unrounded or compute them twice, with and without a fused multiply-add);
+ *   3. O_i += P̃ V_j, V_j's fragments read from workgroup memory.
  * The rescale O_i = diag(e^(m_old − m)) O_i needs per-row scalars, which subgroup matrices cannot take; so
  * m only moves when a row's block max exceeds it by more than TAU (in log2 units; P̃ ≤ 2^TAU, well within
  * f16). The result is exact either way (O_i and l share the same m); for ordinary inputs m settles in the
- * first blocks, so the round trip through workgroup memory that a rescale needs is rare.
+ * first blocks, so the round trip of O_i through workgroup memory that a rescale needs is rare (one flag
+ * for the workgroup: its barriers must be reached by every warp).
  * Tails without padding or bounds checks: the last query block starts at Nq − Br and the last key block
  * at Nk − Bc (so this kernel needs Nq ≥ Br, Nk ≥ Bc), overlapping the block before it; keys that block
  * already saw are masked, and rows it already computed are computed again identically. Masked scores are
  * left out of m and get P̃ = 0. Causal: key blocks above the diagonal are never loaded; query blocks run
  * in reverse order so the heaviest start first.
- * Workgroup memory: S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag); Br = 32, Bc = 64: 12 KiB.
+ * Fragment offsets differ per warp, which this Dawn's uniformity analysis rejects unless told otherwise
+ * (`chromium.subgroup_matrix_uniformity`): every warp's offsets are uniform within the warp, which is what
+ * the hardware needs.
+ * Workgroup memory: K_j, V_j 4·Bc·(D + PAD) + S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag);
+ * D = 128, Bc = 32, Br = 64, PAD = 8: 29 KiB.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, range } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, lines, range } from './matrix.js';
 
 export interface ForwardMatrixParams {
   D: number;
   /** Keys per block. */
   Bc: number;
-  /** Row fragments per workgroup: Br = 16·RF query rows. */
+  /** Row fragments per warp: 16·RF query rows each. */
   RF: number;
-  /** The adapter's (fixed) subgroup size, the workgroup size. */
+  /** Warps (subgroups) per workgroup: Br = W·16·RF query rows. */
+  W: number;
+  /** f16 elements padding each row of the K_j, V_j tiles in workgroup memory (0 or 8). */
+  PAD: number;
+  /** The adapter's (fixed) subgroup size. */
   SGS: number;
   causal: boolean;
 }
 
+/** Query rows per workgroup. */
+export function forwardMatrixRows(p: Pick<ForwardMatrixParams, 'RF' | 'W'>): number {
+  return FRAGMENT * p.RF * p.W;
+}
 
 export function forwardMatrixWorkgroupBytes(p: ForwardMatrixParams): number {
-  return 6 * FRAGMENT * p.RF * p.Bc + 4;
+  return 4 * p.Bc * (p.D + p.PAD) + 6 * forwardMatrixRows(p) * p.Bc + 4;
 }
 
 /** Why these params cannot work (undefined when they can). */
 export function forwardMatrixProblem(p: ForwardMatrixParams): string | undefined {
-  const Br = FRAGMENT * p.RF;
+  const BrW = FRAGMENT * p.RF;
   if (p.D % FRAGMENT !== 0) return `D = ${p.D} is not a multiple of ${FRAGMENT}`;
   if (p.Bc % FRAGMENT !== 0) return `Bc = ${p.Bc} is not a multiple of ${FRAGMENT}`;
   if (![16, 32, 64, 128].includes(p.SGS)) return `subgroup size ${p.SGS} is not a power of two from 16 to 128`;
-  if (Br > p.SGS) return `Br = ${Br} rows exceed the ${p.SGS} invocations of a subgroup`;
+  if (BrW > p.SGS) return `16·RF = ${BrW} rows exceed the ${p.SGS} invocations of a subgroup`;
+  if (!Number.isInteger(p.W) || p.W < 1 || p.W * p.SGS > 1024) return `W = ${p.W} warps is not 1 .. ${1024 / p.SGS}`;
+  if (p.PAD % 8 !== 0) return `PAD = ${p.PAD} is not a multiple of 8`;
   return undefined;
 }
 
 /** The sizes this kernel handles (its tails overlap the block before, so a whole block must fit). */
 export function forwardMatrixFits(p: ForwardMatrixParams, Nq: number, Nk: number): boolean {
-  return Nq >= FRAGMENT * p.RF && Nk >= p.Bc;
+  return Nq >= forwardMatrixRows(p) && Nk >= p.Bc;
 }
-
 
 export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number): string {
   const problem = forwardMatrixProblem(p);
   if (problem) throw new Error(`forwardMatrix: ${problem}`);
   checkWorkgroupBytes('forwardMatrix', forwardMatrixWorkgroupBytes(p), workgroupLimit);
-  const { D, Bc, RF, SGS, causal } = p;
-  const Br = FRAGMENT * RF;
+  const { D, Bc, RF, W, PAD, SGS, causal } = p;
+  const BrW = FRAGMENT * RF; // rows per warp
+  const Br = BrW * W;
+  const DS = D + PAD; // row stride of the K_j, V_j tiles
   const DF = D / FRAGMENT; // fragments along D
   const CF = Bc / FRAGMENT; // fragments along the key block
-  const SHARES = SGS / Br; // invocations per row
-  const shuffles = (x: string, op: (a: string, b: string) => string) => combine(x, op, Br, SHARES);
+  const SHARES = SGS / BrW; // invocations per row
+  const PER = Bc / SHARES; // keys of a row each of them takes
+  const shuffles = (x: string, op: (a: string, b: string) => string) => combine(x, op, BrW, SHARES);
   const visible = `key >= jc${causal ? ' && visible(row, key)' : ''}`;
+  // Keys are dealt to a row's invocations in turn (c = t·SHARES + part): neighbouring lanes, neighbouring banks.
+  const key = (t: string) => `${t} * ${SHARES}u + part`;
+  const WG = W * SGS;
+  const D4 = D / 4; // vec4s of a row
+  const LOADS = Math.ceil((Bc * D4) / WG); // vec4s of K_j (and of V_j) each invocation moves
+  const guard = (n: number, body: string) => ((n + 1) * WG <= Bc * D4 ? body : `\n      if (e < ${Bc * D4}u) {${body.replaceAll('\n', '\n  ')}\n      }`);
+  // Loads K_j, V_j of key block \`jj\` into the registers kx·, vx·.
+  const fetch = (jj: string) => `    {
+      let kv4 = (ko + min((${jj}) * Bc, u.Nk - Bc) * u.kvRow) / 4u;
+${range(LOADS)
+  .map(
+    (n) => `      {
+        let e = lid + ${n * WG}u;${guard(n, `
+        let g = kv4 + (e / ${D4}u) * (u.kvRow / 4u) + e % ${D4}u;
+        kx${n} = k[g];
+        vx${n} = v[g];`)}
+      }`,
+  )
+  .join('\n')}
+    }`;
   return `${MATRIX_ENABLES}
+diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<f16>;
-@group(0) @binding(2) var<storage, read> k: array<f16>;
-@group(0) @binding(3) var<storage, read> v: array<f16>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<f16>>;
+@group(0) @binding(3) var<storage, read> v: array<vec4<f16>>;
 @group(0) @binding(4) var<storage, read_write> o: array<f16>;
 @group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits
 
 const D = ${D}u;
+const DS = ${DS}u;
 const Br = ${Br}u;
+const BrW = ${BrW}u;
 const Bc = ${Bc}u;
 const FLAG = ${Br * Bc}u;
 const TAU = 8.0;
 ${LOG2E_WGSL}
 ${MASKED_WGSL}
 
-// S: [c][r]; also the round trip of O_i's fragments ([d][r]); its last element is the rescale flag.
+// S: warp w's [c][r] at w·BrW·Bc; also the round trip of its O_i fragments ([d][r]); the last element is
+// the workgroup's rescale flag.
 var<workgroup> S: array<f32, ${Br * Bc + 1}>;
-var<workgroup> P: array<f16, ${Br * Bc}>; // [c][r]
+// All f16 tiles in one array, declared last: on an H100 a workgroup variable declared after an f16 array
+// was seen to alias that array's first words. K_j at KT and V_j at VT ([key][d], stride DS); warp w's P̃
+// ([c][r]) at PT + w·BrW·Bc.
+var<workgroup> T: array<f16, ${2 * Bc * DS + Br * Bc}>;
+const KT = 0u;
+const VT = ${Bc * DS}u;
+const PT = ${2 * Bc * DS}u;
 
 ${VISIBLE_WGSL}
 ${NAN_WGSL}
 
-@compute @workgroup_size(${SGS})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane: u32) {
-  let r = lane % Br;       // this invocation's row of Q_i
-  let part = lane / Br;    // its share of the row's keys
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+  let w = lid / ${SGS}u;  // this invocation's warp
+  let r = lane % BrW;      // its row of the warp's rows
+  let part = lane / BrW;   // its share of the row's keys
+  let sw = w * BrW * Bc;   // the warp's S and P
   let bh = wid.y;
   let b = bh / u.H;
   let h = bh % u.H;
@@ -109,12 +159,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane
   let Tr = (u.Nq + Br - 1u) / Br;
   let i = ${causal ? 'Tr - 1u - wid.x' : 'wid.x'};
   let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
-  let row = r0 + r;
+  let w0 = r0 + w * BrW;           // the warp's first row
+  let row = w0 + r;
   let scale2 = u.scale * LOG2E;
 
-  // Alg. 1 line 4: Q_i, row fragment f at rows r0 + 16f, into registers.
+  // Alg. 1 line 4: the warp's rows of Q_i, row fragment f at rows w0 + 16f, into registers.
 ${grid(RF, DF)
-  .map(([f, d]) => `  let q${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&q, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);`)
+  .map(([f, d]) => `  let q${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&q, qo + (w0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);`)
   .join('\n')}
   // Alg. 1 line 5: O_i = 0, m = −∞ (MASKED), l = 0.
 ${grid(RF, DF)
@@ -126,43 +177,61 @@ ${grid(RF, DF)
 
   // Causal: key blocks entirely above the diagonal are skipped.
   ${keyBlocksWGSL(causal)}
+  // Alg. 1 lines 6-7: K_j and V_j go through registers into workgroup memory; block j + 1's are loaded
+  // while block j is computed.
+${lines(LOADS, (n) => `  var kx${n}: vec4<f16>;
+  var vx${n}: vec4<f16>;`)}
+  if (Tc > 0u) {
+${fetch('0u')}
+  }
   for (var j = 0u; j < Tc; j++) {
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
-    let kv0 = ko + c0 * u.kvRow;
-    workgroupBarrier(); // the previous block's P and flag are no longer read
+    workgroupBarrier(); // the previous block's K_j, V_j, P and flag are no longer read
     S[FLAG] = 0.0;
-    // Alg. 1 line 8: S = Q_i K_jᵀ. All of K_j's fragments are loaded first, so that their latencies overlap.
-${grid(CF, DF)
-  .map(([c, d]) => `    let k${c}_${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&k, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);`)
+${range(LOADS)
+  .map(
+    (n) => `    {
+      let e = lid + ${n * WG}u;${guard(n, `
+      let at = (e / ${D4}u) * DS + 4u * (e % ${D4}u);
+      T[KT + at] = kx${n}.x; T[KT + at + 1u] = kx${n}.y; T[KT + at + 2u] = kx${n}.z; T[KT + at + 3u] = kx${n}.w;
+      T[VT + at] = vx${n}.x; T[VT + at + 1u] = vx${n}.y; T[VT + at + 2u] = vx${n}.z; T[VT + at + 3u] = vx${n}.w;`)}
+    }`,
+  )
   .join('\n')}
+    workgroupBarrier();
+    if (j + 1u < Tc) {
+${fetch('j + 1u')}
+    }
+    // Alg. 1 line 8: S = Q_i K_jᵀ, the warp's rows.
 ${range(CF)
   .map(
     (c) => `    {
 ${range(RF)
   .map((f) => `      var s${f} = ${RESULT}();`)
   .join('\n')}
-${grid(DF, RF)
-  .map(([d, f]) => `      s${f} = subgroupMatrixMultiplyAccumulate(q${f}_${d}, k${c}_${d}, s${f});`)
+${range(DF)
+  .map(
+    (d) => `      let k${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&T, KT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);
+${range(RF)
+  .map((f) => `      s${f} = subgroupMatrixMultiplyAccumulate(q${f}_${d}, k${d}, s${f});`)
+  .join('\n')}`,
+  )
   .join('\n')}
 ${range(RF)
-  .map((f) => `      subgroupMatrixStore<col_major>(&S, ${c * FRAGMENT * Br + f * FRAGMENT}u, s${f}, Br);`)
+  .map((f) => `      subgroupMatrixStore<col_major>(&S, sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, s${f}, BrW);`)
   .join('\n')}
     }`,
   )
-  .join('\n')}
-    // V_j's fragments, loaded now: their latency hides behind the softmax.
-${grid(CF, DF)
-  .map(([c, d]) => `    let v${c}_${d} = subgroupMatrixLoad<${RIGHT}, row_major>(&v, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);`)
   .join('\n')}
     workgroupBarrier();
     // Alg. 1 line 9: the block's row max; m moves only by more than TAU (see above).
     var mx = MASKED;
     var bad = 0u;
-    for (var t = 0u; t < ${Bc / SHARES}u; t++) {
-      let c = part * ${Bc / SHARES}u + t;
+    for (var t = 0u; t < ${PER}u; t++) {
+      let c = ${key('t')};
       let key = c0 + c;
-      let x = S[c * Br + r] * scale2;
+      let x = S[sw + c * BrW + r] * scale2;
       if (${visible}) {
         mx = max(mx, x);
         bad = bad | u32(is_nan(x));
@@ -180,36 +249,34 @@ ${grid(CF, DF)
       l = l * alpha;
       m = mx;
     }
-    for (var t = 0u; t < ${Bc / SHARES}u; t++) {
-      let c = part * ${Bc / SHARES}u + t;
+    for (var t = 0u; t < ${PER}u; t++) {
+      let c = ${key('t')};
       let key = c0 + c;
-      P[c * Br + r] = f16(select(0.0, exp2(S[c * Br + r] * scale2 - m), ${visible}));
+      T[PT + sw + c * BrW + r] = f16(select(0.0, exp2(S[sw + c * BrW + r] * scale2 - m), ${visible}));
     }
-    workgroupBarrier(); // P is written
-    // l sums the P̃ that O_i is made of, read back from P: so O_i / l weighs V exactly as P̃ does (a
-    // one-hot row gives exactly its V row). Summing the values as computed is not the same: the compiler
-    // may keep them unrounded, or compute them twice with and without a fused multiply-add.
+    workgroupBarrier(); // P and the flag are written
+    // l sums the P̃ that O_i is made of, read back from P (see above).
     var sum = 0.0;
-    for (var t = 0u; t < ${Bc / SHARES}u; t++) {
-      sum += f32(P[(part * ${Bc / SHARES}u + t) * Br + r]);
+    for (var t = 0u; t < ${PER}u; t++) {
+      sum += f32(T[PT + sw + (${key('t')}) * BrW + r]);
     }
     ${shuffles('sum', (a, b) => `${a} + ${b}`)}
     l += sum;
     if (workgroupUniformLoad(&S[FLAG]) != 0.0) {
-      // O_i = diag(alpha) O_i, 16 columns at a time through S ([d][r]).
+      // O_i = diag(alpha) O_i, 16 columns at a time through the warp's S ([d][r]).
 ${range(DF)
   .map(
     (d) => `${range(RF)
-      .map((f) => `      subgroupMatrixStore<col_major>(&S, ${f * FRAGMENT}u, o${f}_${d}, Br);`)
+      .map((f) => `      subgroupMatrixStore<col_major>(&S, sw + ${f * FRAGMENT}u, o${f}_${d}, BrW);`)
       .join('\n')}
       workgroupBarrier();
       for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
-        let at = (part * ${FRAGMENT / SHARES}u + t) * Br + r;
+        let at = sw + (t * ${SHARES}u + part) * BrW + r;
         S[at] = S[at] * alpha;
       }
       workgroupBarrier();
 ${range(RF)
-  .map((f) => `      o${f}_${d} = subgroupMatrixLoad<${RESULT}, col_major>(&S, ${f * FRAGMENT}u, Br);`)
+  .map((f) => `      o${f}_${d} = subgroupMatrixLoad<${RESULT}, col_major>(&S, sw + ${f * FRAGMENT}u, BrW);`)
   .join('\n')}
       workgroupBarrier();`,
   )
@@ -220,10 +287,15 @@ ${range(CF)
   .map(
     (c) => `    {
 ${range(RF)
-  .map((f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&P, ${c * FRAGMENT * Br + f * FRAGMENT}u, Br);`)
+  .map((f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);`)
   .join('\n')}
-${grid(DF, RF)
-  .map(([d, f]) => `      o${f}_${d} = subgroupMatrixMultiplyAccumulate(p${f}, v${c}_${d}, o${f}_${d});`)
+${range(DF)
+  .map(
+    (d) => `      let v${d} = subgroupMatrixLoad<${RIGHT}, row_major>(&T, VT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);
+${range(RF)
+  .map((f) => `      o${f}_${d} = subgroupMatrixMultiplyAccumulate(p${f}, v${d}, o${f}_${d});`)
+  .join('\n')}`,
+  )
   .join('\n')}
     }`,
   )
@@ -240,12 +312,12 @@ ${range(DF)
   .map(
     (d) => `  workgroupBarrier();
 ${range(RF)
-  .map((f) => `  subgroupMatrixStore<col_major>(&S, ${f * FRAGMENT}u, o${f}_${d}, Br);`)
+  .map((f) => `  subgroupMatrixStore<col_major>(&S, sw + ${f * FRAGMENT}u, o${f}_${d}, BrW);`)
   .join('\n')}
   workgroupBarrier();
   for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
-    let dd = part * ${FRAGMENT / SHARES}u + t;
-    o[orow + ${d * FRAGMENT}u + dd] = f16(select(select(S[dd * Br + r] / l, 0.0, l == 0.0), nan(), poisoned));
+    let dd = t * ${SHARES}u + part;
+    o[orow + ${d * FRAGMENT}u + dd] = f16(select(select(S[sw + dd * BrW + r] / l, 0.0, l == 0.0), nan(), poisoned));
   }`,
   )
   .join('\n')}
