@@ -18,7 +18,7 @@ import { cpuShape, scratchLength } from '../cpu/job.js';
 import type { Problem } from '../problem.js';
 import type { Gpu } from '../webgpu/device.js';
 import { backwardMatrixParams, backwardParams, forwardMatrixParams, forwardParams, workgroupSize } from '../webgpu/index.js';
-import { backwardKVMatrixWorkgroupBytes, backwardQMatrixWorkgroupBytes } from '../webgpu/kernels/backward-matrix.js';
+import { backwardKVMatrixWorkgroupBytes, backwardQMatrixRows, backwardQMatrixWorkgroupBytes } from '../webgpu/kernels/backward-matrix.js';
 import { forwardMatrixRows, forwardMatrixWorkgroupBytes } from '../webgpu/kernels/forward-matrix.js';
 import { FRAGMENT } from '../webgpu/kernels/matrix.js';
 import { backwardKVWorkgroupBytes, backwardQWorkgroupBytes } from '../webgpu/kernels/backward.js';
@@ -115,7 +115,7 @@ export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
         ? { Br: FRAGMENT * bm.kv.QF, Bc: FRAGMENT, onChipBytes: backwardKVMatrixWorkgroupBytes(bm.kv) }
         : { Br: b.kv.Br, Bc: b.kv.Bc, onChipBytes: backwardKVWorkgroupBytes(b.kv) },
       backwardQ: bm
-        ? { Br: FRAGMENT * bm.q.RF, Bc: bm.q.Bc, onChipBytes: backwardQMatrixWorkgroupBytes(bm.q) }
+        ? { Br: backwardQMatrixRows(bm.q), Bc: bm.q.Bc, onChipBytes: backwardQMatrixWorkgroupBytes(bm.q) }
         : { Br: b.q.Br, Bc: b.q.Bc, onChipBytes: backwardQWorkgroupBytes(b.q) },
       dqChunks: 0,
     },

@@ -34,6 +34,7 @@ import {
   backwardKVMatrixWGSL,
   backwardKVMatrixWorkgroupBytes,
   backwardMatrixProblem,
+  backwardQMatrixRows,
   backwardQMatrixWGSL,
   backwardQMatrixWorkgroupBytes,
   type BackwardKVMatrixParams,
@@ -213,6 +214,13 @@ export function backwardParams(p: Problem, gpu: Gpu): { pre: PreprocessParams; k
   };
 }
 
+/** The subgroup-matrix dQ kernel's tiles by D (as the forward's; see bench/variants/backward-matrix.ts). */
+export const BACKWARD_Q_MATRIX_TILES: Record<number | 'other', Pick<BackwardQMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>> = {
+  64: { Bc: 16, RF: 1, W: 8, PAD: 8 },
+  128: { Bc: 16, RF: 1, W: 8, PAD: 8 },
+  other: { Bc: 16, RF: 1, W: 8, PAD: 8 },
+};
+
 /**
  * The subgroup-matrix backward's configurations (dK/dV and dQ), or undefined where the portable kernels
  * run: as for the forward, and also where D is not a multiple of 16 or Nq, Nk hold less than a block.
@@ -221,13 +229,16 @@ export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatr
   if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
   const SGS = gpu.subgroupSize;
   const kv: BackwardKVMatrixParams = { D: p.D, QF: 4, SGS, causal: p.causal };
-  const q: BackwardQMatrixParams = { D: p.D, RF: p.D <= 64 ? 2 : 1, Bc: 32, SGS, causal: p.causal };
+  const tiles = BACKWARD_Q_MATRIX_TILES[p.D] ?? BACKWARD_Q_MATRIX_TILES.other;
+  let W = tiles.W;
+  while (W > 1 && backwardQMatrixRows({ ...tiles, W }) > p.Nq) W /= 2;
+  const q: BackwardQMatrixParams = { D: p.D, ...tiles, W, SGS, causal: p.causal };
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const ok =
     !backwardMatrixProblem({ D: p.D, SGS, rows: FRAGMENT * q.RF, Bc: q.Bc }) &&
     backwardKVMatrixWorkgroupBytes(kv) <= limit &&
     backwardQMatrixWorkgroupBytes(q) <= limit &&
-    p.Nq >= Math.max(FRAGMENT * kv.QF, FRAGMENT * q.RF) &&
+    p.Nq >= Math.max(FRAGMENT * kv.QF, backwardQMatrixRows(q)) &&
     p.Nk >= Math.max(FRAGMENT, q.Bc);
   return ok ? { kv, q } : undefined;
 }
@@ -255,7 +266,7 @@ export async function webgpuBackward(
       ? await pipeline(gpu.device, 'backwardQMatrix', matrix.q, (x) => backwardQMatrixWGSL(x, limit))
       : await pipeline(gpu.device, 'backwardQ', params.q, (x) => backwardQWGSL(x, limit));
     const keysPerGroup = matrix ? FRAGMENT : params.kv.Bc;
-    const rowsPerGroup = matrix ? FRAGMENT * matrix.q.RF : params.q.Br;
+    const rowsPerGroup = matrix ? backwardQMatrixRows(matrix.q) : params.q.Br;
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [dO, Q, K, V, O, L] = [call.input(dout, 'dout'), call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v'), call.input(out, 'out'), call.input(lse, 'lse')];
     const Dvec = call.output(p.B * p.H * p.Nq, 'Dvec', 'f32');

@@ -1,13 +1,13 @@
 /**
  * Backward kernels on subgroup matrices (tensor cores), FlashAttention-2 order (Alg. 2); f16 storage,
  * f32 accumulation. Chosen with the subgroup-matrix forward (see webgpu/index.ts) where D is a multiple
- * of 16; the preprocess D = rowsum(dO ∘ O) is the portable kernel's (backward.ts). As in the forward, a
- * workgroup is one subgroup (this Dawn wants subgroup-matrix offsets uniform over the workgroup),
- * fragments are loaded straight from the storage buffers, and tails are handled by moving the last block
- * back so that it ends at N (masking what the block before already covered; rows it computed again are
- * computed identically). So Nq and Nk must each hold a whole block.
+ * of 16; the preprocess D = rowsum(dO ∘ O) is the portable kernel's (backward.ts). Tails are handled as
+ * in the forward, by moving the last block back so that it ends at N (masking what the block before
+ * already covered; rows it computed again are computed identically). So Nq and Nk must each hold a whole
+ * block.
  *
- * dK/dV: one workgroup owns 16 keys K_j (one fragment) of one key/value head; dispatch (⌈Nk/16⌉, B·Hkv).
+ * dK/dV: one workgroup, one subgroup, owns 16 keys K_j (one fragment) of one key/value head; dispatch
+ *   (⌈Nk/16⌉, B·Hkv); its fragments are loaded straight from the storage buffers.
  *   K_j's and V_j's Dp/16 fragments (as left matrices) and the accumulators dK_j, dV_j (Dp/16 result
  *   fragments each) stay in registers. For each query head of the group, for each query block Q_i of
  *   Bq = 16·QF rows (causal: blocks entirely above the diagonal skipped):
@@ -16,15 +16,17 @@
  *     exp2(Sᵀ·scale·log2e − L·log2e), dSᵀ = Pᵀ ∘ (dPᵀ − D_i), both stored in f16;
  *     dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i (dO_i, Q_i read row-major).
  *   dK_j = scale·dK_j and dV_j are written once, through workgroup memory.
- * dQ: one workgroup owns Br = 16·RF query rows Q_i of one head; dispatch (Tr, B·H). Q_i's and dO_i's
- *   fragments and the accumulator dQ_i stay in registers. For each key block (Bc keys; causal: blocks
- *   above the diagonal skipped): S = Q_i K_jᵀ and dP = dO_i V_jᵀ to workgroup memory ([c][r]); each
- *   invocation takes its row: dS = P ∘ (dP − D_i) in f16; dQ_i += dS K_j. dQ_i = scale·dQ_i is written once.
+ * dQ: as the forward (forward-matrix.ts), a workgroup is W warps and owns Br = W·16·RF query rows Q_i of
+ *   one head; dispatch (Tr, B·H). Each warp's Q_i and dO_i fragments and its accumulator dQ_i stay in
+ *   registers. For each key block (Bc keys; causal: blocks above the diagonal skipped), K_j and V_j are
+ *   staged in workgroup memory, shared by the warps (block j + 1's loads in flight while block j is
+ *   computed): S = Q_i K_jᵀ and dP = dO_i V_jᵀ to the warp's workgroup memory ([c][r]); each invocation
+ *   takes its row: dS = P ∘ (dP − D_i) in f16; dQ_i += dS K_j. dQ_i = scale·dQ_i is written once.
  * Rows that see no key (L = −∞) get P = dS = 0. Workgroup memory: dK/dV 12·Bq·16 bytes (Sᵀ, dPᵀ in f32,
- * Pᵀ, dSᵀ in f16); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16).
+ * Pᵀ, dSᵀ in f16); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16) and 4·Bc·(D + PAD) (K_j, V_j).
  */
 import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, lines, range } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, kvStaging, lines, range } from './matrix.js';
 
 export interface BackwardKVMatrixParams {
   D: number;
@@ -37,12 +39,21 @@ export interface BackwardKVMatrixParams {
 
 export interface BackwardQMatrixParams {
   D: number;
-  /** Row fragments per workgroup: Br = 16·RF. */
+  /** Row fragments per warp: 16·RF query rows each. */
   RF: number;
   /** Keys per block. */
   Bc: number;
+  /** Warps (subgroups) per workgroup: Br = W·16·RF query rows. */
+  W: number;
+  /** f16 elements padding each row of the K_j, V_j tiles in workgroup memory (0 or 8). */
+  PAD: number;
   SGS: number;
   causal: boolean;
+}
+
+/** Query rows per dQ workgroup. */
+export function backwardQMatrixRows(p: Pick<BackwardQMatrixParams, 'RF' | 'W'>): number {
+  return FRAGMENT * p.RF * p.W;
 }
 
 export function backwardKVMatrixWorkgroupBytes(p: BackwardKVMatrixParams): number {
@@ -50,7 +61,7 @@ export function backwardKVMatrixWorkgroupBytes(p: BackwardKVMatrixParams): numbe
 }
 
 export function backwardQMatrixWorkgroupBytes(p: BackwardQMatrixParams): number {
-  return 10 * FRAGMENT * p.RF * p.Bc;
+  return 10 * backwardQMatrixRows(p) * p.Bc + 4 * p.Bc * (p.D + p.PAD);
 }
 
 /** Why these params cannot work (undefined when they can). */
@@ -62,11 +73,11 @@ export function backwardMatrixProblem(p: { D: number; SGS: number; rows: number;
   return undefined;
 }
 
-/** The bindings both kernels share (the portable backward's order). */
-const BINDINGS = `@group(0) @binding(0) var<uniform> u: Sizes;
+/** The bindings both kernels share (the portable backward's order); k and v as arrays of `kv`. */
+const bindings = (kv: string) => `@group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<f16>;
-@group(0) @binding(2) var<storage, read> k: array<f16>;
-@group(0) @binding(3) var<storage, read> v: array<f16>;
+@group(0) @binding(2) var<storage, read> k: array<${kv}>;
+@group(0) @binding(3) var<storage, read> v: array<${kv}>;
 @group(0) @binding(4) var<storage, read> dout: array<f16>;
 @group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits
 @group(0) @binding(6) var<storage, read> Dvec: array<f32>;`;
@@ -89,7 +100,7 @@ export function backwardKVMatrixWGSL(p: BackwardKVMatrixParams, workgroupLimit: 
   const RS = Bq / SHARES; // query rows each invocation takes
   return `${MATRIX_ENABLES}
 ${SIZES_WGSL}
-${BINDINGS}
+${bindings('f16')}
 @group(0) @binding(7) var<storage, read_write> dk: array<f16>;
 @group(0) @binding(8) var<storage, read_write> dv: array<f16>;
 
@@ -194,36 +205,51 @@ ${lines(
 
 /** Alg. 2 line 15, reordered FlashAttention-2 style: dQ_i over all key blocks, written once. */
 export function backwardQMatrixWGSL(p: BackwardQMatrixParams, workgroupLimit: number): string {
-  const Br = FRAGMENT * p.RF;
-  const problem = backwardMatrixProblem({ D: p.D, SGS: p.SGS, rows: Br, Bc: p.Bc });
+  const BrW = FRAGMENT * p.RF; // rows per warp
+  const problem = backwardMatrixProblem({ D: p.D, SGS: p.SGS, rows: BrW, Bc: p.Bc });
   if (problem) throw new Error(`backwardQMatrix: ${problem}`);
   checkWorkgroupBytes('backwardQMatrix', backwardQMatrixWorkgroupBytes(p), workgroupLimit);
-  const { D, RF, Bc, SGS, causal } = p;
+  const { D, RF, Bc, W, PAD, SGS, causal } = p;
+  const Br = backwardQMatrixRows(p);
+  const DS = D + PAD;
   const DF = D / FRAGMENT;
   const CF = Bc / FRAGMENT;
-  const SHARES = SGS / Br;
+  const SHARES = SGS / BrW;
+  const WG = W * SGS;
+  const staging = kvStaging({ D, Bc, WG });
   return `${MATRIX_ENABLES}
+diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
-${BINDINGS}
+${bindings('vec4<f16>')}
 @group(0) @binding(7) var<storage, read_write> dq: array<f16>;
 
 const D = ${D}u;
+const DS = ${DS}u;
 const Br = ${Br}u;
+const BrW = ${BrW}u;
 const Bc = ${Bc}u;
+const DP = ${Br * Bc}u;
 ${LOG2E_WGSL}
 ${MASKED_WGSL}
 
-var<workgroup> S: array<f32, ${Br * Bc}>;  // [c][r]; at the end dQ_i's round trip ([d][r])
-var<workgroup> dP: array<f32, ${Br * Bc}>; // [c][r]
-var<workgroup> dS: array<f16, ${Br * Bc}>; // [c][r]
+// Warp w's S ([c][r]) at w·BrW·Bc and dP at DP + w·BrW·Bc; at the end its dQ_i's round trip ([d][r]).
+var<workgroup> F: array<f32, ${2 * Br * Bc}>;
+// All f16 tiles in one array, declared last (see forward-matrix.ts): K_j at KT, V_j at VT ([key][d],
+// stride DS), warp w's dS ([c][r]) at ST + w·BrW·Bc.
+var<workgroup> T: array<f16, ${2 * Bc * DS + Br * Bc}>;
+const KT = 0u;
+const VT = ${Bc * DS}u;
+const ST = ${2 * Bc * DS}u;
 
 ${VISIBLE_WGSL}
 ${ROW_L2}
 
-@compute @workgroup_size(${SGS})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane: u32) {
-  let r = lane % Br;       // this invocation's row of Q_i
-  let part = lane / Br;    // its share of the row's keys
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+  let w = lid / ${SGS}u;  // this invocation's warp
+  let r = lane % BrW;      // its row of the warp's rows
+  let part = lane / BrW;   // its share of the row's keys
+  let sw = w * BrW * Bc;   // the warp's S, dP and dS
   let bh = wid.y;
   let b = bh / u.H;
   let h = bh % u.H;
@@ -232,28 +258,38 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane
   let Tr = (u.Nq + Br - 1u) / Br;
   let i = ${causal ? 'Tr - 1u - wid.x' : 'wid.x'};
   let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
-  let row = r0 + r;
+  let w0 = r0 + w * BrW;           // the warp's first row
+  let row = w0 + r;
   let scale2 = u.scale * LOG2E;
   let L2 = row_l2((b * u.H + h) * u.Nq + row);
   let Dr = Dvec[(b * u.H + h) * u.Nq + row];
 
-  // Q_i, dO_i into registers; dQ_i = 0.
+  // The warp's rows of Q_i, dO_i into registers; dQ_i = 0.
 ${grid(RF, DF)
   .map(
-    ([f, d]) => `  let q${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&q, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);
-  let g${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&dout, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);
+    ([f, d]) => `  let q${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&q, qo + (w0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);
+  let g${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&dout, qo + (w0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);
   var a${f}_${d} = ${RESULT}();`,
   )
   .join('\n')}
 
   // Causal: key blocks entirely above the diagonal are skipped.
   ${keyBlocksWGSL(causal)}
+  // K_j and V_j through registers into workgroup memory; block j + 1's are loaded while block j is computed.
+${staging.declare}
+  if (Tc > 0u) {
+${staging.fetch('0u')}
+  }
   for (var j = 0u; j < Tc; j++) {
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
-    let kv0 = ko + c0 * u.kvRow;
-    workgroupBarrier(); // the previous block's dS is no longer read
-    // Alg. 2 lines 10 and 13: S = Q_i K_jᵀ, dP = dO_i V_jᵀ.
+    workgroupBarrier(); // the previous block's K_j, V_j and dS are no longer read
+${staging.store}
+    workgroupBarrier();
+    if (j + 1u < Tc) {
+${staging.fetch('j + 1u')}
+    }
+    // Alg. 2 lines 10 and 13: S = Q_i K_jᵀ, dP = dO_i V_jᵀ, the warp's rows.
 ${range(CF)
   .map(
     (c) => `    {
@@ -261,34 +297,34 @@ ${lines(RF, (f) => `      var s${f} = ${RESULT}();\n      var t${f} = ${RESULT}(
 ${lines(
   DF,
   (d) => `      {
-        let kf = subgroupMatrixLoad<${RIGHT}, col_major>(&k, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);
-        let vf = subgroupMatrixLoad<${RIGHT}, col_major>(&v, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);
+        let kf = subgroupMatrixLoad<${RIGHT}, col_major>(&T, KT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);
+        let vf = subgroupMatrixLoad<${RIGHT}, col_major>(&T, VT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);
 ${lines(RF, (f) => `        s${f} = subgroupMatrixMultiplyAccumulate(q${f}_${d}, kf, s${f});\n        t${f} = subgroupMatrixMultiplyAccumulate(g${f}_${d}, vf, t${f});`)}
       }`,
 )}
-${lines(RF, (f) => `      subgroupMatrixStore<col_major>(&S, ${c * FRAGMENT * Br + f * FRAGMENT}u, s${f}, Br);\n      subgroupMatrixStore<col_major>(&dP, ${c * FRAGMENT * Br + f * FRAGMENT}u, t${f}, Br);`)}
+${lines(RF, (f) => `      subgroupMatrixStore<col_major>(&F, sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, s${f}, BrW);\n      subgroupMatrixStore<col_major>(&F, DP + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, t${f}, BrW);`)}
     }`,
   )
   .join('\n')}
     workgroupBarrier();
     // Alg. 2 lines 11 and 14: P = exp(S − L), dS = P ∘ (dP − D); 0 where masked or seen before.
     for (var t = 0u; t < ${Bc / SHARES}u; t++) {
-      let c = part * ${Bc / SHARES}u + t;
+      let c = t * ${SHARES}u + part;
       let key = c0 + c;
-      let at = c * Br + r;
-      let pe = select(0.0, exp2(S[at] * scale2 - L2), key >= jc && L2 != MASKED${causal ? ' && visible(row, key)' : ''});
-      dS[at] = f16(pe * (dP[at] - Dr));
+      let at = sw + c * BrW + r;
+      let pe = select(0.0, exp2(F[at] * scale2 - L2), key >= jc && L2 != MASKED${causal ? ' && visible(row, key)' : ''});
+      T[ST + at] = f16(pe * (F[DP + at] - Dr));
     }
     workgroupBarrier();
     // Alg. 2 line 15: dQ_i += dS K_j.
 ${range(CF)
   .map(
     (c) => `    {
-${lines(RF, (f) => `      let s${f} = subgroupMatrixLoad<${LEFT}, col_major>(&dS, ${c * FRAGMENT * Br + f * FRAGMENT}u, Br);`)}
+${lines(RF, (f) => `      let s${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, ST + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);`)}
 ${lines(
   DF,
   (d) => `      {
-        let kf = subgroupMatrixLoad<${RIGHT}, row_major>(&k, kv0 + ${c * FRAGMENT}u * u.kvRow + ${d * FRAGMENT}u, u.kvRow);
+        let kf = subgroupMatrixLoad<${RIGHT}, row_major>(&T, KT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);
 ${lines(RF, (f) => `        a${f}_${d} = subgroupMatrixMultiplyAccumulate(s${f}, kf, a${f}_${d});`)}
       }`,
 )}
@@ -297,16 +333,16 @@ ${lines(RF, (f) => `        a${f}_${d} = subgroupMatrixMultiplyAccumulate(s${f},
   .join('\n')}
   }
 
-  // dQ_i = scale·dQ_i, written once through S ([d][r]).
+  // dQ_i = scale·dQ_i, written once through the warp's F ([d][r]).
   let at = qo + row * u.qRow;
 ${lines(
   DF,
   (d) => `  workgroupBarrier();
-${lines(RF, (f) => `  subgroupMatrixStore<col_major>(&S, ${f * FRAGMENT}u, a${f}_${d}, Br);`)}
+${lines(RF, (f) => `  subgroupMatrixStore<col_major>(&F, sw + ${f * FRAGMENT}u, a${f}_${d}, BrW);`)}
   workgroupBarrier();
   for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
-    let dd = part * ${FRAGMENT / SHARES}u + t;
-    dq[at + ${d * FRAGMENT}u + dd] = f16(S[dd * Br + r] * u.scale);
+    let dd = t * ${SHARES}u + part;
+    dq[at + ${d * FRAGMENT}u + dd] = f16(F[sw + dd * BrW + r] * u.scale);
   }`,
 )}
 }

@@ -34,7 +34,7 @@
  * D = 128, Bc = 32, Br = 64, PAD = 8: 29 KiB.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, lines, range } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, range } from './matrix.js';
 
 export interface ForwardMatrixParams {
   D: number;
@@ -94,23 +94,7 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   // Keys are dealt to a row's invocations in turn (c = t·SHARES + part): neighbouring lanes, neighbouring banks.
   const key = (t: string) => `${t} * ${SHARES}u + part`;
   const WG = W * SGS;
-  const D4 = D / 4; // vec4s of a row
-  const LOADS = Math.ceil((Bc * D4) / WG); // vec4s of K_j (and of V_j) each invocation moves
-  const guard = (n: number, body: string) => ((n + 1) * WG <= Bc * D4 ? body : `\n      if (e < ${Bc * D4}u) {${body.replaceAll('\n', '\n  ')}\n      }`);
-  // Loads K_j, V_j of key block \`jj\` into the registers kx·, vx·.
-  const fetch = (jj: string) => `    {
-      let kv4 = (ko + min((${jj}) * Bc, u.Nk - Bc) * u.kvRow) / 4u;
-${range(LOADS)
-  .map(
-    (n) => `      {
-        let e = lid + ${n * WG}u;${guard(n, `
-        let g = kv4 + (e / ${D4}u) * (u.kvRow / 4u) + e % ${D4}u;
-        kx${n} = k[g];
-        vx${n} = v[g];`)}
-      }`,
-  )
-  .join('\n')}
-    }`;
+  const staging = kvStaging({ D, Bc, WG });
   return `${MATRIX_ENABLES}
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
@@ -179,29 +163,19 @@ ${grid(RF, DF)
   ${keyBlocksWGSL(causal)}
   // Alg. 1 lines 6-7: K_j and V_j go through registers into workgroup memory; block j + 1's are loaded
   // while block j is computed.
-${lines(LOADS, (n) => `  var kx${n}: vec4<f16>;
-  var vx${n}: vec4<f16>;`)}
+${staging.declare}
   if (Tc > 0u) {
-${fetch('0u')}
+${staging.fetch('0u')}
   }
   for (var j = 0u; j < Tc; j++) {
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
     workgroupBarrier(); // the previous block's K_j, V_j, P and flag are no longer read
     S[FLAG] = 0.0;
-${range(LOADS)
-  .map(
-    (n) => `    {
-      let e = lid + ${n * WG}u;${guard(n, `
-      let at = (e / ${D4}u) * DS + 4u * (e % ${D4}u);
-      T[KT + at] = kx${n}.x; T[KT + at + 1u] = kx${n}.y; T[KT + at + 2u] = kx${n}.z; T[KT + at + 3u] = kx${n}.w;
-      T[VT + at] = vx${n}.x; T[VT + at + 1u] = vx${n}.y; T[VT + at + 2u] = vx${n}.z; T[VT + at + 3u] = vx${n}.w;`)}
-    }`,
-  )
-  .join('\n')}
+${staging.store}
     workgroupBarrier();
     if (j + 1u < Tc) {
-${fetch('j + 1u')}
+${staging.fetch('j + 1u')}
     }
     // Alg. 1 line 8: S = Q_i K_jᵀ, the warp's rows.
 ${range(CF)

@@ -34,3 +34,38 @@ export function combine(x: string, op: (a: string, b: string) => string, stride:
     .map((i) => `${x} = ${op(x, `subgroupShuffleXor(${x}, ${stride << i}u)`)};`)
     .join('\n    ');
 }
+
+/**
+ * K_j and V_j (Bc rows of D f16 from the bindings k, v, read as array<vec4<f16>>) staged into the f16
+ * workgroup array T at KT and VT ([key][d], row stride DS) by the WG invocations (`lid`) of a workgroup,
+ * through registers: `declare` makes them, `fetch(j)` issues key block j's loads (the last block moved
+ * back to end at Nk, as the kernels' tails are), `store` writes them to T. Fetching block j + 1 right
+ * after storing block j lets its loads arrive while block j is computed. Needs `ko`, the head's offset in
+ * k and v, and kvRow a multiple of 4 (D is a multiple of 16).
+ */
+export function kvStaging(p: { D: number; Bc: number; WG: number }): { declare: string; fetch: (j: string) => string; store: string } {
+  const { D, Bc, WG } = p;
+  const D4 = D / 4; // vec4s of a row
+  const LOADS = Math.ceil((Bc * D4) / WG); // vec4s of K_j (and of V_j) each invocation moves
+  const guard = (n: number, body: string) => ((n + 1) * WG <= Bc * D4 ? body : `\n      if (e < ${Bc * D4}u) {${body}\n      }`);
+  const each = (body: (n: number) => string) =>
+    range(LOADS)
+      .map((n) => `    {\n      let e = lid + ${n * WG}u;${guard(n, body(n))}\n    }`)
+      .join('\n');
+  return {
+    declare: lines(LOADS, (n) => `  var kx${n}: vec4<f16>;\n  var vx${n}: vec4<f16>;`),
+    fetch: (j) => `    let kv4 = (ko + min((${j}) * Bc, u.Nk - Bc) * u.kvRow) / 4u;
+${each(
+  (n) => `
+      let g = kv4 + (e / ${D4}u) * (u.kvRow / 4u) + e % ${D4}u;
+      kx${n} = k[g];
+      vx${n} = v[g];`,
+)}`,
+    store: each(
+      (n) => `
+      let at = (e / ${D4}u) * DS + 4u * (e % ${D4}u);
+      T[KT + at] = kx${n}.x; T[KT + at + 1u] = kx${n}.y; T[KT + at + 2u] = kx${n}.z; T[KT + at + 3u] = kx${n}.w;
+      T[VT + at] = vx${n}.x; T[VT + at + 1u] = vx${n}.y; T[VT + at + 2u] = vx${n}.z; T[VT + at + 3u] = vx${n}.w;`,
+    ),
+  };
+}
