@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { tileSizes } from '../src/cpu/job.js';
 import { cpuGeometry, flashForwardBytes, ioOf, problemOf, standardForwardBytes, streamedRows, webgpuGeometry } from '../src/cli/io.js';
 import { forwardMatrixParams } from '../src/webgpu/index.js';
-import { forwardMatrixWorkgroupBytes } from '../src/webgpu/kernels/forward-matrix.js';
+import { forwardMatrixRows, forwardMatrixWorkgroupBytes } from '../src/webgpu/kernels/forward-matrix.js';
 import type { Case } from '../src/cli/results.js';
 import type { Gpu } from '../src/webgpu/device.js';
 
@@ -73,7 +73,7 @@ test('webgpu: the subgroup-matrix kernels\' tiles where they run (f16 on an adap
   const g = webgpuGeometry(c, gpu);
   const fm = forwardMatrixParams(problemOf(c, 'flash', 'webgpu'), gpu);
   assert.ok(fm, 'the matrix forward applies');
-  assert.deepEqual(g.flash.forward, { Br: 16 * fm.RF, Bc: fm.Bc, onChipBytes: forwardMatrixWorkgroupBytes(fm) });
+  assert.deepEqual(g.flash.forward, { Br: forwardMatrixRows(fm), Bc: fm.Bc, onChipBytes: forwardMatrixWorkgroupBytes(fm) });
   assert.equal(g.flash.backwardKV.Bc, 16, 'a dK/dV workgroup owns one 16-key fragment');
   const f32 = webgpuGeometry({ ...base, N: 4096 }, gpu);
   assert.notDeepEqual(f32.flash.forward, g.flash.forward, 'f32 runs the portable kernels');

@@ -98,13 +98,18 @@ export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams |
   const tiles = FORWARD_MATRIX_TILES[p.D] ?? FORWARD_MATRIX_TILES.other;
   // Fewer warps where the block would be taller than the queries.
   let W = tiles.W;
-  while (W > 1 && forwardMatrixRows({ ...tiles, W }) > p.Nq) W /= 2;
+  while (W > 1 && (forwardMatrixRows({ ...tiles, W }) > p.Nq || W * gpu.subgroupSize > invocationLimit(gpu))) W /= 2;
   const params: ForwardMatrixParams = { D: p.D, ...tiles, W, SGS: gpu.subgroupSize, causal: p.causal };
   const fits =
     !forwardMatrixProblem(params) &&
     forwardMatrixWorkgroupBytes(params) <= gpu.limits.maxComputeWorkgroupStorageSize &&
     forwardMatrixFits(params, p.Nq, p.Nk);
   return fits ? params : undefined;
+}
+
+/** Invocations a workgroup may have (a 1-D one). */
+function invocationLimit(gpu: Gpu): number {
+  return Math.min(gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX);
 }
 
 /** The subgroup-matrix forward's tiles by D: the best of the sweep on an H100 (bench/results/2026-11-22-h100-forward-matrix-sweep.md). */
@@ -231,7 +236,7 @@ export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatr
   const kv: BackwardKVMatrixParams = { D: p.D, QF: 4, SGS, causal: p.causal };
   const tiles = BACKWARD_Q_MATRIX_TILES[p.D] ?? BACKWARD_Q_MATRIX_TILES.other;
   let W = tiles.W;
-  while (W > 1 && backwardQMatrixRows({ ...tiles, W }) > p.Nq) W /= 2;
+  while (W > 1 && (backwardQMatrixRows({ ...tiles, W }) > p.Nq || W * SGS > invocationLimit(gpu))) W /= 2;
   const q: BackwardQMatrixParams = { D: p.D, ...tiles, W, SGS, causal: p.causal };
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const ok =

@@ -13,7 +13,7 @@
  *   Bq = 16·QF rows (causal: blocks entirely above the diagonal skipped):
  *     Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ (Q_i and dO_i read as column-major Qᵀ, dO_iᵀ), to workgroup
  *     memory ([r][c], stride 16); each invocation takes its share of the 16 keys' columns: Pᵀ =
- *     exp2(Sᵀ·scale·log2e − L·log2e), dSᵀ = Pᵀ ∘ (dPᵀ − D_i), both stored in f16;
+ *     exp2((Sᵀ·scale − L)·log2e), dSᵀ = Pᵀ ∘ (dPᵀ − D_i), both stored in f16;
  *     dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i (dO_i, Q_i read row-major).
  *   dK_j = scale·dK_j and dV_j are written once, through workgroup memory.
  * dQ: as the forward (forward-matrix.ts), a workgroup is W warps and owns Br = W·16·RF query rows Q_i of
@@ -82,10 +82,15 @@ const bindings = (kv: string) => `@group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits
 @group(0) @binding(6) var<storage, read> Dvec: array<f32>;`;
 
-/** L·log2e of a query row (MASKED where L = −∞: the row sees no key). */
-const ROW_L2 = `fn row_l2(at: u32) -> f32 {
+/**
+ * L of a query row (MASKED where L = −∞: the row sees no key). P = exp2((S·scale − L)·log2e): the
+ * difference is taken in natural units, where S·scale − L is small and one fused multiply-add gives it
+ * to within L's own rounding; scaling S and L by log2e first would add two roundings at the size of L
+ * (2^-11 of 1e4 with logits of ±1e4), enough to fail the gradient rule there.
+ */
+const ROW_L = `fn row_l(at: u32) -> f32 {
   let bits = lse[at];
-  return select(bitcast<f32>(bits) * LOG2E, MASKED, bits == ${NEG_INF_BITS});
+  return select(bitcast<f32>(bits), MASKED, bits == ${NEG_INF_BITS});
 }`;
 
 /** Alg. 2 lines 5-18 for 16 keys: dK_j and dV_j, summed over the group's query heads. */
@@ -115,7 +120,7 @@ var<workgroup> Pt: array<f16, ${Bq * FRAGMENT}>;  // Pᵀ, [r][c]
 var<workgroup> dSt: array<f16, ${Bq * FRAGMENT}>; // dSᵀ, [r][c]
 
 ${VISIBLE_WGSL}
-${ROW_L2}
+${ROW_L}
 
 @compute @workgroup_size(${SGS})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane: u32) {
@@ -129,7 +134,6 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane
   let c0 = min(wid.x * 16u, u.Nk - 16u); // the last block overlaps the one before
   let key = c0 + c;
   let kv0 = ko + c0 * u.kvRow;
-  let scale2 = u.scale * LOG2E;
 
   // Alg. 2 lines 6-7: K_j, V_j as left matrices; dK_j = dV_j = 0.
 ${lines(DF, (d) => `  let k${d} = subgroupMatrixLoad<${LEFT}, row_major>(&k, kv0 + ${d * FRAGMENT}u, u.kvRow);
@@ -165,9 +169,9 @@ ${lines(DF, (d) => `        s = subgroupMatrixMultiplyAccumulate(k${d}, subgroup
       for (var t = 0u; t < ${RS}u; t++) {
         let r = part * ${RS}u + t;
         let row = r0 + r;
-        let L2 = row_l2(Lo + row);
+        let L = row_l(Lo + row);
         let at = r * 16u + c;
-        let pe = select(0.0, exp2(St[at] * scale2 - L2), row >= iq && L2 != MASKED${causal ? ' && visible(row, key)' : ''});
+        let pe = select(0.0, exp2((St[at] * u.scale - L) * LOG2E), row >= iq && L != MASKED${causal ? ' && visible(row, key)' : ''});
         Pt[at] = f16(pe);
         dSt[at] = f16(pe * (dPt[at] - Dvec[Lo + row]));
       }
@@ -242,7 +246,7 @@ const VT = ${Bc * DS}u;
 const ST = ${2 * Bc * DS}u;
 
 ${VISIBLE_WGSL}
-${ROW_L2}
+${ROW_L}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
@@ -260,8 +264,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
   let w0 = r0 + w * BrW;           // the warp's first row
   let row = w0 + r;
-  let scale2 = u.scale * LOG2E;
-  let L2 = row_l2((b * u.H + h) * u.Nq + row);
+  let L = row_l((b * u.H + h) * u.Nq + row);
   let Dr = Dvec[(b * u.H + h) * u.Nq + row];
 
   // The warp's rows of Q_i, dO_i into registers; dQ_i = 0.
@@ -312,7 +315,7 @@ ${lines(RF, (f) => `      subgroupMatrixStore<col_major>(&F, sw + ${c * FRAGMENT
       let c = t * ${SHARES}u + part;
       let key = c0 + c;
       let at = sw + c * BrW + r;
-      let pe = select(0.0, exp2(F[at] * scale2 - L2), key >= jc && L2 != MASKED${causal ? ' && visible(row, key)' : ''});
+      let pe = select(0.0, exp2((F[at] * u.scale - L) * LOG2E), key >= jc && L != MASKED${causal ? ' && visible(row, key)' : ''});
       T[ST + at] = f16(pe * (F[DP + at] - Dr));
     }
     workgroupBarrier();
