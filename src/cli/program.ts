@@ -38,7 +38,7 @@ interface BenchOptions {
 }
 
 /** Options that shape the default suite only (the product suite's grid is fixed). */
-const DEFAULT_SUITE_ONLY = ['batch', 'heads', 'dim', 'causal', 'dtype', 'sweeps', 'encoderBatch', 'encoderMaxN'] as const;
+const DEFAULT_SUITE_ONLY = ['batch', 'heads', 'dim', 'causal', 'sweeps', 'encoderBatch', 'encoderMaxN'] as const;
 
 const BENCH_HELP_AFTER = `
 What it does:
@@ -67,7 +67,7 @@ Suites:
            N = ${ENCODER_DEFAULTS.gpu.firstN}..${ENCODER_DEFAULTS.gpu.maxN}, --repeats timed forwards. Standard stops where it runs out of
            memory; flash goes on to --encoder-max-n.
   product  PRODUCT.md's grid (issue 4): D ∈ {64, 128}, N = ${PRODUCT_NS.join(', ')} (--n narrows it),
-           B = 16384/N, H = 2048/D, causal off and on, f16 (where supported) and f32. Meant for a GPU.
+           B = 16384/N, H = 2048/D, causal off and on, f16 (where supported) and f32 (--dtype: one of them). Meant for a GPU.
 
 Report (--out, default report/): results.json (every measurement with its raw sample times, the
   validations, the environment), each chart as .svg and .png, and index.html, one self-contained page.
@@ -124,7 +124,7 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   if (o.dtype === 'f16' && !f16) fail("--dtype f16: this adapter lacks 'shader-f16'");
   const sweeps =
     o.suite === 'product'
-      ? productSweeps(o.n ?? PRODUCT_NS, f16)
+      ? productSweeps(o.n ?? PRODUCT_NS, f16, o.dtype)
       : defaultSweeps({ scale, ns: o.n, batch: o.batch, heads: o.heads, dim: o.dim, causal: o.causal, dtype: o.dtype, axes: o.sweeps ?? SWEEP_AXES, f16 });
 
   const clock = gpu ? clockFor(gpu.device) : new WallClock();

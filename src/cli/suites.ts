@@ -81,10 +81,11 @@ export function defaultSweeps(o: DefaultSuiteOptions): Sweep[] {
   return sweeps;
 }
 
-/** PRODUCT.md's grid, one N sweep per (D, causal, dtype); `ns` may narrow N. */
-export function productSweeps(ns: readonly number[], f16: boolean): Sweep[] {
+/** PRODUCT.md's grid, one N sweep per (D, causal, dtype); `ns` may narrow N, `only` the dtypes. */
+export function productSweeps(ns: readonly number[], f16: boolean, only?: BenchDType): Sweep[] {
   const sweeps: Sweep[] = [];
-  for (const dtype of f16 ? (['f16', 'f32'] as const) : (['f32'] as const)) {
+  const dtypes: BenchDType[] = f16 ? ['f16', 'f32'] : ['f32'];
+  for (const dtype of dtypes.filter((t) => only === undefined || t === only)) {
     for (const D of PRODUCT_DIMS) {
       for (const causal of [false, true]) {
         const cases = ns.map((N) => ({ ...shape('gpu', N, D), N, D, causal, dtype }));
