@@ -86,8 +86,8 @@ export class WebgpuOps implements Ops {
     };
     const keep = (b: GPUBuffer) => (made.push(b), b);
     const make: Make = {
-      storage: (bytes, name) => (fits(bytes, name), keep(buffers.create(bytes, name))),
-      upload: (data, name) => (fits(data.byteLength, name), keep(buffers.upload(data, name))),
+      storage: (bytes, name) => (fits(bytes, name), keep(buffers.create(bytes, name, argument))),
+      upload: (data, name) => (fits(data.byteLength, name), keep(buffers.upload(data, name, argument))),
       uniform: (bytes) => keep(buffers.uniform(bytes, 'dims')),
       adopt: (b) => keep(buffers.adopt(b)),
     };
@@ -187,7 +187,7 @@ export class WebgpuOps implements Ops {
   async output(t: AnyTensor, host: boolean): Promise<AnyTensor> {
     const buffer = t.data as GPUBuffer;
     if (host) {
-      const bytes = await this.buffers.read(buffer, this.bytes(sizeOf(t.shape)));
+      const bytes = await this.buffers.read(buffer, this.bytes(sizeOf(t.shape)), 't');
       this.free(t);
       return { data: this.dtype === 'f16' ? new Uint16Array(bytes) : new Float32Array(bytes), dtype: this.dtype, shape: [...t.shape] } as Tensor;
     }
