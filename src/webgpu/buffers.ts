@@ -15,12 +15,13 @@ export class GpuBuffers {
 
   /**
    * A storage buffer of at least `bytes` (rounded up to 4), counted. `what` names it in errors, `argument`
-   * the input whose size asked for it.
+   * the input whose size asked for it. A storage buffer is bound whole, so it is held to the binding limit
+   * too, unless `bound` is false (a buffer only copied to, or bound in ranges).
    */
-  create(bytes: number, what: string, argument: string, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST): GPUBuffer {
+  create(bytes: number, what: string, argument: string, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, bound = true): GPUBuffer {
     const size = Math.max(4, Math.ceil(bytes / 4) * 4);
     const { maxBufferSize, maxStorageBufferBindingSize } = this.device.limits;
-    const limit = usage & GPUBufferUsage.STORAGE ? Math.min(maxBufferSize, maxStorageBufferBindingSize) : maxBufferSize;
+    const limit = usage & GPUBufferUsage.STORAGE && bound ? Math.min(maxBufferSize, maxStorageBufferBindingSize) : maxBufferSize;
     if (size > limit) {
       throw new OutOfMemoryError(argument, `at most ${limit} bytes per buffer on this device for ${what}`, `${size} bytes`);
     }
