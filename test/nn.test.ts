@@ -1,7 +1,8 @@
 // The nn ops and the encoder model. Each op on cpu and webgpu against a float64 computation here, with
 // sizes that are not multiples of any tile, under error bounds derived from the rounding of f32 arithmetic
 // and of the storage dtype; a tiny encoder on cpu and webgpu against a float64 encoder written here, flash
-// against standard attention; memory accounting, typed errors and OutOfMemoryError.
+// against standard attention; the encoder's batch slices under a small per-buffer limit against its
+// whole-batch forward, bit for bit; memory accounting, typed errors and OutOfMemoryError.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import {
@@ -17,6 +18,7 @@ import {
   type GpuTensor,
   type Tensor,
 } from '../src/index.js';
+import { batchSlices } from '../src/models/encoder.js';
 import { createOps, type NnDType, type Ops } from '../src/nn/index.js';
 import { LAYER_NORM_EPS } from '../src/nn/ops.js';
 import { fromValues, toF64 } from '../src/tensor.js';
@@ -327,7 +329,107 @@ describe('encoder', () => {
     });
   }
 
+  test('batchSlices: the fewest slices under the limit, as even as possible', () => {
+    const counts = (B: number, per: number, limit: number) => batchSlices(B, per, limit).map(({ count }) => count);
+    assert.deepEqual(batchSlices(32, 10, 320), [{ start: 0, count: 32 }], 'the whole batch fits: one slice');
+    assert.deepEqual(counts(32, 10, 319), [16, 16]);
+    assert.deepEqual(batchSlices(5, 10, 20), [{ start: 0, count: 2 }, { start: 2, count: 2 }, { start: 4, count: 1 }]);
+    assert.deepEqual(counts(7, 10, 30), [3, 2, 2]);
+    assert.deepEqual(counts(3, 10, 9), [1, 1, 1], 'a sequence over the limit: slices of one, whose first fails');
+    // The seed experiment at N = 16384 on an H100: the (32, N, 2048) f16 hidden layer is 2^31 bytes, over
+    // the 2^31 − 4 binding limit; two slices of 16 sequences.
+    assert.deepEqual(counts(32, 16384 * 2048 * 2, 2 ** 31 - 4), [16, 16]);
+  });
+
+  /** The bits of a typed-array tensor, for exact comparison. */
+  const bits = (t: Tensor) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  function assertSameBits(what: string, got: Tensor, want: Tensor): void {
+    assert.deepEqual(got.shape, want.shape, `${what}: shape`);
+    const [a, b] = [bits(got), bits(want)];
+    const at = a.findIndex((v, i) => v !== b[i]);
+    assert.equal(at, -1, `${what}: byte ${at} differs (element ${Math.floor(at / (a.length / got.data.length))}: ${got.data[Math.floor(at / (a.length / got.data.length))]} vs ${want.data[Math.floor(at / (a.length / got.data.length))]})`);
+  }
+
+  // Slices: dModel 15 (3 heads of 5) and N = 19, so an f16 sequence of N·dModel elements is 570 bytes,
+  // not a whole number of 4-byte words: odd starts cut and join inside a word. Per sequence the largest
+  // buffer is the (N, ffn) hidden layer, 1140 elements (the cpu standard algorithm's S, 3·19² = 1083
+  // elements, and attention's f32 copies, 285·4 bytes, are smaller), so a limit of 1500 elements gives
+  // slices of one sequence and 2500 slices of two (2, 2, 1); the cpu's (B, N, dModel) output array, 1425
+  // elements, fits both.
+  const sliced = { layers: 2, dModel: 15, heads: 3, ffn: 60, causal: true, seed: 7 };
+  const [SB, SN] = [5, 19];
+  for (const { backend, dtype } of TARGETS) {
+    test(`${backend} ${dtype}: batch slices under a small per-buffer limit give the whole batch's output bit for bit, in less memory`, async () => {
+      const e = dtype === 'f16' ? 2 : 4;
+      const x = hostTensor(values(SB * SN * sliced.dModel, 13, dtype), [SB, SN, sliced.dModel], dtype);
+      for (const attention of ['flash', 'standard'] as const) {
+        const run = async (maxBufferBytes?: number) => {
+          const memory = new MemoryTracker();
+          const enc = await createEncoder({ ...sliced, backend, dtype, attention, memory, maxBufferBytes });
+          const weights = memory.live;
+          memory.resetPeak();
+          const y = (await enc.forward(x)) as Tensor;
+          assert.equal(memory.live, weights, `${attention}, limit ${maxBufferBytes}: only the weights stay counted after a forward`);
+          enc.dispose();
+          assert.equal(memory.live, 0);
+          return { y, peak: memory.peak - weights };
+        };
+        const whole = await run();
+        for (const elements of [1500, 2500]) {
+          const part = await run(elements * e);
+          assertSameBits(`${backend} ${dtype} ${attention} in slices of ${elements * e} bytes`, part.y, whole.y);
+          assert.ok(part.peak < whole.peak, `${attention}: slices peak at ${part.peak} B of activations, the whole batch at ${whole.peak} B`);
+        }
+      }
+    });
+
+    test(`${backend} ${dtype}: one sequence over the per-buffer limit is an OutOfMemoryError naming x, and nothing is left allocated`, async () => {
+      const e = dtype === 'f16' ? 2 : 4;
+      const memory = new MemoryTracker();
+      // 1000 elements: the weights (W1, W2: 900), the (2, N, dModel) output (570) and q, k, v of a sequence
+      // (285) fit, its hidden layer (1140) does not.
+      const enc = await createEncoder({ ...sliced, backend, dtype, attention: 'flash', memory, maxBufferBytes: 1000 * e });
+      const weights = memory.live;
+      const x = hostTensor(values(2 * SN * sliced.dModel, 13, dtype), [2, SN, sliced.dModel], dtype);
+      const hidden = SN * sliced.ffn * e;
+      await assert.rejects(enc.forward(x), (err: unknown) => err instanceof OutOfMemoryError && err.argument === 'x' && err.received === `${hidden} bytes`);
+      assert.equal(memory.live, weights, 'the failed forward freed what it made');
+      enc.dispose();
+    });
+  }
+
   if (BACKENDS.includes('webgpu')) {
+    for (const dtype of TARGETS.filter((t) => t.backend === 'webgpu').map((t) => t.dtype)) {
+      test(`webgpu ${dtype}: slices of a GpuTensor, and copies split where a bound range would pass the limit, are bit for bit the whole batch`, async () => {
+        const e = dtype === 'f16' ? 2 : 4;
+        const ops = await createOps({ backend: 'webgpu', dtype });
+        const x = hostTensor(values(SB * SN * sliced.dModel, 13, dtype), [SB, SN, sliced.dModel], dtype);
+        const gx = (await ops.input(x, 'x')) as GpuTensor;
+        const forward = async (config: Omit<EncoderConfig, 'backend' | 'dtype' | 'attention'>, input: Tensor | GpuTensor, maxBufferBytes?: number) => {
+          const memory = new MemoryTracker();
+          const enc = await createEncoder({ ...config, backend: 'webgpu', dtype, attention: 'flash', memory, maxBufferBytes });
+          const weights = memory.live;
+          const y = await enc.forward(input);
+          assert.equal(memory.live, weights, 'only the weights stay counted after a forward');
+          enc.dispose();
+          return y;
+        };
+        // GpuTensor in and out, slices of one: the cut and the join start inside a word (f16).
+        const whole = (await forward(sliced, x)) as Tensor;
+        const gy = (await forward(sliced, gx, 1500 * e)) as GpuTensor;
+        assert.ok(gy.data instanceof GPUBuffer, 'out is a GPUBuffer');
+        assertSameBits(`webgpu ${dtype} GpuTensor in slices`, (await ops.output(gy, true)) as Tensor, whole);
+        gy.data.destroy();
+        // ffn 8 < dModel: the (N, dModel) activations are the largest buffer, and a limit of 285 elements
+        // and 100 bytes holds a slice of one sequence but not the range its copy binds (a slice and up to
+        // 256 bytes of offset alignment), so each copy runs in two pieces.
+        const narrow = { ...sliced, ffn: 8 };
+        const wholeNarrow = (await forward(narrow, x)) as Tensor;
+        assertSameBits(`webgpu ${dtype} copies in pieces`, (await forward(narrow, x, SN * sliced.dModel * e + 100)) as Tensor, wholeNarrow);
+        ops.free(gx);
+      });
+    }
+
     test('webgpu: a GpuTensor in gives a GpuTensor out, equal to the typed-array path', async () => {
       const enc = await createEncoder({ ...base, backend: 'webgpu', dtype: 'f32', attention: 'flash' });
       const x = hostTensor(values(B * N * base.dModel, 11, 'f32'), [B, N, base.dModel], 'f32');
@@ -359,7 +461,7 @@ describe('encoder', () => {
       other.destroy();
     });
 
-    test('webgpu: an activation larger than the device allows is an OutOfMemoryError, and nothing is left allocated', async () => {
+    test('webgpu: a sequence whose activation is larger than the device allows is an OutOfMemoryError, and nothing is left allocated', async () => {
       const device = status.ok ? status.gpu.device : undefined;
       const limit = Math.min(device!.limits.maxStorageBufferBindingSize, device!.limits.maxBufferSize);
       const ffn = 2 ** 16;
@@ -367,7 +469,9 @@ describe('encoder', () => {
       const memory = new MemoryTracker();
       const enc = await createEncoder({ layers: 1, dModel: 4, heads: 1, ffn, causal: true, attention: 'flash', backend: 'webgpu', dtype: 'f32', memory });
       const weights = memory.live;
-      await assert.rejects(enc.forward(hostTensor(values(n * 4, 1, 'f32'), [1, n, 4], 'f32')), (e: unknown) => e instanceof OutOfMemoryError && e.argument === 'x');
+      // Two sequences: the batch is cut into slices of one, and the first fails at its hidden layer.
+      const oom = (e: unknown) => e instanceof OutOfMemoryError && e.argument === 'x' && e.received === `${n * ffn * 4} bytes`;
+      await assert.rejects(enc.forward(hostTensor(values(2 * n * 4, 1, 'f32'), [2, n, 4], 'f32')), oom);
       assert.equal(memory.live, weights, 'the failed forward freed what it made');
       enc.dispose();
     });
@@ -389,6 +493,7 @@ describe('encoder', () => {
     await assert.rejects(createEncoder({ ...config, layers: 0 }), isError(ValueError, 'config.layers'));
     await assert.rejects(createEncoder({ ...config, backend: 'gpu' as 'cpu' }), isError(ValueError, 'config.backend'));
     await assert.rejects(createEncoder({ ...config, attention: 'fast' as 'flash' }), isError(ValueError, 'config.attention'));
+    await assert.rejects(createEncoder({ ...config, maxBufferBytes: 0 }), isError(ValueError, 'config.maxBufferBytes'));
     const enc = await createEncoder(config);
     await assert.rejects(enc.forward(hostTensor(values(2 * 3 * 31, 1, 'f32'), [2, 3, 31], 'f32')), isError(ShapeError, 'x.shape'));
     await assert.rejects(enc.forward(hostTensor(values(2 * 3 * 32, 1, 'f16'), [2, 3, 32], 'f16')), isError(DTypeError, 'x.dtype'));

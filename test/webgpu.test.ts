@@ -1,10 +1,11 @@
 // The webgpu backend beyond the shared spec: zero-copy GPUBuffers in and out, the caller's own device,
 // typed errors for a buffer of another device and for f16 on a device without shader-f16, and the
 // allocator's accounting (flash never allocates an Nq×Nk buffer; the standard baseline's matrices are in
-// the input dtype), and the standard baseline rounding where the cpu's does.
+// the input dtype; an input over the binding limit is an OutOfMemoryError naming it), and the standard
+// baseline rounding where the cpu's does.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DTypeError, MemoryTracker, ValueError, backward, forward, webgpuDevice, type GpuTensor, type Tensor } from '../src/index.js';
+import { DTypeError, MemoryTracker, OutOfMemoryError, ValueError, backward, forward, tensor, webgpuDevice, type GpuTensor, type Tensor } from '../src/index.js';
 import { checkForward } from '../src/problem.js';
 import { toF64 } from '../src/tensor.js';
 import { gpuEntry } from '../src/webgpu/device.js';
@@ -106,6 +107,17 @@ if (BACKENDS.includes('webgpu')) {
       await forward(q, k, v, { backend: 'webgpu', memory });
       assert.equal(memory.live, 0);
       assert.ok(memory.peak > 0 && memory.peak < (n * n * 4) / 4, `peak ${memory.peak} B`);
+    });
+
+    test('an input over the binding limit is an OutOfMemoryError naming that input, and nothing is left allocated', async () => {
+      const device = await webgpuDevice();
+      const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
+      const [D, Nk] = [4, Math.floor(limit / 16) + 1]; // k and v (1, Nk, 1, 4) f32: one element row past the limit
+      const q = tensor(new Float32Array(D), [1, 1, 1, D]);
+      const k = tensor(new Float32Array(Nk * D), [1, Nk, 1, D]);
+      const memory = new MemoryTracker();
+      await assert.rejects(forward(q, k, k, { backend: 'webgpu', memory }), (e: unknown) => e instanceof OutOfMemoryError && e.argument === 'k');
+      assert.equal(memory.live, 0);
     });
 
     test('the standard baseline holds S and P of every head, in head chunks when one binding would exceed the limit', async () => {

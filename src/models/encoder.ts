@@ -12,6 +12,16 @@
  * attention's own buffers and output, and LN1's output with the (B, N, ffn) hidden layer and its
  * projection back to (B, N, dModel).
  *
+ * Batch slices. Every op of a layer is independent per sequence (attention within one, linear and layer
+ * norm per row), so a batch whose largest buffer would exceed the ops' per-buffer limit (on webgpu the
+ * device's maxStorageBufferBindingSize: 2^31 − 4 bytes on an H100, which the (32, 16384, 2048) f16
+ * hidden layer, 2^31 bytes, exceeds) runs in slices of sequences: the fewest slices whose largest buffer fits, B_s·N·max(ffn, dModel)
+ * elements or attention's own (Ops.attentionBytesPerSequence), of as even sizes as possible. Each slice
+ * is cut from x (ops.slice), run through every layer, and written into the (B, N, dModel) output
+ * (ops.write), bit for bit what the whole batch gives, with the output and one slice's intermediates
+ * live at once. A sequence that alone is over the limit fails, in its first slice, with the
+ * OutOfMemoryError of the first op whose buffer it is. `batchSlices` is the rule.
+ *
  * Weights are drawn as torch initialises them, from one seeded mulberry32 stream, layer after layer, in
  * the order of LAYER_PARTS, weight before bias: Wq, Wk, Wv ~ U(±√(6 / 4·dModel)) (xavier_uniform_ of
  * in_proj) with zero biases; Wo ~ U(±1/√dModel) (nn.Linear's default) with a zero bias; W1, b1 ~
@@ -23,7 +33,7 @@ import type { MemoryTracker } from '../memory.js';
 import { mulberry32 } from '../cli/random.js';
 import { createOps } from '../nn/index.js';
 import type { Ops } from '../nn/ops.js';
-import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
+import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
 
 export interface EncoderConfig {
   /** 6 in the seed experiment. */
@@ -44,6 +54,11 @@ export interface EncoderConfig {
   memory?: MemoryTracker;
   /** webgpu: the caller's device; default: the library's own. */
   device?: GPUDevice;
+  /**
+   * Internal, for tests: a per-tensor limit in bytes below the backend's own, which the ops enforce and
+   * the batch slices are chosen for (see OpsConfig.maxBufferBytes); default: the backend's.
+   */
+  maxBufferBytes?: number;
 }
 
 export interface Encoder {
@@ -52,7 +67,8 @@ export interface Encoder {
    * x: (B, N, dModel) in config.dtype (f16 as Uint16Array bits) -> (B, N, dModel). A typed-array tensor
    * gives a typed-array result; on webgpu a GpuTensor gives a GpuTensor, handed over to the caller (who
    * destroys it). On webgpu, resolves when the GPU work is done (onSubmittedWorkDone) so it can be timed.
-   * x is never modified.
+   * x is never modified. A batch whose activations exceed the per-buffer limit runs in slices of
+   * sequences (see the file's comment); the result is the same, bit for bit.
    */
   forward(x: Tensor | GpuTensor): Promise<Tensor | GpuTensor>;
   /** Free the weights; the encoder cannot be used afterwards. */
@@ -175,6 +191,33 @@ async function layerForward(ops: Ops, c: EncoderConfig, w: LayerWeights<AnyTenso
   return y;
 }
 
+/**
+ * Bytes of the largest buffer a layer makes per sequence of N tokens: the (N, ffn) hidden layer or an
+ * (N, dModel) activation, or attention's own.
+ */
+function sequenceBytes(ops: Ops, c: EncoderConfig, N: number): number {
+  const attention = ops.attentionBytesPerSequence(N, c.dModel, { heads: c.heads, causal: c.causal, algorithm: c.attention });
+  return Math.max(N * Math.max(c.ffn, c.dModel) * BYTES_PER_ELEMENT[c.dtype], attention);
+}
+
+/**
+ * The slices of a batch of B sequences, as [start, count) pairs: the fewest whose count·perSequence bytes
+ * are at most `limit` (slices of one where even one sequence is over it), as even as possible, the first
+ * B mod S one sequence longer than the rest. One slice, [0, B), where the whole batch fits.
+ */
+export function batchSlices(B: number, perSequence: number, limit: number): { start: number; count: number }[] {
+  const most = Math.max(1, Math.floor(limit / perSequence));
+  const S = Math.ceil(B / most);
+  const [base, longer] = [Math.floor(B / S), B % S];
+  const slices: { start: number; count: number }[] = [];
+  for (let i = 0, start = 0; i < S; i++) {
+    const count = base + (i < longer ? 1 : 0);
+    slices.push({ start, count });
+    start += count;
+  }
+  return slices;
+}
+
 export async function createEncoder(config: EncoderConfig): Promise<Encoder> {
   checkConfig(config);
   const c: EncoderConfig = { ...config };
@@ -199,15 +242,30 @@ export async function createEncoder(config: EncoderConfig): Promise<Encoder> {
     async forward(x: Tensor | GpuTensor): Promise<Tensor | GpuTensor> {
       if (disposed) throw new ValueError('encoder', 'an encoder not yet disposed', 'a disposed one');
       if (typeof x !== 'object' || x === null) throw new ValueError('x', 'a tensor { data, dtype, shape }', describe(x));
-      if (!Array.isArray(x.shape) || x.shape.length !== 3 || x.shape[2] !== c.dModel) {
-        throw new ShapeError('x.shape', `(B, N, ${c.dModel})`, describe(x.shape));
+      if (!Array.isArray(x.shape) || x.shape.length !== 3 || x.shape[2] !== c.dModel || !x.shape.every((s) => Number.isSafeInteger(s) && s >= 1)) {
+        throw new ShapeError('x.shape', `(B, N, ${c.dModel}), B and N positive integers`, describe(x.shape));
       }
+      const [B, N] = x.shape;
+      const slices = batchSlices(B, sequenceBytes(ops, c, N), ops.maxBufferBytes);
       const live = new Live(ops);
-      try {
-        let h = live.add(await ops.input(x, 'x'));
+      const layers = async (h: AnyTensor) => {
         for (const w of weights) h = await layerForward(ops, c, w, h, live);
-        const out = await ops.output(h, !isGpuBuffer(x.data));
-        live.release(h);
+        return h;
+      };
+      try {
+        let y: AnyTensor;
+        if (slices.length === 1) {
+          y = await layers(live.add(await ops.input(x, 'x')));
+        } else {
+          y = live.add(await ops.empty([B, N, c.dModel], `the encoder output [${B}, ${N}, ${c.dModel}]`, 'x'));
+          for (const { start, count } of slices) {
+            const h = await layers(live.add(await ops.slice(x, start, count, 'x')));
+            await ops.write(y, start, h);
+            live.free(h);
+          }
+        }
+        const out = await ops.output(y, !isGpuBuffer(x.data));
+        live.release(y);
         return out as Tensor | GpuTensor;
       } finally {
         live.freeAll();

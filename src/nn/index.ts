@@ -18,6 +18,11 @@ export interface OpsConfig {
   memory?: MemoryTracker;
   /** webgpu: the caller's device; default: the library's own. */
   device?: GPUDevice;
+  /**
+   * Internal, for tests: a per-tensor limit in bytes below the backend's own (Ops.maxBufferBytes), which
+   * the ops enforce as they would the device's, so that a model's slicing runs on small inputs.
+   */
+  maxBufferBytes?: number;
 }
 
 /** Ops for `config.backend` in `config.dtype`; errors name the field of `config` at fault. */
@@ -28,12 +33,16 @@ export async function createOps(config: OpsConfig): Promise<Ops> {
   if (config.memory !== undefined && !(config.memory instanceof MemoryTracker)) {
     throw new ValueError('config.memory', 'a MemoryTracker', describe(config.memory));
   }
+  const { maxBufferBytes } = config;
+  if (maxBufferBytes !== undefined && (!Number.isSafeInteger(maxBufferBytes) || maxBufferBytes < 1)) {
+    throw new ValueError('config.maxBufferBytes', 'a positive integer', describe(maxBufferBytes));
+  }
   const memory = config.memory ?? defaultMemory;
-  if (backend === 'cpu') return new CpuOps(dtype, memory);
+  if (backend === 'cpu') return new CpuOps(dtype, memory, maxBufferBytes);
   if (device !== undefined && (typeof device !== 'object' || device === null || typeof device.createBuffer !== 'function')) {
     throw new ValueError('config.device', 'a GPUDevice', describe(device));
   }
   const gpu = device ? gpuOf(device) : await defaultGpu();
   if (dtype === 'f16' && !gpu.f16) throw new DTypeError('config.dtype', "'f32' (this device lacks shader-f16, which f16 storage needs)", "'f16'");
-  return new WebgpuOps(gpu, dtype, memory);
+  return new WebgpuOps(gpu, dtype, memory, maxBufferBytes);
 }

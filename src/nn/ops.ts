@@ -4,11 +4,15 @@
  *   linear(x, weight, bias, { relu })          (..., K) -> (..., N)   x·Wᵀ + b, W (N, K) as torch.nn.Linear
  *   layerNorm(x, weight, bias, residual?)      (..., C) -> (..., C)   LN(x + residual)·weight + bias, eps 1e-5
  *   attention(q, k, v, { heads, causal, ... }) (B, N, C) ×3 -> (B, N, C)
+ *   slice(x, start, count)                     (B, ...) -> (count, ...)   rows start .. start+count−1 of x
+ *   write(y, start, t)                         (count, ...) into rows start .. of y (B, ...), made by empty
  * ReLU and the residual add are fused into linear and layer norm: apart, each would be one more pass over
  * the activations and one more live buffer of their size. attention is the library's own forward() over
  * H = heads heads of C/H in the layout BNHD, so (B, N, C) is (B, N, H, C/H) with no transpose.
  * Every buffer the ops make is counted in their MemoryTracker until it is freed (`free`) or handed to the
- * caller (`output`); tensors the caller passed in are never freed or modified.
+ * caller (`output`); tensors the caller passed in are never freed or modified. No tensor the ops make may
+ * exceed `maxBufferBytes` (a larger one is an OutOfMemoryError naming the input it came from): slice and
+ * write let a model run a batch whose whole activations would, in slices of sequences that fit.
  */
 import { DTypeError, ShapeError, ValueError, describe } from '../errors.js';
 import type { MemoryTracker } from '../memory.js';
@@ -32,6 +36,19 @@ export interface Ops {
   readonly dtype: NnDType;
   readonly memory: MemoryTracker;
   /**
+   * The most bytes one tensor the ops make may hold: on webgpu the device's maxStorageBufferBindingSize
+   * and maxBufferSize (every op binds its tensors whole), on cpu CPU_MAX_BUFFER_BYTES; or OpsConfig's
+   * lower maxBufferBytes. Attention's own buffers (forward()'s) are held to the backend's limits alone.
+   */
+  readonly maxBufferBytes: number;
+  /**
+   * Bytes per sequence of the largest buffer attention over (B, N, C) allocates whose size grows with B
+   * (B times this): its output and log-sum-exp, on cpu also the f32 copies of q, k, v and out it computes
+   * on, and the cpu standard algorithm's S and P of every head (one array each). The webgpu standard
+   * algorithm's S and P are already split into buffers of whole heads under the binding limit.
+   */
+  attentionBytesPerSequence(N: number, C: number, config: AttentionConfig): number;
+  /**
    * A new tensor of `shape` in the ops' dtype holding the f32 values `fill` writes (weights); the
    * storage is made before `fill` runs, so a size the device cannot hold fails before any work.
    * `argument` names what the size came from, for the OutOfMemoryError.
@@ -39,6 +56,18 @@ export interface Ops {
   create(shape: readonly number[], fill: (values: Float32Array) => void, what: string, argument: string): Promise<AnyTensor>;
   /** A caller's tensor as the ops compute on it: the tensor itself where it can be, else a counted copy. */
   input(t: AnyTensor, name: string): Promise<AnyTensor>;
+  /**
+   * A new tensor of `shape` for `write` to fill, its contents unspecified until then. On webgpu it is only
+   * copied into, never bound whole, so maxBufferSize alone limits it, not maxBufferBytes.
+   */
+  empty(shape: readonly number[], what: string, argument: string): Promise<AnyTensor>;
+  /**
+   * A counted copy of rows start .. start+count−1 of t's first dimension, t a caller's tensor (a typed
+   * array or, on webgpu, a GpuTensor) or the ops' own.
+   */
+  slice(t: AnyTensor, start: number, count: number, name: string): Promise<AnyTensor>;
+  /** Copy t (count, ...) into rows start .. start+count−1 of `into` (B, ...), a tensor from `empty`. */
+  write(into: AnyTensor, start: number, t: AnyTensor): Promise<void>;
   linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options?: { relu?: boolean }): Promise<AnyTensor>;
   layerNorm(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, residual?: AnyTensor): Promise<AnyTensor>;
   attention(q: AnyTensor, k: AnyTensor, v: AnyTensor, config: AttentionConfig): Promise<AnyTensor>;
@@ -79,8 +108,10 @@ export function checkTensor(backend: NnBackend, dtype: NnDType, name: string, t:
   const bytes = sizeOf(shape) * BYTES_PER_ELEMENT[dtype];
   if (backend === 'webgpu') {
     if (!isGpuBuffer(x.data)) throw new ValueError(`${name}.data`, 'a GPUBuffer (webgpu ops)', describe(x.data));
-    if (x.data.size < bytes) {
-      throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${bytes} bytes for shape [${shape.join(', ')}] in ${dtype}`, `${x.data.size} bytes`);
+    // Storage bindings are whole 4-byte words: an f16 tensor of an odd number of elements needs 2 bytes of padding.
+    const padded = Math.ceil(bytes / 4) * 4;
+    if (x.data.size < padded) {
+      throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${padded} bytes for shape [${shape.join(', ')}] in ${dtype} (padded to 4 bytes)`, `${x.data.size} bytes`);
     }
     if (!(x.data.usage & 0x80)) { // GPUBufferUsage.STORAGE
       throw new ValueError(`${name}.data`, 'a GPUBuffer with STORAGE usage', `usage ${x.data.usage}`);
@@ -95,6 +126,32 @@ export function checkTensor(backend: NnBackend, dtype: NnDType, name: string, t:
     }
   }
   return x;
+}
+
+/** Sizes of slice(t, start, count): the elements per row of t's first dimension, and the slice's shape. */
+export function checkSlice(backend: NnBackend, dtype: NnDType, name: string, t: AnyTensor, start: number, count: number) {
+  const T = checkTensor(backend, dtype, name, t);
+  const B = T.shape[0];
+  if (!Number.isSafeInteger(start) || start < 0 || start >= B) throw new ValueError('start', `an integer in [0, ${B}) (${name} has ${B} rows)`, describe(start));
+  if (!Number.isSafeInteger(count) || count < 1 || start + count > B) {
+    throw new ValueError('count', `an integer in [1, ${B - start}] (${name} has ${B} rows from ${start})`, describe(count));
+  }
+  return { row: sizeOf(T.shape) / B, shape: [count, ...T.shape.slice(1)] };
+}
+
+/** Sizes of write(into, start, t): the elements per row, and of t. */
+export function checkWrite(ops: Pick<Ops, 'backend' | 'dtype'>, into: AnyTensor, start: number, t: AnyTensor) {
+  const Y = checkTensor(ops.backend, ops.dtype, 'into', into);
+  const T = checkTensor(ops.backend, ops.dtype, 't', t);
+  if (T.shape.length !== Y.shape.length || T.shape.some((s, i) => i > 0 && s !== Y.shape[i])) {
+    throw new ShapeError('t.shape', `[count, ${Y.shape.slice(1).join(', ')}] (rows of into)`, describe(T.shape));
+  }
+  const [B, count] = [Y.shape[0], T.shape[0]];
+  if (!Number.isSafeInteger(start) || start < 0 || start + count > B) {
+    throw new ValueError('start', `an integer in [0, ${B - count}] (${count} rows into ${B})`, describe(start));
+  }
+  const row = sizeOf(Y.shape) / B;
+  return { row, elements: count * row };
 }
 
 /** Sizes of linear(x, weight, bias): M rows of K features in, N out. */

@@ -13,22 +13,26 @@ export class GpuBuffers {
     private readonly memory: MemoryTracker,
   ) {}
 
-  /** A storage buffer of at least `bytes` (rounded up to 4), counted; `what` names it in errors. */
-  create(bytes: number, what: string, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST): GPUBuffer {
+  /**
+   * A storage buffer of at least `bytes` (rounded up to 4), counted. `what` names it in errors, `argument`
+   * the input whose size asked for it. A storage buffer is bound whole, so it is held to the binding limit
+   * too, unless `bound` is false (a buffer only copied to, or bound in ranges).
+   */
+  create(bytes: number, what: string, argument: string, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, bound = true): GPUBuffer {
     const size = Math.max(4, Math.ceil(bytes / 4) * 4);
     const { maxBufferSize, maxStorageBufferBindingSize } = this.device.limits;
-    const limit = usage & GPUBufferUsage.STORAGE ? Math.min(maxBufferSize, maxStorageBufferBindingSize) : maxBufferSize;
+    const limit = usage & GPUBufferUsage.STORAGE && bound ? Math.min(maxBufferSize, maxStorageBufferBindingSize) : maxBufferSize;
     if (size > limit) {
-      throw new OutOfMemoryError('q', `at most ${limit} bytes per buffer on this device for ${what}`, `${size} bytes`);
+      throw new OutOfMemoryError(argument, `at most ${limit} bytes per buffer on this device for ${what}`, `${size} bytes`);
     }
     const buffer = this.device.createBuffer({ size, usage, label: what });
     this.owned.set(buffer, this.memory.allocate(size));
     return buffer;
   }
 
-  /** A storage buffer holding `data`. */
-  upload(data: ArrayBufferView, what: string): GPUBuffer {
-    const buffer = this.create(data.byteLength, what);
+  /** A storage buffer holding `data`, the input `argument` (or part of it). */
+  upload(data: ArrayBufferView, what: string, argument = what): GPUBuffer {
+    const buffer = this.create(data.byteLength, what, argument);
     // Dawn's writeBuffer takes neither a SharedArrayBuffer (cpu results are backed by one) nor a ragged length.
     const shared = typeof SharedArrayBuffer === 'function' && data.buffer instanceof SharedArrayBuffer;
     const padded = data.byteLength % 4 === 0 && !shared ? data : copyPadded(data);
@@ -36,17 +40,17 @@ export class GpuBuffers {
     return buffer;
   }
 
-  /** A uniform buffer holding `bytes`. */
+  /** A uniform buffer holding `bytes` (a few words: no device refuses it for its size). */
   uniform(bytes: ArrayBuffer, what: string): GPUBuffer {
-    const buffer = this.create(bytes.byteLength, what, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+    const buffer = this.create(bytes.byteLength, what, what, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
     this.device.queue.writeBuffer(buffer, 0, bytes);
     return buffer;
   }
 
-  /** Read `bytes` of a buffer back (through a counted staging buffer). */
-  async read(buffer: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+  /** Read `bytes` of a buffer back (through a counted staging buffer), the result `argument` asked for. */
+  async read(buffer: GPUBuffer, bytes: number, argument: string): Promise<ArrayBuffer> {
     const size = Math.ceil(bytes / 4) * 4;
-    const staging = this.create(size, 'readback', GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    const staging = this.create(size, 'readback', argument, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
     const enc = this.device.createCommandEncoder();
     enc.copyBufferToBuffer(buffer, 0, staging, 0, size);
     this.device.queue.submit([enc.finish()]);

@@ -146,9 +146,9 @@ export class Call {
     return this.buffers.upload(t.data, name);
   }
 
-  /** An output buffer of `elements` in the problem's dtype (lse: f32). */
-  output(elements: number, name: string, dtype: DType = this.p.dtype): GPUBuffer {
-    return this.buffers.create(elements * ELEMENT_BYTES[dtype], name);
+  /** An output buffer of `elements` in the problem's dtype (lse: f32), sized by the input `argument`. */
+  output(elements: number, name: string, argument: 'q' | 'k', dtype: DType = this.p.dtype): GPUBuffer {
+    return this.buffers.create(elements * ELEMENT_BYTES[dtype], name, argument);
   }
 
   /** Submit the encoded work; device errors (another device's buffer, say) become typed errors. */
@@ -165,10 +165,10 @@ export class Call {
   }
 
   /** An output as the caller gets it: a GpuTensor handed over, or a typed array read back. */
-  async result(buffer: GPUBuffer, shape: readonly number[], dtype: 'f32' | 'f16' = this.p.dtype as 'f32' | 'f16'): Promise<AnyTensor> {
+  async result(buffer: GPUBuffer, shape: readonly number[], argument: 'q' | 'k', dtype: 'f32' | 'f16' = this.p.dtype as 'f32' | 'f16'): Promise<AnyTensor> {
     if (this.p.onGpu) return { data: this.buffers.handOver(buffer), dtype, shape: [...shape] };
     const elements = shape.reduce((a, b) => a * b, 1);
-    const bytes = await this.buffers.read(buffer, elements * ELEMENT_BYTES[dtype]);
+    const bytes = await this.buffers.read(buffer, elements * ELEMENT_BYTES[dtype], argument);
     const data = dtype === 'f16' ? new Uint16Array(bytes) : new Float32Array(bytes);
     return { data, dtype, shape: [...shape] };
   }
@@ -185,10 +185,10 @@ export async function webgpuForward(p: Problem, q: AnyTensor, k: AnyTensor, v: A
     const { pipe, Br } = await forwardKernel(p, gpu, forwardMatrixParams(p, gpu));
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
-    const out = call.output(p.B * p.Nq * p.H * p.D, 'out');
-    const lse = call.output(p.B * p.H * p.Nq, 'lse', 'f32');
+    const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');
+    const lse = call.output(p.B * p.H * p.Nq, 'lse', 'q', 'f32');
     await call.submit(async (enc) => dispatch(enc, gpu.device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(p.Nq / Br), p.B * p.H]));
-    return { out: await call.result(out, q.shape), lse: await call.result(lse, [p.B, p.H, p.Nq], 'f32') };
+    return { out: await call.result(out, q.shape, 'q'), lse: await call.result(lse, [p.B, p.H, p.Nq], 'q', 'f32') };
   } finally {
     call.dispose();
   }
@@ -274,16 +274,16 @@ export async function webgpuBackward(
     const rowsPerGroup = matrix ? backwardQMatrixRows(matrix.q) : params.q.Br;
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [dO, Q, K, V, O, L] = [call.input(dout, 'dout'), call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v'), call.input(out, 'out'), call.input(lse, 'lse')];
-    const Dvec = call.output(p.B * p.H * p.Nq, 'Dvec', 'f32');
-    const dq = call.output(p.B * p.Nq * p.H * p.D, 'dq');
-    const dk = call.output(p.B * p.Nk * p.Hkv * p.D, 'dk');
-    const dv = call.output(p.B * p.Nk * p.Hkv * p.D, 'dv');
+    const Dvec = call.output(p.B * p.H * p.Nq, 'Dvec', 'q', 'f32');
+    const dq = call.output(p.B * p.Nq * p.H * p.D, 'dq', 'q');
+    const dk = call.output(p.B * p.Nk * p.Hkv * p.D, 'dk', 'k');
+    const dv = call.output(p.B * p.Nk * p.Hkv * p.D, 'dv', 'k');
     await call.submit(async (enc) => {
       dispatch(enc, gpu.device, pre, [sizes, dO, O, Dvec], [Math.ceil(p.Nq / params.pre.WG), p.B * p.H]);
       dispatch(enc, gpu.device, kv, [sizes, Q, K, V, dO, L, Dvec, dk, dv], [Math.ceil(p.Nk / keysPerGroup), p.B * p.Hkv]);
       dispatch(enc, gpu.device, dqPipe, [sizes, Q, K, V, dO, L, Dvec, dq], [Math.ceil(p.Nq / rowsPerGroup), p.B * p.H]);
     });
-    return { dq: await call.result(dq, q.shape), dk: await call.result(dk, k.shape), dv: await call.result(dv, v.shape) };
+    return { dq: await call.result(dq, q.shape, 'q'), dk: await call.result(dk, k.shape, 'k'), dv: await call.result(dv, v.shape, 'k') };
   } finally {
     call.dispose();
   }

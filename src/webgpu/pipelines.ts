@@ -27,11 +27,20 @@ export async function pipeline<P extends object>(device: GPUDevice, kernel: stri
   return made;
 }
 
-/** Encode one dispatch of `pipe` with the buffers bound in order (binding i = buffers[i]). */
-export function dispatch(enc: GPUCommandEncoder, device: GPUDevice, pipe: GPUComputePipeline, buffers: GPUBuffer[], groups: [number, number, number?]): void {
+/**
+ * Encode one dispatch of `pipe` with the buffers bound in order (binding i = buffers[i]): a buffer whole,
+ * or a range of one ({ buffer, offset, size }).
+ */
+export function dispatch(
+  enc: GPUCommandEncoder,
+  device: GPUDevice,
+  pipe: GPUComputePipeline,
+  buffers: (GPUBuffer | GPUBufferBinding)[],
+  groups: [number, number, number?],
+): void {
   const bind = device.createBindGroup({
     layout: pipe.getBindGroupLayout(0),
-    entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+    entries: buffers.map((b, binding) => ({ binding, resource: 'buffer' in b ? b : { buffer: b } })),
   });
   const pass = enc.beginComputePass();
   pass.setPipeline(pipe);

@@ -172,11 +172,11 @@ export async function webgpuStandardForward(
       pipeline(gpu.device, 'standardSoftmax', { WG: run.WG, causal: p.causal, dtype: dt }, softmaxWGSL),
     ]);
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
-    const out = call.output(p.B * Nq * p.H * D, 'out');
-    const lse = call.output(p.B * p.H * Nq, 'lse', 'f32');
+    const out = call.output(p.B * Nq * p.H * D, 'out', 'q');
+    const lse = call.output(p.B * p.H * Nq, 'lse', 'q', 'f32');
     const matrices = chunks.map((ch) => {
       const nn = ch.nkv * ch.c * Nq * Nk * ELEMENT_BYTES[dt];
-      return { S: call.buffers.create(nn, 'S'), P: call.buffers.create(nn, 'P') };
+      return { S: call.buffers.create(nn, 'S', 'q'), P: call.buffers.create(nn, 'P', 'q') };
     });
     await call.submit(async (enc) => {
       for (const [n, { kv0, nkv, g0, c }] of chunks.entries()) {
@@ -191,7 +191,7 @@ export async function webgpuStandardForward(
         run.runMatmul(enc, pv, { M: Nq, N: D, K: Nk, alpha: 1, ...at, a: run.dense(), b: run.kvLike(), c: run.qLike() }, heads, P, V, out);
       }
     });
-    return { out: await call.result(out, q.shape), lse: await call.result(lse, [p.B, p.H, Nq], 'f32') };
+    return { out: await call.result(out, q.shape, 'q'), lse: await call.result(lse, [p.B, p.H, Nq], 'q', 'f32') };
   } finally {
     call.dispose();
   }
@@ -238,15 +238,15 @@ export async function webgpuStandardBackward(
       call.input(lse, 'lse'),
     ];
     const kvElements = p.B * Nk * p.Hkv * D;
-    const dq = call.output(p.B * Nq * p.H * D, 'dq');
-    const dk = call.output(kvElements, 'dk');
-    const dv = call.output(kvElements, 'dv');
+    const dq = call.output(p.B * Nq * p.H * D, 'dq', 'q');
+    const dk = call.output(kvElements, 'dk', 'k');
+    const dv = call.output(kvElements, 'dv', 'k');
     const scratch = split && dt === 'f16';
-    const dk32 = scratch ? call.output(kvElements, 'dk (f32 accumulator)', 'f32') : dk;
-    const dv32 = scratch ? call.output(kvElements, 'dv (f32 accumulator)', 'f32') : dv;
+    const dk32 = scratch ? call.output(kvElements, 'dk (f32 accumulator)', 'k', 'f32') : dk;
+    const dv32 = scratch ? call.output(kvElements, 'dv (f32 accumulator)', 'k', 'f32') : dv;
     const matrices = chunks.map((ch) => {
       const nn = ch.nkv * ch.c * Nq * Nk * ELEMENT_BYTES[dt];
-      return { SP: call.buffers.create(nn, 'P'), dP: call.buffers.create(nn, 'dP'), dS: call.buffers.create(nn, 'dS') };
+      return { SP: call.buffers.create(nn, 'P', 'q'), dP: call.buffers.create(nn, 'dP', 'q'), dS: call.buffers.create(nn, 'dS', 'q') };
     });
     await call.submit(async (enc) => {
       for (const [n, { kv0, nkv, g0, c }] of chunks.entries()) {
@@ -280,9 +280,9 @@ export async function webgpuStandardBackward(
       }
     });
     return {
-      dq: await call.result(dq, q.shape),
-      dk: await call.result(dk, k.shape),
-      dv: await call.result(dv, v.shape),
+      dq: await call.result(dq, q.shape, 'q'),
+      dk: await call.result(dk, k.shape, 'k'),
+      dv: await call.result(dv, v.shape, 'k'),
     };
   } finally {
     call.dispose();

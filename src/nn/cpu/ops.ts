@@ -3,15 +3,16 @@
  * over SharedArrayBuffers, so the worker pool reads and writes them in place. linear runs on the pool
  * (tasks of row blocks, see kernels.ts) when it is large enough to pay for the round trip, else inline;
  * layerNorm runs inline; attention is the library's cpu forward(). Every array made here, and each
- * thread's scratch while a linear runs, is counted in the MemoryTracker.
+ * thread's scratch while a linear runs, is counted in the MemoryTracker. slice and write copy rows with
+ * TypedArray.set; a slice is an array of its own (not a view) so that the worker threads can share it.
  */
 import { forward } from '../../api.js';
 import { OutOfMemoryError } from '../../errors.js';
 import { encodeF16 } from '../../f16.js';
 import type { MemoryTracker } from '../../memory.js';
 import { runJob, sharedBuffer, threadsFor } from '../../cpu/pool.js';
-import type { AnyTensor, Tensor } from '../../tensor.js';
-import { checkAttention, checkLayerNorm, checkLinear, checkTensor, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type NnDType, type Ops } from '../ops.js';
+import { BYTES_PER_ELEMENT, type AnyTensor, type Tensor } from '../../tensor.js';
+import { checkAttention, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type NnDType, type Ops } from '../ops.js';
 import { layerNormRows, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
 
 /** Whether the worker threads can use the array in place: it spans its whole buffer, which they share. */
@@ -20,20 +21,39 @@ function shareable(data: HostData): boolean {
   return whole && (typeof SharedArrayBuffer !== 'function' || data.buffer instanceof SharedArrayBuffer);
 }
 
+/**
+ * The most bytes of one array: 2^32 f16 elements, the longest typed array Node 20's V8 makes (newer
+ * engines make longer ones); the cpu attention checks its buffers against the same Uint16Array view.
+ */
+export const CPU_MAX_BUFFER_BYTES = 2 ** 33;
+
 export class CpuOps implements Ops {
   readonly backend = 'cpu';
+  readonly maxBufferBytes: number;
   /** Arrays made here and still counted, with their bytes. */
   private readonly owned = new Map<HostData, number>();
 
+  /** `maxBufferBytes` (tests): a lower limit for the tensors made here (see OpsConfig). */
   constructor(
     readonly dtype: NnDType,
     readonly memory: MemoryTracker,
-  ) {}
+    maxBufferBytes?: number,
+  ) {
+    this.maxBufferBytes = Math.min(CPU_MAX_BUFFER_BYTES, maxBufferBytes ?? Infinity);
+  }
 
-  /** A shared buffer of `bytes`, counted, or an OutOfMemoryError naming `argument` and what it was for. */
-  private buffer(bytes: number, what: string, argument: string): ArrayBufferLike {
+  /**
+   * A shared buffer of `bytes` (at most `limit`), counted, or an OutOfMemoryError naming `argument` and
+   * what it was for.
+   */
+  private buffer(bytes: number, what: string, argument: string, limit = CPU_MAX_BUFFER_BYTES): ArrayBufferLike {
+    if (bytes > limit) {
+      const source = limit < CPU_MAX_BUFFER_BYTES ? "the ops' maxBufferBytes" : 'the longest typed array, 2^32 f16 elements';
+      throw new OutOfMemoryError(argument, `at most ${limit} bytes per array (${source}) for ${what}`, `${bytes} bytes`);
+    }
     try {
       const buf = sharedBuffer(bytes);
+      void new Uint16Array(buf); // the view with the most elements made here: over the engine's limit is a RangeError too
       this.memory.allocate(bytes);
       return buf;
     } catch (e) {
@@ -42,10 +62,10 @@ export class CpuOps implements Ops {
     }
   }
 
-  /** A counted array of `elements` in the ops' dtype. */
+  /** A counted array of `elements` in the ops' dtype: a tensor, so at most maxBufferBytes. */
   private array(elements: number, what: string, argument: string): HostData {
-    const bytes = elements * (this.dtype === 'f16' ? 2 : 4);
-    const buf = this.buffer(bytes, what, argument);
+    const bytes = elements * BYTES_PER_ELEMENT[this.dtype];
+    const buf = this.buffer(bytes, what, argument, this.maxBufferBytes);
     const data = this.dtype === 'f16' ? new Uint16Array(buf) : new Float32Array(buf);
     this.owned.set(data, bytes);
     return data;
@@ -78,6 +98,29 @@ export class CpuOps implements Ops {
 
   async input(t: AnyTensor, name: string): Promise<AnyTensor> {
     return this.shared(checkTensor('cpu', this.dtype, name, t) as Tensor, name);
+  }
+
+  async empty(shape: readonly number[], what: string, argument: string): Promise<AnyTensor> {
+    return this.tensor(this.array(sizeOf(shape), what, argument), shape);
+  }
+
+  async slice(t: AnyTensor, start: number, count: number, name: string): Promise<AnyTensor> {
+    const { row, shape } = checkSlice('cpu', this.dtype, name, t, start, count);
+    const data = this.array(count * row, `rows ${start}..${start + count - 1} of ${name}`, name);
+    data.set((t.data as HostData).subarray(start * row, (start + count) * row));
+    return this.tensor(data, shape);
+  }
+
+  async write(into: AnyTensor, start: number, t: AnyTensor): Promise<void> {
+    const { row } = checkWrite(this, into, start, t);
+    (into.data as HostData).set(t.data as HostData, start * row);
+  }
+
+  attentionBytesPerSequence(N: number, C: number, config: AttentionConfig): number {
+    // cpu/index.ts computes on f32 copies of q, k, v and out (the log-sum-exp, H·N f32, is smaller);
+    // the standard algorithm holds S and P of every head, in the inputs' dtype.
+    const staged = N * C * 4;
+    return config.algorithm === 'standard' ? Math.max(staged, config.heads * N * N * BYTES_PER_ELEMENT[this.dtype]) : staged;
   }
 
   async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: { relu?: boolean } = {}): Promise<AnyTensor> {

@@ -16,6 +16,13 @@
  *   variance, as torch.nn.LayerNorm). One workgroup owns a row (dispatch x: rows, grid-strided); its WG
  *   invocations stride over the row three times (sum, centred sum of squares, store: v is re-read rather
  *   than kept, so the row length is free), with tree reductions in workgroup memory (4·WG bytes).
+ * copy: dst[dst0 + i] = src[src0 + i] for i < count elements, bit for bit: slice and write (a model's
+ *   batch cut into slices and joined again). Both buffers are bound as u32 words, in ranges that start on
+ *   the device's storage offset alignment, so src0 and dst0 are element offsets into those ranges, at any
+ *   alignment: copyBufferToBuffer needs 4-byte offsets, which rows of an odd number of f16 elements lack.
+ *   f32: one invocation per element. f16: one invocation per 32-bit word of dst, which it writes whole,
+ *   each half from src or, outside the range (its first and last word), as it was; so no two
+ *   invocations write one word. Grid-strided (dispatch x); no workgroup memory.
  */
 import { checkWorkgroupBytes, enables, type StorageType } from '../../webgpu/kernels/common.js';
 import { reduceWGSL } from '../../webgpu/kernels/standard.js';
@@ -208,6 +215,57 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     for (var c = lid; c < C; c += WG) {
       y[o + c] = ${t}((v(o + c) - mean) * inv * f32(weight[c]) + f32(bias[c]));
     }
+  }
+}
+`;
+}
+
+export interface CopyParams {
+  dtype: StorageType;
+  WG: number;
+}
+
+/** The uniform block of a copy: count, src0, dst0 (u32, elements), padded to 16 bytes. */
+export function copyDims(count: number, src0: number, dst0: number): ArrayBuffer {
+  return new Uint32Array([count, src0, dst0, 0]).buffer;
+}
+
+/** The invocations a copy of `count` elements needs (before grid-striding): elements, or words of dst for f16. */
+export function copyUnits(dtype: StorageType, count: number, dst0: number): number {
+  return dtype === 'f32' ? count : ((dst0 + count + 1) >> 1) - (dst0 >> 1);
+}
+
+export function copyWGSL(p: CopyParams): string {
+  const { dtype, WG } = p;
+  const body =
+    dtype === 'f32'
+      ? `    dst[u.dst0 + j] = src[u.src0 + j];`
+      : `    let w = (u.dst0 >> 1u) + j;
+    var word = dst[w];
+    for (var h = 0u; h < 2u; h++) {
+      let e = 2u * w + h; // element of dst
+      if (e >= u.dst0 && e < u.dst0 + u.count) {
+        let i = u.src0 + e - u.dst0; // element of src
+        let bits = (src[i >> 1u] >> (16u * (i & 1u))) & 0xffffu;
+        word = (word & ~(0xffffu << (16u * h))) | (bits << (16u * h));
+      }
+    }
+    dst[w] = word;`;
+  return `struct Dims {
+  count: u32,
+  src0: u32,
+  dst0: u32,
+  pad: u32,
+}
+@group(0) @binding(0) var<uniform> u: Dims;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<u32>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let units = ${dtype === 'f32' ? 'u.count' : '((u.dst0 + u.count + 1u) >> 1u) - (u.dst0 >> 1u)'};
+  for (var j = gid.x; j < units; j += nwg.x * ${WG}u) {
+${body}
   }
 }
 `;
