@@ -3,7 +3,7 @@
  * the device, and results are read back (or handed over as GPUBuffers when the inputs were GPUBuffers).
  * Every buffer it makes goes through GpuBuffers, which counts it in the call's MemoryTracker.
  */
-import { DTypeError, ValueError } from '../errors.js';
+import { DTypeError, OutOfMemoryError, ValueError } from '../errors.js';
 import { problemStrides, type Problem } from '../problem.js';
 import { isGpuBuffer, type AnyTensor, type DType } from '../tensor.js';
 import { GpuBuffers } from './buffers.js';
@@ -130,14 +130,32 @@ export async function forwardKernel(p: Problem, gpu: Gpu, matrix: ForwardMatrixP
 /** Bytes of one element of each dtype. */
 export const ELEMENT_BYTES: Record<DType, number> = { f32: 4, f16: 2, f64: 8 };
 
-/** One call's device buffers: inputs (uploaded or the caller's), temporaries and outputs. */
+/**
+ * One call's device buffers: inputs (uploaded or the caller's), temporaries and outputs. The buffers made
+ * before `submit` are made inside an 'out-of-memory' error scope, which submit closes: a device that
+ * cannot hold them gives an OutOfMemoryError, not an invalid buffer that fails later as something else.
+ */
 export class Call {
   readonly buffers: GpuBuffers;
+  private memoryScope: boolean;
   constructor(
     readonly p: Problem,
     readonly gpu: Gpu,
   ) {
     this.buffers = new GpuBuffers(gpu.device, p.memory);
+    gpu.device.pushErrorScope('out-of-memory');
+    this.memoryScope = true;
+  }
+
+  /** Close the out-of-memory scope; throws OutOfMemoryError if a buffer could not be made. */
+  private async checkMemory(): Promise<void> {
+    if (!this.memoryScope) return;
+    this.memoryScope = false;
+    const oom = await this.gpu.device.popErrorScope();
+    if (oom) {
+      const { B, H, Nq, Nk, D, dtype } = this.p;
+      throw new OutOfMemoryError('q', `device memory for the buffers of attention over B=${B}, H=${H}, Nq=${Nq}, Nk=${Nk}, D=${D}, ${dtype}`, oom.message);
+    }
   }
 
   /** The tensor's data on the device: the caller's GPUBuffer, or an upload of its typed array. */
@@ -153,6 +171,7 @@ export class Call {
 
   /** Submit the encoded work; device errors (another device's buffer, say) become typed errors. */
   async submit(encode: (enc: GPUCommandEncoder) => Promise<void>): Promise<void> {
+    await this.checkMemory();
     const { device } = this.gpu;
     device.pushErrorScope('validation');
     const enc = device.createCommandEncoder();
@@ -174,6 +193,11 @@ export class Call {
   }
 
   dispose(): void {
+    if (this.memoryScope) {
+      // The call failed before submitting: close its scope (what it caught no longer matters).
+      this.memoryScope = false;
+      void this.gpu.device.popErrorScope().catch(() => undefined);
+    }
     this.buffers.destroyAll();
   }
 }
