@@ -25,6 +25,8 @@ const small = (N: number): Case => ({ B: 1, H: 1, N, D: 8, causal: false, dtype:
 const sweep: Sweep = { id: 'n', axis: 'N', title: 'N sweep (tiny)', cases: [small(32), small(64)] };
 
 let results: Results;
+/** What runAttention recorded as each measurement was final, as JSON (what measurements.jsonl gets). */
+const recorded: string[] = [];
 
 before(async () => {
   const attention = await runAttention([sweep], {
@@ -35,6 +37,7 @@ before(async () => {
     clock: new WallClock(),
     geometry: (c) => cpuGeometry(c, 2),
     progress: silentProgress,
+    record: (m) => recorded.push(JSON.stringify(m)),
   });
   results = {
     tool: 'flashattn bench',
@@ -70,6 +73,11 @@ test('results: every (case, algorithm, pass) validated and measured, and the JSO
   assert.equal(both.flops, 3.5 * fwd.flops, 'forward+backward counts 3.5× the forward FLOPs');
   assert.ok(both.io!.bytes > fwd.io!.bytes);
   assert.deepEqual(JSON.parse(JSON.stringify(results)), results, 'results.json round-trips');
+  assert.deepEqual(
+    recorded.map((line) => JSON.parse(line)),
+    a.measurements.map((m) => JSON.parse(JSON.stringify(m))),
+    'each measurement was recorded once, final, in order',
+  );
 });
 
 test('out of memory: the table, the terminal text, the chart data and the page say so', () => {
@@ -149,7 +157,9 @@ test('encoder driver: standard stops where it runs out of memory, flash goes on 
   const settings = encoderSettings('small', 'f32', 3, 1, 1024);
   assert.deepEqual(settings.ns, [64, 128, 256, 512, 1024]);
   assert.equal(settings.repeats, 2, 'at most 2 timed forwards on a cpu');
-  const e = await runEncoder(settings, factory, { backend: 'cpu', seed: 1, clock: new WallClock(), progress: silentProgress });
+  const points: unknown[] = [];
+  const e = await runEncoder(settings, factory, { backend: 'cpu', seed: 1, clock: new WallClock(), progress: silentProgress, record: (q) => points.push(structuredClone(q)) });
+  assert.deepEqual(points, e.points, 'each point was recorded once, final, in order');
   assert.deepEqual(created.sort(), ['flash', 'standard'], 'one model per variant, reused over N');
   const status = (a: string) => e.points.filter((p) => p.attention === a).map((p) => p.status);
   assert.deepEqual(status('standard'), ['ok', 'ok', 'ok', 'out-of-memory', 'not-run']);

@@ -197,6 +197,8 @@ export interface AttentionContext {
   /** The kernels' tiles for the IO counts (undefined for the reference backend, which has none). */
   geometry?: (c: Case) => KernelGeometry;
   progress: Progress;
+  /** Called with each measurement as it is final (so a run that is stopped keeps what it measured). */
+  record?: (m: Measurement) => void;
 }
 
 type AnyInputs = { q: Tensor | GpuTensor; k: Tensor | GpuTensor; v: Tensor | GpuTensor; dout: Tensor | GpuTensor };
@@ -312,6 +314,12 @@ export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionConte
     return v;
   };
 
+  /** One algorithm of a case is finished: its rows are final. */
+  const done = (...rows: Measurement[]): void => {
+    for (const m of rows) ctx.record?.(m);
+    say.done(1);
+  };
+
   /** Validate and time one case with each algorithm. */
   const measureCase = async (c: Case, x: AnyInputs): Promise<void> => {
     for (const algorithm of algorithms) {
@@ -326,14 +334,14 @@ export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionConte
       const smaller = algorithm === 'standard' && outOfMemory.find((o) => o.D === c.D && o.causal === c.causal && o.dtype === c.dtype && scoreElements(o) <= scoreElements(c));
       if (smaller) {
         for (const m of [rows.fwd, rows.both]) Object.assign(m, { status: 'out-of-memory', message: `not tried: N=${smaller.N} (B=${smaller.B}, H=${smaller.H}) already ran out of memory` });
-        say.done(1);
+        done(rows.fwd, rows.both);
         continue;
       }
       const vf = await validated(c, algorithm, 'forward');
       const vb = await validated(c, algorithm, 'backward');
       if (!vf.ok) {
         for (const m of [rows.fwd, rows.both]) Object.assign(m, { status: 'failed-validation', message: vf.message ?? 'forward failed validation' });
-        say.done(1);
+        done(rows.fwd, rows.both);
         continue;
       }
       if (!vb.ok) Object.assign(rows.both, { status: 'failed-validation', message: vb.message ?? 'backward failed validation' });
@@ -354,7 +362,7 @@ export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionConte
         for (const m of [rows.fwd, rows.both]) if (m.status === 'ok' && m.medianMs === null) Object.assign(m, { status, message: errorMessage(e) });
         say.note(`${label}: ${status === 'out-of-memory' ? 'out of memory' : 'error'}: ${errorMessage(e)}`);
       }
-      say.done(1);
+      done(rows.fwd, rows.both);
     }
   };
 
@@ -375,8 +383,11 @@ export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionConte
           held = { key, x: ctx.device ? { q: upload(ctx.device, host.q), k: upload(ctx.device, host.k), v: upload(ctx.device, host.v), dout: upload(ctx.device, host.dout) } : host };
         } catch (e) {
           // Inputs too large to place: every row of the case says so.
-          for (const algorithm of algorithms) for (const pass of ['forward', 'forward+backward'] as const) measurements.push(emptyMeasurement(c, algorithm, pass, isOutOfMemory(e) ? 'out-of-memory' : 'error', errorMessage(e)));
-          say.done(algorithms.length);
+          for (const algorithm of algorithms) {
+            const rows = (['forward', 'forward+backward'] as const).map((pass) => emptyMeasurement(c, algorithm, pass, isOutOfMemory(e) ? 'out-of-memory' : 'error', errorMessage(e)));
+            measurements.push(...rows);
+            done(...rows);
+          }
           continue;
         }
       }

@@ -30,6 +30,8 @@ export interface EncoderContext {
   clock: Clock;
   device?: GPUDevice;
   progress: Progress;
+  /** Called with each point as it is final (so a run that is stopped keeps what it measured). */
+  record?: (p: EncoderPoint) => void;
 }
 
 const VARIANTS = ['standard', 'flash'] as const;
@@ -75,12 +77,14 @@ export async function runEncoder(settings: EncoderSettings, factory: EncoderFact
         const why = stopped.get(attention);
         if (why) {
           points.push(point(attention, N, 'not-run', why));
+          ctx.record?.(points[points.length - 1]);
           say.done(1);
           continue;
         }
         say.step(`encoder, ${attention} attention, batch ${settings.batch}, N=${N}`);
         const p = await measure(settings, factory, ctx, models, attention, N);
         points.push(p);
+        ctx.record?.(p);
         if (p.status !== 'ok') {
           stopped.set(attention, `not run: N=${N} ${p.status === 'out-of-memory' ? 'ran out of memory' : 'failed'}`);
           say.note(`encoder ${attention} N=${N}: ${p.status === 'out-of-memory' ? 'out of memory' : 'error'}: ${p.message ?? ''}`);

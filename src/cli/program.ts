@@ -1,5 +1,6 @@
 /** The `flashattn` command: its subcommands, options and help text; `bench` from options to report. */
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import { Command, Option } from 'commander';
 import { defaultGpu, preferWebgpu, type Gpu } from '../webgpu/device.js';
@@ -70,7 +71,8 @@ Suites:
            B = 16384/N, H = 2048/D, causal off and on, f16 (where supported) and f32 (--dtype: one of them). Meant for a GPU.
 
 Report (--out, default report/): results.json (every measurement with its raw sample times, the
-  validations, the environment), each chart as .svg and .png, and index.html, one self-contained page.
+  validations, the environment), each chart as .svg and .png, and index.html, one self-contained page;
+  measurements.jsonl gets each measurement as it is final, so a run that is stopped keeps them.
   The charts need the optional packages vega, vega-lite and @resvg/resvg-js; without them the report
   has its tables and says why there are no charts.
 
@@ -145,15 +147,20 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   process.stdout.write(formatHeader(results) + '\n\n');
 
   const progress = progressOn(process.stderr);
+  // Each measurement as it is final, one JSON line each: kept if the run is stopped before the report.
+  mkdirSync(o.out, { recursive: true });
+  const log = join(o.out, 'measurements.jsonl');
+  writeFileSync(log, '');
+  const record = (kind: 'attention' | 'encoder') => (m: object) => appendFileSync(log, JSON.stringify({ kind, ...m }) + '\n');
   try {
     progress.plan(uniqueCases(sweeps).length * (o.standard ? 2 : 1));
     const threads = availableParallelism();
     const geometry = backend === 'cpu' ? (c: Case) => cpuGeometry(c, threads) : gpu ? (c: Case) => webgpuGeometry(c, gpu) : undefined;
-    results.attention = await runAttention(sweeps, { backend, repeats: o.repeats, seed: o.seed, standard: o.standard, clock, device: gpu?.device, geometry, progress });
+    results.attention = await runAttention(sweeps, { backend, repeats: o.repeats, seed: o.seed, standard: o.standard, clock, device: gpu?.device, geometry, progress, record: record('attention') });
     if (o.suite === 'default' && o.encoder && backend !== 'reference') {
       const dtype = o.dtype ?? (scale === 'gpu' && f16 ? 'f16' : 'f32');
       const settings = encoderSettings(scale, dtype, o.repeats, o.encoderBatch, o.encoderMaxN);
-      results.encoder = await runEncoder(settings, encoderFactory, { backend, seed: o.seed, clock, device: gpu?.device, progress });
+      results.encoder = await runEncoder(settings, encoderFactory, { backend, seed: o.seed, clock, device: gpu?.device, progress, record: record('encoder') });
     }
   } finally {
     progress.stop();
@@ -166,6 +173,7 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
     files.push(o.json);
   }
   if (chartsNote) process.stderr.write(`no charts: ${chartsNote}\n`);
+  files.push(log);
   process.stdout.write(`report: ${o.out}/index.html (${files.length} files)\n`);
   const failed = results.attention.measurements.some((m) => m.status === 'failed-validation' || m.status === 'error') || results.encoder?.points.some((p) => p.status === 'error');
   if (failed) process.exitCode = 1;
