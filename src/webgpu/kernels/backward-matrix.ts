@@ -26,7 +26,7 @@
  * Pᵀ, dSᵀ in f16); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16) and 4·Bc·(D + PAD) (K_j, V_j).
  */
 import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, kvStaging, lines, range } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, kvStaging, lines, range, warpRowsWGSL } from './matrix.js';
 
 export interface BackwardKVMatrixParams {
   D: number;
@@ -248,22 +248,7 @@ const ST = ${2 * Bc * DS}u;
 ${VISIBLE_WGSL}
 ${ROW_L}
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
-  let w = lid / ${SGS}u;  // this invocation's warp
-  let r = lane % BrW;      // its row of the warp's rows
-  let part = lane / BrW;   // its share of the row's keys
-  let sw = w * BrW * Bc;   // the warp's S, dP and dS
-  let bh = wid.y;
-  let b = bh / u.H;
-  let h = bh % u.H;
-  let qo = b * u.qBatch + h * u.qHead;
-  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
-  let Tr = (u.Nq + Br - 1u) / Br;
-  let i = ${causal ? 'Tr - 1u - wid.x' : 'wid.x'};
-  let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
-  let w0 = r0 + w * BrW;           // the warp's first row
-  let row = w0 + r;
+${warpRowsWGSL(p, 'S, dP and dS')}
   let L = row_l((b * u.H + h) * u.Nq + row);
   let Dr = Dvec[(b * u.H + h) * u.Nq + row];
 

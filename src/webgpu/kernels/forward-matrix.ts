@@ -34,7 +34,7 @@
  * D = 128, Bc = 32, Br = 64, PAD = 8: 29 KiB.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, range } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, range, warpRowsWGSL } from './matrix.js';
 
 export interface ForwardMatrixParams {
   D: number;
@@ -129,22 +129,7 @@ const PT = ${2 * Bc * DS}u;
 ${VISIBLE_WGSL}
 ${NAN_WGSL}
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
-  let w = lid / ${SGS}u;  // this invocation's warp
-  let r = lane % BrW;      // its row of the warp's rows
-  let part = lane / BrW;   // its share of the row's keys
-  let sw = w * BrW * Bc;   // the warp's S and P
-  let bh = wid.y;
-  let b = bh / u.H;
-  let h = bh % u.H;
-  let qo = b * u.qBatch + h * u.qHead;
-  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
-  let Tr = (u.Nq + Br - 1u) / Br;
-  let i = ${causal ? 'Tr - 1u - wid.x' : 'wid.x'};
-  let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
-  let w0 = r0 + w * BrW;           // the warp's first row
-  let row = w0 + r;
+${warpRowsWGSL(p, 'S and P')}
   let scale2 = u.scale * LOG2E;
 
   // Alg. 1 line 4: the warp's rows of Q_i, row fragment f at rows w0 + 16f, into registers.

@@ -69,3 +69,30 @@ ${each(
     ),
   };
 }
+
+/**
+ * The entry point and opening lines of a kernel whose workgroup is W warps of SGS invocations owning Br
+ * query rows of one head, BrW = Br/W per warp (the forward and dQ kernels; WGSL constants Br, BrW, Bc):
+ * this invocation's warp w, its row r of the warp's rows and its share `part` of that row, sw the warp's
+ * region (BrW·Bc: `region` says of what), the head's offsets qo (q-like tensors) and ko (k, v), the
+ * block's first row r0 (the last block moved back to end at Nq; causal: blocks in reverse order, the
+ * heaviest first), the warp's first row w0 and this invocation's row.
+ */
+export function warpRowsWGSL(p: { W: number; SGS: number; causal: boolean }, region: string): string {
+  return `@compute @workgroup_size(${p.W * p.SGS})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+  let w = lid / ${p.SGS}u;  // this invocation's warp
+  let r = lane % BrW;      // its row of the warp's rows
+  let part = lane / BrW;   // its share of the row's keys
+  let sw = w * BrW * Bc;   // the warp's ${region}
+  let bh = wid.y;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  let qo = b * u.qBatch + h * u.qHead;
+  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
+  let Tr = (u.Nq + Br - 1u) / Br;
+  let i = ${p.causal ? 'Tr - 1u - wid.x' : 'wid.x'};
+  let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
+  let w0 = r0 + w * BrW;           // the warp's first row
+  let row = w0 + r;`;
+}
