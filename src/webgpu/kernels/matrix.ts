@@ -36,38 +36,59 @@ export function combine(x: string, op: (a: string, b: string) => string, stride:
 }
 
 /**
- * K_j and V_j (Bc rows of D f16 from the bindings k, v, read as array<vec4<f16>>) staged into the f16
- * workgroup array T at KT and VT ([key][d], row stride DS) by the WG invocations (`lid`) of a workgroup,
- * through registers: `declare` makes them, `fetch(j)` issues key block j's loads (the last block moved
- * back to end at Nk, as the kernels' tails are), `store` writes them to T. Fetching block j + 1 right
- * after storing block j lets its loads arrive while block j is computed. Needs `ko`, the head's offset in
- * k and v, and kvRow a multiple of 4 (D is a multiple of 16).
+ * Two tiles of `rows` rows of D f16 (from the bindings a and b, read as array<vec4<f16>>: K_j and V_j,
+ * or Q_i and dO_i) staged into the f16 workgroup array T at offsets A and B (row stride DS) by the WG
+ * invocations (`lid`) of a workgroup, through registers: `declare` makes them, `fetch(j)` issues block
+ * j's loads (the last block moved back to end at n, as the kernels' tails are), `store` writes them to T.
+ * Fetching block j + 1 right after storing block j lets its loads arrive while block j is computed. The
+ * WGSL names: `base`, the head's offset in a and b; `n`, their rows; `stride`, their row stride (a
+ * multiple of 4: D is a multiple of 16); `block`, the constant rows per block.
  */
-export function kvStaging(p: { D: number; Bc: number; WG: number }): { declare: string; fetch: (j: string) => string; store: string } {
-  const { D, Bc, WG } = p;
+export interface Staging {
+  D: number;
+  rows: number;
+  WG: number;
+  a: string;
+  b: string;
+  A: string;
+  B: string;
+  base: string;
+  n: string;
+  stride: string;
+  block: string;
+}
+
+export function pairStaging(p: Staging): { declare: string; fetch: (j: string) => string; store: string } {
+  const { D, rows, WG, a, b, A, B } = p;
   const D4 = D / 4; // vec4s of a row
-  const LOADS = Math.ceil((Bc * D4) / WG); // vec4s of K_j (and of V_j) each invocation moves
-  const guard = (n: number, body: string) => ((n + 1) * WG <= Bc * D4 ? body : `\n      if (e < ${Bc * D4}u) {${body}\n      }`);
+  const LOADS = Math.ceil((rows * D4) / WG); // vec4s of each tile each invocation moves
+  const guard = (n: number, body: string) => ((n + 1) * WG <= rows * D4 ? body : `\n      if (e < ${rows * D4}u) {${body}\n      }`);
   const each = (body: (n: number) => string) =>
     range(LOADS)
       .map((n) => `    {\n      let e = lid + ${n * WG}u;${guard(n, body(n))}\n    }`)
       .join('\n');
+  const [x, y] = [`${a}x`, `${b}x`]; // the registers
   return {
-    declare: lines(LOADS, (n) => `  var kx${n}: vec4<f16>;\n  var vx${n}: vec4<f16>;`),
-    fetch: (j) => `    let kv4 = (ko + min((${j}) * Bc, u.Nk - Bc) * u.kvRow) / 4u;
+    declare: lines(LOADS, (n) => `  var ${x}${n}: vec4<f16>;\n  var ${y}${n}: vec4<f16>;`),
+    fetch: (j) => `    let ${a}${b}4 = (${p.base} + min((${j}) * ${p.block}, ${p.n} - ${p.block}) * ${p.stride}) / 4u;
 ${each(
   (n) => `
-      let g = kv4 + (e / ${D4}u) * (u.kvRow / 4u) + e % ${D4}u;
-      kx${n} = k[g];
-      vx${n} = v[g];`,
+      let g = ${a}${b}4 + (e / ${D4}u) * (${p.stride} / 4u) + e % ${D4}u;
+      ${x}${n} = ${a}[g];
+      ${y}${n} = ${b}[g];`,
 )}`,
     store: each(
       (n) => `
       let at = (e / ${D4}u) * DS + 4u * (e % ${D4}u);
-      T[KT + at] = kx${n}.x; T[KT + at + 1u] = kx${n}.y; T[KT + at + 2u] = kx${n}.z; T[KT + at + 3u] = kx${n}.w;
-      T[VT + at] = vx${n}.x; T[VT + at + 1u] = vx${n}.y; T[VT + at + 2u] = vx${n}.z; T[VT + at + 3u] = vx${n}.w;`,
+      T[${A} + at] = ${x}${n}.x; T[${A} + at + 1u] = ${x}${n}.y; T[${A} + at + 2u] = ${x}${n}.z; T[${A} + at + 3u] = ${x}${n}.w;
+      T[${B} + at] = ${y}${n}.x; T[${B} + at + 1u] = ${y}${n}.y; T[${B} + at + 2u] = ${y}${n}.z; T[${B} + at + 3u] = ${y}${n}.w;`,
     ),
   };
+}
+
+/** K_j and V_j of Bc keys (bindings k, v; offset ko) into T at KT and VT: the forward's and dQ's staging. */
+export function kvStaging(p: { D: number; Bc: number; WG: number }): { declare: string; fetch: (j: string) => string; store: string } {
+  return pairStaging({ D: p.D, rows: p.Bc, WG: p.WG, a: 'k', b: 'v', A: 'KT', B: 'VT', base: 'ko', n: 'u.Nk', stride: 'u.kvRow', block: 'Bc' });
 }
 
 /**
