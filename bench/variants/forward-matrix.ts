@@ -11,7 +11,7 @@
 import { attentionFlops, forward, tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
 import { defaultGpu, type Gpu } from '../../src/webgpu/device.js';
-import { forwardKernel, forwardMatrixParams, sizesOf } from '../../src/webgpu/index.js';
+import { forwardChoice, forwardKernel, forwardParams, sizesOf } from '../../src/webgpu/index.js';
 import { sizesBytes } from '../../src/webgpu/kernels/common.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { dispatch } from '../../src/webgpu/pipelines.js';
@@ -44,7 +44,7 @@ async function validate(gpu: Gpu): Promise<boolean> {
         return false;
       }
       const st = await forward(q, k, v, { backend: 'webgpu', causal, algorithm: 'standard' });
-      const kernel = forwardMatrixParams(checkForward(q, k, v, { causal }), gpu) ? 'matrix' : 'portable';
+      const kernel = forwardChoice(checkForward(q, k, v, { causal }), gpu).kernel;
       const [eo, so, el, sl] = [maxErr(fl.out, ref.out), maxErr(st.out, ref.out), maxErr(fl.lse, ref.lse), maxErr(st.lse, ref.lse)];
       const pass = eo <= 2 * so + 1e-6 && el <= 2 * sl + 1e-6;
       ok &&= pass;
@@ -82,7 +82,7 @@ async function time(gpu: Gpu, shape: Shape & { causal: boolean }, bufs: GPUBuffe
   const [Q, K, V, out, lse] = bufs;
   const gt = (data: GPUBuffer) => ({ data, dtype: 'f16' as const, shape: [B, N, H, D] });
   const p = checkForward(gt(Q), gt(K), gt(V), { causal });
-  const { pipe, Br } = await forwardKernel(p, gpu, params);
+  const { pipe, Br } = await forwardKernel(gpu, params ? { kernel: 'forwardMatrix', params } : { kernel: 'forward', params: forwardParams(p, gpu) });
   const sizes = device.createBuffer({ size: 48, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
   device.queue.writeBuffer(sizes, 0, sizesBytes(sizesOf(p)));
   const run = async (R: number) => {
