@@ -4,8 +4,9 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { tileSizes } from '../src/cpu/job.js';
 import { cpuGeometry, flashForwardBytes, ioOf, problemOf, standardForwardBytes, streamedRows, webgpuGeometry } from '../src/cli/io.js';
-import { forwardMatrixParams } from '../src/webgpu/index.js';
+import { forwardMatrixParams, forwardTiledParams } from '../src/webgpu/index.js';
 import { forwardMatrixRows, forwardMatrixWorkgroupBytes } from '../src/webgpu/kernels/forward-matrix.js';
+import { forwardTiledWorkgroupBytes } from '../src/webgpu/kernels/forward-tiled.js';
 import type { Case } from '../src/cli/results.js';
 import type { Gpu } from '../src/webgpu/device.js';
 
@@ -76,5 +77,17 @@ test('webgpu: the subgroup-matrix kernels\' tiles where they run (f16 on an adap
   assert.deepEqual(g.flash.forward, { Br: forwardMatrixRows(fm), Bc: fm.Bc, onChipBytes: forwardMatrixWorkgroupBytes(fm) });
   assert.equal(g.flash.backwardKV.Bc, 16, 'a dK/dV workgroup owns one 16-key fragment');
   const f32 = webgpuGeometry({ ...base, N: 4096 }, gpu);
-  assert.notDeepEqual(f32.flash.forward, g.flash.forward, 'f32 runs the portable kernels');
+  assert.notDeepEqual(f32.flash.forward, g.flash.forward, 'f32 runs the tiled kernel');
+});
+
+test("webgpu: the forward's IO counts read the tiled kernel's tiles where it runs (f32)", () => {
+  const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 256, maxComputeWorkgroupSizeX: 256 } as GPUSupportedLimits;
+  const gpu = { limits, matrixF16: true, subgroupSize: 32 } as Gpu;
+  for (const D of [64, 128]) {
+    const c: Case = { ...base, D, N: 4096 };
+    const t = forwardTiledParams(problemOf(c, 'flash', 'webgpu'), gpu);
+    assert.ok(t, `the tiled forward applies at D = ${D}`);
+    assert.deepEqual(webgpuGeometry(c, gpu).flash.forward, { Br: t.Br, Bc: t.Bc, onChipBytes: forwardTiledWorkgroupBytes(t) });
+    assert.ok(forwardTiledWorkgroupBytes(t) <= 49152);
+  }
 });

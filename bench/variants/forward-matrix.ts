@@ -165,7 +165,7 @@ async function main(): Promise<void> {
         const flops = attentionFlops({ ...shape, Nq: N, Nk: N });
         const tf = (ms: number) => (flops / ms / 1e9).toFixed(1);
         for (const t of ok) {
-          const { pipe, Br } = await forwardKernel(problem(shape, bufs), gpu, { D, ...t, SGS, causal });
+          const { pipe, Br } = await forwardKernel(gpu, { kernel: 'forwardMatrix', params: { D, ...t, SGS, causal } });
           console.log(`D=${D} N=${N} causal=${causal} ${JSON.stringify(t)} ${tf(await time(gpu, shape, bufs, pipe, Br))} TFLOP/s`);
         }
         const d = { D, ...direct[D], SGS, causal };

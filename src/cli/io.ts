@@ -8,7 +8,7 @@
  * FlashAttention moves Θ(N²·d²/M) bytes: q and out once, but K_j and V_j are read again for every query
  * block of Br rows (Br ≈ M / d for on-chip memory M), and the backward streams Q_i, dO_i past every key
  * block likewise. The counts use the tiles the backend really uses (src/cpu/job.ts tileSizes and
- * scratchLength; src/webgpu/index.ts forwardParams and backwardParams with the device's limits), and
+ * scratchLength; src/webgpu/index.ts forwardChoice and backwardParams with the device's limits), and
  * skip the tiles a causal mask leaves out, as the kernels do.
  * Sizes are per head, times B·H; Nq = Nk = N. The counts ignore caches: they are what the algorithm
  * asks of main memory, not what a profiler would see.
@@ -17,12 +17,10 @@ import { MemoryTracker, type Algorithm } from '../index.js';
 import { cpuShape, scratchLength } from '../cpu/job.js';
 import type { Problem } from '../problem.js';
 import type { Gpu } from '../webgpu/device.js';
-import { backwardMatrixParams, backwardParams, forwardMatrixParams, forwardParams, workgroupSize } from '../webgpu/index.js';
+import { backwardMatrixParams, backwardParams, forwardChoice, forwardTiles, workgroupSize } from '../webgpu/index.js';
 import { backwardKVMatrixWorkgroupBytes, backwardQMatrixRows, backwardQMatrixWorkgroupBytes } from '../webgpu/kernels/backward-matrix.js';
-import { forwardMatrixRows, forwardMatrixWorkgroupBytes } from '../webgpu/kernels/forward-matrix.js';
 import { FRAGMENT } from '../webgpu/kernels/matrix.js';
 import { backwardKVWorkgroupBytes, backwardQWorkgroupBytes } from '../webgpu/kernels/backward.js';
-import { forwardWorkgroupBytes } from '../webgpu/kernels/forward.js';
 import { matmulTile } from '../webgpu/kernels/standard.js';
 import type { Case, Io, Pass } from './results.js';
 
@@ -92,15 +90,13 @@ export function cpuGeometry(c: Case, threads: number): KernelGeometry {
 }
 
 /**
- * The webgpu backend's tiles (src/webgpu/index.ts) for a case on a device: the subgroup-matrix kernels'
- * where they run (their on-chip memory is the workgroup scratch; fragments sit in registers), else the
- * portable kernels'.
+ * The webgpu backend's tiles (src/webgpu/index.ts) for a case on a device: the forward's as forwardChoice
+ * picks its kernel (subgroup matrices, tiled or portable; on-chip memory is the workgroup memory, the
+ * register tiles not counted); the backward's subgroup-matrix kernels' where they run, else the portable ones'.
  */
 export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
   const p = problemOf(c, 'flash', 'webgpu');
-  const f = forwardParams(p, gpu);
   const b = backwardParams(p, gpu);
-  const fm = forwardMatrixParams(p, gpu);
   const bm = backwardMatrixParams(p, gpu);
   // A matmul that reads an N×N operand reads it once per BN-wide column tile of its D-wide result.
   const reads = Math.ceil(c.D / matmulTile({ WG: workgroupSize(gpu) }).BN);
@@ -108,9 +104,7 @@ export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
     backend: 'webgpu',
     elementBytes: c.dtype === 'f16' ? 2 : 4,
     flash: {
-      forward: fm
-        ? { Br: forwardMatrixRows(fm), Bc: fm.Bc, onChipBytes: forwardMatrixWorkgroupBytes(fm) }
-        : { Br: f.Br, Bc: f.Bc, onChipBytes: forwardWorkgroupBytes(f) },
+      forward: forwardTiles(forwardChoice(p, gpu)),
       backwardKV: bm
         ? { Br: FRAGMENT * bm.kv.QF, Bc: FRAGMENT, onChipBytes: backwardKVMatrixWorkgroupBytes(bm.kv) }
         : { Br: b.kv.Br, Bc: b.kv.Bc, onChipBytes: backwardKVWorkgroupBytes(b.kv) },

@@ -29,6 +29,7 @@ import {
   forwardMatrixWorkgroupBytes,
   type ForwardMatrixParams,
 } from './kernels/forward-matrix.js';
+import { forwardTiledAccumulator, forwardTiledProblem, forwardTiledShape, forwardTiledWGSL, forwardTiledWorkgroupBytes, type ForwardTiledParams } from './kernels/forward-tiled.js';
 import { FRAGMENT } from './kernels/matrix.js';
 import {
   backwardKVMatrixWGSL,
@@ -119,12 +120,103 @@ export const FORWARD_MATRIX_TILES: Record<number | 'other', Pick<ForwardMatrixPa
   other: { Bc: 16, RF: 1, W: 8, PAD: 8 },
 };
 
-/** The forward pipeline for a problem (subgroup matrices where possible) and its query rows per workgroup. */
-export async function forwardKernel(p: Problem, gpu: Gpu, matrix: ForwardMatrixParams | undefined): Promise<{ pipe: GPUComputePipeline; Br: number }> {
+/** The tile sizes of the tiled forward (the rest of its params follow from the problem and the device). */
+export type TiledTiles = Pick<ForwardTiledParams, 'Br' | 'Bc' | 'TM' | 'TN' | 'split' | 'blockSum'>;
+
+/** Most floats of O_i (and P̃V_j) one invocation of the tiled forward keeps in registers: up to D = 512. */
+export const TILED_MAX_ACCUMULATOR = 128;
+
+const tiles = (Br: number, Bc: number, TM: number, TN: number, split = false, blockSum = true): TiledTiles => ({ Br, Bc, TM, TN, split, blockSum });
+
+/** Smaller and smaller tiles, for devices with less workgroup memory or fewer invocations, and large D. */
+const TILED_FALLBACK = [
+  tiles(64, 32, 4, 4),
+  tiles(32, 32, 4, 4),
+  tiles(32, 16, 2, 2),
+  tiles(16, 16, 2, 2),
+  tiles(16, 8, 2, 2),
+  tiles(8, 8, 2, 2),
+  tiles(8, 8, 1, 1),
+  tiles(4, 8, 1, 1),
+  tiles(4, 4, 1, 1),
+];
+
+/**
+ * The tiled forward's candidate tiles for head dim D, best first (the first that fits the device runs).
+ * GPU: 4×4 micro-tiles (16 multiply-adds per 2 vec4 loads from workgroup memory in S = Q_i K_jᵀ) in the
+ * largest blocks that 48 KiB of workgroup memory holds beside K_j/V_j and P̃: Br = 64, Bc = 32 up to
+ * D = 64 (37376 B, 128 invocations), Br = Bc = 32 up to D = 128 (39424 B, 64 invocations), 2×2 in
+ * Br = Bc = 16 above. To be confirmed on an H100 with bench/variants/forward-tiled.ts.
+ * Software adapters (lavapipe): 2×2 micro-tiles in Br = 32, Bc = 16: lavapipe's LLVM compiles them in
+ * about 2 s (the portable kernel: 1.3 s; 4×4: 5–8 s), and a test run compiles more than it computes; they
+ * run about twice as fast as the portable kernel there (4×4: about four times).
+ */
+export function tiledCandidates(D: number, software: boolean): TiledTiles[] {
+  const preferred = software ? tiles(32, 16, 2, 2) : D <= 64 ? tiles(64, 32, 4, 4) : D <= 128 ? tiles(32, 32, 4, 4) : tiles(16, 16, 2, 2);
+  return [preferred, ...TILED_FALLBACK];
+}
+
+/**
+ * The tiled forward's configuration (f32, and f16 where subgroup matrices are missing), or undefined
+ * where no candidate fits the device (the portable kernel runs then): the first of tiledCandidates
+ * whose workgroup memory, invocations and O_i registers fit.
+ */
+export function forwardTiledParams(p: Problem, gpu: Gpu): ForwardTiledParams | undefined {
+  const { maxComputeWorkgroupStorageSize: bytes, maxComputeInvocationsPerWorkgroup: invocations, maxComputeWorkgroupSizeX: sizeX } = gpu.limits;
+  const software = Boolean(gpu.software);
+  const base = { D: p.D, unroll: !software, dtype: p.dtype as StorageType, causal: p.causal };
+  return tiledCandidates(p.D, software)
+    .map((tiles): ForwardTiledParams => ({ ...base, ...tiles }))
+    .find((c) => {
+      const { WG } = forwardTiledShape(c);
+      return (
+        !forwardTiledProblem(c) &&
+        WG <= Math.min(invocations, sizeX) &&
+        forwardTiledWorkgroupBytes(c) <= bytes &&
+        forwardTiledAccumulator(c) <= TILED_MAX_ACCUMULATOR
+      );
+    });
+}
+
+/** The forward kernel a problem runs and its compile-time configuration. */
+export type ForwardChoice =
+  | { kernel: 'forwardMatrix'; params: ForwardMatrixParams }
+  | { kernel: 'forwardTiled'; params: ForwardTiledParams }
+  | { kernel: 'forward'; params: ForwardParams };
+
+/** Subgroup matrices where they apply (f16), else the tiled kernel, else the portable one. */
+export function forwardChoice(p: Problem, gpu: Gpu): ForwardChoice {
+  const matrix = forwardMatrixParams(p, gpu);
+  if (matrix) return { kernel: 'forwardMatrix', params: matrix };
+  const tiled = forwardTiledParams(p, gpu);
+  if (tiled) return { kernel: 'forwardTiled', params: tiled };
+  return { kernel: 'forward', params: forwardParams(p, gpu) };
+}
+
+/** Query rows per workgroup (the dispatch is (⌈Nq/Br⌉, B·H)) and workgroup memory of a choice. */
+export function forwardTiles(choice: ForwardChoice): { Br: number; Bc: number; onChipBytes: number } {
+  switch (choice.kernel) {
+    case 'forwardMatrix':
+      return { Br: forwardMatrixRows(choice.params), Bc: choice.params.Bc, onChipBytes: forwardMatrixWorkgroupBytes(choice.params) };
+    case 'forwardTiled':
+      return { Br: choice.params.Br, Bc: choice.params.Bc, onChipBytes: forwardTiledWorkgroupBytes(choice.params) };
+    case 'forward':
+      return { Br: choice.params.Br, Bc: choice.params.Bc, onChipBytes: forwardWorkgroupBytes(choice.params) };
+  }
+}
+
+/** The forward pipeline of a choice and its query rows per workgroup. */
+export async function forwardKernel(gpu: Gpu, choice: ForwardChoice): Promise<{ pipe: GPUComputePipeline; Br: number }> {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  if (matrix) return { pipe: await pipeline(gpu.device, 'forwardMatrix', matrix, (x) => forwardMatrixWGSL(x, limit)), Br: forwardMatrixRows(matrix) };
-  const params = forwardParams(p, gpu);
-  return { pipe: await pipeline(gpu.device, 'forward', params, (x) => forwardWGSL(x, limit)), Br: params.Br };
+  const { Br } = forwardTiles(choice);
+  switch (choice.kernel) {
+    case 'forwardMatrix':
+      return { pipe: await pipeline(gpu.device, choice.kernel, choice.params, (x) => forwardMatrixWGSL(x, limit)), Br };
+    case 'forwardTiled':
+      return { pipe: await pipeline(gpu.device, choice.kernel, choice.params, (x) => forwardTiledWGSL(x, limit)), Br };
+    case 'forward':
+      return { pipe: await pipeline(gpu.device, choice.kernel, choice.params, (x) => forwardWGSL(x, limit)), Br };
+  }
 }
 
 /** Bytes of one element of each dtype. */
@@ -202,11 +294,18 @@ export class Call {
   }
 }
 
-export async function webgpuForward(p: Problem, q: AnyTensor, k: AnyTensor, v: AnyTensor): Promise<{ out: AnyTensor; lse: AnyTensor }> {
+/** `choose` picks the kernel (benchmarks and tests force one); by default forwardChoice. */
+export async function webgpuForward(
+  p: Problem,
+  q: AnyTensor,
+  k: AnyTensor,
+  v: AnyTensor,
+  choose: (p: Problem, gpu: Gpu) => ForwardChoice = forwardChoice,
+): Promise<{ out: AnyTensor; lse: AnyTensor }> {
   const gpu = await gpuFor(p);
   const call = new Call(p, gpu);
   try {
-    const { pipe, Br } = await forwardKernel(p, gpu, forwardMatrixParams(p, gpu));
+    const { pipe, Br } = await forwardKernel(gpu, choose(p, gpu));
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');

@@ -1,5 +1,8 @@
 /**
- * Forward kernel, FlashAttention-2 order (portable: no subgroups needed, any subgroup size).
+ * Forward kernel, FlashAttention-2 order (portable: no subgroups needed, any subgroup size): the fallback
+ * where the register-tiled kernel (forward-tiled.ts, which the webgpu backend prefers) fits no tile set:
+ * head dims past 512, whose O_i rows no longer fit an invocation's registers there, or large D on a
+ * device with little workgroup memory (1.4–1.6 TFLOP/s on an H100 at D = 64, 128 and N = 4096).
  *
  * One workgroup owns query block Q_i (Br rows) of one head (b, h); dispatch (Tr, B·H). K_j and then V_j
  * (Bc rows each) stream through one workgroup-memory tile. Per key block:

@@ -1,0 +1,68 @@
+// Which forward kernel the webgpu backend picks, and with which tiles, on described devices (no adapter
+// needed): subgroup matrices for f16 where the adapter has them, else the register-tiled kernel within the
+// device's limits, else (head dims whose O_i rows no longer fit registers) the portable kernel.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { MemoryTracker } from '../src/index.js';
+import type { Problem } from '../src/problem.js';
+import type { Gpu } from '../src/webgpu/device.js';
+import { forwardChoice, forwardTiledParams, TILED_MAX_ACCUMULATOR } from '../src/webgpu/index.js';
+import { KernelConfigError } from '../src/webgpu/kernels/common.js';
+import { forwardTiledAccumulator, forwardTiledShape, forwardTiledWGSL, forwardTiledWorkgroupBytes } from '../src/webgpu/kernels/forward-tiled.js';
+
+function device(workgroupBytes: number, invocations: number, extra: Partial<Gpu> = {}): Gpu {
+  const limits = { maxComputeWorkgroupStorageSize: workgroupBytes, maxComputeInvocationsPerWorkgroup: invocations, maxComputeWorkgroupSizeX: invocations } as GPUSupportedLimits;
+  return { limits, software: false, matrixF16: false, subgroupSize: undefined, ...extra } as Gpu;
+}
+
+function problem(D: number, dtype: 'f32' | 'f16' = 'f32', causal = false): Problem {
+  return { B: 1, H: 2, Hkv: 2, Nq: 256, Nk: 256, D, dtype, layout: 'BNHD', causal, scale: 1 / Math.sqrt(D), backend: 'webgpu', algorithm: 'flash', memory: new MemoryTracker(), onGpu: false };
+}
+
+const h100 = device(49152, 1024, { subgroupSize: 32 });
+
+test('f32 on a GPU: the tiled kernel, 4×4 micro-tiles, loops unrolled', () => {
+  const expected: Record<number, [number, number, number, number]> = { 64: [64, 32, 4, 4], 128: [32, 32, 4, 4], 256: [16, 16, 2, 2] };
+  for (const [D, [Br, Bc, TM, TN]] of Object.entries(expected)) {
+    const choice = forwardChoice(problem(Number(D)), h100);
+    assert.equal(choice.kernel, 'forwardTiled', `D = ${D}`);
+    assert.deepEqual({ ...choice.params }, { D: Number(D), Br, Bc, TM, TN, split: false, blockSum: true, unroll: true, dtype: 'f32', causal: false });
+  }
+});
+
+test('every head dim of the grid gets tiles within the limits, on large and small devices', () => {
+  for (const gpu of [h100, device(32768, 1024, { software: true }), device(16384, 256)]) {
+    for (const D of [1, 8, 40, 59, 64, 111, 128, 256]) {
+      for (const dtype of ['f32', 'f16'] as const) {
+        const t = forwardTiledParams(problem(D, dtype), gpu);
+        assert.ok(t, `D = ${D} ${dtype} on ${gpu.limits.maxComputeWorkgroupStorageSize} B`);
+        assert.ok(forwardTiledWorkgroupBytes(t) <= gpu.limits.maxComputeWorkgroupStorageSize, 'workgroup memory');
+        assert.ok(forwardTiledShape(t).WG <= gpu.limits.maxComputeInvocationsPerWorkgroup, 'invocations');
+        assert.ok(forwardTiledAccumulator(t) <= TILED_MAX_ACCUMULATOR, 'registers');
+        assert.equal(t.unroll, !gpu.software, 'loops stay opaque on software adapters only');
+      }
+    }
+  }
+});
+
+test('software adapters: 2×2 micro-tiles (they compile in seconds on lavapipe)', () => {
+  const t = forwardTiledParams(problem(64), device(32768, 1024, { software: true }));
+  assert.deepEqual(t && [t.Br, t.Bc, t.TM, t.TN, t.unroll], [32, 16, 2, 2, false]);
+});
+
+test('f16: subgroup matrices where the adapter has them, else the tiled kernel', () => {
+  assert.equal(forwardChoice(problem(128, 'f16'), { ...h100, matrixF16: true }).kernel, 'forwardMatrix');
+  assert.equal(forwardChoice(problem(128, 'f16'), h100).kernel, 'forwardTiled');
+  assert.equal(forwardChoice(problem(40, 'f16'), { ...h100, matrixF16: true }).kernel, 'forwardTiled', 'D not a multiple of 16');
+});
+
+test('head dims past the tiled kernel\'s registers run the portable kernel', () => {
+  assert.equal(forwardChoice(problem(512), h100).kernel, 'forwardTiled');
+  assert.equal(forwardChoice(problem(700), h100).kernel, 'forward');
+});
+
+test('tiled WGSL checks its workgroup memory against the device limit, with the reason', () => {
+  const t = forwardTiledParams(problem(128), h100)!;
+  assert.throws(() => forwardTiledWGSL(t, 16384), (e: unknown) => e instanceof KernelConfigError && /39424 bytes/.test(e.message));
+  assert.throws(() => forwardTiledWGSL({ ...t, TM: 3 }, 49152), /Br = 32 is not a multiple of TM = 3/);
+});
