@@ -1,15 +1,25 @@
-/** What the variant scripts share: seeded f16 inputs and the max-abs error against a reference. */
+/** What the variant scripts share: seeded f16 and f32 inputs and the max-abs error against a reference. */
 import type { Tensor } from '../../src/index.js';
 import { encodeF16 } from '../../src/f16.js';
 import { toF64 } from '../../src/tensor.js';
 import { mulberry32 } from '../../src/cli/random.js';
 
-/** n standard-normal values as f16 bits, seeded. */
-export function randomF16(n: number, seed: number): Uint16Array {
+/** n standard-normal values, seeded. */
+export function randomNormal(n: number, seed: number): Float64Array {
   const u = mulberry32(seed);
   const x = new Float64Array(n);
   for (let i = 0; i < n; i++) x[i] = Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
-  return encodeF16(x);
+  return x;
+}
+
+/** n standard-normal values as f16 bits, seeded. */
+export function randomF16(n: number, seed: number): Uint16Array {
+  return encodeF16(randomNormal(n, seed));
+}
+
+/** n standard-normal values as f32, seeded. */
+export function randomF32(n: number, seed: number): Float32Array {
+  return Float32Array.from(randomNormal(n, seed));
 }
 
 /** max |a − ref| over the elements (equal values, infinities included, count as 0; NaN if any differ by NaN). */
