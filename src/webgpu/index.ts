@@ -97,9 +97,7 @@ export function forwardParams(p: Problem, gpu: Gpu): ForwardParams {
 export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams | undefined {
   if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
   const tiles = FORWARD_MATRIX_TILES[p.D] ?? FORWARD_MATRIX_TILES.other;
-  // Fewer warps where the block would be taller than the queries.
-  let W = tiles.W;
-  while (W > 1 && (forwardMatrixRows({ ...tiles, W }) > p.Nq || W * gpu.subgroupSize > invocationLimit(gpu))) W /= 2;
+  const W = warpsThatFit(tiles.W, forwardMatrixRows({ ...tiles, W: 1 }), p.Nq, gpu.subgroupSize, gpu);
   const params: ForwardMatrixParams = { D: p.D, ...tiles, W, SGS: gpu.subgroupSize, causal: p.causal };
   const fits =
     !forwardMatrixProblem(params) &&
@@ -111,6 +109,15 @@ export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams |
 /** Invocations a workgroup may have (a 1-D one). */
 function invocationLimit(gpu: Gpu): number {
   return Math.min(gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX);
+}
+
+/**
+ * The warps a subgroup-matrix kernel's workgroup gets: `W`, halved while the block (W·perWarp rows or
+ * keys) would be longer than the n it runs over, or W subgroups of SGS would exceed the invocation limit.
+ */
+function warpsThatFit(W: number, perWarp: number, n: number, SGS: number, gpu: Gpu): number {
+  while (W > 1 && (W * perWarp > n || W * SGS > invocationLimit(gpu))) W /= 2;
+  return W;
 }
 
 /** The subgroup-matrix forward's tiles by D: the best of the sweep on an H100 (bench/results/2026-11-22-h100-forward-matrix-sweep.md). */
@@ -162,7 +169,7 @@ export function tiledCandidates(D: number, software: boolean): TiledTiles[] {
  * whose workgroup memory, invocations and O_i registers fit.
  */
 export function forwardTiledParams(p: Problem, gpu: Gpu): ForwardTiledParams | undefined {
-  const { maxComputeWorkgroupStorageSize: bytes, maxComputeInvocationsPerWorkgroup: invocations, maxComputeWorkgroupSizeX: sizeX } = gpu.limits;
+  const bytes = gpu.limits.maxComputeWorkgroupStorageSize;
   const software = Boolean(gpu.software);
   const base = { D: p.D, unroll: !software, dtype: p.dtype as StorageType, causal: p.causal };
   return tiledCandidates(p.D, software)
@@ -171,7 +178,7 @@ export function forwardTiledParams(p: Problem, gpu: Gpu): ForwardTiledParams | u
       const { WG } = forwardTiledShape(c);
       return (
         !forwardTiledProblem(c) &&
-        WG <= Math.min(invocations, sizeX) &&
+        WG <= invocationLimit(gpu) &&
         forwardTiledWorkgroupBytes(c) <= bytes &&
         forwardTiledAccumulator(c) <= TILED_MAX_ACCUMULATOR
       );
@@ -358,8 +365,7 @@ export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatr
   const SGS = gpu.subgroupSize;
   const kv: BackwardKVMatrixParams = { D: p.D, QF: 4, SGS, causal: p.causal };
   const tiles = BACKWARD_Q_MATRIX_TILES[p.D] ?? BACKWARD_Q_MATRIX_TILES.other;
-  let W = tiles.W;
-  while (W > 1 && (backwardQMatrixRows({ ...tiles, W }) > p.Nq || W * SGS > invocationLimit(gpu))) W /= 2;
+  const W = warpsThatFit(tiles.W, backwardQMatrixRows({ ...tiles, W: 1 }), p.Nq, SGS, gpu);
   const q: BackwardQMatrixParams = { D: p.D, ...tiles, W, SGS, causal: p.causal };
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const ok =
