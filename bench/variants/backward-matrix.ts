@@ -1,7 +1,8 @@
 /**
  * Check and time the subgroup-matrix backward on the GPU machine:
- * `bash .gpu/enter.sh node dist/bench/variants/backward-matrix.js ['[dQ tiles as JSON, ...]']`, for each
- * dQ tiling given (BACKWARD_Q_MATRIX_TILES set to it for every D; default: the shipped tiles):
+ * `bash .gpu/enter.sh node dist/bench/variants/backward-matrix.js ['[dQ tiles, ...]' ['[dK/dV tiles, ...]']]`
+ * (JSON), for each pair of tilings given (BACKWARD_Q_MATRIX_TILES and BACKWARD_KV_MATRIX_TILES set to them
+ * for every D; default: the shipped tiles):
  * 1. dq, dk, dv of the webgpu backend (matrix kernels where they apply) against the float64 reference,
  *    beside the webgpu standard attention in f16 (the correctness rule: error ≤ 3× standard's).
  * 2. Forward + backward at B·N = 16384, H·D = 2048, f16, through the API with GPU-resident tensors: wall
@@ -10,19 +11,20 @@
 import { attentionFlops, backward, forward, tensor, type GpuTensor } from '../../src/index.js';
 import { checkBackward } from '../../src/problem.js';
 import { defaultGpu } from '../../src/webgpu/device.js';
-import { BACKWARD_Q_MATRIX_TILES, backwardMatrixParams } from '../../src/webgpu/index.js';
+import { BACKWARD_KV_MATRIX_TILES, BACKWARD_Q_MATRIX_TILES, backwardMatrixParams } from '../../src/webgpu/index.js';
 import { maxErr, randomF16 } from './util.js';
 
 
 const gpu = await defaultGpu();
 console.log(`${new Date().toISOString()} ${gpu.description}`);
 type Tiles = (typeof BACKWARD_Q_MATRIX_TILES)['other'];
-const variants: Array<Tiles | undefined> = process.argv[2] ? (JSON.parse(process.argv[2]) as Tiles[]) : [undefined];
-for (const tiles of variants) {
-if (tiles) {
-  for (const D of [64, 128, 'other'] as const) BACKWARD_Q_MATRIX_TILES[D] = tiles;
-  console.log(`dQ tiles ${JSON.stringify(tiles)}`);
-}
+type KVTiles = (typeof BACKWARD_KV_MATRIX_TILES)['other'];
+const qVariants: Array<Tiles | undefined> = process.argv[2] ? (JSON.parse(process.argv[2]) as Tiles[]) : [undefined];
+const kvVariants: Array<KVTiles | undefined> = process.argv[3] ? (JSON.parse(process.argv[3]) as KVTiles[]) : [undefined];
+for (const [tiles, kvTiles] of qVariants.flatMap((t) => kvVariants.map((kt) => [t, kt] as const))) {
+if (tiles) for (const D of [64, 128, 'other'] as const) BACKWARD_Q_MATRIX_TILES[D] = tiles;
+if (kvTiles) for (const D of [64, 128, 'other'] as const) BACKWARD_KV_MATRIX_TILES[D] = kvTiles;
+console.log(`dQ tiles ${JSON.stringify(tiles ?? BACKWARD_Q_MATRIX_TILES.other)}, dK/dV tiles ${JSON.stringify(kvTiles ?? BACKWARD_KV_MATRIX_TILES.other)}`);
 const cases = [
   { B: 2, H: 3, Hkv: 3, Nq: 113, Nk: 203, D: 64 },
   { B: 2, H: 3, Hkv: 3, Nq: 1023, Nk: 1024, D: 128 },

@@ -32,6 +32,7 @@ import {
 import { forwardTiledAccumulator, forwardTiledProblem, forwardTiledShape, forwardTiledWGSL, forwardTiledWorkgroupBytes, type ForwardTiledParams } from './kernels/forward-tiled.js';
 import { FRAGMENT } from './kernels/matrix.js';
 import {
+  backwardKVMatrixKeys,
   backwardKVMatrixWGSL,
   backwardKVMatrixWorkgroupBytes,
   backwardMatrixProblem,
@@ -356,6 +357,13 @@ export const BACKWARD_Q_MATRIX_TILES: Record<number | 'other', Pick<BackwardQMat
   other: { Bc: 16, RF: 1, W: 8, PAD: 8 },
 };
 
+/** The subgroup-matrix dK/dV kernel's tiles by D (not yet tuned on a GPU). */
+export const BACKWARD_KV_MATRIX_TILES: Record<number | 'other', Pick<BackwardKVMatrixParams, 'QF' | 'W' | 'PAD'>> = {
+  64: { QF: 1, W: 8, PAD: 8 },
+  128: { QF: 1, W: 8, PAD: 8 },
+  other: { QF: 1, W: 8, PAD: 8 },
+};
+
 /**
  * The subgroup-matrix backward's configurations (dK/dV and dQ), or undefined where the portable kernels
  * run: as for the forward, and also where D is not a multiple of 16 or Nq, Nk hold less than a block.
@@ -363,7 +371,10 @@ export const BACKWARD_Q_MATRIX_TILES: Record<number | 'other', Pick<BackwardQMat
 export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatrixParams; q: BackwardQMatrixParams } | undefined {
   if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
   const SGS = gpu.subgroupSize;
-  const kv: BackwardKVMatrixParams = { D: p.D, QF: 4, SGS, causal: p.causal };
+  const kvTiles = BACKWARD_KV_MATRIX_TILES[p.D] ?? BACKWARD_KV_MATRIX_TILES.other;
+  let WK = kvTiles.W;
+  while (WK > 1 && (backwardKVMatrixKeys({ W: WK }) > p.Nk || WK * SGS > invocationLimit(gpu))) WK /= 2;
+  const kv: BackwardKVMatrixParams = { D: p.D, ...kvTiles, W: WK, SGS, causal: p.causal };
   const tiles = BACKWARD_Q_MATRIX_TILES[p.D] ?? BACKWARD_Q_MATRIX_TILES.other;
   const W = warpsThatFit(tiles.W, backwardQMatrixRows({ ...tiles, W: 1 }), p.Nq, SGS, gpu);
   const q: BackwardQMatrixParams = { D: p.D, ...tiles, W, SGS, causal: p.causal };
@@ -373,7 +384,7 @@ export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatr
     backwardKVMatrixWorkgroupBytes(kv) <= limit &&
     backwardQMatrixWorkgroupBytes(q) <= limit &&
     p.Nq >= Math.max(FRAGMENT * kv.QF, backwardQMatrixRows(q)) &&
-    p.Nk >= Math.max(FRAGMENT, q.Bc);
+    p.Nk >= Math.max(backwardKVMatrixKeys(kv), q.Bc);
   return ok ? { kv, q } : undefined;
 }
 
@@ -399,7 +410,7 @@ export async function webgpuBackward(
     const dqPipe = matrix
       ? await pipeline(gpu.device, 'backwardQMatrix', matrix.q, (x) => backwardQMatrixWGSL(x, limit))
       : await pipeline(gpu.device, 'backwardQ', params.q, (x) => backwardQWGSL(x, limit));
-    const keysPerGroup = matrix ? FRAGMENT : params.kv.Bc;
+    const keysPerGroup = matrix ? backwardKVMatrixKeys(matrix.kv) : params.kv.Bc;
     const rowsPerGroup = matrix ? backwardQMatrixRows(matrix.q) : params.q.Br;
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [dO, Q, K, V, O, L] = [call.input(dout, 'dout'), call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v'), call.input(out, 'out'), call.input(lse, 'lse')];
