@@ -8,8 +8,8 @@
  *    dtype (the correctness rule: error ≤ 2× standard's); a variant that fails is not timed;
  * 2. times it at B·N = 16384, H·D = 2048, f16, forward: R dispatches in one submission, wall clock until
  *    the queue is done, best of 3; TFLOP/s by PRODUCT.md's FLOP rule.
- * The previous version of the kernel (forward-matrix-previous.ts: six barriers per key block, not three)
- * is timed beside each variant with the same tiles. One line per result, printed as it comes.
+ * The kernel before warps shared K/V tiles (forward-matrix-direct.ts, one warp per workgroup, fragments
+ * loaded straight from storage) is timed beside them. One line per result, printed as it comes.
  */
 import { attentionFlops, forward, tensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
@@ -18,7 +18,7 @@ import { FORWARD_MATRIX_TILES, forwardKernel, forwardMatrixParams, sizesOf } fro
 import { sizesBytes } from '../../src/webgpu/kernels/common.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { dispatch, pipeline } from '../../src/webgpu/pipelines.js';
-import { forwardMatrixWGSL as previousWGSL } from './forward-matrix-previous.js';
+import { forwardMatrixWGSL as directWGSL } from './forward-matrix-direct.js';
 import { maxErr, randomF16 } from './util.js';
 
 type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>;
@@ -145,6 +145,7 @@ async function main(): Promise<void> {
     const arg = JSON.parse(process.argv[3]) as Tiles[] | Record<number, Tiles[]>;
     for (const D of [64, 128]) variants[D] = Array.isArray(arg) ? arg : arg[D];
   }
+  const direct: Record<number, { Bc: number; RF: number }> = { 64: { Bc: 16, RF: 2 }, 128: { Bc: 32, RF: 2 } };
   const saved = { ...FORWARD_MATRIX_TILES };
   for (const D of Ds) {
     const ok: Tiles[] = [];
@@ -164,12 +165,12 @@ async function main(): Promise<void> {
         const flops = attentionFlops({ ...shape, Nq: N, Nk: N });
         const tf = (ms: number) => (flops / ms / 1e9).toFixed(1);
         for (const t of ok) {
-          const params = { D, ...t, SGS, causal };
-          const { pipe, Br } = await forwardKernel(gpu, { kernel: 'forwardMatrix', params });
-          const previous = await pipeline(gpu.device, 'forwardMatrixPrevious', params, (x) => previousWGSL(x, limit));
-          const [now, before] = [await time(gpu, shape, bufs, pipe, Br), await time(gpu, shape, bufs, previous, Br)];
-          console.log(`D=${D} N=${N} causal=${causal} ${JSON.stringify(t)} ${tf(now)} TFLOP/s (previous kernel ${tf(before)})`);
+          const { pipe, Br } = await forwardKernel(gpu, { kernel: 'forwardMatrix', params: { D, ...t, SGS, causal } });
+          console.log(`D=${D} N=${N} causal=${causal} ${JSON.stringify(t)} ${tf(await time(gpu, shape, bufs, pipe, Br))} TFLOP/s`);
         }
+        const d = { D, ...direct[D], SGS, causal };
+        const pipe = await pipeline(gpu.device, 'forwardMatrixDirect', d, (x) => directWGSL(x, limit));
+        console.log(`D=${D} N=${N} causal=${causal} direct ${JSON.stringify(direct[D])} ${tf(await time(gpu, shape, bufs, pipe, 16 * d.RF))} TFLOP/s`);
       }
       for (const b of bufs) b.destroy();
     }

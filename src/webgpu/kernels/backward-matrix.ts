@@ -132,7 +132,8 @@ const DPT = ${W * Bq * FRAGMENT}u;
 ${LOG2E_WGSL}
 ${MASKED_WGSL}
 
-// Warp w's Sᵀ ([r][c]) at w·Bq·16 and dPᵀ at DPT + w·Bq·16; at the end its dK_j, dV_j's round trip ([d][c]).
+// Warp w's Sᵀ ([r][c]) at w·Bq·16 and dPᵀ at DPT + w·Bq·16; at the end its dK_j's and dV_j's round trips
+// ([d][c]), one fragment in each.
 var<workgroup> F: array<f32, ${2 * W * Bq * FRAGMENT}>;
 // All f16 tiles in one array, declared last (see forward-matrix.ts): Q_i at QT and dO_i at GT ([row][d],
 // stride DS), warp w's Pᵀ at PT + w·Bq·16 and dSᵀ at ST + w·Bq·16 ([r][c]).
@@ -225,18 +226,18 @@ ${lines(DF, (d) => `        dv${d} = subgroupMatrixMultiplyAccumulate(pf, subgro
     }
   }
 
-  // Alg. 2 line 18: dK_j = scale·dK_j and dV_j, written once through the warp's F ([d][c]).
+  // Alg. 2 line 18: dK_j = scale·dK_j and dV_j, written once through the warp's Sᵀ and dPᵀ ([d][c]).
   let at = ko + key * u.kvRow;
 ${lines(
   DF,
   (d) => `  workgroupBarrier();
   subgroupMatrixStore<col_major>(&F, sw, dk${d}, 16u);
-  subgroupMatrixStore<col_major>(&F, sw + ${fragment}u, dv${d}, 16u);
+  subgroupMatrixStore<col_major>(&F, DPT + sw, dv${d}, 16u);
   workgroupBarrier();
   for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
     let dd = t * ${SHARES}u + part;
     dk[at + ${d * FRAGMENT}u + dd] = f16(F[sw + dd * 16u + c] * u.scale);
-    dv[at + ${d * FRAGMENT}u + dd] = f16(F[sw + ${fragment}u + dd * 16u + c]);
+    dv[at + ${d * FRAGMENT}u + dd] = f16(F[DPT + sw + dd * 16u + c]);
   }`,
 )}
 }

@@ -7,10 +7,8 @@
  * one head; dispatch (Tr, B·H). Warp w owns rows 16·RF·w .. of the block: its Q fragments (RF × D/16)
  * and the unnormalised O_i's f32 fragments stay in registers for the whole loop. Per key block (Bc keys):
  *   0. all invocations copy K_j and V_j into workgroup memory (vec4 loads, coalesced; rows padded by PAD
- *      f16 so that a fragment's 16 rows fall in different banks), shared by the W warps; the loads go
- *      through registers: block j + 1's are issued at the end of block j − 1 and arrive while block j's
- *      S is computed; K_{j+1} is stored once block j's S is, V_{j+1} once block j's O_i update is done
- *      (three workgroup barriers per block);
+ *      f16 so that a fragment's 16 rows fall in different banks), shared by the W warps; the loads of
+ *      block j + 1 are issued into registers right after, so they arrive while block j is computed;
  *   1. S = Q_i K_jᵀ: each warp multiplies its Q fragments by K_j's fragments read from workgroup memory
  *      and stores its S ([c][r], stride 16·RF) in its own region;
  *   2. each invocation takes its row (or share of a row: SGS/(16·RF) invocations per row, combined with
@@ -150,25 +148,22 @@ ${grid(RF, DF)
 
   // Causal: key blocks entirely above the diagonal are skipped.
   ${keyBlocksWGSL(causal)}
-  // Alg. 1 lines 6-7: K_j and V_j go through registers into workgroup memory, two blocks ahead of use
-  // (see the barriers below).
+  // Alg. 1 lines 6-7: K_j and V_j go through registers into workgroup memory; block j + 1's are loaded
+  // while block j is computed.
 ${staging.declare}
   if (Tc > 0u) {
 ${staging.fetch('0u')}
-${staging.store}
   }
-  if (Tc > 1u) {
-${staging.fetch('1u')}
-  }
-  S[FLAG] = 0.0;
-  workgroupBarrier();
-  // Three barriers per block: A, B (workgroupUniformLoad's) and C. K_j is read before A, so K_{j+1}
-  // is stored between A and B; V_j is read after B, so V_{j+1} is stored after C; block j + 2's loads are
-  // issued right after, to arrive while block j + 1 is computed. S and P are the warp's own, but the
-  // warp's invocations read what its subgroup-matrix stores wrote, which needs a barrier too.
   for (var j = 0u; j < Tc; j++) {
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
+    workgroupBarrier(); // the previous block's K_j, V_j, P and flag are no longer read
+    S[FLAG] = 0.0;
+${staging.store}
+    workgroupBarrier();
+    if (j + 1u < Tc) {
+${staging.fetch('j + 1u')}
+    }
     // Alg. 1 line 8: S = Q_i K_jᵀ, the warp's rows.
 ${range(CF)
   .map(
@@ -190,7 +185,7 @@ ${range(RF)
     }`,
   )
   .join('\n')}
-    workgroupBarrier(); // A: S is written, K_j no longer read
+    workgroupBarrier();
     // Alg. 1 line 9: the block's row max; m moves only by more than TAU (see above).
     // sx: the raw score the block max came from (ties: the larger), for L (see the end).
     var mx = MASKED;
@@ -243,11 +238,7 @@ ${range(Math.log2(SHARES))
     }
     ${shuffles('sum32', (a, b) => `${a} + ${b}`)}
     l32 += sum32;
-    if (j + 1u < Tc) {
-${staging.storeA}
-    }
-    // B: P, K_{j+1} and the flag are written; every invocation has read the flag when it returns.
-    let rescale = workgroupUniformLoad(&S[FLAG]) != 0.0;
+    workgroupBarrier(); // P and the flag are written
     // l sums the P̃ that O_i is made of, read back from P (see above).
     var sum = 0.0;
     for (var t = 0u; t < ${PER}u; t++) {
@@ -255,7 +246,7 @@ ${staging.storeA}
     }
     ${shuffles('sum', (a, b) => `${a} + ${b}`)}
     l += sum;
-    if (rescale) {
+    if (workgroupUniformLoad(&S[FLAG]) != 0.0) {
       // O_i = diag(alpha) O_i, 16 columns at a time through the warp's S ([d][r]).
 ${range(DF)
   .map(
@@ -293,14 +284,6 @@ ${range(RF)
     }`,
   )
   .join('\n')}
-    workgroupBarrier(); // C: V_j, P and the flag are no longer read
-    S[FLAG] = 0.0;
-    if (j + 1u < Tc) {
-${staging.storeB}
-    }
-    if (j + 2u < Tc) {
-${staging.fetch('j + 2u')}
-    }
   }
 
   // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l in natural units, as sm·scale + log(l32): m is the

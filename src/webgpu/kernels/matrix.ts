@@ -58,17 +58,7 @@ export interface Staging {
   block: string;
 }
 
-export interface StagingCode {
-  declare: string;
-  fetch: (j: string) => string;
-  /** Both tiles into T. */
-  store: string;
-  /** The first tile (a into A) alone, and the second (b into B) alone. */
-  storeA: string;
-  storeB: string;
-}
-
-export function pairStaging(p: Staging): StagingCode {
+export function pairStaging(p: Staging): { declare: string; fetch: (j: string) => string; store: string } {
   const { D, rows, WG, a, b, A, B } = p;
   const D4 = D / 4; // vec4s of a row
   const LOADS = Math.ceil((rows * D4) / WG); // vec4s of each tile each invocation moves
@@ -78,10 +68,6 @@ export function pairStaging(p: Staging): StagingCode {
       .map((n) => `    {\n      let e = lid + ${n * WG}u;${guard(n, body(n))}\n    }`)
       .join('\n');
   const [x, y] = [`${a}x`, `${b}x`]; // the registers
-  const at = `
-      let at = (e / ${D4}u) * DS + 4u * (e % ${D4}u);`;
-  const put = (T0: string, r: string) => `
-      T[${T0} + at] = ${r}.x; T[${T0} + at + 1u] = ${r}.y; T[${T0} + at + 2u] = ${r}.z; T[${T0} + at + 3u] = ${r}.w;`;
   return {
     declare: lines(LOADS, (n) => `  var ${x}${n}: vec4<f16>;\n  var ${y}${n}: vec4<f16>;`),
     fetch: (j) => `    let ${a}${b}4 = (${p.base} + min((${j}) * ${p.block}, ${p.n} - ${p.block}) * ${p.stride}) / 4u;
@@ -91,14 +77,17 @@ ${each(
       ${x}${n} = ${a}[g];
       ${y}${n} = ${b}[g];`,
 )}`,
-    store: each((n) => `${at}${put(A, `${x}${n}`)}${put(B, `${y}${n}`)}`),
-    storeA: each((n) => `${at}${put(A, `${x}${n}`)}`),
-    storeB: each((n) => `${at}${put(B, `${y}${n}`)}`),
+    store: each(
+      (n) => `
+      let at = (e / ${D4}u) * DS + 4u * (e % ${D4}u);
+      T[${A} + at] = ${x}${n}.x; T[${A} + at + 1u] = ${x}${n}.y; T[${A} + at + 2u] = ${x}${n}.z; T[${A} + at + 3u] = ${x}${n}.w;
+      T[${B} + at] = ${y}${n}.x; T[${B} + at + 1u] = ${y}${n}.y; T[${B} + at + 2u] = ${y}${n}.z; T[${B} + at + 3u] = ${y}${n}.w;`,
+    ),
   };
 }
 
 /** K_j and V_j of Bc keys (bindings k, v; offset ko) into T at KT and VT: the forward's and dQ's staging. */
-export function kvStaging(p: { D: number; Bc: number; WG: number }): StagingCode {
+export function kvStaging(p: { D: number; Bc: number; WG: number }): { declare: string; fetch: (j: string) => string; store: string } {
   return pairStaging({ D: p.D, rows: p.Bc, WG: p.WG, a: 'k', b: 'v', A: 'KT', B: 'VT', base: 'ko', n: 'u.Nk', stride: 'u.kvRow', block: 'Bc' });
 }
 
