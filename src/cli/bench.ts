@@ -26,8 +26,14 @@ export const VALIDATION_MAX_N = 256;
 export const TOLERANCE: Record<BenchDType, number> = { f32: 1e-4, f16: 1e-2 };
 
 /** On webgpu a timed sample repeats the call until it lasts about this long (host gaps amortised). */
-export const TARGET_SAMPLE_MS = 25;
-export const MAX_INNER = 32;
+export const TARGET_SAMPLE_MS = 100;
+export const MAX_INNER = 64;
+/**
+ * On webgpu the calls run back to back for at least this long before the samples: a GPU left idle (the
+ * validation runs on the host) clocks down, and on an H100 the samples that followed a short warm-up
+ * read up to 4× slow (a median of 40 ms against a minimum of 10 ms for the same call).
+ */
+export const SPIN_UP_MS = 300;
 
 // ---------------------------------------------------------------------------------------------------
 // Pure helpers
@@ -233,7 +239,7 @@ function calls(ctx: AttentionContext, c: Case, algorithm: Algorithm, x: AnyInput
 
 /**
  * Time one case and algorithm: a warm-up (which also compiles GPU pipelines), on webgpu a call that sets
- * how many calls a sample repeats, then `repeats` samples of: `inner` forwards, a mark, `inner`
+ * how many calls a sample repeats and SPIN_UP_MS of calls back to back, then `repeats` samples of: `inner` forwards, a mark, `inner`
  * backwards (of the last forward's out and lse), a mark. The forward row's time per call is the first
  * interval / inner; the forward+backward row's is both intervals / inner.
  */
@@ -263,6 +269,16 @@ async function timeCase(
     release(await call.forward(new MemoryTracker()));
     await ctx.device.queue.onSubmittedWorkDone();
     inner = innerCalls(performance.now() - t0);
+    const spin = new MemoryTracker();
+    const start = performance.now();
+    do {
+      for (let i = 0; i < inner; i++) {
+        const f = await call.forward(spin);
+        if (withBackward) release(await call.backward(f, spin));
+        release(f);
+      }
+      await ctx.device.queue.onSubmittedWorkDone();
+    } while (performance.now() - start < SPIN_UP_MS);
   }
   const fwd: number[] = [];
   const both: number[] = [];

@@ -151,16 +151,17 @@ const TILED_FALLBACK = [
 
 /**
  * The tiled forward's candidate tiles for head dim D, best first (the first that fits the device runs).
- * GPU: 4×4 micro-tiles (16 multiply-adds per 2 vec4 loads from workgroup memory in S = Q_i K_jᵀ) in the
- * largest blocks that 48 KiB of workgroup memory holds beside K_j/V_j and P̃: Br = 64, Bc = 32 up to
- * D = 64 (37376 B, 128 invocations), Br = Bc = 32 up to D = 128 (39424 B, 64 invocations), 2×2 in
- * Br = Bc = 16 above. To be confirmed on an H100 with bench/variants/forward-tiled.ts.
+ * GPU, from the H100 sweep (bench/variants/forward-tiled.ts; bench/results/2026-11-22-h100-session4.md):
+ * 4×2 micro-tiles (8 multiply-adds per vec4 of K_j read from workgroup memory, 128 or more invocations):
+ * Br = Bc = 32 up to D = 64 (22.8 TFLOP/s at N = 4096; 4×4 micro-tiles in Br = 64, Bc = 32: 20.7),
+ * Br = 64, Bc = 16 up to D = 128 (48896 B; 20.5 TFLOP/s; Br = Bc = 32 in 4×2: 18.9, in 4×4: 11.4),
+ * 2×2 in Br = Bc = 16 above.
  * Software adapters (lavapipe): 2×2 micro-tiles in Br = 32, Bc = 16: lavapipe's LLVM compiles them in
  * about 2 s (the portable kernel: 1.3 s; 4×4: 5–8 s), and a test run compiles more than it computes; they
  * run about twice as fast as the portable kernel there (4×4: about four times).
  */
 export function tiledCandidates(D: number, software: boolean): TiledTiles[] {
-  const preferred = software ? tiles(32, 16, 2, 2) : D <= 64 ? tiles(64, 32, 4, 4) : D <= 128 ? tiles(32, 32, 4, 4) : tiles(16, 16, 2, 2);
+  const preferred = software ? tiles(32, 16, 2, 2) : D <= 64 ? tiles(32, 32, 4, 2) : D <= 128 ? tiles(64, 16, 4, 2) : tiles(16, 16, 2, 2);
   return [preferred, ...TILED_FALLBACK];
 }
 
