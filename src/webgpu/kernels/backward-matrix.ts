@@ -7,13 +7,16 @@
  * block.
  *
  * dK/dV: a workgroup is W warps and owns 16·W keys of one key/value head, 16 per warp; dispatch
- *   (⌈Nk/16W⌉, B·Hkv). Each warp's K_j and V_j fragments (as left matrices, loaded from storage) and
- *   its accumulators dK_j, dV_j (D/16 result fragments each) stay in registers. For each query head of
- *   the group, for each query block Q_i of Bq = 16·QF rows (causal: blocks entirely above the diagonal of
- *   the workgroup's first key skipped), Q_i and dO_i are staged in workgroup memory, shared by the warps
- *   (block i + 1's loads in flight while block i is computed):
- *     Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ (the tiles read as column-major Q_iᵀ, dO_iᵀ), to the warp's
- *     workgroup memory ([r][c], stride 16); each invocation takes its share of the 16 keys' columns: Pᵀ =
+ *   (⌈Nk/16W⌉, B·Hkv). Each warp's K_jᵀ (right matrices) and V_j (left) fragments, loaded from
+ *   storage, and its accumulators dK_j, dV_j (D/16 result fragments each) stay in registers. For each
+ *   query head of the group, for each query block Q_i of Bq = 16·QF rows (causal: blocks entirely above
+ *   the diagonal of the workgroup's first key skipped), Q_i and dO_i are staged in workgroup memory,
+ *   shared by the warps (block i + 1's loads in flight while block i is computed):
+ *     S = Q_i K_jᵀ with the operands in the forward's roles, so that it is the forward's S bit for bit
+ *     (with logits of ±1e4 an f32 ulp of S is 1e-3, and P = exp(S·scale − L) of a one-hot row must be
+ *     exactly 1; Sᵀ = K_j Q_iᵀ differed: dv 4× the standard's error), stored row-major, and
+ *     dPᵀ = V_j dO_iᵀ (dO_i read as column-major dO_iᵀ), to the warp's workgroup memory (both [r][c],
+ *     stride 16); each invocation takes its share of the 16 keys' columns: Pᵀ =
  *     exp2((Sᵀ·scale − L)·log2e), dSᵀ = Pᵀ ∘ (dPᵀ − D_i), both stored in f16;
  *     dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i (the tiles read row-major).
  *   dK_j = scale·dK_j and dV_j are written once, through workgroup memory.
@@ -162,8 +165,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let key = cw + c;
   let kv0 = ko + cw * u.kvRow;
 
-  // Alg. 2 lines 6-7: the warp's K_j, V_j as left matrices; dK_j = dV_j = 0.
-${lines(DF, (d) => `  let k${d} = subgroupMatrixLoad<${LEFT}, row_major>(&k, kv0 + ${d * FRAGMENT}u, u.kvRow);
+  // Alg. 2 lines 6-7: the warp's K_jᵀ (right) and V_j (left) fragments; dK_j = dV_j = 0.
+${lines(DF, (d) => `  let k${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&k, kv0 + ${d * FRAGMENT}u, u.kvRow);
   let v${d} = subgroupMatrixLoad<${LEFT}, row_major>(&v, kv0 + ${d * FRAGMENT}u, u.kvRow);
   var dk${d} = ${RESULT}();
   var dv${d} = ${RESULT}();`)}
@@ -189,15 +192,15 @@ ${staging.store}
       if (i + 1u < Tr) {
 ${staging.fetch('i + 1u')}
       }
-      // Alg. 2 lines 10 and 13: Sᵀ = K_j Q_iᵀ, dPᵀ = V_j dO_iᵀ.
+      // Alg. 2 lines 10 and 13: S = Q_i K_jᵀ (as the forward computes it), dPᵀ = V_j dO_iᵀ.
 ${lines(
   QF,
   (f) => `      {
         var s = ${RESULT}();
         var t = ${RESULT}();
-${lines(DF, (d) => `        s = subgroupMatrixMultiplyAccumulate(k${d}, subgroupMatrixLoad<${RIGHT}, col_major>(&T, QT + ${f * FRAGMENT * DS + d * FRAGMENT}u, DS), s);
+${lines(DF, (d) => `        s = subgroupMatrixMultiplyAccumulate(subgroupMatrixLoad<${LEFT}, row_major>(&T, QT + ${f * FRAGMENT * DS + d * FRAGMENT}u, DS), k${d}, s);
         t = subgroupMatrixMultiplyAccumulate(v${d}, subgroupMatrixLoad<${RIGHT}, col_major>(&T, GT + ${f * FRAGMENT * DS + d * FRAGMENT}u, DS), t);`)}
-        subgroupMatrixStore<col_major>(&F, sw + ${f * fragment}u, s, 16u);
+        subgroupMatrixStore<row_major>(&F, sw + ${f * fragment}u, s, 16u);
         subgroupMatrixStore<col_major>(&F, DPT + sw + ${f * fragment}u, t, 16u);
       }`,
 )}
