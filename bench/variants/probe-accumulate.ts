@@ -19,7 +19,7 @@ const code = `${MATRIX_ENABLES}
 @group(0) @binding(0) var<storage, read> q: array<f16>;
 @group(0) @binding(1) var<storage, read> k: array<f16>;
 @group(0) @binding(2) var<storage, read_write> mma: array<f32>;
-@group(0) @binding(3) var<storage, read_write> fma: array<f32>;
+@group(0) @binding(3) var<storage, read_write> fused: array<f32>;
 @compute @workgroup_size(32)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane: u32) {
   let t = wid.x + wid.y * 65535u;
@@ -34,7 +34,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane
     let c = e % 16u;
     var x = 0.0;
     for (var d = 0u; d < 16u; d++) { x = fma(f32(q[o + r * 16u + d]), f32(k[o + c * 16u + d]), x); }
-    fma[o + e] = x;
+    fused[o + e] = x;
   }
 }`;
 const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
