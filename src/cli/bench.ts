@@ -238,8 +238,9 @@ function calls(ctx: AttentionContext, c: Case, algorithm: Algorithm, x: AnyInput
 }
 
 /**
- * Time one case and algorithm: a warm-up (which also compiles GPU pipelines), on webgpu a call that sets
- * how many calls a sample repeats and SPIN_UP_MS of calls back to back, then `repeats` samples of: `inner` forwards, a mark, `inner`
+ * Time one case and algorithm: a warm-up (which also compiles GPU pipelines), on webgpu SPIN_UP_MS of
+ * forwards back to back, whose time per call sets how many calls a sample repeats, then `repeats`
+ * samples of: `inner` forwards, a mark, `inner`
  * backwards (of the last forward's out and lse), a mark. The forward row's time per call is the first
  * interval / inner; the forward+backward row's is both intervals / inner.
  */
@@ -265,20 +266,18 @@ async function timeCase(
   release(warm);
   let inner = 1;
   if (ctx.device) {
-    const t0 = performance.now();
-    release(await call.forward(new MemoryTracker()));
-    await ctx.device.queue.onSubmittedWorkDone();
-    inner = innerCalls(performance.now() - t0);
+    // Spin-up: batches of 1, 2, 4, … forwards back to back (each batch waited for) until SPIN_UP_MS
+    // have passed; the last batch's time per call, which the wait's latency hardly touches, sets inner.
     const spin = new MemoryTracker();
     const start = performance.now();
-    do {
-      for (let i = 0; i < inner; i++) {
-        const f = await call.forward(spin);
-        if (withBackward) release(await call.backward(f, spin));
-        release(f);
-      }
+    for (let batch = 1; ; batch = Math.min(2 * batch, MAX_INNER)) {
+      const t0 = performance.now();
+      for (let i = 0; i < batch; i++) release(await call.forward(spin));
       await ctx.device.queue.onSubmittedWorkDone();
-    } while (performance.now() - start < SPIN_UP_MS);
+      const now = performance.now();
+      inner = innerCalls((now - t0) / batch);
+      if (now - start >= SPIN_UP_MS) break;
+    }
   }
   const fwd: number[] = [];
   const both: number[] = [];
