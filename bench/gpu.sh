@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine (through the device tool; see ../shared/gpu/README.md), logs and reports under $OUT:
 #   bash .gpu/enter.sh bash bench/gpu.sh tests     the whole test spec on the webgpu backend
-#   bash .gpu/enter.sh bash bench/gpu.sh product   PyTorch's SDPA figures, then PRODUCT.md's grid beside them
+#   bash .gpu/enter.sh bash bench/gpu.sh product [bench options]
+#                                                  PyTorch's SDPA figures, then PRODUCT.md's grid beside them
+#                                                  (SDPA_ANCHOR=file.jsonl: PyTorch's lines from an earlier run instead)
 #   bash .gpu/enter.sh bash bench/gpu.sh default [bench options]
 #                                                  PyTorch's seed-notebook encoder, then `flashattn bench` beside it
 #                                                  (SEED_ANCHOR=file.jsonl: PyTorch's lines from an earlier run instead)
@@ -16,8 +18,10 @@ case "${1:-}" in
       node --test --test-concurrency=8 --test-reporter=spec dist/test/*.test.js > "$out/tests.txt" 2>&1
     echo "tests exit $?"; grep -E '^ℹ (tests|pass|fail|skipped|duration)' "$out/tests.txt" ;;
   product)
-    python3 bench/anchors/pytorch_sdpa.py > "$out/sdpa.jsonl" 2> "$out/sdpa.err"
-    flashattn bench --suite product --anchor "$out/sdpa.jsonl" --out "$out/product" > "$out/product.txt" 2> "$out/product.err"
+    shift
+    if [ -n "${SDPA_ANCHOR:-}" ]; then cp "$SDPA_ANCHOR" "$out/sdpa.jsonl"
+    else python3 bench/anchors/pytorch_sdpa.py > "$out/sdpa.jsonl" 2> "$out/sdpa.err"; fi
+    flashattn bench --suite product --anchor "$out/sdpa.jsonl" --out "$out/product" "$@" > "$out/product.txt" 2> "$out/product.err"
     echo "bench exit $?"; tail -n 60 "$out/product.txt" ;;
   default)
     shift

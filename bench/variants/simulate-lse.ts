@@ -6,9 +6,8 @@
  * to f16. It prints dv's max error against float64 for L computed each way:
  *   exact     L of float64 (what the backward would want);
  *   f32       L rounded once to f32 (about what the standard attention gets);
- *   log2      (m + log2 l)·ln 2, l the f16 P̃ summed (the kernel as on main);
- *   raw max   sm·scale + ln l32, sm the raw score m came from, l32 the unrounded P̃ summed (the fix on
- *             branch lse-from-raw-max, not yet run on a GPU).
+ *   log2      (m + log2 l)·ln 2, l the f16 P̃ summed (the kernel before this change);
+ *   raw max   sm·scale + ln l32, sm the raw score m came from, l32 the unrounded P̃ summed.
  * `node dist/bench/variants/simulate-lse.js`
  */
 import { decodeF16, roundToF16 } from '../../src/f16.js';

@@ -26,8 +26,14 @@ export const VALIDATION_MAX_N = 256;
 export const TOLERANCE: Record<BenchDType, number> = { f32: 1e-4, f16: 1e-2 };
 
 /** On webgpu a timed sample repeats the call until it lasts about this long (host gaps amortised). */
-export const TARGET_SAMPLE_MS = 25;
-export const MAX_INNER = 32;
+export const TARGET_SAMPLE_MS = 100;
+export const MAX_INNER = 64;
+/**
+ * On webgpu the calls run back to back for at least this long before the samples: a GPU left idle (the
+ * validation runs on the host) clocks down, and on an H100 the samples that followed a short warm-up
+ * read up to 4× slow (a median of 40 ms against a minimum of 10 ms for the same call).
+ */
+export const SPIN_UP_MS = 300;
 
 // ---------------------------------------------------------------------------------------------------
 // Pure helpers
@@ -232,8 +238,9 @@ function calls(ctx: AttentionContext, c: Case, algorithm: Algorithm, x: AnyInput
 }
 
 /**
- * Time one case and algorithm: a warm-up (which also compiles GPU pipelines), on webgpu a call that sets
- * how many calls a sample repeats, then `repeats` samples of: `inner` forwards, a mark, `inner`
+ * Time one case and algorithm: a warm-up (which also compiles GPU pipelines), on webgpu SPIN_UP_MS of
+ * forwards back to back, whose time per call sets how many calls a sample repeats, then `repeats`
+ * samples of: `inner` forwards, a mark, `inner`
  * backwards (of the last forward's out and lse), a mark. The forward row's time per call is the first
  * interval / inner; the forward+backward row's is both intervals / inner.
  */
@@ -259,10 +266,18 @@ async function timeCase(
   release(warm);
   let inner = 1;
   if (ctx.device) {
-    const t0 = performance.now();
-    release(await call.forward(new MemoryTracker()));
-    await ctx.device.queue.onSubmittedWorkDone();
-    inner = innerCalls(performance.now() - t0);
+    // Spin-up: batches of 1, 2, 4, … forwards back to back (each batch waited for) until SPIN_UP_MS
+    // have passed; the last batch's time per call, which the wait's latency hardly touches, sets inner.
+    const spin = new MemoryTracker();
+    const start = performance.now();
+    for (let batch = 1; ; batch = Math.min(2 * batch, MAX_INNER)) {
+      const t0 = performance.now();
+      for (let i = 0; i < batch; i++) release(await call.forward(spin));
+      await ctx.device.queue.onSubmittedWorkDone();
+      const now = performance.now();
+      inner = innerCalls((now - t0) / batch);
+      if (now - start >= SPIN_UP_MS) break;
+    }
   }
   const fwd: number[] = [];
   const both: number[] = [];

@@ -150,7 +150,8 @@ function barLayers(data: readonly Datum[], xTitle: string, yTitle: string): obje
   const xOffset = { field: 'series', type: 'nominal', scale: { domain: color.scale.domain } };
   return [
     { mark: 'bar', encoding: { x, xOffset, y: { field: 'value', type: 'quantitative', title: yTitle }, color } },
-    { mark: { type: 'text', baseline: 'bottom', dy: -2, fontWeight: 'bold', fontSize: 10 }, transform: [{ filter: 'datum.oom' }], encoding: { x, xOffset, y: { datum: 0 }, text: { value: 'OOM' }, color } },
+    // Written upward inside the bar's own slot, so that neighbouring series' marks do not run together.
+    { mark: { type: 'text', angle: 270, align: 'left', baseline: 'middle', dx: 3, fontWeight: 'bold', fontSize: 10 }, transform: [{ filter: 'datum.oom' }], encoding: { x, xOffset, y: { datum: 0 }, text: { value: 'OOM' }, color } },
   ];
 }
 

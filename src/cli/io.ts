@@ -18,7 +18,7 @@ import { cpuShape, scratchLength } from '../cpu/job.js';
 import type { Problem } from '../problem.js';
 import type { Gpu } from '../webgpu/device.js';
 import { backwardMatrixParams, backwardParams, forwardChoice, forwardTiles, workgroupSize } from '../webgpu/index.js';
-import { backwardKVMatrixWorkgroupBytes, backwardQMatrixRows, backwardQMatrixWorkgroupBytes } from '../webgpu/kernels/backward-matrix.js';
+import { backwardKVMatrixKeys, backwardKVMatrixWorkgroupBytes, backwardQMatrixRows, backwardQMatrixWorkgroupBytes } from '../webgpu/kernels/backward-matrix.js';
 import { FRAGMENT } from '../webgpu/kernels/matrix.js';
 import { backwardKVWorkgroupBytes, backwardQWorkgroupBytes } from '../webgpu/kernels/backward.js';
 import { matmulTile } from '../webgpu/kernels/standard.js';
@@ -106,7 +106,7 @@ export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
     flash: {
       forward: forwardTiles(forwardChoice(p, gpu)),
       backwardKV: bm
-        ? { Br: FRAGMENT * bm.kv.QF, Bc: FRAGMENT, onChipBytes: backwardKVMatrixWorkgroupBytes(bm.kv) }
+        ? { Br: FRAGMENT * bm.kv.QF, Bc: backwardKVMatrixKeys(bm.kv), onChipBytes: backwardKVMatrixWorkgroupBytes(bm.kv) }
         : { Br: b.kv.Br, Bc: b.kv.Bc, onChipBytes: backwardKVWorkgroupBytes(b.kv) },
       backwardQ: bm
         ? { Br: backwardQMatrixRows(bm.q), Bc: bm.q.Bc, onChipBytes: backwardQMatrixWorkgroupBytes(bm.q) }

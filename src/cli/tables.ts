@@ -166,7 +166,7 @@ function encoderCell(p: EncoderPoint | undefined, value: number | null, fmt: (x:
 
 function seedCell(row: SeedRow | undefined, value: number | null, fmt: (x: number) => string): string {
   if (!row) return '—';
-  if (row.error) return /out of memory/i.test(row.error) ? 'OOM' : 'error';
+  if (row.error) return /out of memory/i.test(row.error) ? 'OOM' : /no available kernel/i.test(row.error) ? 'refused' : 'error';
   return value === null ? 'n/a' : fmt(value);
 }
 
@@ -202,7 +202,10 @@ export function encoderTable(e: EncoderResult, seed?: SeedAnchor): TableModel {
     `ms: median of the timed forwards (each synchronised: it ends when the work is done); peak MiB: the MemoryTracker's peak during one forward, weights included.`,
     'OOM: out of memory (the standard variant stops there, flash goes on); —: not run.',
   ];
-  if (seed) notes.push(`PyTorch's figures from ${seed.file} (../shared/anchors/pytorch_seed_notebook.py${seed.gpu ? `, ${seed.gpu}` : ''}): batch 32, fp16, peak = torch.cuda.max_memory_allocated.`);
+  if (seed) {
+    notes.push(`PyTorch's figures from ${seed.file} (../shared/anchors/pytorch_seed_notebook.py${seed.gpu ? `, ${seed.gpu}` : ''}): batch 32, fp16, peak = torch.cuda.max_memory_allocated.`);
+    notes.push("refused: PyTorch had no kernel for the case (its flash path takes no explicit mask, and the notebook passes one); error: it failed otherwise (results.json has its message).");
+  }
   return {
     title: `Encoder: ${s.layers} layers, d_model ${s.dModel}, ${s.heads} heads, ffn ${s.ffn}, batch ${s.batch}, ${s.dtype}, ${s.causal ? 'causal' : 'not causal'}`,
     head,

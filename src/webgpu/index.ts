@@ -32,6 +32,7 @@ import {
 import { forwardTiledAccumulator, forwardTiledProblem, forwardTiledShape, forwardTiledWGSL, forwardTiledWorkgroupBytes, type ForwardTiledParams } from './kernels/forward-tiled.js';
 import { FRAGMENT } from './kernels/matrix.js';
 import {
+  backwardKVMatrixKeys,
   backwardKVMatrixWGSL,
   backwardKVMatrixWorkgroupBytes,
   backwardMatrixProblem,
@@ -150,16 +151,17 @@ const TILED_FALLBACK = [
 
 /**
  * The tiled forward's candidate tiles for head dim D, best first (the first that fits the device runs).
- * GPU: 4×4 micro-tiles (16 multiply-adds per 2 vec4 loads from workgroup memory in S = Q_i K_jᵀ) in the
- * largest blocks that 48 KiB of workgroup memory holds beside K_j/V_j and P̃: Br = 64, Bc = 32 up to
- * D = 64 (37376 B, 128 invocations), Br = Bc = 32 up to D = 128 (39424 B, 64 invocations), 2×2 in
- * Br = Bc = 16 above. To be confirmed on an H100 with bench/variants/forward-tiled.ts.
+ * GPU, from the H100 sweep (bench/variants/forward-tiled.ts; bench/results/2026-11-22-h100-session4.md):
+ * 4×2 micro-tiles (8 multiply-adds per vec4 of K_j read from workgroup memory, 128 or more invocations):
+ * Br = Bc = 32 up to D = 64 (22.8 TFLOP/s at N = 4096; 4×4 micro-tiles in Br = 64, Bc = 32: 20.7),
+ * Br = 64, Bc = 16 up to D = 128 (48896 B; 20.5 TFLOP/s; Br = Bc = 32 in 4×2: 18.9, in 4×4: 11.4),
+ * 2×2 in Br = Bc = 16 above.
  * Software adapters (lavapipe): 2×2 micro-tiles in Br = 32, Bc = 16: lavapipe's LLVM compiles them in
  * about 2 s (the portable kernel: 1.3 s; 4×4: 5–8 s), and a test run compiles more than it computes; they
  * run about twice as fast as the portable kernel there (4×4: about four times).
  */
 export function tiledCandidates(D: number, software: boolean): TiledTiles[] {
-  const preferred = software ? tiles(32, 16, 2, 2) : D <= 64 ? tiles(64, 32, 4, 4) : D <= 128 ? tiles(32, 32, 4, 4) : tiles(16, 16, 2, 2);
+  const preferred = software ? tiles(32, 16, 2, 2) : D <= 64 ? tiles(32, 32, 4, 2) : D <= 128 ? tiles(64, 16, 4, 2) : tiles(16, 16, 2, 2);
   return [preferred, ...TILED_FALLBACK];
 }
 
@@ -356,6 +358,13 @@ export const BACKWARD_Q_MATRIX_TILES: Record<number | 'other', Pick<BackwardQMat
   other: { Bc: 16, RF: 1, W: 8, PAD: 8 },
 };
 
+/** The subgroup-matrix dK/dV kernel's tiles by D (not yet tuned on a GPU). */
+export const BACKWARD_KV_MATRIX_TILES: Record<number | 'other', Pick<BackwardKVMatrixParams, 'QF' | 'W' | 'PAD'>> = {
+  64: { QF: 1, W: 8, PAD: 8 },
+  128: { QF: 1, W: 8, PAD: 8 },
+  other: { QF: 1, W: 8, PAD: 8 },
+};
+
 /**
  * The subgroup-matrix backward's configurations (dK/dV and dQ), or undefined where the portable kernels
  * run: as for the forward, and also where D is not a multiple of 16 or Nq, Nk hold less than a block.
@@ -363,7 +372,10 @@ export const BACKWARD_Q_MATRIX_TILES: Record<number | 'other', Pick<BackwardQMat
 export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatrixParams; q: BackwardQMatrixParams } | undefined {
   if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
   const SGS = gpu.subgroupSize;
-  const kv: BackwardKVMatrixParams = { D: p.D, QF: 4, SGS, causal: p.causal };
+  const kvTiles = BACKWARD_KV_MATRIX_TILES[p.D] ?? BACKWARD_KV_MATRIX_TILES.other;
+  let WK = kvTiles.W;
+  while (WK > 1 && (backwardKVMatrixKeys({ W: WK }) > p.Nk || WK * SGS > invocationLimit(gpu))) WK /= 2;
+  const kv: BackwardKVMatrixParams = { D: p.D, ...kvTiles, W: WK, SGS, causal: p.causal };
   const tiles = BACKWARD_Q_MATRIX_TILES[p.D] ?? BACKWARD_Q_MATRIX_TILES.other;
   const W = warpsThatFit(tiles.W, backwardQMatrixRows({ ...tiles, W: 1 }), p.Nq, SGS, gpu);
   const q: BackwardQMatrixParams = { D: p.D, ...tiles, W, SGS, causal: p.causal };
@@ -373,7 +385,7 @@ export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatr
     backwardKVMatrixWorkgroupBytes(kv) <= limit &&
     backwardQMatrixWorkgroupBytes(q) <= limit &&
     p.Nq >= Math.max(FRAGMENT * kv.QF, backwardQMatrixRows(q)) &&
-    p.Nk >= Math.max(FRAGMENT, q.Bc);
+    p.Nk >= Math.max(backwardKVMatrixKeys(kv), q.Bc);
   return ok ? { kv, q } : undefined;
 }
 
@@ -399,7 +411,7 @@ export async function webgpuBackward(
     const dqPipe = matrix
       ? await pipeline(gpu.device, 'backwardQMatrix', matrix.q, (x) => backwardQMatrixWGSL(x, limit))
       : await pipeline(gpu.device, 'backwardQ', params.q, (x) => backwardQWGSL(x, limit));
-    const keysPerGroup = matrix ? FRAGMENT : params.kv.Bc;
+    const keysPerGroup = matrix ? backwardKVMatrixKeys(matrix.kv) : params.kv.Bc;
     const rowsPerGroup = matrix ? backwardQMatrixRows(matrix.q) : params.q.Br;
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [dO, Q, K, V, O, L] = [call.input(dout, 'dout'), call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v'), call.input(out, 'out'), call.input(lse, 'lse')];

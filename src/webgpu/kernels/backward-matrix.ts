@@ -6,15 +6,19 @@
  * already covered; rows it computed again are computed identically). So Nq and Nk must each hold a whole
  * block.
  *
- * dK/dV: one workgroup, one subgroup, owns 16 keys K_j (one fragment) of one key/value head; dispatch
- *   (⌈Nk/16⌉, B·Hkv); its fragments are loaded straight from the storage buffers.
- *   K_j's and V_j's Dp/16 fragments (as left matrices) and the accumulators dK_j, dV_j (Dp/16 result
- *   fragments each) stay in registers. For each query head of the group, for each query block Q_i of
- *   Bq = 16·QF rows (causal: blocks entirely above the diagonal skipped):
- *     Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ (Q_i and dO_i read as column-major Qᵀ, dO_iᵀ), to workgroup
- *     memory ([r][c], stride 16); each invocation takes its share of the 16 keys' columns: Pᵀ =
+ * dK/dV: a workgroup is W warps and owns 16·W keys of one key/value head, 16 per warp; dispatch
+ *   (⌈Nk/16W⌉, B·Hkv). Each warp's K_jᵀ (right matrices) and V_j (left) fragments, loaded from
+ *   storage, and its accumulators dK_j, dV_j (D/16 result fragments each) stay in registers. For each
+ *   query head of the group, for each query block Q_i of Bq = 16·QF rows (causal: blocks entirely above
+ *   the diagonal of the workgroup's first key skipped), Q_i and dO_i are staged in workgroup memory,
+ *   shared by the warps (block i + 1's loads in flight while block i is computed):
+ *     S = Q_i K_jᵀ with the operands in the forward's roles, so that it is the forward's S bit for bit
+ *     (with logits of ±1e4 an f32 ulp of S is 1e-3, and P = exp(S·scale − L) of a one-hot row must be
+ *     exactly 1; Sᵀ = K_j Q_iᵀ differed: dv 4× the standard's error), stored row-major, and
+ *     dPᵀ = V_j dO_iᵀ (dO_i read as column-major dO_iᵀ), to the warp's workgroup memory (both [r][c],
+ *     stride 16); each invocation takes its share of the 16 keys' columns: Pᵀ =
  *     exp2((Sᵀ·scale − L)·log2e), dSᵀ = Pᵀ ∘ (dPᵀ − D_i), both stored in f16;
- *     dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i (dO_i, Q_i read row-major).
+ *     dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i (the tiles read row-major).
  *   dK_j = scale·dK_j and dV_j are written once, through workgroup memory.
  * dQ: as the forward (forward-matrix.ts), a workgroup is W warps and owns Br = W·16·RF query rows Q_i of
  *   one head; dispatch (Tr, B·H). Each warp's Q_i and dO_i fragments and its accumulator dQ_i stay in
@@ -22,19 +26,28 @@
  *   staged in workgroup memory, shared by the warps (block j + 1's loads in flight while block j is
  *   computed): S = Q_i K_jᵀ and dP = dO_i V_jᵀ to the warp's workgroup memory ([c][r]); each invocation
  *   takes its row: dS = P ∘ (dP − D_i) in f16; dQ_i += dS K_j. dQ_i = scale·dQ_i is written once.
- * Rows that see no key (L = −∞) get P = dS = 0. Workgroup memory: dK/dV 12·Bq·16 bytes (Sᵀ, dPᵀ in f32,
- * Pᵀ, dSᵀ in f16); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16) and 4·Bc·(D + PAD) (K_j, V_j).
+ * Rows that see no key (L = −∞) get P = dS = 0. Workgroup memory: dK/dV 12·W·Bq·16 bytes (Sᵀ, dPᵀ in
+ * f32, Pᵀ, dSᵀ in f16) and 4·Bq·(D + PAD) (Q_i, dO_i); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16) and 4·Bc·(D + PAD) (K_j, V_j).
  */
 import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, kvStaging, lines, range, warpRowsWGSL } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, kvStaging, lines, pairStaging, range, warpRowsWGSL } from './matrix.js';
 
 export interface BackwardKVMatrixParams {
   D: number;
   /** Query row fragments per block: Bq = 16·QF. */
   QF: number;
-  /** The adapter's (fixed) subgroup size, the workgroup size. */
+  /** Warps (subgroups) per workgroup, 16 keys each: 16·W keys per workgroup. */
+  W: number;
+  /** f16 elements padding each row of the Q_i, dO_i tiles in workgroup memory (0 or 8). */
+  PAD: number;
+  /** The adapter's (fixed) subgroup size. */
   SGS: number;
   causal: boolean;
+}
+
+/** Keys per dK/dV workgroup. */
+export function backwardKVMatrixKeys(p: Pick<BackwardKVMatrixParams, 'W'>): number {
+  return FRAGMENT * p.W;
 }
 
 export interface BackwardQMatrixParams {
@@ -57,7 +70,7 @@ export function backwardQMatrixRows(p: Pick<BackwardQMatrixParams, 'RF' | 'W'>):
 }
 
 export function backwardKVMatrixWorkgroupBytes(p: BackwardKVMatrixParams): number {
-  return 12 * FRAGMENT * p.QF * FRAGMENT;
+  return 12 * p.W * FRAGMENT * p.QF * FRAGMENT + 4 * FRAGMENT * p.QF * (p.D + p.PAD);
 }
 
 export function backwardQMatrixWorkgroupBytes(p: BackwardQMatrixParams): number {
@@ -73,12 +86,12 @@ export function backwardMatrixProblem(p: { D: number; SGS: number; rows: number;
   return undefined;
 }
 
-/** The bindings both kernels share (the portable backward's order); k and v as arrays of `kv`. */
-const bindings = (kv: string) => `@group(0) @binding(0) var<uniform> u: Sizes;
-@group(0) @binding(1) var<storage, read> q: array<f16>;
+/** The bindings both kernels share (the portable backward's order); q and dout as arrays of `qLike`, k and v of `kv`. */
+const bindings = (qLike: string, kv: string) => `@group(0) @binding(0) var<uniform> u: Sizes;
+@group(0) @binding(1) var<storage, read> q: array<${qLike}>;
 @group(0) @binding(2) var<storage, read> k: array<${kv}>;
 @group(0) @binding(3) var<storage, read> v: array<${kv}>;
-@group(0) @binding(4) var<storage, read> dout: array<f16>;
+@group(0) @binding(4) var<storage, read> dout: array<${qLike}>;
 @group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits
 @group(0) @binding(6) var<storage, read> Dvec: array<f32>;`;
 
@@ -93,114 +106,141 @@ const ROW_L = `fn row_l(at: u32) -> f32 {
   return select(bitcast<f32>(bits), MASKED, bits == ${NEG_INF_BITS});
 }`;
 
-/** Alg. 2 lines 5-18 for 16 keys: dK_j and dV_j, summed over the group's query heads. */
+/** Alg. 2 lines 5-18 for 16·W keys: dK_j and dV_j, summed over the group's query heads. */
 export function backwardKVMatrixWGSL(p: BackwardKVMatrixParams, workgroupLimit: number): string {
   const problem = backwardMatrixProblem({ D: p.D, SGS: p.SGS, rows: FRAGMENT, Bc: FRAGMENT });
   if (problem) throw new Error(`backwardKVMatrix: ${problem}`);
   checkWorkgroupBytes('backwardKVMatrix', backwardKVMatrixWorkgroupBytes(p), workgroupLimit);
-  const { D, QF, SGS, causal } = p;
+  const { D, QF, W, PAD, SGS, causal } = p;
   const DF = D / FRAGMENT;
   const Bq = FRAGMENT * QF;
+  const DS = D + PAD;
   const SHARES = SGS / FRAGMENT; // invocations per key column
   const RS = Bq / SHARES; // query rows each invocation takes
+  const WG = W * SGS;
+  const staging = pairStaging({ D, rows: Bq, WG, a: 'q', b: 'dout', A: 'QT', B: 'GT', base: 'qo', n: 'u.Nq', stride: 'u.qRow', block: 'Bq' });
+  const fragment = 16 * 16;
   return `${MATRIX_ENABLES}
+diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
-${bindings('f16')}
+${bindings('vec4<f16>', 'f16')}
 @group(0) @binding(7) var<storage, read_write> dk: array<f16>;
 @group(0) @binding(8) var<storage, read_write> dv: array<f16>;
 
 const D = ${D}u;
+const DS = ${DS}u;
 const Bq = ${Bq}u;
+const KB = ${FRAGMENT * W}u;
+const DPT = ${W * Bq * FRAGMENT}u;
 ${LOG2E_WGSL}
 ${MASKED_WGSL}
 
-var<workgroup> St: array<f32, ${Bq * FRAGMENT}>;  // Sᵀ, [r][c]; at the end dK_j, dV_j's round trip ([d][c])
-var<workgroup> dPt: array<f32, ${Bq * FRAGMENT}>; // dPᵀ, [r][c]
-var<workgroup> Pt: array<f16, ${Bq * FRAGMENT}>;  // Pᵀ, [r][c]
-var<workgroup> dSt: array<f16, ${Bq * FRAGMENT}>; // dSᵀ, [r][c]
+// Warp w's Sᵀ ([r][c]) at w·Bq·16 and dPᵀ at DPT + w·Bq·16; at the end its dK_j's and dV_j's round trips
+// ([d][c]), one fragment in each.
+var<workgroup> F: array<f32, ${2 * W * Bq * FRAGMENT}>;
+// All f16 tiles in one array, declared last (see forward-matrix.ts): Q_i at QT and dO_i at GT ([row][d],
+// stride DS), warp w's Pᵀ at PT + w·Bq·16 and dSᵀ at ST + w·Bq·16 ([r][c]).
+var<workgroup> T: array<f16, ${2 * Bq * DS + 2 * W * Bq * FRAGMENT}>;
+const QT = 0u;
+const GT = ${Bq * DS}u;
+const PT = ${2 * Bq * DS}u;
+const ST = ${2 * Bq * DS + W * Bq * FRAGMENT}u;
 
 ${VISIBLE_WGSL}
 ${ROW_L}
 
-@compute @workgroup_size(${SGS})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane: u32) {
-  let c = lane % 16u;      // this invocation's key of K_j
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32) {
+  let w = lid / ${SGS}u;   // this invocation's warp: keys 16w .. of the workgroup's
+  let c = lane % 16u;      // its key of the warp's 16
   let part = lane / 16u;   // its share of the block's query rows
+  let sw = w * Bq * 16u;   // the warp's Sᵀ, dPᵀ, Pᵀ and dSᵀ
   let bk = wid.y;
   let b = bk / u.Hkv;
   let hkv = bk % u.Hkv;
   let G = u.H / u.Hkv;
   let ko = b * u.kvBatch + hkv * u.kvHead;
-  let c0 = min(wid.x * 16u, u.Nk - 16u); // the last block overlaps the one before
-  let key = c0 + c;
-  let kv0 = ko + c0 * u.kvRow;
+  let c0 = min(wid.x * KB, u.Nk - KB); // the workgroup's first key (the last block overlaps the one before)
+  let cw = c0 + w * 16u;                // the warp's first key
+  let key = cw + c;
+  let kv0 = ko + cw * u.kvRow;
 
-  // Alg. 2 lines 6-7: K_j, V_j as left matrices; dK_j = dV_j = 0.
-${lines(DF, (d) => `  let k${d} = subgroupMatrixLoad<${LEFT}, row_major>(&k, kv0 + ${d * FRAGMENT}u, u.kvRow);
+  // Alg. 2 lines 6-7: the warp's K_jᵀ (right) and V_j (left) fragments; dK_j = dV_j = 0.
+${lines(DF, (d) => `  let k${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&k, kv0 + ${d * FRAGMENT}u, u.kvRow);
   let v${d} = subgroupMatrixLoad<${LEFT}, row_major>(&v, kv0 + ${d * FRAGMENT}u, u.kvRow);
   var dk${d} = ${RESULT}();
   var dv${d} = ${RESULT}();`)}
 
   let Tr = (u.Nq + Bq - 1u) / Bq;
-  // Alg. 2 line 8, causal: the first query block that sees key c0.
+  // Alg. 2 line 8, causal: the first query block that sees the workgroup's first key.
   ${firstQueryBlockWGSL(causal, 'Bq')}
-  for (var g = 0u; g < G; g++) {
-    let h = hkv * G + g;
+  // Q_i and dO_i through registers into workgroup memory; block i + 1's are loaded while block i is computed.
+${staging.declare}
+  for (var gq = 0u; gq < G; gq++) {
+    let h = hkv * G + gq;
     let qo = b * u.qBatch + h * u.qHead;
     let Lo = (b * u.H + h) * u.Nq;
+    if (iStart < Tr) {
+${staging.fetch('iStart')}
+    }
     for (var i = iStart; i < Tr; i++) {
       let iq = i * Bq;                  // the block's first row not seen before
       let r0 = min(iq, u.Nq - Bq);      // where it is loaded from (the last block overlaps)
-      workgroupBarrier(); // the previous block's Pᵀ and dSᵀ are no longer read
-      // Alg. 2 lines 10 and 13: Sᵀ = K_j Q_iᵀ, dPᵀ = V_j dO_iᵀ.
+      workgroupBarrier(); // the previous block's tiles, Pᵀ and dSᵀ are no longer read
+${staging.store}
+      workgroupBarrier();
+      if (i + 1u < Tr) {
+${staging.fetch('i + 1u')}
+      }
+      // Alg. 2 lines 10 and 13: S = Q_i K_jᵀ (as the forward computes it), dPᵀ = V_j dO_iᵀ.
 ${lines(
   QF,
   (f) => `      {
         var s = ${RESULT}();
         var t = ${RESULT}();
-${lines(DF, (d) => `        s = subgroupMatrixMultiplyAccumulate(k${d}, subgroupMatrixLoad<${RIGHT}, col_major>(&q, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow), s);
-        t = subgroupMatrixMultiplyAccumulate(v${d}, subgroupMatrixLoad<${RIGHT}, col_major>(&dout, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow), t);`)}
-        subgroupMatrixStore<col_major>(&St, ${f * FRAGMENT * FRAGMENT}u, s, 16u);
-        subgroupMatrixStore<col_major>(&dPt, ${f * FRAGMENT * FRAGMENT}u, t, 16u);
+${lines(DF, (d) => `        s = subgroupMatrixMultiplyAccumulate(subgroupMatrixLoad<${LEFT}, row_major>(&T, QT + ${f * FRAGMENT * DS + d * FRAGMENT}u, DS), k${d}, s);
+        t = subgroupMatrixMultiplyAccumulate(v${d}, subgroupMatrixLoad<${RIGHT}, col_major>(&T, GT + ${f * FRAGMENT * DS + d * FRAGMENT}u, DS), t);`)}
+        subgroupMatrixStore<row_major>(&F, sw + ${f * fragment}u, s, 16u);
+        subgroupMatrixStore<col_major>(&F, DPT + sw + ${f * fragment}u, t, 16u);
       }`,
 )}
       workgroupBarrier();
       // Alg. 2 lines 11 and 14: Pᵀ = exp(Sᵀ − L), dSᵀ = Pᵀ ∘ (dPᵀ − D); 0 where masked or seen before.
       for (var t = 0u; t < ${RS}u; t++) {
-        let r = part * ${RS}u + t;
+        let r = t * ${SHARES}u + part;
         let row = r0 + r;
         let L = row_l(Lo + row);
-        let at = r * 16u + c;
-        let pe = select(0.0, exp2((St[at] * u.scale - L) * LOG2E), row >= iq && L != MASKED${causal ? ' && visible(row, key)' : ''});
-        Pt[at] = f16(pe);
-        dSt[at] = f16(pe * (dPt[at] - Dvec[Lo + row]));
+        let at = sw + r * 16u + c;
+        let pe = select(0.0, exp2((F[at] * u.scale - L) * LOG2E), row >= iq && L != MASKED${causal ? ' && visible(row, key)' : ''});
+        T[PT + at] = f16(pe);
+        T[ST + at] = f16(pe * (F[DPT + at] - Dvec[Lo + row]));
       }
       workgroupBarrier();
       // Alg. 2 lines 12 and 16: dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i.
 ${lines(
   QF,
   (f) => `      {
-        let pf = subgroupMatrixLoad<${LEFT}, col_major>(&Pt, ${f * FRAGMENT * FRAGMENT}u, 16u);
-        let sf = subgroupMatrixLoad<${LEFT}, col_major>(&dSt, ${f * FRAGMENT * FRAGMENT}u, 16u);
-${lines(DF, (d) => `        dv${d} = subgroupMatrixMultiplyAccumulate(pf, subgroupMatrixLoad<${RIGHT}, row_major>(&dout, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow), dv${d});
-        dk${d} = subgroupMatrixMultiplyAccumulate(sf, subgroupMatrixLoad<${RIGHT}, row_major>(&q, qo + (r0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow), dk${d});`)}
+        let pf = subgroupMatrixLoad<${LEFT}, col_major>(&T, PT + sw + ${f * fragment}u, 16u);
+        let sf = subgroupMatrixLoad<${LEFT}, col_major>(&T, ST + sw + ${f * fragment}u, 16u);
+${lines(DF, (d) => `        dv${d} = subgroupMatrixMultiplyAccumulate(pf, subgroupMatrixLoad<${RIGHT}, row_major>(&T, GT + ${f * FRAGMENT * DS + d * FRAGMENT}u, DS), dv${d});
+        dk${d} = subgroupMatrixMultiplyAccumulate(sf, subgroupMatrixLoad<${RIGHT}, row_major>(&T, QT + ${f * FRAGMENT * DS + d * FRAGMENT}u, DS), dk${d});`)}
       }`,
 )}
     }
   }
 
-  // Alg. 2 line 18: dK_j = scale·dK_j and dV_j, written once through St ([d][c]).
+  // Alg. 2 line 18: dK_j = scale·dK_j and dV_j, written once through the warp's Sᵀ and dPᵀ ([d][c]).
   let at = ko + key * u.kvRow;
 ${lines(
   DF,
   (d) => `  workgroupBarrier();
-  subgroupMatrixStore<col_major>(&St, 0u, dk${d}, 16u);
-  subgroupMatrixStore<col_major>(&St, 256u, dv${d}, 16u);
+  subgroupMatrixStore<col_major>(&F, sw, dk${d}, 16u);
+  subgroupMatrixStore<col_major>(&F, DPT + sw, dv${d}, 16u);
   workgroupBarrier();
   for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
-    let dd = part * ${FRAGMENT / SHARES}u + t;
-    dk[at + ${d * FRAGMENT}u + dd] = f16(St[dd * 16u + c] * u.scale);
-    dv[at + ${d * FRAGMENT}u + dd] = f16(St[256u + dd * 16u + c]);
+    let dd = t * ${SHARES}u + part;
+    dk[at + ${d * FRAGMENT}u + dd] = f16(F[sw + dd * 16u + c] * u.scale);
+    dv[at + ${d * FRAGMENT}u + dd] = f16(F[DPT + sw + dd * 16u + c]);
   }`,
 )}
 }
@@ -224,7 +264,7 @@ export function backwardQMatrixWGSL(p: BackwardQMatrixParams, workgroupLimit: nu
   return `${MATRIX_ENABLES}
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
-${bindings('vec4<f16>')}
+${bindings('f16', 'vec4<f16>')}
 @group(0) @binding(7) var<storage, read_write> dq: array<f16>;
 
 const D = ${D}u;

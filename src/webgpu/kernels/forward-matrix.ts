@@ -141,7 +141,9 @@ ${grid(RF, DF)
   .map(([f, d]) => `  var o${f}_${d} = ${RESULT}();`)
   .join('\n')}
   var m = MASKED;
-  var l = 0.0;
+  var sm = 0.0;   // the raw score m = sm·scale·log2e came from
+  var l = 0.0;    // Σ P̃ as rounded to f16 (O_i's weights)
+  var l32 = 0.0;  // Σ P̃ unrounded (L's sum)
   var poisoned = false; // a NaN logit makes this row's out and L NaN, and no other row's
 
   // Causal: key blocks entirely above the diagonal are skipped.
@@ -185,18 +187,34 @@ ${range(RF)
   .join('\n')}
     workgroupBarrier();
     // Alg. 1 line 9: the block's row max; m moves only by more than TAU (see above).
+    // sx: the raw score the block max came from (ties: the larger), for L (see the end).
     var mx = MASKED;
+    var sx = 0.0;
     var bad = 0u;
     for (var t = 0u; t < ${PER}u; t++) {
       let c = ${key('t')};
       let key = c0 + c;
-      let x = S[sw + c * BrW + r] * scale2;
+      let sc = S[sw + c * BrW + r];
+      let x = sc * scale2;
       if (${visible}) {
-        mx = max(mx, x);
+        if (x > mx || (x == mx && sc > sx)) {
+          mx = x;
+          sx = sc;
+        }
         bad = bad | u32(is_nan(x));
       }
     }
-    ${shuffles('mx', (a, b) => `max(${a}, ${b})`)}
+${range(Math.log2(SHARES))
+  .map(
+    (i) => `    {
+      let om = subgroupShuffleXor(mx, ${BrW << i}u);
+      let os = subgroupShuffleXor(sx, ${BrW << i}u);
+      let take = om > mx || (om == mx && os > sx);
+      mx = select(mx, om, take);
+      sx = select(sx, os, take);
+    }`,
+  )
+  .join('\n')}
     ${shuffles('bad', (a, b) => `${a} | ${b}`)}
     poisoned = poisoned || bad != 0u;
     var alpha = 1.0;
@@ -206,13 +224,20 @@ ${range(RF)
         S[FLAG] = 1.0;
       }
       l = l * alpha;
+      l32 = l32 * alpha;
       m = mx;
+      sm = sx;
     }
+    var sum32 = 0.0;
     for (var t = 0u; t < ${PER}u; t++) {
       let c = ${key('t')};
       let key = c0 + c;
-      T[PT + sw + c * BrW + r] = f16(select(0.0, exp2(S[sw + c * BrW + r] * scale2 - m), ${visible}));
+      let pe = select(0.0, exp2(S[sw + c * BrW + r] * scale2 - m), ${visible});
+      T[PT + sw + c * BrW + r] = f16(pe);
+      sum32 += pe;
     }
+    ${shuffles('sum32', (a, b) => `${a} + ${b}`)}
+    l32 += sum32;
     workgroupBarrier(); // P and the flag are written
     // l sums the P̃ that O_i is made of, read back from P (see above).
     var sum = 0.0;
@@ -261,9 +286,12 @@ ${range(RF)
   .join('\n')}
   }
 
-  // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l (natural log); a row that saw no key: O = 0, L = −∞.
+  // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l in natural units, as sm·scale + log(l32): m is the
+  // f32 rounding of sm·scale·log2e, so P̃ of the score that set it is exactly 1 and, for a one-hot row,
+  // L = sm·scale exactly; (m + log2 l)·ln 2 would add two roundings at the size of L (5e-4 at 1e4), which
+  // the backward's P = exp(S·scale − L) feels. A row that saw no key: O = 0, L = −∞.
   if (part == 0u) {
-    let L = (m + log2(l)) * LN2;
+    let L = sm * u.scale + log(l32);
     lse[bh * u.Nq + row] = select(select(bitcast<u32>(L), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
   }
   let orow = qo + row * u.qRow;
