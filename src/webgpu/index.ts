@@ -358,7 +358,7 @@ export const BACKWARD_Q_MATRIX_TILES: Record<number | 'other', Pick<BackwardQMat
   other: { Bc: 16, RF: 1, W: 8, PAD: 8 },
 };
 
-/** The subgroup-matrix dK/dV kernel's tiles by D (not yet tuned on a GPU). */
+/** The subgroup-matrix dK/dV kernel's tiles by D: 8 warps validated on the H100 (bench/variants/backward-matrix.ts), not yet compared with other tiles there. */
 export const BACKWARD_KV_MATRIX_TILES: Record<number | 'other', Pick<BackwardKVMatrixParams, 'QF' | 'W' | 'PAD'>> = {
   64: { QF: 1, W: 8, PAD: 8 },
   128: { QF: 1, W: 8, PAD: 8 },
