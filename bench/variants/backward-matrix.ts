@@ -5,13 +5,15 @@
  * for every D; default: the shipped tiles):
  * 1. dq, dk, dv of the webgpu backend (matrix kernels where they apply) against the float64 reference,
  *    beside the webgpu standard attention in f16 (the correctness rule: error ≤ 3× standard's).
- * 2. Forward + backward at B·N = 16384, H·D = 2048, f16, through the API with GPU-resident tensors: wall
- *    clock per call until the queue is done, best of 3; TFLOP/s by PRODUCT.md's FLOP rule (3.5× forward).
+ * 2. Forward + backward at B·N = 16384, H·D = 2048, N = 4096, f16, through the API with GPU-resident
+ *    tensors: after 300 ms of calls back to back, 10 forwards and 10 backwards between GpuTimer marks
+ *    (timestamp queries), best of 3; TFLOP/s by PRODUCT.md's FLOP rule (3.5× forward).
  */
 import { attentionFlops, backward, forward, tensor, type GpuTensor, type Tensor } from '../../src/index.js';
 import { checkBackward } from '../../src/problem.js';
 import { defaultGpu } from '../../src/webgpu/device.js';
 import { BACKWARD_KV_MATRIX_TILES, BACKWARD_Q_MATRIX_TILES, backwardMatrixParams } from '../../src/webgpu/index.js';
+import { GpuTimer } from '../../src/webgpu/timer.js';
 import { maxErr, randomF16 } from './util.js';
 
 
@@ -67,6 +69,7 @@ for (const c of cases) {
 }
 
 const { device } = gpu;
+const timer = new GpuTimer(device);
 for (const D of [64, 128]) {
   for (const causal of [false, true]) {
     const N = 4096;
@@ -77,22 +80,33 @@ for (const D of [64, 128]) {
       return { data, dtype: 'f16', shape: [B, N, H, D] };
     };
     const [q, k, v, dout] = [make(1), make(2), make(3), make(4)];
-    const run = async () => {
-      const t0 = performance.now();
+    const release = (...xs: GpuTensor[]) => xs.forEach((x) => x.data.destroy());
+    // 300 ms of calls back to back first (an idle GPU clocks down), then R forwards between two marks
+    // and R backwards (of the last forward) between the next two; best of 3.
+    const R = 10;
+    for (const until = performance.now() + 300; performance.now() < until; ) {
       const f = await forward(q, k, v, { causal });
-      await device.queue.onSubmittedWorkDone();
-      const t1 = performance.now();
       const g = await backward(dout, q, k, v, f.out, f.lse, { causal });
+      release(f.out, f.lse, g.dq, g.dk, g.dv);
       await device.queue.onSubmittedWorkDone();
-      const t2 = performance.now();
-      for (const x of [f.out, f.lse, g.dq, g.dk, g.dv]) x.data.destroy();
-      return [t1 - t0, t2 - t0];
-    };
-    await run();
+    }
     let best = [Infinity, Infinity];
     for (let i = 0; i < 3; i++) {
-      const [a, b] = await run();
-      best = [Math.min(best[0], a), Math.min(best[1], b)];
+      await timer.start();
+      let f = await forward(q, k, v, { causal });
+      for (let r = 1; r < R; r++) {
+        release(f.out, f.lse);
+        f = await forward(q, k, v, { causal });
+      }
+      await timer.mark();
+      for (let r = 0; r < R; r++) {
+        const g = await backward(dout, q, k, v, f.out, f.lse, { causal });
+        release(g.dq, g.dk, g.dv);
+      }
+      await timer.mark();
+      const [a, b] = await timer.finish();
+      release(f.out, f.lse);
+      best = [Math.min(best[0], a / R), Math.min(best[1], (a + b) / R)];
     }
     const flops = attentionFlops({ B, H, Nq: N, Nk: N, D, causal });
     console.log(`D=${D} N=${N} B=${B} H=${H} causal=${causal}: fwd ${best[0].toFixed(2)} ms ${(flops / best[0] / 1e9).toFixed(1)} TFLOP/s, fwd+bwd ${best[1].toFixed(2)} ms ${((3.5 * flops) / best[1] / 1e9).toFixed(1)} TFLOP/s`);
