@@ -26,14 +26,15 @@ const dv = Object.fromEntries(ways.map((w) => [w, new Float64Array(Nk * H * D)])
 const dvRef = new Float64Array(Nk * H * D);
 for (let h = 0; h < H; h++) {
   for (let i = 0; i < Nq; i++) {
-    const s: number[] = [];
+    const exact: number[] = []; // products of f16 values and their sums of 16 are exact in float64
     for (let j = 0; j < Nk; j++) {
       let a = 0;
       for (let d = 0; d < D; d++) a += q[(i * H + h) * D + d] * k[(j * H + h) * D + d];
-      s.push(f(a));
+      exact.push(a);
     }
-    const top = Math.max(...s);
-    const Lref = top * scale + Math.log(s.reduce((acc, x) => acc + Math.exp((x - top) * scale), 0));
+    const s = exact.map(f); // S as the kernels hold it: f32, correctly rounded
+    const top = Math.max(...exact);
+    const Lref = top * scale + Math.log(exact.reduce((acc, x) => acc + Math.exp((x - top) * scale), 0));
     let [m, sm, l16, l32] = [-Infinity, 0, 0, 0];
     for (let jc = 0; jc < Nk; jc += Bc) {
       const c0 = Math.min(jc, Nk - Bc);
@@ -51,7 +52,7 @@ for (let h = 0; h < H; h++) {
     }
     const L = { exact: Lref, f32: f(Lref), log2: f(f(m + f(Math.log2(l16))) * LN2), 'raw max': f(f(sm * scale) + f(Math.log(l32))) };
     for (let j = 0; j < Nk; j++) {
-      const pRef = Math.exp(s[j] * scale - Lref);
+      const pRef = Math.exp(exact[j] * scale - Lref);
       for (let d = 0; d < D; d++) dvRef[(j * H + h) * D + d] += pRef * dO[(i * H + h) * D + d];
       for (const w of ways) {
         const p = roundToF16(f(2 ** f(f(f(s[j] * scale) - L[w]) * LOG2E)));
