@@ -8,6 +8,8 @@
  *   f32       L rounded once to f32 (about what the standard attention gets);
  *   log2      (m + log2 l)·ln 2, l the f16 P̃ summed (the kernel before this change);
  *   raw max   sm·scale + ln l32, sm the raw score m came from, l32 the unrounded P̃ summed.
+ * It rounds every product, so it cannot show what broke the H100's dv (a fused multiply-add in the
+ * forward's P̃; bench/results/2026-11-22-h100-session4.md).
  * `node dist/bench/variants/simulate-lse.js`
  */
 import { decodeF16, roundToF16 } from '../../src/f16.js';

@@ -12,7 +12,10 @@
  *   1. S = Q_i K_jᵀ: each warp multiplies its Q fragments by K_j's fragments read from workgroup memory
  *      and stores its S ([c][r], stride 16·RF) in its own region;
  *   2. each invocation takes its row (or share of a row: SGS/(16·RF) invocations per row, combined with
- *      subgroup shuffles): running max m, P̃ = exp2(S·scale·log2e − m) written to the warp's P in f16,
+ *      subgroup shuffles): running max m = sm·scale·log2e (sm: the raw score it came from), P̃ =
+ *      exp2((S − sm)·scale·log2e) written to the warp's P in f16 (the difference first: S·scale·log2e − m
+ *      at logits of 1e4 is a fused multiply-add on the H100, whose unrounded product puts up to half an
+ *      f32 ulp of 3e4 into the max key's P̃, and so into L: dv was off by 4 f16 ulps in edge.test.ts),
  *      and l, the sum of those f16 values read back from P (so a one-hot row, as with logits of ±1e4,
  *      gives exactly its V row; summing the values as computed is not the same, as the compiler may keep
  *      them unrounded or compute them twice, with and without a fused multiply-add);
@@ -220,7 +223,7 @@ ${range(Math.log2(SHARES))
     var alpha = 1.0;
     if (mx > m + TAU) {
       if (m != MASKED) {
-        alpha = exp2(m - mx);
+        alpha = exp2((sm - sx) * scale2);
         S[FLAG] = 1.0;
       }
       l = l * alpha;
@@ -232,7 +235,7 @@ ${range(Math.log2(SHARES))
     for (var t = 0u; t < ${PER}u; t++) {
       let c = ${key('t')};
       let key = c0 + c;
-      let pe = select(0.0, exp2(S[sw + c * BrW + r] * scale2 - m), ${visible});
+      let pe = select(0.0, exp2((S[sw + c * BrW + r] - sm) * scale2), ${visible});
       T[PT + sw + c * BrW + r] = f16(pe);
       sum32 += pe;
     }
@@ -286,9 +289,8 @@ ${range(RF)
   .join('\n')}
   }
 
-  // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l in natural units, as sm·scale + log(l32): m is the
-  // f32 rounding of sm·scale·log2e, so P̃ of the score that set it is exactly 1 and, for a one-hot row,
-  // L = sm·scale exactly; (m + log2 l)·ln 2 would add two roundings at the size of L (5e-4 at 1e4), which
+  // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l in natural units, as sm·scale + log(l32): P̃ of
+  // the score sm is exactly 1, so for a one-hot row L = sm·scale exactly; (m + log2 l)·ln 2 would add two roundings at the size of L (5e-4 at 1e4), which
   // the backward's P = exp(S·scale − L) feels. A row that saw no key: O = 0, L = −∞.
   if (part == 0u) {
     let L = sm * u.scale + log(l32);
