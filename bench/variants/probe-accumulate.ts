@@ -9,7 +9,7 @@
 import { defaultGpu } from '../../src/webgpu/device.js';
 import { decodeF16, encodeF16 } from '../../src/f16.js';
 import { MATRIX_ENABLES } from '../../src/webgpu/kernels/matrix.js';
-import { randomF16 } from './util.js';
+import { randomF16, runOnce } from './util.js';
 
 const T = 4096; // tiles
 const [qb, kb] = [11, 12].map((seed) => encodeF16(Float64Array.from(decodeF16(randomF16(T * 256, seed)), (v) => v * 100)));
@@ -37,37 +37,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(subgroup_invocation_id) lane
     fused[o + e] = x;
   }
 }`;
-const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-const upload = (data: Uint16Array) => {
-  const buf = device.createBuffer({ size: data.byteLength, usage: S });
-  device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
-  return buf;
-};
-const outs = [0, 1].map(() => device.createBuffer({ size: T * 1024, usage: S }));
-const reads = [0, 1].map(() => device.createBuffer({ size: T * 1024, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }));
-device.pushErrorScope('validation');
-const module = device.createShaderModule({ code });
-const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-const err = await device.popErrorScope();
-if (err) throw new Error(`${err.message}\n${(await module.getCompilationInfo()).messages.map((m) => m.message).join('\n')}`);
-const bind = device.createBindGroup({
-  layout: pipe.getBindGroupLayout(0),
-  entries: [upload(qb), upload(kb), ...outs].map((buffer, binding) => ({ binding, resource: { buffer } })),
-});
-const enc = device.createCommandEncoder();
-const pass = enc.beginComputePass();
-pass.setPipeline(pipe);
-pass.setBindGroup(0, bind);
-pass.dispatchWorkgroups(T);
-pass.end();
-for (const i of [0, 1]) enc.copyBufferToBuffer(outs[i], 0, reads[i], 0, T * 1024);
-device.queue.submit([enc.finish()]);
-const [mma, fma] = await Promise.all(
-  reads.map(async (r) => {
-    await r.mapAsync(GPUMapMode.READ);
-    return new Float32Array(r.getMappedRange().slice(0));
-  }),
-);
+const [mma, fma] = (await runOnce(device, code, [qb, kb], [T * 1024, T * 1024], T)).map((b) => new Float32Array(b));
 const ulp = (x: number) => 2 ** (Math.floor(Math.log2(Math.max(Math.abs(x), 2 ** -126))) - 23);
 const stats = { mma: { max: 0, sum: 0, off: 0 }, fma: { max: 0, sum: 0, off: 0 } };
 for (let t = 0; t < T; t++) {

@@ -11,7 +11,7 @@
 import { defaultGpu } from '../../src/webgpu/device.js';
 import { decodeF16, encodeF16 } from '../../src/f16.js';
 import { MATRIX_ENABLES } from '../../src/webgpu/kernels/matrix.js';
-import { randomF16 } from './util.js';
+import { randomF16, runOnce } from './util.js';
 
 const T = 4096;
 const [qb, kb] = [11, 12].map((seed) => encodeF16(Float64Array.from(decodeF16(randomF16(T * 512, seed)), (v) => v * 100)));
@@ -38,31 +38,8 @@ ${shifts
   )
   .join('\n')}
 }`;
-const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-const upload = (data: Uint16Array) => {
-  const buf = device.createBuffer({ size: data.byteLength, usage: S });
-  device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
-  return buf;
-};
-const bytes = T * 9 * 256 * 4;
-const out = device.createBuffer({ size: bytes, usage: S });
-const read = device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-device.pushErrorScope('validation');
-const module = device.createShaderModule({ code });
-const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-const err = await device.popErrorScope();
-if (err) throw new Error(`${err.message}\n${(await module.getCompilationInfo()).messages.map((m) => m.message).join('\n')}`);
-const bind = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [upload(qb), upload(kb), out].map((buffer, binding) => ({ binding, resource: { buffer } })) });
-const enc = device.createCommandEncoder();
-const pass = enc.beginComputePass();
-pass.setPipeline(pipe);
-pass.setBindGroup(0, bind);
-pass.dispatchWorkgroups(T);
-pass.end();
-enc.copyBufferToBuffer(out, 0, read, 0, bytes);
-device.queue.submit([enc.finish()]);
-await read.mapAsync(GPUMapMode.READ);
-const s = new Float32Array(read.getMappedRange().slice(0));
+const [bytes] = await runOnce(device, code, [qb, kb], [T * 9 * 256 * 4], T);
+const s = new Float32Array(bytes);
 const ulp = (x: number) => 2 ** (Math.floor(Math.log2(Math.max(Math.abs(x), 2 ** -126))) - 23);
 for (let ia = 0; ia < 3; ia++) {
   for (let ib = 0; ib < 3; ib++) {

@@ -6,7 +6,7 @@
  */
 import { defaultGpu } from '../../src/webgpu/device.js';
 import { decodeF16, encodeF16 } from '../../src/f16.js';
-import { randomF16 } from './util.js';
+import { randomF16, runOnce } from './util.js';
 
 const n = 1 << 20;
 const v = decodeF16(randomF16(n, 1));
@@ -32,30 +32,8 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   out[4u * i + 2u] = pack2x16float(vec2f(f32(f16(quotient(a[i], b[i]))), 0.0));
   out[4u * i + 3u] = pack2x16float(vec2f(f32(f16(w[i] * (1.0 - 1.0 / 8388608.0))), 0.0));
 }`;
-const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-const mk = (data: Float32Array) => {
-  const buf = device.createBuffer({ size: data.byteLength, usage: S });
-  device.queue.writeBuffer(buf, 0, data.buffer, data.byteOffset, data.byteLength);
-  return buf;
-};
-const out = device.createBuffer({ size: 16 * n, usage: S });
-const rd = device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-const module = device.createShaderModule({ code });
-const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-const bind = device.createBindGroup({
-  layout: pipe.getBindGroupLayout(0),
-  entries: [mk(a), mk(l16), mk(Float32Array.from(v)), out].map((buffer, binding) => ({ binding, resource: { buffer } })),
-});
-const enc = device.createCommandEncoder();
-const pass = enc.beginComputePass();
-pass.setPipeline(pipe);
-pass.setBindGroup(0, bind);
-pass.dispatchWorkgroups(n / 64);
-pass.end();
-enc.copyBufferToBuffer(out, 0, rd, 0, 16 * n);
-device.queue.submit([enc.finish()]);
-await rd.mapAsync(GPUMapMode.READ);
-const got = new Uint32Array(rd.getMappedRange().slice(0));
+const [bytes] = await runOnce(device, code, [a, l16, Float32Array.from(v)], [16 * n], n / 64);
+const got = new Uint32Array(bytes);
 const f32 = new Float32Array(got.buffer);
 const half = (bits: number) => decodeF16(Uint16Array.of(bits & 0xffff))[0];
 const counts = { divisionInexact: 0, f16OfDivisionOff: 0, f16OfQuotientOff: 0, conversionNotNearest: 0 };

@@ -35,3 +35,43 @@ export function maxErr(a: Tensor, ref: Tensor): number {
   }
   return e;
 }
+
+/**
+ * Run a one-off compute kernel once (the probes): `inputs` uploaded as storage bindings 0, 1, … in order,
+ * then storage buffers of `outputs` bytes bound after them; `groups` workgroups dispatched (x); the
+ * outputs read back. A WGSL error throws with the compiler's messages.
+ */
+export async function runOnce(device: GPUDevice, code: string, inputs: ArrayBufferView[], outputs: number[], groups: number): Promise<ArrayBuffer[]> {
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ code });
+  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const error = await device.popErrorScope();
+  if (error) throw new Error(`${error.message}\n${(await module.getCompilationInfo()).messages.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('\n')}`);
+  const ins = inputs.map((data) => {
+    const buffer = device.createBuffer({ size: data.byteLength, usage });
+    device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
+    return buffer;
+  });
+  const outs = outputs.map((size) => device.createBuffer({ size, usage }));
+  const reads = outputs.map((size) => device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }));
+  const bind = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [...ins, ...outs].map((buffer, binding) => ({ binding, resource: { buffer } })) });
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(pipe);
+  pass.setBindGroup(0, bind);
+  pass.dispatchWorkgroups(groups);
+  pass.end();
+  outs.forEach((b, i) => enc.copyBufferToBuffer(b, 0, reads[i], 0, outputs[i]));
+  device.queue.submit([enc.finish()]);
+  const got = await Promise.all(
+    reads.map(async (r) => {
+      await r.mapAsync(GPUMapMode.READ);
+      const bytes = r.getMappedRange().slice(0);
+      r.unmap();
+      return bytes;
+    }),
+  );
+  for (const b of [...ins, ...outs, ...reads]) b.destroy();
+  return got;
+}
