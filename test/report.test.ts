@@ -18,7 +18,7 @@ import { silentProgress } from '../src/cli/progress.js';
 import { formatResults, writeReport } from '../src/cli/report.js';
 import type { Case, Results, Sweep } from '../src/cli/results.js';
 import { defaultSweeps, encoderSettings } from '../src/cli/suites.js';
-import { sdpaTable, sweepTable } from '../src/cli/tables.js';
+import { encoderTable, sdpaTable, sweepTable } from '../src/cli/tables.js';
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 const small = (N: number): Case => ({ B: 1, H: 1, N, D: 8, causal: false, dtype: 'f32' });
@@ -171,6 +171,20 @@ test('encoder driver: standard stops where it runs out of memory, flash goes on 
   const charts = chartsFor(r).map((c) => c.id);
   assert.ok(charts.includes('encoder-time') && charts.includes('encoder-memory'));
   assert.match(formatResults(r), /512 .*│ +OOM/);
+  // PyTorch's seed-notebook lines beside it: its flash path's refusal and its math path's OOM say so.
+  const { seed } = parseAnchors(
+    [
+      '{"backend": "math", "seq": 128, "ms": 3.1, "peak_mib": 700}',
+      '{"backend": "math", "seq": 512, "error": "CUDA out of memory. Tried to allocate 32.00 GiB"}',
+      '{"backend": "flash", "seq": 128, "error": "No available kernel. Aborting execution."}',
+    ].join('\n'),
+    'seed.jsonl',
+  );
+  const table = encoderTable(e, seed);
+  const torch = (N: number) => table.rows.find((row) => row[0] === String(N))!.slice(5);
+  assert.deepEqual(torch(128).map((c, i) => (i % 2 === 0 ? c : 'value')), ['refused', 'value', 'refused', 'value']);
+  assert.deepEqual(torch(512), ['—', 'OOM', '—', 'OOM']);
+  assert.ok(table.notes.some((n) => /refused: PyTorch had no kernel/.test(n)));
 });
 
 test('suites: the cpu default is small; a GPU gets B·N = 16384 and H·D = 2048', () => {
