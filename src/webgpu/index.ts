@@ -373,8 +373,7 @@ export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatr
   if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
   const SGS = gpu.subgroupSize;
   const kvTiles = BACKWARD_KV_MATRIX_TILES[p.D] ?? BACKWARD_KV_MATRIX_TILES.other;
-  let WK = kvTiles.W;
-  while (WK > 1 && (backwardKVMatrixKeys({ W: WK }) > p.Nk || WK * SGS > invocationLimit(gpu))) WK /= 2;
+  const WK = warpsThatFit(kvTiles.W, backwardKVMatrixKeys({ W: 1 }), p.Nk, SGS, gpu);
   const kv: BackwardKVMatrixParams = { D: p.D, ...kvTiles, W: WK, SGS, causal: p.causal };
   const tiles = BACKWARD_Q_MATRIX_TILES[p.D] ?? BACKWARD_Q_MATRIX_TILES.other;
   const W = warpsThatFit(tiles.W, backwardQMatrixRows({ ...tiles, W: 1 }), p.Nq, SGS, gpu);

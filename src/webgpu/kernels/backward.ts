@@ -31,7 +31,7 @@
  * LLVM first compile take minutes. Sums are two-level: a tile's partial sum, then added to the accumulator.
  * Rows past Nq and keys past Nk load as 0 and are masked; rows that see no key (L = −∞) have P = dS = 0.
  */
-import { MASKED_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
+import { MASKED_WGSL, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
 import { loadVec4 } from './forward.js';
 
 export interface PreprocessParams {
@@ -329,11 +329,7 @@ ${loadVec4('dout')}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let bh = wid.y;
-  let b = bh / u.H;
-  let h = bh % u.H;
-  let qo = b * u.qBatch + h * u.qHead;
-  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
+${QUERY_HEAD_WGSL}
   let Lo = bh * u.Nq;
   let r0 = wid.x * Br;
   let d4 = opaque(D4); // loop bounds the compiler does not unroll (see OPAQUE_WGSL)

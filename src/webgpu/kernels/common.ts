@@ -38,6 +38,17 @@ export function enables(t: StorageType): string {
 export const MASKED_WGSL = 'const MASKED = -3.0e38;';
 
 /**
+ * WGSL lines (indented for a kernel's body) for a workgroup of one query head, dispatch y = B·H: its
+ * index bh, batch b and head h, and the head's offsets qo in the q-like tensors and ko in k and v (a
+ * group of H/Hkv query heads shares one key/value head).
+ */
+export const QUERY_HEAD_WGSL = `  let bh = wid.y;
+  let b = bh / u.H;
+  let h = bh % u.H;
+  let qo = b * u.qBatch + h * u.qHead;
+  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;`;
+
+/**
  * L is stored as f32 bits in an array<u32>: a WGSL constant cannot be infinite, but the bit pattern of
  * −∞ (a row that sees no key) can be written and compared.
  */

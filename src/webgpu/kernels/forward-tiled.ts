@@ -34,7 +34,7 @@
  * as vec4s. The tiles are arrays of rows, indexed [row][column]: the bounds clamps that robustness adds to
  * every index then apply to the row (loop-invariant) and to a column that unrolled loops make constant.
  */
-import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, keyBlocksWGSL, type StorageType } from './common.js';
+import { MASKED_WGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, keyBlocksWGSL, type StorageType } from './common.js';
 import { loadVec4 } from './forward.js';
 import { grid, range } from './matrix.js';
 
@@ -199,11 +199,7 @@ ${loadRow('v', vec)}
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let cg = lid % CT; // column group
   let rg = lid / CT; // row group
-  let bh = wid.y;
-  let b = bh / u.H;
-  let h = bh % u.H;
-  let qo = b * u.qBatch + h * u.qHead;
-  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
+${QUERY_HEAD_WGSL}
   let Tr = (u.Nq + Br - 1u) / Br;
   let r0 = ${causal ? '(Tr - 1u - wid.x)' : 'wid.x'} * Br;
 ${I.map((i) => `  let row${i} = r0 + ${rowOf(i)};`).join('\n')}

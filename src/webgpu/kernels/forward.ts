@@ -19,7 +19,7 @@
  * No private arrays: O_i lives in workgroup memory, each vec4 owned by one thread (private arrays indexed
  * in loops make lavapipe's LLVM compile take minutes).
  */
-import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL } from './common.js';
+import { MASKED_WGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL } from './common.js';
 
 export interface ForwardParams {
   D: number;
@@ -90,11 +90,7 @@ ${loadVec4('v')}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let bh = wid.y;
-  let b = bh / u.H;
-  let h = bh % u.H;
-  let qo = b * u.qBatch + h * u.qHead;
-  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
+${QUERY_HEAD_WGSL}
   let r0 = wid.x * Br;
   let d4 = opaque(D4); // loop bounds the compiler does not unroll (see OPAQUE_WGSL)
   let bc = opaque(Bc);

@@ -3,6 +3,7 @@
  * enables, and the helpers that unroll their loops at generation time (these kernels never run on
  * lavapipe, so unrolling costs no compile time there).
  */
+import { QUERY_HEAD_WGSL } from './common.js';
 
 /** The M = N = K of every matrix operation. */
 export const FRAGMENT = 16;
@@ -106,11 +107,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let r = lane % BrW;      // its row of the warp's rows
   let part = lane / BrW;   // its share of the row's keys
   let sw = w * BrW * Bc;   // the warp's ${region}
-  let bh = wid.y;
-  let b = bh / u.H;
-  let h = bh % u.H;
-  let qo = b * u.qBatch + h * u.qHead;
-  let ko = b * u.kvBatch + (h / (u.H / u.Hkv)) * u.kvHead;
+${QUERY_HEAD_WGSL}
   let Tr = (u.Nq + Br - 1u) / Br;
   let i = ${p.causal ? 'Tr - 1u - wid.x' : 'wid.x'};
   let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
