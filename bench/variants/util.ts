@@ -22,6 +22,15 @@ export function randomF32(n: number, seed: number): Float32Array {
   return Float32Array.from(randomNormal(n, seed));
 }
 
+/**
+ * The forward's correctness rule on out and lse (error ≤ 2× the standard attention's + 1e-6): undefined
+ * where it holds, else the errors beside the standard's.
+ */
+export function forwardRuleBroken(e: { out: number; lse: number }, std: { out: number; lse: number }): string | undefined {
+  if (e.out <= 2 * std.out + 1e-6 && e.lse <= 2 * std.lse + 1e-6) return undefined;
+  return `out ${e.out.toExponential(2)} (std ${std.out.toExponential(2)}) lse ${e.lse.toExponential(2)} (std ${std.lse.toExponential(2)})`;
+}
+
 /** max |a − ref| over the elements (equal values, infinities included, count as 0; NaN if any differ by NaN). */
 export function maxErr(a: Tensor, ref: Tensor): number {
   const x = toF64(a);

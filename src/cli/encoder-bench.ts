@@ -71,20 +71,23 @@ export async function runEncoder(settings: EncoderSettings, factory: EncoderFact
   const models = new Map<'flash' | 'standard', Variant>();
   const stopped = new Map<'flash' | 'standard', string>();
   const points: EncoderPoint[] = [];
+  /** A point is final: kept, and recorded. */
+  const add = (p: EncoderPoint): void => {
+    points.push(p);
+    ctx.record?.(p);
+  };
   try {
     for (const N of settings.ns) {
       for (const attention of VARIANTS) {
         const why = stopped.get(attention);
         if (why) {
-          points.push(point(attention, N, 'not-run', why));
-          ctx.record?.(points[points.length - 1]);
+          add(point(attention, N, 'not-run', why));
           say.done(1);
           continue;
         }
         say.step(`encoder, ${attention} attention, batch ${settings.batch}, N=${N}`);
         const p = await measure(settings, factory, ctx, models, attention, N);
-        points.push(p);
-        ctx.record?.(p);
+        add(p);
         if (p.status !== 'ok') {
           stopped.set(attention, `not run: N=${N} ${p.status === 'out-of-memory' ? 'ran out of memory' : 'failed'}`);
           say.note(`encoder ${attention} N=${N}: ${p.status === 'out-of-memory' ? 'out of memory' : 'error'}: ${p.message ?? ''}`);
