@@ -16,8 +16,7 @@ export const MATRIX_ENABLES = `enable f16;
 enable subgroups;
 enable chromium_experimental_subgroup_matrix;`;
 
-export const LOG2E_WGSL = `const LOG2E = 1.4426950408889634;
-const LN2 = 0.6931471805599453;`;
+export const LOG2E_WGSL = 'const LOG2E = 1.4426950408889634;';
 
 /** [0, n). */
 export const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
