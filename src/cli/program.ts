@@ -50,8 +50,8 @@ What it does:
   reference; it passes when max|error| / max|reference| ≤ ${TOLERANCE.f32} (f32) or ${TOLERANCE.f16} (f16) for out and lse (forward)
   and dq, dk, dv (backward); what fails is not timed. Timing: a warm-up call, then --repeats samples of
   the forward, then the backward fed its out and lse; rows 'forward' and 'forward+backward'. On webgpu
-  the tensors stay on the device, the calls first run back to back for ${SPIN_UP_MS} ms (an idle GPU clocks down),
-  a sample repeats the call until it lasts ~${TARGET_SAMPLE_MS} ms, and the GPU is timed
+  the tensors stay on the device, forwards first run back to back for ${SPIN_UP_MS} ms (an idle GPU clocks down)
+  and their time per call sets how often a sample repeats each call so that it lasts ~${TARGET_SAMPLE_MS} ms; the GPU is timed
   with timestamp queries where the adapter has 'timestamp-query' (else the wall clock until the queue
   is idle); on the cpu, the wall clock. Each row: median ms and min–max, TFLOP/s (forward
   4·B·H·N²·D, halved when causal; forward+backward 3.5×), the MemoryTracker's peak, and the bytes moved
