@@ -186,6 +186,9 @@ ${staging.fetch('iStart')}
     for (var i = iStart; i < Tr; i++) {
       let iq = i * Bq;                  // the block's first row not seen before
       let r0 = min(iq, u.Nq - Bq);      // where it is loaded from (the last block overlaps)
+      // L and D of this invocation's rows (t·SHARES + part) of the block, loaded before the barriers so
+      // that they arrive while the tiles are stored and Sᵀ, dPᵀ computed.
+${lines(RS, (t) => `      let Lt${t} = row_l(Lo + r0 + ${t * SHARES}u + part);\n      let Dt${t} = Dvec[Lo + r0 + ${t * SHARES}u + part];`)}
       workgroupBarrier(); // the previous block's tiles, Pᵀ and dSᵀ are no longer read
 ${staging.store}
       workgroupBarrier();
@@ -206,15 +209,17 @@ ${lines(DF, (d) => `        s = subgroupMatrixMultiplyAccumulate(subgroupMatrixL
 )}
       workgroupBarrier();
       // Alg. 2 lines 11 and 14: Pᵀ = exp(Sᵀ − L), dSᵀ = Pᵀ ∘ (dPᵀ − D); 0 where masked or seen before.
-      for (var t = 0u; t < ${RS}u; t++) {
-        let r = t * ${SHARES}u + part;
+${lines(
+  RS,
+  (t) => `      {
+        let r = ${t * SHARES}u + part;
         let row = r0 + r;
-        let L = row_l(Lo + row);
         let at = sw + r * 16u + c;
-        let pe = select(0.0, exp2((F[at] * u.scale - L) * LOG2E), row >= iq && L != MASKED${causal ? ' && visible(row, key)' : ''});
+        let pe = select(0.0, exp2((F[at] * u.scale - Lt${t}) * LOG2E), row >= iq && Lt${t} != MASKED${causal ? ' && visible(row, key)' : ''});
         T[PT + at] = f16(pe);
-        T[ST + at] = f16(pe * (F[DPT + at] - Dvec[Lo + row]));
-      }
+        T[ST + at] = f16(pe * (F[DPT + at] - Dt${t}));
+      }`,
+)}
       workgroupBarrier();
       // Alg. 2 lines 12 and 16: dV_j += Pᵀ dO_i, dK_j += dSᵀ Q_i.
 ${lines(

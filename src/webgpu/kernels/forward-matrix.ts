@@ -60,7 +60,7 @@ export function forwardMatrixRows(p: Pick<ForwardMatrixParams, 'RF' | 'W'>): num
 }
 
 export function forwardMatrixWorkgroupBytes(p: ForwardMatrixParams): number {
-  return 4 * p.Bc * (p.D + p.PAD) + 6 * forwardMatrixRows(p) * p.Bc + 4;
+  return 4 * p.Bc * (p.D + p.PAD) + 6 * forwardMatrixRows(p) * p.Bc + 4 + 2 * FRAGMENT * FRAGMENT;
 }
 
 /** Why these params cannot work (undefined when they can). */
@@ -93,11 +93,23 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   const SHARES = SGS / BrW; // invocations per row
   const PER = Bc / SHARES; // keys of a row each of them takes
   const shuffles = (x: string, op: (a: string, b: string) => string) => combine(x, op, BrW, SHARES);
-  const visible = `key >= jc${causal ? ' && visible(row, key)' : ''}`;
-  // Keys are dealt to a row's invocations in turn (c = t·SHARES + part): neighbouring lanes, neighbouring banks.
-  const key = (t: string) => `${t} * ${SHARES}u + part`;
-  const WG = W * SGS;
-  const staging = kvStaging({ D, Bc, WG });
+  // Keys are dealt to a row's invocations in turn (c = t·SHARES + part): neighbouring lanes, neighbouring
+  // banks. Key t of this invocation's share is S[sr + t·SHARES·BrW], key kr + t·SHARES.
+  const at = (t: number) => `sr + ${t * SHARES * BrW}u`;
+  const visible = (t: number) => `kr + ${t * SHARES}u >= jc${causal ? ` && visible(row, kr + ${t * SHARES}u)` : ''}`;
+  const staging = kvStaging({ D, Bc, WG: W * SGS });
+  // The fragments of O_i and l, which a rescale and the output take through the warp's S: [d][r].
+  const held = [...range(DF).map((d) => range(RF).map((f) => `o${f}_${d}`)), range(RF).map((f) => `l${f}`)];
+  const roundTrip = (names: string[], body: string, fromS: boolean) => `workgroupBarrier();
+${names.map((x, f) => `      subgroupMatrixStore<col_major>(&S, sw + ${f * FRAGMENT}u, ${x}, BrW);`).join('\n')}
+      workgroupBarrier();
+${body}${
+    fromS
+      ? `
+      workgroupBarrier();
+${names.map((x, f) => `      ${x} = subgroupMatrixLoad<${RESULT}, col_major>(&S, sw + ${f * FRAGMENT}u, BrW);`).join('\n')}`
+      : ''
+  }`;
   return `${MATRIX_ENABLES}
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
@@ -118,48 +130,57 @@ const TAU = 8.0;
 ${LOG2E_WGSL}
 ${MASKED_WGSL}
 
-// S: warp w's [c][r] at w·BrW·Bc; also the round trip of its O_i fragments ([d][r]); the last element is
-// the workgroup's rescale flag.
+// S: warp w's [c][r] at w·BrW·Bc; also the round trip of its O_i and l fragments ([d][r]); the last
+// element is the workgroup's rescale flag.
 var<workgroup> S: array<f32, ${Br * Bc + 1}>;
 // All f16 tiles in one array, declared last: on an H100 a workgroup variable declared after an f16 array
 // was seen to alias that array's first words. K_j at KT and V_j at VT ([key][d], stride DS); warp w's P̃
-// ([c][r]) at PT + w·BrW·Bc.
-var<workgroup> T: array<f16, ${2 * Bc * DS + Br * Bc}>;
+// ([c][r]) at PT + w·BrW·Bc; a 16×16 block of ones at ONES (l = P̃ · 1 on the tensor cores).
+var<workgroup> T: array<f16, ${2 * Bc * DS + Br * Bc + FRAGMENT * FRAGMENT}>;
 const KT = 0u;
 const VT = ${Bc * DS}u;
 const PT = ${2 * Bc * DS}u;
+const ONES = ${2 * Bc * DS + Br * Bc}u;
 
 ${VISIBLE_WGSL}
 ${NAN_WGSL}
 
 ${warpRowsWGSL(p, 'S and P')}
   let scale2 = u.scale * LOG2E;
+  let sr = sw + part * BrW + r; // this invocation's first element of the warp's S and P
+  for (var e = lid; e < ${FRAGMENT * FRAGMENT}u; e += ${W * SGS}u) {
+    T[ONES + e] = 1.0h;
+  }
 
   // Alg. 1 line 4: the warp's rows of Q_i, row fragment f at rows w0 + 16f, into registers.
 ${grid(RF, DF)
   .map(([f, d]) => `  let q${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&q, qo + (w0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);`)
   .join('\n')}
-  // Alg. 1 line 5: O_i = 0, m = −∞ (MASKED), l = 0.
-${grid(RF, DF)
-  .map(([f, d]) => `  var o${f}_${d} = ${RESULT}();`)
+  // Alg. 1 line 5: O_i = 0, l = 0 (as fragments: l = P̃·1 sums the f16 P̃ that O_i is made of, so a
+  // one-hot row, as with logits of ±1e4, gives exactly its V row), m = −∞ (MASKED).
+${held
+  .flat()
+  .map((x) => `  var ${x} = ${RESULT}();`)
   .join('\n')}
   var m = MASKED;
   var sm = 0.0;   // the raw score m = sm·scale·log2e came from
-  var l = 0.0;    // Σ P̃ as rounded to f16 (O_i's weights)
-  var l32 = 0.0;  // Σ P̃ unrounded (L's sum)
+  var l32 = 0.0;  // Σ P̃ unrounded (L's sum), over this invocation's share of the row
   var poisoned = false; // a NaN logit makes this row's out and L NaN, and no other row's
 
   // Causal: key blocks entirely above the diagonal are skipped.
   ${keyBlocksWGSL(causal)}
-  // Alg. 1 lines 6-7: K_j and V_j go through registers into workgroup memory; block j + 1's are loaded
-  // while block j is computed.
+  // Alg. 1 lines 6-7: K_j and V_j go into workgroup memory; block j + 1's are loaded while block j is
+  // computed.
 ${staging.declare}
+  workgroupBarrier();
+  let ones = subgroupMatrixLoad<${RIGHT}, row_major>(&T, ONES, ${FRAGMENT}u);
   if (Tc > 0u) {
 ${staging.fetch('0u')}
   }
   for (var j = 0u; j < Tc; j++) {
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
+    let kr = c0 + part;                // this invocation's first key
     workgroupBarrier(); // the previous block's K_j, V_j, P and flag are no longer read
     S[FLAG] = 0.0;
 ${staging.store}
@@ -189,24 +210,26 @@ ${range(RF)
   )
   .join('\n')}
     workgroupBarrier();
-    // Alg. 1 line 9: the block's row max; m moves only by more than TAU (see above).
-    // sx: the raw score the block max came from (ties: the larger), for L (see the end).
+    // Alg. 1 line 9: the block's row max over this invocation's keys, read once into registers; m moves
+    // only by more than TAU (see above). sx: the raw score the block max came from (ties: the larger),
+    // for L (see the end).
     var mx = MASKED;
     var sx = 0.0;
     var bad = 0u;
-    for (var t = 0u; t < ${PER}u; t++) {
-      let c = ${key('t')};
-      let key = c0 + c;
-      let sc = S[sw + c * BrW + r];
-      let x = sc * scale2;
-      if (${visible}) {
-        if (x > mx || (x == mx && sc > sx)) {
-          mx = x;
-          sx = sc;
-        }
-        bad = bad | u32(is_nan(x));
+${range(PER)
+  .map(
+    (t) => `    let sc${t} = S[${at(t)}];
+    let in${t} = ${visible(t)};
+    if (in${t}) {
+      let x = sc${t} * scale2;
+      if (x > mx || (x == mx && sc${t} > sx)) {
+        mx = x;
+        sx = sc${t};
       }
-    }
+      bad = bad | u32(is_nan(x));
+    }`,
+  )
+  .join('\n')}
 ${range(Math.log2(SHARES))
   .map(
     (i) => `    {
@@ -226,55 +249,42 @@ ${range(Math.log2(SHARES))
         alpha = exp2((sm - sx) * scale2);
         S[FLAG] = 1.0;
       }
-      l = l * alpha;
       l32 = l32 * alpha;
       m = mx;
       sm = sx;
     }
-    var sum32 = 0.0;
-    for (var t = 0u; t < ${PER}u; t++) {
-      let c = ${key('t')};
-      let key = c0 + c;
-      let pe = select(0.0, exp2((S[sw + c * BrW + r] - sm) * scale2), ${visible});
-      T[PT + sw + c * BrW + r] = f16(pe);
-      sum32 += pe;
-    }
-    ${shuffles('sum32', (a, b) => `${a} + ${b}`)}
-    l32 += sum32;
-    workgroupBarrier(); // P and the flag are written
-    // l sums the P̃ that O_i is made of, read back from P (see above).
-    var sum = 0.0;
-    for (var t = 0u; t < ${PER}u; t++) {
-      sum += f32(T[PT + sw + (${key('t')}) * BrW + r]);
-    }
-    ${shuffles('sum', (a, b) => `${a} + ${b}`)}
-    l += sum;
-    if (workgroupUniformLoad(&S[FLAG]) != 0.0) {
-      // O_i = diag(alpha) O_i, 16 columns at a time through the warp's S ([d][r]).
-${range(DF)
+${range(PER)
   .map(
-    (d) => `${range(RF)
-      .map((f) => `      subgroupMatrixStore<col_major>(&S, sw + ${f * FRAGMENT}u, o${f}_${d}, BrW);`)
-      .join('\n')}
-      workgroupBarrier();
-      for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
-        let at = sw + (t * ${SHARES}u + part) * BrW + r;
-        S[at] = S[at] * alpha;
-      }
-      workgroupBarrier();
-${range(RF)
-  .map((f) => `      o${f}_${d} = subgroupMatrixLoad<${RESULT}, col_major>(&S, sw + ${f * FRAGMENT}u, BrW);`)
-  .join('\n')}
-      workgroupBarrier();`,
+    (t) => `    {
+      let pe = select(0.0, exp2((sc${t} - sm) * scale2), in${t});
+      T[PT + ${at(t)}] = f16(pe);
+      l32 += pe;
+    }`,
   )
   .join('\n')}
+    // P and the flag are written (the load is a workgroup barrier).
+    if (workgroupUniformLoad(&S[FLAG]) != 0.0) {
+      // O_i = diag(alpha) O_i and l = alpha·l, 16 columns at a time through the warp's S ([d][r]).
+      ${held
+  .map((names) =>
+    roundTrip(
+      names,
+      `      for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
+        let at = sw + (t * ${SHARES}u + part) * BrW + r;
+        S[at] = S[at] * alpha;
+      }`,
+      true,
+    ),
+  )
+  .join('\n      ')}
     }
-    // Alg. 1 line 10: O_i += P̃ V_j.
+    // Alg. 1 line 10: O_i += P̃ V_j, and l += P̃·1.
 ${range(CF)
   .map(
     (c) => `    {
 ${range(RF)
-  .map((f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);`)
+  .map((f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);
+      l${f} = subgroupMatrixMultiplyAccumulate(p${f}, ones, l${f});`)
   .join('\n')}
 ${range(DF)
   .map(
@@ -290,8 +300,11 @@ ${range(RF)
   }
 
   // Alg. 1 lines 12-15: O_i = O_i / l, L_i = m + log l in natural units, as sm·scale + log(l32): P̃ of
-  // the score sm is exactly 1, so for a one-hot row L = sm·scale exactly; (m + log2 l)·ln 2 would add two roundings at the size of L (5e-4 at 1e4), which
-  // the backward's P = exp(S·scale − L) feels. A row that saw no key: O = 0, L = −∞.
+  // the score sm is exactly 1, so for a one-hot row L = sm·scale exactly; (m + log2 l)·ln 2 would add two
+  // roundings at the size of L (5e-4 at 1e4), which the backward's P = exp(S·scale − L) feels. A row that
+  // saw no key: O = 0, L = −∞.
+  ${shuffles('l32', (a, b) => `${a} + ${b}`)}
+  ${roundTrip(held[DF], '  let l = S[sw + r];', false).replace(/\n {6}/g, '\n  ')}
   if (part == 0u) {
     let L = sm * u.scale + log(l32);
     lse[bh * u.Nq + row] = select(select(bitcast<u32>(L), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
@@ -299,15 +312,14 @@ ${range(RF)
   let orow = qo + row * u.qRow;
 ${range(DF)
   .map(
-    (d) => `  workgroupBarrier();
-${range(RF)
-  .map((f) => `  subgroupMatrixStore<col_major>(&S, sw + ${f * FRAGMENT}u, o${f}_${d}, BrW);`)
-  .join('\n')}
-  workgroupBarrier();
-  for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
+    (d) => `  ${roundTrip(
+      held[d],
+      `  for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
     let dd = t * ${SHARES}u + part;
     o[orow + ${d * FRAGMENT}u + dd] = f16(select(select(S[sw + dd * BrW + r] / l, 0.0, l == 0.0), nan(), poisoned));
   }`,
+      false,
+    ).replace(/\n {6}/g, '\n  ')}`,
   )
   .join('\n')}
 }
