@@ -232,9 +232,9 @@ export async function forwardKernel(gpu: Gpu, choice: ForwardChoice): Promise<{ 
 export const ELEMENT_BYTES: Record<DType, number> = { f32: 4, f16: 2, f64: 8 };
 
 /**
- * One call's device buffers: inputs (uploaded or the caller's), temporaries and outputs. The buffers made
- * before `submit` are made inside an 'out-of-memory' error scope, which submit closes: a device that
- * cannot hold them gives an OutOfMemoryError, not an invalid buffer that fails later as something else.
+ * One call's device buffers: inputs (uploaded or the caller's), temporaries and outputs. The buffers are
+ * made inside an 'out-of-memory' error scope, which submit closes: a device that cannot hold them gives an
+ * OutOfMemoryError, not an invalid buffer that fails later as something else.
  */
 export class Call {
   readonly buffers: GpuBuffers;
@@ -248,17 +248,6 @@ export class Call {
     this.memoryScope = true;
   }
 
-  /** Close the out-of-memory scope; throws OutOfMemoryError if a buffer could not be made. */
-  private async checkMemory(): Promise<void> {
-    if (!this.memoryScope) return;
-    this.memoryScope = false;
-    const oom = await this.gpu.device.popErrorScope();
-    if (oom) {
-      const { B, H, Nq, Nk, D, dtype } = this.p;
-      throw new OutOfMemoryError('q', `device memory for the buffers of attention over B=${B}, H=${H}, Nq=${Nq}, Nk=${Nk}, D=${D}, ${dtype}`, oom.message);
-    }
-  }
-
   /** The tensor's data on the device: the caller's GPUBuffer, or an upload of its typed array. */
   input(t: AnyTensor, name: string): GPUBuffer {
     if (isGpuBuffer(t.data)) return t.data;
@@ -270,15 +259,31 @@ export class Call {
     return this.buffers.create(elements * ELEMENT_BYTES[dtype], name, argument);
   }
 
-  /** Submit the encoded work; device errors (another device's buffer, say) become typed errors. */
+  /**
+   * Submit the encoded work, then close both error scopes (validation, then out-of-memory) with one wait:
+   * the work is on the GPU before the host waits for the scopes, so calls back to back keep the GPU busy
+   * (a wait before submitting left it idle for a round trip per call). A buffer that could not be made
+   * makes the submission invalid too; the out-of-memory error is the one reported. Device errors
+   * (another device's buffer, say) become typed errors.
+   */
   async submit(encode: (enc: GPUCommandEncoder) => Promise<void>): Promise<void> {
-    await this.checkMemory();
     const { device } = this.gpu;
     device.pushErrorScope('validation');
-    const enc = device.createCommandEncoder();
-    await encode(enc);
-    device.queue.submit([enc.finish()]);
-    const error = await device.popErrorScope();
+    try {
+      const enc = device.createCommandEncoder();
+      await encode(enc);
+      device.queue.submit([enc.finish()]);
+    } catch (e) {
+      void device.popErrorScope().catch(() => undefined); // dispose() closes the out-of-memory scope
+      throw e;
+    }
+    const validation = device.popErrorScope();
+    this.memoryScope = false;
+    const [error, oom] = await Promise.all([validation, device.popErrorScope()]);
+    if (oom) {
+      const { B, H, Nq, Nk, D, dtype } = this.p;
+      throw new OutOfMemoryError('q', `device memory for the buffers of attention over B=${B}, H=${H}, Nq=${Nq}, Nk=${Nk}, D=${D}, ${dtype}`, oom.message);
+    }
     if (error) {
       throw new ValueError(this.p.onGpu ? 'q.data' : 'options.device', 'buffers and a device that belong together', error.message);
     }
