@@ -12,19 +12,22 @@
  *   1. S = Q_i K_jᵀ: each warp multiplies its Q fragments by K_j's fragments read from workgroup memory
  *      and stores its S ([c][r], stride 16·RF) in its own region;
  *   2. each invocation takes its row (or share of a row: SGS/(16·RF) invocations per row, combined with
- *      subgroup shuffles): running max m = sm·scale·log2e (sm: the raw score it came from), P̃ =
- *      exp2((S − sm)·scale·log2e) written to the warp's P in f16 (the difference first: S·scale·log2e − m
- *      at logits of 1e4 is a fused multiply-add on the H100, whose unrounded product puts up to half an
- *      f32 ulp of 3e4 into the max key's P̃, and so into L: dv was off by 4 f16 ulps in edge.test.ts),
- *      and l, the sum of those f16 values read back from P (so a one-hot row, as with logits of ±1e4,
- *      gives exactly its V row; summing the values as computed is not the same, as the compiler may keep
- *      them unrounded or compute them twice, with and without a fused multiply-add);
- *   3. O_i += P̃ V_j, V_j's fragments read from workgroup memory.
- * The rescale O_i = diag(e^(m_old − m)) O_i needs per-row scalars, which subgroup matrices cannot take; so
- * m only moves when a row's block max exceeds it by more than TAU (in log2 units; P̃ ≤ 2^TAU, well within
- * f16). The result is exact either way (O_i and l share the same m); for ordinary inputs m settles in the
- * first blocks, so the round trip of O_i through workgroup memory that a rescale needs is rare (one flag
- * for the workgroup: its barriers must be reached by every warp).
+ *      subgroup shuffles), reads its scores once into registers, and computes the running max
+ *      m = sm·scale·log2e (sm: the raw score it came from) and P̃ = exp2((S − sm)·scale·log2e), written
+ *      to the warp's P in f16 (the difference first: S·scale·log2e − m at logits of 1e4 is a fused
+ *      multiply-add on the H100, whose unrounded product puts up to half an f32 ulp of 3e4 into the max
+ *      key's P̃, and so into L: dv was off by 4 f16 ulps in edge.test.ts); it also sums the unrounded P̃
+ *      for L (l32);
+ *   3. O_i += P̃ V_j, V_j's fragments read from workgroup memory, and l += P̃·1 (a block of ones): l is the
+ *      sum of the f16 values O_i is made of, on the same tensor cores, so a one-hot row, as with logits
+ *      of ±1e4, gives exactly its V row (summing the values as computed is not the same: the compiler
+ *      may keep them unrounded or compute them twice, with and without a fused multiply-add).
+ * The workgroupUniformLoad of the rescale flag is the barrier between steps 2 and 3: 4 barriers per block.
+ * The rescale O_i = diag(e^(m_old − m)) O_i (and l) needs per-row scalars, which subgroup matrices cannot
+ * take; so m only moves when a row's block max exceeds it by more than TAU (in log2 units; P̃ ≤ 2^TAU,
+ * well within f16). The result is exact either way (O_i and l share the same m); for ordinary inputs m
+ * settles in the first blocks, so the round trip of O_i and l through workgroup memory that a rescale
+ * needs is rare (one flag for the workgroup: its barriers must be reached by every warp).
  * Tails without padding or bounds checks: the last query block starts at Nq − Br and the last key block
  * at Nk − Bc (so this kernel needs Nq ≥ Br, Nk ≥ Bc), overlapping the block before it; keys that block
  * already saw are masked, and rows it already computed are computed again identically. Masked scores are
@@ -33,8 +36,11 @@
  * Fragment offsets differ per warp, which this Dawn's uniformity analysis rejects unless told otherwise
  * (`chromium.subgroup_matrix_uniformity`): every warp's offsets are uniform within the warp, which is what
  * the hardware needs.
- * Workgroup memory: K_j, V_j 4·Bc·(D + PAD) + S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag);
- * D = 128, Bc = 32, Br = 64, PAD = 8: 29 KiB.
+ * Workgroup memory: K_j, V_j 4·Bc·(D + PAD) + S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag) + 512
+ * (the ones); D = 128, Bc = 32, Br = 128, PAD = 8: 41.5 KiB.
+ * Measured on an H100 (bench/results/2026-11-22-h100-session5.md): reading S once and summing l on the
+ * tensor cores made this kernel 1.18× (D = 128, N = 4096) to 1.35× (causal) the one before; staging K_j,
+ * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL } from './common.js';
 import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, range, warpRowsWGSL } from './matrix.js';
