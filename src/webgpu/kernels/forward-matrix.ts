@@ -106,16 +106,18 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   const staging = kvStaging({ D, Bc, WG: W * SGS });
   // The fragments of O_i and l, which a rescale and the output take through the warp's S: [d][r].
   const held = [...range(DF).map((d) => range(RF).map((f) => `o${f}_${d}`)), range(RF).map((f) => `l${f}`)];
-  const roundTrip = (names: string[], body: string, fromS: boolean) => `workgroupBarrier();
-${names.map((x, f) => `      subgroupMatrixStore<col_major>(&S, sw + ${f * FRAGMENT}u, ${x}, BrW);`).join('\n')}
-      workgroupBarrier();
-${body}${
-    fromS
-      ? `
-      workgroupBarrier();
-${names.map((x, f) => `      ${x} = subgroupMatrixLoad<${RESULT}, col_major>(&S, sw + ${f * FRAGMENT}u, BrW);`).join('\n')}`
-      : ''
-  }`;
+  // The fragments `names` (one per row fragment) stored to the warp's S, `body` run on them there, and
+  // loaded back if `back`; every line indented by `pad`.
+  const roundTrip = (names: string[], body: string, back: boolean, pad: string) =>
+    [
+      'workgroupBarrier();',
+      ...names.map((x, f) => `subgroupMatrixStore<col_major>(&S, sw + ${f * FRAGMENT}u, ${x}, BrW);`),
+      'workgroupBarrier();',
+      ...body.split('\n'),
+      ...(back ? ['workgroupBarrier();', ...names.map((x, f) => `${x} = subgroupMatrixLoad<${RESULT}, col_major>(&S, sw + ${f * FRAGMENT}u, BrW);`)] : []),
+    ]
+      .map((line) => pad + line)
+      .join('\n');
   return `${MATRIX_ENABLES}
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
@@ -271,18 +273,19 @@ ${range(PER)
     // P and the flag are written (the load is a workgroup barrier).
     if (workgroupUniformLoad(&S[FLAG]) != 0.0) {
       // O_i = diag(alpha) O_i and l = alpha·l, 16 columns at a time through the warp's S ([d][r]).
-      ${held
+${held
   .map((names) =>
     roundTrip(
       names,
-      `      for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
-        let at = sw + (t * ${SHARES}u + part) * BrW + r;
-        S[at] = S[at] * alpha;
-      }`,
+      `for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
+  let at = sw + (t * ${SHARES}u + part) * BrW + r;
+  S[at] = S[at] * alpha;
+}`,
       true,
+      '      ',
     ),
   )
-  .join('\n      ')}
+  .join('\n')}
     }
     // Alg. 1 line 10: O_i += P̃ V_j, and l += P̃·1.
 ${range(CF)
@@ -310,22 +313,23 @@ ${range(RF)
   // roundings at the size of L (5e-4 at 1e4), which the backward's P = exp(S·scale − L) feels. A row that
   // saw no key: O = 0, L = −∞.
   ${shuffles('l32', (a, b) => `${a} + ${b}`)}
-  ${roundTrip(held[DF], '  let l = S[sw + r];', false).replace(/\n {6}/g, '\n  ')}
+${roundTrip(held[DF], 'let l = S[sw + r];', false, '  ')}
   if (part == 0u) {
     let L = sm * u.scale + log(l32);
     lse[bh * u.Nq + row] = select(select(bitcast<u32>(L), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
   }
   let orow = qo + row * u.qRow;
 ${range(DF)
-  .map(
-    (d) => `  ${roundTrip(
+  .map((d) =>
+    roundTrip(
       held[d],
-      `  for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
-    let dd = t * ${SHARES}u + part;
-    o[orow + ${d * FRAGMENT}u + dd] = f16(select(select(S[sw + dd * BrW + r] / l, 0.0, l == 0.0), nan(), poisoned));
-  }`,
+      `for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
+  let dd = t * ${SHARES}u + part;
+  o[orow + ${d * FRAGMENT}u + dd] = f16(select(select(S[sw + dd * BrW + r] / l, 0.0, l == 0.0), nan(), poisoned));
+}`,
       false,
-    ).replace(/\n {6}/g, '\n  ')}`,
+      '  ',
+    ),
   )
   .join('\n')}
 }
