@@ -15,12 +15,11 @@
 import { attentionFlops, forward, tensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
 import { defaultGpu, type Gpu } from '../../src/webgpu/device.js';
-import { FORWARD_MATRIX_TILES, forwardKernel, forwardMatrixParams, sizesOf } from '../../src/webgpu/index.js';
-import { sizesBytes } from '../../src/webgpu/kernels/common.js';
+import { FORWARD_MATRIX_TILES, forwardKernel, forwardMatrixParams } from '../../src/webgpu/index.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
-import { dispatch, pipeline } from '../../src/webgpu/pipelines.js';
+import { pipeline } from '../../src/webgpu/pipelines.js';
 import { forwardMatrixWGSL as baseWGSL } from './forward-matrix-session4.js';
-import { forwardRuleBroken, maxErr, randomF16 } from './util.js';
+import { forwardBuffers, forwardRuleBroken, maxErr, randomF16, timeForward } from './util.js';
 
 type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>;
 
@@ -59,62 +58,6 @@ async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | und
   return undefined;
 }
 
-interface Shape {
-  B: number;
-  H: number;
-  N: number;
-  D: number;
-  causal: boolean;
-}
-
-/** Device buffers for a shape, filled once (random f16 values; drawing them in JS is the slow part). */
-function buffers(gpu: Gpu, { B, H, N, D }: Omit<Shape, 'causal'>): GPUBuffer[] {
-  const { device } = gpu;
-  const bytes = B * N * H * D * 2;
-  const data = randomF16(B * N * H * D, 1);
-  const make = (usage: number, fill: boolean) => {
-    const buf = device.createBuffer({ size: bytes, usage });
-    if (fill) device.queue.writeBuffer(buf, 0, data);
-    return buf;
-  };
-  const input = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
-  const lse = device.createBuffer({ size: B * H * N * 4, usage: GPUBufferUsage.STORAGE });
-  return [make(input, true), make(input, true), make(input, true), make(GPUBufferUsage.STORAGE, false), lse];
-}
-
-/** The checked problem of a shape over its buffers. */
-function problem({ B, H, N, D, causal }: Shape, bufs: GPUBuffer[]) {
-  const gt = (data: GPUBuffer) => ({ data, dtype: 'f16' as const, shape: [B, N, H, D] });
-  return checkForward(gt(bufs[0]), gt(bufs[1]), gt(bufs[2]), { causal });
-}
-
-/** ms per dispatch of `pipe` (Br query rows per workgroup) over the shape. */
-async function time(gpu: Gpu, shape: Shape, bufs: GPUBuffer[], pipe: GPUComputePipeline, Br: number): Promise<number> {
-  const { device } = gpu;
-  const { B, H, N } = shape;
-  const [Q, K, V, out, lse] = bufs;
-  const p = problem(shape, bufs);
-  const sizes = device.createBuffer({ size: 48, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-  device.queue.writeBuffer(sizes, 0, sizesBytes(sizesOf(p)));
-  const run = async (R: number) => {
-    const enc = device.createCommandEncoder();
-    for (let r = 0; r < R; r++) dispatch(enc, device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(N / Br), B * H]);
-    const t0 = performance.now();
-    device.queue.submit([enc.finish()]);
-    await device.queue.onSubmittedWorkDone();
-    return (performance.now() - t0) / R;
-  };
-  const once = await run(1); // warm-up, and the time that sets R (about 0.2 s per timed run)
-  const R = Math.max(1, Math.min(50, Math.round(200 / once)));
-  // Spin-up: a GPU left idle (validation runs on the host) clocks down; 300 ms of dispatches first, so
-  // that the variant timed first after a validation is not the one timed slow.
-  for (const t0 = performance.now(); performance.now() - t0 < 300; ) await run(R);
-  let best = Infinity;
-  for (let i = 0; i < 3; i++) best = Math.min(best, await run(R));
-  sizes.destroy();
-  return best;
-}
-
 async function main(): Promise<void> {
   const gpu = await defaultGpu();
   console.log(`${new Date().toISOString()} ${gpu.description} matrixF16=${gpu.matrixF16} subgroupSize=${gpu.subgroupSize}`);
@@ -123,19 +66,10 @@ async function main(): Promise<void> {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const quick = process.argv[2] === 'quick';
   const Ds = process.argv[4] ? process.argv[4].split(',').map(Number) : [128, 64];
+  const t = (Bc: number, RF: number, W: number): Tiles => ({ Bc, RF, W, PAD: 8 });
   const variants: Record<number, Tiles[]> = {
-    64: [
-      { Bc: 16, RF: 1, W: 8, PAD: 8 },
-      { Bc: 32, RF: 1, W: 8, PAD: 8 },
-      { Bc: 16, RF: 2, W: 4, PAD: 8 },
-      { Bc: 32, RF: 1, W: 4, PAD: 8 },
-    ],
-    128: [
-      { Bc: 32, RF: 1, W: 8, PAD: 8 },
-      { Bc: 16, RF: 1, W: 16, PAD: 8 },
-      { Bc: 32, RF: 2, W: 4, PAD: 8 },
-      { Bc: 16, RF: 1, W: 8, PAD: 8 },
-    ],
+    64: [t(16, 1, 8), t(32, 1, 8), t(16, 2, 4), t(32, 1, 4)],
+    128: [t(32, 1, 8), t(16, 1, 16), t(32, 2, 4), t(16, 1, 8)],
   };
   // `node forward-matrix.js quick '[{"Bc":32,"RF":1,"W":1,"PAD":8}]'`: these tiles for every D instead
   // (or '{"64": [...], "128": [...]}': by D).
@@ -157,18 +91,18 @@ async function main(): Promise<void> {
     FORWARD_MATRIX_TILES[D] = saved[D];
     for (const N of quick ? [4096] : [1024, 4096, 16384]) {
       const base = { B: 16384 / N, H: 2048 / D, N, D };
-      const bufs = buffers(gpu, base);
+      const bufs = forwardBuffers(gpu, base);
       for (const causal of [false, true]) {
         const shape = { ...base, causal };
         const flops = attentionFlops({ ...shape, Nq: N, Nk: N });
         const tf = (ms: number) => (flops / ms / 1e9).toFixed(1);
         for (const t of ok) {
           const { pipe, Br } = await forwardKernel(gpu, { kernel: 'forwardMatrix', params: { D, ...t, SGS, causal } });
-          console.log(`D=${D} N=${N} causal=${causal} ${JSON.stringify(t)} ${tf(await time(gpu, shape, bufs, pipe, Br))} TFLOP/s`);
+          console.log(`D=${D} N=${N} causal=${causal} ${JSON.stringify(t)} ${tf(await timeForward(gpu, shape, bufs, pipe, Br))} TFLOP/s`);
         }
         const d = { D, ...shipped[D], SGS, causal };
         const pipe = await pipeline(gpu.device, 'forwardMatrixSession4', d, (x) => baseWGSL(x, limit));
-        console.log(`D=${D} N=${N} causal=${causal} session4 ${JSON.stringify(shipped[D])} ${tf(await time(gpu, shape, bufs, pipe, 16 * d.RF * d.W))} TFLOP/s`);
+        console.log(`D=${D} N=${N} causal=${causal} session4 ${JSON.stringify(shipped[D])} ${tf(await timeForward(gpu, shape, bufs, pipe, 16 * d.RF * d.W))} TFLOP/s`);
       }
       for (const b of bufs) b.destroy();
     }

@@ -1,5 +1,10 @@
 /** What the variant scripts share: seeded f16 and f32 inputs and the max-abs error against a reference. */
 import type { Tensor } from '../../src/index.js';
+import { checkForward } from '../../src/problem.js';
+import type { Gpu } from '../../src/webgpu/device.js';
+import { sizesOf } from '../../src/webgpu/index.js';
+import { sizesBytes } from '../../src/webgpu/kernels/common.js';
+import { dispatch } from '../../src/webgpu/pipelines.js';
 import { encodeF16 } from '../../src/f16.js';
 import { toF64 } from '../../src/tensor.js';
 import { mulberry32 } from '../../src/cli/random.js';
@@ -83,4 +88,60 @@ export async function runOnce(device: GPUDevice, code: string, inputs: ArrayBuff
   );
   for (const b of [...ins, ...outs, ...reads]) b.destroy();
   return got;
+}
+
+export interface Shape {
+  B: number;
+  H: number;
+  N: number;
+  D: number;
+  causal: boolean;
+}
+
+/** Device buffers for a shape, filled once (random f16 values; drawing them in JS is the slow part). */
+export function forwardBuffers(gpu: Gpu, { B, H, N, D }: Omit<Shape, 'causal'>): GPUBuffer[] {
+  const { device } = gpu;
+  const bytes = B * N * H * D * 2;
+  const data = randomF16(B * N * H * D, 1);
+  const make = (usage: number, fill: boolean) => {
+    const buf = device.createBuffer({ size: bytes, usage });
+    if (fill) device.queue.writeBuffer(buf, 0, data);
+    return buf;
+  };
+  const input = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  const lse = device.createBuffer({ size: B * H * N * 4, usage: GPUBufferUsage.STORAGE });
+  return [make(input, true), make(input, true), make(input, true), make(GPUBufferUsage.STORAGE, false), lse];
+}
+
+/** The checked problem of a shape over its buffers. */
+function problem({ B, H, N, D, causal }: Shape, bufs: GPUBuffer[]) {
+  const gt = (data: GPUBuffer) => ({ data, dtype: 'f16' as const, shape: [B, N, H, D] });
+  return checkForward(gt(bufs[0]), gt(bufs[1]), gt(bufs[2]), { causal });
+}
+
+/** ms per dispatch of `pipe` (Br query rows per workgroup) over the shape. */
+export async function timeForward(gpu: Gpu, shape: Shape, bufs: GPUBuffer[], pipe: GPUComputePipeline, Br: number): Promise<number> {
+  const { device } = gpu;
+  const { B, H, N } = shape;
+  const [Q, K, V, out, lse] = bufs;
+  const p = problem(shape, bufs);
+  const sizes = device.createBuffer({ size: 48, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(sizes, 0, sizesBytes(sizesOf(p)));
+  const run = async (R: number) => {
+    const enc = device.createCommandEncoder();
+    for (let r = 0; r < R; r++) dispatch(enc, device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(N / Br), B * H]);
+    const t0 = performance.now();
+    device.queue.submit([enc.finish()]);
+    await device.queue.onSubmittedWorkDone();
+    return (performance.now() - t0) / R;
+  };
+  const once = await run(1); // warm-up, and the time that sets R (about 0.2 s per timed run)
+  const R = Math.max(1, Math.min(50, Math.round(200 / once)));
+  // Spin-up: a GPU left idle (validation runs on the host) clocks down; 300 ms of dispatches first, so
+  // that the variant timed first after a validation is not the one timed slow.
+  for (const t0 = performance.now(); performance.now() - t0 < 300; ) await run(R);
+  let best = Infinity;
+  for (let i = 0; i < 3; i++) best = Math.min(best, await run(R));
+  sizes.destroy();
+  return best;
 }
