@@ -412,11 +412,12 @@ export const BACKWARD_TILED_MAX_INVOCATIONS = 256;
 const btiles = (Br: number, Bc: number, TM: number, TN: number): BackwardTiledTiles => ({ Br, Bc, TM, TN });
 
 /**
- * The tiled backward kernels' preferred tiles by D (dK/dV and dQ apart), within 48 KiB of workgroup memory,
+ * The tiled backward kernels' preferred tiles by D (dK/dV and dQ apart; D ≤ 64 takes D = 64's, 64 < D ≤ 128
+ * D = 128's), within 48 KiB of workgroup memory,
  * 128 invocations and 128 floats of accumulators per invocation. Not yet timed on a GPU: chosen by the
  * workgroup-bytes and register formulas of backward-tiled.ts alone (bench/variants/backward-tiled.ts times
  * others). D = 64: dK/dV Br = Bc = 32, 4×2 micro-tiles (43520 B, 64 floats); dQ Br = Bc = 32, 2×4 (39296 B,
- * 32 floats). D = 128: dK/dV Br = 8, Bc = 32, 1×2 (44416 B, 128 floats); dQ Br = Bc = 16, 1×2 (34008 B,
+ * 32 floats). D = 128: dK/dV Br = 8, Bc = 32, 1×2 (44416 B, 128 floats); dQ Br = Bc = 16, 1×2 (35008 B,
  * 32 floats).
  */
 export const BACKWARD_TILED_TILES: Record<number | 'other', { kv: BackwardTiledTiles; q: BackwardTiledTiles }> = {
@@ -456,7 +457,7 @@ export function backwardTiledFits(t: BackwardTiledParams, kv: boolean, gpu: Gpu)
 export function backwardTiledParams(p: Problem, gpu: Gpu): { kv: BackwardTiledParams; q: BackwardTiledParams } | undefined {
   if (gpu.software) return undefined;
   const base = { D: p.D, unroll: true, dtype: p.dtype as StorageType, causal: p.causal };
-  const preferred = BACKWARD_TILED_TILES[p.D] ?? BACKWARD_TILED_TILES.other;
+  const preferred = BACKWARD_TILED_TILES[p.D <= 64 ? 64 : p.D <= 128 ? 128 : 'other'];
   const pick = (first: BackwardTiledTiles, kv: boolean) =>
     [first, ...BACKWARD_TILED_FALLBACK].map((t): BackwardTiledParams => ({ ...base, ...t })).find((t) => backwardTiledFits(t, kv, gpu));
   const kv = pick(preferred.kv, true);
