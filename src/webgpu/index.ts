@@ -42,6 +42,16 @@ import {
   type BackwardKVMatrixParams,
   type BackwardQMatrixParams,
 } from './kernels/backward-matrix.js';
+import {
+  backwardKVTiledWGSL,
+  backwardQTiledWGSL,
+  backwardTiledAccumulator,
+  backwardTiledProblem,
+  backwardTiledShape,
+  backwardTiledWorkgroupBytes,
+  type BackwardTiledParams,
+  type BackwardTiledTiles,
+} from './kernels/backward-tiled.js';
 import { dispatch, pipeline } from './pipelines.js';
 
 /** The device a call runs on, checked against what the inputs need. */
@@ -393,6 +403,113 @@ export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatr
   return ok ? { kv, q } : undefined;
 }
 
+/** Most floats of accumulators (and their partial sums) one invocation of a tiled backward kernel holds. */
+export const BACKWARD_TILED_MAX_ACCUMULATOR = 128;
+
+/** Most invocations per workgroup of the tiled backward kernels. */
+export const BACKWARD_TILED_MAX_INVOCATIONS = 256;
+
+const btiles = (Br: number, Bc: number, TM: number, TN: number): BackwardTiledTiles => ({ Br, Bc, TM, TN });
+
+/**
+ * The tiled backward kernels' preferred tiles by D (dK/dV and dQ apart; D ≤ 64 takes D = 64's, 64 < D ≤ 128
+ * D = 128's), within 48 KiB of workgroup memory,
+ * 128 invocations and 128 floats of accumulators per invocation. Not yet timed on a GPU: chosen by the
+ * workgroup-bytes and register formulas of backward-tiled.ts alone (bench/variants/backward-tiled.ts times
+ * others). D = 64: dK/dV Br = Bc = 32, 4×2 micro-tiles (43520 B, 64 floats); dQ Br = Bc = 32, 2×4 (39296 B,
+ * 32 floats). D = 128: dK/dV Br = 8, Bc = 32, 1×2 (44416 B, 128 floats); dQ Br = Bc = 16, 1×2 (35008 B,
+ * 32 floats).
+ */
+export const BACKWARD_TILED_TILES: Record<number | 'other', { kv: BackwardTiledTiles; q: BackwardTiledTiles }> = {
+  64: { kv: btiles(32, 32, 4, 2), q: btiles(32, 32, 2, 4) },
+  128: { kv: btiles(8, 32, 1, 2), q: btiles(16, 16, 1, 2) },
+  other: { kv: btiles(16, 16, 2, 2), q: btiles(16, 16, 2, 2) },
+};
+
+/** Smaller and smaller tiles, for devices with less workgroup memory or fewer invocations, and large D. */
+const BACKWARD_TILED_FALLBACK = [
+  btiles(32, 32, 4, 2),
+  btiles(16, 32, 2, 2),
+  btiles(8, 32, 1, 2),
+  btiles(16, 16, 2, 2),
+  btiles(16, 16, 1, 2),
+  btiles(8, 16, 1, 2),
+  btiles(8, 8, 1, 1),
+  btiles(4, 8, 1, 1),
+  btiles(4, 4, 1, 1),
+];
+
+/** Whether tiled backward params fit a device: workgroup memory, invocations, accumulator registers. */
+export function backwardTiledFits(t: BackwardTiledParams, kv: boolean, gpu: Gpu): boolean {
+  return (
+    !backwardTiledProblem(t) &&
+    backwardTiledShape(t, kv).WG <= Math.min(invocationLimit(gpu), BACKWARD_TILED_MAX_INVOCATIONS) &&
+    backwardTiledWorkgroupBytes(t, kv) <= gpu.limits.maxComputeWorkgroupStorageSize &&
+    backwardTiledAccumulator(t, kv) <= BACKWARD_TILED_MAX_ACCUMULATOR
+  );
+}
+
+/**
+ * The tiled backward's configurations (f32, and f16 where subgroup matrices are missing), or undefined on
+ * software adapters (lavapipe: the portable kernels compile faster) and where no candidate fits the device:
+ * for each kernel, the first of its preferred tiles and the fallbacks that fits.
+ */
+export function backwardTiledParams(p: Problem, gpu: Gpu): { kv: BackwardTiledParams; q: BackwardTiledParams } | undefined {
+  if (gpu.software) return undefined;
+  const base = { D: p.D, unroll: true, dtype: p.dtype as StorageType, causal: p.causal };
+  const preferred = BACKWARD_TILED_TILES[p.D <= 64 ? 64 : p.D <= 128 ? 128 : 'other'];
+  const pick = (first: BackwardTiledTiles, kv: boolean) =>
+    [first, ...BACKWARD_TILED_FALLBACK].map((t): BackwardTiledParams => ({ ...base, ...t })).find((t) => backwardTiledFits(t, kv, gpu));
+  const kv = pick(preferred.kv, true);
+  const q = pick(preferred.q, false);
+  return kv && q ? { kv, q } : undefined;
+}
+
+/** The backward kernels a problem runs (the preprocess is always the portable one) and their configurations. */
+export type BackwardChoice =
+  | { kernel: 'matrix'; kv: BackwardKVMatrixParams; q: BackwardQMatrixParams }
+  | { kernel: 'tiled'; kv: BackwardTiledParams; q: BackwardTiledParams }
+  | { kernel: 'portable'; kv: BackwardParams; q: BackwardParams };
+
+/** Subgroup matrices where they apply (f16), else the tiled kernels (GPUs), else the portable ones. */
+export function backwardChoice(p: Problem, gpu: Gpu): BackwardChoice {
+  const matrix = backwardMatrixParams(p, gpu);
+  if (matrix) return { kernel: 'matrix', ...matrix };
+  const tiled = backwardTiledParams(p, gpu);
+  if (tiled) return { kernel: 'tiled', ...tiled };
+  const { kv, q } = backwardParams(p, gpu);
+  return { kernel: 'portable', kv, q };
+}
+
+/** The dK/dV and dQ pipelines of a choice, with the keys and query rows each workgroup owns. */
+async function backwardKernels(gpu: Gpu, choice: BackwardChoice): Promise<{ kv: GPUComputePipeline; q: GPUComputePipeline; keys: number; rows: number }> {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  switch (choice.kernel) {
+    case 'matrix':
+      return {
+        kv: await pipeline(gpu.device, 'backwardKVMatrix', choice.kv, (x) => backwardKVMatrixWGSL(x, limit)),
+        q: await pipeline(gpu.device, 'backwardQMatrix', choice.q, (x) => backwardQMatrixWGSL(x, limit)),
+        keys: backwardKVMatrixKeys(choice.kv),
+        rows: backwardQMatrixRows(choice.q),
+      };
+    case 'tiled':
+      return {
+        kv: await pipeline(gpu.device, 'backwardKVTiled', choice.kv, (x) => backwardKVTiledWGSL(x, limit)),
+        q: await pipeline(gpu.device, 'backwardQTiled', choice.q, (x) => backwardQTiledWGSL(x, limit)),
+        keys: choice.kv.Bc,
+        rows: choice.q.Br,
+      };
+    case 'portable':
+      return {
+        kv: await pipeline(gpu.device, 'backwardKV', choice.kv, (x) => backwardKVWGSL(x, limit)),
+        q: await pipeline(gpu.device, 'backwardQ', choice.q, (x) => backwardQWGSL(x, limit)),
+        keys: choice.kv.Bc,
+        rows: choice.q.Br,
+      };
+  }
+}
+
+/** `choose` picks the dK/dV and dQ kernels (benchmarks and tests force one); by default backwardChoice. */
 export async function webgpuBackward(
   p: Problem,
   dout: AnyTensor,
@@ -401,22 +518,14 @@ export async function webgpuBackward(
   v: AnyTensor,
   out: AnyTensor,
   lse: AnyTensor,
+  choose: (p: Problem, gpu: Gpu) => BackwardChoice = backwardChoice,
 ): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor }> {
   const gpu = await gpuFor(p);
   const call = new Call(p, gpu);
   try {
-    const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-    const params = backwardParams(p, gpu);
-    const matrix = backwardMatrixParams(p, gpu);
-    const pre = await pipeline(gpu.device, 'backwardPreprocess', params.pre, preprocessWGSL);
-    const kv = matrix
-      ? await pipeline(gpu.device, 'backwardKVMatrix', matrix.kv, (x) => backwardKVMatrixWGSL(x, limit))
-      : await pipeline(gpu.device, 'backwardKV', params.kv, (x) => backwardKVWGSL(x, limit));
-    const dqPipe = matrix
-      ? await pipeline(gpu.device, 'backwardQMatrix', matrix.q, (x) => backwardQMatrixWGSL(x, limit))
-      : await pipeline(gpu.device, 'backwardQ', params.q, (x) => backwardQWGSL(x, limit));
-    const keysPerGroup = matrix ? backwardKVMatrixKeys(matrix.kv) : params.kv.Bc;
-    const rowsPerGroup = matrix ? backwardQMatrixRows(matrix.q) : params.q.Br;
+    const preParams = backwardParams(p, gpu).pre;
+    const pre = await pipeline(gpu.device, 'backwardPreprocess', preParams, preprocessWGSL);
+    const { kv, q: dqPipe, keys: keysPerGroup, rows: rowsPerGroup } = await backwardKernels(gpu, choose(p, gpu));
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [dO, Q, K, V, O, L] = [call.input(dout, 'dout'), call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v'), call.input(out, 'out'), call.input(lse, 'lse')];
     const Dvec = call.output(p.B * p.H * p.Nq, 'Dvec', 'q', 'f32');
@@ -424,7 +533,7 @@ export async function webgpuBackward(
     const dk = call.output(p.B * p.Nk * p.Hkv * p.D, 'dk', 'k');
     const dv = call.output(p.B * p.Nk * p.Hkv * p.D, 'dv', 'k');
     await call.submit(async (enc) => {
-      dispatch(enc, gpu.device, pre, [sizes, dO, O, Dvec], [Math.ceil(p.Nq / params.pre.WG), p.B * p.H]);
+      dispatch(enc, gpu.device, pre, [sizes, dO, O, Dvec], [Math.ceil(p.Nq / preParams.WG), p.B * p.H]);
       dispatch(enc, gpu.device, kv, [sizes, Q, K, V, dO, L, Dvec, dk, dv], [Math.ceil(p.Nk / keysPerGroup), p.B * p.Hkv]);
       dispatch(enc, gpu.device, dqPipe, [sizes, Q, K, V, dO, L, Dvec, dq], [Math.ceil(p.Nq / rowsPerGroup), p.B * p.H]);
     });

@@ -121,7 +121,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 }
 
 /** Load L_i (f32 bits; −∞ and rows past Nq become MASKED) and D_i into Lrow, Drow. */
-function rowStatsWGSL(): string {
+export function rowStatsWGSL(): string {
   return `for (var r = lid; r < Br; r += WG) {
       let row = r0 + r;
       var L = MASKED;

@@ -99,7 +99,7 @@ export function forwardTiledProblem(p: ForwardTiledParams): string | undefined {
  * WGSL: `fn load_<name>(base, d4, ok) -> vec4<f32>`, vec4 d4 of the row at element `base` (0 when !ok):
  * one vec4 load when `vec` (the storage is an array of vec4s), else lane by lane with D's tail zeroed.
  */
-function loadRow(name: string, vec: boolean): string {
+export function loadRow(name: string, vec: boolean): string {
   if (!vec) {
     return `${loadVec4(name)}
 fn load_${name}4(base: u32, d4: u32, ok: bool) -> vec4<f32> {
