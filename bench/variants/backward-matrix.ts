@@ -9,12 +9,11 @@
  *    tensors: after 300 ms of calls back to back, 10 forwards and 10 backwards between GpuTimer marks
  *    (timestamp queries), best of 3; TFLOP/s by PRODUCT.md's FLOP rule (3.5× forward).
  */
-import { attentionFlops, backward, forward, tensor, type GpuTensor, type Tensor } from '../../src/index.js';
+import { backward, forward, tensor, type Tensor } from '../../src/index.js';
 import { checkBackward } from '../../src/problem.js';
 import { defaultGpu } from '../../src/webgpu/device.js';
 import { BACKWARD_KV_MATRIX_TILES, BACKWARD_Q_MATRIX_TILES, backwardMatrixParams } from '../../src/webgpu/index.js';
-import { GpuTimer } from '../../src/webgpu/timer.js';
-import { maxErr, randomF16 } from './util.js';
+import { maxErr, randomF16, timeForwardBackward } from './util.js';
 
 
 const gpu = await defaultGpu();
@@ -68,49 +67,5 @@ for (const c of cases) {
   }
 }
 
-const { device } = gpu;
-const timer = new GpuTimer(device);
-for (const D of [64, 128]) {
-  for (const causal of [false, true]) {
-    const N = 4096;
-    const [B, H] = [16384 / N, 2048 / D];
-    const make = (seed: number): GpuTensor => {
-      const data = device.createBuffer({ size: B * N * H * D * 2, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
-      device.queue.writeBuffer(data, 0, randomF16(B * N * H * D, seed));
-      return { data, dtype: 'f16', shape: [B, N, H, D] };
-    };
-    const [q, k, v, dout] = [make(1), make(2), make(3), make(4)];
-    const release = (...xs: GpuTensor[]) => xs.forEach((x) => x.data.destroy());
-    // 300 ms of calls back to back first (an idle GPU clocks down), then R forwards between two marks
-    // and R backwards (of the last forward) between the next two; best of 3.
-    const R = 10;
-    for (const until = performance.now() + 300; performance.now() < until; ) {
-      const f = await forward(q, k, v, { causal });
-      const g = await backward(dout, q, k, v, f.out, f.lse, { causal });
-      release(f.out, f.lse, g.dq, g.dk, g.dv);
-      await device.queue.onSubmittedWorkDone();
-    }
-    let best = [Infinity, Infinity];
-    for (let i = 0; i < 3; i++) {
-      await timer.start();
-      let f = await forward(q, k, v, { causal });
-      for (let r = 1; r < R; r++) {
-        release(f.out, f.lse);
-        f = await forward(q, k, v, { causal });
-      }
-      await timer.mark();
-      for (let r = 0; r < R; r++) {
-        const g = await backward(dout, q, k, v, f.out, f.lse, { causal });
-        release(g.dq, g.dk, g.dv);
-      }
-      await timer.mark();
-      const [a, b] = await timer.finish();
-      release(f.out, f.lse);
-      best = [Math.min(best[0], a / R), Math.min(best[1], (a + b) / R)];
-    }
-    const flops = attentionFlops({ B, H, Nq: N, Nk: N, D, causal });
-    console.log(`D=${D} N=${N} B=${B} H=${H} causal=${causal}: fwd ${best[0].toFixed(2)} ms ${(flops / best[0] / 1e9).toFixed(1)} TFLOP/s, fwd+bwd ${best[1].toFixed(2)} ms ${((3.5 * flops) / best[1] / 1e9).toFixed(1)} TFLOP/s`);
-    for (const x of [q, k, v, dout]) x.data.destroy();
-  }
-}
+await timeForwardBackward(gpu, 'f16');
 }

@@ -1,10 +1,11 @@
 /** What the variant scripts share: seeded f16 and f32 inputs and the max-abs error against a reference. */
-import type { Tensor } from '../../src/index.js';
+import { attentionFlops, backward, forward, type GpuTensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
 import type { Gpu } from '../../src/webgpu/device.js';
 import { sizesOf } from '../../src/webgpu/index.js';
 import { sizesBytes } from '../../src/webgpu/kernels/common.js';
 import { dispatch } from '../../src/webgpu/pipelines.js';
+import { GpuTimer } from '../../src/webgpu/timer.js';
 import { encodeF16 } from '../../src/f16.js';
 import { toF64 } from '../../src/tensor.js';
 import { mulberry32 } from '../../src/cli/random.js';
@@ -144,4 +145,60 @@ export async function timeForward(gpu: Gpu, shape: Shape, bufs: GPUBuffer[], pip
   for (let i = 0; i < 3; i++) best = Math.min(best, await run(R));
   sizes.destroy();
   return best;
+}
+
+/**
+ * Forward and forward + backward through the API with GPU-resident tensors, B·N = 16384, H·D = 2048,
+ * N = 4096, D = 64 and 128, causal off and on, in `dtype`: after 300 ms of calls back to back (an idle GPU
+ * clocks down), R forwards between two GpuTimer marks and R backwards (of the last forward) between the
+ * next two; best of 3; TFLOP/s by PRODUCT.md's FLOP rule (3.5× the forward's for forward + backward). One
+ * line per case.
+ */
+export async function timeForwardBackward(gpu: Gpu, dtype: 'f16' | 'f32'): Promise<void> {
+  const { device } = gpu;
+  const timer = new GpuTimer(device);
+  for (const D of [64, 128]) {
+    for (const causal of [false, true]) {
+      const N = 4096;
+      const [B, H] = [16384 / N, 2048 / D];
+      const make = (seed: number): GpuTensor => {
+        const values = dtype === 'f16' ? randomF16(B * N * H * D, seed) : randomF32(B * N * H * D, seed);
+        const data = device.createBuffer({ size: values.byteLength, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+        device.queue.writeBuffer(data, 0, values);
+        return { data, dtype, shape: [B, N, H, D] };
+      };
+      const [q, k, v, dout] = [make(1), make(2), make(3), make(4)];
+      const release = (...xs: GpuTensor[]) => xs.forEach((x) => x.data.destroy());
+      const R = 10;
+      for (const until = performance.now() + 300; performance.now() < until; ) {
+        const f = await forward(q, k, v, { causal });
+        const g = await backward(dout, q, k, v, f.out, f.lse, { causal });
+        release(f.out, f.lse, g.dq, g.dk, g.dv);
+        await device.queue.onSubmittedWorkDone();
+      }
+      let best = [Infinity, Infinity];
+      for (let i = 0; i < 3; i++) {
+        await timer.start();
+        let f = await forward(q, k, v, { causal });
+        for (let r = 1; r < R; r++) {
+          release(f.out, f.lse);
+          f = await forward(q, k, v, { causal });
+        }
+        await timer.mark();
+        for (let r = 0; r < R; r++) {
+          const g = await backward(dout, q, k, v, f.out, f.lse, { causal });
+          release(g.dq, g.dk, g.dv);
+        }
+        await timer.mark();
+        const [a, b] = await timer.finish();
+        release(f.out, f.lse);
+        best = [Math.min(best[0], a / R), Math.min(best[1], (a + b) / R)];
+      }
+      const flops = attentionFlops({ B, H, Nq: N, Nk: N, D, causal });
+      console.log(
+        `D=${D} N=${N} B=${B} H=${H} causal=${causal}: fwd ${best[0].toFixed(2)} ms ${(flops / best[0] / 1e9).toFixed(1)} TFLOP/s, fwd+bwd ${best[1].toFixed(2)} ms ${((3.5 * flops) / best[1] / 1e9).toFixed(1)} TFLOP/s, bwd ${(best[1] - best[0]).toFixed(2)} ms`,
+      );
+      for (const x of [q, k, v, dout]) x.data.destroy();
+    }
+  }
 }

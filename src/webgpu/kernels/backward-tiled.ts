@@ -48,7 +48,7 @@
  */
 import { MASKED_WGSL, OPAQUE_WGSL, QUERY_HEAD_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, firstQueryBlockWGSL, keyBlocksWGSL, type StorageType } from './common.js';
 import { rowStatsWGSL } from './backward.js';
-import { loadRow } from './forward-tiled.js';
+import { forwardTiledProblem, loadRow } from './forward-tiled.js';
 import { grid, range } from './matrix.js';
 
 /** The tiled dK/dV or dQ kernel's compile-time configuration. */
@@ -97,13 +97,9 @@ export function backwardTiledAccumulator(p: Pick<BackwardTiledParams, 'D' | 'Br'
   return kv ? 16 * p.TN * TDV : 8 * p.TM * TDV;
 }
 
-/** Why these params cannot work (undefined when they can). */
+/** Why these params cannot work (undefined when they can): the tiled forward's rule. */
 export function backwardTiledProblem(p: BackwardTiledParams): string | undefined {
-  const int = (x: number) => Number.isInteger(x) && x >= 1;
-  if (![p.D, p.Br, p.Bc, p.TM, p.TN].every(int)) return 'D, Br, Bc, TM and TN must be positive integers';
-  if (p.Br % p.TM !== 0) return `Br = ${p.Br} is not a multiple of TM = ${p.TM}`;
-  if (p.Bc % p.TN !== 0) return `Bc = ${p.Bc} is not a multiple of TN = ${p.TN}`;
-  return undefined;
+  return forwardTiledProblem(p);
 }
 
 /** What both kernels share: bindings' element type, loops, staging, S and dP in registers. */
@@ -194,7 +190,16 @@ ${loadRow('dout', vec)}`;
   const stats = `${range(TM)
     .map((i) => `    let L${i} = Lrow[${rowOf(i)}];\n    let D${i} = Drow[${rowOf(i)}];`)
     .join('\n')}`;
-  return { ...shape, elem, bound, rowOf, keyOf, scores, visible, header, store, stageQ, stageKV, stats };
+  // The bindings both kernels read; each adds its outputs after them.
+  const inputs = [
+    `@group(0) @binding(1) var<storage, read> q: array<${elem}>;`,
+    `@group(0) @binding(2) var<storage, read> k: array<${elem}>;`,
+    `@group(0) @binding(3) var<storage, read> v: array<${elem}>;`,
+    `@group(0) @binding(4) var<storage, read> dout: array<${elem}>;`,
+    '@group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits',
+    '@group(0) @binding(6) var<storage, read> Dvec: array<f32>;',
+  ];
+  return { ...shape, elem, bound, rowOf, keyOf, scores, visible, header, store, stageQ, stageKV, stats, inputs };
 }
 
 /** Alg. 2 lines 5-18 for one key block: dK_j and dV_j in registers, summed over the group's query heads. */
@@ -210,12 +215,7 @@ export function backwardKVTiledWGSL(p: BackwardTiledParams, workgroupLimit: numb
   const colOf = (t: number) => `rg + ${t * RT}u`; // vec4 column of dK_j, dV_j for its t-th column
   return `${c.header(
     [
-      `@group(0) @binding(1) var<storage, read> q: array<${elem}>;`,
-      `@group(0) @binding(2) var<storage, read> k: array<${elem}>;`,
-      `@group(0) @binding(3) var<storage, read> v: array<${elem}>;`,
-      `@group(0) @binding(4) var<storage, read> dout: array<${elem}>;`,
-      '@group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits',
-      '@group(0) @binding(6) var<storage, read> Dvec: array<f32>;',
+      ...c.inputs,
       `@group(0) @binding(7) var<storage, read_write> dk: array<${elem}>;`,
       `@group(0) @binding(8) var<storage, read_write> dv: array<${elem}>;`,
     ],
@@ -309,12 +309,7 @@ export function backwardQTiledWGSL(p: BackwardTiledParams, workgroupLimit: numbe
   const colOf = (t: number) => `cg + ${t * CT}u`; // vec4 column of dQ_i for its t-th column
   return `${c.header(
     [
-      `@group(0) @binding(1) var<storage, read> q: array<${elem}>;`,
-      `@group(0) @binding(2) var<storage, read> k: array<${elem}>;`,
-      `@group(0) @binding(3) var<storage, read> v: array<${elem}>;`,
-      `@group(0) @binding(4) var<storage, read> dout: array<${elem}>;`,
-      '@group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits',
-      '@group(0) @binding(6) var<storage, read> Dvec: array<f32>;',
+      ...c.inputs,
       `@group(0) @binding(7) var<storage, read_write> dq: array<${elem}>;`,
     ],
     'var<workgroup> dS: array<array<f32, PS>, Br>;',

@@ -86,8 +86,11 @@ export function forwardTiledAccumulator(p: Pick<ForwardTiledParams, 'D' | 'Br' |
   return 4 * p.TM * forwardTiledShape(p).TDV * (p.blockSum ? 2 : 1);
 }
 
-/** Why these params cannot work (undefined when they can). */
-export function forwardTiledProblem(p: ForwardTiledParams): string | undefined {
+/**
+ * Why these params cannot work (undefined when they can): the micro-tiles must divide the blocks (also the
+ * tiled backward's rule, backward-tiled.ts).
+ */
+export function forwardTiledProblem(p: Pick<ForwardTiledParams, 'D' | 'Br' | 'Bc' | 'TM' | 'TN'>): string | undefined {
   const int = (x: number) => Number.isInteger(x) && x >= 1;
   if (![p.D, p.Br, p.Bc, p.TM, p.TN].every(int)) return 'D, Br, Bc, TM and TN must be positive integers';
   if (p.Br % p.TM !== 0) return `Br = ${p.Br} is not a multiple of TM = ${p.TM}`;
