@@ -17,11 +17,7 @@ import { MemoryTracker, type Algorithm } from '../index.js';
 import { cpuShape, scratchLength } from '../cpu/job.js';
 import type { Problem } from '../problem.js';
 import type { Gpu } from '../webgpu/device.js';
-import { backwardMatrixParams, backwardParams, backwardTiledParams, forwardChoice, forwardTiles, workgroupSize } from '../webgpu/index.js';
-import { backwardTiledWorkgroupBytes } from '../webgpu/kernels/backward-tiled.js';
-import { backwardKVMatrixKeys, backwardKVMatrixWorkgroupBytes, backwardQMatrixRows, backwardQMatrixWorkgroupBytes } from '../webgpu/kernels/backward-matrix.js';
-import { FRAGMENT } from '../webgpu/kernels/matrix.js';
-import { backwardKVWorkgroupBytes, backwardQWorkgroupBytes } from '../webgpu/kernels/backward.js';
+import { backwardChoice, backwardTiles, forwardChoice, forwardTiles, workgroupSize } from '../webgpu/index.js';
 import { matmulTile } from '../webgpu/kernels/standard.js';
 import type { Case, Io, Pass } from './results.js';
 
@@ -93,14 +89,12 @@ export function cpuGeometry(c: Case, threads: number): KernelGeometry {
 /**
  * The webgpu backend's tiles (src/webgpu/index.ts) for a case on a device: the forward's as forwardChoice
  * picks its kernel (subgroup matrices, tiled or portable; on-chip memory is the workgroup memory, the
- * register tiles not counted); the backward's subgroup-matrix kernels' where they run, else the tiled ones'
- * (GPUs), else the portable ones'.
+ * register tiles not counted); the backward's as backwardChoice picks its kernels (subgroup matrices, tiled
+ * or portable).
  */
 export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
   const p = problemOf(c, 'flash', 'webgpu');
-  const b = backwardParams(p, gpu);
-  const bm = backwardMatrixParams(p, gpu);
-  const bt = bm ? undefined : backwardTiledParams(p, gpu);
+  const backward = backwardTiles(backwardChoice(p, gpu));
   // A matmul that reads an N×N operand reads it once per BN-wide column tile of its D-wide result.
   const reads = Math.ceil(c.D / matmulTile({ WG: workgroupSize(gpu) }).BN);
   return {
@@ -108,16 +102,8 @@ export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
     elementBytes: c.dtype === 'f16' ? 2 : 4,
     flash: {
       forward: forwardTiles(forwardChoice(p, gpu)),
-      backwardKV: bm
-        ? { Br: FRAGMENT * bm.kv.QF, Bc: backwardKVMatrixKeys(bm.kv), onChipBytes: backwardKVMatrixWorkgroupBytes(bm.kv) }
-        : bt
-          ? { Br: bt.kv.Br, Bc: bt.kv.Bc, onChipBytes: backwardTiledWorkgroupBytes(bt.kv, true) }
-          : { Br: b.kv.Br, Bc: b.kv.Bc, onChipBytes: backwardKVWorkgroupBytes(b.kv) },
-      backwardQ: bm
-        ? { Br: backwardQMatrixRows(bm.q), Bc: bm.q.Bc, onChipBytes: backwardQMatrixWorkgroupBytes(bm.q) }
-        : bt
-          ? { Br: bt.q.Br, Bc: bt.q.Bc, onChipBytes: backwardTiledWorkgroupBytes(bt.q, false) }
-          : { Br: b.q.Br, Bc: b.q.Bc, onChipBytes: backwardQWorkgroupBytes(b.q) },
+      backwardKV: backward.kv,
+      backwardQ: backward.q,
       dqChunks: 0,
     },
     standard: {

@@ -481,30 +481,54 @@ export function backwardChoice(p: Problem, gpu: Gpu): BackwardChoice {
   return { kernel: 'portable', kv, q };
 }
 
+/**
+ * A backward choice's blocks: the dK/dV kernel's (Bc: the keys a workgroup owns; Br: the query rows it
+ * steps by) and the dQ kernel's (Br: the query rows a workgroup owns; Bc: the keys it steps by), with
+ * their workgroup memory.
+ */
+export function backwardTiles(choice: BackwardChoice): Record<'kv' | 'q', { Br: number; Bc: number; onChipBytes: number }> {
+  switch (choice.kernel) {
+    case 'matrix':
+      return {
+        kv: { Br: FRAGMENT * choice.kv.QF, Bc: backwardKVMatrixKeys(choice.kv), onChipBytes: backwardKVMatrixWorkgroupBytes(choice.kv) },
+        q: { Br: backwardQMatrixRows(choice.q), Bc: choice.q.Bc, onChipBytes: backwardQMatrixWorkgroupBytes(choice.q) },
+      };
+    case 'tiled':
+      return {
+        kv: { Br: choice.kv.Br, Bc: choice.kv.Bc, onChipBytes: backwardTiledWorkgroupBytes(choice.kv, true) },
+        q: { Br: choice.q.Br, Bc: choice.q.Bc, onChipBytes: backwardTiledWorkgroupBytes(choice.q, false) },
+      };
+    case 'portable':
+      return {
+        kv: { Br: choice.kv.Br, Bc: choice.kv.Bc, onChipBytes: backwardKVWorkgroupBytes(choice.kv) },
+        q: { Br: choice.q.Br, Bc: choice.q.Bc, onChipBytes: backwardQWorkgroupBytes(choice.q) },
+      };
+  }
+}
+
 /** The dK/dV and dQ pipelines of a choice, with the keys and query rows each workgroup owns. */
 async function backwardKernels(gpu: Gpu, choice: BackwardChoice): Promise<{ kv: GPUComputePipeline; q: GPUComputePipeline; keys: number; rows: number }> {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const tiles = backwardTiles(choice);
+  const blocks = { keys: tiles.kv.Bc, rows: tiles.q.Br };
   switch (choice.kernel) {
     case 'matrix':
       return {
         kv: await pipeline(gpu.device, 'backwardKVMatrix', choice.kv, (x) => backwardKVMatrixWGSL(x, limit)),
         q: await pipeline(gpu.device, 'backwardQMatrix', choice.q, (x) => backwardQMatrixWGSL(x, limit)),
-        keys: backwardKVMatrixKeys(choice.kv),
-        rows: backwardQMatrixRows(choice.q),
+        ...blocks,
       };
     case 'tiled':
       return {
         kv: await pipeline(gpu.device, 'backwardKVTiled', choice.kv, (x) => backwardKVTiledWGSL(x, limit)),
         q: await pipeline(gpu.device, 'backwardQTiled', choice.q, (x) => backwardQTiledWGSL(x, limit)),
-        keys: choice.kv.Bc,
-        rows: choice.q.Br,
+        ...blocks,
       };
     case 'portable':
       return {
         kv: await pipeline(gpu.device, 'backwardKV', choice.kv, (x) => backwardKVWGSL(x, limit)),
         q: await pipeline(gpu.device, 'backwardQ', choice.q, (x) => backwardQWGSL(x, limit)),
-        keys: choice.kv.Bc,
-        rows: choice.q.Br,
+        ...blocks,
       };
   }
 }

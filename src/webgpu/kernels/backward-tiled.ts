@@ -48,7 +48,7 @@
  */
 import { MASKED_WGSL, OPAQUE_WGSL, QUERY_HEAD_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, firstQueryBlockWGSL, keyBlocksWGSL, type StorageType } from './common.js';
 import { rowStatsWGSL } from './backward.js';
-import { forwardTiledProblem, loadRow } from './forward-tiled.js';
+import { forwardTiledProblem, loadRow, storeRow4 } from './forward-tiled.js';
 import { grid, range } from './matrix.js';
 
 /** The tiled dK/dV or dQ kernel's compile-time configuration. */
@@ -177,11 +177,7 @@ ${loadRow('k', vec)}
 ${loadRow('v', vec)}
 ${loadRow('dout', vec)}`;
   const elem = vec ? `vec4<${p.dtype}>` : p.dtype;
-  // Stores vec4 `x` as vec4 column `col` of the row at element `at` of `name` (lanes past D dropped).
-  const store = (name: string, at: string, col: string, x: string) => {
-    if (vec) return `${name}[${at} / 4u + ${col}] = vec4<${p.dtype}>(${x});`;
-    return ['x', 'y', 'z', 'w'].map((c, w) => `if (4u * (${col}) + ${w}u < D) { ${name}[${at} + 4u * (${col}) + ${w}u] = ${p.dtype}(${x}.${c}); }`).join('\n        ');
-  };
+  const store = (name: string, at: string, col: string, x: string) => storeRow4(name, at, col, x, p.dtype, vec);
   const loadRows = (from: 'k' | 'v' | 'q' | 'dout', first: string, n: string, off: string, r: string, d: string) =>
     `load_${from}4(${off} + min(${first} + ${r}, ${n} - 1u) * ${from === 'k' || from === 'v' ? 'u.kvRow' : 'u.qRow'}, ${d}, ${first} + ${r} < ${n})`;
   const stageQ = () =>

@@ -114,6 +114,15 @@ fn load_${name}4(base: u32, d4: u32, ok: bool) -> vec4<f32> {
 }`;
 }
 
+/**
+ * WGSL: store the vec4<f32> `x` as vec4 column `col` of the row at element `at` of storage array `name`:
+ * one vec4 store when `vec` (the array holds vec4s), else lane by lane, lanes past D dropped.
+ */
+export function storeRow4(name: string, at: string, col: string, x: string, dtype: StorageType, vec: boolean): string {
+  if (vec) return `${name}[${at} / 4u + ${col}] = vec4<${dtype}>(${x});`;
+  return ['x', 'y', 'z', 'w'].map((c, w) => `if (4u * (${col}) + ${w}u < D) { ${name}[${at} + 4u * (${col}) + ${w}u] = ${dtype}(${x}.${c}); }`).join('\n        ');
+}
+
 export function forwardTiledWGSL(p: ForwardTiledParams, workgroupLimit: number): string {
   const problem = forwardTiledProblem(p);
   if (problem) throw new Error(`forwardTiled: ${problem}`);
@@ -162,10 +171,7 @@ ${n.map((e) => `      ${guard(e, `${tile}[e${e} / D4][e${e} % D4] = x${e};`)}`).
       return `load_${from}4(ko + min(${key}, u.Nk - 1u) * u.kvRow, ${d}, ${key} < u.Nk)`;
     });
   const visible = (i: number, j: number) => `c0 + ${keyOf(j)} < u.Nk${causal ? ` && visible(row${i}, c0 + ${keyOf(j)})` : ''}`;
-  const store = (i: number, t: number) => {
-    if (vec) return `o[at${i} / 4u + ${colOf(t)}] = vec4<${dtype}>(x);`;
-    return ['x', 'y', 'z', 'w'].map((c, w) => `if (4u * (${colOf(t)}) + ${w}u < D) { o[at${i} + 4u * (${colOf(t)}) + ${w}u] = ${dtype}(x.${c}); }`).join('\n        ');
-  };
+  const store = (i: number, t: number) => storeRow4('o', `at${i}`, colOf(t), 'x', dtype, vec);
   return `${enables(dtype)}
 ${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
