@@ -13,6 +13,6 @@ export { decodeF16, encodeF16, f16ToNumber, numberToF16, roundToF16 } from './f1
 export { attentionFlops } from './flops.js';
 export { MemoryTracker, memory } from './memory.js';
 export { createEncoder, encoderWeights, type Encoder, type EncoderConfig, type LayerWeights } from './models/encoder.js';
-export type { Algorithm, AttentionOptions, Backend } from './options.js';
+export type { Algorithm, AttentionOptions, Backend, Precision } from './options.js';
 export { tensor, type AnyTensor, type DType, type GpuTensor, type Layout, type Tensor, type TensorData } from './tensor.js';
 export { webgpuDevice } from './webgpu/device.js';

@@ -20,6 +20,17 @@ export type Algorithm = 'flash' | 'standard';
 export const ALGORITHMS: readonly Algorithm[] = ['flash', 'standard'];
 export const LAYOUTS: readonly Layout[] = ['BNHD', 'BHND'];
 
+/**
+ * How exactly f32 inputs are multiplied, after PyTorch's float32 matmul precision:
+ * 'highest' (default): f32 multiply-adds, as the standard attention's.
+ * 'high': on GPUs with f16 subgroup matrices (tensor cores), each f32 value is split into two f16
+ * halves (22 of its 24 significant bits) and every product is three on the tensor cores: faster, with an
+ * error that is within the correctness rule on unit-normal inputs and about 2–3× the standard's at
+ * magnitudes of 1e4 (README, Precision). Elsewhere, and for f16 and causal attention, as 'highest'.
+ */
+export type Precision = 'highest' | 'high';
+export const PRECISIONS: readonly Precision[] = ['highest', 'high'];
+
 export interface AttentionOptions {
   /** Causal mask, bottom-right aligned when Nq ≠ Nk: query i sees keys j ≤ i + Nk − Nq. Default false. */
   causal?: boolean;
@@ -30,6 +41,8 @@ export interface AttentionOptions {
   backend?: Backend;
   /** Default 'flash'. */
   algorithm?: Algorithm;
+  /** f32 products: 'highest' (default) or 'high' (split into f16 halves on tensor cores; see Precision). */
+  precision?: Precision;
   /** Where the library's allocations are counted; default: the shared `memory` tracker. */
   memory?: MemoryTracker;
   /** webgpu: run on this device (the caller's) instead of the library's own. GPUBuffer inputs must belong to it. */
@@ -71,6 +84,7 @@ export const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'layout',
   'backend',
   'algorithm',
+  'precision',
   'memory',
   'device',
   ...Object.keys(UNSUPPORTED_OPTIONS),

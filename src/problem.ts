@@ -9,10 +9,12 @@ import {
   BACKENDS,
   KNOWN_OPTIONS,
   LAYOUTS,
+  PRECISIONS,
   UNSUPPORTED_OPTIONS,
   type Algorithm,
   type AttentionOptions,
   type Backend,
+  type Precision,
 } from './options.js';
 import { BYTES_PER_ELEMENT, dimsOf, strides, type Strides, dtypeOfArray, isGpuBuffer, type AnyTensor, type DType, type Layout, type Tensor, type TensorData } from './tensor.js';
 
@@ -30,6 +32,7 @@ export interface Problem {
   scale: number;
   backend: Backend;
   algorithm: Algorithm;
+  precision: Precision;
   memory: MemoryTracker;
   /** The tensors' data are GPUBuffers (webgpu, zero-copy). */
   onGpu: boolean;
@@ -121,6 +124,7 @@ function checkOptions(options: unknown, D: number) {
     layout: checkEnum('options.layout', o.layout, LAYOUTS, 'BNHD'),
     backend: checkEnum('options.backend', o.backend, BACKENDS, 'auto'),
     algorithm: checkEnum('options.algorithm', o.algorithm, ALGORITHMS, 'flash'),
+    precision: checkEnum('options.precision', o.precision, PRECISIONS, 'highest'),
     memory: o.memory ?? defaultMemory,
     device: o.device,
   };

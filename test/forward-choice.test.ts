@@ -4,9 +4,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MemoryTracker } from '../src/index.js';
+import type { Precision } from '../src/options.js';
 import type { Problem } from '../src/problem.js';
 import type { Gpu } from '../src/webgpu/device.js';
-import { forwardChoice, forwardTiledParams, TILED_MAX_ACCUMULATOR } from '../src/webgpu/index.js';
+import { forwardChoice, forwardTiledParams, forwardTiles, TILED_MAX_ACCUMULATOR } from '../src/webgpu/index.js';
 import { KernelConfigError } from '../src/webgpu/kernels/common.js';
 import { forwardTiledAccumulator, forwardTiledShape, forwardTiledWGSL, forwardTiledWorkgroupBytes } from '../src/webgpu/kernels/forward-tiled.js';
 
@@ -15,8 +16,8 @@ function device(workgroupBytes: number, invocations: number, extra: Partial<Gpu>
   return { limits, software: false, matrixF16: false, subgroupSize: undefined, ...extra } as Gpu;
 }
 
-function problem(D: number, dtype: 'f32' | 'f16' = 'f32', causal = false): Problem {
-  return { B: 1, H: 2, Hkv: 2, Nq: 256, Nk: 256, D, dtype, layout: 'BNHD', causal, scale: 1 / Math.sqrt(D), backend: 'webgpu', algorithm: 'flash', memory: new MemoryTracker(), onGpu: false };
+function problem(D: number, dtype: 'f32' | 'f16' = 'f32', causal = false, precision: Precision = 'highest'): Problem {
+  return { B: 1, H: 2, Hkv: 2, Nq: 256, Nk: 256, D, dtype, layout: 'BNHD', causal, scale: 1 / Math.sqrt(D), backend: 'webgpu', algorithm: 'flash', precision, memory: new MemoryTracker(), onGpu: false };
 }
 
 const h100 = device(49152, 1024, { subgroupSize: 32 });
@@ -54,6 +55,22 @@ test('f16: subgroup matrices where the adapter has them, else the tiled kernel',
   assert.equal(forwardChoice(problem(128, 'f16'), { ...h100, matrixF16: true }).kernel, 'forwardMatrix');
   assert.equal(forwardChoice(problem(128, 'f16'), h100).kernel, 'forwardTiled');
   assert.equal(forwardChoice(problem(40, 'f16'), { ...h100, matrixF16: true }).kernel, 'forwardTiled', 'D not a multiple of 16');
+});
+
+test('f32 at precision high where the adapter has f16 subgroup matrices: the subgroup-matrix kernel on split halves, Bc = 16 (not causal, D ≤ 128)', () => {
+  const gpu = { ...h100, matrixF16: true };
+  const high = (D: number, causal = false) => problem(D, 'f32', causal, 'high');
+  assert.equal(forwardChoice(problem(128), gpu).kernel, 'forwardTiled', "precision 'highest' (the default): f32 multiply-adds");
+  for (const D of [64, 128]) {
+    const choice = forwardChoice(high(D), gpu);
+    assert.equal(choice.kernel, 'forwardMatrix', `D = ${D}`);
+    assert.deepEqual({ ...choice.params }, { D, Bc: 16, RF: 1, W: 8, PAD: 8, OC: true, SGS: 32, causal: false, dtype: 'f32' });
+    assert.ok(forwardTiles(choice).onChipBytes <= 49152, 'fits 48 KiB');
+  }
+  assert.equal(forwardChoice(high(256), gpu).kernel, 'forwardTiled', 'D = 256: registers');
+  assert.equal(forwardChoice(high(128, true), gpu).kernel, 'forwardTiled', 'causal: the tiled kernel was faster');
+  assert.equal(forwardChoice(problem(128, 'f16', true, 'high'), gpu).kernel, 'forwardMatrix', 'f16 causal stays on subgroup matrices');
+  assert.equal(forwardChoice(high(40), gpu).kernel, 'forwardTiled', 'D not a multiple of 16');
 });
 
 test('head dims past the tiled kernel\'s registers run the portable kernel', () => {

@@ -9,7 +9,7 @@
  * without timing anything.
  */
 import { isGpuBuffer } from '../tensor.js';
-import { MemoryTracker, OutOfMemoryError, attentionFlops, backward, decodeF16, forward, type Algorithm, type GpuTensor, type Tensor } from '../index.js';
+import { MemoryTracker, OutOfMemoryError, attentionFlops, backward, decodeF16, forward, type Algorithm, type GpuTensor, type Precision, type Tensor } from '../index.js';
 import type { Clock } from './clock.js';
 import { ioOf, type KernelGeometry } from './io.js';
 import type { Progress } from './progress.js';
@@ -163,14 +163,14 @@ function makeInputs(B: number, N: number, H: number, D: number, dtype: BenchDTyp
  * algorithm) on a B=1, H=2, N=min(N, 256) problem with the case's D, dtype and causal flag. The backward
  * is fed the reference forward's out and lse, so it is judged on its own.
  */
-export async function validate(backend: BenchBackend, c: Case, algorithm: Algorithm, kernel: 'forward' | 'backward', seed: number): Promise<Validation> {
+export async function validate(backend: BenchBackend, c: Case, algorithm: Algorithm, kernel: 'forward' | 'backward', seed: number, precision: Precision = 'highest'): Promise<Validation> {
   const N = Math.min(c.N, VALIDATION_MAX_N);
   const tolerance = TOLERANCE[c.dtype];
   const base: Validation = { algorithm, kernel, B: VALIDATION_B, H: VALIDATION_H, N, D: c.D, causal: c.causal, dtype: c.dtype, ok: false, tolerance, errors: {} };
   try {
     const { q, k, v, dout } = makeInputs(VALIDATION_B, N, VALIDATION_H, c.D, c.dtype, seed ^ 0x5eed);
     const refOpts = { backend: 'reference', algorithm: 'standard', causal: c.causal, memory: new MemoryTracker() } as const;
-    const opts = { backend, algorithm, causal: c.causal, memory: new MemoryTracker() };
+    const opts = { backend, algorithm, causal: c.causal, precision, memory: new MemoryTracker() };
     const ref = await forward(q, k, v, refOpts);
     let errors: Record<string, number>;
     if (kernel === 'forward') {
@@ -197,6 +197,8 @@ export interface AttentionContext {
   repeats: number;
   seed: number;
   standard: boolean;
+  /** f32 products (options.precision); default 'highest'. */
+  precision?: Precision;
   clock: Clock;
   /** webgpu: the device the tensors live on (zero-copy: the timed calls are the kernels alone). */
   device?: GPUDevice;
@@ -225,7 +227,7 @@ function release(result: object): void {
 
 /** The two calls of a case, on host or device tensors alike. */
 function calls(ctx: AttentionContext, c: Case, algorithm: Algorithm, x: AnyInputs) {
-  const options = (memory: MemoryTracker) => ({ backend: ctx.backend, algorithm, causal: c.causal, memory });
+  const options = (memory: MemoryTracker) => ({ backend: ctx.backend, algorithm, causal: c.causal, precision: ctx.precision, memory });
   // The overloads take all-host or all-GPU tensors; the benchmark never mixes them.
   const q = x.q as Tensor;
   const k = x.k as Tensor;
@@ -321,7 +323,7 @@ export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionConte
     let v = cache.get(key);
     if (!v) {
       say.step(`validating ${algorithm} ${kernel} (D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''}) against the float64 reference`);
-      v = await validate(ctx.backend, c, algorithm, kernel, ctx.seed);
+      v = await validate(ctx.backend, c, algorithm, kernel, ctx.seed, ctx.precision);
       cache.set(key, v);
       validations.push(v);
       if (!v.ok) say.note(`FAILED validation: ${algorithm} ${kernel} D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''}: ${formatErrors(v)}`);

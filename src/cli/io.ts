@@ -13,7 +13,7 @@
  * Sizes are per head, times B·H; Nq = Nk = N. The counts ignore caches: they are what the algorithm
  * asks of main memory, not what a profiler would see.
  */
-import { MemoryTracker, type Algorithm } from '../index.js';
+import { MemoryTracker, type Algorithm, type Precision } from '../index.js';
 import { cpuShape, scratchLength } from '../cpu/job.js';
 import type { Problem } from '../problem.js';
 import type { Gpu } from '../webgpu/device.js';
@@ -52,7 +52,7 @@ export interface KernelGeometry {
 }
 
 /** A Problem for a case (the fields the backends' tile choices read). */
-export function problemOf(c: Case, algorithm: Algorithm, backend: 'cpu' | 'webgpu'): Problem {
+export function problemOf(c: Case, algorithm: Algorithm, backend: 'cpu' | 'webgpu', precision: Precision = 'highest'): Problem {
   return {
     B: c.B,
     H: c.H,
@@ -66,6 +66,7 @@ export function problemOf(c: Case, algorithm: Algorithm, backend: 'cpu' | 'webgp
     scale: 1 / Math.sqrt(c.D),
     backend,
     algorithm,
+    precision,
     memory: new MemoryTracker(),
     onGpu: false,
   };
@@ -92,8 +93,8 @@ export function cpuGeometry(c: Case, threads: number): KernelGeometry {
  * register tiles not counted); the backward's as backwardChoice picks its kernels (subgroup matrices, tiled
  * or portable).
  */
-export function webgpuGeometry(c: Case, gpu: Gpu): KernelGeometry {
-  const p = problemOf(c, 'flash', 'webgpu');
+export function webgpuGeometry(c: Case, gpu: Gpu, precision: Precision = 'highest'): KernelGeometry {
+  const p = problemOf(c, 'flash', 'webgpu', precision);
   const backward = backwardTiles(backwardChoice(p, gpu));
   // A matmul that reads an N×N operand reads it once per BN-wide column tile of its D-wide result.
   const reads = Math.ceil(c.D / matmulTile({ WG: workgroupSize(gpu) }).BN);

@@ -15,6 +15,7 @@ import { parseAxes, parseIntList, parsePositiveInt, parseSeed } from './parse.js
 import { progressOn } from './progress.js';
 import { formatHeader, formatResults, machine, packageVersion, webgpuVersion, writeReport } from './report.js';
 import type { BenchBackend, BenchDType, Case, Results, Suite, SweepAxis } from './results.js';
+import type { Precision } from '../index.js';
 import { DEFAULT_NS, ENCODER_DEFAULTS, PRODUCT_NS, SWEEP_AXES, defaultSweeps, encoderSettings, productSweeps, uniqueCases, type Scale } from './suites.js';
 
 interface BenchOptions {
@@ -32,6 +33,7 @@ interface BenchOptions {
   repeats: number;
   seed: number;
   standard: boolean;
+  precision: Precision;
   encoder: boolean;
   encoderBatch?: number;
   encoderMaxN?: number;
@@ -141,7 +143,7 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
       ...(gpu ? { adapter: { description: gpu.description, features: [...gpu.device.features].sort(), software: gpu.software } } : {}),
       timer: clock.method,
     },
-    settings: { suite: o.suite, repeats: o.repeats, seed: o.seed, standard: o.standard },
+    settings: { suite: o.suite, repeats: o.repeats, seed: o.seed, standard: o.standard, precision: o.precision },
     attention: { sweeps, validations: [], measurements: [] },
   };
   if (anchors) results.anchors = anchors;
@@ -156,8 +158,9 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   try {
     progress.plan(uniqueCases(sweeps).length * (o.standard ? 2 : 1));
     const threads = availableParallelism();
-    const geometry = backend === 'cpu' ? (c: Case) => cpuGeometry(c, threads) : gpu ? (c: Case) => webgpuGeometry(c, gpu) : undefined;
-    results.attention = await runAttention(sweeps, { backend, repeats: o.repeats, seed: o.seed, standard: o.standard, clock, device: gpu?.device, geometry, progress, record: record('attention') });
+    const geometry = backend === 'cpu' ? (c: Case) => cpuGeometry(c, threads) : gpu ? (c: Case) => webgpuGeometry(c, gpu, o.precision) : undefined;
+    const context = { backend, repeats: o.repeats, seed: o.seed, standard: o.standard, precision: o.precision, clock, device: gpu?.device, geometry, progress };
+    results.attention = await runAttention(sweeps, { ...context, record: record('attention') });
     if (o.suite === 'default' && o.encoder && backend !== 'reference') {
       const dtype = o.dtype ?? (scale === 'gpu' && f16 ? 'f16' : 'f32');
       const settings = encoderSettings(scale, dtype, o.repeats, o.encoderBatch, o.encoderMaxN);
@@ -223,6 +226,11 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
     .addOption(new Option('--causal', 'causal mask in the base case (query i sees keys j ≤ i; FLOPs halved)'))
     .addOption(new Option('--dtype <type>', 'storage type of the base case (default: f32 on the cpu, f16 on a GPU with shader-f16); arithmetic is f32 or wider').choices(['f32', 'f16']))
     .addOption(new Option('--sweeps <list>', `which sweeps of the default suite to run, from ${SWEEP_AXES.join(',')} (default: all)`).argParser(parseAxes))
+    .addOption(
+      new Option('--precision <p>', "f32 products: 'highest' (f32 multiply-adds) or 'high' (split into f16 halves on tensor cores where the GPU has them; see the README)")
+        .choices(['highest', 'high'])
+        .default('highest'),
+    )
     .addOption(new Option('--repeats <r>', 'timed samples per row, after a warm-up; the median and min–max are reported').argParser(parsePositiveInt).default(3))
     .addOption(new Option('--seed <s>', 'seed of the random inputs (0 to 2^32-1)').argParser(parseSeed).default(1))
     .addOption(new Option('--no-standard', 'skip the standard baseline in the attention sweeps (flash only)'))

@@ -4,7 +4,7 @@
  * validations that gated them, the encoder experiment, and PyTorch's figures where --anchor gave them.
  * Everything the terminal tables, the charts and index.html show is computed from this one object.
  */
-import type { Algorithm } from '../index.js';
+import type { Algorithm, Precision } from '../index.js';
 import type { SdpaAnchor, SeedAnchor } from './anchors.js';
 
 export type BenchBackend = 'cpu' | 'reference' | 'webgpu';
@@ -137,6 +137,8 @@ export interface Settings {
   repeats: number;
   seed: number;
   standard: boolean;
+  /** f32 products (options.precision); absent in reports from before it existed: 'highest'. */
+  precision?: Precision;
 }
 
 export interface Results {

@@ -52,6 +52,7 @@ import {
   type BackwardTiledParams,
   type BackwardTiledTiles,
 } from './kernels/backward-tiled.js';
+import { absmaxWGSL, splitCountBytes, splitGroups, splitWGSL } from './kernels/split.js';
 import { dispatch, pipeline } from './pipelines.js';
 
 /** The device a call runs on, checked against what the inputs need. */
@@ -101,15 +102,22 @@ export function forwardParams(p: Problem, gpu: Gpu): ForwardParams {
 }
 
 /**
- * The subgroup-matrix forward's configuration, or undefined where it cannot run and the portable kernel
- * takes over: no f16 subgroup matrices or fixed subgroup size, f32 inputs, D not a multiple of 16, or
- * fewer than a block of queries or keys. Tiles per D, tuned on an H100 (bench/variants/forward-matrix.ts).
+ * The subgroup-matrix forward's configuration, or undefined where it cannot run and the tiled or portable
+ * kernel takes over: no f16 subgroup matrices or fixed subgroup size, D not a multiple of 16, or fewer
+ * than a block of queries or keys. f32 inputs run split into f16 halves (kernels/split.ts). Tiles per D
+ * and dtype, tuned on an H100 (bench/variants/forward-matrix.ts).
  */
 export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams | undefined {
-  if (!gpu.matrixF16 || p.dtype !== 'f16' || gpu.subgroupSize === undefined) return undefined;
-  const tiles = FORWARD_MATRIX_TILES[p.D] ?? FORWARD_MATRIX_TILES.other;
+  if (!gpu.matrixF16 || (p.dtype !== 'f16' && p.dtype !== 'f32') || gpu.subgroupSize === undefined) return undefined;
+  // f32: only at precision 'high' (split into f16 halves; see options.ts), up to D = 128 (above it, O_i, its corrections and Q_i's halves exceed the
+  // registers), and not causal: on an H100 the split kernel's causal forward took as long as its full one
+  // (D = 128, N = 4096: 21.3 ms, 12.9 TFLOP/s, against the tiled kernel's 15.1 ms, 18.2), while its full
+  // forward beat the tiled one (25.5 against 20.1 TFLOP/s; bench/variants/forward-split.ts).
+  if (p.dtype === 'f32' && (p.precision !== 'high' || p.D > 128 || p.causal)) return undefined;
+  const table = p.dtype === 'f32' ? FORWARD_MATRIX_SPLIT_TILES : FORWARD_MATRIX_TILES;
+  const tiles = table[p.D] ?? table.other;
   const W = warpsThatFit(tiles.W, forwardMatrixRows({ ...tiles, W: 1 }), p.Nq, gpu.subgroupSize, gpu);
-  const params: ForwardMatrixParams = { D: p.D, ...tiles, W, SGS: gpu.subgroupSize, causal: p.causal };
+  const params: ForwardMatrixParams = { D: p.D, ...tiles, W, SGS: gpu.subgroupSize, causal: p.causal, ...(p.dtype === 'f32' ? { dtype: 'f32' as const } : {}) };
   const fits =
     !forwardMatrixProblem(params) &&
     forwardMatrixWorkgroupBytes(params) <= gpu.limits.maxComputeWorkgroupStorageSize &&
@@ -136,6 +144,19 @@ export const FORWARD_MATRIX_TILES: Record<number | 'other', Pick<ForwardMatrixPa
   64: { Bc: 16, RF: 1, W: 8, PAD: 8 },
   128: { Bc: 32, RF: 1, W: 8, PAD: 8 },
   other: { Bc: 16, RF: 1, W: 8, PAD: 8 },
+};
+
+/**
+ * The same for f32 inputs split into f16 halves: every tile is there twice (hi and lo), and S's
+ * corrections need a tile of their own, so at D = 128 only Bc = 16 fits 48 KiB with 8 warps (41.5 KiB);
+ * O_i's corrections in accumulators of their own (OC) took the error on the correctness grid's inputs
+ * within the rule (without: 2.29e-6 against the standard's 1.79e-7 at D = 128, Nq = 1023, Nk = 1024;
+ * with: 9.83e-7). H100, N = 4096: W = 8 25.5 TFLOP/s at D = 128 (W = 4: 24.1), 29.0–31.2 at D = 64.
+ */
+export const FORWARD_MATRIX_SPLIT_TILES: Record<number | 'other', Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD' | 'OC'>> = {
+  64: { Bc: 16, RF: 1, W: 8, PAD: 8, OC: true },
+  128: { Bc: 16, RF: 1, W: 8, PAD: 8, OC: true },
+  other: { Bc: 16, RF: 1, W: 8, PAD: 8, OC: true },
 };
 
 /** The tile sizes of the tiled forward (the rest of its params follow from the problem and the device). */
@@ -203,7 +224,7 @@ export type ForwardChoice =
   | { kernel: 'forwardTiled'; params: ForwardTiledParams }
   | { kernel: 'forward'; params: ForwardParams };
 
-/** Subgroup matrices where they apply (f16), else the tiled kernel, else the portable one. */
+/** Subgroup matrices where they apply (f16, and f32 split into f16 halves), else the tiled kernel, else the portable one. */
 export function forwardChoice(p: Problem, gpu: Gpu): ForwardChoice {
   const matrix = forwardMatrixParams(p, gpu);
   if (matrix) return { kernel: 'forwardMatrix', params: matrix };
@@ -329,16 +350,52 @@ export async function webgpuForward(
   const gpu = await gpuFor(p);
   const call = new Call(p, gpu);
   try {
-    const { pipe, Br } = await forwardKernel(gpu, choose(p, gpu));
+    const choice = choose(p, gpu);
+    const { pipe, Br } = await forwardKernel(gpu, choice);
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');
     const lse = call.output(p.B * p.H * p.Nq, 'lse', 'q', 'f32');
-    await call.submit(async (enc) => dispatch(enc, gpu.device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(p.Nq / Br), p.B * p.H]));
+    const [nq, nkv] = [p.B * p.Nq * p.H * p.D, p.B * p.Nk * p.Hkv * p.D];
+    const split = choice.kernel === 'forwardMatrix' && choice.params.dtype === 'f32' ? await splitInputs(call, [Q, K, V], [nq, nkv, nkv]) : undefined;
+    await call.submit(async (enc) => {
+      if (!split) return dispatch(enc, gpu.device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(p.Nq / Br), p.B * p.H]);
+      split.encode(enc);
+      dispatch(enc, gpu.device, pipe, [sizes, ...split.halves, out, lse, split.maxima, Q, K], [Math.ceil(p.Nq / Br), p.B * p.H]);
+    });
     return { out: await call.result(out, q.shape, 'q'), lse: await call.result(lse, [p.B, p.H, p.Nq], 'q', 'f32') };
   } finally {
     call.dispose();
   }
+}
+
+/**
+ * f32 tensors (q, k, v on the device, of `elements` each, a multiple of 4) split into f16 halves for the
+ * subgroup-matrix kernels (kernels/split.ts): `halves` (hi then lo, the same bytes as each input),
+ * `maxima` (each input's largest magnitude, f32 bits), and `encode`, which records both passes of each.
+ */
+export async function splitInputs(
+  call: Call,
+  inputs: GPUBuffer[],
+  elements: number[],
+): Promise<{ halves: GPUBuffer[]; maxima: GPUBuffer; encode: (enc: GPUCommandEncoder) => void }> {
+  const { device } = call.gpu;
+  const absmax = await pipeline(device, 'absmax', {}, absmaxWGSL);
+  const split = await pipeline(device, 'split', {}, splitWGSL);
+  const maxima = call.buffers.create(4 * inputs.length, 'maxima', 'q'); // zeros
+  const names = ['q', 'k', 'v'] as const;
+  const halves = elements.map((n, i) => call.buffers.create(4 * n, `${names[i]} halves`, names[i] === 'q' ? 'q' : 'k'));
+  const counts = elements.map((n, i) => call.buffers.uniform(splitCountBytes(n / 4, i), `${names[i]} count`));
+  return {
+    halves,
+    maxima,
+    encode: (enc) =>
+      inputs.forEach((x, i) => {
+        const groups = splitGroups(elements[i] / 4);
+        dispatch(enc, device, absmax, [counts[i], x, maxima], [groups, 1]);
+        dispatch(enc, device, split, [counts[i], x, maxima, halves[i]], [groups, 1]);
+      }),
+  };
 }
 
 /** The backward kernels' compile-time configurations for a problem on a device (dK/dV and dQ tiles apart). */

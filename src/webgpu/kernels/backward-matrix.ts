@@ -30,7 +30,7 @@
  * f32, Pᵀ, dSᵀ in f16) and 4·Bq·(D + PAD) (Q_i, dO_i); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16) and 4·Bc·(D + PAD) (K_j, V_j).
  */
 import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, kvStaging, lines, pairStaging, range, warpRowsWGSL } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, kvStaging, lines, range, tileStaging, warpRowsWGSL } from './matrix.js';
 
 export interface BackwardKVMatrixParams {
   D: number;
@@ -118,7 +118,19 @@ export function backwardKVMatrixWGSL(p: BackwardKVMatrixParams, workgroupLimit: 
   const SHARES = SGS / FRAGMENT; // invocations per key column
   const RS = Bq / SHARES; // query rows each invocation takes
   const WG = W * SGS;
-  const staging = pairStaging({ D, rows: Bq, WG, a: 'q', b: 'dout', A: 'QT', B: 'GT', base: 'qo', n: 'u.Nq', stride: 'u.qRow', block: 'Bq' });
+  const staging = tileStaging({
+    D,
+    rows: Bq,
+    WG,
+    tiles: [
+      { from: 'q', reg: 'q', at: 'QT' },
+      { from: 'dout', reg: 'dout', at: 'GT' },
+    ],
+    base: 'qo',
+    n: 'u.Nq',
+    stride: 'u.qRow',
+    block: 'Bq',
+  });
   const fragment = 16 * 16;
   return `${MATRIX_ENABLES}
 diagnostic(off, chromium.subgroup_matrix_uniformity);

@@ -38,12 +38,30 @@
  * the hardware needs.
  * Workgroup memory: K_j, V_j 4·Bc·(D + PAD) + S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag) + 512
  * (the ones); D = 128, Bc = 32, Br = 128, PAD = 8: 41.5 KiB.
+ * f32 (dtype 'f32'): Q, K and V arrive split into f16 hi and lo halves, scaled by powers of two
+ * (kernels/split.ts), and every product is three, lo·hi + hi·lo + hi·hi. The tensor cores' f32
+ * accumulation truncates every partial sum to 24 bits relative to its magnitude (measured on an H100:
+ * one accumulator for all three products gave S an error of about 1e-6, 20× the FMA kernels'), so the
+ * corrections (lo·hi + hi·lo) go into accumulators of their own, which stay small: S's are stored to a
+ * second tile (SC) and added to S when the scores are read; O_i's (OC) are added at the end. P̃ is split
+ * the same way after scaling by 2^7 (P̃ ≤ 2^TAU, so 2^15 at most: small P̃ keep their bits above f16's
+ * subnormals); l is then the invocations' own sum (l32, times 2^7), not a product with ones. The scores'
+ * powers of two fold into the softmax scale and V's is undone on the output, exactly. L takes the score
+ * of the key m came from recomputed from the f32 inputs as the tiled kernels compute S (see the end),
+ * so that the f32 backward's P = exp(S − L) of a one-hot row is exactly 1. Workgroup memory:
+ * 8·Bc·(D + PAD) + 12·Br·Bc + 516 bytes (D = 128, Bc = 16, Br = 128: 41.5 KiB).
+ * Error (H100, bench/variants/forward-split.ts): within the correctness rule on its grid's inputs (unit
+ * normal), where the +1e-6 term carries it: out 9.8e-7 against the standard's 1.8e-7 at D = 128, Nq =
+ * 1023, Nk = 1024; at magnitudes of 1e4 (q, v), where only the 2× term counts, 2.1× the standard's
+ * (4.2e-3 against 1.95e-3, D = 128, Nk = 300) and up to 4.7× at D = 64: the truncation of O_i's
+ * accumulation over the key blocks, which this kernel does not avoid.
  * Measured on an H100 (bench/results/2026-11-22-h100-session5.md): reading S once and summing l on the
  * tensor cores made this kernel 1.18× (D = 128, N = 4096) to 1.35× (causal) the one before; staging K_j,
  * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
  */
-import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL } from './common.js';
+import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, type StorageType } from './common.js';
 import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, range, warpRowsWGSL } from './matrix.js';
+import { SPLIT_EXPONENT_WGSL, SPLIT_HIGH_WGSL } from './split.js';
 
 export interface ForwardMatrixParams {
   D: number;
@@ -58,6 +76,10 @@ export interface ForwardMatrixParams {
   /** The adapter's (fixed) subgroup size. */
   SGS: number;
   causal: boolean;
+  /** The inputs' and output's dtype: 'f32' takes them split into f16 halves (see above); 'f16' if absent. */
+  dtype?: StorageType;
+  /** f32: O_i's corrections (lo·hi + hi·lo) in accumulators of their own, as S's are (see above). */
+  OC?: boolean;
 }
 
 /** Query rows per workgroup. */
@@ -66,7 +88,8 @@ export function forwardMatrixRows(p: Pick<ForwardMatrixParams, 'RF' | 'W'>): num
 }
 
 export function forwardMatrixWorkgroupBytes(p: ForwardMatrixParams): number {
-  return 4 * p.Bc * (p.D + p.PAD) + 6 * forwardMatrixRows(p) * p.Bc + 4 + 2 * FRAGMENT * FRAGMENT;
+  const halves = p.dtype === 'f32' ? 2 : 1; // f16 tiles per operand, and f32 score tiles (S and its corrections)
+  return halves * (4 * p.Bc * (p.D + p.PAD) + 2 * forwardMatrixRows(p) * p.Bc + 4 * forwardMatrixRows(p) * p.Bc) + 4 + 2 * FRAGMENT * FRAGMENT;
 }
 
 /** Why these params cannot work (undefined when they can). */
@@ -91,6 +114,7 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   if (problem) throw new Error(`forwardMatrix: ${problem}`);
   checkWorkgroupBytes('forwardMatrix', forwardMatrixWorkgroupBytes(p), workgroupLimit);
   const { D, Bc, RF, W, PAD, SGS, causal } = p;
+  const split = p.dtype === 'f32';
   const BrW = FRAGMENT * RF; // rows per warp
   const Br = BrW * W;
   const DS = D + PAD; // row stride of the K_j, V_j tiles
@@ -103,15 +127,25 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   // banks. Key t of this invocation's share is S[sr + t·SHARES·BrW], key kr + t·SHARES.
   const at = (t: number) => `sr + ${t * SHARES * BrW}u`;
   const visible = (t: number) => `kr + ${t * SHARES}u >= jc${causal ? ` && visible(row, kr + ${t * SHARES}u)` : ''}`;
-  const staging = kvStaging({ D, Bc, WG: W * SGS });
-  // The fragments of O_i and l, which a rescale and the output take through the warp's S: [d][r].
-  const held = [...range(DF).map((d) => range(RF).map((f) => `o${f}_${d}`)), range(RF).map((f) => `l${f}`)];
-  // The fragments `names` (one per row fragment) stored to the warp's S, `body` run on them there, and
-  // loaded back if `back`; every line indented by `pad`.
-  const roundTrip = (names: string[], body: string, back: boolean, pad: string) =>
+  const staging = kvStaging({ D, Bc, WG: W * SGS, split });
+  // acc += a·b, a and b given as [hi, lo] names; f32: three products of the halves, the corrections
+  // lo·hi + hi·lo into `corr` (acc itself, or an accumulator of their own), hi·hi into acc; f16: one.
+  const products = (a: [string, string], b: [string, string], acc: string, corr: string, pad: string) =>
+    (split ? [[a[1], b[0], corr], [a[0], b[1], corr], [a[0], b[0], acc]] : [[a[0], b[0], acc]])
+      .map(([x, y, z]) => `${pad}${z} = subgroupMatrixMultiplyAccumulate(${x}, ${y}, ${z});`)
+      .join('\n');
+  const OC = split && Boolean(p.OC);
+  // The fragments of O_i and l, which a rescale and the output take through the warp's S: [d][r]. f32:
+  // O_i's corrections (OC) come after O_i's, and l is summed by the invocations (l32).
+  const outs = (x: string) => range(DF).map((d) => range(RF).map((f) => `${x}${f}_${d}`));
+  const held = split ? [...outs('o'), ...(OC ? outs('oc') : [])] : [...outs('o'), range(RF).map((f) => `l${f}`)];
+  // The fragments `names` (one per row fragment) stored to the warp's S (and `corrections`, f32, to its
+  // corrections' region), `body` run on them there, and loaded back if `back`; every line indented by `pad`.
+  const roundTrip = (names: string[], body: string, back: boolean, pad: string, corrections: string[] = []) =>
     [
       'workgroupBarrier();',
       ...names.map((x, f) => `subgroupMatrixStore<col_major>(&S, sw + ${f * FRAGMENT}u, ${x}, BrW);`),
+      ...corrections.map((x, f) => `subgroupMatrixStore<col_major>(&S, SC + sw + ${f * FRAGMENT}u, ${x}, BrW);`),
       'workgroupBarrier();',
       ...body.split('\n'),
       ...(back ? ['workgroupBarrier();', ...names.map((x, f) => `${x} = subgroupMatrixLoad<${RESULT}, col_major>(&S, sw + ${f * FRAGMENT}u, BrW);`)] : []),
@@ -125,36 +159,69 @@ ${SIZES_WGSL}
 @group(0) @binding(1) var<storage, read> q: array<f16>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<f16>>;
 @group(0) @binding(3) var<storage, read> v: array<vec4<f16>>;
-@group(0) @binding(4) var<storage, read_write> o: array<f16>;
-@group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits
+@group(0) @binding(4) var<storage, read_write> o: array<${split ? 'f32' : 'f16'}>;
+@group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits${
+    split
+      ? `
+// q, k and v hold f32 tensors split into f16 halves (split.ts), hi then lo; their largest magnitudes:
+@group(0) @binding(6) var<storage, read> maxima: array<u32>; // |q|, |k|, |v| as f32 bits
+@group(0) @binding(7) var<storage, read> q32: array<vec4<f32>>; // the f32 inputs themselves
+@group(0) @binding(8) var<storage, read> k32: array<vec4<f32>>;`
+      : ''
+  }
 
 const D = ${D}u;
 const DS = ${DS}u;
 const Br = ${Br}u;
 const BrW = ${BrW}u;
 const Bc = ${Bc}u;
-const FLAG = ${Br * Bc}u;
-const TAU = 8.0;
+const FLAG = ${(split ? 2 : 1) * Br * Bc}u;${split ? `\nconst SC = ${Br * Bc}u; // f32: where the corrections of S (and of O_i, OC) go` : ''}
+const TAU = 8.0;${split ? '\nconst PSCALE = 128.0; // P̃ is split after scaling by 2^7 (see above)' : ''}
 ${LOG2E_WGSL}
 ${MASKED_WGSL}
 
 // S: warp w's [c][r] at w·BrW·Bc; also the round trip of its O_i and l fragments ([d][r]); the last
 // element is the workgroup's rescale flag.
-var<workgroup> S: array<f32, ${Br * Bc + 1}>;
+var<workgroup> S: array<f32, ${(split ? 2 : 1) * Br * Bc + 1}>;
 // All f16 tiles in one array, declared last: on an H100 a workgroup variable declared after an f16 array
 // was seen to alias that array's first words. K_j at KT and V_j at VT ([key][d], stride DS); warp w's P̃
 // ([c][r]) at PT + w·BrW·Bc; a 16×16 block of ones at ONES (l = P̃ · 1 on the tensor cores).
-var<workgroup> T: array<f16, ${2 * Bc * DS + Br * Bc + FRAGMENT * FRAGMENT}>;
+${
+    split
+      ? `// f32: the lo halves of K_j, V_j and P̃ at KLT, VLT and PLT.
+var<workgroup> T: array<f16, ${4 * Bc * DS + 2 * Br * Bc + FRAGMENT * FRAGMENT}>;
+const KT = 0u;
+const KLT = ${Bc * DS}u;
+const VT = ${2 * Bc * DS}u;
+const VLT = ${3 * Bc * DS}u;
+const PT = ${4 * Bc * DS}u;
+const PLT = ${4 * Bc * DS + Br * Bc}u;
+const ONES = ${4 * Bc * DS + 2 * Br * Bc}u;`
+      : `var<workgroup> T: array<f16, ${2 * Bc * DS + Br * Bc + FRAGMENT * FRAGMENT}>;
 const KT = 0u;
 const VT = ${Bc * DS}u;
 const PT = ${2 * Bc * DS}u;
-const ONES = ${2 * Bc * DS + Br * Bc}u;
+const ONES = ${2 * Bc * DS + Br * Bc}u;`
+  }
 
 ${VISIBLE_WGSL}
 ${NAN_WGSL}
-
+${split ? `${SPLIT_EXPONENT_WGSL}\n${SPLIT_HIGH_WGSL}\n` : ''}
 ${warpRowsWGSL(p, 'S and P')}
-  let scale2 = u.scale * LOG2E;
+${
+  split
+    ? `  // The powers of two the halves carry: the scores' fold into the softmax scale, V's is undone on the
+  // output; the lo halves start after the hi ones.
+  let eq = splitExponent(maxima[0]);
+  let ek = splitExponent(maxima[1]);
+  let ev = splitExponent(maxima[2]);
+  let scale = ldexp(u.scale, -(eq + ek));
+  let scale2 = scale * LOG2E;
+  let qLo = u.B * u.qBatch;
+  let kLo4 = u.B * u.kvBatch / 4u;
+  let vLo4 = kLo4;`
+    : '  let scale2 = u.scale * LOG2E;'
+}
   let sr = sw + part * BrW + r; // this invocation's first element of the warp's S and P
   for (var e = lid; e < ${FRAGMENT * FRAGMENT}u; e += ${W * SGS}u) {
     T[ONES + e] = 1.0h;
@@ -162,7 +229,11 @@ ${warpRowsWGSL(p, 'S and P')}
 
   // Alg. 1 line 4: the warp's rows of Q_i, row fragment f at rows w0 + 16f, into registers.
 ${grid(RF, DF)
-  .map(([f, d]) => `  let q${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&q, qo + (w0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);`)
+  .map(([f, d]) =>
+    [['q', ''], ...(split ? [['ql', 'qLo + ']] : [])]
+      .map(([x, lo]) => `  let ${x}${f}_${d} = subgroupMatrixLoad<${LEFT}, row_major>(&q, ${lo}qo + (w0 + ${f * FRAGMENT}u) * u.qRow + ${d * FRAGMENT}u, u.qRow);`)
+      .join('\n'),
+  )
   .join('\n')}
   // Alg. 1 line 5: O_i = 0, l = 0 (as fragments: l = P̃·1 sums the f16 P̃ that O_i is made of, so a
   // one-hot row, as with logits of ±1e4, gives exactly its V row), m = −∞ (MASKED).
@@ -171,7 +242,7 @@ ${held
   .map((x) => `  var ${x} = ${RESULT}();`)
   .join('\n')}
   var m = MASKED;
-  var sm = 0.0;   // the raw score m = sm·scale·log2e came from
+  var sm = 0.0;   // the raw score m = sm·scale·log2e came from${split ? '\n  var km = 0u;    // f32: its key, whose score L takes exactly (see the end)' : ''}
   var l32 = 0.0;  // Σ P̃ unrounded (L's sum), over this invocation's share of the row
   var poisoned = false; // a NaN logit makes this row's out and L NaN, and no other row's
 
@@ -201,18 +272,25 @@ ${range(CF)
   .map(
     (c) => `    {
 ${range(RF)
-  .map((f) => `      var s${f} = ${RESULT}();`)
+  .map((f) => `      var s${f} = ${RESULT}();${split ? `\n      var c${f} = ${RESULT}();` : ''}`)
   .join('\n')}
 ${range(DF)
   .map(
-    (d) => `      let k${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&T, KT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);
+    (d) => `      let k${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&T, KT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);${
+      split ? `\n      let kl${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&T, KLT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);` : ''
+    }
 ${range(RF)
-  .map((f) => `      s${f} = subgroupMatrixMultiplyAccumulate(q${f}_${d}, k${d}, s${f});`)
+  .map((f) => products([`q${f}_${d}`, `ql${f}_${d}`], [`k${d}`, `kl${d}`], `s${f}`, `c${f}`, '      '))
   .join('\n')}`,
   )
   .join('\n')}
 ${range(RF)
-  .map((f) => `      subgroupMatrixStore<col_major>(&S, sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, s${f}, BrW);`)
+  .map(
+    (f) =>
+      `      subgroupMatrixStore<col_major>(&S, sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, s${f}, BrW);${
+        split ? `\n      subgroupMatrixStore<col_major>(&S, SC + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, c${f}, BrW);` : ''
+      }`,
+  )
   .join('\n')}
     }`,
   )
@@ -222,17 +300,17 @@ ${range(RF)
     // only by more than TAU (see above). sx: the raw score the block max came from (ties: the larger),
     // for L (see the end).
     var mx = MASKED;
-    var sx = 0.0;
+    var sx = 0.0;${split ? '\n    var kx = 0u;' : ''}
     var bad = 0u;
 ${range(PER)
   .map(
-    (t) => `    let sc${t} = S[${at(t)}];
+    (t) => `    let sc${t} = S[${at(t)}]${split ? ` + S[SC + ${at(t)}]` : ''};
     let in${t} = ${visible(t)};
     if (in${t}) {
       let x = sc${t} * scale2;
       if (x > mx || (x == mx && sc${t} > sx)) {
         mx = x;
-        sx = sc${t};
+        sx = sc${t};${split ? `\n        kx = kr + ${t * SHARES}u;` : ''}
       }
       bad = bad | u32(is_nan(x));
     }`,
@@ -245,7 +323,7 @@ ${range(Math.log2(SHARES))
       let os = subgroupShuffleXor(sx, ${BrW << i}u);
       let take = om > mx || (om == mx && os > sx);
       mx = select(mx, om, take);
-      sx = select(sx, os, take);
+      sx = select(sx, os, take);${split ? `\n      kx = select(kx, subgroupShuffleXor(kx, ${BrW << i}u), take);` : ''}
     }`,
   )
   .join('\n')}
@@ -259,13 +337,21 @@ ${range(Math.log2(SHARES))
       }
       l32 = l32 * alpha;
       m = mx;
-      sm = sx;
+      sm = sx;${split ? '\n      km = kx;' : ''}
     }
 ${range(PER)
   .map(
     (t) => `    {
-      let pe = select(0.0, exp2((sc${t} - sm) * scale2), in${t});
-      T[PT + ${at(t)}] = f16(pe);
+      let pe = select(0.0, exp2((sc${t} - sm) * scale2), in${t});${
+        split
+          ? `
+      let pp = pe * PSCALE;
+      let ph = f16High(pp);
+      T[PT + ${at(t)}] = f16(ph);
+      T[PLT + ${at(t)}] = f16(pp - ph);`
+          : `
+      T[PT + ${at(t)}] = f16(pe);`
+      }
       l32 += pe;
     }`,
   )
@@ -292,14 +378,19 @@ ${range(CF)
   .map(
     (c) => `    {
 ${range(RF)
-  .map((f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);
-      l${f} = subgroupMatrixMultiplyAccumulate(p${f}, ones, l${f});`)
+  .map(
+    (f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);${
+      split ? `\n      let pl${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PLT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);` : ''
+    }${split ? '' : `\n      l${f} = subgroupMatrixMultiplyAccumulate(p${f}, ones, l${f});`}`,
+  )
   .join('\n')}
 ${range(DF)
   .map(
-    (d) => `      let v${d} = subgroupMatrixLoad<${RIGHT}, row_major>(&T, VT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);
+    (d) => `      let v${d} = subgroupMatrixLoad<${RIGHT}, row_major>(&T, VT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);${
+      split ? `\n      let vl${d} = subgroupMatrixLoad<${RIGHT}, row_major>(&T, VLT + ${c * FRAGMENT * DS + d * FRAGMENT}u, DS);` : ''
+    }
 ${range(RF)
-  .map((f) => `      o${f}_${d} = subgroupMatrixMultiplyAccumulate(p${f}, v${d}, o${f}_${d});`)
+  .map((f) => products([`p${f}`, `pl${f}`], [`v${d}`, `vl${d}`], `o${f}_${d}`, `${OC ? 'oc' : 'o'}${f}_${d}`, '      '))
   .join('\n')}`,
   )
   .join('\n')}
@@ -313,9 +404,22 @@ ${range(RF)
   // roundings at the size of L (5e-4 at 1e4), which the backward's P = exp(S·scale − L) feels. A row that
   // saw no key: O = 0, L = −∞.
   ${shuffles('l32', (a, b) => `${a} + ${b}`)}
-${roundTrip(held[DF], 'let l = S[sw + r];', false, '  ')}
+${split ? '  let l = l32 * PSCALE; // what O_i is made of: P̃·2^7' : roundTrip(held[DF], 'let l = S[sw + r];', false, '  ')}
   if (part == 0u) {
-    let L = sm * u.scale + log(l32);
+${
+  split
+    ? `    // The f32 kernels' backward recomputes S = Σ dot(scale·q, k) over vec4s in order of D, and P =
+    // exp(S − L): at logits of 1e4 the split's score is off by more than P can bear (a one-hot row's P
+    // must come out 1). So L takes the score of key km as those kernels compute it, from the f32 inputs.
+    var se = 0.0;
+    let qr = (qo + row * u.qRow) / 4u;
+    let kc = (ko + km * u.kvRow) / 4u;
+    for (var d4 = 0u; d4 < ${D / 4}u; d4++) {
+      se += dot(q32[qr + d4] * u.scale, k32[kc + d4]);
+    }
+    let L = se + log(l32);`
+    : `    let L = sm * u.scale + log(l32);`
+}
     lse[bh * u.Nq + row] = select(select(bitcast<u32>(L), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
   }
   let orow = qo + row * u.qRow;
@@ -325,10 +429,15 @@ ${range(DF)
       held[d],
       `for (var t = 0u; t < ${FRAGMENT / SHARES}u; t++) {
   let dd = t * ${SHARES}u + part;
-  o[orow + ${d * FRAGMENT}u + dd] = f16(select(select(S[sw + dd * BrW + r] / l, 0.0, l == 0.0), nan(), poisoned));
+  o[orow + ${d * FRAGMENT}u + dd] = ${
+    split
+      ? `select(select(ldexp((S[sw + dd * BrW + r]${OC ? ' + S[SC + sw + dd * BrW + r]' : ''}) / l, -ev), 0.0, l == 0.0), nan(), poisoned)`
+      : 'f16(select(select(S[sw + dd * BrW + r] / l, 0.0, l == 0.0), nan(), poisoned))'
+  };
 }`,
       false,
       '  ',
+      OC ? held[DF + d] : [],
     ),
   )
   .join('\n')}

@@ -36,30 +36,28 @@ export function combine(x: string, op: (a: string, b: string) => string, stride:
 }
 
 /**
- * Two tiles of `rows` rows of D f16 (from the bindings a and b, read as array<vec4<f16>>: K_j and V_j,
- * or Q_i and dO_i) staged into the f16 workgroup array T at offsets A and B (row stride DS) by the WG
- * invocations (`lid`) of a workgroup, through registers: `declare` makes them, `fetch(j)` issues block
- * j's loads (the last block moved back to end at n, as the kernels' tails are), `store` writes them to T.
- * Fetching block j + 1 right after storing block j lets its loads arrive while block j is computed. The
- * WGSL names: `base`, the head's offset in a and b; `n`, their rows; `stride`, their row stride (a
- * multiple of 4: D is a multiple of 16); `block`, the constant rows per block.
+ * Tiles of `rows` rows of D f16 (each read from a binding as array<vec4<f16>>: K_j and V_j, or Q_i and
+ * dO_i, or the hi and lo halves of split f32 ones) staged into the f16 workgroup array T (row stride DS)
+ * by the WG invocations (`lid`) of a workgroup, through registers: `declare` makes them, `fetch(j)` issues
+ * block j's loads (the last block moved back to end at n, as the kernels' tails are), `store` writes them
+ * to T. Fetching block j + 1 right after storing block j lets its loads arrive while block j is computed.
+ * The WGSL names: `base`, the head's offset in the bindings; `n`, their rows; `stride`, their row stride
+ * (a multiple of 4: D is a multiple of 16); `block`, the constant rows per block.
  */
 export interface Staging {
   D: number;
   rows: number;
   WG: number;
-  a: string;
-  b: string;
-  A: string;
-  B: string;
+  /** Each tile: the binding it is read from (at `offset` vec4s, if given), its registers' prefix, its offset in T. */
+  tiles: Array<{ from: string; reg: string; at: string; offset?: string }>;
   base: string;
   n: string;
   stride: string;
   block: string;
 }
 
-export function pairStaging(p: Staging): { declare: string; fetch: (j: string) => string; store: string } {
-  const { D, rows, WG, a, b, A, B } = p;
+export function tileStaging(p: Staging): { declare: string; fetch: (j: string) => string; store: string } {
+  const { D, rows, WG, tiles } = p;
   const D4 = D / 4; // vec4s of a row
   const LOADS = Math.ceil((rows * D4) / WG); // vec4s of each tile each invocation moves
   const guard = (n: number, body: string) => ((n + 1) * WG <= rows * D4 ? body : `\n      if (e < ${rows * D4}u) {${body}\n      }`);
@@ -67,28 +65,41 @@ export function pairStaging(p: Staging): { declare: string; fetch: (j: string) =
     range(LOADS)
       .map((n) => `    {\n      let e = lid + ${n * WG}u;${guard(n, body(n))}\n    }`)
       .join('\n');
-  const [x, y] = [`${a}x`, `${b}x`]; // the registers
+  const first = `${[...new Set(tiles.map((t) => t.from))].join('')}4`; // the block's first vec4
   return {
-    declare: lines(LOADS, (n) => `  var ${x}${n}: vec4<f16>;\n  var ${y}${n}: vec4<f16>;`),
-    fetch: (j) => `    let ${a}${b}4 = (${p.base} + min((${j}) * ${p.block}, ${p.n} - ${p.block}) * ${p.stride}) / 4u;
+    declare: lines(LOADS, (n) => tiles.map((t) => `  var ${t.reg}x${n}: vec4<f16>;`).join('\n')),
+    fetch: (j) => `    let ${first} = (${p.base} + min((${j}) * ${p.block}, ${p.n} - ${p.block}) * ${p.stride}) / 4u;
 ${each(
   (n) => `
-      let g = ${a}${b}4 + (e / ${D4}u) * (${p.stride} / 4u) + e % ${D4}u;
-      ${x}${n} = ${a}[g];
-      ${y}${n} = ${b}[g];`,
+      let g = ${first} + (e / ${D4}u) * (${p.stride} / 4u) + e % ${D4}u;
+${tiles.map((t) => `      ${t.reg}x${n} = ${t.from}[g${t.offset ? ` + ${t.offset}` : ''}];`).join('\n')}`,
 )}`,
     store: each(
       (n) => `
       let at = (e / ${D4}u) * DS + 4u * (e % ${D4}u);
-      T[${A} + at] = ${x}${n}.x; T[${A} + at + 1u] = ${x}${n}.y; T[${A} + at + 2u] = ${x}${n}.z; T[${A} + at + 3u] = ${x}${n}.w;
-      T[${B} + at] = ${y}${n}.x; T[${B} + at + 1u] = ${y}${n}.y; T[${B} + at + 2u] = ${y}${n}.z; T[${B} + at + 3u] = ${y}${n}.w;`,
+${tiles.map(({ reg, at }) => `      T[${at} + at] = ${reg}x${n}.x; T[${at} + at + 1u] = ${reg}x${n}.y; T[${at} + at + 2u] = ${reg}x${n}.z; T[${at} + at + 3u] = ${reg}x${n}.w;`).join('\n')}`,
     ),
   };
 }
 
-/** K_j and V_j of Bc keys (bindings k, v; offset ko) into T at KT and VT: the forward's and dQ's staging. */
-export function kvStaging(p: { D: number; Bc: number; WG: number }): { declare: string; fetch: (j: string) => string; store: string } {
-  return pairStaging({ D: p.D, rows: p.Bc, WG: p.WG, a: 'k', b: 'v', A: 'KT', B: 'VT', base: 'ko', n: 'u.Nk', stride: 'u.kvRow', block: 'Bc' });
+/**
+ * K_j and V_j of Bc keys (bindings k, v; offset ko) into T at KT and VT: the forward's and dQ's staging.
+ * `split`: f32 inputs split into f16 hi and lo halves (kernels/split.ts): also their lo halves, kLo4 and
+ * vLo4 vec4s further on, into T at KLT and VLT.
+ */
+export function kvStaging(p: { D: number; Bc: number; WG: number; split?: boolean }): { declare: string; fetch: (j: string) => string; store: string } {
+  const tiles = p.split
+    ? [
+        { from: 'k', reg: 'k', at: 'KT' },
+        { from: 'k', reg: 'kl', at: 'KLT', offset: 'kLo4' },
+        { from: 'v', reg: 'v', at: 'VT' },
+        { from: 'v', reg: 'vl', at: 'VLT', offset: 'vLo4' },
+      ]
+    : [
+        { from: 'k', reg: 'k', at: 'KT' },
+        { from: 'v', reg: 'v', at: 'VT' },
+      ];
+  return tileStaging({ D: p.D, rows: p.Bc, WG: p.WG, tiles, base: 'ko', n: 'u.Nk', stride: 'u.kvRow', block: 'Bc' });
 }
 
 /**
