@@ -139,7 +139,7 @@ async function main(): Promise<void> {
         const tf = (ms: number) => `${ms.toFixed(2)} ms ${(flops / ms / 1e9).toFixed(1)} TFLOP/s`;
         for (const { rejected, ...tiles } of ok) {
           FORWARD_MATRIX_SPLIT_TILES[D] = tiles;
-          const choose = (p: Problem, g: Gpu): ForwardChoice => ({ kernel: 'forwardMatrix', params: forwardMatrixParams(p, g)! });
+          const choose = (p: Problem): ForwardChoice => ({ kernel: 'forwardMatrix', params: { D, ...tiles, SGS, causal: p.causal, dtype: 'f32' } });
           console.log(`D=${D} N=${N} causal=${causal} split ${JSON.stringify(tiles)} ${tf(await timeCalls(gpu, shape, choose))}${rejected ? ' (REJECTED above)' : ''}`);
         }
         const tiled = (p: Problem, g: Gpu): ForwardChoice => ({ kernel: 'forwardTiled', params: forwardTiledParams(p, g)! });
