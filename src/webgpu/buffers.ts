@@ -7,6 +7,8 @@ import type { MemoryTracker } from '../memory.js';
 
 export class GpuBuffers {
   private readonly owned = new Map<GPUBuffer, number>();
+  /** Bytes of kept buffers this call uses (counted while it runs; never destroyed by it). */
+  private borrowed = 0;
 
   constructor(
     readonly device: GPUDevice,
@@ -85,9 +87,29 @@ export class GpuBuffers {
     return buffer;
   }
 
-  /** Destroy everything still owned (the call's temporaries). */
+  /**
+   * A storage buffer of at least `bytes` that outlives the call, kept in `kept` under `key` (the device's
+   * scratch: the same key in later calls gets the same buffer back, or a larger one in its place). It is
+   * counted in this call's tracker until destroyAll, like the call's own temporaries, but not destroyed.
+   */
+  borrow(kept: Map<string, GPUBuffer>, key: string, bytes: number, what: string, argument: string): GPUBuffer {
+    let buffer = kept.get(key);
+    if (!buffer || buffer.size < bytes) {
+      // A smaller one it replaces is left to the garbage collector, not destroyed: a concurrent call that
+      // borrowed it may not have submitted its work yet.
+      buffer = this.create(bytes, what, argument);
+      this.handOver(buffer);
+      kept.set(key, buffer);
+    }
+    this.borrowed += this.memory.allocate(buffer.size);
+    return buffer;
+  }
+
+  /** Destroy everything still owned (the call's temporaries); stop counting what it borrowed. */
   destroyAll(): void {
     for (const b of [...this.owned.keys()]) this.destroy(b);
+    this.memory.release(this.borrowed);
+    this.borrowed = 0;
   }
 }
 

@@ -369,10 +369,15 @@ export async function webgpuForward(
   }
 }
 
+/** Per device, the split halves of the largest f32 q, k and v so far (their bytes: as q, k and v). */
+const SPLIT_SCRATCH = new WeakMap<GPUDevice, Map<string, GPUBuffer>>();
+
 /**
  * f32 tensors (q, k, v on the device, of `elements` each, a multiple of 4) split into f16 halves for the
- * subgroup-matrix kernels (kernels/split.ts): `halves` (hi then lo, the same bytes as each input),
- * `maxima` (each input's largest magnitude, f32 bits), and `encode`, which records both passes of each.
+ * subgroup-matrix kernels (kernels/split.ts): `halves` (hi then lo, the same bytes as each input; the
+ * device's scratch, reused by later calls: one call's submission writes and reads them before the next
+ * call's, as the queue runs submissions in order), `maxima` (each input's largest magnitude, f32 bits),
+ * and `encode`, which records both passes of each.
  */
 export async function splitInputs(
   call: Call,
@@ -384,7 +389,11 @@ export async function splitInputs(
   const split = await pipeline(device, 'split', {}, splitWGSL);
   const maxima = call.buffers.create(4 * inputs.length, 'maxima', 'q'); // zeros
   const names = ['q', 'k', 'v'] as const;
-  const halves = elements.map((n, i) => call.buffers.create(4 * n, `${names[i]} halves`, names[i] === 'q' ? 'q' : 'k'));
+  // The halves are the device's scratch, kept between calls: making buffers of this size took longer
+  // than the kernel itself on an H100 (about 11 ms a call at B·N = 16384, H·D = 2048, 3 × 128 MiB).
+  let kept = SPLIT_SCRATCH.get(device);
+  if (!kept) SPLIT_SCRATCH.set(device, (kept = new Map()));
+  const halves = elements.map((n, i) => call.buffers.borrow(kept, names[i], 4 * n, `${names[i]} halves`, names[i] === 'q' ? 'q' : 'k'));
   const counts = elements.map((n, i) => call.buffers.uniform(splitCountBytes(n / 4, i), `${names[i]} count`));
   return {
     halves,
