@@ -38,7 +38,7 @@
  * the hardware needs.
  * Workgroup memory: K_j, V_j 4·Bc·(D + PAD) + S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag) + 512
  * (the ones); D = 128, Bc = 32, Br = 128, PAD = 8: 41.5 KiB.
- * f32 (dtype 'f32'): Q, K and V arrive split into f16 hi and lo halves, scaled by powers of two
+ * f32 (dtype 'f32', run at options.precision 'high'): Q, K and V arrive split into f16 hi and lo halves, scaled by powers of two
  * (kernels/split.ts), and every product is three, lo·hi + hi·lo + hi·hi. The tensor cores' f32
  * accumulation truncates every partial sum to 24 bits relative to its magnitude (measured on an H100:
  * one accumulator for all three products gave S an error of about 1e-6, 20× the FMA kernels'), so the
@@ -53,8 +53,9 @@
  * Error (H100, bench/variants/forward-split.ts): within the correctness rule on its grid's inputs (unit
  * normal), where the +1e-6 term carries it: out 9.8e-7 against the standard's 1.8e-7 at D = 128, Nq =
  * 1023, Nk = 1024; at magnitudes of 1e4 (q, v), where only the 2× term counts, 2.1× the standard's
- * (4.2e-3 against 1.95e-3, D = 128, Nk = 300) and up to 4.7× at D = 64: the truncation of O_i's
- * accumulation over the key blocks, which this kernel does not avoid.
+ * (4.2e-3 against 1.95e-3, D = 128, Nk = 300) and 3.2× at D = 64: the truncation of O_i's
+ * accumulation over the key blocks, which this kernel does not avoid. (The block of ones is loaded but
+ * unused for f32.)
  * Measured on an H100 (bench/results/2026-11-22-h100-session5.md): reading S once and summing l on the
  * tensor cores made this kernel 1.18× (D = 128, N = 4096) to 1.35× (causal) the one before; staging K_j,
  * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
