@@ -38,8 +38,9 @@
  * the hardware needs.
  * Workgroup memory: K_j, V_j 4·Bc·(D + PAD) + S 4·Br·Bc + P 2·Br·Bc + 4 bytes (the rescale flag) + 512
  * (the ones); D = 128, Bc = 32, Br = 128, PAD = 8: 41.5 KiB.
- * f32 (dtype 'f32', run at options.precision 'high'): Q, K and V arrive split into f16 hi and lo halves, scaled by powers of two
- * (kernels/split.ts), and every product is three, lo·hi + hi·lo + hi·hi. The tensor cores' f32
+ * f32 (dtype 'f32', run at options.precision 'high'): Q, K and V arrive split into f16 hi and lo
+ * halves, scaled by powers of two (kernels/split.ts), and every product is three, lo·hi + hi·lo +
+ * hi·hi. The tensor cores' f32
  * accumulation truncates every partial sum to 24 bits relative to its magnitude (measured on an H100:
  * one accumulator for all three products gave S an error of about 1e-6, 20× the FMA kernels'), so the
  * corrections (lo·hi + hi·lo) go into accumulators of their own, which stay small: S's are stored to a
