@@ -227,7 +227,7 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
     .addOption(new Option('--dtype <type>', 'storage type of the base case (default: f32 on the cpu, f16 on a GPU with shader-f16); arithmetic is f32 or wider').choices(['f32', 'f16']))
     .addOption(new Option('--sweeps <list>', `which sweeps of the default suite to run, from ${SWEEP_AXES.join(',')} (default: all)`).argParser(parseAxes))
     .addOption(
-      new Option('--precision <p>', "f32 products: 'highest' (f32 multiply-adds) or 'high' (split into f16 halves on tensor cores where the GPU has them; see the README)")
+      new Option('--precision <p>', "f32 products: 'highest' (in f32 or wider) or 'high' (split into f16 halves on tensor cores where the GPU has them; see the README)")
         .choices(['highest', 'high'])
         .default('highest'),
     )

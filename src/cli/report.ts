@@ -56,7 +56,7 @@ export function formatHeader(r: Results): string {
     ...(e.adapter ? ([['adapter', `${e.adapter.description}${e.adapter.software ? ' (software)' : ''}`]] as [string, string][]) : []),
     ['timing', `${e.timer}; ${r.settings.repeats} timed sample${r.settings.repeats === 1 ? '' : 's'} per row after a warm-up; median and min–max`],
     ['suite', r.settings.suite],
-    ['precision', `${r.settings.precision ?? 'highest'} (f32 products${r.settings.precision === 'high' ? ': split into f16 halves on tensor cores where the GPU has them' : ': f32 multiply-adds'})`],
+    ['precision', `${r.settings.precision ?? 'highest'} (f32 products${r.settings.precision === 'high' ? ': split into f16 halves on tensor cores where the GPU has them' : ': in f32 or wider'})`],
   ];
   return ['flashattn bench', ...rows.map(([k, v]) => `  ${k.padEnd(10)}${v}`)].join('\n');
 }
