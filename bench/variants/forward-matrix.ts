@@ -12,19 +12,16 @@
  * The kernel session 4 shipped (forward-matrix-session4.ts, with its tiles) is timed beside them as the
  * baseline. One line per result, printed as it comes.
  */
-import { attentionFlops, forward, tensor, type Tensor } from '../../src/index.js';
+import { attentionFlops, forward, tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
 import { defaultGpu, type Gpu } from '../../src/webgpu/device.js';
 import { FORWARD_MATRIX_TILES, forwardKernel, forwardMatrixParams } from '../../src/webgpu/index.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { pipeline } from '../../src/webgpu/pipelines.js';
 import { forwardMatrixWGSL as baseWGSL } from './forward-matrix-session4.js';
-import { forwardBuffers, forwardRuleBroken, maxErr, randomF16, timeForward } from './util.js';
+import { forwardBuffers, forwardErrors, forwardRuleBroken, randomF16, timeForward } from './util.js';
 
 type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>;
-
-/** The float64 reference and the webgpu standard's errors, by D, case and causal: drawn once for all variants. */
-const yardsticks = new Map<string, { ref: { out: Tensor; lse: Tensor }; so: number; sl: number }>();
 
 /** The variant's errors on shapes of this D with tails, or the first failure. */
 async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | undefined> {
@@ -44,14 +41,8 @@ async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | und
       if (!params) continue;
       const fl = await forward(q, k, v, { backend: 'webgpu', causal }).catch((e: Error) => e);
       if (fl instanceof Error) return `${JSON.stringify(c)} causal=${causal}: ${fl.message.slice(0, 800)}`;
-      const key = `${D}/${JSON.stringify(c)}/${causal}`;
-      if (!yardsticks.has(key)) {
-        const ref = await forward(q, k, v, { backend: 'reference', causal });
-        const st = await forward(q, k, v, { backend: 'webgpu', causal, algorithm: 'standard' });
-        yardsticks.set(key, { ref, so: maxErr(st.out, ref.out), sl: maxErr(st.lse, ref.lse) });
-      }
-      const { ref, so, sl } = yardsticks.get(key)!;
-      const broken = forwardRuleBroken({ out: maxErr(fl.out, ref.out), lse: maxErr(fl.lse, ref.lse) }, { out: so, lse: sl });
+      const { e, std } = await forwardErrors(`${D}/${JSON.stringify(c)}/${causal}`, { q, k, v }, causal, fl);
+      const broken = forwardRuleBroken(e, std);
       if (broken) return `${JSON.stringify(c)} W=${params.W} causal=${causal}: ${broken}`;
     }
   }

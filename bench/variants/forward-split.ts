@@ -15,21 +15,18 @@
  *    B·N = 16384, H·D = 2048: after 300 ms of calls, R calls between two GpuTimer marks, best of 3;
  *    TFLOP/s by PRODUCT.md's FLOP rule. The tiled f32 forward (what f32 ran before) is timed beside it.
  */
-import { attentionFlops, forward, tensor, type GpuTensor, type Tensor } from '../../src/index.js';
+import { attentionFlops, forward, tensor, type GpuTensor } from '../../src/index.js';
 import { checkForward, type Problem } from '../../src/problem.js';
 import { defaultGpu, type Gpu } from '../../src/webgpu/device.js';
 import { FORWARD_MATRIX_SPLIT_TILES, forwardMatrixParams, forwardTiledParams, webgpuForward, type ForwardChoice } from '../../src/webgpu/index.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { GpuTimer } from '../../src/webgpu/timer.js';
-import { forwardRuleBroken, maxErr, randomNormal } from './util.js';
+import { forwardErrors, forwardRuleBroken, randomNormal } from './util.js';
 
 type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD' | 'OC'>;
 
 /** Seeded normal f32 values times `scale`. */
 const values = (n: number, seed: number, scale = 1) => Float32Array.from(randomNormal(n, seed), (x) => x * scale);
-
-/** The float64 reference and the webgpu standard's errors, by case: drawn once for all variants. */
-const yardsticks = new Map<string, { ref: { out: Tensor; lse: Tensor }; so: number; sl: number }>();
 
 /** The variant's errors on shapes of this D with tails (printed), and the first failure. */
 async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | undefined> {
@@ -54,16 +51,9 @@ async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | und
       if (!params) continue;
       const fl = await forward(q, k, v, { backend: 'webgpu', causal, precision: 'high' }).catch((e: Error) => e);
       if (fl instanceof Error) return `${JSON.stringify(c)} causal=${causal}: ${fl.message.slice(0, 800)}`;
-      const key = `${D}/${JSON.stringify(c)}/${causal}`;
-      if (!yardsticks.has(key)) {
-        const ref = await forward(q, k, v, { backend: 'reference', causal });
-        const st = await forward(q, k, v, { backend: 'webgpu', causal, algorithm: 'standard' });
-        yardsticks.set(key, { ref, so: maxErr(st.out, ref.out), sl: maxErr(st.lse, ref.lse) });
-      }
-      const { ref, so, sl } = yardsticks.get(key)!;
-      const e = { out: maxErr(fl.out, ref.out), lse: maxErr(fl.lse, ref.lse) };
-      console.log(`  D=${D} ${JSON.stringify(c)} causal=${causal}: out ${e.out.toExponential(2)} (std ${so.toExponential(2)}) lse ${e.lse.toExponential(2)} (std ${sl.toExponential(2)})`);
-      const broken = forwardRuleBroken(e, { out: so, lse: sl });
+      const { e, std } = await forwardErrors(`${D}/${JSON.stringify(c)}/${causal}`, { q, k, v }, causal, fl);
+      console.log(`  D=${D} ${JSON.stringify(c)} causal=${causal}: out ${e.out.toExponential(2)} (std ${std.out.toExponential(2)}) lse ${e.lse.toExponential(2)} (std ${std.lse.toExponential(2)})`);
+      const broken = forwardRuleBroken(e, std);
       if (broken) failure ??= `${JSON.stringify(c)} W=${params.W} causal=${causal}: ${broken}`;
     }
   }

@@ -37,6 +37,28 @@ export function forwardRuleBroken(e: { out: number; lse: number }, std: { out: n
   return `out ${e.out.toExponential(2)} (std ${std.out.toExponential(2)}) lse ${e.lse.toExponential(2)} (std ${std.lse.toExponential(2)})`;
 }
 
+/** The float64 reference and the webgpu standard's errors, by case key: drawn once for all variants. */
+const forwardYardsticks = new Map<string, { ref: { out: Tensor; lse: Tensor }; std: { out: number; lse: number } }>();
+
+/**
+ * A forward's errors (out, lse) against the float64 reference, beside the webgpu standard attention's in
+ * the same dtype (the correctness rule's yardstick), both computed once per `key` (the case).
+ */
+export async function forwardErrors(
+  key: string,
+  x: { q: Tensor; k: Tensor; v: Tensor },
+  causal: boolean,
+  got: { out: Tensor; lse: Tensor },
+): Promise<{ e: { out: number; lse: number }; std: { out: number; lse: number } }> {
+  let y = forwardYardsticks.get(key);
+  if (!y) {
+    const ref = await forward(x.q, x.k, x.v, { backend: 'reference', causal });
+    const st = await forward(x.q, x.k, x.v, { backend: 'webgpu', causal, algorithm: 'standard' });
+    forwardYardsticks.set(key, (y = { ref, std: { out: maxErr(st.out, ref.out), lse: maxErr(st.lse, ref.lse) } }));
+  }
+  return { e: { out: maxErr(got.out, y.ref.out), lse: maxErr(got.lse, y.ref.lse) }, std: y.std };
+}
+
 /** max |a − ref| over the elements (equal values, infinities included, count as 0; NaN if any differ by NaN). */
 export function maxErr(a: Tensor, ref: Tensor): number {
   const x = toF64(a);

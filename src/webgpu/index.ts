@@ -109,8 +109,8 @@ export function forwardParams(p: Problem, gpu: Gpu): ForwardParams {
  */
 export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams | undefined {
   if (!gpu.matrixF16 || (p.dtype !== 'f16' && p.dtype !== 'f32') || gpu.subgroupSize === undefined) return undefined;
-  // f32: only at precision 'high' (split into f16 halves; see options.ts), up to D = 128 (above it, O_i, its corrections and Q_i's halves exceed the
-  // registers), and not causal: on an H100 the split kernel's causal forward took as long as its full one
+  // f32: only at precision 'high' (split into f16 halves; see options.ts), up to D = 128 (above it, O_i,
+  // its corrections and Q_i's halves exceed the registers), and not causal: on an H100 the split kernel's causal forward took as long as its full one
   // (D = 128, N = 4096: 21.3 ms, 12.9 TFLOP/s, against the tiled kernel's 15.1 ms, 18.2), while its full
   // forward beat the tiled one (25.5 against 20.1 TFLOP/s; bench/variants/forward-split.ts).
   if (p.dtype === 'f32' && (p.precision !== 'high' || p.D > 128 || p.causal)) return undefined;

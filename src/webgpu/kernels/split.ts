@@ -3,8 +3,8 @@
  * two 2^e (its largest magnitude into [2^14, 2^15), so that no value overflows f16 and few fall below its
  * normal range) and split into two f16 halves, x·2^e = hi + lo with hi = f16(x·2^e), lo = f16(x·2^e − hi):
  * 22 significant bits of the 24 of an f32. hi is rounded on the f32 bits (SPLIT_HIGH_WGSL), not by
- * converting to f16 and back: lavapipe's compiler folds that round trip away (lo came out 0). A product a·b is then hi_a·hi_b + hi_a·lo_b + lo_a·hi_b on the
- * tensor cores, with f32 accumulation (the dropped lo_a·lo_b is 2^-22 of it): three f16 products for one
+ * converting to f16 and back: lavapipe's compiler folds that round trip away (lo came out 0). A product
+ * a·b is then hi_a·hi_b + hi_a·lo_b + lo_a·hi_b on the tensor cores, with f32 accumulation (the dropped lo_a·lo_b is 2^-22 of it): three f16 products for one
  * f32 one (the f16→f32 split of Markidis et al. 2018 and Ootomo & Yokota 2022). The power of two is undone
  * exactly (ldexp) where the kernels use the scores and write the output.
  *
