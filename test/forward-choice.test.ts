@@ -9,6 +9,7 @@ import type { Problem } from '../src/problem.js';
 import type { Gpu } from '../src/webgpu/device.js';
 import { forwardChoice, forwardTiledParams, forwardTiles, TILED_MAX_ACCUMULATOR } from '../src/webgpu/index.js';
 import { KernelConfigError } from '../src/webgpu/kernels/common.js';
+import { forwardMatrixWGSL, forwardMatrixWorkgroupBytes } from '../src/webgpu/kernels/forward-matrix.js';
 import { forwardTiledAccumulator, forwardTiledShape, forwardTiledWGSL, forwardTiledWorkgroupBytes } from '../src/webgpu/kernels/forward-tiled.js';
 
 function device(workgroupBytes: number, invocations: number, extra: Partial<Gpu> = {}): Gpu {
@@ -82,4 +83,21 @@ test('tiled WGSL checks its workgroup memory against the device limit, with the 
   const t = forwardTiledParams(problem(128), h100)!;
   assert.throws(() => forwardTiledWGSL(t, 16384), (e: unknown) => e instanceof KernelConfigError && /48896 bytes/.test(e.message));
   assert.throws(() => forwardTiledWGSL({ ...t, TM: 3 }, 49152), /Br = 64 is not a multiple of TM = 3/);
+});
+
+test('subgroup-matrix WGSL declares the workgroup memory its formula counts (plain and ping-pong kernels)', () => {
+  const declared = (wgsl: string) =>
+    [...wgsl.matchAll(/var<workgroup> \w+: array<(f32|f16), (\d+)>/g)].reduce((bytes, [, type, n]) => bytes + (type === 'f32' ? 4 : 2) * Number(n), 0);
+  const base = { RF: 1, PAD: 8, SGS: 32, causal: false };
+  for (const p of [
+    { ...base, D: 128, Bc: 32, W: 8 },
+    { ...base, D: 64, Bc: 16, W: 8 },
+    { ...base, D: 128, Bc: 16, W: 8, PP: true },
+    { ...base, D: 64, Bc: 32, W: 8, PP: true, causal: true },
+  ]) {
+    assert.equal(declared(forwardMatrixWGSL(p, 49152)), forwardMatrixWorkgroupBytes(p), JSON.stringify(p));
+  }
+  assert.throws(() => forwardMatrixWGSL({ ...base, D: 64, Bc: 16, W: 3, PP: true }, 49152), /W = 3 warps is not even/);
+  assert.throws(() => forwardMatrixWGSL({ ...base, D: 64, Bc: 16, W: 8, RF: 2, PP: true }, 49152), /ping-pong\) is for f16 with RF = 1/);
+  assert.throws(() => forwardMatrixWGSL({ ...base, D: 128, Bc: 32, W: 8, PP: true }, 49152), KernelConfigError, 'K and V double-buffered at Bc = 32 exceed 48 KiB');
 });

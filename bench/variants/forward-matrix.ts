@@ -1,6 +1,7 @@
 /**
  * Tuning sweep for the subgroup-matrix forward (src/webgpu/kernels/forward-matrix.ts), run on the GPU
- * machine: `bash .gpu/enter.sh node dist/bench/variants/forward-matrix.js [quick|full] [tiles as JSON]`.
+ * machine: `bash .gpu/enter.sh node dist/bench/variants/forward-matrix.js [quick|long|full] [tiles as JSON]`
+ * (N = 4096; 4096 and 16384; 1024, 4096 and 16384).
  *
  * For each variant (Bc, RF, W, PAD) of the tiles by D:
  * 1. validates it through the library (FORWARD_MATRIX_TILES set to the variant) on shapes with tails,
@@ -14,14 +15,14 @@
  */
 import { attentionFlops, forward, tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
-import { defaultGpu, type Gpu } from '../../src/webgpu/device.js';
+import { DAWN_TOGGLES, defaultGpu, type Gpu } from '../../src/webgpu/device.js';
 import { FORWARD_MATRIX_TILES, forwardKernel, forwardMatrixParams } from '../../src/webgpu/index.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { pipeline } from '../../src/webgpu/pipelines.js';
 import { forwardMatrixWGSL as baseWGSL } from './forward-matrix-session4.js';
 import { forwardBuffers, forwardErrors, forwardRuleBroken, randomF16, timeForward } from './util.js';
 
-type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>;
+type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD' | 'PP'>;
 
 /** The variant's errors on shapes of this D with tails, or the first failure. */
 async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | undefined> {
@@ -50,17 +51,21 @@ async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | und
 }
 
 async function main(): Promise<void> {
+  // DAWN_EXTRA=toggle,toggle: more Dawn toggles for this run (e.g. disable_robustness).
+  if (process.env.DAWN_EXTRA) DAWN_TOGGLES[0] += `,${process.env.DAWN_EXTRA}`;
   const gpu = await defaultGpu();
+  console.log(`toggles: ${DAWN_TOGGLES.join(' ')}`);
   console.log(`${new Date().toISOString()} ${gpu.description} matrixF16=${gpu.matrixF16} subgroupSize=${gpu.subgroupSize}`);
   if (!gpu.matrixF16 || gpu.subgroupSize === undefined) return;
   const SGS = gpu.subgroupSize;
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const quick = process.argv[2] === 'quick';
   const Ds = process.argv[4] ? process.argv[4].split(',').map(Number) : [128, 64];
-  const t = (Bc: number, RF: number, W: number): Tiles => ({ Bc, RF, W, PAD: 8 });
+  // PP: the ping-pong kernel (forward-pingpong.ts), two groups of warps a phase apart.
+  const t = (Bc: number, RF: number, W: number, PP = false): Tiles => ({ Bc, RF, W, PAD: 8, ...(PP ? { PP } : {}) });
   const variants: Record<number, Tiles[]> = {
-    64: [t(16, 1, 8), t(32, 1, 8), t(16, 2, 4), t(32, 1, 4)],
-    128: [t(32, 1, 8), t(16, 1, 16), t(32, 2, 4), t(16, 1, 8)],
+    64: [t(16, 1, 8), t(32, 1, 8, true), t(16, 1, 8, true), t(16, 1, 16, true)],
+    128: [t(32, 1, 8), t(16, 1, 8, true), t(32, 1, 4, true), t(16, 1, 16, true)],
   };
   // `node forward-matrix.js quick '[{"Bc":32,"RF":1,"W":1,"PAD":8}]'`: these tiles for every D instead
   // (or '{"64": [...], "128": [...]}': by D).
@@ -80,7 +85,7 @@ async function main(): Promise<void> {
       if (!bad) ok.push(t);
     }
     FORWARD_MATRIX_TILES[D] = saved[D];
-    for (const N of quick ? [4096] : [1024, 4096, 16384]) {
+    for (const N of quick ? [4096] : process.argv[2] === 'long' ? [4096, 16384] : [1024, 4096, 16384]) {
       const base = { B: 16384 / N, H: 2048 / D, N, D };
       const bufs = forwardBuffers(gpu, base);
       for (const causal of [false, true]) {
@@ -91,6 +96,7 @@ async function main(): Promise<void> {
           const { pipe, Br } = await forwardKernel(gpu, { kernel: 'forwardMatrix', params: { D, ...t, SGS, causal } });
           console.log(`D=${D} N=${N} causal=${causal} ${JSON.stringify(t)} ${tf(await timeForward(gpu, shape, bufs, pipe, Br))} TFLOP/s`);
         }
+        if (process.env.NO_BASELINE) continue; // NO_BASELINE=1: without session 4's kernel
         const d = { D, ...shipped[D], SGS, causal };
         const pipe = await pipeline(gpu.device, 'forwardMatrixSession4', d, (x) => baseWGSL(x, limit));
         console.log(`D=${D} N=${N} causal=${causal} session4 ${JSON.stringify(shipped[D])} ${tf(await timeForward(gpu, shape, bufs, pipe, 16 * d.RF * d.W))} TFLOP/s`);
