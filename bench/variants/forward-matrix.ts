@@ -11,7 +11,8 @@
  *    dispatches in one submission, wall clock until the queue is done, best of 3; TFLOP/s by PRODUCT.md's
  *    FLOP rule.
  * The kernel session 4 shipped (forward-matrix-session4.ts, with its tiles) is timed beside them as the
- * baseline. One line per result, printed as it comes.
+ * baseline (NO_BASELINE=1: not), and with PINGPONG=1 the ping-pong kernel (forward-pingpong.ts).
+ * DAWN_EXTRA=toggle,…: more Dawn toggles (e.g. disable_robustness). One line per result, printed as it comes.
  */
 import { attentionFlops, forward, tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
@@ -20,9 +21,10 @@ import { FORWARD_MATRIX_TILES, forwardKernel, forwardMatrixParams } from '../../
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { pipeline } from '../../src/webgpu/pipelines.js';
 import { forwardMatrixWGSL as baseWGSL } from './forward-matrix-session4.js';
+import { forwardPingPongRows, forwardPingPongWGSL } from './forward-pingpong.js';
 import { forwardBuffers, forwardErrors, forwardRuleBroken, randomF16, timeForward } from './util.js';
 
-type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD' | 'PP'>;
+type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>;
 
 /** The variant's errors on shapes of this D with tails, or the first failure. */
 async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | undefined> {
@@ -61,11 +63,10 @@ async function main(): Promise<void> {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const quick = process.argv[2] === 'quick';
   const Ds = process.argv[4] ? process.argv[4].split(',').map(Number) : [128, 64];
-  // PP: the ping-pong kernel (forward-pingpong.ts), two groups of warps a phase apart.
-  const t = (Bc: number, RF: number, W: number, PP = false): Tiles => ({ Bc, RF, W, PAD: 8, ...(PP ? { PP } : {}) });
+  const t = (Bc: number, RF: number, W: number): Tiles => ({ Bc, RF, W, PAD: 8 });
   const variants: Record<number, Tiles[]> = {
-    64: [t(16, 1, 8), t(32, 1, 8, true), t(16, 1, 8, true), t(16, 1, 16, true)],
-    128: [t(32, 1, 8), t(16, 1, 8, true), t(32, 1, 4, true), t(16, 1, 16, true)],
+    64: [t(16, 1, 8), t(32, 1, 8), t(16, 2, 4), t(32, 1, 4)],
+    128: [t(32, 1, 8), t(16, 1, 16), t(32, 2, 4), t(16, 1, 8)],
   };
   // `node forward-matrix.js quick '[{"Bc":32,"RF":1,"W":1,"PAD":8}]'`: these tiles for every D instead
   // (or '{"64": [...], "128": [...]}': by D).
@@ -95,6 +96,13 @@ async function main(): Promise<void> {
         for (const t of ok) {
           const { pipe, Br } = await forwardKernel(gpu, { kernel: 'forwardMatrix', params: { D, ...t, SGS, causal } });
           console.log(`D=${D} N=${N} causal=${causal} ${JSON.stringify(t)} ${tf(await timeForward(gpu, shape, bufs, pipe, Br))} TFLOP/s`);
+        }
+        // PINGPONG=1: the ping-pong kernel (forward-pingpong.ts) too, timed only: its validation ran through
+        // the library in session 8 (commit 91dce3f), where it was 0.55× (D = 128) and 0.72× (D = 64) of the shipped.
+        if (process.env.PINGPONG) {
+          const pp = { D, Bc: 16, W: D <= 64 ? 16 : 8, PAD: 8, SGS, causal };
+          const pipe = await pipeline(gpu.device, 'forwardPingPong', pp, (x) => forwardPingPongWGSL(x, limit));
+          console.log(`D=${D} N=${N} causal=${causal} pingpong ${JSON.stringify(pp)} ${tf(await timeForward(gpu, shape, bufs, pipe, forwardPingPongRows(pp)))} TFLOP/s`);
         }
         if (process.env.NO_BASELINE) continue; // NO_BASELINE=1: without session 4's kernel
         const d = { D, ...shipped[D], SGS, causal };

@@ -140,7 +140,7 @@ function warpsThatFit(W: number, perWarp: number, n: number, SGS: number, gpu: G
 }
 
 /** The subgroup-matrix forward's tiles by D: the best of the sweep on an H100 (bench/results/2026-11-22-h100-forward-matrix-sweep.md). */
-export const FORWARD_MATRIX_TILES: Record<number | 'other', Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD' | 'PP'>> = {
+export const FORWARD_MATRIX_TILES: Record<number | 'other', Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>> = {
   64: { Bc: 16, RF: 1, W: 8, PAD: 8 },
   128: { Bc: 32, RF: 1, W: 8, PAD: 8 },
   other: { Bc: 16, RF: 1, W: 8, PAD: 8 },

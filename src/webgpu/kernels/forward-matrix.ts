@@ -64,7 +64,6 @@
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, type StorageType } from './common.js';
 import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, range, warpRowsWGSL } from './matrix.js';
 import { SPLIT_EXPONENT_WGSL, SPLIT_HIGH_WGSL } from './split.js';
-import { forwardPingPongProblem, forwardPingPongWGSL, forwardPingPongWorkgroupBytes } from './forward-pingpong.js';
 
 export interface ForwardMatrixParams {
   D: number;
@@ -83,8 +82,6 @@ export interface ForwardMatrixParams {
   dtype?: StorageType;
   /** f32: O_i's corrections (lo·hi + hi·lo) in accumulators of their own, as S's are (see above). */
   OC?: boolean;
-  /** f16, RF = 1: two groups of warps in ping-pong (forward-pingpong.ts) instead of this kernel. */
-  PP?: boolean;
 }
 
 /** Query rows per workgroup. */
@@ -93,7 +90,6 @@ export function forwardMatrixRows(p: Pick<ForwardMatrixParams, 'RF' | 'W'>): num
 }
 
 export function forwardMatrixWorkgroupBytes(p: ForwardMatrixParams): number {
-  if (p.PP) return forwardPingPongWorkgroupBytes(p);
   const halves = p.dtype === 'f32' ? 2 : 1; // f16 tiles per operand, and f32 score tiles (S and its corrections)
   return halves * (4 * p.Bc * (p.D + p.PAD) + 2 * forwardMatrixRows(p) * p.Bc + 4 * forwardMatrixRows(p) * p.Bc) + 4 + 2 * FRAGMENT * FRAGMENT;
 }
@@ -107,8 +103,6 @@ export function forwardMatrixProblem(p: ForwardMatrixParams): string | undefined
   if (BrW > p.SGS) return `16·RF = ${BrW} rows exceed the ${p.SGS} invocations of a subgroup`;
   if (!Number.isInteger(p.W) || p.W < 1 || p.W * p.SGS > 1024) return `W = ${p.W} warps is not 1 .. ${1024 / p.SGS}`;
   if (p.PAD % 8 !== 0) return `PAD = ${p.PAD} is not a multiple of 8`;
-  if (p.PP && (p.dtype === 'f32' || p.RF !== 1)) return 'PP (ping-pong) is for f16 with RF = 1';
-  if (p.PP) return forwardPingPongProblem(p);
   return undefined;
 }
 
@@ -120,7 +114,6 @@ export function forwardMatrixFits(p: ForwardMatrixParams, Nq: number, Nk: number
 export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number): string {
   const problem = forwardMatrixProblem(p);
   if (problem) throw new Error(`forwardMatrix: ${problem}`);
-  if (p.PP) return forwardPingPongWGSL(p, workgroupLimit);
   checkWorkgroupBytes('forwardMatrix', forwardMatrixWorkgroupBytes(p), workgroupLimit);
   const { D, Bc, RF, W, PAD, SGS, causal } = p;
   const split = p.dtype === 'f32';

@@ -1,8 +1,19 @@
 /**
- * Forward kernel on subgroup matrices with two groups of warps in ping-pong, f16 storage, f32
- * accumulation (after FlashAttention-3's ping-pong schedule of warpgroups). Same bindings, dispatch
- * (Tr, B·H), tails, masking and numerics as forward-matrix.ts, whose header explains them; what differs
- * is the schedule.
+ * Variant (session 8, tried and not shipped): the subgroup-matrix forward with two groups of warps in
+ * ping-pong, f16 storage, f32 accumulation (after FlashAttention-3's ping-pong schedule of warpgroups).
+ * Same bindings, dispatch (Tr, B·H), tails, masking and numerics as src/webgpu/kernels/forward-matrix.ts,
+ * whose header explains them; what differs is the schedule.
+ *
+ * Measured on an NVIDIA H200 (bench/results/2026-12-02-h200-session8.md): valid under the 2× rule on
+ * the sweep's shapes (through the library, commit 91dce3f), and slower everywhere. N = 4096, B·N = 16384,
+ * H·D = 2048, forward TFLOP/s non-causal / causal, beside the shipped kernel's 92.9 / 81.1 (D = 128,
+ * Bc 32, 8 warps) and 75.1 / 61.4 (D = 64, Bc 16, 8 warps) in the same run:
+ *   D = 128: Bc 16, W 8: 51.2 / 41.7; Bc 32, W 4: 32.7 / 30.6; Bc 16, W 16: 29.9 / 24.7.
+ *   D = 64:  Bc 16, W 16: 53.7 / 44.9; Bc 16, W 8: 49.7 / 43.4; Bc 32, W 8: 39.3 / 32.9.
+ * Halving the barriers and letting one group's exponentials meet the other's products did not pay for
+ * what it costs: half the products per barrier interval for each warp, K and V double-buffered (Bc 16 at
+ * D = 128 to fit 48 KiB), and subgroup-matrix operations under control flow that differs between warps.
+ * Which of these costs most was not measured.
  *
  * A workgroup is W warps (W even), each owning 16 query rows of Q_i (Br = 16·W), its Q fragments and
  * O_i's f32 fragments in registers. The warps form two groups: group 0 (warps 0 .. W/2 − 1) and group 1,
@@ -22,8 +33,8 @@
  * Workgroup memory: K, V 2 × 2 × Bc·(D + PAD)·2 + S 4·Br·Bc + P 2·Br·Bc + 12 (flags) + 512 (ones);
  * D = 128, Bc = 16, W = 8, PAD = 8: 29.4 KiB; D = 64, Bc = 32, W = 8: 42.5 KiB.
  */
-import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, range, tileStaging, warpRowsWGSL } from './matrix.js';
+import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL } from '../../src/webgpu/kernels/common.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, range, tileStaging, warpRowsWGSL } from '../../src/webgpu/kernels/matrix.js';
 
 export interface ForwardPingPongParams {
   D: number;
