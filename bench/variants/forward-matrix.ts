@@ -16,13 +16,13 @@
  */
 import { attentionFlops, forward, tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
-import { DAWN_TOGGLES, defaultGpu, type Gpu } from '../../src/webgpu/device.js';
+import type { Gpu } from '../../src/webgpu/device.js';
 import { FORWARD_MATRIX_TILES, forwardKernel, forwardMatrixParams } from '../../src/webgpu/index.js';
 import { forwardMatrixProblem, forwardMatrixWorkgroupBytes, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { pipeline } from '../../src/webgpu/pipelines.js';
 import { forwardMatrixWGSL as baseWGSL } from './forward-matrix-session4.js';
 import { forwardPingPongRows, forwardPingPongWGSL } from './forward-pingpong.js';
-import { forwardBuffers, forwardErrors, forwardRuleBroken, randomF16, timeForward } from './util.js';
+import { forwardBuffers, forwardErrors, forwardRuleBroken, gpuWithExtraToggles, randomF16, timeForward } from './util.js';
 
 type Tiles = Pick<ForwardMatrixParams, 'Bc' | 'RF' | 'W' | 'PAD'>;
 
@@ -53,10 +53,7 @@ async function validate(gpu: Gpu, D: number, tiles: Tiles): Promise<string | und
 }
 
 async function main(): Promise<void> {
-  // DAWN_EXTRA=toggle,toggle: more Dawn toggles for this run (e.g. disable_robustness).
-  if (process.env.DAWN_EXTRA) DAWN_TOGGLES[0] += `,${process.env.DAWN_EXTRA}`;
-  const gpu = await defaultGpu();
-  console.log(`toggles: ${DAWN_TOGGLES.join(' ')}`);
+  const gpu = await gpuWithExtraToggles();
   console.log(`${new Date().toISOString()} ${gpu.description} matrixF16=${gpu.matrixF16} subgroupSize=${gpu.subgroupSize}`);
   if (!gpu.matrixF16 || gpu.subgroupSize === undefined) return;
   const SGS = gpu.subgroupSize;

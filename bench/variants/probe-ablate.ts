@@ -12,11 +12,10 @@
  * as the same FLOPs in less time.
  */
 import { attentionFlops } from '../../src/index.js';
-import { DAWN_TOGGLES, defaultGpu } from '../../src/webgpu/device.js';
 import { FORWARD_MATRIX_TILES } from '../../src/webgpu/index.js';
 import { forwardMatrixRows, forwardMatrixWGSL, type ForwardMatrixParams } from '../../src/webgpu/kernels/forward-matrix.js';
 import { pipeline } from '../../src/webgpu/pipelines.js';
-import { forwardBuffers, timeForward } from './util.js';
+import { forwardBuffers, gpuWithExtraToggles, timeForward } from './util.js';
 
 /** Each cut: the WGSL lines it drops (or rewrites). */
 const CUTS: Record<string, (wgsl: string) => string> = {
@@ -51,11 +50,8 @@ const CUTS: Record<string, (wgsl: string) => string> = {
   },
 };
 
-// DAWN_EXTRA=toggle,toggle: more Dawn toggles for this run (e.g. disable_robustness, to see what the
-// bounds checks cost; the library never sets it).
-if (process.env.DAWN_EXTRA) DAWN_TOGGLES[0] += `,${process.env.DAWN_EXTRA}`;
-const gpu = await defaultGpu();
-console.log(`toggles: ${DAWN_TOGGLES.join(' ')}`);
+// DAWN_EXTRA=toggle,toggle: more Dawn toggles for this run (gpuWithExtraToggles).
+const gpu = await gpuWithExtraToggles();
 console.log(`${new Date().toISOString()} ${gpu.description} matrixF16=${gpu.matrixF16} subgroupSize=${gpu.subgroupSize}`);
 if (gpu.matrixF16 && gpu.subgroupSize !== undefined) {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;

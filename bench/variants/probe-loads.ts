@@ -2,17 +2,16 @@
  * Probe: what a subgroup-matrix load from workgroup memory costs beside the product it feeds, on the GPU
  * machine (`bash .gpu/enter.sh node dist/bench/variants/probe-loads.js`). Workgroups of 4 warps run a
  * loop of 16 16×16×16 products (8 accumulators) per iteration, each iteration after a workgroupBarrier
- * (as the kernels' key-block loops: without it the loads were hoisted out of the loop); one operand is held in registers and the other
- * is either held too (`registers`, the ceiling) or loaded from workgroup memory in every iteration, as
+ * (as the kernels' key-block loops: without it the loads were hoisted out of the loop); one operand is
+ * held in registers and the other is either held too (`registers`, the ceiling) or loaded from workgroup memory in every iteration, as
  * left or right operand, row_major or col_major, at an offset that is a constant of the iteration
  * (`const`) or also depends on the warp's index (`warp`, as the kernels' S and P regions do). Wall clock
  * of one dispatch after a warm-up, best of 3; TFLOP/s counts the products only. The results are stored,
  * so nothing is optimised away; they are not checked (the probe measures cost, not values).
  */
-import { DAWN_TOGGLES, defaultGpu } from '../../src/webgpu/device.js';
+import { compilePipeline, gpuWithExtraToggles } from './util.js';
 
-if (process.env.DAWN_EXTRA) DAWN_TOGGLES[0] += `,${process.env.DAWN_EXTRA}`;
-const { device, description } = await defaultGpu();
+const { device, description } = await gpuWithExtraToggles(); // DAWN_EXTRA=toggle,…: more Dawn toggles
 console.log(`${new Date().toISOString()} ${description}`);
 const W = 4;
 const ITERS = 1024;
@@ -65,12 +64,9 @@ const flops = GROUPS * W * ITERS * FRAGS * 2 * 16 * 16 * 16;
 const cases: Array<[role: 'left' | 'right' | 'registers', layout: string, offset: 'const' | 'warp']> = [['registers', '', 'const']];
 for (const role of ['left', 'right'] as const) for (const layout of ['row_major', 'col_major']) for (const offset of ['const', 'warp'] as const) cases.push([role, layout, offset]);
 for (const [role, layout, offset] of cases) {
-  device.pushErrorScope('validation');
-  const module = device.createShaderModule({ code: kernel(role, layout, offset) });
-  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-  const err = await device.popErrorScope();
-  if (err) {
-    console.log(`${role} ${layout} ${offset}: ${err.message.slice(0, 400)}`);
+  const pipe = await compilePipeline(device, kernel(role, layout, offset)).catch((e: Error) => e);
+  if (pipe instanceof Error) {
+    console.log(`${role} ${layout} ${offset}: ${pipe.message.slice(0, 400)}`);
     continue;
   }
   const bind = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: src } }, { binding: 1, resource: { buffer: dst } }] });

@@ -1,7 +1,7 @@
 /** What the variant scripts share: seeded f16 and f32 inputs and the max-abs error against a reference. */
 import { attentionFlops, backward, forward, type GpuTensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
-import type { Gpu } from '../../src/webgpu/device.js';
+import { DAWN_TOGGLES, defaultGpu, type Gpu } from '../../src/webgpu/device.js';
 import { sizesOf } from '../../src/webgpu/index.js';
 import { sizesBytes } from '../../src/webgpu/kernels/common.js';
 import { dispatch } from '../../src/webgpu/pipelines.js';
@@ -74,17 +74,34 @@ export function maxErr(a: Tensor, ref: Tensor): number {
 }
 
 /**
+ * The library's device, with the Dawn toggles of DAWN_EXTRA=toggle,toggle added for this run (e.g.
+ * disable_robustness, to see what the bounds checks cost; the library never sets it); prints the toggles.
+ */
+export async function gpuWithExtraToggles(): Promise<Gpu> {
+  if (process.env.DAWN_EXTRA) DAWN_TOGGLES[0] += `,${process.env.DAWN_EXTRA}`;
+  const gpu = await defaultGpu();
+  console.log(`toggles: ${DAWN_TOGGLES.join(' ')}`);
+  return gpu;
+}
+
+/** A compute pipeline of `code` (entry point main); a WGSL error throws with the compiler's messages. */
+export async function compilePipeline(device: GPUDevice, code: string): Promise<GPUComputePipeline> {
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ code });
+  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+  const error = await device.popErrorScope();
+  if (error) throw new Error(`${error.message}\n${(await module.getCompilationInfo()).messages.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('\n')}`);
+  return pipe;
+}
+
+/**
  * Run a one-off compute kernel once (the probes): `inputs` uploaded as storage bindings 0, 1, … in order,
  * then storage buffers of `outputs` bytes bound after them; `groups` workgroups dispatched (x); the
  * outputs read back. A WGSL error throws with the compiler's messages.
  */
 export async function runOnce(device: GPUDevice, code: string, inputs: ArrayBufferView[], outputs: number[], groups: number): Promise<ArrayBuffer[]> {
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-  device.pushErrorScope('validation');
-  const module = device.createShaderModule({ code });
-  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
-  const error = await device.popErrorScope();
-  if (error) throw new Error(`${error.message}\n${(await module.getCompilationInfo()).messages.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('\n')}`);
+  const pipe = await compilePipeline(device, code);
   const ins = inputs.map((data) => {
     const buffer = device.createBuffer({ size: data.byteLength, usage });
     device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, data.byteLength);
