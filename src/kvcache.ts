@@ -1,0 +1,375 @@
+/**
+ * The KV cache of one attention layer, for inference: K and V of every token so far, held where the
+ * attention runs (GPUBuffers on webgpu, typed arrays on the cpu), appended in place as tokens come, and
+ * the attention of new queries against everything cached.
+ *
+ * Storage is a pool of pages, each `pageSize` tokens of (Hkv, D) keys and as many values:
+ *   k pool, v pool: (pages, pageSize, Hkv, D) in the cache's dtype (as vLLM's and FlashAttention's paged
+ *   caches); a block table maps page p of sequence s to its page in the pool.
+ * A contiguous cache is the same thing with one page per sequence (pageSize = maxLength, page s of
+ * sequence s), so one attention schedule serves both; a paged cache (config.pageSize) hands pages out
+ * from a shared pool as sequences grow and takes them back on release(), so sequences of very different
+ * lengths share the memory without any reallocation or copy of what is cached.
+ *
+ * Each of the `batch` sequence slots has its own length. A call names the slots it works on
+ * (options.sequences; default all, in order): row b of q, k and v belongs to slot sequences[b].
+ * forward(q, k, v) appends k and v (n new tokens to each named slot), then attends: query i of the Nq new
+ * queries of slot s sees cached keys j < length(s), and with `causal` only j ≤ i + length(s) − Nq
+ * (bottom-right aligned, as forward()'s causal: the new queries are the last Nq positions).
+ * A slot that holds no key gives out = 0 and lse = −∞.
+ *
+ * The host keeps the lengths and the block table, so a call never waits for the device to learn them;
+ * on webgpu the append and the attention are one submission, and a call on GPUBuffer tensors returns as
+ * soon as its work is queued (see webgpu/cache.ts).
+ */
+import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from './errors.js';
+import { MemoryTracker, memory as defaultMemory } from './memory.js';
+import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from './tensor.js';
+
+export interface KVCacheConfig {
+  /** Sequence slots (the largest batch a call can attend over). */
+  batch: number;
+  /** Key/value heads Hkv (queries may have any multiple of them: GQA / MQA). */
+  kvHeads: number;
+  /** Head dimension D. */
+  headDim: number;
+  /** Most tokens one sequence can hold. */
+  maxLength: number;
+  /** Storage type of the cache (and of q, k, v, out); default 'f32'. f16 is 16-bit storage, f32 arithmetic. */
+  dtype?: 'f32' | 'f16';
+  /** Where the cache lives and the attention runs; 'auto' (default): webgpu on a real GPU, else cpu. */
+  backend?: 'auto' | 'cpu' | 'webgpu';
+  /** Paged: tokens per page (any positive integer; 16 as vLLM, or more). Unset: one contiguous page per sequence. */
+  pageSize?: number;
+  /** Paged: pages in the shared pool; default enough for every slot at maxLength. */
+  pages?: number;
+  /** webgpu: keep the cache on this device (the caller's) instead of the library's own. */
+  device?: GPUDevice;
+  /** Where the cache's storage (and each call's allocations) are counted; default the shared `memory`. */
+  memory?: MemoryTracker;
+}
+
+export interface CacheCallOptions {
+  /** The slots rows of q, k, v belong to, distinct; default [0, 1, …, batch − 1]. */
+  sequences?: readonly number[];
+  /** Causal among the new queries, bottom-right aligned; default false (as forward()). Prefill needs true. */
+  causal?: boolean;
+  /** Softmax scale; default 1/sqrt(D). */
+  scale?: number;
+  /** webgpu with GPUBuffer q: write out here (shape and dtype as q) instead of a new buffer. */
+  out?: GpuTensor;
+  /** webgpu with GPUBuffer q: write lse here ((B, H, Nq) f32) instead of a new buffer. */
+  lse?: GpuTensor;
+}
+
+/** The geometry of a cache, fixed at creation. */
+export interface CacheGeometry {
+  batch: number;
+  Hkv: number;
+  D: number;
+  maxLength: number;
+  dtype: 'f32' | 'f16';
+  /** Tokens per page (maxLength for a contiguous cache). */
+  pageSize: number;
+  /** Pages in the pool (batch for a contiguous cache). */
+  pages: number;
+  /** Entries of each slot's block table: ⌈maxLength / pageSize⌉. */
+  maxPages: number;
+  paged: boolean;
+}
+
+/**
+ * One call as the backend's store sees it, all checked: `slots[b]` is the slot of batch row b, `starts[b]`
+ * its length before the call (new rows go to positions starts[b] .. starts[b] + n − 1), `lengths[b]` after.
+ * `table` is the whole block table (batch × maxPages entries; −1 where no page is assigned).
+ */
+export interface CacheStep {
+  q?: AnyTensor;
+  k?: AnyTensor;
+  v?: AnyTensor;
+  /** New tokens per slot (k's second axis; 0 without k). */
+  n: number;
+  slots: Int32Array;
+  starts: Int32Array;
+  lengths: Int32Array;
+  table: Int32Array;
+  /** Whether the table changed since the last step (webgpu uploads it then). */
+  tableChanged: boolean;
+  causal: boolean;
+  scale: number;
+  H: number;
+  Nq: number;
+  out?: GpuTensor;
+  lse?: GpuTensor;
+  memory: MemoryTracker;
+}
+
+/** What a backend provides: the pool, the append and the attention over it. */
+export interface CacheStore {
+  readonly backend: 'cpu' | 'webgpu';
+  /** Append the step's k and v (if any), then attend its q (if any). */
+  step(s: CacheStep): Promise<{ out: AnyTensor; lse: AnyTensor } | undefined>;
+  /** K and V of a slot's first `length` tokens as (1, length, Hkv, D) typed-array tensors. */
+  read(slot: number, length: number, table: Int32Array): Promise<{ k: Tensor; v: Tensor }>;
+  dispose(): void;
+}
+
+function positiveInt(name: string, x: unknown): number {
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 1) throw new ValueError(name, 'a positive integer', describe(x));
+  return x;
+}
+
+/** The geometry a config asks for, checked. */
+export function cacheGeometry(config: KVCacheConfig): CacheGeometry {
+  if (typeof config !== 'object' || config === null) throw new ValueError('config', 'a KVCacheConfig object', describe(config));
+  const batch = positiveInt('config.batch', config.batch);
+  const Hkv = positiveInt('config.kvHeads', config.kvHeads);
+  const D = positiveInt('config.headDim', config.headDim);
+  const maxLength = positiveInt('config.maxLength', config.maxLength);
+  const dtype = config.dtype ?? 'f32';
+  if (dtype !== 'f32' && dtype !== 'f16') throw new DTypeError('config.dtype', "'f32' or 'f16'", describe(dtype));
+  if (config.memory !== undefined && !(config.memory instanceof MemoryTracker)) throw new ValueError('config.memory', 'a MemoryTracker', describe(config.memory));
+  const paged = config.pageSize !== undefined;
+  if (!paged && config.pages !== undefined) throw new ValueError('config.pages', 'undefined without config.pageSize (a contiguous cache has one page per slot)', describe(config.pages));
+  const pageSize = paged ? positiveInt('config.pageSize', config.pageSize) : maxLength;
+  const maxPages = Math.ceil(maxLength / pageSize);
+  const pages = paged ? (config.pages === undefined ? batch * maxPages : positiveInt('config.pages', config.pages)) : batch;
+  return { batch, Hkv, D, maxLength, dtype, pageSize, pages, maxPages, paged };
+}
+
+/** Elements of one pool (k or v): pages × pageSize × Hkv × D. */
+export function poolElements(g: CacheGeometry): number {
+  return g.pages * g.pageSize * g.Hkv * g.D;
+}
+
+export class KVCache {
+  readonly geometry: CacheGeometry;
+  private readonly lens: Int32Array;
+  private readonly table: Int32Array;
+  private readonly free: number[];
+  private tableChanged = true;
+  private disposed = false;
+  /** Calls run one after another (the lengths and table of one are the starting point of the next). */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    geometry: CacheGeometry,
+    private readonly store: CacheStore,
+    readonly memory: MemoryTracker,
+  ) {
+    this.geometry = geometry;
+    this.lens = new Int32Array(geometry.batch);
+    this.table = new Int32Array(geometry.batch * geometry.maxPages).fill(-1);
+    if (geometry.paged) {
+      this.free = Array.from({ length: geometry.pages }, (_, i) => geometry.pages - 1 - i); // page 0 first
+    } else {
+      this.free = [];
+      for (let s = 0; s < geometry.batch; s++) this.table[s * geometry.maxPages] = s;
+    }
+  }
+
+  /** 'cpu' or 'webgpu': where the cache lives. */
+  get backend(): 'cpu' | 'webgpu' {
+    return this.store.backend;
+  }
+
+  /** Tokens cached in each slot. */
+  get lengths(): number[] {
+    return Array.from(this.lens);
+  }
+
+  /** Pages of the pool not assigned to any sequence (paged caches; 0 for a contiguous one). */
+  get freePages(): number {
+    return this.free.length;
+  }
+
+  /**
+   * Append k and v (B, n, Hkv, D) to the named slots, then attention of q (B, Nq, H, D) against everything
+   * cached (the new tokens included). Returns out (like q) and lse (B, H, Nq), f32.
+   */
+  async forward(q: AnyTensor, k?: AnyTensor, v?: AnyTensor, options?: CacheCallOptions): Promise<{ out: AnyTensor; lse: AnyTensor }> {
+    const r = await this.enqueue(() => this.run(q, k, v, options, true));
+    return r!;
+  }
+
+  /** Append k and v (B, n, Hkv, D) to the named slots (prefill without attention, or a model's own attention). */
+  async append(k: AnyTensor, v: AnyTensor, options?: Pick<CacheCallOptions, 'sequences'>): Promise<void> {
+    await this.enqueue(() => this.run(undefined, k, v, options, false));
+  }
+
+  /** Forget a slot's tokens (its pages go back to the pool). */
+  release(sequence: number): void {
+    this.checkAlive();
+    const s = this.slot('sequence', sequence);
+    const g = this.geometry;
+    this.lens[s] = 0;
+    if (g.paged) {
+      for (let p = 0; p < g.maxPages; p++) {
+        const page = this.table[s * g.maxPages + p];
+        if (page >= 0) this.free.push(page);
+        this.table[s * g.maxPages + p] = -1;
+      }
+      this.tableChanged = true;
+    }
+  }
+
+  /** Forget every slot's tokens. */
+  reset(): void {
+    for (let s = 0; s < this.geometry.batch; s++) this.release(s);
+  }
+
+  /** K and V cached in a slot, (1, length, Hkv, D) typed arrays in the cache's dtype (a copy; for checks and debugging). */
+  async read(sequence: number): Promise<{ k: Tensor; v: Tensor }> {
+    this.checkAlive();
+    const s = this.slot('sequence', sequence);
+    return this.enqueue(() => this.store.read(s, this.lens[s], this.table));
+  }
+
+  /** Free the cache's storage. Later calls throw. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.store.dispose();
+  }
+
+  private enqueue<T>(f: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(f);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private checkAlive(): void {
+    if (this.disposed) throw new ValueError('cache', 'a cache that has not been disposed', 'a disposed cache');
+  }
+
+  private slot(name: string, x: unknown): number {
+    if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0 || x >= this.geometry.batch) {
+      throw new ValueError(name, `a slot index in 0..${this.geometry.batch - 1}`, describe(x));
+    }
+    return x;
+  }
+
+  private async run(q: AnyTensor | undefined, k: AnyTensor | undefined, v: AnyTensor | undefined, options: CacheCallOptions | undefined, attend: boolean) {
+    this.checkAlive();
+    const g = this.geometry;
+    const o = checkCallOptions(options);
+    const slots = Int32Array.from(o.sequences ?? Array.from({ length: g.batch }, (_, i) => i), (s, i) => this.slot(`options.sequences[${i}]`, s));
+    if (new Set(slots).size !== slots.length) throw new ValueError('options.sequences', 'distinct slots', describe(o.sequences));
+    const B = slots.length;
+    const onGpu = this.store.backend === 'webgpu';
+    let H = 0;
+    let Nq = 0;
+    if (attend) {
+      const Q = checkCacheTensor('q', q, g, B, onGpu);
+      [, Nq, H] = Q.shape;
+      if (H % g.Hkv !== 0) throw new ShapeError('q.shape', `a head count that is a multiple of the cache's ${g.Hkv} kv heads (axes B, Nq, H, D)`, `[${Q.shape.join(', ')}]`);
+    }
+    if ((k === undefined) !== (v === undefined)) throw new ValueError(k === undefined ? 'k' : 'v', 'k and v together, or neither', 'only one of them');
+    let n = 0;
+    if (k !== undefined && v !== undefined) {
+      const K = checkCacheTensor('k', k, g, B, onGpu);
+      if (K.shape[2] !== g.Hkv) throw new ShapeError('k.shape', `${g.Hkv} kv heads as the cache (axes B, n, Hkv, D)`, `[${K.shape.join(', ')}]`);
+      const V = checkCacheTensor('v', v, g, B, onGpu);
+      if (V.shape.some((x, i) => x !== K.shape[i])) throw new ShapeError('v.shape', `[${K.shape.join(', ')}] (the shape of k)`, `[${V.shape.join(', ')}]`);
+      n = K.shape[1];
+    }
+    if (q !== undefined && k !== undefined && isGpuBuffer(q.data) !== isGpuBuffer(k.data)) {
+      throw new ValueError('k.data', isGpuBuffer(q.data) ? 'a GPUBuffer, as q.data is' : 'a typed array, as q.data is', isGpuBuffer(k.data) ? 'a GPUBuffer' : 'a typed array');
+    }
+    const starts = Int32Array.from(slots, (s) => this.lens[s]);
+    const lengths = Int32Array.from(starts, (x) => x + n);
+    lengths.forEach((len, b) => {
+      if (len > g.maxLength) {
+        throw new ValueError('k.shape', `at most ${g.maxLength - starts[b]} new tokens for slot ${slots[b]} (it holds ${starts[b]} of config.maxLength ${g.maxLength})`, `${n}`);
+      }
+    });
+    if (g.paged) this.assignPages(slots, lengths);
+    const scale = o.scale ?? 1 / Math.sqrt(g.D);
+    if (attend && (o.out || o.lse) && !isGpuBuffer(q!.data)) throw new ValueError(o.out ? 'options.out' : 'options.lse', 'undefined for typed-array q (results come back as typed arrays)', 'a GpuTensor');
+    if (o.out) checkOutput('options.out', o.out, g.dtype, q!.shape);
+    if (o.lse) checkOutput('options.lse', o.lse, 'f32', [B, H, Nq]);
+    const step: CacheStep = {
+      q: attend ? q : undefined,
+      k,
+      v,
+      n,
+      slots,
+      starts,
+      lengths,
+      table: this.table,
+      tableChanged: this.tableChanged,
+      causal: o.causal ?? false,
+      scale,
+      H,
+      Nq,
+      out: o.out,
+      lse: o.lse,
+      memory: this.memory,
+    };
+    // The new lengths count from here: the store queues its work in order, so a later call sees it.
+    const result = await this.store.step(step);
+    this.tableChanged = false;
+    slots.forEach((s, b) => (this.lens[s] = lengths[b]));
+    return result;
+  }
+
+  /** Pages for every slot up to its new length, from the free pool (all or none). */
+  private assignPages(slots: Int32Array, lengths: Int32Array): void {
+    const g = this.geometry;
+    const wanted: [number, number][] = [];
+    slots.forEach((s, b) => {
+      for (let p = 0; p < Math.ceil(lengths[b] / g.pageSize); p++) if (this.table[s * g.maxPages + p] < 0) wanted.push([s, p]);
+    });
+    if (wanted.length > this.free.length) {
+      throw new OutOfMemoryError('k', `at most ${this.free.length} free pages of ${g.pageSize} tokens in the cache's pool (config.pages = ${g.pages})`, `${wanted.length} pages needed`);
+    }
+    for (const [s, p] of wanted) this.table[s * g.maxPages + p] = this.free.pop()!;
+    if (wanted.length > 0) this.tableChanged = true;
+  }
+}
+
+function checkCallOptions(options: unknown): CacheCallOptions {
+  if (options === undefined) return {};
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new ValueError('options', 'an options object or undefined', describe(options));
+  const o = options as CacheCallOptions & Record<string, unknown>;
+  const known = new Set(['sequences', 'causal', 'scale', 'out', 'lse']);
+  for (const key of Object.keys(o)) if (!known.has(key)) throw new ValueError(`options.${key}`, `one of the known options (${[...known].join(', ')})`, 'an unknown option');
+  if (o.sequences !== undefined && !Array.isArray(o.sequences)) throw new ValueError('options.sequences', 'an array of slot indices', describe(o.sequences));
+  if (o.causal !== undefined && typeof o.causal !== 'boolean') throw new ValueError('options.causal', 'a boolean', describe(o.causal));
+  if (o.scale !== undefined && (typeof o.scale !== 'number' || !Number.isFinite(o.scale))) throw new ValueError('options.scale', 'a finite number', describe(o.scale));
+  return o;
+}
+
+/** A q, k or v of a cache call: (B, n, heads, D) BNHD, the cache's dtype, typed array or (webgpu) GPUBuffer. */
+function checkCacheTensor(name: string, t: unknown, g: CacheGeometry, B: number, onGpu: boolean): AnyTensor {
+  if (typeof t !== 'object' || t === null) throw new ValueError(name, 'a tensor { data, dtype, shape }', describe(t));
+  const { data, dtype, shape } = t as Partial<AnyTensor>;
+  if (dtype !== g.dtype) throw new DTypeError(`${name}.dtype`, `'${g.dtype}' (the cache's dtype)`, describe(dtype));
+  const gpu = isGpuBuffer(data);
+  if (gpu && !onGpu) throw new ValueError(`${name}.data`, 'a typed array (the cache lives on the cpu)', 'a GPUBuffer');
+  if (!gpu && !(g.dtype === 'f32' ? data instanceof Float32Array : data instanceof Uint16Array)) {
+    throw new DTypeError(`${name}.data`, g.dtype === 'f32' ? 'a Float32Array' : 'a Uint16Array of f16 bits', describe(data));
+  }
+  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((s) => Number.isSafeInteger(s) && s >= 1)) {
+    throw new ShapeError(`${name}.shape`, '4 positive dimensions (B, N, heads, D)', describe(shape));
+  }
+  if (shape[0] !== B) throw new ShapeError(`${name}.shape`, `batch ${B} (one row per slot of options.sequences)`, `[${shape.join(', ')}]`);
+  if (shape[3] !== g.D) throw new ShapeError(`${name}.shape`, `head dim ${g.D} as the cache (axes B, N, heads, D)`, `[${shape.join(', ')}]`);
+  const elements = shape.reduce((a, b) => a * b, 1);
+  if (gpu) {
+    if (data.size < elements * BYTES_PER_ELEMENT[g.dtype]) throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${elements * BYTES_PER_ELEMENT[g.dtype]} bytes`, `${data.size} bytes`);
+  } else if ((data as Tensor['data']).length !== elements) {
+    throw new ShapeError(`${name}.data`, `${elements} elements for shape [${shape.join(', ')}]`, `${(data as Tensor['data']).length} elements`);
+  }
+  return t as AnyTensor;
+}
+
+function checkOutput(name: string, t: GpuTensor, dtype: 'f32' | 'f16', shape: readonly number[]): void {
+  if (typeof t !== 'object' || t === null || !isGpuBuffer(t.data)) throw new ValueError(name, 'a GpuTensor', describe(t));
+  if (t.dtype !== dtype) throw new DTypeError(`${name}.dtype`, `'${dtype}'`, describe(t.dtype));
+  if (!Array.isArray(t.shape) || t.shape.length !== shape.length || t.shape.some((x, i) => x !== shape[i])) {
+    throw new ShapeError(`${name}.shape`, `[${shape.join(', ')}]`, describe(t.shape));
+  }
+  const bytes = shape.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[dtype];
+  if (t.data.size < bytes) throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${bytes} bytes`, `${t.data.size} bytes`);
+}

@@ -1,0 +1,249 @@
+/**
+ * The split-KV decode family on the host (kernels/decode.ts): when it runs, how the keys are split over
+ * workgroups, and the encoding of its dispatches with what a decode step needs kept between calls (the
+ * partials of the splits, uniform buffers, bind groups), so that a warmed-up call creates nothing.
+ */
+import type { Problem } from '../problem.js';
+import { problemStrides } from '../problem.js';
+import type { Gpu } from './device.js';
+import { decodeSizesBytes, decodeWGSL, decodeWorkgroupBytes, mergeWGSL, type DecodeParams, type DecodeSizes } from './kernels/decode.js';
+import type { StorageType } from './kernels/common.js';
+import { pipeline } from './pipelines.js';
+
+/** Most queries per sequence the decode schedule takes (single-token decode up to speculative decoding). */
+export const DECODE_MAX_QUERIES = 16;
+
+/** Most query rows (of the G·Nq that share a key/value head) one workgroup owns. */
+const DECODE_MAX_ROWS = 16;
+
+/** Keys per block, best first: 32 keys of D = 128 in f32 tiles are 33 KiB with their padding. */
+const DECODE_BLOCKS = [32, 16, 8, 4, 2, 1];
+
+/**
+ * Workgroups a decode dispatch aims for: enough to keep every SM of a large GPU (132 on an H200) busy
+ * with several workgroups each, so that loads of one overlap the arithmetic of another.
+ */
+const DECODE_TARGET_WORKGROUPS = 1024;
+
+/** Fewest key blocks a split gets: fewer would spend more on the partials and the merge than they save. */
+const DECODE_MIN_BLOCKS_PER_SPLIT = 4;
+
+/** Most splits of one sequence (bounds the partials' memory). */
+const DECODE_MAX_SPLITS = 256;
+
+export interface DecodeShape {
+  D: number;
+  dtype: StorageType;
+  /** Query heads per key/value head (H / Hkv). */
+  G: number;
+  Nq: number;
+  causal: boolean;
+  cache: boolean;
+  paged: boolean;
+  /** Element strides of K and V rows, heads and pages are multiples of 4. */
+  aligned: boolean;
+}
+
+function invocations(gpu: Gpu): number {
+  return Math.min(128, gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX);
+}
+
+/** The decode kernel's configuration (without `split`, which each call sets), or undefined where no block fits the device. */
+export function decodeParams(s: DecodeShape, gpu: Gpu): Omit<DecodeParams, 'split'> | undefined {
+  const WG = invocations(gpu);
+  const rows = s.G * s.Nq;
+  const R = Math.min(DECODE_MAX_ROWS, WG, 2 ** Math.ceil(Math.log2(rows)));
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const Bc = DECODE_BLOCKS.find((Bc) => decodeWorkgroupBytes({ D: s.D, Bc, R }) <= limit);
+  if (Bc === undefined) return undefined;
+  const vec = s.aligned && s.D % 4 === 0;
+  return { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged };
+}
+
+/** Whether forward() runs a problem on the decode schedule: few queries, flash, and a block that fits. */
+export function decodeFits(p: Problem, gpu: Gpu): Omit<DecodeParams, 'split'> | undefined {
+  if (p.algorithm !== 'flash' || p.Nq > DECODE_MAX_QUERIES || p.B > gpu.limits.maxComputeWorkgroupsPerDimension) return undefined;
+  const s = problemStrides(p);
+  const aligned = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 4 === 0);
+  return decodeParams({ D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned }, gpu);
+}
+
+/**
+ * How the keys of a call are split: `splits` splits of `chunk` keys (a multiple of Bc) per sequence, so
+ * that B·Hkv·rowChunks·splits approaches the target, each split at least a few blocks long.
+ */
+export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number): { splits: number; chunk: number } {
+  const blocks = Math.max(1, Math.ceil(Nk / Bc));
+  const wanted = Math.max(1, Math.min(DECODE_MAX_SPLITS, Math.floor(DECODE_TARGET_WORKGROUPS / (B * Hkv * rowChunks))));
+  const perSplit = Math.max(DECODE_MIN_BLOCKS_PER_SPLIT, Math.ceil(blocks / wanted));
+  const splits = Math.ceil(blocks / perSplit);
+  return { splits, chunk: perSplit * Bc };
+}
+
+/** Where a decode call's keys live: the uniform fields of the K/V addressing. */
+export interface KeyLayout {
+  kvPage: number;
+  kvRow: number;
+  kvHead: number;
+  pageSize: number;
+  maxPages: number;
+}
+
+/** The run-time sizes of one decode call. */
+export interface DecodeCall {
+  B: number;
+  H: number;
+  Hkv: number;
+  Nq: number;
+  /** Keys of every batch row (plain forward), or the longest of them (a cache: each row's own is in `seqs`). */
+  Nk: number;
+  q: { batch: number; row: number; head: number };
+  keys: KeyLayout;
+  scale: number;
+}
+
+/** The uniform block of a call under a split plan. */
+export function decodeSizes(c: DecodeCall, R: number, plan: { splits: number; chunk: number }): DecodeSizes {
+  return {
+    B: c.B,
+    H: c.H,
+    Hkv: c.Hkv,
+    Nq: c.Nq,
+    Nk: c.Nk,
+    qBatch: c.q.batch,
+    qRow: c.q.row,
+    qHead: c.q.head,
+    ...c.keys,
+    rowChunks: Math.ceil(((c.H / c.Hkv) * c.Nq) / R),
+    splits: plan.splits,
+    chunk: plan.chunk,
+    scale: c.scale,
+  };
+}
+
+/** Buffers of one decode call: inputs, outputs, and (cache) the rows' slots and lengths and the block table. */
+export interface DecodeBuffers {
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  out: GPUBuffer;
+  lse: GPUBuffer;
+  seqs?: GPUBuffer;
+  table?: GPUBuffer;
+}
+
+/**
+ * What decode calls on one device keep between calls: the splits' partials (grown as needed, never
+ * shrunk), and bind groups by the buffers they bind. The queue runs submissions in order, so one call's
+ * merge has read the partials before the next call's decode writes them.
+ */
+export class DecodeScratch {
+  private opart?: GPUBuffer;
+  private lpart?: GPUBuffer;
+  private readonly groups = new Map<string, GPUBindGroup>();
+  private readonly ids = new WeakMap<object, number>();
+  private nextId = 1;
+  /** Bytes of the partials, for the caller's memory accounting. */
+  bytes = 0;
+
+  constructor(private readonly device: GPUDevice) {}
+
+  /** Partials for `rows` query rows of `splits` splits of head dim D (f32). */
+  partials(rows: number, splits: number, D: number): { opart: GPUBuffer; lpart: GPUBuffer } {
+    const obytes = rows * splits * Math.ceil(D / 4) * 16;
+    const lbytes = rows * splits * 4;
+    if (!this.opart || this.opart.size < obytes || !this.lpart || this.lpart.size < lbytes) {
+      // A smaller one it replaces is left to the garbage collector, not destroyed: work queued before may still read it.
+      const usage = GPUBufferUsage.STORAGE;
+      this.opart = this.device.createBuffer({ size: Math.max(16, obytes, this.opart?.size ?? 0), usage, label: 'decode partial O' });
+      this.lpart = this.device.createBuffer({ size: Math.max(16, lbytes, this.lpart?.size ?? 0), usage, label: 'decode partial L' });
+      this.bytes = this.opart.size + this.lpart.size;
+    }
+    return { opart: this.opart, lpart: this.lpart };
+  }
+
+  private id(o: object): number {
+    let id = this.ids.get(o);
+    if (id === undefined) this.ids.set(o, (id = this.nextId++));
+    return id;
+  }
+
+  /**
+   * The bind group of `pipe` with `buffers` at bindings 0, 1, …: kept (made once per set of buffers) when
+   * `keep`, as for GPUBuffer tensors that come back call after call; made anew for one-off uploads.
+   */
+  bindGroup(pipe: GPUComputePipeline, buffers: GPUBuffer[], keep = true): GPUBindGroup {
+    const make = () => this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    if (!keep) return make();
+    const key = [pipe, ...buffers].map((o) => this.id(o)).join(',');
+    let group = this.groups.get(key);
+    if (!group) {
+      if (this.groups.size >= 256) this.groups.clear(); // callers that bring new buffers every call
+      group = make();
+      this.groups.set(key, group);
+    }
+    return group;
+  }
+}
+
+const SCRATCH = new WeakMap<GPUDevice, DecodeScratch>();
+
+export function decodeScratch(device: GPUDevice): DecodeScratch {
+  let s = SCRATCH.get(device);
+  if (!s) SCRATCH.set(device, (s = new DecodeScratch(device)));
+  return s;
+}
+
+/** The pipelines of a decode call: the kernel (split or not) and, split, the merge. */
+export async function decodePipelines(gpu: Gpu, params: Omit<DecodeParams, 'split'>, split: boolean): Promise<{ decode: GPUComputePipeline; merge?: GPUComputePipeline }> {
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const decode = await pipeline(gpu.device, 'decode', { ...params, split }, (x) => decodeWGSL(x, limit));
+  if (!split) return { decode };
+  const mp = { D: params.D, dtype: params.dtype, WG: params.WG };
+  return { decode, merge: await pipeline(gpu.device, 'decodeMerge', mp, mergeWGSL) };
+}
+
+/** Dispatch sizes for `n` invocations of WG in a flat 1-D index folded over x ≤ 65535 and y. */
+export function flatGroups(n: number, WG: number): [number, number] {
+  const groups = Math.max(1, Math.ceil(n / WG));
+  return [Math.min(groups, 65535), Math.ceil(groups / 65535)];
+}
+
+/**
+ * Encode a decode call (one compute pass: the decode kernel, then the merge where there are splits).
+ * `uniform` holds decodeSizes(call) already (written by the caller with queue.writeBuffer).
+ */
+export function encodeDecode(
+  enc: GPUCommandEncoder,
+  scratch: DecodeScratch,
+  pipes: { decode: GPUComputePipeline; merge?: GPUComputePipeline },
+  params: Omit<DecodeParams, 'split'>,
+  sizes: DecodeSizes,
+  uniform: GPUBuffer,
+  bufs: DecodeBuffers,
+  keep: boolean,
+): void {
+  const extra = [bufs.seqs, bufs.table].filter((b): b is GPUBuffer => b !== undefined);
+  const pass = enc.beginComputePass();
+  const grid: [number, number, number] = [sizes.splits, sizes.Hkv * sizes.rowChunks, sizes.B];
+  if (!pipes.merge) {
+    pass.setPipeline(pipes.decode);
+    pass.setBindGroup(0, scratch.bindGroup(pipes.decode, [uniform, bufs.q, bufs.k, bufs.v, bufs.out, bufs.lse, ...extra], keep));
+    pass.dispatchWorkgroups(...grid);
+  } else {
+    const rows = sizes.B * sizes.H * sizes.Nq;
+    const { opart, lpart } = scratch.partials(rows, sizes.splits, params.D);
+    pass.setPipeline(pipes.decode);
+    pass.setBindGroup(0, scratch.bindGroup(pipes.decode, [uniform, bufs.q, bufs.k, bufs.v, opart, lpart, ...extra], keep));
+    pass.dispatchWorkgroups(...grid);
+    pass.setPipeline(pipes.merge);
+    pass.setBindGroup(0, scratch.bindGroup(pipes.merge, [uniform, opart, lpart, bufs.out, bufs.lse], keep));
+    pass.dispatchWorkgroups(...flatGroups(rows * Math.ceil(params.D / 4), params.WG));
+  }
+  pass.end();
+}
+
+/** The uniform buffer's bytes (a fresh ArrayBuffer each call: writeBuffer copies it when called). */
+export function decodeUniformBytes(sizes: DecodeSizes): ArrayBuffer {
+  return decodeSizesBytes(sizes);
+}

@@ -1,0 +1,72 @@
+/**
+ * forward() on the split-KV decode schedule (few queries against many keys): webgpu chooses it by itself
+ * for Nq ≤ 16; checked against the float64 oracle under the error rule on every backend, with splits
+ * (long key ranges), GQA groups, ragged D, both layouts, causal and the NaN rule.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { forward, type DType, type Layout } from '../src/index.js';
+import { checkForward } from '../src/problem.js';
+import { standardForward } from '../src/reference/index.js';
+import { toF64 } from '../src/tensor.js';
+import { decodeFits, splitPlan } from '../src/webgpu/decode.js';
+import { defaultGpu } from '../src/webgpu/device.js';
+import { BACKENDS, checkInputs, reportWebgpuSkip } from './spec.js';
+import { inputs, type Case } from './util.js';
+
+const CASES: (Case & { dtype: DType; layout: Layout; causal: boolean })[] = [
+  { B: 2, H: 8, Hkv: 2, Nq: 1, Nk: 3000, D: 64, dtype: 'f16', layout: 'BNHD', causal: false },
+  { B: 1, H: 4, Hkv: 1, Nq: 5, Nk: 1100, D: 40, dtype: 'f32', layout: 'BHND', causal: true },
+  { B: 3, H: 3, Hkv: 3, Nq: 16, Nk: 257, D: 7, dtype: 'f32', layout: 'BNHD', causal: true },
+  { B: 2, H: 6, Hkv: 2, Nq: 2, Nk: 1, D: 128, dtype: 'f16', layout: 'BHND', causal: true },
+  { B: 1, H: 32, Hkv: 1, Nq: 1, Nk: 600, D: 1, dtype: 'f32', layout: 'BNHD', causal: false },
+];
+
+describe('decode schedule', () => {
+  reportWebgpuSkip();
+  for (const backend of BACKENDS) {
+    for (const c of CASES) {
+      test(`${backend} ${c.dtype} ${c.layout} causal=${c.causal} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D}`, async () => {
+        await checkInputs(`${backend} decode`, inputs(c, c.dtype, c.layout), { causal: c.causal, layout: c.layout }, { backend });
+      });
+    }
+  }
+
+  if (BACKENDS.includes('webgpu')) {
+    test('webgpu runs these cases on the decode schedule, split where the keys are many', async () => {
+      const gpu = await defaultGpu();
+      for (const c of CASES) {
+        const { q, k, v } = inputs(c, c.dtype, c.layout);
+        const p = checkForward(q, k, v, { causal: c.causal, layout: c.layout });
+        const params = decodeFits(p, gpu);
+        assert.ok(params, `decode schedule for ${JSON.stringify(c)}`);
+      }
+      assert.equal(splitPlan(1, 1, 1, 3000, 32).splits > 1, true);
+    });
+
+    test('webgpu decode: a NaN in one query row stays in that row; a causal row that sees no key gives 0 and −∞', async () => {
+      const c = { B: 1, H: 4, Hkv: 2, Nq: 4, Nk: 2, D: 16 };
+      const { q, k, v } = inputs(c, 'f32', 'BNHD');
+      (q.data as Float32Array)[3 * c.H * c.D + 2 * c.D + 3] = NaN; // query 3, head 2
+      const r = await forward(q, k, v, { causal: true, backend: 'webgpu' });
+      const out = toF64(r.out as never);
+      const lse = toF64(r.lse as never);
+      const p = checkForward(q, k, v, { causal: true });
+      const ref = standardForward(p, toF64(q), toF64(k), toF64(v));
+      for (let i = 0; i < c.Nq; i++)
+        for (let h = 0; h < c.H; h++) {
+          const L = lse[h * c.Nq + i];
+          const row = out.subarray((i * c.H + h) * c.D, (i * c.H + h + 1) * c.D);
+          if (i === 3 && h === 2) {
+            assert.ok(Number.isNaN(L) && row.every(Number.isNaN), 'the NaN row is NaN');
+          } else if (i < 2) {
+            // queries 0 and 1 see no key (Nk − Nq = −2): out 0, lse −∞
+            assert.equal(L, -Infinity);
+            assert.ok(row.every((x) => x === 0));
+          } else {
+            assert.ok(Math.abs(L - ref.lse[h * c.Nq + i]) < 1e-5, `lse row ${i} head ${h}`);
+          }
+        }
+    });
+  }
+});
