@@ -11,6 +11,12 @@ import type { AnyTensor, GpuTensor, Tensor } from './tensor.js';
 import { preferWebgpu } from './webgpu/device.js';
 import { webgpuBackward, webgpuForward } from './webgpu/index.js';
 import { webgpuStandardBackward, webgpuStandardForward } from './webgpu/standard.js';
+import { CpuCacheStore } from './cpu/cache.js';
+import { KVCache, cacheGeometry, type KVCacheConfig } from './kvcache.js';
+import { memory as defaultMemory } from './memory.js';
+import { BackendUnavailableError } from './errors.js';
+import { WebgpuCacheStore } from './webgpu/cache.js';
+import { defaultGpu, gpuOf } from './webgpu/device.js';
 
 /** The backends that run computations ('auto' resolves to one of them). */
 export type ResolvedBackend = 'cpu' | 'reference' | 'webgpu';
@@ -105,4 +111,21 @@ export async function backward(
         ? await cpuBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse))
         : referenceBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse));
   return { ...r, backend };
+}
+
+/**
+ * A KV cache for inference (src/kvcache.ts): K and V of every token so far, on the device (webgpu) or in
+ * memory (cpu), contiguous or paged; cache.forward(q, k, v) appends and attends. 'auto' picks webgpu on a
+ * real GPU (with shader-f16 for an f16 cache), else the cpu.
+ */
+export async function createKVCache(config: KVCacheConfig): Promise<KVCache> {
+  const g = cacheGeometry(config);
+  const memory = config.memory ?? defaultMemory;
+  const backend = config.backend ?? 'auto';
+  if (!['auto', 'cpu', 'webgpu'].includes(backend)) throw new ValueError('config.backend', "'auto', 'cpu' or 'webgpu'", `'${String(backend)}'`);
+  const webgpu = backend === 'webgpu' || (backend === 'auto' && (config.device !== undefined || (await preferWebgpu(g.dtype))));
+  if (!webgpu) return new KVCache(g, new CpuCacheStore(g, memory), memory);
+  const gpu = config.device ? gpuOf(config.device) : await defaultGpu();
+  if (g.dtype === 'f16' && !gpu.f16) throw new BackendUnavailableError('config.dtype', "'f32' (this adapter lacks shader-f16, which an f16 cache needs)", "'f16'");
+  return new KVCache(g, new WebgpuCacheStore(g, gpu, memory), memory);
 }

@@ -1,5 +1,5 @@
 /** flashattn: exact attention that never materialises the Nq×Nk score matrix. */
-export { backward, forward, type BackwardResult, type ForwardResult, type ResolvedBackend } from './api.js';
+export { backward, createKVCache, forward, type BackwardResult, type ForwardResult, type ResolvedBackend } from './api.js';
 export {
   BackendUnavailableError,
   DTypeError,
@@ -12,6 +12,7 @@ export {
 export { decodeF16, encodeF16, f16ToNumber, numberToF16, roundToF16 } from './f16.js';
 export { attentionFlops } from './flops.js';
 export { MemoryTracker, memory } from './memory.js';
+export { KVCache, type CacheCallOptions, type KVCacheConfig } from './kvcache.js';
 export { createEncoder, encoderWeights, type Encoder, type EncoderConfig, type LayerWeights } from './models/encoder.js';
 export type { Algorithm, AttentionOptions, Backend, Precision } from './options.js';
 export { tensor, type AnyTensor, type DType, type GpuTensor, type Layout, type Tensor, type TensorData } from './tensor.js';

@@ -51,13 +51,14 @@ function invocations(gpu: Gpu): number {
 /** The decode kernel's configuration (without `split`, which each call sets), or undefined where no block fits the device. */
 export function decodeParams(s: DecodeShape, gpu: Gpu): Omit<DecodeParams, 'split'> | undefined {
   const WG = invocations(gpu);
-  const rows = s.G * s.Nq;
-  const R = Math.min(DECODE_MAX_ROWS, WG, 2 ** Math.ceil(Math.log2(rows)));
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  const Bc = DECODE_BLOCKS.find((Bc) => decodeWorkgroupBytes({ D: s.D, Bc, R }) <= limit);
-  if (Bc === undefined) return undefined;
   const vec = s.aligned && s.D % 4 === 0;
-  return { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged };
+  // Rows: the group's G·Nq up to 16 (a power of two), fewer where a large D leaves no room for them.
+  for (let R = Math.min(DECODE_MAX_ROWS, WG, 2 ** Math.ceil(Math.log2(s.G * s.Nq))); R >= 1; R /= 2) {
+    const Bc = DECODE_BLOCKS.find((Bc) => decodeWorkgroupBytes({ D: s.D, Bc, R }) <= limit);
+    if (Bc !== undefined) return { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged };
+  }
+  return undefined;
 }
 
 /** Whether forward() runs a problem on the decode schedule: few queries, flash, and a block that fits. */

@@ -1,0 +1,186 @@
+/**
+ * The webgpu backend's KV cache store (see src/kvcache.ts): the k and v pools are GPUBuffers of
+ * (pages, pageSize, Hkv, D) in the cache's dtype; a step appends the new tokens with the append kernel
+ * (kernels/append.ts) and attends with the split-KV decode schedule (webgpu/decode.ts), reading keys
+ * through the block table when paged, all in one submission.
+ *
+ * Host cost: what one step needs is kept between steps (the pipelines, uniform and slot buffers rewritten
+ * with queue.writeBuffer, bind groups by the buffers they bind, the splits' partials), so a warmed-up step
+ * on GPUBuffer tensors with the caller's `out` and `lse` creates nothing and returns once its work is
+ * queued: it never waits for the GPU. The queue runs writes and submissions in order, so each step reads
+ * the sizes written for it. A device error of such a step (a GPUBuffer of another device, say) is
+ * reported by the next call on the cache.
+ */
+import { NotSupportedError, ValueError } from '../errors.js';
+import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
+import { poolElements } from '../kvcache.js';
+import type { MemoryTracker } from '../memory.js';
+import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
+import { GpuBuffers } from './buffers.js';
+import { decodeParams, decodePipelines, decodeScratch, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeScratch } from './decode.js';
+import type { Gpu } from './device.js';
+import { appendWGSL } from './kernels/append.js';
+import { decodeSizesBytes, type DecodeSizes } from './kernels/decode.js';
+import { pipeline } from './pipelines.js';
+
+const BYTES = { f32: 4, f16: 2 } as const;
+
+export class WebgpuCacheStore implements CacheStore {
+  readonly backend = 'webgpu' as const;
+  private readonly own: GpuBuffers;
+  private readonly k: GPUBuffer;
+  private readonly v: GPUBuffer;
+  private readonly table: GPUBuffer;
+  /** (slot, first new position) per batch row for the append; (slot, length) for the attention. */
+  private readonly appendSeqs: GPUBuffer;
+  private readonly attendSeqs: GPUBuffer;
+  private readonly appendUniform: GPUBuffer;
+  private readonly attendUniform: GPUBuffer;
+  private readonly scratch: DecodeScratch;
+  /** A device error of an earlier step that did not wait for it, reported by the next call. */
+  private failure?: string;
+
+  constructor(
+    private readonly g: CacheGeometry,
+    private readonly gpu: Gpu,
+    private readonly memory: MemoryTracker,
+  ) {
+    if (!decodeParams({ D: g.D, dtype: g.dtype, G: 1, Nq: 1, causal: false, cache: true, paged: g.paged, aligned: true }, gpu)) {
+      throw new NotSupportedError('config.headDim', `a KV cache of head dim ${g.D} on this device (no decode tile fits its workgroup memory)`, 'a smaller head dim', String(g.D));
+    }
+    this.own = new GpuBuffers(gpu.device, memory);
+    const bytes = poolElements(g) * BYTES[g.dtype];
+    this.k = this.own.create(bytes, 'the KV cache k pool', 'config.maxLength');
+    this.v = this.own.create(bytes, 'the KV cache v pool', 'config.maxLength');
+    const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+    this.table = this.own.create(g.batch * g.maxPages * 4, 'the block table', 'config.batch', storage);
+    this.appendSeqs = this.own.create(g.batch * 8, 'slots of a step', 'config.batch', storage);
+    this.attendSeqs = this.own.create(g.batch * 8, 'slots of a step', 'config.batch', storage);
+    const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
+    this.appendUniform = this.own.create(80, 'append sizes', 'config', uniform);
+    this.attendUniform = this.own.create(80, 'decode sizes', 'config', uniform);
+    this.scratch = decodeScratch(gpu.device);
+  }
+
+  /** The pool's strides: page, row (token), head. */
+  private keys() {
+    const { Hkv, D, pageSize, maxPages } = this.g;
+    return { kvPage: pageSize * Hkv * D, kvRow: Hkv * D, kvHead: D, pageSize, maxPages };
+  }
+
+  async step(s: CacheStep): Promise<{ out: AnyTensor; lse: AnyTensor } | undefined> {
+    if (this.failure) {
+      const message = this.failure;
+      this.failure = undefined;
+      throw new ValueError('q.data', 'buffers of the cache’s device (an earlier call on this cache failed on the device)', message);
+    }
+    const { device } = this.gpu;
+    const { Hkv, D, dtype } = this.g;
+    const B = s.slots.length;
+    const call = new GpuBuffers(device, s.memory);
+    const input = (t: AnyTensor, name: string) => (isGpuBuffer(t.data) ? t.data : call.upload(t.data, name));
+    const onGpu = s.q ? isGpuBuffer(s.q.data) : true;
+    try {
+      const enc = device.createCommandEncoder();
+      if (s.tableChanged) device.queue.writeBuffer(this.table, 0, s.table.buffer, s.table.byteOffset, s.table.byteLength);
+      if (s.k && s.v && s.n > 0) {
+        const pipe = await pipeline(device, 'cacheAppend', { D, dtype, WG: 64 }, appendWGSL);
+        const sizes: DecodeSizes = { B, H: Hkv, Hkv, Nq: s.n, Nk: 0, qBatch: 0, qRow: 0, qHead: 0, ...this.keys(), rowChunks: 1, splits: 1, chunk: 0, scale: 0 };
+        device.queue.writeBuffer(this.appendUniform, 0, decodeSizesBytes(sizes));
+        device.queue.writeBuffer(this.appendSeqs, 0, pairs(s.slots, s.starts));
+        const pass = enc.beginComputePass();
+        pass.setPipeline(pipe);
+        pass.setBindGroup(0, this.scratch.bindGroup(pipe, [this.appendUniform, input(s.k, 'k'), input(s.v, 'v'), this.k, this.v, this.appendSeqs, this.table], onGpu));
+        pass.dispatchWorkgroups(...flatGroups(B * s.n * Hkv * D, 64));
+        pass.end();
+      }
+      let result: { out: GPUBuffer; lse: GPUBuffer } | undefined;
+      if (s.q) {
+        const { H, Nq } = s;
+        const params = decodeParams({ D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true }, this.gpu)!;
+        const rowChunks = Math.ceil(((H / Hkv) * Nq) / params.R);
+        const longest = Math.max(1, ...s.lengths);
+        const plan = splitPlan(B, Hkv, rowChunks, longest, params.Bc);
+        const q = { batch: Nq * H * D, row: H * D, head: D };
+        const sizes = decodeSizes({ B, H, Hkv, Nq, Nk: longest, q, keys: this.keys(), scale: s.scale }, params.R, plan);
+        const pipes = await decodePipelines(this.gpu, params, plan.splits > 1);
+        device.queue.writeBuffer(this.attendUniform, 0, decodeSizesBytes(sizes));
+        device.queue.writeBuffer(this.attendSeqs, 0, pairs(s.slots, s.lengths));
+        const out = s.out?.data ?? call.create(B * Nq * H * D * BYTES[dtype], 'out', 'q');
+        const lse = s.lse?.data ?? call.create(B * H * Nq * 4, 'lse', 'q');
+        const extra = this.g.paged ? { seqs: this.attendSeqs, table: this.table } : { seqs: this.attendSeqs };
+        encodeDecode(enc, this.scratch, pipes, params, sizes, this.attendUniform, { q: input(s.q, 'q'), k: this.k, v: this.v, out, lse, ...extra }, onGpu);
+        result = { out, lse };
+      }
+      device.pushErrorScope('validation');
+      device.queue.submit([enc.finish()]);
+      const scope = device.popErrorScope();
+      if (onGpu) {
+        scope.then((e) => (this.failure ??= e?.message)).catch(() => undefined);
+      } else {
+        const e = await scope;
+        if (e) throw new ValueError('options.device', 'buffers and a device that belong together', e.message);
+      }
+      if (!result || !s.q) return undefined;
+      const lseShape = [B, s.H, s.Nq];
+      if (onGpu) {
+        return {
+          out: s.out ?? ({ data: call.handOver(result.out), dtype, shape: [...s.q.shape] } satisfies GpuTensor),
+          lse: s.lse ?? ({ data: call.handOver(result.lse), dtype: 'f32', shape: lseShape } satisfies GpuTensor),
+        };
+      }
+      const outBytes = await call.read(result.out, B * s.Nq * s.H * D * BYTES[dtype], 'q');
+      const lseBytes = await call.read(result.lse, B * s.H * s.Nq * 4, 'q');
+      return {
+        out: { data: dtype === 'f16' ? new Uint16Array(outBytes) : new Float32Array(outBytes), dtype, shape: [...s.q.shape] },
+        lse: { data: new Float32Array(lseBytes), dtype: 'f32', shape: lseShape },
+      };
+    } finally {
+      call.destroyAll();
+    }
+  }
+
+  async read(slot: number, length: number, table: Int32Array): Promise<{ k: Tensor; v: Tensor }> {
+    const { Hkv, D, dtype, pageSize, maxPages } = this.g;
+    const width = Hkv * D * BYTES[dtype];
+    const shape = [1, length, Hkv, D];
+    const k = new Uint8Array(length * width);
+    const v = new Uint8Array(length * width);
+    const call = new GpuBuffers(this.gpu.device, this.memory);
+    try {
+      for (let t0 = 0; t0 < length; t0 += pageSize) {
+        const tokens = Math.min(pageSize, length - t0);
+        const page = table[slot * maxPages + t0 / pageSize];
+        const start = page * pageSize * width;
+        const [from, to] = [Math.floor(start / 4) * 4, Math.ceil((start + tokens * width) / 4) * 4];
+        for (const [pool, into] of [[this.k, k], [this.v, v]] as const) {
+          const staging = call.create(to - from, 'readback', 'sequence', GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC, false);
+          const enc = this.gpu.device.createCommandEncoder();
+          enc.copyBufferToBuffer(pool, from, staging, 0, to - from);
+          this.gpu.device.queue.submit([enc.finish()]);
+          const bytes = new Uint8Array(await call.read(staging, to - from, 'sequence'));
+          into.set(bytes.subarray(start - from, start - from + tokens * width), t0 * width);
+          call.destroy(staging);
+        }
+      }
+    } finally {
+      call.destroyAll();
+    }
+    const typed = (b: Uint8Array) => (dtype === 'f16' ? new Uint16Array(b.buffer) : new Float32Array(b.buffer));
+    return { k: { data: typed(k), dtype, shape }, v: { data: typed(v), dtype, shape } };
+  }
+
+  dispose(): void {
+    this.own.destroyAll();
+  }
+}
+
+/** (a[b], c[b]) pairs as u32s. */
+function pairs(a: Int32Array, c: Int32Array): Uint32Array {
+  const out = new Uint32Array(2 * a.length);
+  a.forEach((x, b) => {
+    out[2 * b] = x;
+    out[2 * b + 1] = c[b];
+  });
+  return out;
+}

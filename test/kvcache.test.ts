@@ -1,0 +1,159 @@
+/**
+ * The KV cache on every backend: contiguous and paged, prefill and decode and speculative steps on slots of
+ * different lengths, checked after every step against the float64 oracle over each slot's whole history
+ * (error rule of util.ts, with the same backend's standard attention over that history as yardstick);
+ * what the cache holds is exactly what was appended; pages go back to the pool; bad input is refused.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { createKVCache, forward, KVCache, OutOfMemoryError, ShapeError, ValueError, webgpuDevice, type DType, type Tensor } from '../src/index.js';
+import { checkForward } from '../src/problem.js';
+import { standardForward } from '../src/reference/index.js';
+import { toF64 } from '../src/tensor.js';
+import { BACKENDS, reportWebgpuSkip } from './spec.js';
+import { assertWithinRule, maxError, randomTensor } from './util.js';
+
+/** Rows [from, to) of batch row b of a (B, N, heads, D) tensor, as a (1, to − from, heads, D) tensor. */
+function rows(t: Tensor, b: number, from: number, to: number): Tensor {
+  const [, N, heads, D] = t.shape;
+  const w = heads * D;
+  return { data: t.data.slice((b * N + from) * w, (b * N + to) * w) as Tensor['data'], dtype: t.dtype, shape: [1, to - from, heads, D] };
+}
+
+function concat(a: Tensor | undefined, b: Tensor): Tensor {
+  if (!a) return b;
+  const data = new (b.data.constructor as Float32ArrayConstructor)(a.data.length + b.data.length);
+  data.set(a.data as Float32Array);
+  data.set(b.data as Float32Array, a.data.length);
+  return { data: data as unknown as Tensor['data'], dtype: b.dtype, shape: [1, a.shape[1] + b.shape[1], b.shape[2], b.shape[3]] };
+}
+
+interface Model {
+  backend: 'cpu' | 'webgpu';
+  dtype: DType;
+  H: number;
+  Hkv: number;
+  D: number;
+  history: (Tensor | undefined)[][]; // per slot: [k, v]
+}
+
+/** Check out/lse of batch row b (slot s) of a step against the oracle over the slot's history. */
+async function checkRow(m: Model, label: string, q: Tensor, out: Tensor, lse: Tensor, b: number, s: number, causal: boolean) {
+  const [k, v] = m.history[s];
+  const Nq = q.shape[1];
+  const qb = rows(q, b, 0, Nq);
+  const ob = rows(out, b, 0, Nq);
+  const lb = Float64Array.from((lse.data as Float32Array).subarray(b * m.H * Nq, (b + 1) * m.H * Nq));
+  if (!k || !v) {
+    assert.ok(toF64(ob).every((x) => x === 0) && lb.every((x) => x === -Infinity), `${label}: an empty slot gives 0 and −∞`);
+    return;
+  }
+  const p = checkForward(qb, k, v, { causal });
+  const oracle = standardForward(p, toF64(qb), toF64(k), toF64(v));
+  const std = await forward(qb, k, v, { causal, backend: m.backend, algorithm: 'standard' });
+  assertWithinRule(`${label} slot ${s} out`, maxError(ob, oracle.out), maxError(std.out, oracle.out), 2);
+  assertWithinRule(`${label} slot ${s} lse`, maxError(lb, oracle.lse), maxError(std.lse, oracle.lse), 2);
+}
+
+/** One step: append n tokens to `slots` and attend Nq queries; checks every row. */
+async function step(m: Model, cache: KVCache, slots: number[], n: number, Nq: number, causal: boolean, seed: number) {
+  const B = slots.length;
+  const q = randomTensor(m.dtype, [B, Nq, m.H, m.D], seed);
+  const k = randomTensor(m.dtype, [B, n, m.Hkv, m.D], seed + 1);
+  const v = randomTensor(m.dtype, [B, n, m.Hkv, m.D], seed + 2);
+  slots.forEach((s, b) => {
+    m.history[s] = [concat(m.history[s][0], rows(k, b, 0, n)), concat(m.history[s][1], rows(v, b, 0, n))];
+  });
+  const r = await cache.forward(q, k, v, { sequences: slots, causal });
+  for (let b = 0; b < B; b++) await checkRow(m, `${m.backend} ${m.dtype} step(n=${n}, Nq=${Nq})`, q, r.out as Tensor, r.lse as Tensor, b, slots[b], causal);
+}
+
+describe('KV cache', () => {
+  reportWebgpuSkip();
+  for (const backend of BACKENDS) {
+    for (const [dtype, D, pageSize] of [
+      ['f32', 40, undefined],
+      ['f16', 64, 16],
+      ['f32', 7, 5],
+    ] as const) {
+      test(`${backend} ${dtype} D=${D} ${pageSize ? `paged (${pageSize} tokens a page)` : 'contiguous'}: prefill, decode, speculative steps`, async () => {
+        const m: Model = { backend, dtype, H: 6, Hkv: 2, D, history: [[], [], []] };
+        const cache = await createKVCache({ batch: 3, kvHeads: 2, headDim: D, maxLength: 80, dtype, backend, pageSize });
+        assert.equal(cache.backend, backend);
+        await step(m, cache, [0], 37, 37, true, 1); // prefill slot 0
+        await step(m, cache, [2], 5, 5, true, 10); // prefill slot 2; slot 1 stays empty
+        await step(m, cache, [0, 1, 2], 1, 1, false, 20); // decode, one token each
+        await step(m, cache, [2, 0], 4, 4, true, 30); // speculative: 4 tokens, causal among them
+        const q = randomTensor(dtype, [3, 1, 6, D], 40);
+        const r = await cache.forward(q); // attention only
+        for (let b = 0; b < 3; b++) await checkRow(m, `${backend} attend`, q, r.out as Tensor, r.lse as Tensor, b, b, false);
+        assert.deepEqual(cache.lengths, [42, 1, 10]);
+        for (let s = 0; s < 3; s++) {
+          const { k, v } = await cache.read(s);
+          assert.deepEqual(Array.from(k.data), Array.from(m.history[s][0]!.data), `slot ${s} k as appended`);
+          assert.deepEqual(Array.from(v.data), Array.from(m.history[s][1]!.data), `slot ${s} v as appended`);
+        }
+        if (pageSize) {
+          const before = cache.freePages;
+          cache.release(0);
+          assert.equal(cache.freePages, before + Math.ceil(42 / pageSize));
+          m.history[0] = [];
+          await step(m, cache, [0], 3, 1, false, 50);
+        }
+        cache.dispose();
+      });
+    }
+  }
+
+  if (BACKENDS.includes('webgpu')) {
+    test('webgpu: GPUBuffer tensors in, results in the caller’s out and lse, the same as typed arrays', async () => {
+      const device = await webgpuDevice();
+      const make = (t: Tensor) => {
+        const buffer = device.createBuffer({ size: Math.ceil(t.data.byteLength / 4) * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+        device.queue.writeBuffer(buffer, 0, t.data.buffer, 0, Math.ceil(t.data.byteLength / 4) * 4);
+        return { data: buffer, dtype: t.dtype as 'f32', shape: t.shape };
+      };
+      const config = { batch: 2, kvHeads: 1, headDim: 16, maxLength: 700, backend: 'webgpu' as const, pageSize: 64 };
+      const [a, b] = [await createKVCache(config), await createKVCache(config)];
+      const k = randomTensor('f32', [2, 600, 1, 16], 1);
+      const v = randomTensor('f32', [2, 600, 1, 16], 2);
+      const q = randomTensor('f32', [2, 1, 4, 16], 3);
+      await a.append(k, v);
+      const ref = await a.forward(q);
+      await b.append(make(k), make(v));
+      const out = make(randomTensor('f32', [2, 1, 4, 16], 9));
+      const lse = make(randomTensor('f32', [2, 4, 1], 9));
+      const got = await b.forward(make(q), undefined, undefined, { out, lse });
+      assert.equal(got.out.data, out.data);
+      const read = async (buf: GPUBuffer, n: number) => {
+        const staging = device.createBuffer({ size: n * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+        const enc = device.createCommandEncoder();
+        enc.copyBufferToBuffer(buf, 0, staging, 0, n * 4);
+        device.queue.submit([enc.finish()]);
+        await staging.mapAsync(GPUMapMode.READ);
+        return new Float32Array(staging.getMappedRange().slice(0));
+      };
+      assert.deepEqual(Array.from(await read(out.data, 128)), Array.from(ref.out.data as Float32Array));
+      assert.deepEqual(Array.from(await read(lse.data, 8)), Array.from(ref.lse.data as Float32Array));
+      a.dispose();
+      b.dispose();
+    });
+  }
+
+  test('bad input: typed errors naming the argument', async () => {
+    await assert.rejects(createKVCache({ batch: 0, kvHeads: 1, headDim: 8, maxLength: 4 }), (e: ValueError) => e.argument === 'config.batch');
+    await assert.rejects(createKVCache({ batch: 1, kvHeads: 1, headDim: 8, maxLength: 4, pages: 3 }), (e: ValueError) => e.argument === 'config.pages');
+    const cache = await createKVCache({ batch: 2, kvHeads: 2, headDim: 8, maxLength: 4, backend: 'cpu', pageSize: 2, pages: 2 });
+    const t = (B: number, N: number, H: number) => randomTensor('f32', [B, N, H, 8], 1);
+    await assert.rejects(cache.forward(t(2, 1, 3)), (e: ShapeError) => e.argument === 'q.shape');
+    await assert.rejects(cache.forward(t(1, 1, 2), undefined, undefined, { sequences: [2] }), (e: ValueError) => e.argument === 'options.sequences[0]');
+    await assert.rejects(cache.forward(t(2, 1, 2), t(2, 1, 2)), (e: ValueError) => e.argument === 'v');
+    await assert.rejects(cache.append(t(2, 5, 2), t(2, 5, 2)), (e: ValueError) => e.argument === 'k.shape'); // past maxLength
+    await assert.rejects(cache.append(t(2, 3, 2), t(2, 3, 2)), (e: OutOfMemoryError) => e instanceof OutOfMemoryError && e.argument === 'k'); // 4 pages needed, 2 in the pool
+    assert.deepEqual(cache.lengths, [0, 0], 'a refused call changes nothing');
+    await cache.append(t(2, 2, 2), t(2, 2, 2));
+    assert.deepEqual(cache.lengths, [2, 2]);
+    cache.dispose();
+    await assert.rejects(cache.forward(t(2, 1, 2)), (e: ValueError) => e.argument === 'cache');
+  });
+});
