@@ -56,7 +56,7 @@ export function decodeParams(s: DecodeShape, gpu: Gpu): Omit<DecodeParams, 'spli
   // Rows: the group's G·Nq up to 16 (a power of two), fewer where a large D leaves no room for them.
   for (let R = Math.min(DECODE_MAX_ROWS, WG, 2 ** Math.ceil(Math.log2(s.G * s.Nq))); R >= 1; R /= 2) {
     const Bc = DECODE_BLOCKS.find((Bc) => decodeWorkgroupBytes({ D: s.D, Bc, R }) <= limit);
-    if (Bc !== undefined) return { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged };
+    if (Bc !== undefined) return { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged, unroll: !gpu.software };
   }
   return undefined;
 }
@@ -73,9 +73,9 @@ export function decodeFits(p: Problem, gpu: Gpu): Omit<DecodeParams, 'split'> | 
  * How the keys of a call are split: `splits` splits of `chunk` keys (a multiple of Bc) per sequence, so
  * that B·Hkv·rowChunks·splits approaches the target, each split at least a few blocks long.
  */
-export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number): { splits: number; chunk: number } {
+export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number, target = DECODE_TARGET_WORKGROUPS): { splits: number; chunk: number } {
   const blocks = Math.max(1, Math.ceil(Nk / Bc));
-  const wanted = Math.max(1, Math.min(DECODE_MAX_SPLITS, Math.floor(DECODE_TARGET_WORKGROUPS / (B * Hkv * rowChunks))));
+  const wanted = Math.max(1, Math.min(DECODE_MAX_SPLITS, Math.floor(target / (B * Hkv * rowChunks))));
   const perSplit = Math.max(DECODE_MIN_BLOCKS_PER_SPLIT, Math.ceil(blocks / wanted));
   const splits = Math.ceil(blocks / perSplit);
   return { splits, chunk: perSplit * Bc };
