@@ -9,7 +9,7 @@
  */
 import { createKVCache, forward, type GpuTensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
-import { decodeFits, decodeScratch, decodeSizes, encodeDecode, splitPlan, decodePipelines } from '../../src/webgpu/decode.js';
+import { decodeFits, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, decodePipelines, type DecodeChoice } from '../../src/webgpu/decode.js';
 import { defaultGpu, type Gpu } from '../../src/webgpu/device.js';
 import { decodeSizesBytes, type DecodeParams } from '../../src/webgpu/kernels/decode.js';
 import { problemStrides } from '../../src/problem.js';
@@ -25,6 +25,14 @@ const CASES = [
 ];
 const CALLS = 100;
 const sweep = process.argv.includes('--sweep');
+
+/** n f16 values: 2^20 seeded normal ones, repeated (drawing hundreds of millions in JavaScript takes minutes). */
+function tiled(n: number, seed: number): Uint16Array {
+  const block = randomF16(Math.min(n, 1 << 20) + 7, seed); // a period prime to the row length
+  const out = new Uint16Array(n);
+  for (let i = 0; i < n; i += block.length) out.set(block.subarray(0, Math.min(block.length, n - i)), i);
+  return out;
+}
 
 function gpuTensor(gpu: Gpu, data: Uint16Array, shape: number[]): GpuTensor {
   const buffer = gpu.device.createBuffer({ size: Math.ceil(data.byteLength / 4) * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
@@ -75,8 +83,8 @@ console.log(`# ${gpu.description}; ${new Date().toISOString()}; node ${process.v
 for (const c of CASES) {
   const { B, H, Hkv, Nk, D } = c;
   const qh = randomF16(B * H * D, 1);
-  const kh = randomF16(B * Nk * Hkv * D, 2);
-  const vh = randomF16(B * Nk * Hkv * D, 3);
+  const kh = tiled(B * Nk * Hkv * D, 2);
+  const vh = tiled(B * Nk * Hkv * D, 3);
   const q = gpuTensor(gpu, qh, [B, 1, H, D]);
   const k = gpuTensor(gpu, kh, [B, Nk, Hkv, D]);
   const v = gpuTensor(gpu, vh, [B, Nk, Hkv, D]);
@@ -128,36 +136,41 @@ for (const c of CASES) {
   if (sweep) {
     // The kernel alone over its tiles and split targets (the same dispatches forward() encodes).
     const p = checkForward(q, k, v, {});
-    const base = decodeFits(p, gpu)!;
     const scratch = decodeScratch(gpu.device);
     const out = gpuTensor(gpu, new Uint16Array(B * H * D), [B, 1, H, D]);
     const lse = gpu.device.createBuffer({ size: B * H * 4, usage: GPUBufferUsage.STORAGE });
     const { q: sq, kv: sk } = problemStrides(p);
-    for (const Bc of [16, 32]) {
-      for (const WG of [128, 256]) {
-        for (const target of [1024]) {
-          const params: Omit<DecodeParams, 'split'> = { ...base, Bc, WG };
-          const rowChunks = Math.ceil((G * 1) / params.R);
-          const plan = splitPlan(B, Hkv, rowChunks, Nk, Bc, target);
-          const sizes = decodeSizes({ B, H, Hkv, Nq: 1, Nk, q: sq, keys: { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: Nk, maxPages: 1 }, scale: p.scale }, params.R, plan);
-          let pipes;
-          try {
-            pipes = await decodePipelines(gpu, params, plan.splits > 1);
-          } catch (e) {
-            console.log(`Bc=${Bc} WG=${WG}: ${(e as Error).message.split('\n')[0]}`);
-            continue;
-          }
-          const uniform = gpu.device.createBuffer({ size: 80, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
-          gpu.device.queue.writeBuffer(uniform, 0, decodeSizesBytes(sizes));
-          const run = async () => {
-            const enc = gpu.device.createCommandEncoder();
-            encodeDecode(enc, scratch, pipes, params, sizes, uniform, { q: q.data, k: k.data, v: v.data, out: out.data, lse }, true);
-            gpu.device.queue.submit([enc.finish()]);
-          };
-          await run();
-          const err = await check(out);
-          row(`kernel Bc=${Bc} WG=${WG} splits=${plan.splits} (target ${target})`, c, await time(gpu, run), err);
+    const portable = decodeFits(p, gpu, false)!;
+    const sub = decodeFits(p, gpu)!;
+    const choices: DecodeChoice[] = [];
+    if (sub.kernel === 'decodeSubgroup') {
+      for (const T of [8, 16, 32]) for (const U of [2, 4, 8]) for (const NG of [4, 8]) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, NG } });
+    }
+    for (const WG of [128, 256]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
+    for (const choice of choices) {
+      for (const target of [1024, 4096]) {
+        const { R, block } = decodeShape(choice);
+        const rowChunks = Math.ceil(G / R);
+        const plan = splitPlan(B, Hkv, rowChunks, Nk, block, target);
+        const sizes = decodeSizes({ B, H, Hkv, Nq: 1, Nk, q: sq, keys: { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: Nk, maxPages: 1 }, scale: p.scale }, R, plan);
+        const label = `${choice.kernel} ${Object.entries(choice.params).filter(([key]) => ['T', 'U', 'NG', 'R', 'Bc', 'WG'].includes(key)).map(([key, x]) => `${key}=${x}`).join(' ')} splits=${plan.splits}`;
+        let pipes;
+        try {
+          pipes = await decodePipelines(gpu, choice, plan.splits > 1);
+        } catch (e) {
+          console.log(`${label}: ${(e as Error).message.split('\n')[0]}`);
+          continue;
         }
+        const uniform = gpu.device.createBuffer({ size: 80, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+        gpu.device.queue.writeBuffer(uniform, 0, decodeSizesBytes(sizes));
+        const run = async () => {
+          const enc = gpu.device.createCommandEncoder();
+          encodeDecode(enc, scratch, pipes, D, sizes, uniform, { q: q.data, k: k.data, v: v.data, out: out.data, lse }, true);
+          gpu.device.queue.submit([enc.finish()]);
+        };
+        await run();
+        const err = await check(out);
+        row(label, c, await time(gpu, run), err);
       }
     }
   }
