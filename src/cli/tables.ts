@@ -235,6 +235,12 @@ export function encoderTable(e: EncoderResult, seed?: SeedAnchor): TableModel {
 // ---------------------------------------------------------------------------------------------------
 // The decode suite
 
+/** Microseconds from ms, three significant digits: a decode call takes from a few µs to a few ms. */
+export function fmtUs(ms: number): string {
+  const us = ms * 1000;
+  return us >= 100 ? us.toFixed(0) : us.toPrecision(3);
+}
+
 /** GB/s with three significant digits (a cpu reads a few). */
 export function fmtGBps(x: number): string {
   return x >= 100 ? x.toFixed(0) : x.toPrecision(3);
@@ -292,8 +298,8 @@ export function decodeGroups(r: Results): { title: string; cases: (DecodeCase & 
 
 function peerCells(row: DecodeRow, peak: number | null): Cell[] {
   if (row.error) return [{ text: /out of memory/i.test(row.error) ? 'out of memory' : `error: ${row.error}`, span: 6 }];
-  const spread = row.minMs !== null && row.maxMs !== null ? `${fmtMs(row.minMs)}–${fmtMs(row.maxMs)}` : '—';
-  return [row.ms === null ? '—' : fmtMs(row.ms), spread, row.gbps === null ? '—' : fmtGBps(row.gbps), fmtPeak(row.gbps, peak), '—', '—'];
+  const spread = row.minMs !== null && row.maxMs !== null ? `${fmtUs(row.minMs)}–${fmtUs(row.maxMs)}` : '—';
+  return [row.ms === null ? '—' : fmtUs(row.ms), spread, row.gbps === null ? '—' : fmtGBps(row.gbps), fmtPeak(row.gbps, peak), '—', '—'];
 }
 
 /** One (D, H, Hkv) group: per case our three variants, then each peer's row, ms and GB/s. */
@@ -303,12 +309,12 @@ export function decodeTable(r: Results, group: { title: string; cases: (DecodeCa
   const anchor = r.anchors?.decode;
   const series = anchor ? decodeSeriesOf(anchor) : [];
   const wallClock = r.environment.timer === 'wall-clock';
-  const head = ['B', 'Nk', 'K+V MiB', 'variant', 'median ms', 'min–max ms', 'GB/s', '% of peak', 'wall ms', 'wall/GPU'];
+  const head = ['B', 'Nk', 'K+V MiB', 'variant', 'median µs', 'min–max µs', 'GB/s', '% of peak', 'wall µs', 'wall/GPU'];
   const rows: Cell[][] = [];
   for (const c of group.cases) {
     const first = [String(c.B), String(c.Nk), fmtMiB(kvBytes(c))];
     if (c.reason !== undefined) {
-      rows.push([...first, 'ours', { text: `not run: ${c.reason}`, span: 6 }]);
+      rows.push([...first, 'ours', { text: 'not run (left out of the grid: see below)', span: 6 }]);
     } else {
       for (const variant of DECODE_VARIANTS) {
         const m = decodeMeasurementOf(d, c, variant);
@@ -319,8 +325,8 @@ export function decodeTable(r: Results, group: { title: string; cases: (DecodeCa
           continue;
         }
         // On the cpu the clock is the wall clock: the wall columns would repeat it.
-        const wall = wallClock ? ['—', '—'] : [fmtMs(m.wallMedianMs!), m.wallRatio!.toFixed(2)];
-        rows.push([...first, name, fmtMs(m.medianMs), `${fmtMs(m.minMs!)}–${fmtMs(m.maxMs!)}`, fmtGBps(m.gbps!), fmtPeak(m.gbps, peak), ...wall]);
+        const wall = wallClock ? ['—', '—'] : [fmtUs(m.wallMedianMs!), m.wallRatio!.toFixed(2)];
+        rows.push([...first, name, fmtUs(m.medianMs), `${fmtUs(m.minMs!)}–${fmtUs(m.maxMs!)}`, fmtGBps(m.gbps!), fmtPeak(m.gbps, peak), ...wall]);
       }
     }
     for (const s of series) {
@@ -373,11 +379,11 @@ export function decodeNotes(r: Results): string[] {
   const clock = r.environment.timer === 'timestamp-query' ? 'GPU timestamps' : r.environment.timer === 'onSubmittedWorkDone' ? 'the wall clock until the queue is idle' : 'the wall clock';
   const notes = [
     `variants: forward = forward() on the tensors${r.environment.backend === 'webgpu' ? ' (GPUBuffers; it makes out and lse each call)' : ''}; cache = a contiguous KV cache filled once with append(), timed on cache.forward(q)${r.environment.backend === 'webgpu' ? ' into out and lse the caller supplies' : ''}; paged = the same with a paged cache of ${s.pageSize} tokens a page (one append fills each slot's pages in order).`,
-    `median ms and min–max: time per call over ${r.settings.repeats} samples, each ${s.calls} back-to-back calls between two marks (${clock}) / ${s.calls}.`,
+    `median µs and min–max: time per call over ${r.settings.repeats} samples, each ${s.calls} back-to-back calls between two marks (${clock}) / ${s.calls}.`,
     `GB/s: K and V bytes (2·B·Nk·Hkv·D·2) / median time, 10^9 bytes a second; % of peak: of ${s.peakGBps === null ? 'an unknown peak (--peak-bandwidth sets it)' : `${s.peakGBps} GB/s (${s.peakSource})`}.`,
     r.environment.timer === 'wall-clock'
-      ? 'wall ms, wall/GPU: — on the cpu, whose times are the wall clock already.'
-      : `wall ms: the host's wall time per call over the same calls (before the first call to after the queue is idle) / ${s.calls}; wall/GPU: its ratio to the median (near 1: the host keeps the GPU fed).`,
+      ? 'wall µs, wall/GPU: — on the cpu, whose times are the wall clock already.'
+      : `wall µs: the host's wall time per call over the same calls (before the first call to after the queue is idle) / ${s.calls}; wall/GPU: its ratio to the median (near 1: the host keeps the GPU fed).`,
     `inputs: ${s.inputs}.`,
   ];
   for (const src of r.anchors?.decode?.sources ?? []) {
