@@ -136,6 +136,8 @@ test("decode anchor lines: PyTorch's and onnxruntime's series, GB/s from ms, err
   assert.deepEqual(decodeSeriesOf(merged), ['torch flash', 'torch cudnn', 'onnxruntime gqa']);
   assert.equal(merged.sources[1].runtime, 'onnxruntime-web 1.30.0');
   assert.equal(decodeFor(merged, c, 'onnxruntime gqa')!.gbps, 2 ** 30 / 1e6);
+  assert.equal(decodeFor(merged, c, 'onnxruntime gqa')!.wallMs, 1.2);
+  assert.equal(flash.wallMs, null);
 });
 
 test('a bad decode line is an AnchorError that names the line', () => {

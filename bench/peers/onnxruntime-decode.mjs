@@ -228,7 +228,11 @@ const { cases, dropped } = decodeGrid({
   maxTensor: { bytes: Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize), source: "ORT's device's maxStorageBufferBindingSize" },
 });
 for (const c of dropped) console.error(`not run: B=${c.B} H=${c.H} Hkv=${c.Hkv} Nk=${c.Nk} D=${c.D}: ${c.reason}`);
+console.error(`ORT's device: maxStorageBufferBindingSize ${device.limits.maxStorageBufferBindingSize}, features ${[...device.features].join(', ')}`);
+// Smallest K and V first: a process that dies on a large case has printed the others.
+cases.sort((a, b) => kvBytes(a) - kvBytes(b));
 for (const c of cases) {
+  console.error(`B=${c.B} H=${c.H} Hkv=${c.Hkv} Nk=${c.Nk} D=${c.D} ...`);
   let r;
   try {
     r = await runCase(c, device);

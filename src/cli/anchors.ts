@@ -7,7 +7,7 @@
  *   pytorch_seed_notebook.py: per point {backend: math|flash, seq, ms, peak_mib} or {backend, seq, error}.
  *   pytorch_decode.py:        {gpu, torch}, then per decode case {backend (flash, cudnn), dtype?, B, H,
  *                             Hkv, Nk, D, gqa?, ms, min_ms?, max_ms?, GBps?} or {..., error};
- *   bench/peers/onnxruntime-decode.mjs: the same decode lines after a header {gpu, onnxruntime}.
+ *   bench/peers/onnxruntime-decode.mjs: the same decode lines (with wall_ms) after a header {gpu, onnxruntime}.
  * One file may hold any of these kinds of line; each line is recognised by its fields. A line that is
  * not JSON, or not one of these shapes, is an AnchorError naming the file and the line.
  */
@@ -62,6 +62,8 @@ export interface DecodeRow extends DecodeCase {
   maxMs: number | null;
   /** K and V bytes / ms (computed from ms, as ours; the line's own GBps only where it has no ms). */
   gbps: number | null;
+  /** The host's wall ms per call, where the peer measured it (onnxruntime-decode.mjs does). */
+  wallMs: number | null;
   /** How grouped-query heads were run: 'enable_gqa', 'repeat_interleave' (K and V expanded before timing), or absent (H = Hkv). */
   gqa?: string;
   error?: string;
@@ -158,6 +160,7 @@ function decodeRow(o: Json, header: Header | undefined, file: string, fail: (det
     minMs: num(o, 'min_ms'),
     maxMs: num(o, 'max_ms'),
     gbps: ms !== null && ms > 0 ? kvBytes(c) / (ms * 1e6) : given,
+    wallMs: num(o, 'wall_ms'),
     file,
   };
   if (typeof o.gqa === 'string') row.gqa = o.gqa;

@@ -113,7 +113,7 @@ function decodeParts(r: Results, fig: (id: string) => string, chartsNote: string
   const parts = [
     `<p>The decode step of inference: one new query per sequence (Nq = 1) against a long K and V, which it reads once with little arithmetic per byte, so its measure is the memory bandwidth reached. Each case ran as forward() on the tensors, and through a contiguous and a paged KV cache; each was validated against a float64 reference before it was timed.</p>`,
     `<h2>Validation</h2>`,
-    `<p>The first and last batch rows and key/value heads of each case and variant against the float64 reference over the same values: ${failed ? `<span class="fail">${failed} FAILED</span> (not timed)` : '<span class="ok">all passed</span>'}.</p>`,
+    `<p>The first batch row's first key/value head and the last row's last (with their query heads), for each case and variant, against the float64 reference over the same values: ${failed ? `<span class="fail">${failed} FAILED</span> (not timed)` : '<span class="ok">all passed</span>'}.</p>`,
     `<details${failed ? ' open' : ''}><summary>${d.validations.length} validations</summary><pre>${escapeHtml(decodeValidationLines(d).join('\n'))}</pre></details>`,
     `<h2>Decode</h2>`,
   ];

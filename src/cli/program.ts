@@ -249,7 +249,7 @@ async function benchDecode(o: BenchOptions, backend: 'cpu' | 'webgpu', gpu: Gpu 
   const { cases, dropped } = decodeGrid({ scale, nks: o.n, batches: o.batch === undefined ? undefined : [o.batch], dims: o.dim === undefined ? undefined : [o.dim], ...(maxTensor ? { maxTensor } : {}) });
   const calls = o.calls ?? (backend === 'cpu' ? DECODE_CALLS.cpu : DECODE_CALLS.gpu);
   const peakGBps = o.peakBandwidth ?? defaultPeakGBps(gpu?.description);
-  const peakSource = o.peakBandwidth !== undefined ? '--peak-bandwidth' : peakGBps !== null ? `the adapter (${gpu?.description})` : null;
+  const peakSource = o.peakBandwidth !== undefined ? '--peak-bandwidth' : peakGBps !== null ? "'H200' in the adapter's name" : null;
   const clock = gpu ? clockFor(gpu.device) : new WallClock();
   const results: Results = {
     tool: 'flashattn bench',

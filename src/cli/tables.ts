@@ -299,7 +299,8 @@ export function decodeGroups(r: Results): { title: string; cases: (DecodeCase & 
 function peerCells(row: DecodeRow, peak: number | null): Cell[] {
   if (row.error) return [{ text: /out of memory/i.test(row.error) ? 'out of memory' : `error: ${row.error}`, span: 6 }];
   const spread = row.minMs !== null && row.maxMs !== null ? `${fmtUs(row.minMs)}–${fmtUs(row.maxMs)}` : '—';
-  return [row.ms === null ? '—' : fmtUs(row.ms), spread, row.gbps === null ? '—' : fmtGBps(row.gbps), fmtPeak(row.gbps, peak), '—', '—'];
+  const wall = row.wallMs !== null && row.ms !== null ? [fmtUs(row.wallMs), (row.wallMs / row.ms).toFixed(2)] : ['—', '—'];
+  return [row.ms === null ? '—' : fmtUs(row.ms), spread, row.gbps === null ? '—' : fmtGBps(row.gbps), fmtPeak(row.gbps, peak), ...wall];
 }
 
 /** One (D, H, Hkv) group: per case our three variants, then each peer's row, ms and GB/s. */
