@@ -2,6 +2,7 @@
 export { backward, createKVCache, forward, type BackwardResult, type ForwardResult, type ResolvedBackend } from './api.js';
 export {
   BackendUnavailableError,
+  CheckpointError,
   DTypeError,
   FlashAttnError,
   NotSupportedError,

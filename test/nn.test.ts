@@ -126,7 +126,7 @@ for (const { backend, dtype } of TARGETS) {
           const M = xShape.reduce((a, b) => a * b, 1) / K;
           const { xv, wv, bv, sum, mag } = cachedLinearCase(dtype, M, N, K);
           const [x, w, b] = await Promise.all([opTensor(o, xv, xShape), opTensor(o, wv, [N, K]), opTensor(o, bv, [N])]);
-          const y = await o.linear(x, w, b, { relu });
+          const y = await o.linear(x, w, b, relu ? { activation: 'relu' } : {});
           assert.deepEqual(y.shape, [...xShape.slice(0, -1), N]);
           const got = await read(o, y);
           // f64 reference, and Σ|x_k·w_k| + |b| per entry for the bound: a sum of K products and a bias in
