@@ -5,8 +5,11 @@
 // Then the checkpoint's typed errors, sampling, the tokenizer against gpt-tokenizer, and the fixture made
 // by transformers (bench/models/make_gpt2_fixture.py) where test/fixtures/gpt2-tiny/ exists.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import { describe, test } from 'node:test';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
 import * as r50k from 'gpt-tokenizer/encoding/r50k_base';
 import {
   CheckpointError,
@@ -423,6 +426,66 @@ describe('GPT-2 tokenizer', () => {
     assert.throws(() => fromTxt.encode('xyz'), ValueError);
     assert.throws(() => tokenizerFromFiles({ vocabJson: '{}' }), (e: unknown) => e instanceof CheckpointError && e.argument === 'merges.txt');
   });
+});
+
+// ---------------------------------------------------------------- the command
+
+/**
+ * A model folder: the tiny checkpoint, and a byte-level vocabulary of its 97 tokens: the 94 printable
+ * ASCII characters, space (Ġ), newline (Ċ) and <|endoftext|>, with no merges.
+ */
+function writeFolder(dir: string, config: object = CONFIG): void {
+  const symbols = [...Array.from({ length: 94 }, (_, i) => String.fromCharCode(0x21 + i)), 'Ġ', 'Ċ', '<|endoftext|>'];
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+  writeFileSync(join(dir, 'model.safetensors'), checkpointBytes('F16', 'transformer.'));
+  writeFileSync(join(dir, 'vocab.json'), JSON.stringify(Object.fromEntries(symbols.map((s, i) => [s, i]))));
+  writeFileSync(join(dir, 'merges.txt'), '#version: 0.2\n');
+}
+
+function flashattn(...args: string[]) {
+  const r = spawnSync(process.execPath, ['dist/src/cli/main.js', ...args], { encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe('flashattn generate', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'flashattn-gpt2-'));
+  writeFolder(dir);
+
+  test('streams the prompt and its continuation, then the figures', async () => {
+    const r = flashattn('generate', '--model', dir, '--prompt', 'hello world', '--max-new-tokens', '6', '--backend', 'cpu', '--no-eos');
+    assert.equal(r.code, 0, r.stderr);
+    // The same tokens as generate() in the library, spelled in the folder's vocabulary.
+    const { checkpoint, tokenizer } = await readGPT2(dir);
+    const model = await createGPT2(checkpoint, { backend: 'cpu', dtype: 'f32' });
+    const { tokens } = await generate(model, [tokenizer.encode('hello world')], { maxNewTokens: 6, eosTokenId: null });
+    model.dispose();
+    assert.equal(r.stdout, `hello world${tokenizer.decode(tokens[0])}\n`);
+    assert.match(r.stderr, /prefill: 11 tokens in [\d.]+ ms, [\d.]+ tokens\/s/);
+    assert.match(r.stderr, /decode: 5 tokens in 5 steps/);
+    assert.match(r.stderr, /peak memory: [\d.]+ MiB/);
+    assert.match(r.stderr, /tokenizer: vocab.json \+ merges.txt/);
+  });
+
+  test('bad input: a clear message and exit code 2', () => {
+    const cases: [string[], RegExp][] = [
+      [['--model', join(dir, 'missing'), '--prompt', 'hi'], /--model: .*missing: expected a folder with config.json and model.safetensors, got no such folder/],
+      [['--model', dir, '--prompt', '  '], /--prompt is empty/],
+      [['--model', dir], /--prompt is required/],
+      [['--model', dir, '--prompt', 'hi', '--top-p', '2'], /--top-p/],
+      [['--model', dir, '--prompt', 'x'.repeat(40)], /40 tokens, the model takes fewer than 40/],
+    ];
+    const bad = mkdtempSync(join(tmpdir(), 'flashattn-gpt2-bad-'));
+    writeFolder(bad, { ...CONFIG, n_layer: 3 });
+    cases.push([['--model', bad, '--prompt', 'hi'], /--model: model.safetensors: transformer.h.2.ln_1.weight: expected a tensor \[32\]/]);
+    for (const [args, message] of cases) {
+      const r = flashattn('generate', '--backend', 'cpu', ...args);
+      assert.equal(r.code, 2, `${args.join(' ')}: exit ${r.code}, ${r.stderr}`);
+      assert.match(r.stderr, message, args.join(' '));
+    }
+    rmSync(bad, { recursive: true });
+  });
+
+  after(() => rmSync(dir, { recursive: true }));
 });
 
 // ---------------------------------------------------------------- the fixture made by transformers
