@@ -9,6 +9,7 @@ import { SPIN_UP_MS, TARGET_SAMPLE_MS, TOLERANCE, VALIDATION_MAX_N, runAttention
 import { WallClock, clockFor } from './clock.js';
 import { runEncoder, type EncoderFactory } from './encoder-bench.js';
 import { createEncoder } from '../models/encoder.js';
+import { addDemoCommand } from './demo.js';
 import { addGenerateCommand } from './generate.js';
 import { info } from './info.js';
 import { cpuGeometry, webgpuGeometry } from './io.js';
@@ -243,5 +244,6 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
     .action(async (o: BenchOptions, cmd: Command) => bench(o, cmd, encoderFactory));
 
   addGenerateCommand(program);
+  addDemoCommand(program);
   return program;
 }
