@@ -144,13 +144,14 @@ for (const c of CASES) {
     const sub = decodeFits(p, gpu)!;
     const choices: DecodeChoice[] = [];
     if (sub.kernel === 'decodeSubgroup') {
-      for (const T of [8, 16, 32]) for (const U of [2, 4, 8]) for (const NG of [4, 8]) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, NG } });
+      for (const T of [8, 16, 32]) for (const U of [4, 8]) for (const R of [1, 2, 4]) if (R <= sub.params.R) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, R, NG: 128 / T } });
     }
-    for (const WG of [128, 256]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
+    for (const WG of [128]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
     for (const choice of choices) {
-      for (const target of [1024, 4096]) {
+      for (const target of [1024, 2048]) {
         const { R, block } = decodeShape(choice);
         const rowChunks = Math.ceil(G / R);
+        if (choice.kernel === 'decode' && target > 1024) continue;
         const plan = splitPlan(B, Hkv, rowChunks, Nk, block, target);
         const sizes = decodeSizes({ B, H, Hkv, Nq: 1, Nk, q: sq, keys: { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: Nk, maxPages: 1 }, scale: p.scale }, R, plan);
         const label = `${choice.kernel} ${Object.entries(choice.params).filter(([key]) => ['T', 'U', 'NG', 'R', 'Bc', 'WG'].includes(key)).map(([key, x]) => `${key}=${x}`).join(' ')} splits=${plan.splits}`;

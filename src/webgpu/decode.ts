@@ -64,22 +64,28 @@ export function decodeShape(c: DecodeChoice): { R: number; WG: number; block: nu
 }
 
 /** Most floats of q, O and the loaded K/V rows one invocation of the subgroup kernel holds. */
-const SUBGROUP_REGISTERS = 128;
+const SUBGROUP_REGISTERS = 320;
 
 /**
  * The subgroup kernel's configuration, where the device has subgroups of one fixed size and K/V rows
- * load as vec4s: R rows up to 8, U = 4 keys at a time (2 for R = 8), and the fewest lanes per key T
- * (fewest shuffles) whose registers (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 128 floats.
+ * load as vec4s. From the H200 sweep (bench/variants/decode.ts; bench/results/2026-12-04-h200-decode.md),
+ * f16, D = 128: R = 2 rows a workgroup (GQA 4:1: 2.6 TB/s at B = 8, Nk = 32768, against 1.8–2.2 with
+ * R = 4 and 1.6–2.0 with R = 1, which reads K and V four times over from L2), U = 8 keys at a time (4:
+ * 2.1), T = 8 lanes a key (16: 2.5, 32: 1.8), 16 groups (128 threads); MHA (R = 1) 4.35 TB/s at B = 32,
+ * Nk = 4096. T: the fewest of 8, 16, 32 lanes (fewer where D / 4 has no such divisor) whose registers
+ * (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 320 floats.
  */
 function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
   const SGS = gpu.subgroupSize;
   if (!gpu.subgroups || SGS === undefined || !s.aligned || s.D % 4 !== 0) return undefined;
   const D4 = s.D / 4;
-  const R = Math.min(8, 2 ** Math.ceil(Math.log2(s.G * s.Nq)));
-  const U = R <= 4 ? 4 : 2;
-  const lanes = [1, 2, 4, 8, 16, 32].filter((T) => T <= SGS && D4 % T === 0);
+  const R = Math.min(2, 2 ** Math.ceil(Math.log2(s.G * s.Nq)));
+  const U = 8;
+  const divides = (T: number) => T <= SGS && D4 % T === 0;
+  const lanes = [8, 16, 32].filter(divides);
+  const candidates = lanes.length > 0 ? lanes : [4, 2, 1].filter(divides);
   const regs = (T: number) => 4 * (2 * R + 2 * U) * (D4 / T);
-  const T = lanes.find((T) => regs(T) <= SUBGROUP_REGISTERS) ?? lanes[lanes.length - 1];
+  const T = candidates.find((T) => regs(T) <= SUBGROUP_REGISTERS) ?? candidates[candidates.length - 1];
   const WG = invocations(gpu);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   for (let NG = WG / T; NG >= 1; NG /= 2) {
