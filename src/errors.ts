@@ -53,3 +53,10 @@ export function describe(value: unknown): string {
 
 /** An allocation the call needs does not fit (the standard algorithm's Nq×Nk matrices, say). */
 export class OutOfMemoryError extends FlashAttnError {}
+
+/**
+ * A model's files do not hold what the model needs: a safetensors file that is not one, a tensor that is
+ * missing or of the wrong shape or dtype, a config.json without a field. `argument` names the file and,
+ * where there is one, the tensor or field ('model.safetensors: h.0.attn.c_attn.weight').
+ */
+export class CheckpointError extends FlashAttnError {}

@@ -1,8 +1,8 @@
 /**
  * The nn ops on the cpu backend. Tensors are typed arrays (Float32Array, or Uint16Array holding f16 bits)
  * over SharedArrayBuffers, so the worker pool reads and writes them in place. linear runs on the pool
- * (tasks of row blocks, see kernels.ts) when it is large enough to pay for the round trip, else inline;
- * layerNorm runs inline; attention is the library's cpu forward(). Every array made here, and each
+ * (tasks of row and column blocks, see kernels.ts) when it is large enough to pay for the round trip, else
+ * inline; layerNorm and embedding run inline; attention is the library's cpu forward(). Every array made here, and each
  * thread's scratch while a linear runs, is counted in the MemoryTracker. slice and write copy rows with
  * TypedArray.set; a slice is an array of its own (not a view) so that the worker threads can share it.
  */
@@ -12,8 +12,8 @@ import { encodeF16 } from '../../f16.js';
 import type { MemoryTracker } from '../../memory.js';
 import { runJob, sharedBuffer, threadsFor } from '../../cpu/pool.js';
 import { BYTES_PER_ELEMENT, type AnyTensor, type Tensor } from '../../tensor.js';
-import { checkAttention, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type NnDType, type Ops } from '../ops.js';
-import { layerNormRows, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
+import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops } from '../ops.js';
+import { embeddingRows, layerNormRows, linearColumnBlock, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
 
 /** Whether the worker threads can use the array in place: it spans its whole buffer, which they share. */
 function shareable(data: HostData): boolean {
@@ -123,22 +123,24 @@ export class CpuOps implements Ops {
     return config.algorithm === 'standard' ? Math.max(staged, config.heads * N * N * BYTES_PER_ELEMENT[this.dtype]) : staged;
   }
 
-  async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: { relu?: boolean } = {}): Promise<AnyTensor> {
-    const { M, N, K, shape } = checkLinear(this, x, weight, bias);
+  async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: LinearOptions = {}): Promise<AnyTensor> {
+    const { M, N, K, shape, activation, residual } = checkLinear(this, x, weight, bias, options);
     const y = this.array(M * N, `the linear output [${shape.join(', ')}]`, 'x');
     const threads = await threadsFor(M * N * K);
-    const s: LinearShape = { M, N, K, MB: linearRowBlock(M, threads), relu: options.relu ?? false };
+    const MB = linearRowBlock(M, threads);
+    const s: LinearShape = { M, N, K, MB, NB: linearColumnBlock(M, N, MB, threads), activation, residual: residual !== undefined };
     const scratchBytes = linearScratch(s) * 8;
     const scratch: ArrayBufferLike[] = [];
-    const inputs = [x, weight, bias] as Tensor[];
+    const inputs = [x, weight, bias, ...(residual ? [residual] : [])] as Tensor[];
     const staged: Tensor[] = [];
     try {
       for (let i = 0; i < threads; i++) scratch.push(this.buffer(scratchBytes, `thread ${i}'s linear scratch`, 'x'));
-      const names = ['x', 'weight', 'bias'];
+      const names = ['x', 'weight', 'bias', 'options.residual'];
       staged.push(...inputs.map((u, i) => this.shared(u, names[i])));
-      const [X, W, b] = staged.map((u) => u.data.buffer);
+      const [X, W, b, r] = staged.map((u) => u.data.buffer);
       const f16 = this.dtype === 'f16' ? '.f16' : '';
-      await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers: { ['x' + f16]: X, ['w' + f16]: W, ['b' + f16]: b, ['y' + f16]: y.buffer }, scratch });
+      const buffers = { ['x' + f16]: X, ['w' + f16]: W, ['b' + f16]: b, ['y' + f16]: y.buffer, ...(r ? { ['r' + f16]: r } : {}) };
+      await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch });
     } catch (e) {
       this.free(this.tensor(y, shape));
       throw e;
@@ -155,6 +157,13 @@ export class CpuOps implements Ops {
     const data = (t: AnyTensor) => t.data as HostData;
     layerNormRows(data(x), residual && data(residual), data(weight), data(bias), y, M, C, LAYER_NORM_EPS);
     return this.tensor(y, shape);
+  }
+
+  async embedding(tokens: ArrayLike<number>, positions: ArrayLike<number>, tokenTable: AnyTensor, positionTable: AnyTensor, shape: readonly number[]): Promise<AnyTensor> {
+    const e = checkEmbedding(this, tokens, positions, tokenTable, positionTable, shape);
+    const y = this.array(e.M * e.C, `the embedding output [${e.shape.join(', ')}]`, 'tokens');
+    embeddingRows(e.tokens, e.positions, tokenTable.data as HostData, positionTable.data as HostData, y, e.C);
+    return this.tensor(y, e.shape);
   }
 
   async attention(q: AnyTensor, k: AnyTensor, v: AnyTensor, config: AttentionConfig): Promise<AnyTensor> {
