@@ -28,15 +28,7 @@ const PAGE_MS = 120_000;
 const PROMPT = 'hi';
 const NEW_TOKENS = 8;
 
-/**
- * Reported as TODO (a failure that does not fail the run) while forward()'s split-KV decode schedule hangs
- * in Chromium on SwiftShader (subgroup size 4): since 12315b3 (the subgroup kernel's H200 configuration,
- * U = 8 keys at a time) a forward() of q, k, v (1, 2, 4, 8) f32 causal never returns there, and this page's
- * prefill with it; with src/webgpu/decode.ts as of 1d067a7 this test passes (11 s). Remove once fixed.
- */
-const TODO = 'hangs in Chromium/SwiftShader: the webgpu decode schedule since 12315b3 (see the comment)';
-
-test(skip ?? 'flashattn demo: pick a GPT-2 folder, generate on WebGPU in Chromium, see the text and tokens/s', { skip, todo: skip ? undefined : TODO, timeout: PAGE_MS + 60_000 }, async (t) => {
+test(skip ?? 'flashattn demo: pick a GPT-2 folder, generate on WebGPU in Chromium, see the text and tokens/s', { skip, timeout: PAGE_MS + 60_000 }, async (t) => {
   const { chromium } = await import('playwright-core');
   const dir = mkdtempSync(join(tmpdir(), 'flashattn-demo-'));
   writeFolder(dir);
