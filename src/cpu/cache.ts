@@ -1,14 +1,15 @@
 /**
  * The cpu backend's KV cache store (see src/kvcache.ts): the k and v pools are typed arrays in the cache's
  * dtype on buffers the worker threads share, appended row by row through the block table; the attention
- * of each batch row runs the cpu flash forward over that slot's keys, read through the table.
+ * runs the decode kernel (decode.ts) over every batch row at once, the workers reading each slot's keys
+ * in the pools through the block table, with no copy. What a step needs besides (the partials, the
+ * workers' scratch) is kept between steps in a workspace counted with the pools.
  */
 import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
 import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
-import { checkForward } from '../problem.js';
 import type { AnyTensor, Tensor } from '../tensor.js';
-import { cpuForward } from './index.js';
+import { DecodeWorkspace, cpuDecode } from './index.js';
 import { sharedBuffer } from './pool.js';
 
 type Pool = Float32Array | Uint16Array;
@@ -18,6 +19,7 @@ export class CpuCacheStore implements CacheStore {
   private readonly k: Pool;
   private readonly v: Pool;
   private readonly counted: number;
+  private readonly workspace: DecodeWorkspace;
 
   constructor(
     private readonly g: CacheGeometry,
@@ -28,6 +30,7 @@ export class CpuCacheStore implements CacheStore {
     this.k = make();
     this.v = make();
     this.counted = memory.allocate(2 * this.k.byteLength);
+    this.workspace = new DecodeWorkspace(memory);
   }
 
   /** Element offset of token `t` of a slot (head 0, d 0) in a pool. */
@@ -38,7 +41,7 @@ export class CpuCacheStore implements CacheStore {
   }
 
   async step(s: CacheStep): Promise<{ out: AnyTensor; lse: AnyTensor } | undefined> {
-    const { Hkv, D, dtype } = this.g;
+    const { Hkv, D } = this.g;
     const width = Hkv * D;
     if (s.k && s.v) {
       const [k, v] = [s.k.data as Pool, s.v.data as Pool];
@@ -52,23 +55,29 @@ export class CpuCacheStore implements CacheStore {
       });
     }
     if (!s.q) return undefined;
-    const q = s.q as Tensor;
-    const { H, Nq } = s;
+    const { pageSize, maxPages } = this.g;
     const B = s.slots.length;
-    const out = dtype === 'f16' ? new Uint16Array(q.data.length) : new Float32Array(q.data.length);
-    const lse = new Float32Array(B * H * Nq).fill(-Infinity);
-    for (let b = 0; b < B; b++) {
-      const len = s.lengths[b];
-      if (len === 0) continue; // sees no key: out 0, lse −∞
-      const { k, v } = this.gather(s.slots[b], len, s.table);
-      const rows = Nq * H * D;
-      const qb: Tensor = { data: q.data.subarray(b * rows, (b + 1) * rows) as Pool, dtype, shape: [1, Nq, H, D] };
-      const p = checkForward(qb, k, v, { causal: s.causal, scale: s.scale, memory: s.memory });
-      const r = await cpuForward(p, qb, k, v);
-      out.set(r.out.data as Pool, b * rows);
-      lse.set(r.lse.data as Float32Array, b * H * Nq);
-    }
-    return { out: { data: out, dtype, shape: [...q.shape] }, lse: { data: lse, dtype: 'f32', shape: [B, H, Nq] } };
+    // The block table of the call's rows: row b's pages are those of its slot.
+    const table = new Int32Array(B * maxPages);
+    s.slots.forEach((slot, b) => table.set(s.table.subarray(slot * maxPages, (slot + 1) * maxPages), b * maxPages));
+    return cpuDecode({
+      B,
+      H: s.H,
+      Hkv,
+      Nq: s.Nq,
+      D,
+      causal: s.causal,
+      scale: s.scale,
+      q: s.q as Tensor & { dtype: 'f32' | 'f16' },
+      qStrides: { batch: s.Nq * s.H * D, row: s.H * D, head: D },
+      k: this.k,
+      v: this.v,
+      keys: { kvPage: pageSize * width, kvRow: width, kvHead: D, pageSize, maxPages },
+      table,
+      lengths: s.lengths,
+      memory: s.memory,
+      workspace: this.workspace,
+    });
   }
 
   /** A slot's first `length` tokens as contiguous (1, length, Hkv, D) tensors. */
@@ -92,5 +101,6 @@ export class CpuCacheStore implements CacheStore {
 
   dispose(): void {
     this.memory.release(this.counted);
+    this.workspace.dispose();
   }
 }

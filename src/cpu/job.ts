@@ -1,9 +1,11 @@
 /**
  * A cpu job: what the main thread sends to each worker (or runs inline). Sizes travel as plain numbers,
- * arrays as (Shared)ArrayBuffers; `views` turns them back into typed arrays on either side. Besides the
- * attention kernels, the pool runs the nn layer's linear (src/nn/cpu/kernels.ts).
+ * arrays as (Shared)ArrayBuffers, whole or a slice of one (a caller's typed array or the KV cache's pool,
+ * read where it lives); `views` turns them back into typed arrays on either side. Besides the attention
+ * kernels, the pool runs the decode kernel (decode.ts) and the nn layer's linear (src/nn/cpu/kernels.ts).
  */
 import type { LinearShape } from '../nn/cpu/kernels.js';
+import type { DecodeShape } from './decode.js';
 import { problemStrides, type Problem } from '../problem.js';
 
 export type Kernel = 'flashForward' | 'flashBackward' | 'standardForward' | 'standardBackward';
@@ -34,17 +36,20 @@ export interface CpuShape {
   f16Scores: boolean;
 }
 
+/** A job's array: a whole buffer, or `length` elements from `byteOffset` of one. */
+export type JobBuffer = ArrayBufferLike | { buffer: ArrayBufferLike; byteOffset: number; length: number };
+
 interface JobOf<K extends string, S> {
   kernel: K;
   shape: S;
   tasks: number;
-  /** Named arrays: f32 unless the name ends in '.f64' or '.f16' (see views). */
-  buffers: Record<string, ArrayBufferLike>;
+  /** Named arrays: f32 unless the name ends in '.f64', '.f16' or '.i32' (see views). */
+  buffers: Record<string, JobBuffer>;
   /** One scratch buffer (f64) per worker; the inline path uses the first. */
   scratch: ArrayBufferLike[];
 }
 
-export type Job = JobOf<Kernel, CpuShape> | JobOf<'linear', LinearShape>;
+export type Job = JobOf<Kernel, CpuShape> | JobOf<'decode', DecodeShape> | JobOf<'linear', LinearShape>;
 
 /**
  * Tile sizes for head dim D: a Br×D query tile, a Bc×D key tile and the Br×Bc score tile (f64) stay
@@ -82,12 +87,22 @@ export function cpuShape(p: Problem, threads: number, f16Scores = false): CpuSha
   };
 }
 
+type View = Float32Array | Float64Array | Uint16Array | Int32Array;
+
 /** Typed views of a job's buffers, by name without the type: 'dqPartial.f64' is the Float64Array dqPartial. */
-export function views(job: Job): Record<string, Float32Array | Float64Array | Uint16Array> {
-  const out: Record<string, Float32Array | Float64Array | Uint16Array> = {};
+export function views(job: Job): Record<string, View> {
+  const out: Record<string, View> = {};
   for (const [name, buf] of Object.entries(job.buffers)) {
     const [key, type] = name.split('.');
-    out[key] = type === 'f64' ? new Float64Array(buf) : type === 'f16' ? new Uint16Array(buf) : new Float32Array(buf);
+    const [b, offset, length] = 'byteOffset' in buf ? [buf.buffer, buf.byteOffset, buf.length] : [buf, 0, undefined];
+    out[key] =
+      type === 'f64'
+        ? new Float64Array(b, offset, length)
+        : type === 'f16'
+          ? new Uint16Array(b, offset, length)
+          : type === 'i32'
+            ? new Int32Array(b, offset, length)
+            : new Float32Array(b, offset, length);
   }
   return out;
 }

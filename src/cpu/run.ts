@@ -2,6 +2,7 @@
  * Running a job's tasks: the same loop in a worker thread and inline on the calling thread. Tasks are
  * handed out through a shared counter (Atomics), so threads that finish early take the next task.
  */
+import { decodeTask, type DecodeArrays } from './decode.js';
 import { backwardTask, forwardTask, type BackwardArrays, type ForwardArrays } from './flash.js';
 import { views, type Job } from './job.js';
 import { linearTask, type LinearArrays } from '../nn/cpu/kernels.js';
@@ -13,6 +14,10 @@ function taskOf(job: Job, scratch: Float64Array): (t: number) => void {
   if (job.kernel === 'linear') {
     const s = job.shape;
     return (t) => linearTask(s, a as unknown as LinearArrays, t, scratch);
+  }
+  if (job.kernel === 'decode') {
+    const s = job.shape;
+    return (t) => decodeTask(s, a as unknown as DecodeArrays, t, scratch);
   }
   const s = job.shape;
   return {
