@@ -1,26 +1,28 @@
 /**
- * The cpu decode kernel, split-KV (Flash-Decoding): the schedule for few queries per sequence (Nq ≤ 16:
- * single-token decode, speculative decoding) against many keys, where the work is reading K and V once
- * and there are too few query blocks to keep every core busy. The same semantics as the webgpu decode
- * kernels (src/webgpu/kernels/decode.ts), with f64 arithmetic as the rest of the cpu backend.
+ * The cpu decode kernel, split-KV (Flash-Decoding): the schedule for few queries per sequence (single-
+ * token decode, speculative decoding) against many keys, where the work is reading K and V once and there
+ * are too few query blocks to keep every core busy. The same semantics as the webgpu decode kernels
+ * (src/webgpu/kernels/decode.ts), with f64 arithmetic as the rest of the cpu backend.
  *
  * decodeTask: one task owns one key/value head hk of one batch row b, up to R of the G·Nq query rows
  *   that share it (G = H / Hkv query heads, Nq queries each, head-major: row r is head hk·G + ⌊r / Nq⌋,
  *   query r mod Nq; each K/V element is read once per group, not once per query head), and one split of
- *   the keys, [s·chunk, min((s+1)·chunk, length)). K and V are read where they live, never copied first:
- *   key t of row b is at table[b·maxPages + ⌊t / pageSize⌋]·kvPage + (t mod pageSize)·kvRow + hk·kvHead,
- *   which covers a (B, Nk, Hkv, D) tensor in either layout (one page per batch row, table = identity)
- *   and the KV cache's pool (pages, pageSize, Hkv, D) through its block table, in f32 or f16 storage.
- *   Per tile of Bc keys: K_j and V_j are widened into packed f64 scratch (f16 decoded on the way),
- *   S = Q K_jᵀ (R×Bc), the online softmax updates m and l per row (causal: query i of a row of length L
- *   sees keys j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j. The split's O / l and its
- *   log-sum-exp m + log l are written as a partial (f64).
+ *   the keys, [s·chunk, min((s+1)·chunk, length)). K and V are read where they live, never copied or
+ *   staged: key t of row b is at table[b·maxPages + ⌊t / pageSize⌋]·kvPage + (t mod pageSize)·kvRow +
+ *   hk·kvHead, which covers a (B, Nk, Hkv, D) tensor in either layout (one page per batch row, table =
+ *   identity) and the KV cache's pool (pages, pageSize, Hkv, D) through its block table, in f32 or f16
+ *   storage (widened as it is loaded). Per tile of Bc keys (their offsets computed once): S = Q K_jᵀ
+ *   (R×Bc, f64 scratch), the online softmax updates m and l per row (causal: query i of a row of length
+ *   L sees keys j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j, each row over only the keys it
+ *   sees. A tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1 while each 4-row group of the
+ *   task reads them, and V's likewise. The split's O / l and its log-sum-exp m + log l are written as a
+ *   partial (f64).
  * mergeDecode (on the calling thread: B·H·Nq rows × splits × D, small) combines the partials with the
  *   log-sum-exp rule, L = log Σ_s e^(L_s), O = Σ_s e^(L_s − L) O_s, into out (q's layout and dtype) and
  *   lse. A split that saw no key has L_s = −∞ and weighs 0; a row that saw none gives out 0 and lse −∞;
  *   a NaN logit makes its row's out and lse NaN, and no other row's.
- * Scratch per thread: (2·R·D + 2·Bc·D + R·Bc + 3·R) f64; partials B·H·Nq·splits·(D + 1) f64. Nothing of
- * size Nq×Nk is ever allocated.
+ * Scratch per thread: (2·R·D + R·Bc + 3·R) f64 (Q, O, S, m, l, keys seen); partials B·H·Nq·splits·(D + 1)
+ * f64. Nothing of size Nq×Nk is ever allocated.
  */
 import { f16ToNumber, numberToF16 } from '../f16.js';
 
@@ -80,7 +82,7 @@ export interface DecodeArrays {
   lpart: Float64Array;
 }
 
-/** Keys per tile for head dim D: K_j and V_j (2·Bc·D f64) within 64 KiB, at least 16 keys. */
+/** Keys per tile for head dim D: about 4096 elements of K (and of V), 16 to 256 keys. */
 export function decodeTile(D: number): number {
   return Math.max(16, Math.min(256, 2 ** Math.floor(Math.log2(4096 / D))));
 }
@@ -117,8 +119,8 @@ let rowAt = new Uint32Array(0);
 /*
  * The products read K and V where they live (f32 in k32/v32, or f16 bits in k16/v16 when f16, the other
  * array empty so that every load site sees one array type), key c of the tile at element at[c]. Each is
- * a driver over small functions: TurboFan compiles a loop nest that shares its function with other loop
- * nests about 1.6× slower (bench/variants/cpu-decode.ts).
+ * a driver over small functions, one loop nest each: with its tail loops in the same function, V8's
+ * TurboFan compiled the 4-row score loop 1.6× slower (2.3 against 1.4 ns a K element, D = 64).
  */
 
 /**
@@ -272,9 +274,14 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
   const len = a.lengths[b];
   const row0 = rc * R;
   const rows = Math.min(R, G * Nq - row0);
-  const keyStart = split * chunk;
-  const keyEnd = Math.min(len, keyStart + chunk);
   const offset = len - Nq; // causal: query i sees keys j <= i + offset
+  let reach = len; // keys past every row's last visible one are never read
+  if (causal) {
+    reach = 0;
+    for (let r = row0; r < row0 + rows; r++) reach = Math.max(reach, Math.min(len, (r % Nq) + offset + 1));
+  }
+  const keyStart = split * chunk;
+  const keyEnd = Math.min(reach, keyStart + chunk);
   const tb = b * s.maxPages;
   const head = hk * s.kvHead;
   // Both views of each of q, K and V, one of them empty: every load site sees one array type.

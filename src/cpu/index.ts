@@ -212,7 +212,7 @@ export function cpuDecodeFits(p: Problem): boolean {
 }
 
 /** forward() on the decode kernel: K and V read in place, one page per batch row. */
-function cpuDecodeForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): Promise<{ out: Tensor; lse: Tensor }> {
+export function cpuDecodeForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): Promise<{ out: Tensor; lse: Tensor }> {
   const { q: sq, kv } = problemStrides(p);
   return cpuDecode({
     B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, D: p.D, causal: p.causal, scale: p.scale,
@@ -227,8 +227,13 @@ function cpuDecodeForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): Promise<
   });
 }
 
-export async function cpuForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): Promise<{ out: Tensor; lse: Tensor }> {
-  if (cpuDecodeFits(p)) return cpuDecodeForward(p, q, k, v);
+/** forward() on the cpu: the decode kernel where it fits (cpuDecodeFits), else the tiled kernels or the standard baseline. */
+export function cpuForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): Promise<{ out: Tensor; lse: Tensor }> {
+  return cpuDecodeFits(p) ? cpuDecodeForward(p, q, k, v) : cpuTiledForward(p, q, k, v);
+}
+
+/** forward() on the tiled flash kernel (flash.ts) or, for algorithm 'standard', the baseline (standard.ts), inputs staged as f32. */
+export async function cpuTiledForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): Promise<{ out: Tensor; lse: Tensor }> {
   const bufs = new Buffers(p.memory);
   try {
     const buffers = {

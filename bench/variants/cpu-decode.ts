@@ -1,0 +1,165 @@
+/**
+ * Lab notebook: the cpu backend's decode step (src/cpu/decode.ts), Nq new queries against Nk cached keys,
+ * in GB/s of K and V read. For each case, after checking every path's out and lse against the float64
+ * reference (max |error| / max |reference| ≤ 1e-2 for f16, 1e-5 for f32):
+ *   forward decode    forward() on the decode kernel (K and V typed arrays of the caller: on this thread)
+ *   forward tiled     forward() on the tiled flash kernel (cpu/flash.ts: q, k, v staged as f32 first)
+ *   forward shared    the decode kernel with K and V on a SharedArrayBuffer (read by every worker)
+ *   cache, paged(16)  a contiguous and a paged KV cache (16 tokens a page), cache.forward(q)
+ * and with --sweep, the kernel alone on shared K and V over its split count and key tile, and the cost of
+ * filling a fresh SharedArrayBuffer (what a shared copy of K and V would cost per call).
+ * Times: the fastest of `repeats` samples of back-to-back calls (other work on a 2-core machine only
+ * ever slows a sample down), with the median beside it.
+ * Run: node dist/bench/variants/cpu-decode.js [--nk 4096,32768] [--nq 1] [--dtype f32,f16] [--sweep]
+ */
+import { availableParallelism, cpus } from 'node:os';
+import { createKVCache, forward, type Tensor } from '../../src/index.js';
+import { cpuDecodeForward, cpuTiledForward } from '../../src/cpu/index.js';
+import { decodeScratch, decodeTasks, decodeTile, mergeDecode, type DecodeShape } from '../../src/cpu/decode.js';
+import { runJob, sharedBuffer, threadsFor } from '../../src/cpu/pool.js';
+import { checkForward } from '../../src/problem.js';
+import { standardForward } from '../../src/reference/index.js';
+import { toF64 } from '../../src/tensor.js';
+import { encodeF16 } from '../../src/f16.js';
+import { randomNormal } from './util.js';
+
+function option(name: string, fallback: string): string[] {
+  const i = process.argv.indexOf(name);
+  return (i >= 0 ? process.argv[i + 1] : fallback).split(',');
+}
+const NK = option('--nk', '4096,32768').map(Number);
+const NQ = option('--nq', '1').map(Number);
+const DTYPES = option('--dtype', 'f32,f16') as ('f32' | 'f16')[];
+const sweep = process.argv.includes('--sweep');
+const [B, H, Hkv, D] = [1, 8, 2, 64];
+const SAMPLE_MS = 400;
+const REPEATS = 7;
+
+/** ms per call: the fastest and the median of REPEATS samples, each of back-to-back calls for SAMPLE_MS. */
+async function time(run: () => Promise<unknown>): Promise<{ min: number; median: number }> {
+  for (let i = 0; i < 3; i++) await run();
+  const samples: number[] = [];
+  for (let r = 0; r < REPEATS; r++) {
+    let calls = 0;
+    const t0 = performance.now();
+    while (performance.now() - t0 < SAMPLE_MS) {
+      await run();
+      calls++;
+    }
+    samples.push((performance.now() - t0) / calls);
+  }
+  samples.sort((a, b) => a - b);
+  return { min: samples[0], median: samples[samples.length >> 1] };
+}
+
+function tensorOf(dtype: 'f32' | 'f16', shape: number[], seed: number, shared = false): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const x = randomNormal(n, seed);
+  const data = dtype === 'f16' ? encodeF16(x) : Float32Array.from(x);
+  if (!shared) return { data, dtype, shape };
+  const copy = new (data.constructor as Uint16ArrayConstructor)(sharedBuffer(data.byteLength));
+  copy.set(data as Uint16Array);
+  return { data: copy, dtype, shape };
+}
+
+/** max |x − ref| / max |ref| over out, and max |lse − ref| / max |ref lse|. */
+function relError(out: Tensor, lse: Tensor, ref: { out: Float64Array; lse: Float64Array }): number {
+  const rel = (x: Float64Array, r: Float64Array) => {
+    let e = 0;
+    let m = 0;
+    for (let i = 0; i < r.length; i++) {
+      e = Math.max(e, Math.abs(x[i] - r[i]));
+      m = Math.max(m, Math.abs(r[i]));
+    }
+    return e / m;
+  };
+  return Math.max(rel(toF64(out), ref.out), rel(toF64(lse), ref.lse));
+}
+
+console.log(`# cpu decode; ${cpus()[0]?.model ?? 'cpu'} × ${availableParallelism()}; pool threads ${await threadsFor(Infinity)}; node ${process.version}; ${new Date().toISOString()}`);
+for (const dtype of DTYPES) {
+  for (const Nk of NK) {
+    for (const Nq of NQ) {
+      const bytes = 2 * B * Nk * Hkv * D * (dtype === 'f16' ? 2 : 4);
+      console.log(`\n## ${dtype} B=${B} H=${H} Hkv=${Hkv} D=${D} Nq=${Nq} Nk=${Nk} (K+V ${(bytes / 2 ** 20).toFixed(1)} MiB)`);
+      const q = tensorOf(dtype, [B, Nq, H, D], 1);
+      const k = tensorOf(dtype, [B, Nk, Hkv, D], 2);
+      const v = tensorOf(dtype, [B, Nk, Hkv, D], 3);
+      const ks = tensorOf(dtype, [B, Nk, Hkv, D], 2, true);
+      const vs = tensorOf(dtype, [B, Nk, Hkv, D], 3, true);
+      const p = checkForward(q, k, v, { causal: Nq > 1 });
+      const ref = standardForward(p, toF64(q), toF64(k), toF64(v));
+      const tolerance = dtype === 'f16' ? 1e-2 : 1e-5;
+      const caches = await Promise.all(
+        [undefined, 16].map(async (pageSize) => {
+          const cache = await createKVCache({ batch: B, kvHeads: Hkv, headDim: D, maxLength: Nk, dtype, backend: 'cpu', pageSize });
+          await cache.append(k, v);
+          return cache;
+        }),
+      );
+      const paths: [string, () => Promise<{ out: Tensor; lse: Tensor }>][] = [
+        ['forward decode', () => cpuDecodeForward(p, q, k, v)],
+        ['forward tiled', () => cpuTiledForward(p, q, k, v)],
+        ['forward shared', () => forward(q, ks, vs, { causal: Nq > 1, backend: 'cpu' })],
+        ['cache', () => caches[0].forward(q, undefined, undefined, { causal: Nq > 1 }) as Promise<{ out: Tensor; lse: Tensor }>],
+        ['paged(16)', () => caches[1].forward(q, undefined, undefined, { causal: Nq > 1 }) as Promise<{ out: Tensor; lse: Tensor }>],
+      ];
+      for (const [label, run] of paths) {
+        const r = await run();
+        const err = relError(r.out, r.lse, ref);
+        if (!(err <= tolerance)) throw new Error(`${label}: relative error ${err} over ${tolerance}`);
+        const t = await time(run);
+        console.log(`${label.padEnd(16)} ${t.min.toFixed(3).padStart(8)} ms (median ${t.median.toFixed(3)})  ${(bytes / t.min / 1e6).toFixed(2).padStart(5)} GB/s  err ${err.toExponential(1)}`);
+      }
+      caches.forEach((c) => c.dispose());
+
+      if (sweep && Nq === 1) {
+        // The kernel alone on shared K and V: splits of the keys × the key tile, on the pool.
+        const threads = await threadsFor(Infinity);
+        const t = dtype === 'f16' ? '.f16' : '';
+        for (const Bc of [32, decodeTile(D), 256]) {
+          for (const splits of [1, 2, 4, 8, 16, 32]) {
+            const chunk = Math.ceil(Math.ceil(Nk / Bc) / splits) * Bc;
+            const s: DecodeShape = {
+              B, H, Hkv, Nq, D, causal: false, scale: p.scale, qBatch: Nq * H * D, qRow: H * D, qHead: D,
+              kvPage: Nk * Hkv * D, kvRow: Hkv * D, kvHead: D, pageSize: Nk, maxPages: 1,
+              f16: dtype === 'f16', Bc, R: H / Hkv, rowChunks: 1, splits: Math.ceil(Nk / chunk), chunk,
+            };
+            const opart = sharedBuffer(B * H * s.splits * D * 8);
+            const lpart = sharedBuffer(B * H * s.splits * 8);
+            const qs = tensorOf(dtype, [B, Nq, H, D], 1, true);
+            const lengths = new Int32Array(sharedBuffer(4)).fill(Nk);
+            const buffers = {
+              ['q' + t]: qs.data.buffer,
+              ['k' + t]: ks.data.buffer,
+              ['v' + t]: vs.data.buffer,
+              'table.i32': new Int32Array(sharedBuffer(4)).buffer,
+              'lengths.i32': lengths.buffer,
+              'opart.f64': opart,
+              'lpart.f64': lpart,
+            };
+            const scratch = Array.from({ length: threads }, () => sharedBuffer(decodeScratch(s) * 8));
+            const out = dtype === 'f16' ? new Uint16Array(q.data.length) : new Float32Array(q.data.length);
+            const lse = new Float32Array(B * H);
+            const run = async () => {
+              await runJob({ kernel: 'decode', shape: s, tasks: decodeTasks(s), buffers, scratch });
+              mergeDecode(s, new Float64Array(opart), new Float64Array(lpart), out, lse);
+              return { out: { data: out, dtype, shape: q.shape } as Tensor, lse: { data: lse, dtype: 'f32', shape: [B, H, 1] } as Tensor };
+            };
+            const first = await run();
+            const err = relError(first.out, first.lse, ref);
+            if (!(err <= tolerance)) throw new Error(`kernel Bc=${Bc} splits=${s.splits}: relative error ${err}`);
+            const tm = await time(run);
+            console.log(`kernel Bc=${String(Bc).padEnd(3)} splits=${String(s.splits).padEnd(2)} ${tm.min.toFixed(3).padStart(8)} ms (median ${tm.median.toFixed(3)})  ${(bytes / tm.min / 1e6).toFixed(2).padStart(5)} GB/s`);
+          }
+        }
+        // What a shared copy of K and V would cost per call: a fresh SharedArrayBuffer, filled.
+        const fill = await time(async () => {
+          for (const x of [k, v]) new (x.data.constructor as Uint16ArrayConstructor)(sharedBuffer(x.data.byteLength)).set(x.data as Uint16Array);
+        });
+        console.log(`copy K, V into a fresh SharedArrayBuffer: ${fill.min.toFixed(3)} ms (${(fill.min / (bytes / 2 ** 20)).toFixed(2)} ms/MiB)`);
+      }
+    }
+  }
+}
+process.exit(0);
