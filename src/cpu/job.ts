@@ -1,6 +1,7 @@
 /**
  * A cpu job: what the main thread sends to each worker (or runs inline). Sizes travel as plain numbers,
- * arrays as (Shared)ArrayBuffers; `views` turns them back into typed arrays on either side. Besides the
+ * arrays as regions of (Shared)ArrayBuffers (the pool's workspace, see pool.ts); `views` turns them back
+ * into typed arrays on either side. Besides the
  * attention kernels, the pool runs the nn layer's linear (src/nn/cpu/kernels.ts).
  */
 import type { LinearShape } from '../nn/cpu/kernels.js';
@@ -34,14 +35,23 @@ export interface CpuShape {
   f16Scores: boolean;
 }
 
+/** Bytes of a (Shared)ArrayBuffer from byteOffset on: one array of a job. */
+export interface Region {
+  buffer: ArrayBufferLike;
+  byteOffset: number;
+  byteLength: number;
+}
+
 interface JobOf<K extends string, S> {
   kernel: K;
   shape: S;
   tasks: number;
   /** Named arrays: f32 unless the name ends in '.f64' or '.f16' (see views). */
-  buffers: Record<string, ArrayBufferLike>;
-  /** One scratch buffer (f64) per worker; the inline path uses the first. */
-  scratch: ArrayBufferLike[];
+  buffers: Record<string, Region>;
+  /** One scratch region (f64) per worker; the inline path uses the first. */
+  scratch: Region[];
+  /** 4 bytes of shared memory: the next task to hand out (run.ts). */
+  counter: Region;
 }
 
 export type Job = JobOf<Kernel, CpuShape> | JobOf<'linear', LinearShape>;
@@ -85,9 +95,14 @@ export function cpuShape(p: Problem, threads: number, f16Scores = false): CpuSha
 /** Typed views of a job's buffers, by name without the type: 'dqPartial.f64' is the Float64Array dqPartial. */
 export function views(job: Job): Record<string, Float32Array | Float64Array | Uint16Array> {
   const out: Record<string, Float32Array | Float64Array | Uint16Array> = {};
-  for (const [name, buf] of Object.entries(job.buffers)) {
+  for (const [name, { buffer, byteOffset, byteLength }] of Object.entries(job.buffers)) {
     const [key, type] = name.split('.');
-    out[key] = type === 'f64' ? new Float64Array(buf) : type === 'f16' ? new Uint16Array(buf) : new Float32Array(buf);
+    out[key] =
+      type === 'f64'
+        ? new Float64Array(buffer, byteOffset, byteLength / 8)
+        : type === 'f16'
+          ? new Uint16Array(buffer, byteOffset, byteLength / 2)
+          : new Float32Array(buffer, byteOffset, byteLength / 4);
   }
   return out;
 }

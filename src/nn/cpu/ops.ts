@@ -1,24 +1,30 @@
 /**
- * The nn ops on the cpu backend. Tensors are typed arrays (Float32Array, or Uint16Array holding f16 bits)
- * over SharedArrayBuffers, so the worker pool reads and writes them in place. linear runs on the pool
- * (tasks of row blocks, see kernels.ts) when it is large enough to pay for the round trip, else inline;
- * layerNorm runs inline; attention is the library's cpu forward(). Every array made here, and each
- * thread's scratch while a linear runs, is counted in the MemoryTracker. slice and write copy rows with
- * TypedArray.set; a slice is an array of its own (not a view) so that the worker threads can share it.
+ * The nn ops on the cpu backend. Tensors are typed arrays (Float32Array, or Uint16Array holding f16 bits).
+ * linear runs on the worker pool (tasks of row blocks, see kernels.ts) when it is large enough to pay for
+ * the round trip, its x, W, b and y staged in the pool's workspace (cpu/pool.ts: the workers only ever
+ * see that one buffer, so they hold no memory between calls), else inline on the arrays themselves;
+ * layerNorm runs inline; attention is the library's cpu forward(). Every array made here, and the staged
+ * copies and each thread's scratch while a linear runs, is counted in the MemoryTracker. slice and write
+ * copy rows with TypedArray.set.
  */
 import { forward } from '../../api.js';
 import { OutOfMemoryError } from '../../errors.js';
 import { encodeF16 } from '../../f16.js';
 import type { MemoryTracker } from '../../memory.js';
-import { runJob, sharedBuffer, threadsFor } from '../../cpu/pool.js';
+import type { Region } from '../../cpu/job.js';
+import { Arena, runJob, threadsFor } from '../../cpu/pool.js';
 import { BYTES_PER_ELEMENT, type AnyTensor, type Tensor } from '../../tensor.js';
 import { checkAttention, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type NnDType, type Ops } from '../ops.js';
 import { layerNormRows, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
 
-/** Whether the worker threads can use the array in place: it spans its whole buffer, which they share. */
-function shareable(data: HostData): boolean {
-  const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength;
-  return whole && (typeof SharedArrayBuffer !== 'function' || data.buffer instanceof SharedArrayBuffer);
+/** The bytes of an array, as a job's region. */
+function regionOf(data: ArrayBufferView): Region {
+  return { buffer: data.buffer, byteOffset: data.byteOffset, byteLength: data.byteLength };
+}
+
+/** A view of a region of the same type as `like`. */
+function viewOf(r: Region, like: HostData): HostData {
+  return like instanceof Uint16Array ? new Uint16Array(r.buffer, r.byteOffset, r.byteLength / 2) : new Float32Array(r.buffer, r.byteOffset, r.byteLength / 4);
 }
 
 /**
@@ -43,8 +49,8 @@ export class CpuOps implements Ops {
   }
 
   /**
-   * A shared buffer of `bytes` (at most `limit`), counted, or an OutOfMemoryError naming `argument` and
-   * what it was for.
+   * A buffer of `bytes` (at most `limit`), counted, or an OutOfMemoryError naming `argument` and what it
+   * was for.
    */
   private buffer(bytes: number, what: string, argument: string, limit = CPU_MAX_BUFFER_BYTES): ArrayBufferLike {
     if (bytes > limit) {
@@ -52,7 +58,7 @@ export class CpuOps implements Ops {
       throw new OutOfMemoryError(argument, `at most ${limit} bytes per array (${source}) for ${what}`, `${bytes} bytes`);
     }
     try {
-      const buf = sharedBuffer(bytes);
+      const buf = new ArrayBuffer(bytes);
       void new Uint16Array(buf); // the view with the most elements made here: over the engine's limit is a RangeError too
       this.memory.allocate(bytes);
       return buf;
@@ -75,15 +81,6 @@ export class CpuOps implements Ops {
     return { data, dtype: this.dtype, shape: [...shape] } as Tensor;
   }
 
-  /** A counted copy of the caller's array, or the array itself when the workers can share it. */
-  private shared(t: Tensor, name: string): Tensor {
-    const data = t.data as HostData;
-    if (shareable(data)) return t;
-    const copy = this.array(data.length, `a shared copy of ${name}`, name);
-    copy.set(data);
-    return this.tensor(copy, t.shape);
-  }
-
   async create(shape: readonly number[], fill: (values: Float32Array) => void, what: string, argument: string): Promise<AnyTensor> {
     const data = this.array(sizeOf(shape), what, argument);
     if (data instanceof Float32Array) {
@@ -97,7 +94,7 @@ export class CpuOps implements Ops {
   }
 
   async input(t: AnyTensor, name: string): Promise<AnyTensor> {
-    return this.shared(checkTensor('cpu', this.dtype, name, t) as Tensor, name);
+    return checkTensor('cpu', this.dtype, name, t);
   }
 
   async empty(shape: readonly number[], what: string, argument: string): Promise<AnyTensor> {
@@ -128,23 +125,50 @@ export class CpuOps implements Ops {
     const y = this.array(M * N, `the linear output [${shape.join(', ')}]`, 'x');
     const threads = await threadsFor(M * N * K);
     const s: LinearShape = { M, N, K, MB: linearRowBlock(M, threads), relu: options.relu ?? false };
+    const f16 = this.dtype === 'f16' ? '.f16' : '';
+    const [X, W, b] = [x, weight, bias].map((t) => t.data as HostData);
     const scratchBytes = linearScratch(s) * 8;
-    const scratch: ArrayBufferLike[] = [];
-    const inputs = [x, weight, bias] as Tensor[];
-    const staged: Tensor[] = [];
+    if (threads === 1) {
+      // Inline: the kernel reads and writes the arrays themselves.
+      const scratch = this.memory.allocate(scratchBytes);
+      try {
+        const buffers = { ['x' + f16]: regionOf(X), ['w' + f16]: regionOf(W), ['b' + f16]: regionOf(b), ['y' + f16]: regionOf(y) };
+        await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch: [regionOf(new Float64Array(scratchBytes / 8))], counter: regionOf(new Float32Array(1)) });
+      } catch (e) {
+        this.free(this.tensor(y, shape));
+        throw e;
+      } finally {
+        this.memory.release(scratch);
+      }
+      return this.tensor(y, shape);
+    }
+    const sizes = [X.byteLength, W.byteLength, b.byteLength, y.byteLength, ...Array<number>(threads).fill(scratchBytes)];
+    let arena: Arena;
     try {
-      for (let i = 0; i < threads; i++) scratch.push(this.buffer(scratchBytes, `thread ${i}'s linear scratch`, 'x'));
-      const names = ['x', 'weight', 'bias'];
-      staged.push(...inputs.map((u, i) => this.shared(u, names[i])));
-      const [X, W, b] = staged.map((u) => u.data.buffer);
-      const f16 = this.dtype === 'f16' ? '.f16' : '';
-      await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers: { ['x' + f16]: X, ['w' + f16]: W, ['b' + f16]: b, ['y' + f16]: y.buffer }, scratch });
+      arena = Arena.open(sizes);
+    } catch (e) {
+      this.free(this.tensor(y, shape));
+      if (!(e instanceof RangeError)) throw e;
+      throw new OutOfMemoryError('x', `an allocation this machine can make for the linear's staged x, W, b, y and scratch`, `${sizes.reduce((a, c) => a + c, 0)} bytes (${e.message})`);
+    }
+    const counted = this.memory.allocate(sizes.reduce((a, c) => a + c, 0));
+    try {
+      const staged = [X, W, b].map((data) => {
+        const r = arena.take(data.byteLength);
+        viewOf(r, data).set(data);
+        return r;
+      });
+      const Y = arena.take(y.byteLength);
+      const scratch = Array.from({ length: threads }, () => arena.take(scratchBytes));
+      const buffers = { ['x' + f16]: staged[0], ['w' + f16]: staged[1], ['b' + f16]: staged[2], ['y' + f16]: Y };
+      await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch, counter: arena.take(4) });
+      y.set(viewOf(Y, y));
     } catch (e) {
       this.free(this.tensor(y, shape));
       throw e;
     } finally {
-      this.memory.release(scratch.length * scratchBytes);
-      staged.forEach((u, i) => u !== inputs[i] && this.free(u));
+      this.memory.release(counted);
+      arena.close();
     }
     return this.tensor(y, shape);
   }
@@ -162,13 +186,10 @@ export class CpuOps implements Ops {
     const heads = (t: AnyTensor) => ({ data: t.data, dtype: t.dtype, shape: [B, N, H, D] }) as Tensor;
     const options = { backend: 'cpu', layout: 'BNHD', causal: config.causal, algorithm: config.algorithm, memory: this.memory } as const;
     const { out } = await forward(heads(q), heads(k), heads(v), options);
-    // The output is the caller's once forward returns: count it again as ours (an f16 one is a plain array, copied).
+    // The output is the caller's once forward returns (an array of its own): count it again as ours.
     const data = out.data as HostData;
-    if (shareable(data)) {
-      this.owned.set(data, this.memory.allocate(data.byteLength));
-      return this.tensor(data, [B, N, C]);
-    }
-    return this.shared({ data, dtype: this.dtype, shape: [B, N, C] } as Tensor, 'the attention output');
+    this.owned.set(data, this.memory.allocate(data.byteLength));
+    return this.tensor(data, [B, N, C]);
   }
 
   async output(t: AnyTensor): Promise<AnyTensor> {
