@@ -53,3 +53,11 @@ export function describe(value: unknown): string {
 
 /** An allocation the call needs does not fit (the standard algorithm's Nq×Nk matrices, say). */
 export class OutOfMemoryError extends FlashAttnError {}
+
+/**
+ * The WebGPU device was lost while the call ran or before it (a driver that ran out of memory outside an
+ * allocation, a reset, destroy()): nothing on it survives. The library's own device is replaced by a new
+ * one on the next call; a device of the caller's (options.device, GPUBuffer tensors) must be replaced by
+ * the caller, with everything made on it.
+ */
+export class DeviceLostError extends FlashAttnError {}
