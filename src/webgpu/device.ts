@@ -136,8 +136,15 @@ export function gpuEntryMissing(): string {
  * pick). Where Dawn does load it may still print them, once per process.
  */
 
-/** Node's fs and process where this is Node (undefined in a browser). */
-async function nodeFs(): Promise<typeof import('node:fs') | undefined> {
+/** The file-system calls the checks below make: node:fs's (a stand-in in tests). */
+export interface FileChecks {
+  existsSync(path: string): boolean;
+  readFileSync(path: string): { includes(value: string): boolean };
+  readdirSync(path: string): string[];
+}
+
+/** Node's fs where this is Node (undefined in a browser). */
+async function nodeFs(): Promise<FileChecks | undefined> {
   const proc = (globalThis as { process?: { versions?: { node?: string } } }).process;
   if (!proc?.versions?.node) return undefined;
   return import('node:fs');
@@ -154,7 +161,7 @@ const LIBRARY_DIRS = ['/lib', '/lib64', '/usr/lib', '/usr/lib64', '/usr/local/li
 export async function vulkanLoaderMissing(
   platform: string = (globalThis as { process?: { platform?: string } }).process?.platform ?? '',
   env: Record<string, string | undefined> = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env ?? {},
-  fs?: Pick<typeof import('node:fs'), 'existsSync' | 'readFileSync'>,
+  fs?: Pick<FileChecks, 'existsSync' | 'readFileSync'>,
 ): Promise<string | undefined> {
   if (platform !== 'linux') return undefined;
   fs ??= await nodeFs();
@@ -177,7 +184,7 @@ export async function vulkanLoaderMissing(
  */
 export async function mayHaveGpu(
   platform: string = (globalThis as { process?: { platform?: string } }).process?.platform ?? '',
-  fs?: Pick<typeof import('node:fs'), 'existsSync' | 'readdirSync'>,
+  fs?: Pick<FileChecks, 'existsSync' | 'readdirSync'>,
 ): Promise<boolean> {
   if (platform !== 'linux') return true;
   fs ??= await nodeFs();
