@@ -1,5 +1,5 @@
 /**
- * The seed notebook's experiment (../shared/seeds/002): a transformer encoder (6 layers, d_model 512,
+ * The encoder experiment (docs/encoder-experiment.md): a transformer encoder (6 layers, d_model 512,
  * 32 heads, ffn 2048, causal) run forward at N = 128, 256, 512, ... with flash attention and with
  * standard attention; time per forward (the GPU synchronised: forward resolves when the work is done)
  * and the MemoryTracker's peak during it. Where the standard variant runs out of memory it stops and the
