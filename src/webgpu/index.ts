@@ -6,7 +6,7 @@
 import { DTypeError, OutOfMemoryError, ValueError } from '../errors.js';
 import { problemStrides, type Problem } from '../problem.js';
 import { isGpuBuffer, type AnyTensor, type DType } from '../tensor.js';
-import { GpuBuffers } from './buffers.js';
+import { freeDestroyed, GpuBuffers } from './buffers.js';
 import { defaultGpu, gpuOf, type Gpu } from './device.js';
 import { chooseTiles, sizesBytes, type Sizes, type StorageType } from './kernels/common.js';
 import {
@@ -316,6 +316,7 @@ export class Call {
     const [error, oom] = await Promise.all([validation, device.popErrorScope()]);
     await this.throwIfLost(0); // a lost device reports no errors, and runs nothing
     if (oom) {
+      await this.releaseMemory();
       const { B, H, Nq, Nk, D, dtype } = this.p;
       throw new OutOfMemoryError('q', `device memory for the buffers of attention over B=${B}, H=${H}, Nq=${Nq}, Nk=${Nk}, D=${D}, ${dtype}`, oom.message);
     }
@@ -337,6 +338,12 @@ export class Call {
     }
     const data = dtype === 'f16' ? new Uint16Array(bytes) : new Float32Array(bytes);
     return { data, dtype, shape: [...shape] };
+  }
+
+  /** Destroy the call's buffers, and let the device free their memory before the call returns. */
+  private async releaseMemory(): Promise<void> {
+    this.buffers.destroyAll();
+    await freeDestroyed(this.gpu.device);
   }
 
   /**
