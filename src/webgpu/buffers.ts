@@ -35,7 +35,7 @@ export class GpuBuffers {
   /** A storage buffer holding `data`, the input `argument` (or part of it). */
   upload(data: ArrayBufferView, what: string, argument = what): GPUBuffer {
     const buffer = this.create(data.byteLength, what, argument);
-    // Dawn's writeBuffer takes neither a SharedArrayBuffer (cpu results are backed by one) nor a ragged length.
+    // Dawn's writeBuffer takes neither a SharedArrayBuffer (a caller's array may be backed by one) nor a ragged length.
     const shared = typeof SharedArrayBuffer === 'function' && data.buffer instanceof SharedArrayBuffer;
     const padded = data.byteLength % 4 === 0 && !shared ? data : copyPadded(data);
     this.device.queue.writeBuffer(buffer, 0, padded.buffer, padded.byteOffset, Math.ceil(data.byteLength / 4) * 4);
