@@ -16,6 +16,7 @@ import { KVCache, cacheGeometry, type KVCacheConfig } from './kvcache.js';
 import { memory as defaultMemory } from './memory.js';
 import { BackendUnavailableError } from './errors.js';
 import { WebgpuCacheStore } from './webgpu/cache.js';
+import { varlenBackward, varlenForward, type RunBackward, type RunForward } from './varlen.js';
 import { defaultGpu, gpuOf } from './webgpu/device.js';
 
 /** The backends that run computations ('auto' resolves to one of them). */
@@ -62,6 +63,7 @@ async function resolveBackend(p: Problem): Promise<ResolvedBackend> {
  * Attention forward: out = softmax(scale · q kᵀ [causal mask]) v, and the log-sum-exp per row.
  * q: (B, Nq, H, D), k and v: (B, Nk, Hkv, D) with H % Hkv == 0 (axes per options.layout).
  * Typed-array tensors give typed-array results; GPUBuffer tensors (webgpu) give GPUBuffer results.
+ * Packed sequences (options.cuSeqlensQ / cuSeqlensK) run one sub-problem per sequence (src/varlen.ts).
  */
 export async function forward(q: Tensor, k: Tensor, v: Tensor, options?: AttentionOptions): Promise<ForwardResult<Tensor>>;
 export async function forward(q: GpuTensor, k: GpuTensor, v: GpuTensor, options?: AttentionOptions): Promise<ForwardResult<GpuTensor>>;
@@ -69,12 +71,13 @@ export async function forward(q: AnyTensor, k: AnyTensor, v: AnyTensor, options?
   const p = checkForward(q, k, v, options);
   const backend = await resolveBackend(p);
   const host = (t: AnyTensor) => t as Tensor;
-  const r =
+  const run: RunForward = async (p, q, k, v) =>
     backend === 'webgpu'
       ? await (p.algorithm === 'standard' ? webgpuStandardForward : webgpuForward)(p, q, k, v)
       : backend === 'cpu'
         ? await cpuForward(p, host(q), host(k), host(v))
         : referenceForward(p, host(q), host(k), host(v));
+  const r = p.cuSeqlens ? await varlenForward(p, q, k, v, run) : await run(p, q, k, v);
   return { ...r, backend };
 }
 
@@ -104,12 +107,13 @@ export async function backward(
   const p = checkBackward(dout, q, k, v, out, lse, options);
   const backend = await resolveBackend(p);
   const h = (t: AnyTensor) => t as Tensor;
-  const r =
+  const run: RunBackward = async (p, dout, q, k, v, out, lse) =>
     backend === 'webgpu'
       ? await (p.algorithm === 'standard' ? webgpuStandardBackward : webgpuBackward)(p, dout, q, k, v, out, lse)
       : backend === 'cpu'
         ? await cpuBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse))
         : referenceBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse));
+  const r = p.cuSeqlens ? await varlenBackward(p, dout, q, k, v, out, lse, run) : await run(p, dout, q, k, v, out, lse);
   return { ...r, backend };
 }
 

@@ -47,6 +47,15 @@ export interface AttentionOptions {
   memory?: MemoryTracker;
   /** webgpu: run on this device (the caller's) instead of the library's own. GPUBuffer inputs must belong to it. */
   device?: GPUDevice;
+  /**
+   * Packed variable-length sequences, as flash_attn_varlen_func (both or neither): S + 1 offsets of the S
+   * sequences' rows in the packed q, (1, totalQ, H, D), and in the packed k and v, (1, totalK, Hkv, D)
+   * (axes per the layout). Sequence s: query rows cuSeqlensQ[s] .. cuSeqlensQ[s+1]−1, which see only key
+   * rows cuSeqlensK[s] .. cuSeqlensK[s+1]−1; causal is per sequence. Runs one sub-problem per sequence
+   * (src/varlen.ts).
+   */
+  cuSeqlensQ?: Int32Array;
+  cuSeqlensK?: Int32Array;
 
   // Declared for the feature table; not supported yet (setting any of them throws NotSupportedError).
   /** Sliding window (left, right) in FlashAttention-2 semantics; -1 for unbounded. */
@@ -61,9 +70,6 @@ export interface AttentionOptions {
   mask?: Uint8Array;
   /** Fused dropout on P, reproducible from the seed. */
   dropout?: { p: number; seed: number };
-  /** Packed variable-length sequences: cumulative offsets of each sequence in the packed q / k. */
-  cuSeqlensQ?: Int32Array;
-  cuSeqlensK?: Int32Array;
 }
 
 /** Options not implemented yet, with the feature's name for the error message. */
@@ -74,8 +80,6 @@ export const UNSUPPORTED_OPTIONS: Readonly<Record<string, string>> = {
   bias: 'an additive attention bias',
   mask: 'an arbitrary boolean mask',
   dropout: 'dropout',
-  cuSeqlensQ: 'variable-length (packed) sequences',
-  cuSeqlensK: 'variable-length (packed) sequences',
 };
 
 export const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
@@ -87,5 +91,7 @@ export const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'precision',
   'memory',
   'device',
+  'cuSeqlensQ',
+  'cuSeqlensK',
   ...Object.keys(UNSUPPORTED_OPTIONS),
 ]);

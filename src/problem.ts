@@ -38,6 +38,8 @@ export interface Problem {
   onGpu: boolean;
   /** The caller's device, if it brought one. */
   device?: GPUDevice;
+  /** Packed sequences (options.cuSeqlensQ / cuSeqlensK, checked, copied): B = 1, Nq = totalQ, Nk = totalK. */
+  cuSeqlens?: { q: Int32Array; k: Int32Array };
 }
 
 /** A tensor argument whose structure (array, dtype, shape, length) has been checked. */
@@ -166,7 +168,46 @@ export function checkForward(q: unknown, k: unknown, v: unknown, options: unknow
     throw new ShapeError('k.shape', `a head count that divides q's ${dq.H} heads (axes ${axes})`, `[${K.shape.join(', ')}]`);
   }
   sameShape('v', V, K.shape, 'the shape of k');
-  return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, onGpu, ...checkOptions(options, dq.D) };
+  const settings = checkOptions(options, dq.D);
+  const cuSeqlens = checkCuSeqlens(options as AttentionOptions | undefined, Q, K, layout);
+  return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, onGpu, ...settings, ...(cuSeqlens && { cuSeqlens }) };
+}
+
+/**
+ * options.cuSeqlensQ / cuSeqlensK (both or neither): Int32Arrays of the same length S + 1 ≥ 2, from 0,
+ * non-decreasing, to the packed lengths totalQ of q and totalK of k, whose batch is 1. Copies, so that
+ * the caller may reuse its arrays while the call runs.
+ */
+function checkCuSeqlens(o: AttentionOptions | undefined, Q: AnyTensor, K: AnyTensor, layout: Layout): { q: Int32Array; k: Int32Array } | undefined {
+  const given = { Q: o?.cuSeqlensQ, K: o?.cuSeqlensK };
+  if (given.Q === undefined && given.K === undefined) return undefined;
+  if (given.Q === undefined || given.K === undefined) {
+    const [missing, other] = given.Q === undefined ? ['Q', 'K'] : ['K', 'Q'];
+    throw new ValueError(`options.cuSeqlens${missing}`, `an Int32Array, as options.cuSeqlens${other} is given (both or neither)`, 'undefined');
+  }
+  const offsets = (which: 'Q' | 'K', t: AnyTensor, axes: string): Int32Array => {
+    const name = `options.cuSeqlens${which}`;
+    const x: unknown = given[which];
+    if (!(x instanceof Int32Array)) {
+      if (ArrayBuffer.isView(x) || Array.isArray(x)) throw new DTypeError(name, 'an Int32Array', describe(x));
+      throw new ValueError(name, 'an Int32Array of sequence offsets', describe(x));
+    }
+    if (x.length < 2) throw new ShapeError(name, 'at least 2 entries (S + 1 offsets of S ≥ 1 sequences)', `${x.length}`);
+    if (x[0] !== 0) throw new ValueError(name, 'first entry 0', `${name}[0] = ${x[0]}`);
+    for (let s = 1; s < x.length; s++) {
+      if (x[s] < x[s - 1]) throw new ValueError(name, 'non-decreasing entries', `${name}[${s}] = ${x[s]} after ${x[s - 1]}`);
+    }
+    const total = dimsOf(t.shape, layout).N;
+    const last = x[x.length - 1];
+    if (last !== total) throw new ValueError(name, `last entry ${total}, the packed length of ${which.toLowerCase()} (axes ${axes})`, `${name}[${x.length - 1}] = ${last}`);
+    return Int32Array.from(x);
+  };
+  const axes = (n: string, h: string) => (layout === 'BNHD' ? `1, ${n}, ${h}, D` : `1, ${h}, ${n}, D`);
+  if (Q.shape[0] !== 1) throw new ShapeError('q.shape', `batch 1 for packed sequences (axes ${axes('totalQ', 'H')})`, `[${Q.shape.join(', ')}]`);
+  const q = offsets('Q', Q, axes('totalQ', 'H'));
+  const k = offsets('K', K, axes('totalK', 'Hkv'));
+  if (k.length !== q.length) throw new ShapeError('options.cuSeqlensK', `${q.length} entries, as options.cuSeqlensQ (one sequence each)`, `${k.length}`);
+  return { q, k };
 }
 
 /** Check the arguments of backward(dout, q, k, v, out, lse, options). */

@@ -10,9 +10,10 @@ import { checkForward } from '../src/problem.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { decodeFits, splitPlan } from '../src/webgpu/decode.js';
+import { webgpuDecodeForward } from '../src/webgpu/index.js';
 import { defaultGpu } from '../src/webgpu/device.js';
 import { BACKENDS, checkInputs, reportWebgpuSkip } from './spec.js';
-import { inputs, type Case } from './util.js';
+import { assertWithinRule, inputs, maxError, relayout, type Case } from './util.js';
 
 const CASES: (Case & { dtype: DType; layout: Layout; causal: boolean })[] = [
   { B: 2, H: 8, Hkv: 2, Nq: 1, Nk: 3000, D: 64, dtype: 'f16', layout: 'BNHD', causal: false },
@@ -42,6 +43,24 @@ describe('decode schedule', () => {
         assert.ok(params, `decode schedule for ${JSON.stringify(c)}`);
       }
       assert.equal(splitPlan(1, 1, 1, 3000, 32).splits > 1, true);
+    });
+
+    test('webgpu: the portable decode kernel (the subgroup one runs above where the adapter has subgroups)', async () => {
+      const gpu = await defaultGpu();
+      for (const c of CASES) {
+        const t = inputs(c, c.dtype, c.layout);
+        const options = { causal: c.causal, layout: c.layout };
+        const p = checkForward(t.q, t.k, t.v, options);
+        const choice = decodeFits(p, gpu, false)!;
+        assert.equal(choice.kernel, 'decode');
+        const got = await webgpuDecodeForward(p, gpu, choice, t.q, t.k, t.v);
+        const oracle = standardForward(p, toF64(t.q), toF64(t.k), toF64(t.v));
+        const std = await forward(t.q, t.k, t.v, { ...options, backend: 'webgpu', algorithm: 'standard' });
+        const label = `portable decode ${JSON.stringify(c)}`;
+        const ref = toF64(relayout({ data: oracle.out, dtype: 'f64', shape: [c.B, c.Nq, c.H, c.D] }, c.layout));
+        assertWithinRule(`${label} out`, maxError(got.out as never, ref), maxError(std.out, ref), 2);
+        assertWithinRule(`${label} lse`, maxError(got.lse as never, oracle.lse), maxError(std.lse, oracle.lse), 2);
+      }
     });
 
     test('webgpu decode: a NaN in one query row stays in that row; a causal row that sees no key gives 0 and −∞', async () => {

@@ -33,7 +33,7 @@ interface Results {
 }
 
 /** Back to BNHD as f64, so results of either layout compare with the oracle. */
-function bnhd(t: Tensor, layout: Layout): Float64Array {
+export function bnhd(t: Tensor, layout: Layout): Float64Array {
   if (layout === 'BNHD') return toF64(t);
   const [B, H, N, D] = t.shape;
   const src = toF64(t);

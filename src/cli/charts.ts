@@ -8,14 +8,17 @@
  * Charts: over N (per N sweep, forward and forward+backward side by side) the median time with its
  * min–max, the peak memory, the HBM bytes of the IO analysis and TFLOP/s (with PyTorch's SDPA figures
  * where an anchor has them); bars for the D / causal / dtype sweeps; and the encoder's time and memory
- * per N as bars, flash beside standard, as the encoder experiment's PyTorch notebook plots them. "OOM" marks an algorithm that
- * ran out of memory at that point.
+ * per N as bars, flash beside standard, as the encoder experiment's PyTorch notebook plots them. "OOM"
+ * marks an algorithm that ran out of memory at that point. The decode suite has one chart: GB/s over Nk,
+ * a panel per (D, heads) and batch, ours (three variants) beside the peers' (anchors), with the peak
+ * bandwidth where it is known.
  */
 import { createRequire } from 'node:module';
-import { SDPA_BACKENDS, sdpaFor } from './anchors.js';
+import { SDPA_BACKENDS, decodeFor, decodeSeriesOf, sdpaFor } from './anchors.js';
 import { measurementOf } from './bench.js';
-import type { Measurement, Pass, Results, Sweep } from './results.js';
-import { axisValue, encoderNs } from './tables.js';
+import { DECODE_VARIANTS, variantLabel } from './decode-bench.js';
+import { decodeKey, type Measurement, type Pass, type Results, type Sweep } from './results.js';
+import { axisValue, decodeGroups, encoderNs, headsText } from './tables.js';
 
 /** A Vega-Lite specification (kept as plain data: the vega-lite types are not needed to build one). */
 export type VegaLiteSpec = Record<string, unknown>;
@@ -195,9 +198,81 @@ function encoderSpec(title: string, data: Datum[], yTitle: string): VegaLiteSpec
   return { title, config: CONFIG, background: 'white', padding: 10, width: 420, height: 260, data: { values: data }, layer: barLayers(data, 'N (sequence length)', yTitle) };
 }
 
+/** One point of the decode chart: a series' GB/s at Nk, in the panel of its (D, heads) group and batch. */
+export interface DecodeDatum {
+  group: string;
+  batch: string;
+  x: number;
+  series: string;
+  value: number | null;
+  oom: boolean;
+}
+
+const DECODE_COLORS = ['#1f77b4', '#17becf', '#9467bd', '#2ca02c', '#d62728', '#ff7f0e', '#8c564b', '#e377c2'];
+
+/** The decode chart's data: ours per variant, then each peer's series, for every case of the tables. */
+export function decodeData(r: Results): DecodeDatum[] {
+  const d = r.decode!;
+  const anchor = r.anchors?.decode;
+  const out: DecodeDatum[] = [];
+  for (const g of decodeGroups(r)) {
+    const group = `D=${g.cases[0].D}, H=${g.cases[0].H}, Hkv=${g.cases[0].Hkv} (${headsText(g.cases[0])})`;
+    for (const c of g.cases) {
+      const at = { group, batch: `B=${c.B}`, x: c.Nk };
+      for (const variant of DECODE_VARIANTS) {
+        const m = d.measurements.find((x) => x.variant === variant && decodeKey(x) === decodeKey(c));
+        if (!m) continue;
+        out.push({ ...at, series: variantLabel(variant, m.pageSize), value: m.status === 'ok' ? m.gbps : null, oom: m.status === 'out-of-memory' });
+      }
+      for (const s of anchor ? decodeSeriesOf(anchor) : []) {
+        const row = decodeFor(anchor!, c, s);
+        if (row) out.push({ ...at, series: s, value: row.error ? null : row.gbps, oom: Boolean(row.error && /out of memory/i.test(row.error)) });
+      }
+    }
+  }
+  return out;
+}
+
+function decodeSpec(r: Results, data: DecodeDatum[]): VegaLiteSpec {
+  const peak = r.decode!.settings.peakGBps;
+  const nks = [...new Set(data.map((d) => d.x))].sort((a, b) => a - b);
+  const series = [...new Set(data.map((d) => d.series))];
+  const x = { field: 'x', type: 'quantitative', title: 'Nk (keys per sequence)', scale: { type: 'log', base: 2, domain: [nks[0] / 1.3, nks[nks.length - 1] * 1.3], nice: false }, axis: { values: nks, labelExpr: "datum.value >= 1024 ? format(datum.value / 1024, 'd') + 'k' : format(datum.value, 'd')", labelAngle: 0 } };
+  const y = { field: 'value', type: 'quantitative', title: 'GB/s', scale: { zero: true, ...(peak !== null ? { domainMax: peak * 1.05 } : {}) } };
+  const color = { field: 'series', type: 'nominal', title: null, scale: { domain: series, range: series.map((_, i) => DECODE_COLORS[i % DECODE_COLORS.length]) }, legend: { orient: 'top', labelLimit: 400, columns: 3 } };
+  const layers: object[] = [{ mark: { type: 'line', point: { size: 40 }, strokeWidth: 2 }, transform: [{ filter: 'isValid(datum.value)' }], encoding: { x, y, color } }];
+  if (peak !== null) layers.push({ mark: { type: 'rule', strokeDash: [4, 3], color: '#888' }, encoding: { y: { datum: peak } } });
+  const groups = [...new Set(data.map((d) => d.group))];
+  const batches = [...new Set(data.map((d) => d.batch))].sort((a, b) => Number(a.slice(2)) - Number(b.slice(2)));
+  return {
+    title: `Decode: K and V read per second${peak !== null ? ` (dashed: peak ${peak} GB/s)` : ''}`,
+    config: CONFIG,
+    background: 'white',
+    padding: 10,
+    data: { values: data },
+    facet: {
+      row: { field: 'group', type: 'nominal', title: null, sort: groups, header: { labelAngle: 0, labelAlign: 'left', labelOrient: 'top', labelAnchor: 'start', labelFontWeight: 'bold' } },
+      column: { field: 'batch', type: 'nominal', title: null, sort: batches, header: { labelFontWeight: 'bold' } },
+    },
+    spec: { width: 240, height: 170, layer: layers },
+  };
+}
+
 /** Every chart the results call for, in the order index.html shows them. */
 export function chartsFor(r: Results): Chart[] {
   const charts: Chart[] = [];
+  if (r.decode) {
+    const data = decodeData(r);
+    if (data.some((d) => d.value !== null)) {
+      charts.push({
+        id: 'decode-bandwidth',
+        title: 'Decode: bandwidth over Nk',
+        caption: `GB/s of K and V read (2·B·Nk·Hkv·D·2 bytes / median time per call), one panel per head dim, head grouping and batch${r.anchors?.decode ? ", ours beside the peers' figures" : ''}. A decode call reads all of K and V once, so the peak memory bandwidth is its ceiling.`,
+        spec: decodeSpec(r, data),
+      });
+    }
+    return charts;
+  }
   const nSweeps = r.attention.sweeps.filter((s) => s.axis === 'N');
   if (nSweeps.length) {
     const where = r.environment.backend === 'webgpu' ? 'HBM' : 'main memory';

@@ -5,7 +5,7 @@
  */
 import type { RenderedChart } from './charts.js';
 import type { Results } from './results.js';
-import { attentionNotes, encoderTable, sdpaTable, sweepTable, validationLines, type TableModel } from './tables.js';
+import { attentionNotes, decodeGroups, decodeNotes, decodeSummaryTable, decodeTable, decodeValidationLines, encoderTable, sdpaTable, sweepTable, validationLines, type TableModel } from './tables.js';
 
 export function escapeHtml(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
@@ -59,11 +59,25 @@ export function reportHtml(r: Results, charts: readonly RenderedChart[], chartsN
     ['cpu', `${env.cpu} (${env.cores} cores), ${env.platform}/${env.arch}`],
     ['suite', `${r.settings.suite}; ${r.settings.repeats} timed samples per row after a warm-up; seed ${r.settings.seed}`],
   ];
+  if (r.decode) envRows.push(['peak bandwidth', r.decode.settings.peakGBps === null ? 'unknown' : `${r.decode.settings.peakGBps} GB/s (${r.decode.settings.peakSource})`]);
+  // The body's first part is its introduction, shown above the environment.
+  const [intro, ...body] = r.decode ? decodeParts(r, fig, chartsNote) : attentionParts(r, fig, chartsNote);
+  const parts: string[] = [`<h1>flashattn bench</h1>`, intro, `<dl>${envRows.map(([k, v]) => `<dt>${escapeHtml(k)}</dt><dd>${escapeHtml(v)}</dd>`).join('')}</dl>`, ...body];
+  parts.push(`<h2>Files</h2><p>results.json holds every measurement (raw sample times included), the validations and the environment; each chart is also a .svg and a .png file beside this page.</p>`);
+  return `<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>flashattn bench: ${escapeHtml(env.backend)} ${escapeHtml(env.date)}</title>
+<style>${STYLE}</style></head>
+<body>
+${parts.filter((p) => p !== '').join('\n')}
+</body></html>
+`;
+}
+
+/** The page's body for the default and product suites: validations, attention tables and charts, encoder. */
+function attentionParts(r: Results, fig: (id: string) => string, chartsNote: string | undefined): string[] {
   const failed = r.attention.validations.filter((v) => !v.ok).length;
   const parts: string[] = [
-    `<h1>flashattn bench</h1>`,
     `<p>FlashAttention (tiled, online softmax, never stores the N×N score matrix) against the standard algorithm (stores S and P, and P, dP, dS in the backward), on the same backend. Every kernel was validated against a float64 reference before it was timed.</p>`,
-    `<dl>${envRows.map(([k, v]) => `<dt>${escapeHtml(k)}</dt><dd>${escapeHtml(v)}</dd>`).join('')}</dl>`,
     `<h2>Validation</h2>`,
     `<p>Each kernel (algorithm × forward/backward × D, dtype, causal) ran on a small problem and was compared with the float64 reference: ${failed ? `<span class="fail">${failed} FAILED</span> (not timed)` : '<span class="ok">all passed</span>'}.</p>`,
     `<details${failed ? ' open' : ''}><summary>${r.attention.validations.length} validations</summary><pre>${escapeHtml(validationLines(r).join('\n'))}</pre></details>`,
@@ -89,12 +103,23 @@ export function reportHtml(r: Results, charts: readonly RenderedChart[], chartsN
     );
     parts.push(fig('encoder-time'), fig('encoder-memory'), table(encoderTable(r.encoder, r.anchors?.seed)));
   }
-  parts.push(`<h2>Files</h2><p>results.json holds every measurement (raw sample times included), the validations and the environment; each chart is also a .svg and a .png file beside this page.</p>`);
-  return `<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>flashattn bench: ${escapeHtml(env.backend)} ${escapeHtml(env.date)}</title>
-<style>${STYLE}</style></head>
-<body>
-${parts.filter((p) => p !== '').join('\n')}
-</body></html>
-`;
+  return parts;
+}
+
+/** The page's body for the decode suite: validations, the bandwidth chart, the tables beside the peers'. */
+function decodeParts(r: Results, fig: (id: string) => string, chartsNote: string | undefined): string[] {
+  const d = r.decode!;
+  const failed = d.validations.filter((v) => !v.ok).length;
+  const parts = [
+    `<p>The decode step of inference: one new query per sequence (Nq = 1) against a long K and V, which it reads once with little arithmetic per byte, so its measure is the memory bandwidth reached. Each case ran as forward() on the tensors, and through a contiguous and a paged KV cache; each was validated against a float64 reference before it was timed.</p>`,
+    `<h2>Validation</h2>`,
+    `<p>The first batch row's first key/value head and the last row's last (with their query heads), for each case and variant, against the float64 reference over the same values: ${failed ? `<span class="fail">${failed} FAILED</span> (not timed)` : '<span class="ok">all passed</span>'}.</p>`,
+    `<details${failed ? ' open' : ''}><summary>${d.validations.length} validations</summary><pre>${escapeHtml(decodeValidationLines(d).join('\n'))}</pre></details>`,
+    `<h2>Decode</h2>`,
+  ];
+  if (chartsNote) parts.push(`<p class="fail">No charts: ${escapeHtml(chartsNote)}</p>`);
+  parts.push(fig('decode-bandwidth'), table(decodeSummaryTable(r)));
+  for (const g of decodeGroups(r)) parts.push(table(decodeTable(r, g)));
+  parts.push(`<ul class="notes">${decodeNotes(r).map((n) => `<li>${escapeHtml(n)}</li>`).join('')}</ul>`);
+  return parts;
 }

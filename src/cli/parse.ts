@@ -47,3 +47,11 @@ export function parseAxes(value: string): SweepAxis[] {
   });
   return [...new Set(axes)];
 }
+
+/** A positive finite number in decimal ("4800", "3350.5"). */
+export function parsePositiveNumber(value: string): number {
+  const s = value.trim();
+  const n = Number(s);
+  if (!/^\d+(\.\d+)?$/.test(s) || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError('It must be a positive number.');
+  return n;
+}

@@ -11,12 +11,29 @@ import { runEncoder, type EncoderFactory } from './encoder-bench.js';
 import { createEncoder } from '../models/encoder.js';
 import { info } from './info.js';
 import { cpuGeometry, webgpuGeometry } from './io.js';
-import { parseAxes, parseIntList, parsePositiveInt, parseSeed } from './parse.js';
+import { DECODE_CALLS, DECODE_REPEATS, DECODE_VARIANTS, H200_PEAK_GBPS, defaultPeakGBps, runDecode } from './decode-bench.js';
+import { HASHED_INPUTS } from './decode-inputs.js';
+import { parseAxes, parseIntList, parsePositiveInt, parsePositiveNumber, parseSeed } from './parse.js';
 import { progressOn } from './progress.js';
 import { formatHeader, formatResults, machine, packageVersion, webgpuVersion, writeReport } from './report.js';
 import type { BenchBackend, BenchDType, Case, Results, Suite, SweepAxis } from './results.js';
 import type { Precision } from '../index.js';
-import { DEFAULT_NS, ENCODER_DEFAULTS, PRODUCT_NS, SWEEP_AXES, defaultSweeps, encoderSettings, productSweeps, uniqueCases, type Scale } from './suites.js';
+import {
+  DECODE_GRIDS,
+  DECODE_MAX_KV_BYTES,
+  DECODE_PAGE_SIZE,
+  DEFAULT_NS,
+  ENCODER_DEFAULTS,
+  PRODUCT_NS,
+  SWEEP_AXES,
+  decodeGrid,
+  defaultSweeps,
+  encoderSettings,
+  fmtBytes,
+  productSweeps,
+  uniqueCases,
+  type Scale,
+} from './suites.js';
 
 interface BenchOptions {
   backend: BenchBackend | 'auto';
@@ -38,10 +55,18 @@ interface BenchOptions {
   encoderBatch?: number;
   encoderMaxN?: number;
   anchor: string[];
+  peakBandwidth?: number;
+  calls?: number;
+  pageSize: number;
 }
 
 /** Options that shape the default suite only (the product suite's grid is fixed). */
 const DEFAULT_SUITE_ONLY = ['batch', 'heads', 'dim', 'causal', 'sweeps', 'encoderBatch', 'encoderMaxN'] as const;
+/** Options the decode suite has no use for (it has no standard baseline, encoder, mask or f32). */
+const NOT_DECODE = ['heads', 'causal', 'sweeps', 'encoderBatch', 'encoderMaxN', 'standard', 'encoder', 'precision'] as const;
+/** Options of the decode suite alone. */
+const DECODE_ONLY = ['peakBandwidth', 'calls', 'pageSize'] as const;
+const g = DECODE_GRIDS;
 
 const BENCH_HELP_AFTER = `
 What it does:
@@ -73,6 +98,24 @@ Suites:
   product  the grid of FlashAttention's own benchmark (B·N = 16384 tokens, H·D = 2048): D ∈ {64, 128},
            N = ${PRODUCT_NS.join(', ')} (--n narrows it), B = 16384/N, H = 2048/D, causal off and on,
            f16 (where supported) and f32 (--dtype: one of them). Meant for a GPU.
+  decode   inference's decode step: one query per sequence (Nq = 1) against K and V of Nk tokens, f16,
+           not causal; q (B, 1, H, D) and k, v (B, Nk, Hkv, D), BNHD. GPU: Nk = ${g.gpu.Nk.join(', ')},
+           B = ${g.gpu.B.join(', ')}, (H, Hkv) = ${g.gpu.heads.map(([h, kv]) => `(${h}, ${kv})`).join(' and ')} (GQA 4:1 and 1:1), D = ${g.gpu.D.join(', ')}, less the cases
+           whose K and V pass ${fmtBytes(DECODE_MAX_KV_BYTES)} and those whose K passes the device's
+           maxStorageBufferBindingSize (listed under the tables). cpu and software adapters: B = ${g.small.B.join(', ')},
+           (H, Hkv) = (${g.small.heads[0].join(', ')}), D = ${g.small.D.join(', ')}, Nk = ${g.small.Nk.join(', ')}. --n, --batch and --dim narrow it (Nk,
+           one B, one D). Each case runs three ways: ${DECODE_VARIANTS.join(', ')}. forward: forward() on the tensors
+           (GPUBuffers on webgpu; it makes out and lse each call); cache and paged: a contiguous KV cache
+           and a paged one (--page-size tokens a page, default ${DECODE_PAGE_SIZE}), filled once with append(), timed on
+           cache.forward(q) into out and lse supplied by the caller. Each is validated on the first batch
+           row's first key/value head and the last row's last (with their query heads) against the float64
+           reference over the same values (tolerance as above), then timed: ${SPIN_UP_MS} ms of calls back to
+           back, then --repeats samples (default ${DECODE_REPEATS} here) of --calls back-to-back calls (default ${DECODE_CALLS.gpu}
+           on a GPU, ${DECODE_CALLS.cpu} on the cpu) between two GPU timestamps. Each row: median ms per call and
+           min–max over the samples; GB/s = K and V bytes (2·B·Nk·Hkv·D·2) / median time, and % of
+           --peak-bandwidth (default ${H200_PEAK_GBPS} GB/s on an adapter named H200, else none); the host's wall ms
+           per call (before the first call to after the queue is idle, / calls) and wall/GPU. K and V are
+           a hash of each element's index, made on the device (no upload).
 
 Report (--out, default report/): results.json (every measurement with its raw sample times, the
   validations, the environment), each chart as .svg and .png, and index.html, one self-contained page;
@@ -81,9 +124,11 @@ Report (--out, default report/): results.json (every measurement with its raw sa
   has its tables and says why there are no charts.
 
 PyTorch beside ours (--anchor FILE, repeatable): the JSON lines printed by bench/anchors/pytorch_sdpa.py
-  (SDPA math/efficient/flash/cudnn per shape: one table of TFLOP/s beside ours) or
-  bench/anchors/pytorch_seed_notebook.py (the encoder's ms and peak MiB beside ours), scripts in the
-  flashattn repository and package, run with PyTorch on a CUDA GPU.
+  (SDPA math/efficient/flash/cudnn per shape: one table of TFLOP/s beside ours),
+  bench/anchors/pytorch_seed_notebook.py (the encoder's ms and peak MiB beside ours),
+  bench/anchors/pytorch_decode.py or bench/peers/onnxruntime-decode.mjs (decode: their ms and GB/s as
+  rows of the decode tables and series of the bandwidth chart); scripts of the flashattn
+  repository, the PyTorch ones run on a CUDA GPU.
 
 Progress goes to stderr (a bar on a terminal, lines otherwise); the header and tables to stdout.
 
@@ -96,6 +141,8 @@ Examples:
   $ flashattn bench --backend cpu --n 512,2048 --causal --dtype f16 --sweeps N --no-encoder
   $ flashattn bench --suite product --anchor sdpa.jsonl --out report-h100
   $ flashattn bench --anchor seed.jsonl --encoder-max-n 16384
+  $ flashattn bench --suite decode --anchor decode.jsonl --out report-decode
+  $ flashattn bench --suite decode --backend webgpu --n 1024,4096 --calls 20    # a software adapter: a small grid
 `;
 
 /** The webgpu adapter, or a message that says why there is none. */
@@ -109,9 +156,21 @@ async function gpuOrReason(): Promise<Gpu | string> {
 
 async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFactory): Promise<void> {
   const fail = (message: string): never => cmd.error(`error: ${message}`, { exitCode: 2 });
+  const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+  const given = (keys: readonly string[]) => keys.filter((k) => cmd.getOptionValueSource(k) === 'cli');
   if (o.suite === 'product') {
-    const given = DEFAULT_SUITE_ONLY.filter((k) => cmd.getOptionValueSource(k) === 'cli');
-    if (given.length) fail(`--${given[0].replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} does not apply to --suite product (its grid is fixed)`);
+    const wrong = given(DEFAULT_SUITE_ONLY);
+    if (wrong.length) fail(`${flag(wrong[0])} does not apply to --suite product (its grid is fixed)`);
+  }
+  if (o.suite === 'decode') {
+    const wrong = given(NOT_DECODE);
+    if (wrong.length) fail(`${flag(wrong[0])} does not apply to --suite decode`);
+    if (o.dtype === 'f32') fail('--dtype f32: the decode suite is f16');
+    if (o.backend === 'reference') fail("--backend reference: the decode suite runs on 'cpu' or 'webgpu'");
+    if (cmd.getOptionValueSource('repeats') !== 'cli') o.repeats = DECODE_REPEATS;
+  } else {
+    const wrong = given(DECODE_ONLY);
+    if (wrong.length) fail(`${flag(wrong[0])} applies to --suite decode only`);
   }
   let anchors: Results['anchors'];
   try {
@@ -140,7 +199,8 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   }
   const scale: Scale = gpu && !gpu.software ? 'gpu' : 'small';
   const f16 = !gpu || gpu.f16;
-  if (o.dtype === 'f16' && !f16) fail("--dtype f16: this adapter lacks 'shader-f16'");
+  if ((o.dtype === 'f16' || o.suite === 'decode') && !f16) fail(`${o.suite === 'decode' ? '--suite decode' : '--dtype f16'}: this adapter lacks 'shader-f16'`);
+  if (o.suite === 'decode') return benchDecode(o, backend as 'cpu' | 'webgpu', gpu, scale, anchors);
   const sweeps =
     o.suite === 'product'
       ? productSweeps(o.n ?? PRODUCT_NS, f16, o.dtype)
@@ -193,6 +253,63 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   if (failed) process.exitCode = 1;
 }
 
+/** The decode suite: its grid, the runs, the tables and the report. */
+async function benchDecode(o: BenchOptions, backend: 'cpu' | 'webgpu', gpu: Gpu | undefined, scale: Scale, anchors: Results['anchors']): Promise<void> {
+  const maxTensor = gpu ? { bytes: Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize), source: 'maxStorageBufferBindingSize' } : undefined;
+  const { cases, dropped } = decodeGrid({ scale, nks: o.n, batches: o.batch === undefined ? undefined : [o.batch], dims: o.dim === undefined ? undefined : [o.dim], ...(maxTensor ? { maxTensor } : {}) });
+  const calls = o.calls ?? (backend === 'cpu' ? DECODE_CALLS.cpu : DECODE_CALLS.gpu);
+  const peakGBps = o.peakBandwidth ?? defaultPeakGBps(gpu?.description);
+  const peakSource = o.peakBandwidth !== undefined ? '--peak-bandwidth' : peakGBps !== null ? "'H200' in the adapter's name" : null;
+  const clock = gpu ? clockFor(gpu.device) : new WallClock();
+  const results: Results = {
+    tool: 'flashattn bench',
+    schema: 1,
+    environment: {
+      ...machine(),
+      ...(gpu ? { webgpu: webgpuVersion() } : {}),
+      backend,
+      ...(gpu ? { adapter: { description: gpu.description, features: [...gpu.device.features].sort(), software: gpu.software } } : {}),
+      timer: clock.method,
+    },
+    settings: { suite: 'decode', repeats: o.repeats, seed: o.seed, standard: false },
+    attention: { sweeps: [], validations: [], measurements: [] },
+    decode: { settings: { pageSize: o.pageSize, calls, peakGBps, peakSource, inputs: HASHED_INPUTS }, cases, dropped, validations: [], measurements: [] },
+  };
+  if (anchors) results.anchors = anchors;
+  process.stdout.write(formatHeader(results) + '\n\n');
+  const progress = progressOn(process.stderr);
+  mkdirSync(o.out, { recursive: true });
+  const log = join(o.out, 'measurements.jsonl');
+  writeFileSync(log, '');
+  try {
+    progress.plan(cases.length * DECODE_VARIANTS.length);
+    const run = await runDecode(cases, {
+      backend,
+      gpu,
+      repeats: o.repeats,
+      calls,
+      seed: o.seed,
+      pageSize: o.pageSize,
+      clock,
+      progress,
+      record: (m) => appendFileSync(log, JSON.stringify({ kind: 'decode', ...m }) + '\n'),
+    });
+    Object.assign(results.decode!, run);
+  } finally {
+    progress.stop();
+  }
+  process.stdout.write(formatResults(results) + '\n\n');
+  const { files, chartsNote } = await writeReport(o.out, results);
+  if (o.json) {
+    writeFileSync(o.json, JSON.stringify(results, null, 2) + '\n');
+    files.push(o.json);
+  }
+  if (chartsNote) process.stderr.write(`no charts: ${chartsNote}\n`);
+  files.push(log);
+  process.stdout.write(`report: ${o.out}/index.html (${files.length} files)\n`);
+  if (results.decode!.measurements.some((m) => m.status === 'failed-validation' || m.status === 'error')) process.exitCode = 1;
+}
+
 /** The command; the encoder experiment builds its models with `encoderFactory` (tests pass their own). */
 export function createProgram(encoderFactory: EncoderFactory = createEncoder): Command {
   const program = new Command();
@@ -226,7 +343,11 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
         .choices(['auto', 'cpu', 'reference', 'webgpu'])
         .default('auto'),
     )
-    .addOption(new Option('--suite <name>', "what to measure: 'default' (sweeps sized for the backend, then the encoder) or 'product' (FlashAttention's benchmark grid; see below)").choices(['default', 'product']).default('default'))
+    .addOption(
+      new Option('--suite <name>', "what to measure: 'default' (sweeps sized for the backend, then the encoder), 'product' (FlashAttention's benchmark grid) or 'decode' (one query against a long KV cache; see below)")
+        .choices(['default', 'product', 'decode'])
+        .default('default'),
+    )
     .addOption(new Option('--out <dir>', 'report folder (created if missing; files in it are replaced)').default('report'))
     .addOption(new Option('--json <file>', 'also write results.json to <file>'))
     .addOption(new Option('--n <list>', `comma-separated sequence lengths N of the N sweep (default: ${DEFAULT_NS.small.join(',')} on the cpu, ${DEFAULT_NS.gpu.join(',')} on a GPU)`).argParser(parseIntList))
@@ -241,13 +362,20 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
         .choices(['highest', 'high'])
         .default('highest'),
     )
-    .addOption(new Option('--repeats <r>', 'timed samples per row, after a warm-up; the median and min–max are reported').argParser(parsePositiveInt).default(3))
+    .addOption(new Option('--repeats <r>', `timed samples per row, after a warm-up; the median and min–max are reported (decode: default ${DECODE_REPEATS})`).argParser(parsePositiveInt).default(3))
     .addOption(new Option('--seed <s>', 'seed of the random inputs (0 to 2^32-1)').argParser(parseSeed).default(1))
     .addOption(new Option('--no-standard', 'skip the standard baseline in the attention sweeps (flash only)'))
     .addOption(new Option('--no-encoder', 'skip the encoder experiment'))
     .addOption(new Option('--encoder-batch <B>', `the encoder's batch (default: ${ENCODER_DEFAULTS.small.batch} on the cpu, ${ENCODER_DEFAULTS.gpu.batch} on a GPU)`).argParser(parsePositiveInt))
     .addOption(new Option('--encoder-max-n <N>', `the encoder's largest N (default: ${ENCODER_DEFAULTS.small.maxN} on the cpu, ${ENCODER_DEFAULTS.gpu.maxN} on a GPU)`).argParser(parsePositiveInt))
-    .addOption(new Option('--anchor <file>', "PyTorch's figures to show beside ours: JSON lines of bench/anchors/pytorch_sdpa.py or pytorch_seed_notebook.py (repeatable)").argParser((v: string, prev: string[]) => [...prev, v]).default([]))
+    .addOption(
+      new Option('--anchor <file>', "peers' figures to show beside ours: JSON lines of bench/anchors/pytorch_sdpa.py, pytorch_seed_notebook.py, bench/anchors/pytorch_decode.py or bench/peers/onnxruntime-decode.mjs (repeatable)")
+        .argParser((v: string, prev: string[]) => [...prev, v])
+        .default([]),
+    )
+    .addOption(new Option('--peak-bandwidth <GBps>', `decode: the device's peak memory bandwidth in GB/s, for the % of peak column (default ${H200_PEAK_GBPS} on an adapter named H200, else none)`).argParser(parsePositiveNumber))
+    .addOption(new Option('--calls <n>', `decode: back-to-back calls per timed sample (default ${DECODE_CALLS.gpu} on a GPU, ${DECODE_CALLS.cpu} on the cpu)`).argParser(parsePositiveInt))
+    .addOption(new Option('--page-size <tokens>', 'decode: tokens per page of the paged KV cache').argParser(parsePositiveInt).default(DECODE_PAGE_SIZE))
     .addHelpText('after', BENCH_HELP_AFTER)
     .action(async (o: BenchOptions, cmd: Command) => bench(o, cmd, encoderFactory));
 

@@ -11,7 +11,7 @@ import Table from 'cli-table3';
 import { ChartsUnavailableError, chartsFor, renderCharts, type RenderedChart } from './charts.js';
 import { reportHtml } from './html.js';
 import type { Environment, Results } from './results.js';
-import { attentionNotes, encoderTable, sdpaTable, sweepTable, validationLines, type TableModel } from './tables.js';
+import { attentionNotes, decodeGroups, decodeNotes, decodeSummaryTable, decodeTable, decodeValidationLines, encoderTable, sdpaTable, sweepTable, validationLines, type TableModel } from './tables.js';
 
 /** The package version, read from package.json next to the build (dist/src/cli/ -> ../../../). */
 export function packageVersion(): string {
@@ -54,10 +54,16 @@ export function formatHeader(r: Results): string {
     ['cpu', `${e.cpu} (${e.cores} cores), ${e.platform}/${e.arch}`],
     ['backend', e.backend],
     ...(e.adapter ? ([['adapter', `${e.adapter.description}${e.adapter.software ? ' (software)' : ''}`]] as [string, string][]) : []),
-    ['timing', `${e.timer}; ${r.settings.repeats} timed sample${r.settings.repeats === 1 ? '' : 's'} per row after a warm-up; median and min–max`],
-    ['suite', r.settings.suite],
-    ['precision', `${r.settings.precision ?? 'highest'} (f32 products${r.settings.precision === 'high' ? ': split into f16 halves on tensor cores where the GPU has them' : ': in f32 or wider'})`],
+    [
+      'timing',
+      r.decode
+        ? `${e.timer}; ${r.settings.repeats} timed sample${r.settings.repeats === 1 ? '' : 's'} of ${r.decode.settings.calls} back-to-back calls per row after a spin-up; median and min–max`
+        : `${e.timer}; ${r.settings.repeats} timed sample${r.settings.repeats === 1 ? '' : 's'} per row after a warm-up; median and min–max`,
+    ],
+    ['suite', r.decode ? `decode (${r.decode.cases.length} cases × 3 variants, ${r.decode.dropped.length} left out)` : r.settings.suite],
   ];
+  if (!r.decode) rows.push(['precision', `${r.settings.precision ?? 'highest'} (f32 products${r.settings.precision === 'high' ? ': split into f16 halves on tensor cores where the GPU has them' : ': in f32 or wider'})`]);
+  else rows.push(['peak', r.decode.settings.peakGBps === null ? 'unknown (--peak-bandwidth)' : `${r.decode.settings.peakGBps} GB/s (${r.decode.settings.peakSource})`]);
   return ['flashattn bench', ...rows.map(([k, v]) => `  ${k.padEnd(10)}${v}`)].join('\n');
 }
 
@@ -74,6 +80,15 @@ export function formatTable(t: TableModel): string {
 
 /** Everything the terminal shows after a run, from the validations to the last table. */
 export function formatResults(r: Results): string {
+  if (r.decode) {
+    const d = r.decode;
+    return [
+      `validation against the float64 reference (backend 'reference', algorithm 'standard'):\n${decodeValidationLines(d).map((l) => `  ${l}`).join('\n')}`,
+      formatTable(decodeSummaryTable(r)),
+      ...decodeGroups(r).map((g) => formatTable(decodeTable(r, g))),
+      decodeNotes(r).join('\n'),
+    ].join('\n\n');
+  }
   const parts = [
     `validation against the float64 reference (backend 'reference', algorithm 'standard'):\n${validationLines(r).map((l) => `  ${l}`).join('\n')}`,
     ...r.attention.sweeps.map((s) => formatTable(sweepTable(r, s))),

@@ -5,11 +5,11 @@
  * Everything the terminal tables, the charts and index.html show is computed from this one object.
  */
 import type { Algorithm, Precision } from '../index.js';
-import type { SdpaAnchor, SeedAnchor } from './anchors.js';
+import type { DecodeAnchor, SdpaAnchor, SeedAnchor } from './anchors.js';
 
 export type BenchBackend = 'cpu' | 'reference' | 'webgpu';
 export type BenchDType = 'f32' | 'f16';
-export type Suite = 'default' | 'product';
+export type Suite = 'default' | 'product' | 'decode';
 /** The timed passes: the forward alone, and forward then backward (the backward fed that forward's out and lse). */
 export type Pass = 'forward' | 'forward+backward';
 /** How a time was taken: GPU timestamps, wall clock until the GPU queue is idle, or wall clock (cpu). */
@@ -141,14 +141,103 @@ export interface Settings {
   precision?: Precision;
 }
 
+/**
+ * One decode problem (the decode suite): q of shape (B, 1, H, D) against k and v of shape (B, Nk, Hkv, D),
+ * layout BNHD, not causal.
+ */
+export interface DecodeCase {
+  B: number;
+  H: number;
+  Hkv: number;
+  Nk: number;
+  D: number;
+  dtype: BenchDType;
+}
+
+/**
+ * How a decode case is run: `forward` is forward() on GPUBuffer tensors (typed arrays on the cpu), which
+ * makes its out and lse each call; `cache` a contiguous KV cache filled once with append(), timed on
+ * cache.forward(q) into out and lse the caller supplies; `paged` the same with a paged cache.
+ */
+export type DecodeVariant = 'forward' | 'cache' | 'paged';
+
+/** A decode validation: the batch rows and key/value heads compared with the float64 reference. */
+export interface DecodeValidation extends DecodeCase {
+  variant: DecodeVariant;
+  /** (batch row, key/value head) pairs checked, each with its H/Hkv query heads: the first row's first head, the last row's last. */
+  slices: [number, number][];
+  ok: boolean;
+  tolerance: number;
+  /** Per tensor: max |ours − reference| / max |reference| over the rows and heads checked. */
+  errors: Record<string, number>;
+  message?: string;
+}
+
+export interface DecodeMeasurement extends DecodeCase {
+  variant: DecodeVariant;
+  /** Tokens per page of the paged cache (null for the others). */
+  pageSize: number | null;
+  status: Status;
+  /** Bytes of K and V the attention reads: 2·B·Nk·Hkv·D·(bytes per element). */
+  kvBytes: number;
+  /** Back-to-back calls per timed sample. */
+  calls: number;
+  /** Time per call of each sample (the sample's interval / calls), GPU timestamps where there are. */
+  timesMs: number[];
+  medianMs: number | null;
+  minMs: number | null;
+  maxMs: number | null;
+  /** The host's wall time per call of each sample: before the first call to after the queue is idle, / calls. */
+  wallMs: number[];
+  wallMedianMs: number | null;
+  /** wallMedianMs / medianMs: how far the host's cost per call is above the device's (1: hidden). */
+  wallRatio: number | null;
+  /** kvBytes / medianMs, GB/s (10^9 bytes per second). */
+  gbps: number | null;
+  message?: string;
+}
+
+/** A case of the decode grid that was left out, and why. */
+export interface DroppedDecodeCase extends DecodeCase {
+  reason: string;
+}
+
+export interface DecodeSettings {
+  /** Tokens per page of the paged variant. */
+  pageSize: number;
+  calls: number;
+  /** The device's peak memory bandwidth, GB/s, for the % of peak column (null: unknown). */
+  peakGBps: number | null;
+  /** Where peakGBps came from: '--peak-bandwidth', or the adapter's name. */
+  peakSource: string | null;
+  /** How K and V were filled (a hash of each element's index: the values need not be drawn on the host). */
+  inputs: string;
+}
+
+export interface DecodeResult {
+  settings: DecodeSettings;
+  cases: DecodeCase[];
+  dropped: DroppedDecodeCase[];
+  validations: DecodeValidation[];
+  measurements: DecodeMeasurement[];
+}
+
 export interface Results {
   tool: 'flashattn bench';
   schema: 1;
   environment: Environment;
   settings: Settings;
+  /** The attention sweeps (empty for the decode suite). */
   attention: AttentionResult;
   encoder?: EncoderResult;
-  anchors?: { sdpa?: SdpaAnchor; seed?: SeedAnchor };
+  /** The decode suite. */
+  decode?: DecodeResult;
+  anchors?: { sdpa?: SdpaAnchor; seed?: SeedAnchor; decode?: DecodeAnchor };
+}
+
+/** A stable key for a decode case. */
+export function decodeKey(c: DecodeCase): string {
+  return `B${c.B}-H${c.H}-Hkv${c.Hkv}-Nk${c.Nk}-D${c.D}-${c.dtype}`;
 }
 
 /** A stable key for a case (measurements and charts join on it). */

@@ -9,8 +9,12 @@
  *   the other sweeps at N=4096.
  * product suite (issue 4): exactly PRODUCT.md's grid: D ∈ {64, 128}, N = 512 .. 16384, B = 16384/N,
  *   H = 2048/D, causal off and on, f16 (where the adapter has it) and f32.
+ * decode suite: one new query per sequence (Nq = 1) against a long K/V, f16: on a GPU Nk = 1k .. 128k,
+ *   B ∈ {1, 8, 32}, H = 32 with Hkv = 8 (GQA 4:1) and 32 (1:1), D ∈ {64, 128}, less the cases whose K and
+ *   V pass 16 GiB or one device binding; on the cpu (and software adapters) B=1, H=8, Hkv=2, D=64,
+ *   Nk = 1k .. 8k.
  */
-import { caseKey, type BenchDType, type Case, type EncoderSettings, type Sweep, type SweepAxis } from './results.js';
+import { caseKey, type BenchDType, type Case, type DecodeCase, type DroppedDecodeCase, type EncoderSettings, type Sweep, type SweepAxis } from './results.js';
 
 export const SWEEP_AXES: readonly SweepAxis[] = ['N', 'D', 'causal', 'dtype'];
 
@@ -128,4 +132,73 @@ export function encoderSettings(scale: Scale, dtype: BenchDType, repeats: number
   const ns: number[] = [];
   for (let N = Math.min(d.firstN, cap); N <= cap; N *= 2) ns.push(N);
   return { ...ENCODER, batch: batch ?? d.batch, dtype, ns, repeats: Math.min(repeats, d.repeats ?? repeats) };
+}
+
+/** The decode suite's grid: sequence lengths, batches, (H, Hkv) pairs and head dims. */
+export interface DecodeGrid {
+  Nk: readonly number[];
+  B: readonly number[];
+  heads: readonly (readonly [number, number])[];
+  D: readonly number[];
+}
+
+export const DECODE_GRIDS: Record<Scale, DecodeGrid> = {
+  gpu: { Nk: [1024, 4096, 16384, 32768, 131072], B: [1, 8, 32], heads: [[32, 8], [32, 32]], D: [64, 128] },
+  small: { Nk: [1024, 2048, 4096, 8192], B: [1], heads: [[8, 2]], D: [64] },
+};
+/** K and V together above this are left out of the decode grid (with a line that says so). */
+export const DECODE_MAX_KV_BYTES = 16 * 2 ** 30;
+/** Tokens per page of the decode suite's paged cache (vLLM's default). */
+export const DECODE_PAGE_SIZE = 16;
+
+const ELEMENT_BYTES: Record<BenchDType, number> = { f32: 4, f16: 2 };
+
+/** Bytes of K and V a decode call reads: 2·B·Nk·Hkv·D elements. */
+export function kvBytes(c: Pick<DecodeCase, 'B' | 'Nk' | 'Hkv' | 'D' | 'dtype'>): number {
+  return 2 * c.B * c.Nk * c.Hkv * c.D * ELEMENT_BYTES[c.dtype];
+}
+
+/** "16 GiB", "512 MiB": a size for the reasons a case was dropped. */
+export function fmtBytes(bytes: number): string {
+  const gib = bytes / 2 ** 30;
+  return gib >= 1 ? `${+gib.toFixed(2)} GiB` : `${+(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
+export interface DecodeGridOptions {
+  scale: Scale;
+  /** Narrow (or replace) the grid's sequence lengths, batches and head dims. */
+  nks?: readonly number[];
+  batches?: readonly number[];
+  dims?: readonly number[];
+  /** The most bytes one tensor (K or V) may have on this device (the binding limit), and its name. */
+  maxTensor?: { bytes: number; source: string };
+}
+
+/**
+ * The decode suite's cases, D, then (H, Hkv), then B, then Nk ascending, f16; and those left out: K and V
+ * above DECODE_MAX_KV_BYTES together, or K above the device's largest binding (forward() and the cache
+ * bind K and V whole).
+ */
+export function decodeGrid(o: DecodeGridOptions): { cases: DecodeCase[]; dropped: DroppedDecodeCase[] } {
+  const g = DECODE_GRIDS[o.scale];
+  const cases: DecodeCase[] = [];
+  const dropped: DroppedDecodeCase[] = [];
+  for (const D of o.dims ?? g.D) {
+    for (const [H, Hkv] of g.heads) {
+      for (const B of o.batches ?? g.B) {
+        for (const Nk of o.nks ?? g.Nk) {
+          const c: DecodeCase = { B, H, Hkv, Nk, D, dtype: 'f16' };
+          const bytes = kvBytes(c);
+          if (bytes > DECODE_MAX_KV_BYTES) {
+            dropped.push({ ...c, reason: `K and V are ${fmtBytes(bytes)}, over the suite's ${fmtBytes(DECODE_MAX_KV_BYTES)}` });
+          } else if (o.maxTensor && bytes / 2 > o.maxTensor.bytes) {
+            dropped.push({ ...c, reason: `K is ${fmtBytes(bytes / 2)}, over this device's ${o.maxTensor.source} (${o.maxTensor.bytes} bytes): forward() and the KV cache bind K and V whole` });
+          } else {
+            cases.push(c);
+          }
+        }
+      }
+    }
+  }
+  return { cases, dropped };
 }

@@ -5,9 +5,26 @@
  * is one cell spanning the measured columns that says so.
  */
 import type { Algorithm } from '../index.js';
-import { SDPA_BACKENDS, sdpaFor, type SdpaAnchor, type SdpaRow, type SeedAnchor, type SeedRow } from './anchors.js';
+import { SDPA_BACKENDS, decodeFor, decodeSeriesOf, sdpaFor, type DecodeRow, type SdpaAnchor, type SdpaRow, type SeedAnchor, type SeedRow } from './anchors.js';
 import { formatErrors, measurementOf } from './bench.js';
-import { caseKey, type Case, type EncoderPoint, type EncoderResult, type Measurement, type Pass, type Results, type Sweep, type SweepAxis } from './results.js';
+import { DECODE_VARIANTS, variantLabel } from './decode-bench.js';
+import {
+  caseKey,
+  decodeKey,
+  type Case,
+  type DecodeCase,
+  type DecodeMeasurement,
+  type DecodeResult,
+  type DroppedDecodeCase,
+  type EncoderPoint,
+  type EncoderResult,
+  type Measurement,
+  type Pass,
+  type Results,
+  type Sweep,
+  type SweepAxis,
+} from './results.js';
+import { kvBytes } from './suites.js';
 
 /** A cell: text, or text spanning several columns. */
 export type Cell = string | { text: string; span: number };
@@ -213,4 +230,170 @@ export function encoderTable(e: EncoderResult, seed?: SeedAnchor): TableModel {
     numeric: head.map((_, i) => i),
     notes,
   };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The decode suite
+
+/** Microseconds from ms, three significant digits: a decode call takes from a few µs to a few ms. */
+export function fmtUs(ms: number): string {
+  const us = ms * 1000;
+  return us >= 100 ? us.toFixed(0) : us.toPrecision(3);
+}
+
+/** GB/s with three significant digits (a cpu reads a few). */
+export function fmtGBps(x: number): string {
+  return x >= 100 ? x.toFixed(0) : x.toPrecision(3);
+}
+
+/** A fraction of the peak as a percentage ("" where the peak is unknown). */
+export function fmtPeak(gbps: number | null, peak: number | null): string {
+  if (gbps === null || peak === null) return '';
+  const p = (100 * gbps) / peak;
+  return `${p >= 10 ? p.toFixed(0) : p.toFixed(1)} %`;
+}
+
+function decodeCaseText(c: DecodeCase): string {
+  return `B=${c.B} H=${c.H} Hkv=${c.Hkv} D=${c.D} Nk=${c.Nk}`;
+}
+
+/** "GQA 4:1" or "1:1" (H = Hkv). */
+export function headsText(c: Pick<DecodeCase, 'H' | 'Hkv'>): string {
+  return c.H === c.Hkv ? '1:1' : `GQA ${c.H / c.Hkv}:1`;
+}
+
+/** The decode validation lines: one per case and variant. */
+export function decodeValidationLines(d: DecodeResult): string[] {
+  return d.validations.map((v) => {
+    const where = `row/kv head ${v.slices.map(([b, g]) => `${b}/${g}`).join(', ')}`;
+    const what = v.message ?? `max|err|/max|ref|: ${Object.entries(v.errors).map(([k, e]) => `${k} ${e.toExponential(1)}`).join(', ')} (tolerance ${v.tolerance.toExponential(0)})`;
+    return `${v.ok ? 'ok    ' : 'FAILED'} decode ${v.variant} (${decodeCaseText(v)}; ${where}): ${what}`;
+  });
+}
+
+function decodeMeasurementOf(d: DecodeResult, c: DecodeCase, variant: string): DecodeMeasurement | undefined {
+  const key = decodeKey(c);
+  return d.measurements.find((m) => m.variant === variant && decodeKey(m) === key);
+}
+
+/** The cases of the tables: those run, and those left out that a peer measured (so its figures show). */
+function tableCases(r: Results): (DecodeCase & { reason?: string })[] {
+  const d = r.decode!;
+  const anchor = r.anchors?.decode;
+  const series = anchor ? decodeSeriesOf(anchor) : [];
+  const dropped = d.dropped.filter((c: DroppedDecodeCase) => anchor && series.some((s) => decodeFor(anchor, c, s)));
+  return [...d.cases, ...dropped].sort((a, b) => a.D - b.D || a.Hkv - b.Hkv || a.H - b.H || a.B - b.B || a.Nk - b.Nk);
+}
+
+/** The groups of the decode tables: one per (D, H, Hkv), in the order the cases run. */
+export function decodeGroups(r: Results): { title: string; cases: (DecodeCase & { reason?: string })[] }[] {
+  const groups = new Map<string, { title: string; cases: (DecodeCase & { reason?: string })[] }>();
+  for (const c of tableCases(r)) {
+    const key = `${c.D}/${c.H}/${c.Hkv}`;
+    if (!groups.has(key)) groups.set(key, { title: `Decode, ${c.dtype}, Nq = 1: D=${c.D}, H=${c.H}, Hkv=${c.Hkv} (${headsText(c)})`, cases: [] });
+    groups.get(key)!.cases.push(c);
+  }
+  return [...groups.values()];
+}
+
+function peerCells(row: DecodeRow, peak: number | null): Cell[] {
+  if (row.error) return [{ text: /out of memory/i.test(row.error) ? 'out of memory' : `error: ${row.error}`, span: 6 }];
+  const spread = row.minMs !== null && row.maxMs !== null ? `${fmtUs(row.minMs)}–${fmtUs(row.maxMs)}` : '—';
+  const wall = row.wallMs !== null && row.ms !== null ? [fmtUs(row.wallMs), (row.wallMs / row.ms).toFixed(2)] : ['—', '—'];
+  return [row.ms === null ? '—' : fmtUs(row.ms), spread, row.gbps === null ? '—' : fmtGBps(row.gbps), fmtPeak(row.gbps, peak), ...wall];
+}
+
+/** One (D, H, Hkv) group: per case our three variants, then each peer's row, ms and GB/s. */
+export function decodeTable(r: Results, group: { title: string; cases: (DecodeCase & { reason?: string })[] }): TableModel {
+  const d = r.decode!;
+  const peak = d.settings.peakGBps;
+  const anchor = r.anchors?.decode;
+  const series = anchor ? decodeSeriesOf(anchor) : [];
+  const wallClock = r.environment.timer === 'wall-clock';
+  const head = ['B', 'Nk', 'K+V MiB', 'variant', 'median µs', 'min–max µs', 'GB/s', '% of peak', 'wall µs', 'wall/GPU'];
+  const rows: Cell[][] = [];
+  for (const c of group.cases) {
+    const first = [String(c.B), String(c.Nk), fmtMiB(kvBytes(c))];
+    if (c.reason !== undefined) {
+      rows.push([...first, 'ours', { text: 'not run (left out of the grid: see below)', span: 6 }]);
+    } else {
+      for (const variant of DECODE_VARIANTS) {
+        const m = decodeMeasurementOf(d, c, variant);
+        if (!m) continue;
+        const name = variantLabel(variant, m.pageSize);
+        if (m.status !== 'ok' || m.medianMs === null) {
+          rows.push([...first, name, { text: statusText(m), span: 6 }]);
+          continue;
+        }
+        // On the cpu the clock is the wall clock: the wall columns would repeat it.
+        const wall = wallClock ? ['—', '—'] : [fmtUs(m.wallMedianMs!), m.wallRatio!.toFixed(2)];
+        rows.push([...first, name, fmtUs(m.medianMs), `${fmtUs(m.minMs!)}–${fmtUs(m.maxMs!)}`, fmtGBps(m.gbps!), fmtPeak(m.gbps, peak), ...wall]);
+      }
+    }
+    for (const s of series) {
+      const row = decodeFor(anchor!, c, s);
+      if (row) rows.push([...first, s, ...peerCells(row, peak)]);
+    }
+  }
+  return { title: group.title, head, rows, numeric: [0, 1, 2, 4, 5, 6, 7, 8, 9], notes: [] };
+}
+
+/** GB/s per case: ours (three variants) beside each peer's. */
+export function decodeSummaryTable(r: Results): TableModel {
+  const d = r.decode!;
+  const anchor = r.anchors?.decode;
+  const series = anchor ? decodeSeriesOf(anchor) : [];
+  const head = ['D', 'heads', 'B', 'Nk', 'K+V MiB', ...DECODE_VARIANTS.map((v) => variantLabel(v, d.settings.pageSize)), ...series];
+  const rows: Cell[][] = [];
+  for (const c of tableCases(r)) {
+    const first = [String(c.D), `${c.H}/${c.Hkv}`, String(c.B), String(c.Nk), fmtMiB(kvBytes(c))];
+    const ours = DECODE_VARIANTS.map((v) => {
+      if (c.reason !== undefined) return 'not run';
+      const m = decodeMeasurementOf(d, c, v);
+      if (!m) return '—';
+      if (m.status === 'out-of-memory') return 'OOM';
+      if (m.status !== 'ok' || m.gbps === null) return m.status === 'failed-validation' ? 'FAILED' : 'error';
+      return fmtGBps(m.gbps);
+    });
+    const peers = series.map((s) => {
+      const row = decodeFor(anchor!, c, s);
+      if (!row) return '—';
+      if (row.error) return /out of memory/i.test(row.error) ? 'OOM' : 'error';
+      return row.gbps === null ? '—' : fmtGBps(row.gbps);
+    });
+    rows.push([...first, ...ours, ...peers]);
+  }
+  const peak = d.settings.peakGBps;
+  return {
+    title: `Decode: GB/s of K and V read per second${peak !== null ? ` (peak ${peak} GB/s)` : ''}`,
+    head,
+    rows,
+    numeric: head.map((_, i) => i).filter((i) => i !== 1),
+    notes: ['heads: H/Hkv. not run: left out of the grid (see below); OOM: out of memory; FAILED: failed validation (not timed).'],
+  };
+}
+
+/** The notes under the decode tables: what each column means, where the peers' figures come from, what was left out. */
+export function decodeNotes(r: Results): string[] {
+  const d = r.decode!;
+  const s = d.settings;
+  const clock = r.environment.timer === 'timestamp-query' ? 'GPU timestamps' : r.environment.timer === 'onSubmittedWorkDone' ? 'the wall clock until the queue is idle' : 'the wall clock';
+  const notes = [
+    `variants: forward = forward() on the tensors${r.environment.backend === 'webgpu' ? ' (GPUBuffers; it makes out and lse each call)' : ''}; cache = a contiguous KV cache filled once with append(), timed on cache.forward(q)${r.environment.backend === 'webgpu' ? ' into out and lse the caller supplies' : ''}; paged = the same with a paged cache of ${s.pageSize} tokens a page (one append fills each slot's pages in order).`,
+    `median µs and min–max: time per call over ${r.settings.repeats} samples, each ${s.calls} back-to-back calls between two marks (${clock}) / ${s.calls}.`,
+    `GB/s: K and V bytes (2·B·Nk·Hkv·D·2) / median time, 10^9 bytes a second; % of peak: of ${s.peakGBps === null ? 'an unknown peak (--peak-bandwidth sets it)' : `${s.peakGBps} GB/s (${s.peakSource})`}.`,
+    r.environment.timer === 'wall-clock'
+      ? 'wall µs, wall/GPU: — on the cpu, whose times are the wall clock already.'
+      : `wall µs: the host's wall time per call over the same calls (before the first call to after the queue is idle) / ${s.calls}; wall/GPU: its ratio to the median (near 1: the host keeps the GPU fed).`,
+    `inputs: ${s.inputs}.`,
+  ];
+  for (const src of r.anchors?.decode?.sources ?? []) {
+    notes.push(`${src.runtime ?? 'a peer'}${src.gpu ? ` on ${src.gpu}` : ''}: ${src.file}.`);
+  }
+  const gqa = [...new Set((r.anchors?.decode?.rows ?? []).filter((x) => x.gqa).map((x) => `${x.series}: ${x.gqa}`))];
+  if (gqa.length) notes.push(`peers' grouped-query heads: ${gqa.join('; ')} (repeat_interleave: K and V expanded to H heads before timing; GB/s still counts Hkv heads).`);
+  if (d.dropped.length) {
+    notes.push(`left out of the grid (${d.dropped.length}): ${d.dropped.map((c) => `${decodeCaseText(c)} (${c.reason})`).join('; ')}.`);
+  }
+  return notes;
 }

@@ -17,7 +17,7 @@ import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
 import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
 import { GpuBuffers } from './buffers.js';
-import { decodeParams, decodePipelines, decodeScratch, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeScratch } from './decode.js';
+import { decodeChoice, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeScratch } from './decode.js';
 import type { Gpu } from './device.js';
 import { appendWGSL } from './kernels/append.js';
 import { decodeSizesBytes, type DecodeSizes } from './kernels/decode.js';
@@ -44,8 +44,10 @@ export class WebgpuCacheStore implements CacheStore {
     private readonly g: CacheGeometry,
     private readonly gpu: Gpu,
     private readonly memory: MemoryTracker,
+    /** Whether the subgroup decode kernel may run (tests turn it off to cover the portable one). */
+    private readonly subgroups = true,
   ) {
-    if (!decodeParams({ D: g.D, dtype: g.dtype, G: 1, Nq: 1, causal: false, cache: true, paged: g.paged, aligned: true }, gpu)) {
+    if (!decodeChoice({ D: g.D, dtype: g.dtype, G: 1, Nq: 1, causal: false, cache: true, paged: g.paged, aligned: true }, gpu)) {
       throw new NotSupportedError('config.headDim', `a KV cache of head dim ${g.D} on this device (no decode tile fits its workgroup memory)`, 'a smaller head dim', String(g.D));
     }
     this.own = new GpuBuffers(gpu.device, memory);
@@ -97,19 +99,20 @@ export class WebgpuCacheStore implements CacheStore {
       let result: { out: GPUBuffer; lse: GPUBuffer } | undefined;
       if (s.q) {
         const { H, Nq } = s;
-        const params = decodeParams({ D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true }, this.gpu)!;
-        const rowChunks = Math.ceil(((H / Hkv) * Nq) / params.R);
+        const choice = decodeChoice({ D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true }, this.gpu, this.subgroups)!;
+        const { R, block } = decodeShape(choice);
+        const rowChunks = Math.ceil(((H / Hkv) * Nq) / R);
         const longest = Math.max(1, ...s.lengths);
-        const plan = splitPlan(B, Hkv, rowChunks, longest, params.Bc);
+        const plan = splitPlan(B, Hkv, rowChunks, longest, block);
         const q = { batch: Nq * H * D, row: H * D, head: D };
-        const sizes = decodeSizes({ B, H, Hkv, Nq, Nk: longest, q, keys: this.keys(), scale: s.scale }, params.R, plan);
-        const pipes = await decodePipelines(this.gpu, params, plan.splits > 1);
+        const sizes = decodeSizes({ B, H, Hkv, Nq, Nk: longest, q, keys: this.keys(), scale: s.scale }, R, plan);
+        const pipes = await decodePipelines(this.gpu, choice, plan.splits > 1);
         device.queue.writeBuffer(this.attendUniform, 0, decodeSizesBytes(sizes));
         device.queue.writeBuffer(this.attendSeqs, 0, pairs(s.slots, s.lengths));
         const out = s.out?.data ?? call.create(B * Nq * H * D * BYTES[dtype], 'out', 'q');
         const lse = s.lse?.data ?? call.create(B * H * Nq * 4, 'lse', 'q');
         const extra = this.g.paged ? { seqs: this.attendSeqs, table: this.table } : { seqs: this.attendSeqs };
-        encodeDecode(enc, this.scratch, pipes, params, sizes, this.attendUniform, { q: input(s.q, 'q'), k: this.k, v: this.v, out, lse, ...extra }, onGpu);
+        encodeDecode(enc, this.scratch, pipes, D, sizes, this.attendUniform, { q: input(s.q, 'q'), k: this.k, v: this.v, out, lse, ...extra }, onGpu);
         result = { out, lse };
       }
       device.pushErrorScope('validation');

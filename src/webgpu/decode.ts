@@ -7,6 +7,7 @@ import type { Problem } from '../problem.js';
 import { problemStrides } from '../problem.js';
 import type { Gpu } from './device.js';
 import { decodeSizesBytes, decodeWGSL, decodeWorkgroupBytes, mergeWGSL, type DecodeParams, type DecodeSizes } from './kernels/decode.js';
+import { decodeSubgroupWGSL, decodeSubgroupWorkgroupBytes, type DecodeSubgroupParams } from './kernels/decode-subgroup.js';
 import type { StorageType } from './kernels/common.js';
 import { pipeline } from './pipelines.js';
 
@@ -16,8 +17,11 @@ export const DECODE_MAX_QUERIES = 16;
 /** Most query rows (of the G·Nq that share a key/value head) one workgroup owns. */
 const DECODE_MAX_ROWS = 16;
 
-/** Keys per block, best first: 32 keys of D = 128 in f32 tiles are 33 KiB with their padding. */
-const DECODE_BLOCKS = [32, 16, 8, 4, 2, 1];
+/**
+ * Keys per block of the portable kernel, best first: on an H200 (bench/variants/decode.ts, D = 128,
+ * B = 8, Hkv = 8, Nk = 32768) Bc = 16 read 785 GB/s, Bc = 32 513 GB/s (more workgroups fit an SM).
+ */
+const DECODE_BLOCKS = [16, 8, 4, 2, 1];
 
 /**
  * Workgroups a decode dispatch aims for: enough to keep every SM of a large GPU (132 on an H200) busy
@@ -48,34 +52,84 @@ function invocations(gpu: Gpu): number {
   return Math.min(128, gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX);
 }
 
-/** The decode kernel's configuration (without `split`, which each call sets), or undefined where no block fits the device. */
-export function decodeParams(s: DecodeShape, gpu: Gpu): Omit<DecodeParams, 'split'> | undefined {
+/** A decode kernel and its configuration (without `split`, which each call sets). */
+export type DecodeChoice =
+  | { kernel: 'decodeSubgroup'; params: Omit<DecodeSubgroupParams, 'split'> }
+  | { kernel: 'decode'; params: Omit<DecodeParams, 'split'> };
+
+/** Query rows per workgroup, threads per workgroup, and the keys a split's length is a multiple of. */
+export function decodeShape(c: DecodeChoice): { R: number; WG: number; block: number } {
+  if (c.kernel === 'decode') return { R: c.params.R, WG: c.params.WG, block: c.params.Bc };
+  return { R: c.params.R, WG: c.params.T * c.params.NG, block: c.params.NG * c.params.U };
+}
+
+/** Most floats of q, O and the loaded K/V rows one invocation of the subgroup kernel holds. */
+const SUBGROUP_REGISTERS = 320;
+
+/**
+ * The subgroup kernel's configuration, where the device has subgroups of one fixed size and K/V rows
+ * load as vec4s. From the H200 sweep (bench/variants/decode.ts; bench/results/2026-12-04-h200-decode.md),
+ * f16, D = 128: R = 2 rows a workgroup (GQA 4:1: 2.6 TB/s at B = 8, Nk = 32768, against 1.8–2.2 with
+ * R = 4 and 1.6–2.0 with R = 1, which reads K and V four times over from L2), U = 8 keys at a time (4:
+ * 2.1), T = 8 lanes a key (16: 2.5, 32: 1.8), 16 groups (128 threads); MHA (R = 1) 4.35 TB/s at B = 32,
+ * Nk = 4096. T: the fewest of 8, 16, 32 lanes (fewer where D / 4 has no such divisor) whose registers
+ * (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 320 floats.
+ */
+function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
+  const SGS = gpu.subgroupSize;
+  if (!gpu.subgroups || SGS === undefined || !s.aligned || s.D % 4 !== 0) return undefined;
+  const D4 = s.D / 4;
+  const R = Math.min(2, 2 ** Math.ceil(Math.log2(s.G * s.Nq)));
+  const U = 8;
+  const divides = (T: number) => T <= SGS && D4 % T === 0;
+  const lanes = [8, 16, 32].filter(divides);
+  const candidates = lanes.length > 0 ? lanes : [4, 2, 1].filter(divides);
+  const regs = (T: number) => 4 * (2 * R + 2 * U) * (D4 / T);
+  const T = candidates.find((T) => regs(T) <= SUBGROUP_REGISTERS) ?? candidates[candidates.length - 1];
+  const WG = invocations(gpu);
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  for (let NG = WG / T; NG >= 1; NG /= 2) {
+    const params = { D: s.D, dtype: s.dtype, T, NG, R, U, causal: s.causal, cache: s.cache, paged: s.paged };
+    if (Number.isInteger(NG) && decodeSubgroupWorkgroupBytes(params) <= limit) return { kernel: 'decodeSubgroup', params };
+  }
+  return undefined;
+}
+
+/**
+ * The decode kernel for a shape on a device: the subgroup kernel where it applies (kernels/decode-subgroup.ts),
+ * else the portable one (kernels/decode.ts), or undefined where no block of either fits the device.
+ */
+export function decodeChoice(s: DecodeShape, gpu: Gpu, subgroups = true): DecodeChoice | undefined {
+  const sub = subgroups ? subgroupChoice(s, gpu) : undefined;
+  if (sub) return sub;
   const WG = invocations(gpu);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const vec = s.aligned && s.D % 4 === 0;
   // Rows: the group's G·Nq up to 16 (a power of two), fewer where a large D leaves no room for them.
   for (let R = Math.min(DECODE_MAX_ROWS, WG, 2 ** Math.ceil(Math.log2(s.G * s.Nq))); R >= 1; R /= 2) {
     const Bc = DECODE_BLOCKS.find((Bc) => decodeWorkgroupBytes({ D: s.D, Bc, R }) <= limit);
-    if (Bc !== undefined) return { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged };
+    if (Bc !== undefined) {
+      return { kernel: 'decode', params: { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged, unroll: !gpu.software } };
+    }
   }
   return undefined;
 }
 
-/** Whether forward() runs a problem on the decode schedule: few queries, flash, and a block that fits. */
-export function decodeFits(p: Problem, gpu: Gpu): Omit<DecodeParams, 'split'> | undefined {
+/** Whether forward() runs a problem on the decode schedule: few queries, flash, and a kernel that fits. */
+export function decodeFits(p: Problem, gpu: Gpu, subgroups = true): DecodeChoice | undefined {
   if (p.algorithm !== 'flash' || p.Nq > DECODE_MAX_QUERIES || p.B > gpu.limits.maxComputeWorkgroupsPerDimension) return undefined;
   const s = problemStrides(p);
   const aligned = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 4 === 0);
-  return decodeParams({ D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned }, gpu);
+  return decodeChoice({ D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned }, gpu, subgroups);
 }
 
 /**
  * How the keys of a call are split: `splits` splits of `chunk` keys (a multiple of Bc) per sequence, so
  * that B·Hkv·rowChunks·splits approaches the target, each split at least a few blocks long.
  */
-export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number): { splits: number; chunk: number } {
+export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number, target = DECODE_TARGET_WORKGROUPS): { splits: number; chunk: number } {
   const blocks = Math.max(1, Math.ceil(Nk / Bc));
-  const wanted = Math.max(1, Math.min(DECODE_MAX_SPLITS, Math.floor(DECODE_TARGET_WORKGROUPS / (B * Hkv * rowChunks))));
+  const wanted = Math.max(1, Math.min(DECODE_MAX_SPLITS, Math.floor(target / (B * Hkv * rowChunks))));
   const perSplit = Math.max(DECODE_MIN_BLOCKS_PER_SPLIT, Math.ceil(blocks / wanted));
   const splits = Math.ceil(blocks / perSplit);
   return { splits, chunk: perSplit * Bc };
@@ -196,11 +250,14 @@ export function decodeScratch(device: GPUDevice): DecodeScratch {
 }
 
 /** The pipelines of a decode call: the kernel (split or not) and, split, the merge. */
-export async function decodePipelines(gpu: Gpu, params: Omit<DecodeParams, 'split'>, split: boolean): Promise<{ decode: GPUComputePipeline; merge?: GPUComputePipeline }> {
+export async function decodePipelines(gpu: Gpu, choice: DecodeChoice, split: boolean): Promise<{ decode: GPUComputePipeline; merge?: GPUComputePipeline }> {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  const decode = await pipeline(gpu.device, 'decode', { ...params, split }, (x) => decodeWGSL(x, limit));
+  const decode =
+    choice.kernel === 'decode'
+      ? await pipeline(gpu.device, 'decode', { ...choice.params, split }, (x) => decodeWGSL(x, limit))
+      : await pipeline(gpu.device, 'decodeSubgroup', { ...choice.params, split }, (x) => decodeSubgroupWGSL(x, limit));
   if (!split) return { decode };
-  const mp = { D: params.D, dtype: params.dtype, WG: params.WG };
+  const mp = { D: choice.params.D, dtype: choice.params.dtype, WG: 64 };
   return { decode, merge: await pipeline(gpu.device, 'decodeMerge', mp, mergeWGSL) };
 }
 
@@ -218,7 +275,7 @@ export function encodeDecode(
   enc: GPUCommandEncoder,
   scratch: DecodeScratch,
   pipes: { decode: GPUComputePipeline; merge?: GPUComputePipeline },
-  params: Omit<DecodeParams, 'split'>,
+  D: number,
   sizes: DecodeSizes,
   uniform: GPUBuffer,
   bufs: DecodeBuffers,
@@ -233,13 +290,13 @@ export function encodeDecode(
     pass.dispatchWorkgroups(...grid);
   } else {
     const rows = sizes.B * sizes.H * sizes.Nq;
-    const { opart, lpart } = scratch.partials(rows, sizes.splits, params.D);
+    const { opart, lpart } = scratch.partials(rows, sizes.splits, D);
     pass.setPipeline(pipes.decode);
     pass.setBindGroup(0, scratch.bindGroup(pipes.decode, [uniform, bufs.q, bufs.k, bufs.v, opart, lpart, ...extra], keep));
     pass.dispatchWorkgroups(...grid);
     pass.setPipeline(pipes.merge);
     pass.setBindGroup(0, scratch.bindGroup(pipes.merge, [uniform, opart, lpart, bufs.out, bufs.lse], keep));
-    pass.dispatchWorkgroups(...flatGroups(rows * Math.ceil(params.D / 4), params.WG));
+    pass.dispatchWorkgroups(...flatGroups(rows * Math.ceil(D / 4), 64));
   }
   pass.end();
 }

@@ -54,8 +54,8 @@ import {
 } from './kernels/backward-tiled.js';
 import { absmaxWGSL, splitCountBytes, splitGroups, splitWGSL } from './kernels/split.js';
 import { dispatch, pipeline } from './pipelines.js';
-import { decodeFits, decodePipelines, decodeScratch, decodeSizes, encodeDecode, splitPlan } from './decode.js';
-import { decodeSizesBytes, type DecodeParams } from './kernels/decode.js';
+import { decodeFits, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
+import { decodeSizesBytes } from './kernels/decode.js';
 import { deviceLostError, lossOf } from './device.js';
 
 /** The device a call runs on, checked against what the inputs need. */
@@ -378,7 +378,7 @@ export async function webgpuForward(
 ): Promise<{ out: AnyTensor; lse: AnyTensor }> {
   const gpu = await gpuFor(p);
   const decode = choose ? undefined : decodeFits(p, gpu);
-  if (decode) return decodeForward(p, gpu, decode, q, k, v);
+  if (decode) return webgpuDecodeForward(p, gpu, decode, q, k, v);
   const call = new Call(p, gpu);
   try {
     const choice = (choose ?? forwardChoice)(p, gpu);
@@ -400,24 +400,28 @@ export async function webgpuForward(
   }
 }
 
-/** forward() on the split-KV decode schedule (webgpu/decode.ts): the decode kernel, and the merge where the keys are split. */
-async function decodeForward(p: Problem, gpu: Gpu, params: Omit<DecodeParams, 'split'>, q: AnyTensor, k: AnyTensor, v: AnyTensor): Promise<{ out: AnyTensor; lse: AnyTensor }> {
+/**
+ * forward() on the split-KV decode schedule (webgpu/decode.ts): the decode kernel of `choice`, and the
+ * merge where the keys are split.
+ */
+export async function webgpuDecodeForward(p: Problem, gpu: Gpu, choice: DecodeChoice, q: AnyTensor, k: AnyTensor, v: AnyTensor): Promise<{ out: AnyTensor; lse: AnyTensor }> {
   const call = new Call(p, gpu);
   const scratch = decodeScratch(gpu.device);
   let counted = 0;
   try {
     const { q: sq, kv: sk } = problemStrides(p);
-    const rowChunks = Math.ceil(((p.H / p.Hkv) * p.Nq) / params.R);
-    const plan = splitPlan(p.B, p.Hkv, rowChunks, p.Nk, params.Bc);
+    const { R, block } = decodeShape(choice);
+    const rowChunks = Math.ceil(((p.H / p.Hkv) * p.Nq) / R);
+    const plan = splitPlan(p.B, p.Hkv, rowChunks, p.Nk, block);
     const keys = { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: p.Nk, maxPages: 1 };
-    const sizes = decodeSizes({ B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, Nk: p.Nk, q: sq, keys, scale: p.scale }, params.R, plan);
-    const pipes = await decodePipelines(gpu, params, plan.splits > 1);
+    const sizes = decodeSizes({ B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, Nk: p.Nk, q: sq, keys, scale: p.scale }, R, plan);
+    const pipes = await decodePipelines(gpu, choice, plan.splits > 1);
     const uniform = call.buffers.uniform(decodeSizesBytes(sizes), 'sizes');
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');
     const lse = call.output(p.B * p.H * p.Nq, 'lse', 'q', 'f32');
     await call.submit(async (enc) => {
-      encodeDecode(enc, scratch, pipes, params, sizes, uniform, { q: Q, k: K, v: V, out, lse }, p.onGpu);
+      encodeDecode(enc, scratch, pipes, p.D, sizes, uniform, { q: Q, k: K, v: V, out, lse }, p.onGpu);
       if (pipes.merge) counted = p.memory.allocate(scratch.bytes); // the partials, the device's scratch
     });
     return { out: await call.result(out, q.shape, 'q'), lse: await call.result(lse, [p.B, p.H, p.Nq], 'q', 'f32') };

@@ -7,9 +7,11 @@
  * it (G = H / Hkv query heads, Nq queries each: every K/V element is read once per group, not once per
  * query head), and one split: the keys [s·chunk, min((s+1)·chunk, length)). Dispatch (splits, Hkv·rowChunks, B).
  * Per key block (Bc keys):
- *   1. all threads load K_j and V_j (coalesced: consecutive threads read consecutive vec4s of a row; f16
- *      rows as vec4<f16>, 8 bytes a load) into workgroup memory as f32, rows padded by one vec4 so that
- *      step 2's column reads hit distinct banks;
+ *   1. the block's K_j and V_j, loaded into registers while the block before was being computed (each
+ *      thread issues all its loads of a block at once: coalesced, consecutive threads read consecutive
+ *      vec4s of a row; f16 rows as vec4<f16>, 8 bytes a load), are stored into workgroup memory as f32,
+ *      rows padded by one vec4 so that step 2's column reads hit distinct banks; then the next block's
+ *      loads are issued;
  *   2. S = Q K_jᵀ (R×Bc), one entry per thread at a time, masked past the sequence's length (and, causal,
  *      above the diagonal: query i sees key j ≤ i + length − Nq);
  *   3. thread r < R updates row r's running max m and sum l (in registers) and leaves P̃ = exp(S − m) in S
@@ -43,6 +45,11 @@ export interface DecodeParams {
   paged: boolean;
   /** Write partials for the merge kernel (splits > 1) instead of the final out and lse. */
   split: boolean;
+  /**
+   * Loops over D4 and Bc with constant bounds, which GPU compilers unroll (on software adapters they run
+   * to opaque() bounds instead: lavapipe's LLVM compiles unrolled loops very slowly).
+   */
+  unroll: boolean;
 }
 
 /** The uniform block of the decode and merge kernels, in declaration order: all u32 but `scale`. */
@@ -99,10 +106,38 @@ function loadRow(name: string, vec: boolean): string {
 }
 
 export function decodeWGSL(p: DecodeParams, workgroupLimit: number): string {
-  const { D, dtype, Bc, R, WG, vec, causal, cache, paged, split } = p;
+  const { D, dtype, Bc, R, WG, vec, causal, cache, paged, split, unroll } = p;
   checkWorkgroupBytes('decode', decodeWorkgroupBytes(p), workgroupLimit);
   const D4 = Math.ceil(D / 4);
   const KS = D4 + 1;
+  // Loads per thread per block, one register pair (K, V) each: the block's Bc·D4 vec4s over WG threads.
+  const LPT = Math.ceil((Bc * D4) / WG);
+  const slots = Array.from({ length: LPT }, (_, i) => i);
+  const guard = (i: number) => ((i + 1) * WG > Bc * D4 ? ` && e < ${Bc * D4}u` : '');
+  const registers = slots.map((i) => `var<private> kr${i}: vec4<f32>;\nvar<private> vr${i}: vec4<f32>;`).join('\n');
+  const fetch = slots
+    .map(
+      (i) => `  {
+    let e = me + ${i * WG}u;
+    let key = c0 + e / D4;
+    let base = key_base(min(key, keyEnd - 1u));
+    let ok = key < keyEnd${guard(i)};
+    kr${i} = load_k(base, e % D4, ok);
+    vr${i} = load_v(base, e % D4, ok);
+  }`,
+    )
+    .join('\n');
+  const stash = slots
+    .map((i) => {
+      const store = `Ks[(e / D4) * KS + e % D4] = kr${i};\n    Vs[(e / D4) * KS + e % D4] = vr${i};`;
+      return `  {
+    let e = me + ${i * WG}u;
+    ${guard(i) ? `if (e < ${Bc * D4}u) {\n    ${store}\n    }` : store}
+  }`;
+    })
+    .join('\n');
+  const d4Bound = unroll ? 'D4' : 'd4n';
+  const bcBound = unroll ? 'Bc' : 'bc';
   const kvType = vec ? `vec4<${dtype}>` : dtype;
   const outputs = split
     ? `@group(0) @binding(4) var<storage, read_write> opart: array<vec4<f32>>; // (B·H·Nq, splits, D4)
@@ -173,6 +208,8 @@ ${NAN_WGSL}
 ${loadRow('k', vec)}
 ${loadRow('v', vec)}
 
+${registers}
+var<private> me: u32; // local_invocation_index
 var<private> slot: u32;
 var<private> hk: u32;
 var<private> row0: u32; // the first of the G·Nq rows of (b, hk) this workgroup owns
@@ -187,8 +224,19 @@ fn key_base(key: u32) -> u32 {
   ${keyBase}
 }
 
+/** Issue this thread's loads of the block at key c0 (K_j and V_j into registers). */
+fn fetch(c0: u32, keyEnd: u32) {
+${fetch}
+}
+
+/** Store the registers of fetch() into the K_j and V_j tiles. */
+fn stash() {
+${stash}
+}
+
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  me = lid;
   let s = wid.x;
   let b = wid.z;
   hk = wid.y / u.rowChunks;
@@ -215,23 +263,22 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   var l = 0.0;
   var poisoned = false; // a NaN logit makes the row's out and L NaN, and no other row's
 
+  if (keyStart < keyEnd) {
+    fetch(keyStart, keyEnd);
+  }
   for (var c0 = keyStart; c0 < keyEnd; c0 += Bc) {
     workgroupBarrier(); // the previous block's K_j, V_j and P̃ are no longer read
-    for (var e = lid; e < Bc * D4; e += WG) {
-      let j = e / D4;
-      let key = c0 + j;
-      let ok = key < keyEnd;
-      let base = key_base(min(key, keyEnd - 1u));
-      Ks[j * KS + e % D4] = load_k(base, e % D4, ok);
-      Vs[j * KS + e % D4] = load_v(base, e % D4, ok);
-    }
+    stash();
     workgroupBarrier();
+    if (c0 + Bc < keyEnd) {
+      fetch(c0 + Bc, keyEnd); // in flight while this block is computed
+    }
     // S = Q K_jᵀ, masked past the length and (causal) above the diagonal.
     for (var e = lid; e < R * Bc; e += WG) {
       let r = e / Bc;
       let j = e % Bc;
       var x = 0.0;
-      for (var d = 0u; d < d4n; d++) {
+      for (var d = 0u; d < ${d4Bound}; d++) {
         x += dot(Qs[r * D4 + d], Ks[j * KS + d]);
       }
       let key = c0 + j;
@@ -241,7 +288,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     // Running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
     if (lid < R) {
       var mx = m;
-      for (var c = 0u; c < bc; c++) {
+      for (var c = 0u; c < ${bcBound}; c++) {
         mx = max(mx, S[lid * Bc + c]);
         poisoned = poisoned || is_nan(S[lid * Bc + c]);
       }
@@ -249,7 +296,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       if (mx != MASKED) {
         a = exp(m - mx);
         var sum = 0.0;
-        for (var c = 0u; c < bc; c++) {
+        for (var c = 0u; c < ${bcBound}; c++) {
           let x = S[lid * Bc + c];
           let pe = select(exp(x - mx), 0.0, x == MASKED);
           S[lid * Bc + c] = pe;
@@ -258,7 +305,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         l = a * l + sum;
         m = mx;
       } else {
-        for (var c = 0u; c < bc; c++) {
+        for (var c = 0u; c < ${bcBound}; c++) {
           S[lid * Bc + c] = 0.0; // nothing visible yet in this row
         }
       }
@@ -270,7 +317,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       let r = e / D4;
       let d = e % D4;
       var pv = vec4<f32>(0.0);
-      for (var c = 0u; c < bc; c++) {
+      for (var c = 0u; c < ${bcBound}; c++) {
         pv += S[r * Bc + c] * Vs[c * KS + d];
       }
       Os[e] = alpha[r] * Os[e] + pv;

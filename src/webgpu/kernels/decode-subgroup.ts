@@ -1,0 +1,212 @@
+/**
+ * Split-KV decode on subgroups: the same schedule as decode.ts (one workgroup per key/value head of a
+ * batch row, its R query rows and one split of the keys; partials merged by mergeWGSL), with the keys
+ * mapped to registers instead of workgroup tiles, for GPUs whose subgroups make a dot product a few
+ * shuffles: no workgroup memory and no barrier in the key loop, so every thread keeps loads in flight.
+ *
+ * The WG threads form NG groups of T lanes (T divides the subgroup size, so a group never straddles two
+ * subgroups); lane t of a group owns VPT vec4s of D (D4 = T·VPT). Group g takes keys g·U, g·U + NG·U, …
+ * of the split, U at a time: each lane loads its VPT vec4s of the U keys' K and V rows (a group reads
+ * whole rows, coalesced), forms its part of q_r·k for every row r and key, and T lanes sum their parts
+ * with subgroupShuffleXor (log2 T steps); then each group runs the online softmax for its own keys with
+ * its own m, l and O (registers, every lane the same m and l, its own vec4s of O). At the end the NG
+ * groups' (m, l, O) are combined through workgroup memory (NG·R·(D4·16 + 8) bytes), once.
+ * Requires D % 4 == 0 and K/V rows at multiples of 4 elements (vec4 loads).
+ */
+import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { DECODE_SIZE_FIELDS } from './decode.js';
+
+export interface DecodeSubgroupParams {
+  D: number;
+  dtype: StorageType;
+  /** Lanes per key (a power of two dividing the subgroup size and D / 4). */
+  T: number;
+  /** Groups of T lanes per workgroup. */
+  NG: number;
+  /** Query rows per workgroup. */
+  R: number;
+  /** Keys a group loads at once. */
+  U: number;
+  causal: boolean;
+  cache: boolean;
+  paged: boolean;
+  split: boolean;
+}
+
+export function decodeSubgroupWorkgroupBytes(p: Pick<DecodeSubgroupParams, 'D' | 'NG' | 'R'>): number {
+  return p.NG * p.R * ((p.D / 4) * 16 + 8);
+}
+
+export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: number): string {
+  const { D, dtype, T, NG, R, U, causal, cache, paged, split } = p;
+  checkWorkgroupBytes('decodeSubgroup', decodeSubgroupWorkgroupBytes(p), workgroupLimit);
+  const D4 = D / 4;
+  const VPT = D4 / T;
+  const WG = T * NG;
+  const rows = Array.from({ length: R }, (_, r) => r);
+  const vs = Array.from({ length: VPT }, (_, v) => v);
+  const us = Array.from({ length: U }, (_, u) => u);
+  const shuffles = (x: string) => {
+    const steps: string[] = [];
+    for (let mask = T / 2; mask >= 1; mask /= 2) steps.push(`${x} += subgroupShuffleXor(${x}, ${mask}u);`);
+    return steps.join(' ');
+  };
+  const decl = [
+    ...rows.flatMap((r) => vs.map((v) => `var q${r}_${v}: vec4<f32>;\n  var o${r}_${v} = vec4<f32>(0.0);`)),
+    ...rows.map((r) => `var m${r} = MASKED;\n  var l${r} = 0.0;`),
+  ].join('\n  ');
+  const loadQ = rows
+    .map((r) => vs.map((v) => `q${r}_${v} = select(vec4<f32>(0.0), load_q(${r}u, lane * ${VPT}u + ${v}u), ok_row(${r}u)) * u.scale;`).join('\n  '))
+    .join('\n  ');
+  const loads = us
+    .map((u) => {
+      const key = `key${u}`;
+      return [
+        `let ${key} = kb + ${u}u;`,
+        `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 4u + lane * ${VPT}u;`,
+        ...vs.map((v) => `let k${u}_${v} = vec4<f32>(k[base${u} + ${v}u]);\n      let v${u}_${v} = vec4<f32>(vv[base${u} + ${v}u]);`),
+      ].join('\n      ');
+    })
+    .join('\n      ');
+  const visible = (r: number, u: number) => `key${u} < keyEnd${causal ? ` && key${u} + u.Nq <= query_of(${r}u) + len` : ''}`;
+  const perRow = rows
+    .map((r) => {
+      const scores = us
+        .map((u) => `var s${r}_${u} = ${vs.map((v) => `dot(q${r}_${v}, k${u}_${v})`).join(' + ')}; ${shuffles(`s${r}_${u}`)}
+        s${r}_${u} = select(MASKED, s${r}_${u}, ${visible(r, u)});
+        poisoned${r} = poisoned${r} || is_nan(s${r}_${u});`)
+        .join('\n        ');
+      return `{
+        ${scores}
+        let mx = max(m${r}, ${us.length === 1 ? `s${r}_0` : us.slice(1).reduce((a, u) => `max(${a}, s${r}_${u})`, `s${r}_0`)});
+        if (mx != MASKED) {
+          let a = exp(m${r} - mx);
+          ${us.map((u) => `let p${u} = select(exp(s${r}_${u} - mx), 0.0, s${r}_${u} == MASKED);`).join('\n          ')}
+          l${r} = a * l${r} + ${us.map((u) => `p${u}`).join(' + ')};
+          ${vs.map((v) => `o${r}_${v} = a * o${r}_${v} + ${us.map((u) => `p${u} * v${u}_${v}`).join(' + ')};`).join('\n          ')}
+          m${r} = mx;
+        }
+      }`;
+    })
+    .join('\n      ');
+  const stashGroup = rows
+    .map((r) => [`if (lane == 0u) { Ml[(grp * R + ${r}u) * 2u] = m${r}; Ml[(grp * R + ${r}u) * 2u + 1u] = select(l${r}, nan(), poisoned${r}); }`, ...vs.map((v) => `Og[(grp * R + ${r}u) * D4 + lane * ${VPT}u + ${v}u] = o${r}_${v};`)].join('\n  '))
+    .join('\n  ');
+  const outputs = split
+    ? `@group(0) @binding(4) var<storage, read_write> opart: array<vec4<f32>>; // (B·H·Nq, splits, D4)
+@group(0) @binding(5) var<storage, read_write> lpart: array<u32>; // (B·H·Nq, splits), f32 bits`
+    : `@group(0) @binding(4) var<storage, read_write> o: array<${dtype}>;
+@group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits`;
+  const extra = [
+    cache ? `@group(0) @binding(6) var<storage, read> seqs: array<vec2<u32>>; // (slot, length) of each batch row` : '',
+    paged ? `@group(0) @binding(${cache ? 7 : 6}) var<storage, read> table: array<i32>; // page of (slot, page index)` : '',
+  ].filter((x) => x).join('\n');
+  const keyBase = paged
+    ? `let page = u32(table[slot * u.maxPages + key / u.pageSize]);
+  return page * u.kvPage + (key % u.pageSize) * u.kvRow + hk * u.kvHead;`
+    : `return slot * u.kvPage + key * u.kvRow + hk * u.kvHead;`;
+  const lseBits = `select(select(bitcast<u32>(M + log(L)), ${NEG_INF_BITS}, L == 0.0), bitcast<u32>(nan()), poisoned)`;
+  const write = split
+    ? `let part = ((b * u.H + head_of(r)) * u.Nq + query_of(r)) * u.splits + s;
+      if (d4 == 0u) { lpart[part] = ${lseBits}; }
+      opart[part * D4 + d4] = x;`
+    : `if (d4 == 0u) { lse[(b * u.H + head_of(r)) * u.Nq + query_of(r)] = ${lseBits}; }
+      let at = b * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead + 4u * d4;
+      o[at] = ${dtype}(x.x); o[at + 1u] = ${dtype}(x.y); o[at + 2u] = ${dtype}(x.z); o[at + 3u] = ${dtype}(x.w);`;
+  return `${enables(dtype)}enable subgroups;
+struct Sizes {
+${DECODE_SIZE_FIELDS.map((f) => `  ${f}: u32,`).join('\n')}
+  scale: f32,
+}
+@group(0) @binding(0) var<uniform> u: Sizes;
+@group(0) @binding(1) var<storage, read> q: array<${dtype}>;
+@group(0) @binding(2) var<storage, read> k: array<vec4<${dtype}>>;
+@group(0) @binding(3) var<storage, read> vv: array<vec4<${dtype}>>;
+${outputs}
+${extra}
+
+const D4 = ${D4}u;
+const R = ${R}u;
+const NG = ${NG}u;
+${MASKED_WGSL}
+
+var<workgroup> Ml: array<f32, ${NG * R * 2}>; // (group, row): m, l
+var<workgroup> Og: array<vec4<f32>, ${NG * R * D4}>; // (group, row, D4): the group's O
+
+${OPAQUE_WGSL}
+${NAN_WGSL}
+
+var<private> slot: u32;
+var<private> hk: u32;
+var<private> row0: u32;
+
+fn ok_row(r: u32) -> bool { return row0 + r < (u.H / u.Hkv) * u.Nq; }
+fn head_of(r: u32) -> u32 { return hk * (u.H / u.Hkv) + (row0 + r) / u.Nq; }
+fn query_of(r: u32) -> u32 { return (row0 + r) % u.Nq; }
+fn key_base(key: u32) -> u32 {
+  ${keyBase}
+}
+/** vec4 d4 of query row r (the rows of this workgroup), as f32. */
+fn load_q(r: u32, d4: u32) -> vec4<f32> {
+  let at = bIndex * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead + 4u * d4;
+  let last = arrayLength(&q) - 1u;
+  return vec4<f32>(f32(q[min(at, last)]), f32(q[min(at + 1u, last)]), f32(q[min(at + 2u, last)]), f32(q[min(at + 3u, last)]));
+}
+var<private> bIndex: u32;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let s = wid.x; // this workgroup's split
+  let b = wid.z;
+  bIndex = b;
+  hk = wid.y / u.rowChunks;
+  row0 = (wid.y % u.rowChunks) * R;
+  ${cache ? 'let info = seqs[b];\n  slot = info.x;\n  let len = info.y;' : 'slot = b;\n  let len = u.Nk;'}
+  let keyStart = s * u.chunk;
+  let keyEnd = min(len, keyStart + u.chunk);
+  let lane = lid % ${T}u;
+  let grp = lid / ${T}u;
+  ${decl}
+  ${rows.map((r) => `var poisoned${r} = false;`).join(' ')}
+  ${loadQ}
+
+  // Every group runs the same iterations (keys past the end are masked), so the loop is uniform.
+  for (var k0 = keyStart; k0 < keyEnd; k0 += ${NG * U}u) {
+      let kb = k0 + grp * ${U}u;
+      ${loads}
+      ${perRow}
+  }
+
+  // Combine the NG groups: M = max m_g, L = Σ e^(m_g − M) l_g, O = Σ e^(m_g − M) O_g / L.
+  ${stashGroup}
+  workgroupBarrier();
+  for (var e = lid; e < R * D4; e += ${WG}u) {
+    let r = e / D4;
+    let d4 = e % D4;
+    if (ok_row(r)) {
+      var M = MASKED;
+      var poisoned = false;
+      for (var g = 0u; g < NG; g++) {
+        M = max(M, Ml[(g * R + r) * 2u]);
+        poisoned = poisoned || is_nan(Ml[(g * R + r) * 2u + 1u]);
+      }
+      var L = 0.0;
+      var acc = vec4<f32>(0.0);
+      if (M != MASKED) {
+        for (var g = 0u; g < NG; g++) {
+          let mg = Ml[(g * R + r) * 2u];
+          if (mg != MASKED) {
+            let w = exp(mg - M);
+            L += w * Ml[(g * R + r) * 2u + 1u];
+            acc += w * Og[(g * R + r) * D4 + d4];
+          }
+        }
+      }
+      var x = select(acc / L, vec4<f32>(0.0), L == 0.0);
+      if (poisoned) { x = vec4<f32>(nan()); }
+      ${write}
+    }
+  }
+}
+`;
+}
