@@ -35,7 +35,7 @@ class Buffers {
     const over = entries.find(([, [bytes]]) => bytes > MAX_ARRAY_BYTES);
     if (over) throw new OutOfMemoryError('q', `at most ${MAX_ARRAY_BYTES} bytes per array (the longest typed array) for ${over[1][1]}`, `${over[1][0]} bytes`);
     try {
-      this.arena = Arena.open([...entries.map(([, [bytes]]) => bytes)]);
+      this.arena = Arena.open(entries.map(([, [bytes]]) => bytes));
     } catch (e) {
       if (!(e instanceof RangeError)) throw e;
       const [, [bytes, what]] = entries.reduce((a, b) => (b[1][0] > a[1][0] ? b : a));

@@ -95,7 +95,7 @@ let entryMissing = 'none';
 /**
  * navigator.gpu where it exists, else Dawn through the `webgpu` package (undefined if neither). One Dawn
  * instance per process: a second one aborts in dawn.node. On Linux, Dawn is not loaded where no Vulkan
- * loader can be found: it would find no adapter, and say so on stderr (see nativeQuiet).
+ * loader can be found: it would find no adapter, and say so on stderr (see "Keeping Dawn quiet" below).
  */
 export function gpuEntry(): Promise<{ gpu: GPU; source: string } | undefined> {
   entry ??= (async () => {
