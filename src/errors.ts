@@ -61,3 +61,10 @@ export class OutOfMemoryError extends FlashAttnError {}
  * the caller, with everything made on it.
  */
 export class DeviceLostError extends FlashAttnError {}
+
+/**
+ * A model's files do not hold what the model needs: a safetensors file that is not one, a tensor that is
+ * missing or of the wrong shape or dtype, a config.json without a field. `argument` names the file and,
+ * where there is one, the tensor or field ('model.safetensors: h.0.attn.c_attn.weight').
+ */
+export class CheckpointError extends FlashAttnError {}

@@ -5,7 +5,6 @@
 // and are held to the one error rule of util.ts. Without Chromium or playwright-core the test is skipped
 // with the reason; with FLASHATTN_REQUIRE_BROWSER=1 (CI) it fails instead.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -16,19 +15,9 @@ import type { Browser } from 'playwright-core';
 import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
+import { CHROMIUM, FLAGS, browserSkipReason } from './browser.js';
 import { assertWithinRule, inputs, maxError, type Case } from './util.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-/** BROWSER.md's flags: WebGPU, offline; the adapter pinned to SwiftShader so that every machine runs the same one. */
-const FLAGS = [
-  '--enable-unsafe-webgpu',
-  '--use-webgpu-adapter=swiftshader',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-];
 /** Tails in every direction (no size a multiple of a tile), causal with Nq < Nk (bottom-right aligned), two heads. */
 const c: Case = { B: 1, H: 2, Hkv: 2, Nq: 37, Nk: 53, D: 24 };
 const causal = true;
@@ -40,17 +29,7 @@ const PAGE_MS = 90_000;
 
 const dist = fileURLToPath(new URL('..', import.meta.url)); // dist/ (with its trailing /), which holds src/ and test/ built
 
-async function browserSkipReason(): Promise<string | undefined> {
-  if (!existsSync(CHROMIUM)) return `browser test skipped: no Chromium at ${CHROMIUM} (Debian's chromium package; .ci/run installs it)`;
-  try {
-    await import('playwright-core');
-  } catch (e) {
-    return `browser test skipped: playwright-core cannot be loaded (${e instanceof Error ? e.message.split('\n')[0] : e}); run npm ci`;
-  }
-  return undefined;
-}
-
-const skip = await browserSkipReason();
+const skip = await browserSkipReason('browser test');
 if (skip && process.env.FLASHATTN_REQUIRE_BROWSER === '1') throw new Error(`FLASHATTN_REQUIRE_BROWSER=1 but ${skip}`);
 
 const TYPES: Record<string, string> = { '.js': 'text/javascript', '.map': 'application/json', '.html': 'text/html' };

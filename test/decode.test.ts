@@ -45,23 +45,27 @@ describe('decode schedule', () => {
       assert.equal(splitPlan(1, 1, 1, 3000, 32).splits > 1, true);
     });
 
-    test('webgpu: the portable decode kernel (the subgroup one runs above where the adapter has subgroups)', async () => {
-      const gpu = await defaultGpu();
-      for (const c of CASES) {
-        const t = inputs(c, c.dtype, c.layout);
-        const options = { causal: c.causal, layout: c.layout };
-        const p = checkForward(t.q, t.k, t.v, options);
-        const choice = decodeFits(p, gpu, false)!;
-        assert.equal(choice.kernel, 'decode');
-        const got = await webgpuDecodeForward(p, gpu, choice, t.q, t.k, t.v);
-        const oracle = standardForward(p, toF64(t.q), toF64(t.k), toF64(t.v));
-        const std = await forward(t.q, t.k, t.v, { ...options, backend: 'webgpu', algorithm: 'standard' });
-        const label = `portable decode ${JSON.stringify(c)}`;
-        const ref = toF64(relayout({ data: oracle.out, dtype: 'f64', shape: [c.B, c.Nq, c.H, c.D] }, c.layout));
-        assertWithinRule(`${label} out`, maxError(got.out as never, ref), maxError(std.out, ref), 2);
-        assertWithinRule(`${label} lse`, maxError(got.lse as never, oracle.lse), maxError(std.lse, oracle.lse), 2);
-      }
-    });
+    for (const kernels of ['portable', 'subgroup'] as const) {
+      test(`webgpu: the ${kernels} decode kernel, chosen explicitly`, async () => {
+        const gpu = await defaultGpu();
+        for (const c of CASES) {
+          const t = inputs(c, c.dtype, c.layout);
+          const options = { causal: c.causal, layout: c.layout };
+          const p = checkForward(t.q, t.k, t.v, options);
+          const choice = decodeFits(p, gpu, kernels)!;
+          // The subgroup kernel needs vec4 rows and a fixed subgroup size: D = 7 runs the portable one.
+          const expected = kernels === 'subgroup' && c.D % 4 === 0 && gpu.subgroupSize !== undefined ? 'decodeSubgroup' : 'decode';
+          assert.equal(choice.kernel, expected);
+          const got = await webgpuDecodeForward(p, gpu, choice, t.q, t.k, t.v);
+          const oracle = standardForward(p, toF64(t.q), toF64(t.k), toF64(t.v));
+          const std = await forward(t.q, t.k, t.v, { ...options, backend: 'webgpu', algorithm: 'standard' });
+          const label = `${choice.kernel} ${JSON.stringify(c)}`;
+          const ref = toF64(relayout({ data: oracle.out, dtype: 'f64', shape: [c.B, c.Nq, c.H, c.D] }, c.layout));
+          assertWithinRule(`${label} out`, maxError(got.out as never, ref), maxError(std.out, ref), 2);
+          assertWithinRule(`${label} lse`, maxError(got.lse as never, oracle.lse), maxError(std.lse, oracle.lse), 2);
+        }
+      });
+    }
 
     test('webgpu decode: a NaN in one query row stays in that row; a causal row that sees no key gives 0 and −∞', async () => {
       const c = { B: 1, H: 4, Hkv: 2, Nq: 4, Nk: 2, D: 16 };

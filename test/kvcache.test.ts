@@ -8,6 +8,11 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { createKVCache, forward, KVCache, OutOfMemoryError, ShapeError, ValueError, webgpuDevice, type DType, type Tensor } from '../src/index.js';
 import { checkForward } from '../src/problem.js';
+import { cacheGeometry } from '../src/kvcache.js';
+import { memory } from '../src/memory.js';
+import { WebgpuCacheStore } from '../src/webgpu/cache.js';
+import type { DecodeKernels } from '../src/webgpu/decode.js';
+import { defaultGpu } from '../src/webgpu/device.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
@@ -70,15 +75,19 @@ async function step(m: Model, cache: KVCache, slots: number[], n: number, Nq: nu
 
 describe('KV cache', () => {
   reportWebgpuSkip();
-  for (const backend of BACKENDS) {
+  // webgpu: the kernel the device gets, and the subgroup decode kernel forced (software adapters get the portable one).
+  const runs = BACKENDS.flatMap((backend) => (backend === 'webgpu' ? [['webgpu', 'auto'], ['webgpu', 'subgroup']] : [['cpu', 'auto']]) as ['cpu' | 'webgpu', DecodeKernels][]);
+  for (const [backend, kernels] of runs) {
     for (const [dtype, D, pageSize] of [
       ['f32', 40, undefined],
       ['f16', 64, 16],
       ['f32', 7, 5],
     ] as const) {
-      test(`${backend} ${dtype} D=${D} ${pageSize ? `paged (${pageSize} tokens a page)` : 'contiguous'}: prefill, decode, speculative steps`, async () => {
+      test(`${backend}${kernels === 'auto' ? '' : ` (${kernels} kernel)`} ${dtype} D=${D} ${pageSize ? `paged (${pageSize} tokens a page)` : 'contiguous'}: prefill, decode, speculative steps`, async () => {
         const m: Model = { backend, dtype, H: 6, Hkv: 2, D, history: [[], [], []] };
-        const cache = await createKVCache({ batch: 3, kvHeads: 2, headDim: D, maxLength: 80, dtype, backend, pageSize });
+        const config = { batch: 3, kvHeads: 2, headDim: D, maxLength: 80, dtype, backend, pageSize };
+        const cache =
+          kernels === 'auto' ? await createKVCache(config) : new KVCache(cacheGeometry(config), new WebgpuCacheStore(cacheGeometry(config), await defaultGpu(), memory, kernels), memory);
         assert.equal(cache.backend, backend);
         await step(m, cache, [0], 37, 37, true, 1); // prefill slot 0
         await step(m, cache, [2], 5, 5, true, 10); // prefill slot 2; slot 1 stays empty

@@ -112,34 +112,65 @@ for (const { backend, dtype } of TARGETS) {
     const ops = createOps({ backend, dtype, memory: new MemoryTracker() });
 
     // M = B·N rows: tails for every tile (4-row cpu groups, 64 and 128 on webgpu); the second case is large
-    // enough for the cpu worker pool, the third for webgpu's 128×128 tile.
+    // enough for the cpu worker pool, the third for webgpu's 128×128 tile; the last two are rows few
+    // enough for webgpu's matrix-vector kernel (M ≤ 8: decode) and the cpu's column blocks.
     const sizes = [
       { x: [2, 19, 45], N: 70 },
       { x: [300, 70], N: 130 },
       { x: [2100, 37], N: 2100 },
+      { x: [3, 1, 45], N: 70 },
+      { x: [1, 37], N: 2100 },
     ];
+    /** GELU, tanh approximation, and the largest |GELU'| (1.13 near v = 1.5), its error's factor. */
+    const gelu = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
+    const GELU_SLOPE = 1.13;
+    const variants = [{}, { activation: 'relu' }, { activation: 'gelu' }, { residual: true }] as const;
     for (const { x: xShape, N } of sizes) {
-      for (const relu of [false, true]) {
-        test(`linear x [${xShape}] · Wᵀ [${N}, ${xShape.at(-1)}] + b${relu ? ', ReLU' : ''}`, async () => {
+      for (const variant of variants) {
+        const activation = 'activation' in variant ? variant.activation : undefined;
+        const residual = 'residual' in variant;
+        const label = activation === 'relu' ? ', ReLU' : activation === 'gelu' ? ', GELU' : residual ? ' + residual' : '';
+        test(`linear x [${xShape}] · Wᵀ [${N}, ${xShape.at(-1)}] + b${label}`, async () => {
           const o = await ops;
           const K = xShape.at(-1)!;
           const M = xShape.reduce((a, b) => a * b, 1) / K;
           const { xv, wv, bv, sum, mag } = cachedLinearCase(dtype, M, N, K);
-          const [x, w, b] = await Promise.all([opTensor(o, xv, xShape), opTensor(o, wv, [N, K]), opTensor(o, bv, [N])]);
-          const y = await o.linear(x, w, b, { relu });
-          assert.deepEqual(y.shape, [...xShape.slice(0, -1), N]);
+          const rv = values(M * N, 8, dtype);
+          const shape = [...xShape.slice(0, -1), N];
+          const [x, w, b, r] = await Promise.all([opTensor(o, xv, xShape), opTensor(o, wv, [N, K]), opTensor(o, bv, [N]), opTensor(o, rv, shape)]);
+          const y = await o.linear(x, w, b, residual ? { residual: r } : activation ? { activation } : {});
+          assert.deepEqual(y.shape, shape);
           const got = await read(o, y);
           // f64 reference, and Σ|x_k·w_k| + |b| per entry for the bound: a sum of K products and a bias in
-          // f32 (or better) errs by at most γ_{K+1} = (K+1)u/(1 − (K+1)u) of that; ReLU is 1-Lipschitz; the
-          // store rounds once more, by U_STORE relative (or F16_TINY absolute, below f16's normal range).
-          const ref = relu ? sum.map((v) => Math.max(v, 0)) : sum;
+          // f32 (or better) errs by at most γ_{K+1} = (K+1)u/(1 − (K+1)u) of that; ReLU is 1-Lipschitz, GELU
+          // 1.13-Lipschitz and its own f32 evaluation errs by a few u; the residual add rounds once in f32;
+          // the store rounds once more, by U_STORE relative (or F16_TINY absolute, below f16's normal range).
+          const ref = sum.map((v, i) => (activation === 'relu' ? Math.max(v, 0) : activation === 'gelu' ? gelu(v) : residual ? v + rv[i] : v));
           const gamma = ((K + 1) * U32) / (1 - (K + 1) * U32);
-          assertWithin(`${backend} ${dtype} linear`, got, ref, (i) => gamma * mag[i] * (1 + U_STORE[dtype]) + U_STORE[dtype] * Math.abs(ref[i]) + F16_TINY);
-          if (relu) assert.ok(got.every((v) => v >= 0), 'ReLU leaves no negative entry');
-          [x, w, b].forEach((t) => o.free(t));
+          const slope = activation === 'gelu' ? GELU_SLOPE : 1;
+          const own = (i: number) => (activation === 'gelu' ? 8 * U32 * (Math.abs(sum[i]) + 1) : residual ? U32 * Math.abs(ref[i]) : 0);
+          assertWithin(`${backend} ${dtype} linear${label}`, got, ref, (i) => slope * gamma * mag[i] * (1 + U_STORE[dtype]) + own(i) + U_STORE[dtype] * Math.abs(ref[i]) + F16_TINY);
+          if (activation === 'relu') assert.ok(got.every((v) => v >= 0), 'ReLU leaves no negative entry');
+          [x, w, b, r].forEach((t) => o.free(t));
         });
       }
     }
+
+    test('embedding: rows of the token table plus rows of the position table', async () => {
+      const o = await ops;
+      const [V, P, C] = [11, 7, 45];
+      const [tv, pv] = [values(V * C, 9, dtype), values(P * C, 10, dtype)];
+      const [wte, wpe] = await Promise.all([opTensor(o, tv, [V, C]), opTensor(o, pv, [P, C])]);
+      const tokens = [3, 0, 10, 3, 7, 1];
+      const positions = [0, 1, 2, 6, 0, 5];
+      const got = await read(o, await o.embedding(tokens, positions, wte, wpe, [2, 3]));
+      const ref = new Float64Array(6 * C).map((_, e) => tv[tokens[Math.floor(e / C)] * C + (e % C)] + pv[positions[Math.floor(e / C)] * C + (e % C)]);
+      assertWithin(`${backend} ${dtype} embedding`, got, ref, (i) => U_STORE[dtype] * Math.abs(ref[i]) + F16_TINY);
+      await assert.rejects(o.embedding([11], [0], wte, wpe, [1]), (e: unknown) => e instanceof ValueError && e.argument === 'tokens[0]');
+      await assert.rejects(o.embedding([1], [7], wte, wpe, [1]), (e: unknown) => e instanceof ValueError && e.argument === 'positions[0]');
+      await assert.rejects(o.embedding([1, 2], [0], wte, wpe, [2]), (e: unknown) => e instanceof ShapeError && e.argument === 'positions');
+      [wte, wpe].forEach((t) => o.free(t));
+    });
 
     for (const residual of [false, true]) {
       test(`layer norm of x [2, 19, 45]${residual ? ' + residual' : ''}, with weight and bias`, async () => {

@@ -62,17 +62,31 @@ test('the tarball: the built library with its declarations, docs and PyTorch scr
 
 test("the README's examples compile in a user's project (strict, skipLibCheck false) and run without a GPU", { skip: NO_NPM, timeout: 120_000 }, async () => {
   const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
-  // The examples that stand alone (those that import the package); a fragment that continues one is not run.
+  // The examples that stand alone (those that import the package); a fragment that continues one is not
+  // compiled. Those that use Node's globals compile in a project with @types/node, as a Node project
+  // has; the others in one without, so that the declarations are seen to need no Node types.
   const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]).filter((code) => /from 'flashattn'/.test(code));
   assert.ok(blocks.length >= 2, 'the README has its Use and Models examples');
-  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', type: 'module', dependencies: { flashattn: '*' } }));
-  // A user's tsconfig: strict; skipLibCheck, lib and types left at their defaults.
+  const usesNode = (code: string) => /\bprocess\.|from 'node:/.test(code);
+  // A user's tsconfig: strict; skipLibCheck and lib left at their defaults.
   const compilerOptions = { strict: true, target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', outDir: 'out' };
-  writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions, include: ['*.ts'] }));
+  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', type: 'module', dependencies: { flashattn: '*' } }));
+  const tsc = async (project: string) => {
+    const r = await run(process.execPath, [TSC, '-p', join(app, project)]).catch((e: { stdout?: string }) => ({ failed: e.stdout ?? String(e) }));
+    assert.ok(!('failed' in r), `tsc (${project}) found errors:\n${'failed' in r ? r.failed : ''}`);
+  };
   blocks.forEach((code, i) => writeFileSync(join(app, `readme-${i}.ts`), code));
-  const tsc = await run(process.execPath, [TSC, '-p', app]).catch((e: { stdout?: string }) => ({ failed: e.stdout ?? String(e) }));
-  assert.ok(!('failed' in tsc), `tsc found errors:\n${'failed' in tsc ? tsc.failed : ''}`);
+  const files = (node: boolean) => blocks.flatMap((code, i) => (usesNode(code) === node ? [`readme-${i}.ts`] : []));
+  writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions, files: files(false) }));
+  await tsc('tsconfig.json');
+  if (files(true).length) {
+    symlinkSync(join(ROOT, 'node_modules', '@types'), join(app, 'node_modules', '@types'), 'dir');
+    writeFileSync(join(app, 'tsconfig.node.json'), JSON.stringify({ compilerOptions, files: files(true) }));
+    await tsc('tsconfig.node.json');
+  }
+  // Run those that need no model files: on the cpu here (no webgpu package in the project).
   for (let i = 0; i < blocks.length; i++) {
+    if (/readGPT2/.test(blocks[i])) continue;
     const { stdout, stderr } = await run(process.execPath, [join(app, 'out', `readme-${i}.js`)], { cwd: app, timeout: 100_000 });
     assert.equal(stderr, '', `example ${i} wrote to stderr`);
     if (blocks[i].includes('createEncoder')) assert.match(stdout, /^cpu \d+/, 'the Models example ran on the cpu (auto, no WebGPU here) and printed its peak');

@@ -140,7 +140,7 @@ for (const c of CASES) {
     const out = gpuTensor(gpu, new Uint16Array(B * H * D), [B, 1, H, D]);
     const lse = gpu.device.createBuffer({ size: B * H * 4, usage: GPUBufferUsage.STORAGE });
     const { q: sq, kv: sk } = problemStrides(p);
-    const portable = decodeFits(p, gpu, false)!;
+    const portable = decodeFits(p, gpu, 'portable')!;
     const sub = decodeFits(p, gpu)!;
     const choices: DecodeChoice[] = [];
     if (sub.kernel === 'decodeSubgroup') {

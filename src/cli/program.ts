@@ -9,6 +9,8 @@ import { SPIN_UP_MS, TARGET_SAMPLE_MS, TOLERANCE, VALIDATION_MAX_N, runAttention
 import { WallClock, clockFor } from './clock.js';
 import { runEncoder, type EncoderFactory } from './encoder-bench.js';
 import { createEncoder } from '../models/encoder.js';
+import { addDemoCommand } from './demo.js';
+import { addGenerateCommand } from './generate.js';
 import { info } from './info.js';
 import { cpuGeometry, webgpuGeometry } from './io.js';
 import { DECODE_CALLS, DECODE_REPEATS, DECODE_VARIANTS, H200_PEAK_GBPS, defaultPeakGBps, runDecode } from './decode-bench.js';
@@ -322,7 +324,7 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
     .addHelpCommand(false)
     // Usage errors exit with 2 (commander's own default is 1), so they differ from a failed benchmark.
     .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
-    .addHelpText('after', "\nRun 'flashattn bench --help' for what the benchmark measures and its options.");
+    .addHelpText('after', "\nRun 'flashattn bench --help' for what the benchmark measures and its options, 'flashattn generate --help' for text from a GPT-2 folder.");
 
   program
     .command('info')
@@ -379,5 +381,7 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
     .addHelpText('after', BENCH_HELP_AFTER)
     .action(async (o: BenchOptions, cmd: Command) => bench(o, cmd, encoderFactory));
 
+  addGenerateCommand(program);
+  addDemoCommand(program);
   return program;
 }

@@ -1,21 +1,10 @@
 /**
- * Seeded pseudo-random inputs for the benchmark: mulberry32 (a small 32-bit generator) and Box-Muller
+ * Seeded pseudo-random inputs for the benchmark: mulberry32 (src/random.ts) and Box-Muller
  * for standard-normal values, so every run of `flashattn bench` times the same numbers.
  */
 import { encodeF16 } from '../f16.js';
+import { mulberry32 } from '../random.js';
 import { tensor, type Tensor } from '../tensor.js';
-
-/** A generator of uniform numbers in [0, 1) from a 32-bit seed (mulberry32). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Fill `out` with standard-normal values (Box-Muller on two uniforms per pair). */
 export function fillNormal(out: Float32Array, uniform: () => number): Float32Array {
@@ -34,3 +23,5 @@ export function randomTensor(shape: readonly number[], dtype: 'f32' | 'f16', uni
   const values = fillNormal(new Float32Array(shape.reduce((a, b) => a * b, 1)), uniform);
   return dtype === 'f16' ? tensor(encodeF16(values), shape, 'f16') : tensor(values, shape, 'f32');
 }
+
+export { mulberry32 };

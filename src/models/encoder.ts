@@ -30,8 +30,9 @@
  */
 import { ShapeError, ValueError, describe } from '../errors.js';
 import type { MemoryTracker } from '../memory.js';
-import { mulberry32 } from '../cli/random.js';
+import { mulberry32 } from '../random.js';
 import { createOps } from '../nn/index.js';
+import { Live } from '../nn/live.js';
 import { preferWebgpu } from '../webgpu/device.js';
 import type { Ops } from '../nn/ops.js';
 import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
@@ -152,36 +153,9 @@ function checkConfig(c: EncoderConfig): void {
   if (c.seed !== undefined && !Number.isSafeInteger(c.seed)) throw new ValueError('config.seed', 'an integer', describe(c.seed));
 }
 
-/**
- * The intermediates of one forward: each is freed as soon as it is dead, and all that are left if the
- * forward fails.
- */
-class Live {
-  private readonly tensors = new Set<AnyTensor>();
-  constructor(private readonly ops: Ops) {}
-
-  add(t: AnyTensor): AnyTensor {
-    this.tensors.add(t);
-    return t;
-  }
-
-  free(...ts: AnyTensor[]): void {
-    for (const t of ts) if (this.tensors.delete(t)) this.ops.free(t);
-  }
-
-  /** Stop tracking a result that is handed to the caller. */
-  release(t: AnyTensor): void {
-    this.tensors.delete(t);
-  }
-
-  freeAll(): void {
-    this.free(...this.tensors);
-  }
-}
-
 /** One post-norm layer, x (B, N, dModel) -> (B, N, dModel); x is freed once dead if `live` tracks it. */
 async function layerForward(ops: Ops, c: EncoderConfig, w: LayerWeights<AnyTensor>, x: AnyTensor, live: Live): Promise<AnyTensor> {
-  const linear = async (t: AnyTensor, part: LayerPart, relu = false) => live.add(await ops.linear(t, w[part].weight, w[part].bias, { relu }));
+  const linear = async (t: AnyTensor, part: LayerPart, relu = false) => live.add(await ops.linear(t, w[part].weight, w[part].bias, relu ? { activation: 'relu' } : {}));
   const q = await linear(x, 'q');
   const k = await linear(x, 'k');
   const v = await linear(x, 'v');

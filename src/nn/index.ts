@@ -9,7 +9,7 @@ import { CpuOps } from './cpu/ops.js';
 import type { NnBackend, NnDType, Ops } from './ops.js';
 import { WebgpuOps } from './webgpu/ops.js';
 
-export type { AttentionConfig, NnBackend, NnDType, Ops } from './ops.js';
+export type { Activation, AttentionConfig, LinearOptions, NnBackend, NnDType, Ops } from './ops.js';
 
 export interface OpsConfig {
   backend: NnBackend;

@@ -1,13 +1,17 @@
 /**
  * The nn layer: the ops a model is written against, the same on the cpu and webgpu backends. Tensors
  * are row-major in the ops' dtype (f32, or f16 storage with f32-or-better arithmetic); shapes:
- *   linear(x, weight, bias, { relu })          (..., K) -> (..., N)   x·Wᵀ + b, W (N, K) as torch.nn.Linear
+ *   linear(x, weight, bias, { activation, residual })
+ *                                              (..., K) -> (..., N)   act(x·Wᵀ + b) + residual, W (N, K) as torch.nn.Linear
  *   layerNorm(x, weight, bias, residual?)      (..., C) -> (..., C)   LN(x + residual)·weight + bias, eps 1e-5
+ *   embedding(tokens, positions, wte, wpe, shape)  ids (...) -> (..., C)   wte[token] + wpe[position]
  *   attention(q, k, v, { heads, causal, ... }) (B, N, C) ×3 -> (B, N, C)
  *   slice(x, start, count)                     (B, ...) -> (count, ...)   rows start .. start+count−1 of x
  *   write(y, start, t)                         (count, ...) into rows start .. of y (B, ...), made by empty
- * ReLU and the residual add are fused into linear and layer norm: apart, each would be one more pass over
- * the activations and one more live buffer of their size. attention is the library's own forward() over
+ * The activation (ReLU, or GELU with the tanh approximation) and the residual add are fused into linear
+ * and layer norm: apart, each would be one more pass over the activations and one more live buffer of
+ * their size. A post-norm block adds its residual inside the layer norm, a pre-norm block (GPT-2) inside
+ * the linear that ends each branch. attention is the library's own forward() over
  * H = heads heads of C/H in the layout BNHD, so (B, N, C) is (B, N, H, C/H) with no transpose.
  * Every buffer the ops make is counted in their MemoryTracker until it is freed (`free`) or handed to the
  * caller (`output`); tensors the caller passed in are never freed or modified. No tensor the ops make may
@@ -24,6 +28,15 @@ export type NnDType = 'f32' | 'f16';
 
 /** torch.nn.LayerNorm's default. */
 export const LAYER_NORM_EPS = 1e-5;
+
+/** What linear applies to x·Wᵀ + b: ReLU, or GELU with the tanh approximation (GPT-2's); default none. */
+export type Activation = 'relu' | 'gelu';
+
+export interface LinearOptions {
+  activation?: Activation;
+  /** Added to the result after the activation, shaped as the result (a pre-norm block's skip connection). */
+  residual?: AnyTensor;
+}
 
 export interface AttentionConfig {
   heads: number;
@@ -68,7 +81,12 @@ export interface Ops {
   slice(t: AnyTensor, start: number, count: number, name: string): Promise<AnyTensor>;
   /** Copy t (count, ...) into rows start .. start+count−1 of `into` (B, ...), a tensor from `empty`. */
   write(into: AnyTensor, start: number, t: AnyTensor): Promise<void>;
-  linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options?: { relu?: boolean }): Promise<AnyTensor>;
+  linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options?: LinearOptions): Promise<AnyTensor>;
+  /**
+   * Rows of two tables summed: y[m] = tokenTable[tokens[m]] + positionTable[positions[m]], tables (V, C)
+   * and (P, C) in the ops' dtype, ids of `shape` (its elements as many as tokens and positions): (..., C).
+   */
+  embedding(tokens: ArrayLike<number>, positions: ArrayLike<number>, tokenTable: AnyTensor, positionTable: AnyTensor, shape: readonly number[]): Promise<AnyTensor>;
   layerNorm(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, residual?: AnyTensor): Promise<AnyTensor>;
   attention(q: AnyTensor, k: AnyTensor, v: AnyTensor, config: AttentionConfig): Promise<AnyTensor>;
   /**
@@ -154,8 +172,8 @@ export function checkWrite(ops: Pick<Ops, 'backend' | 'dtype'>, into: AnyTensor,
   return { row, elements: count * row };
 }
 
-/** Sizes of linear(x, weight, bias): M rows of K features in, N out. */
-export function checkLinear(ops: Pick<Ops, 'backend' | 'dtype'>, x: AnyTensor, weight: AnyTensor, bias: AnyTensor) {
+/** Sizes of linear(x, weight, bias, options): M rows of K features in, N out. */
+export function checkLinear(ops: Pick<Ops, 'backend' | 'dtype'>, x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: LinearOptions = {}) {
   const X = checkTensor(ops.backend, ops.dtype, 'x', x);
   const W = checkTensor(ops.backend, ops.dtype, 'weight', weight, 2);
   const K = X.shape[X.shape.length - 1];
@@ -163,7 +181,45 @@ export function checkLinear(ops: Pick<Ops, 'backend' | 'dtype'>, x: AnyTensor, w
   if (Kw !== K) throw new ShapeError('weight.shape', `[N, ${K}] (x has ${K} features)`, describe(W.shape));
   checkTensor(ops.backend, ops.dtype, 'bias', bias, 1);
   if (bias.shape[0] !== N) throw new ShapeError('bias.shape', `[${N}] (weight has ${N} rows)`, describe(bias.shape));
-  return { M: sizeOf(X.shape) / K, N, K, shape: [...X.shape.slice(0, -1), N] };
+  if (typeof options !== 'object' || options === null) throw new ValueError('options', 'an options object', describe(options));
+  const { activation, residual } = options;
+  if (activation !== undefined && activation !== 'relu' && activation !== 'gelu') throw new ValueError('options.activation', "'relu', 'gelu' or undefined", describe(activation));
+  const shape = [...X.shape.slice(0, -1), N];
+  if (residual !== undefined) {
+    const R = checkTensor(ops.backend, ops.dtype, 'options.residual', residual);
+    if (R.shape.length !== shape.length || R.shape.some((s, i) => s !== shape[i])) {
+      throw new ShapeError('options.residual.shape', `[${shape.join(', ')}] (the shape of the result)`, describe(R.shape));
+    }
+  }
+  return { M: sizeOf(X.shape) / K, N, K, shape, activation: activation ?? ('none' as const), residual };
+}
+
+/** Sizes of embedding(tokens, positions, tokenTable, positionTable, shape): M rows of C, ids as Int32Arrays. */
+export function checkEmbedding(
+  ops: Pick<Ops, 'backend' | 'dtype'>,
+  tokens: ArrayLike<number>,
+  positions: ArrayLike<number>,
+  tokenTable: AnyTensor,
+  positionTable: AnyTensor,
+  shape: readonly number[],
+) {
+  const T = checkTensor(ops.backend, ops.dtype, 'tokenTable', tokenTable, 2);
+  const P = checkTensor(ops.backend, ops.dtype, 'positionTable', positionTable, 2);
+  const [V, C] = T.shape;
+  if (P.shape[1] !== C) throw new ShapeError('positionTable.shape', `[P, ${C}] (tokenTable has ${C} columns)`, describe(P.shape));
+  if (!Array.isArray(shape) || shape.length < 1 || !shape.every((s) => Number.isSafeInteger(s) && s >= 1)) {
+    throw new ShapeError('shape', 'positive integers', describe(shape));
+  }
+  const M = sizeOf(shape);
+  const ids = (name: string, x: ArrayLike<number>, limit: number, table: string) => {
+    if (typeof x !== 'object' || x === null || x.length !== M) throw new ShapeError(name, `${M} ids (the elements of shape [${shape.join(', ')}])`, describe(x));
+    const out = Int32Array.from(x);
+    out.forEach((id, i) => {
+      if (id !== x[i] || id < 0 || id >= limit) throw new ValueError(`${name}[${i}]`, `an integer in [0, ${limit}) (rows of ${table})`, describe(x[i]));
+    });
+    return out;
+  };
+  return { M, C, tokens: ids('tokens', tokens, V, 'tokenTable'), positions: ids('positions', positions, P.shape[0], 'positionTable'), shape: [...shape, C] };
 }
 
 /** Sizes of layerNorm(x, weight, bias, residual): M rows of C. */

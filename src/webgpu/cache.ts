@@ -17,7 +17,7 @@ import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
 import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
 import { GpuBuffers } from './buffers.js';
-import { decodeChoice, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeScratch } from './decode.js';
+import { decodeChoice, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeKernels, type DecodeScratch } from './decode.js';
 import type { Gpu } from './device.js';
 import { appendWGSL } from './kernels/append.js';
 import { decodeSizesBytes, type DecodeSizes } from './kernels/decode.js';
@@ -44,8 +44,8 @@ export class WebgpuCacheStore implements CacheStore {
     private readonly g: CacheGeometry,
     private readonly gpu: Gpu,
     private readonly memory: MemoryTracker,
-    /** Whether the subgroup decode kernel may run (tests turn it off to cover the portable one). */
-    private readonly subgroups = true,
+    /** Which decode kernels may run (tests force each one). */
+    private readonly kernels: DecodeKernels = 'auto',
   ) {
     if (!decodeChoice({ D: g.D, dtype: g.dtype, G: 1, Nq: 1, causal: false, cache: true, paged: g.paged, aligned: true }, gpu)) {
       throw new NotSupportedError('config.headDim', `a KV cache of head dim ${g.D} on this device (no decode tile fits its workgroup memory)`, 'a smaller head dim', String(g.D));
@@ -99,7 +99,7 @@ export class WebgpuCacheStore implements CacheStore {
       let result: { out: GPUBuffer; lse: GPUBuffer } | undefined;
       if (s.q) {
         const { H, Nq } = s;
-        const choice = decodeChoice({ D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true }, this.gpu, this.subgroups)!;
+        const choice = decodeChoice({ D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true }, this.gpu, this.kernels)!;
         const { R, block } = decodeShape(choice);
         const rowChunks = Math.ceil(((H / Hkv) * Nq) / R);
         const longest = Math.max(1, ...s.lengths);

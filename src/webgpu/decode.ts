@@ -96,11 +96,19 @@ function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
 }
 
 /**
- * The decode kernel for a shape on a device: the subgroup kernel where it applies (kernels/decode-subgroup.ts),
- * else the portable one (kernels/decode.ts), or undefined where no block of either fits the device.
+ * Which decode kernels a call may run: 'auto' the subgroup kernel on GPUs and the portable one on
+ * software adapters (in Chromium's SwiftShader the subgroup kernel's pages stopped answering; lavapipe
+ * runs it, and the tests force it there: 'subgroup'), 'portable' the portable kernel only.
  */
-export function decodeChoice(s: DecodeShape, gpu: Gpu, subgroups = true): DecodeChoice | undefined {
-  const sub = subgroups ? subgroupChoice(s, gpu) : undefined;
+export type DecodeKernels = 'auto' | 'subgroup' | 'portable';
+
+/**
+ * The decode kernel for a shape on a device: the subgroup kernel where it applies (kernels/decode-subgroup.ts)
+ * and `kernels` allows it, else the portable one (kernels/decode.ts), or undefined where no block of
+ * either fits the device.
+ */
+export function decodeChoice(s: DecodeShape, gpu: Gpu, kernels: DecodeKernels = 'auto'): DecodeChoice | undefined {
+  const sub = kernels === 'subgroup' || (kernels === 'auto' && !gpu.software) ? subgroupChoice(s, gpu) : undefined;
   if (sub) return sub;
   const WG = invocations(gpu);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
@@ -116,11 +124,11 @@ export function decodeChoice(s: DecodeShape, gpu: Gpu, subgroups = true): Decode
 }
 
 /** Whether forward() runs a problem on the decode schedule: few queries, flash, and a kernel that fits. */
-export function decodeFits(p: Problem, gpu: Gpu, subgroups = true): DecodeChoice | undefined {
+export function decodeFits(p: Problem, gpu: Gpu, kernels: DecodeKernels = 'auto'): DecodeChoice | undefined {
   if (p.algorithm !== 'flash' || p.Nq > DECODE_MAX_QUERIES || p.B > gpu.limits.maxComputeWorkgroupsPerDimension) return undefined;
   const s = problemStrides(p);
   const aligned = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 4 === 0);
-  return decodeChoice({ D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned }, gpu, subgroups);
+  return decodeChoice({ D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned }, gpu, kernels);
 }
 
 /**

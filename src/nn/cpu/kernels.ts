@@ -2,15 +2,18 @@
  * The cpu kernels of the nn ops: plain typed-array loops, f32 or f16 in memory and f64 in registers
  * (JavaScript numbers are doubles, so the arithmetic costs the same and rounds less).
  *
- * linearTask: y = x·Wᵀ + b (ReLU optional), x (M, K) → y (M, N) with W (N, K). One task owns a block of
- *   MB rows of x: it packs them into f64 scratch, four rows interleaved (xp[g·4K + 4k + i] = x[4g + i][k]),
- *   then for each group of four rows of W packs those the same way (wp[4k + j] = W[n + j][k]) and runs a
+ * linearTask: y = act(x·Wᵀ + b) (+ r), x (M, K) → y (M, N) with W (N, K), act none, ReLU or GELU (tanh
+ *   approximation), r an optional residual (M, N) added last. One task owns a block of MB rows of x and
+ *   NB columns of y (several column blocks where there are few row blocks, as in single-token decode, so
+ *   that every thread has work): it packs its rows into f64 scratch, four rows interleaved
+ *   (xp[g·4K + 4k + i] = x[4g + i][k]), then for each group of four rows of W packs those the same way (wp[4k + j] = W[n + j][k]) and runs a
  *   4×4 register-blocked micro-kernel over k for every row group: each step loads 4 + 4 doubles from two
  *   contiguous streams for 16 multiply-adds. The packed x block (MB·K doubles) stays in L2 and the packed
  *   W group (4·K) in L1. Tails (M, N not multiples of 4) are packed as zeros and not stored.
  *   Scratch per thread: (MB + 4)·K f64.
  * layerNormRows: y = LN(x [+ r])·weight + bias per row of C, two passes (mean, then the centred
  *   variance), biased variance as torch.nn.LayerNorm; runs inline (it is O(M·C)).
+ * embeddingRows: y[m] = tokenTable[tokens[m]] + positionTable[positions[m]], rows of C; inline.
  */
 import { f16ToNumber, numberToF16 } from '../../f16.js';
 
@@ -23,7 +26,25 @@ export interface LinearShape {
   K: number;
   /** Rows of x per task (a multiple of 4). */
   MB: number;
-  relu: boolean;
+  /** Columns of y per task (a multiple of 4). */
+  NB: number;
+  activation: Activation;
+  /** y gets r (M, N) added after the activation. */
+  residual: boolean;
+}
+
+/** What linear applies to x·Wᵀ + b: nothing, ReLU, or GELU with the tanh approximation (GPT-2's). */
+export type Activation = 'none' | 'relu' | 'gelu';
+
+/** √(2/π), GELU's tanh approximation: 0.5·v·(1 + tanh(√(2/π)·(v + 0.044715·v³))). */
+export const GELU_C = Math.sqrt(2 / Math.PI);
+
+export function gelu(v: number): number {
+  return 0.5 * v * (1 + Math.tanh(GELU_C * (v + 0.044715 * v * v * v)));
+}
+
+function activate(activation: Activation, v: number): number {
+  return activation === 'relu' ? (v < 0 ? 0 : v) : activation === 'gelu' ? gelu(v) : v;
 }
 
 export interface LinearArrays {
@@ -31,10 +52,11 @@ export interface LinearArrays {
   w: HostData;
   b: HostData;
   y: HostData;
+  r?: HostData;
 }
 
 export function linearTasks(s: LinearShape): number {
-  return Math.ceil(s.M / s.MB);
+  return Math.ceil(s.M / s.MB) * Math.ceil(s.N / s.NB);
 }
 
 /** f64 elements of scratch each thread needs. */
@@ -45,6 +67,12 @@ export function linearScratch(s: LinearShape): number {
 /** Rows of x per task: enough tasks for every thread twice over, 16 to 64 rows each. */
 export function linearRowBlock(M: number, threads: number): number {
   return Math.min(64, Math.max(16, 4 * Math.ceil(M / (8 * threads))));
+}
+
+/** Columns of y per task: all of them, unless there are fewer row blocks than twice the threads. */
+export function linearColumnBlock(M: number, N: number, MB: number, threads: number): number {
+  const columnBlocks = Math.max(1, Math.ceil((2 * threads) / Math.ceil(M / MB)));
+  return 4 * Math.ceil(N / (4 * columnBlocks));
 }
 
 /** dst[d + 4k] = src[o + k] for k < K (a row into its lane of a 4-interleaved pack). */
@@ -86,8 +114,12 @@ function microKernel(xp: Float64Array, ia: number, wp: Float64Array, K: number, 
 }
 
 export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: Float64Array): void {
-  const { M, N, K, relu } = s;
-  const m0 = t * s.MB;
+  const { M, N, K, activation } = s;
+  const r = s.residual ? a.r : undefined;
+  const columnBlocks = Math.ceil(N / s.NB);
+  const m0 = Math.floor(t / columnBlocks) * s.MB;
+  const n0 = (t % columnBlocks) * s.NB;
+  const n1 = Math.min(N, n0 + s.NB);
   const rows = Math.min(s.MB, M - m0);
   const groups = Math.ceil(rows / 4);
   const xp = scratch.subarray(0, groups * 4 * K);
@@ -99,23 +131,24 @@ export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: 
   }
   const bias = new Float64Array(4);
   const tile = new Float64Array(16);
-  for (let n = 0; n < N; n += 4) {
+  for (let n = n0; n < n1; n += 4) {
     for (let j = 0; j < 4; j++) {
-      if (n + j < N) {
+      if (n + j < n1) {
         packRow(wp, j, a.w, (n + j) * K, K);
         bias[j] = at(a.b, n + j);
       } else {
         zeroLane(wp, j, K);
       }
     }
-    const cols = Math.min(4, N - n);
+    const cols = Math.min(4, n1 - n);
     for (let g = 0; g < groups; g++) {
       microKernel(xp, g * 4 * K, wp, K, tile);
       const m = m0 + 4 * g;
       for (let i = 0; i < 4 && m + i < M; i++) {
         for (let j = 0; j < cols; j++) {
-          const v = tile[4 * i + j] + bias[j];
-          store(a.y, (m + i) * N + n + j, relu && v < 0 ? 0 : v);
+          const e = (m + i) * N + n + j;
+          const v = activate(activation, tile[4 * i + j] + bias[j]);
+          store(a.y, e, r ? v + at(r, e) : v);
         }
       }
     }
@@ -141,5 +174,13 @@ export function layerNormRows(x: HostData, r: HostData | undefined, weight: Host
     for (let c = 0; c < C; c++) sq += (v[c] - mean) * (v[c] - mean);
     const inv = 1 / Math.sqrt(sq / C + eps);
     for (let c = 0; c < C; c++) store(y, o + c, (v[c] - mean) * inv * at(weight, c) + at(bias, c));
+  }
+}
+
+/** y[m] = tokenTable[tokens[m]] + positionTable[positions[m]] for M rows of C (ids already checked). */
+export function embeddingRows(tokens: Int32Array, positions: Int32Array, tokenTable: HostData, positionTable: HostData, y: HostData, C: number): void {
+  for (let m = 0; m < tokens.length; m++) {
+    const [t, p, o] = [tokens[m] * C, positions[m] * C, m * C];
+    for (let c = 0; c < C; c++) store(y, o + c, at(tokenTable, t + c) + at(positionTable, p + c));
   }
 }

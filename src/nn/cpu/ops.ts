@@ -1,11 +1,11 @@
 /**
  * The nn ops on the cpu backend. Tensors are typed arrays (Float32Array, or Uint16Array holding f16 bits).
- * linear runs on the worker pool (tasks of row blocks, see kernels.ts) when it is large enough to pay for
- * the round trip, its x, W, b and y staged in the pool's workspace (cpu/pool.ts: the workers only ever
- * see that one buffer, so they hold no memory between calls), else inline on the arrays themselves;
- * layerNorm runs inline; attention is the library's cpu forward(). Every array made here, and the staged
- * copies and each thread's scratch while a linear runs, is counted in the MemoryTracker. slice and write
- * copy rows with TypedArray.set.
+ * linear runs on the worker pool (tasks of row and column blocks, see kernels.ts) when it is large enough
+ * to pay for the round trip, its x, W, b, residual and y staged in the pool's workspace (cpu/pool.ts: the
+ * workers only ever see that one buffer, so they hold no memory between calls), else inline on the arrays
+ * themselves; layerNorm and embedding run inline; attention is the library's cpu forward(). Every array
+ * made here, and the staged copies and each thread's scratch while a linear runs, is counted in the
+ * MemoryTracker. slice and write copy rows with TypedArray.set.
  */
 import { forward } from '../../api.js';
 import { OutOfMemoryError } from '../../errors.js';
@@ -14,8 +14,8 @@ import type { MemoryTracker } from '../../memory.js';
 import type { Region } from '../../cpu/job.js';
 import { Arena, runJob, threadsFor } from '../../cpu/pool.js';
 import { BYTES_PER_ELEMENT, type AnyTensor, type Tensor } from '../../tensor.js';
-import { checkAttention, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type NnDType, type Ops } from '../ops.js';
-import { layerNormRows, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
+import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops } from '../ops.js';
+import { embeddingRows, layerNormRows, linearColumnBlock, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
 
 /** The bytes of an array, as a job's region. */
 function regionOf(data: ArrayBufferView): Region {
@@ -120,20 +120,22 @@ export class CpuOps implements Ops {
     return config.algorithm === 'standard' ? Math.max(staged, config.heads * N * N * BYTES_PER_ELEMENT[this.dtype]) : staged;
   }
 
-  async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: { relu?: boolean } = {}): Promise<AnyTensor> {
-    const { M, N, K, shape } = checkLinear(this, x, weight, bias);
+  async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: LinearOptions = {}): Promise<AnyTensor> {
+    const { M, N, K, shape, activation, residual } = checkLinear(this, x, weight, bias, options);
     const y = this.array(M * N, `the linear output [${shape.join(', ')}]`, 'x');
     const threads = await threadsFor(M * N * K);
-    const s: LinearShape = { M, N, K, MB: linearRowBlock(M, threads), relu: options.relu ?? false };
-    const f16 = this.dtype === 'f16' ? '.f16' : '';
-    const [X, W, b] = [x, weight, bias].map((t) => t.data as HostData);
+    const MB = linearRowBlock(M, threads);
+    const s: LinearShape = { M, N, K, MB, NB: linearColumnBlock(M, N, MB, threads), activation, residual: residual !== undefined };
     const scratchBytes = linearScratch(s) * 8;
+    const f16 = this.dtype === 'f16' ? '.f16' : '';
+    const arrays = [x, weight, bias, ...(residual ? [residual] : [])].map((t) => t.data as HostData);
+    const names = ['x', 'w', 'b', 'r'].map((n) => n + f16);
     if (threads === 1) {
       // Inline: the kernel reads and writes the arrays themselves.
       const scratch = this.memory.allocate(scratchBytes);
       try {
-        const buffers = { ['x' + f16]: regionOf(X), ['w' + f16]: regionOf(W), ['b' + f16]: regionOf(b), ['y' + f16]: regionOf(y) };
-        await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch: [regionOf(new Float64Array(scratchBytes / 8))], counter: regionOf(new Float32Array(1)) });
+        const buffers = Object.fromEntries([...arrays.map((a, i) => [names[i], regionOf(a)]), ['y' + f16, regionOf(y)]]);
+        await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch: [regionOf(new Float64Array(scratchBytes / 8))], counter: regionOf(new Int32Array(1)) });
       } catch (e) {
         this.free(this.tensor(y, shape));
         throw e;
@@ -142,25 +144,25 @@ export class CpuOps implements Ops {
       }
       return this.tensor(y, shape);
     }
-    const sizes = [X.byteLength, W.byteLength, b.byteLength, y.byteLength, ...Array<number>(threads).fill(scratchBytes)];
+    const sizes = [...arrays.map((a) => a.byteLength), y.byteLength, ...Array<number>(threads).fill(scratchBytes)];
+    const total = sizes.reduce((a, c) => a + c, 0);
     let arena: Arena;
     try {
       arena = Arena.open(sizes);
     } catch (e) {
       this.free(this.tensor(y, shape));
       if (!(e instanceof RangeError)) throw e;
-      throw new OutOfMemoryError('x', `an allocation this machine can make for the linear's staged x, W, b, y and scratch`, `${sizes.reduce((a, c) => a + c, 0)} bytes (${e.message})`);
+      throw new OutOfMemoryError('x', "an allocation this machine can make for the linear's staged x, W, b, y and scratch", `${total} bytes (${e.message})`);
     }
-    const counted = this.memory.allocate(sizes.reduce((a, c) => a + c, 0));
+    const counted = this.memory.allocate(total);
     try {
-      const staged = [X, W, b].map((data) => {
-        const r = arena.take(data.byteLength);
-        viewOf(r, data).set(data);
-        return r;
+      const buffers: Record<string, Region> = {};
+      arrays.forEach((a, i) => {
+        buffers[names[i]] = arena.take(a.byteLength);
+        viewOf(buffers[names[i]], a).set(a);
       });
-      const Y = arena.take(y.byteLength);
+      const Y = (buffers['y' + f16] = arena.take(y.byteLength));
       const scratch = Array.from({ length: threads }, () => arena.take(scratchBytes));
-      const buffers = { ['x' + f16]: staged[0], ['w' + f16]: staged[1], ['b' + f16]: staged[2], ['y' + f16]: Y };
       await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch, counter: arena.take(4) });
       y.set(viewOf(Y, y));
     } catch (e) {
@@ -179,6 +181,13 @@ export class CpuOps implements Ops {
     const data = (t: AnyTensor) => t.data as HostData;
     layerNormRows(data(x), residual && data(residual), data(weight), data(bias), y, M, C, LAYER_NORM_EPS);
     return this.tensor(y, shape);
+  }
+
+  async embedding(tokens: ArrayLike<number>, positions: ArrayLike<number>, tokenTable: AnyTensor, positionTable: AnyTensor, shape: readonly number[]): Promise<AnyTensor> {
+    const e = checkEmbedding(this, tokens, positions, tokenTable, positionTable, shape);
+    const y = this.array(e.M * e.C, `the embedding output [${e.shape.join(', ')}]`, 'tokens');
+    embeddingRows(e.tokens, e.positions, tokenTable.data as HostData, positionTable.data as HostData, y, e.C);
+    return this.tensor(y, e.shape);
   }
 
   async attention(q: AnyTensor, k: AnyTensor, v: AnyTensor, config: AttentionConfig): Promise<AnyTensor> {

@@ -2,7 +2,8 @@
  * WGSL of the nn ops, generated from typed params (the params object is the pipeline's cache key).
  * Storage is f32 or f16 (`dtype`); arithmetic is f32 always.
  *
- * linear: y = x·Wᵀ + b (ReLU optional), x (M, K), W (N, K) as torch.nn.Linear's weight, y (M, N).
+ * linear: y = act(x·Wᵀ + b) (+ r), x (M, K), W (N, K) as torch.nn.Linear's weight, y (M, N), act none,
+ *   ReLU or GELU (tanh approximation), r an optional residual (M, N).
  *   One workgroup of 256 invocations (16×16) owns a BM×BN tile of y, BM = 16·RM, BN = 64·CN (dispatch x:
  *   tiles along N, y: tiles along M, grid-strided past the dispatch limit). Invocation (tx, ty) owns RM
  *   rows (row quads ty + 16g) by 4·CN columns (column quads tx + 16c), held in RM·CN named vec4<f32>
@@ -11,11 +12,20 @@
  *   as vec4s of four consecutive rows, each row of the slice padded by one vec4 so that the stores of
  *   neighbouring k do not fall in one bank; then each k of the step costs RM/4 + CN vec4 loads for
  *   4·RM·CN vec4 multiply-adds. Workgroup memory: 16·BK·(BM/4 + BN/4 + 2) bytes (8.4 KiB for 64×64 at
- *   BK = 16, 8.4 KiB for 128×128 at BK = 8). The bias and the ReLU are applied as y is stored.
+ *   BK = 16, 8.4 KiB for 128×128 at BK = 8). The bias, the activation and the residual are applied as y is stored.
+ * linearRows: the same y for few rows (M ≤ MR, MR ∈ {1, 2, 4, 8}: single-token decode, the LM head of the
+ *   last positions), where linear's 64-row tiles would be mostly empty. Matrix-vector products: one
+ *   invocation owns one column n of y for every row (MR named f32 accumulators) and runs down row n of W
+ *   and the rows of x, four k at a time; WG invocations per workgroup (dispatch x: columns, grid-strided);
+ *   no workgroup memory, no barrier. W is read once. (A workgroup of 32 lanes per column with a tree
+ *   reduction, coalesced reads of W, ran 2–5× slower on lavapipe, whose barriers are dear; not yet
+ *   measured on a GPU.)
  * layerNorm: y = (v − mean) / sqrt(var + eps) · weight + bias with v = x (+ r), per row of C (biased
  *   variance, as torch.nn.LayerNorm). One workgroup owns a row (dispatch x: rows, grid-strided); its WG
  *   invocations stride over the row three times (sum, centred sum of squares, store: v is re-read rather
  *   than kept, so the row length is free), with tree reductions in workgroup memory (4·WG bytes).
+ * embedding: y[m] = wte[tokens[m]] + wpe[positions[m]], rows of C, ids (u32) in one buffer: the M
+ *   tokens, then the M positions. One invocation per element of y (dispatch x, grid-strided).
  * copy: dst[dst0 + i] = src[src0 + i] for i < count elements, bit for bit: slice and write (a model's
  *   batch cut into slices and joined again). Both buffers are bound as u32 words, in ranges that start on
  *   the device's storage offset alignment, so src0 and dst0 are element offsets into those ranges, at any
@@ -29,7 +39,9 @@ import { reduceWGSL } from '../../webgpu/kernels/standard.js';
 
 export interface LinearParams {
   dtype: StorageType;
-  relu: boolean;
+  activation: 'none' | 'relu' | 'gelu';
+  /** y gets r (M, N) added after the activation (binding 5). */
+  residual: boolean;
   /** Rows of y per invocation: 4 or 8. */
   RM: number;
   /** Column quads of y per invocation: 1 or 2. */
@@ -55,7 +67,8 @@ export function linearDims(M: number, N: number, K: number): ArrayBuffer {
 }
 
 export function linearWGSL(p: LinearParams, workgroupLimit: number): string {
-  const { dtype, relu, RM, CN, BK } = p;
+  const { dtype, activation, residual, RM, CN, BK } = p;
+  const act = activationWGSL(activation);
   const { BM, BN } = linearTile(p);
   checkWorkgroupBytes('linear', linearWorkgroupBytes(p), workgroupLimit);
   const G = RM / 4; // row quads per invocation
@@ -75,7 +88,8 @@ struct Dims {
 @group(0) @binding(2) var<storage, read> w: array<${dtype}>;
 @group(0) @binding(3) var<storage, read> bias: array<${dtype}>;
 @group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
-
+${residual ? `@group(0) @binding(5) var<storage, read> r: array<${dtype}>;
+` : ''}
 const BM = ${BM}u;
 const BN = ${BN}u;
 const BK = ${BK}u;
@@ -99,7 +113,7 @@ fn wAt(n: u32, k: u32) -> f32 {
   return 0.0;
 }
 
-// Entries (row, col .. col+3) of y: the sums plus the bias${relu ? ', ReLU' : ''}, stored where inside y.
+// Entries (row, col .. col+3) of y: the sums plus the bias${activation === 'none' ? '' : `, ${activation}`}${residual ? ', plus r' : ''}, stored where inside y.
 fn store(row: u32, col: u32, acc: vec4<f32>) {
   if (row >= u.M) {
     return;
@@ -108,7 +122,7 @@ fn store(row: u32, col: u32, acc: vec4<f32>) {
     let n = col + j;
     if (n < u.N) {
       let v = acc[j] + f32(bias[n]);
-      y[row * u.N + n] = ${dtype}(${relu ? 'max(v, 0.0)' : 'v'});
+      y[row * u.N + n] = ${dtype}(${act}${residual ? ' + f32(r[row * u.N + n])' : ''});
     }
   }
 }
@@ -149,6 +163,80 @@ ${acc.map((a) => `          ${name(a)} += a${a.g}.${lane[a.i]} * b${a.c};`).join
       }
 ${acc.map((a) => `      store(m0 + 4u * (ty + ${16 * a.g}u) + ${a.i}u, n0 + 4u * (tx + ${16 * a.c}u), ${name(a)});`).join('\n')}
     }
+  }
+}
+`;
+}
+
+export interface LinearRowsParams {
+  dtype: StorageType;
+  activation: 'none' | 'relu' | 'gelu';
+  residual: boolean;
+  /** The most rows of x (M ≤ MR): 1, 2, 4 or 8. */
+  MR: number;
+  WG: number;
+}
+
+/** The largest M linearRows takes. */
+export const LINEAR_ROWS_MAX = 8;
+
+/** GELU's tanh approximation on v (f32); the argument is clamped where tanh is ±1 in f32 anyway, so that
+ * an implementation of tanh through exp cannot overflow to NaN. */
+function activationWGSL(activation: LinearParams['activation']): string {
+  return { none: 'v', relu: 'max(v, 0.0)', gelu: '0.5 * v * (1.0 + tanh(clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0)))' }[activation];
+}
+
+export function linearRowsWGSL(p: LinearRowsParams): string {
+  const { dtype, activation, residual, MR, WG } = p;
+  const rows = Array.from({ length: MR }, (_, r) => r);
+  return `${enables(dtype)}
+struct Dims {
+  M: u32,
+  N: u32,
+  K: u32,
+  pad: u32,
+}
+@group(0) @binding(0) var<uniform> u: Dims;
+@group(0) @binding(1) var<storage, read> x: array<${dtype}>;
+@group(0) @binding(2) var<storage, read> w: array<${dtype}>;
+@group(0) @binding(3) var<storage, read> bias: array<${dtype}>;
+@group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
+${residual ? `@group(0) @binding(5) var<storage, read> r: array<${dtype}>;\n` : ''}
+// x[row][k .. k+3], 0 past the rows of x (row ≥ M) and past its columns (k ≥ K).
+fn x4(row: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  if (row < u.M) {
+    for (var j = 0u; j < 4u && k + j < u.K; j++) {
+      v[j] = f32(x[row * u.K + k + j]);
+    }
+  }
+  return v;
+}
+
+fn w4(n: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  for (var j = 0u; j < 4u && k + j < u.K; j++) {
+    v[j] = f32(w[n * u.K + k + j]);
+  }
+  return v;
+}
+
+fn store(row: u32, n: u32, sum: f32) {
+  if (row < u.M) {
+    let v = sum + f32(bias[n]);
+    y[row * u.N + n] = ${dtype}(${activationWGSL(activation)}${residual ? ' + f32(r[row * u.N + n])' : ''});
+  }
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  for (var n = gid.x; n < u.N; n += nwg.x * ${WG}u) {
+${rows.map((r) => `    var acc${r} = 0.0;`).join('\n')}
+    for (var k = 0u; k < u.K; k += 4u) {
+      let wk = w4(n, k);
+${rows.map((r) => `      acc${r} += dot(x4(${r}u, k), wk);`).join('\n')}
+    }
+${rows.map((r) => `    store(${r}u, n, acc${r});`).join('\n')}
   }
 }
 `;
@@ -215,6 +303,42 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     for (var c = lid; c < C; c += WG) {
       y[o + c] = ${t}((v(o + c) - mean) * inv * f32(weight[c]) + f32(bias[c]));
     }
+  }
+}
+`;
+}
+
+export interface EmbeddingParams {
+  dtype: StorageType;
+  WG: number;
+}
+
+/** The uniform block of an embedding: M, C (u32), padded to 16 bytes. */
+export function embeddingDims(M: number, C: number): ArrayBuffer {
+  return new Uint32Array([M, C, 0, 0]).buffer;
+}
+
+export function embeddingWGSL(p: EmbeddingParams): string {
+  const { dtype, WG } = p;
+  return `${enables(dtype)}
+struct Dims {
+  M: u32,
+  C: u32,
+  pad0: u32,
+  pad1: u32,
+}
+@group(0) @binding(0) var<uniform> u: Dims;
+@group(0) @binding(1) var<storage, read> ids: array<u32>; // M tokens, then M positions
+@group(0) @binding(2) var<storage, read> wte: array<${dtype}>;
+@group(0) @binding(3) var<storage, read> wpe: array<${dtype}>;
+@group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  for (var i = gid.x; i < u.M * u.C; i += nwg.x * ${WG}u) {
+    let m = i / u.C;
+    let c = i % u.C;
+    y[i] = ${dtype}(f32(wte[ids[m] * u.C + c]) + f32(wpe[ids[u.M + m] * u.C + c]));
   }
 }
 `;

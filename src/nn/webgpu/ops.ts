@@ -20,8 +20,24 @@ import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Te
 import { freeDestroyed, GpuBuffers } from '../../webgpu/buffers.js';
 import type { Gpu } from '../../webgpu/device.js';
 import { dispatch, pipeline } from '../../webgpu/pipelines.js';
-import { checkAttention, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type NnDType, type Ops } from '../ops.js';
-import { copyDims, copyUnits, copyWGSL, layerNormDims, layerNormWGSL, linearDims, linearTile, linearWGSL, type CopyParams, type LinearParams } from './kernels.js';
+import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops } from '../ops.js';
+import {
+  copyDims,
+  copyUnits,
+  copyWGSL,
+  embeddingDims,
+  embeddingWGSL,
+  layerNormDims,
+  layerNormWGSL,
+  linearDims,
+  LINEAR_ROWS_MAX,
+  linearRowsWGSL,
+  linearTile,
+  linearWGSL,
+  type CopyParams,
+  type LinearParams,
+  type LinearRowsParams,
+} from './kernels.js';
 
 /** What an op's body makes its buffers with: each is counted, and destroyed if the op fails. */
 interface Make {
@@ -223,19 +239,51 @@ export class WebgpuOps implements Ops {
     return Math.min(n, this.gpu.limits.maxComputeWorkgroupsPerDimension);
   }
 
-  async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: { relu?: boolean } = {}): Promise<AnyTensor> {
-    const { M, N, K, shape } = checkLinear(this, x, weight, bias);
-    const params: LinearParams = { dtype: this.dtype, relu: options.relu ?? false, ...linearTileFor(M, N) };
+  async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: LinearOptions = {}): Promise<AnyTensor> {
+    const { M, N, K, shape, activation, residual } = checkLinear(this, x, weight, bias, options);
+    if (M <= LINEAR_ROWS_MAX) return this.linearRows(x, weight, bias, { M, N, K, shape, activation, residual });
+    const params: LinearParams = { dtype: this.dtype, activation, residual: residual !== undefined, ...linearTileFor(M, N) };
     const { BM, BN } = linearTile(params);
     const limit = this.gpu.limits.maxComputeWorkgroupStorageSize;
     const data = await this.op('x', `the linear output [${shape.join(', ')}]`, async (make) => {
       const pipe = await pipeline(this.device, 'linear', params, (p) => linearWGSL(p, limit));
       const y = make.storage(this.bytes(M * N), 'y');
       const dims = make.uniform(linearDims(M, N, K));
-      this.submit(pipe, [dims, x.data as GPUBuffer, weight.data as GPUBuffer, bias.data as GPUBuffer, y], [this.groups(Math.ceil(N / BN)), this.groups(Math.ceil(M / BM))]);
+      const bindings = [dims, x.data, weight.data, bias.data, y, ...(residual ? [residual.data] : [])] as GPUBuffer[];
+      this.submit(pipe, bindings, [this.groups(Math.ceil(N / BN)), this.groups(Math.ceil(M / BM))]);
       return y;
     });
     return this.gpuTensor(data, shape);
+  }
+
+  /** linear for M ≤ LINEAR_ROWS_MAX rows: matrix-vector products (see kernels.ts). */
+  private async linearRows(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, s: ReturnType<typeof checkLinear>): Promise<AnyTensor> {
+    const { M, N, K, shape, activation, residual } = s;
+    const params: LinearRowsParams = { dtype: this.dtype, activation, residual: residual !== undefined, MR: 2 ** Math.ceil(Math.log2(M)), WG: this.WG };
+    const data = await this.op('x', `the linear output [${shape.join(', ')}]`, async (make) => {
+      const pipe = await pipeline(this.device, 'linearRows', params, linearRowsWGSL);
+      const y = make.storage(this.bytes(M * N), 'y');
+      const bindings = [make.uniform(linearDims(M, N, K)), x.data, weight.data, bias.data, y, ...(residual ? [residual.data] : [])] as GPUBuffer[];
+      this.submit(pipe, bindings, [this.groups(Math.ceil(N / this.WG)), 1]);
+      return y;
+    });
+    return this.gpuTensor(data, shape);
+  }
+
+  async embedding(tokens: ArrayLike<number>, positions: ArrayLike<number>, tokenTable: AnyTensor, positionTable: AnyTensor, shape: readonly number[]): Promise<AnyTensor> {
+    const e = checkEmbedding(this, tokens, positions, tokenTable, positionTable, shape);
+    const params = { dtype: this.dtype, WG: this.WG };
+    const data = await this.op('tokens', `the embedding output [${e.shape.join(', ')}]`, async (make) => {
+      const pipe = await pipeline(this.device, 'embedding', params, embeddingWGSL);
+      const ids = new Uint32Array(2 * e.M);
+      ids.set(e.tokens);
+      ids.set(e.positions, e.M);
+      const y = make.storage(this.bytes(e.M * e.C), 'y');
+      const bindings = [make.uniform(embeddingDims(e.M, e.C)), make.upload(ids, 'token ids'), tokenTable.data as GPUBuffer, positionTable.data as GPUBuffer, y];
+      this.submit(pipe, bindings, [this.groups(Math.ceil((e.M * e.C) / this.WG)), 1]);
+      return y;
+    });
+    return this.gpuTensor(data, e.shape);
   }
 
   async layerNorm(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, residual?: AnyTensor): Promise<AnyTensor> {

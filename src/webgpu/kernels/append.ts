@@ -6,7 +6,7 @@
  * kvPage / kvRow / kvHead strides, pageSize, maxPages). Dispatch (⌈B·n·Hkv·D / WG⌉ up to 65535, then y).
  */
 import { enables, type StorageType } from './common.js';
-import { DECODE_SIZE_FIELDS } from './decode.js';
+import { DECODE_SIZES_WGSL } from './decode.js';
 
 export interface AppendParams {
   D: number;
@@ -17,10 +17,7 @@ export interface AppendParams {
 export function appendWGSL(p: AppendParams): string {
   const { D, dtype, WG } = p;
   return `${enables(dtype)}
-struct Sizes {
-${DECODE_SIZE_FIELDS.map((f) => `  ${f}: u32,`).join('\n')}
-  scale: f32,
-}
+${DECODE_SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> knew: array<${dtype}>;
 @group(0) @binding(2) var<storage, read> vnew: array<${dtype}>;

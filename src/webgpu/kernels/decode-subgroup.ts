@@ -14,7 +14,7 @@
  * Requires D % 4 == 0 and K/V rows at multiples of 4 elements (vec4 loads).
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
-import { DECODE_SIZE_FIELDS } from './decode.js';
+import { DECODE_SIZES_WGSL, decodeBindingsWGSL } from './decode.js';
 
 export interface DecodeSubgroupParams {
   D: number;
@@ -92,19 +92,7 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   const stashGroup = rows
     .map((r) => [`if (lane == 0u) { Ml[(grp * R + ${r}u) * 2u] = m${r}; Ml[(grp * R + ${r}u) * 2u + 1u] = select(l${r}, nan(), poisoned${r}); }`, ...vs.map((v) => `Og[(grp * R + ${r}u) * D4 + lane * ${VPT}u + ${v}u] = o${r}_${v};`)].join('\n  '))
     .join('\n  ');
-  const outputs = split
-    ? `@group(0) @binding(4) var<storage, read_write> opart: array<vec4<f32>>; // (B·H·Nq, splits, D4)
-@group(0) @binding(5) var<storage, read_write> lpart: array<u32>; // (B·H·Nq, splits), f32 bits`
-    : `@group(0) @binding(4) var<storage, read_write> o: array<${dtype}>;
-@group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits`;
-  const extra = [
-    cache ? `@group(0) @binding(6) var<storage, read> seqs: array<vec2<u32>>; // (slot, length) of each batch row` : '',
-    paged ? `@group(0) @binding(${cache ? 7 : 6}) var<storage, read> table: array<i32>; // page of (slot, page index)` : '',
-  ].filter((x) => x).join('\n');
-  const keyBase = paged
-    ? `let page = u32(table[slot * u.maxPages + key / u.pageSize]);
-  return page * u.kvPage + (key % u.pageSize) * u.kvRow + hk * u.kvHead;`
-    : `return slot * u.kvPage + key * u.kvRow + hk * u.kvHead;`;
+  const { outputs, extra, keyBase } = decodeBindingsWGSL(p);
   const lseBits = `select(select(bitcast<u32>(M + log(L)), ${NEG_INF_BITS}, L == 0.0), bitcast<u32>(nan()), poisoned)`;
   const write = split
     ? `let part = ((b * u.H + head_of(r)) * u.Nq + query_of(r)) * u.splits + s;
@@ -114,10 +102,7 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
       let at = b * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead + 4u * d4;
       o[at] = ${dtype}(x.x); o[at + 1u] = ${dtype}(x.y); o[at + 2u] = ${dtype}(x.z); o[at + 3u] = ${dtype}(x.w);`;
   return `${enables(dtype)}enable subgroups;
-struct Sizes {
-${DECODE_SIZE_FIELDS.map((f) => `  ${f}: u32,`).join('\n')}
-  scale: f32,
-}
+${DECODE_SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<${dtype}>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<${dtype}>>;

@@ -73,7 +73,7 @@ export const DECODE_SIZE_FIELDS = [
 ] as const;
 export type DecodeSizes = Record<(typeof DECODE_SIZE_FIELDS)[number], number> & { scale: number };
 
-const DECODE_SIZES_WGSL = `struct Sizes {
+export const DECODE_SIZES_WGSL = `struct Sizes {
 ${DECODE_SIZE_FIELDS.map((f) => `  ${f}: u32,`).join('\n')}
   scale: f32,
 }`;
@@ -103,6 +103,29 @@ function loadRow(name: string, vec: boolean): string {
   let last = arrayLength(&${name}) - 1u;
   return vec4<f32>(${[0, 1, 2, 3].map(lane).join(', ')});
 }`;
+}
+
+/**
+ * What both decode kernels declare alike: the outputs (partials, or out and lse), the cache's bindings
+ * (each batch row's slot and length; the block table), and the body of key_base(key), the element offset
+ * of key `key` of kv head hk in the current slot.
+ */
+export function decodeBindingsWGSL(p: Pick<DecodeParams, 'dtype' | 'cache' | 'paged' | 'split'>): { outputs: string; extra: string; keyBase: string } {
+  const { dtype, cache, paged, split } = p;
+  const outputs = split
+    ? `@group(0) @binding(4) var<storage, read_write> opart: array<vec4<f32>>; // (B·H·Nq, splits, D4)
+@group(0) @binding(5) var<storage, read_write> lpart: array<u32>; // (B·H·Nq, splits), f32 bits`
+    : `@group(0) @binding(4) var<storage, read_write> o: array<${dtype}>;
+@group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits`;
+  const extra = [
+    cache ? `@group(0) @binding(6) var<storage, read> seqs: array<vec2<u32>>; // (slot, length) of each batch row` : '',
+    paged ? `@group(0) @binding(${cache ? 7 : 6}) var<storage, read> table: array<i32>; // page of (slot, page index)` : '',
+  ].filter((s) => s).join('\n');
+  const keyBase = paged
+    ? `let page = u32(table[slot * u.maxPages + key / u.pageSize]);
+  return page * u.kvPage + (key % u.pageSize) * u.kvRow + hk * u.kvHead;`
+    : `return slot * u.kvPage + key * u.kvRow + hk * u.kvHead;`;
+  return { outputs, extra, keyBase };
 }
 
 export function decodeWGSL(p: DecodeParams, workgroupLimit: number): string {
@@ -139,19 +162,7 @@ export function decodeWGSL(p: DecodeParams, workgroupLimit: number): string {
   const d4Bound = unroll ? 'D4' : 'd4n';
   const bcBound = unroll ? 'Bc' : 'bc';
   const kvType = vec ? `vec4<${dtype}>` : dtype;
-  const outputs = split
-    ? `@group(0) @binding(4) var<storage, read_write> opart: array<vec4<f32>>; // (B·H·Nq, splits, D4)
-@group(0) @binding(5) var<storage, read_write> lpart: array<u32>; // (B·H·Nq, splits), f32 bits`
-    : `@group(0) @binding(4) var<storage, read_write> o: array<${dtype}>;
-@group(0) @binding(5) var<storage, read_write> lse: array<u32>; // f32 bits`;
-  const extra = [
-    cache ? `@group(0) @binding(6) var<storage, read> seqs: array<vec2<u32>>; // (slot, length) of each batch row` : '',
-    paged ? `@group(0) @binding(${cache ? 7 : 6}) var<storage, read> table: array<i32>; // page of (slot, page index)` : '',
-  ].filter((s) => s).join('\n');
-  const keyBase = paged
-    ? `let page = u32(table[slot * u.maxPages + key / u.pageSize]);
-  return page * u.kvPage + (key % u.pageSize) * u.kvRow + hk * u.kvHead;`
-    : `return slot * u.kvPage + key * u.kvRow + hk * u.kvHead;`;
+  const { outputs, extra, keyBase } = decodeBindingsWGSL(p);
   const write = split
     ? `  // The split's partial: O / l and L (−∞ for a split that saw no key: its weight in the merge is 0).
   if (lid < R && ok_row(lid)) {
