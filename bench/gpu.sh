@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# On the GPU machine (through the device tool; see ../shared/gpu/README.md), logs and reports under $OUT:
+# On a machine with a GPU, after npm ci and npm run build; logs and reports under $OUT (default /tmp/out).
+# The developers run it on their GPU machine through .gpu/enter.sh (their device tool's wrapper), e.g.:
 #   bash .gpu/enter.sh bash bench/gpu.sh tests     the whole test spec on the webgpu backend
 #   bash .gpu/enter.sh bash bench/gpu.sh product [bench options]
-#                                                  PyTorch's SDPA figures, then PRODUCT.md's grid beside them
+#                                                  PyTorch's SDPA figures, then the product grid beside them
 #                                                  (SDPA_ANCHOR=file.jsonl: PyTorch's lines from an earlier run instead)
 #   bash .gpu/enter.sh bash bench/gpu.sh default [bench options]
-#                                                  PyTorch's seed-notebook encoder, then `flashattn bench` beside it
+#                                                  PyTorch's encoder (docs/encoder-experiment.md), then `flashattn bench` beside it
 #                                                  (SEED_ANCHOR=file.jsonl: PyTorch's lines from an earlier run instead)
 #   bash .gpu/enter.sh bash bench/gpu.sh decode [bench options]
 #                                                  PyTorch's SDPA decode (bench/anchors/pytorch_decode.py), then
@@ -16,7 +17,7 @@
 #                                                  earlier run instead; ORT=0: no onnxruntime; TORCH_TIMEOUT,
 #                                                  ORT_TIMEOUT: seconds each peer may take, default 200 and 120,
 #                                                  since a device call lasts at most 10 minutes)
-# The PyTorch scripts are copies of ../shared/anchors (bench/anchors/); the machine's python3 has torch.
+# The PyTorch scripts are bench/anchors/; the machine's python3 has torch.
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"

@@ -55,6 +55,14 @@ export function describe(value: unknown): string {
 export class OutOfMemoryError extends FlashAttnError {}
 
 /**
+ * The WebGPU device was lost while the call ran or before it (a driver that ran out of memory outside an
+ * allocation, a reset, destroy()): nothing on it survives. The library's own device is replaced by a new
+ * one on the next call; a device of the caller's (options.device, GPUBuffer tensors) must be replaced by
+ * the caller, with everything made on it.
+ */
+export class DeviceLostError extends FlashAttnError {}
+
+/**
  * A model's files do not hold what the model needs: a safetensors file that is not one, a tensor that is
  * missing or of the wrong shape or dtype, a config.json without a field. `argument` names the file and,
  * where there is one, the tensor or field ('model.safetensors: h.0.attn.c_attn.weight').

@@ -1,8 +1,12 @@
 /** flashattn: exact attention that never materialises the Nq×Nk score matrix. */
+// The declarations name WebGPU's types (GPUDevice, GPUBuffer): this brings them to a user's project
+// (@webgpu/types is a dependency), so it compiles with no setup of its own.
+/// <reference types="@webgpu/types" preserve="true" />
 export { backward, createKVCache, forward, type BackwardResult, type ForwardResult, type ResolvedBackend } from './api.js';
 export {
   BackendUnavailableError,
   CheckpointError,
+  DeviceLostError,
   DTypeError,
   FlashAttnError,
   NotSupportedError,

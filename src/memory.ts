@@ -2,6 +2,9 @@
  * Memory accounting: every buffer a backend allocates for a call (outputs, staging copies, per-thread
  * scratch, and for the standard algorithm S and P) is counted here, live and peak, in bytes.
  * Outputs are released from the count when they are handed to the caller, who owns them from then on.
+ * What a backend keeps between calls is counted only while a call uses it: the cpu backend's workspace
+ * (the largest call's arrays, dropped after 10 s without a call: cpu/pool.ts) and, on webgpu, the split
+ * halves of precision 'high' and the decode schedule's partials.
  */
 export class MemoryTracker {
   private liveBytes = 0;

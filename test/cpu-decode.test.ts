@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createKVCache, forward, type Tensor } from '../src/index.js';
 import { decodeScratch, decodeTasks, mergeDecode, type DecodeShape } from '../src/cpu/decode.js';
-import { runJob, sharedBuffer, threadsFor } from '../src/cpu/pool.js';
+import { runJob, sharedBuffer, threadsFor, whole } from '../src/cpu/pool.js';
 import { checkForward } from '../src/problem.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
@@ -102,16 +102,16 @@ for (const dtype of ['f32', 'f16'] as const) {
         const opart = sharedBuffer(B * H * Nq * s.splits * D * 8);
         const lpart = sharedBuffer(B * H * Nq * s.splits * 8);
         const buffers = {
-          ['q' + t]: shared(q.data as Storage).buffer,
-          ['k' + t]: shared(kPool).buffer,
-          ['v' + t]: shared(vPool).buffer,
-          'table.i32': shared(table).buffer,
-          'lengths.i32': shared(Int32Array.from(lengths)).buffer,
-          'opart.f64': opart,
-          'lpart.f64': lpart,
+          ['q' + t]: whole(shared(q.data as Storage).buffer),
+          ['k' + t]: whole(shared(kPool).buffer),
+          ['v' + t]: whole(shared(vPool).buffer),
+          'table.i32': whole(shared(table).buffer),
+          'lengths.i32': whole(shared(Int32Array.from(lengths)).buffer),
+          'opart.f64': whole(opart),
+          'lpart.f64': whole(lpart),
         };
-        const scratch = Array.from({ length: threads }, () => sharedBuffer(decodeScratch(s) * 8));
-        await runJob({ kernel: 'decode', shape: s, tasks: decodeTasks(s), buffers, scratch });
+        const scratch = Array.from({ length: threads }, () => whole(sharedBuffer(decodeScratch(s) * 8)));
+        await runJob({ kernel: 'decode', shape: s, tasks: decodeTasks(s), buffers, scratch, counter: whole(sharedBuffer(4)) });
         const out: Tensor = { data: dtype === 'f16' ? new Uint16Array(q.data.length) : new Float32Array(q.data.length), dtype, shape: q.shape };
         const lse = new Float32Array(B * H * Nq);
         mergeDecode(s, new Float64Array(opart), new Float64Array(lpart), out.data as Storage, lse);

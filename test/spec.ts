@@ -9,7 +9,7 @@ import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { webgpuStatus } from '../src/webgpu/device.js';
-import { assertWithinRule, inputs, maxError, type Case } from './util.js';
+import { assertWithinRule, inputs, maxError, webgpuSkipMessage, type Case } from './util.js';
 
 export const GRID_SHAPES: readonly [number, number][] = [
   [1, 1],
@@ -105,7 +105,7 @@ if (!webgpu.ok && process.env.FLASHATTN_REQUIRE_WEBGPU === '1') {
 /** FLASHATTN_TEST_BACKENDS=webgpu (say) narrows the run, e.g. on a GPU machine whose cpu side is already tested. */
 const only = process.env.FLASHATTN_TEST_BACKENDS?.split(',');
 export const BACKENDS: readonly Backend[] = (webgpu.ok ? (['cpu', 'webgpu'] as const) : (['cpu'] as const)).filter((b) => !only || only.includes(b));
-export const WEBGPU_SKIPPED = webgpu.ok ? undefined : `webgpu tests skipped: no WebGPU adapter here (${webgpu.reason})`;
+export const WEBGPU_SKIPPED = webgpu.ok ? undefined : webgpuSkipMessage(webgpu.reason);
 
 /** Registers a visibly skipped test saying why the webgpu tests did not run (nothing when they run). */
 export function reportWebgpuSkip(): void {

@@ -86,3 +86,15 @@ export function snapshot(...tensors: Tensor[]): () => void {
   const copies = tensors.map((t) => t.data.slice());
   return () => tensors.forEach((t, i) => assert.deepEqual(t.data, copies[i], 'an input was modified'));
 }
+
+/**
+ * What the test run says when the webgpu tests cannot run: why, and how to get an adapter on a machine
+ * without a GPU (Mesa's CPU Vulkan driver, lavapipe).
+ */
+export function webgpuSkipMessage(reason: string): string {
+  return (
+    `webgpu tests skipped: no WebGPU adapter here (${reason}). ` +
+    'To run them on Linux without a GPU: bash scripts/install-lavapipe.sh (Debian; installs Mesa\'s CPU Vulkan driver, lavapipe, through sudo), ' +
+    'set XDG_RUNTIME_DIR if it is not set (export XDG_RUNTIME_DIR=/tmp), then npm test again'
+  );
+}

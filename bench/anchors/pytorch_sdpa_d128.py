@@ -1,4 +1,4 @@
-# The D = 128 rows of pytorch_sdpa.py (a copy of ../shared/anchors) from N = 4096 on, with its own
+# The D = 128 rows of pytorch_sdpa.py (bench/anchors) from N = 4096 on, with its own
 # measuring code (case()): run on the GPU machine from the project root when a full run was cut short.
 import json, sys, torch
 sys.path.insert(0, 'bench/anchors')

@@ -16,7 +16,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { createKVCache, forward, type Tensor } from '../../src/index.js';
 import { cpuDecodeForward, cpuTiledForward } from '../../src/cpu/index.js';
 import { decodeScratch, decodeTasks, decodeTile, mergeDecode, type DecodeShape } from '../../src/cpu/decode.js';
-import { runJob, sharedBuffer, threadsFor } from '../../src/cpu/pool.js';
+import { runJob, sharedBuffer, threadsFor, whole } from '../../src/cpu/pool.js';
 import { checkForward } from '../../src/problem.js';
 import { standardForward } from '../../src/reference/index.js';
 import { toF64 } from '../../src/tensor.js';
@@ -130,19 +130,20 @@ for (const dtype of DTYPES) {
             const qs = tensorOf(dtype, [B, Nq, H, D], 1, true);
             const lengths = new Int32Array(sharedBuffer(4)).fill(Nk);
             const buffers = {
-              ['q' + t]: qs.data.buffer,
-              ['k' + t]: ks.data.buffer,
-              ['v' + t]: vs.data.buffer,
-              'table.i32': new Int32Array(sharedBuffer(4)).buffer,
-              'lengths.i32': lengths.buffer,
-              'opart.f64': opart,
-              'lpart.f64': lpart,
+              ['q' + t]: whole(qs.data.buffer),
+              ['k' + t]: whole(ks.data.buffer),
+              ['v' + t]: whole(vs.data.buffer),
+              'table.i32': whole(sharedBuffer(4)),
+              'lengths.i32': whole(lengths.buffer),
+              'opart.f64': whole(opart),
+              'lpart.f64': whole(lpart),
             };
-            const scratch = Array.from({ length: threads }, () => sharedBuffer(decodeScratch(s) * 8));
+            const scratch = Array.from({ length: threads }, () => whole(sharedBuffer(decodeScratch(s) * 8)));
+            const counter = whole(sharedBuffer(4));
             const out = dtype === 'f16' ? new Uint16Array(q.data.length) : new Float32Array(q.data.length);
             const lse = new Float32Array(B * H);
             const run = async () => {
-              await runJob({ kernel: 'decode', shape: s, tasks: decodeTasks(s), buffers, scratch });
+              await runJob({ kernel: 'decode', shape: s, tasks: decodeTasks(s), buffers, scratch, counter });
               mergeDecode(s, new Float64Array(opart), new Float64Array(lpart), out, lse);
               return { out: { data: out, dtype, shape: q.shape } as Tensor, lse: { data: lse, dtype: 'f32', shape: [B, H, 1] } as Tensor };
             };

@@ -1,5 +1,5 @@
 /**
- * PyTorch's figures, read from the JSON lines that ../shared/anchors/*.py print on the GPU machine, so
+ * PyTorch's figures, read from the JSON lines that bench/anchors/*.py print on a CUDA machine, so
  * that a report can put them beside ours.
  *   pytorch_sdpa.py:          {gpu, torch}, then per case {backend: math|efficient|flash|cudnn, dtype:
  *                             float32|float16, B, H, N, D, causal, fwd_ms, fwd_tflops, fwd_extra_mib,

@@ -8,6 +8,7 @@
  * goes on. The helpers above runAttention are pure, so the error measure and the statistics are tested
  * without timing anything.
  */
+import { warmUp } from './warmup.js';
 import { isGpuBuffer } from '../tensor.js';
 import { MemoryTracker, OutOfMemoryError, attentionFlops, backward, decodeF16, forward, type Algorithm, type GpuTensor, type Precision, type Tensor } from '../index.js';
 import type { Clock } from './clock.js';
@@ -240,7 +241,8 @@ function calls(ctx: AttentionContext, c: Case, algorithm: Algorithm, x: AnyInput
 }
 
 /**
- * Time one case and algorithm: a warm-up (which also compiles GPU pipelines), on webgpu SPIN_UP_MS of
+ * Time one case and algorithm: a warm-up (which also compiles GPU pipelines; on the cpu, calls until their
+ * times are steady: warmup.ts), on webgpu SPIN_UP_MS of
  * forwards back to back, whose time per call sets how many calls a sample repeats, then `repeats`
  * samples of: `inner` forwards, a mark, `inner`
  * backwards (of the last forward's out and lse), a mark. The forward row's time per call is the first
@@ -267,6 +269,8 @@ async function timeCase(
   }
   release(warm);
   let inner = 1;
+  // On the cpu the first calls of a process run cold (worker start, JIT): call until times are steady.
+  if (!ctx.device) await warmUp(async () => release(await call.forward(new MemoryTracker())));
   if (ctx.device) {
     // Spin-up: batches of 1, 2, 4, … forwards back to back (each batch waited for) until SPIN_UP_MS
     // have passed; the last batch's time per call, which the wait's latency hardly touches, sets inner.

@@ -8,9 +8,10 @@
  * Charts: over N (per N sweep, forward and forward+backward side by side) the median time with its
  * min–max, the peak memory, the HBM bytes of the IO analysis and TFLOP/s (with PyTorch's SDPA figures
  * where an anchor has them); bars for the D / causal / dtype sweeps; and the encoder's time and memory
- * per N as bars, flash beside standard, as the seed notebook plots them. "OOM" marks an algorithm that
- * ran out of memory at that point. The decode suite has one chart: GB/s over Nk, a panel per (D, heads)
- * and batch, ours (three variants) beside the peers' (anchors), with the peak bandwidth where it is known.
+ * per N as bars, flash beside standard, as the encoder experiment's PyTorch notebook plots them. "OOM"
+ * marks an algorithm that ran out of memory at that point. The decode suite has one chart: GB/s over Nk,
+ * a panel per (D, heads) and batch, ours (three variants) beside the peers' (anchors), with the peak
+ * bandwidth where it is known.
  */
 import { createRequire } from 'node:module';
 import { SDPA_BACKENDS, decodeFor, decodeSeriesOf, sdpaFor } from './anchors.js';
@@ -317,13 +318,13 @@ export function chartsFor(r: Results): Chart[] {
       {
         id: 'encoder-time',
         title: 'Encoder: time per forward over N',
-        caption: 'The seed notebook\'s first bar chart, measured properly: each forward ends when its work is done (the notebook timed kernel launches only).',
+        caption: 'Time per forward of the encoder, as the first bar chart of the PyTorch notebook this experiment comes from, measured properly: each forward ends when its work is done (the notebook timed kernel launches only).',
         spec: encoderSpec('Encoder forward time (median)', encoderData(r, 'time'), 'ms'),
       },
       {
         id: 'encoder-memory',
         title: 'Encoder: peak memory over N',
-        caption: 'The seed notebook\'s second bar chart: peak memory during one forward. Standard attention\'s N×N matrices make it grow with N²; "OOM" where it no longer fits, while flash goes on.',
+        caption: 'As the notebook\'s second bar chart: peak memory during one forward. Standard attention\'s N×N matrices make it grow with N²; "OOM" where it no longer fits, while flash goes on.',
         spec: encoderSpec('Encoder peak memory during a forward', encoderData(r, 'memory'), 'peak MiB'),
       },
     );

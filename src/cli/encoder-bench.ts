@@ -1,10 +1,11 @@
 /**
- * The seed notebook's experiment (../shared/seeds/002): a transformer encoder (6 layers, d_model 512,
+ * The encoder experiment (docs/encoder-experiment.md): a transformer encoder (6 layers, d_model 512,
  * 32 heads, ffn 2048, causal) run forward at N = 128, 256, 512, ... with flash attention and with
  * standard attention; time per forward (the GPU synchronised: forward resolves when the work is done)
  * and the MemoryTracker's peak during it. Where the standard variant runs out of memory it stops and the
  * flash variant goes on to the largest N that fits or the cap. Each variant's model is made once and
- * warmed up once, at its first N (N is a run-time size: nothing compiles again for a new N).
+ * warmed up at its first N until its times are steady (warmup.ts; N is a run-time size: nothing
+ * compiles again for a new N).
  *
  * The model comes from src/models/encoder.ts (createEncoder); the driver takes it as an EncoderFactory
  * so that tests can run it on a stand-in model.
@@ -14,6 +15,7 @@ import { isGpuBuffer } from '../tensor.js';
 import { errorMessage, isOutOfMemory, summarize } from './bench.js';
 import type { Clock } from './clock.js';
 import type { Progress } from './progress.js';
+import { warmUp } from './warmup.js';
 import { mulberry32, randomTensor } from './random.js';
 import type { EncoderPoint, EncoderResult, EncoderSettings } from './results.js';
 import type { Encoder, EncoderConfig } from '../models/encoder.js';
@@ -36,7 +38,7 @@ export interface EncoderContext {
 
 const VARIANTS = ['standard', 'flash'] as const;
 
-/** A variant's model, its tracker, and whether it has had its warm-up forward (the first N only). */
+/** A variant's model, its tracker, and whether it has been warmed up (at the first N only). */
 interface Variant {
   model: EncoderModel;
   memory: MemoryTracker;
@@ -101,7 +103,7 @@ export async function runEncoder(settings: EncoderSettings, factory: EncoderFact
   return { settings, points };
 }
 
-/** One point: a warm-up forward where the variant has had none, then the timed forwards, each with the peak reset before it. */
+/** One point: forwards until their times are steady where the variant has had none (warmup.ts), then the timed forwards, each with the peak reset before it. */
 async function measure(
   s: EncoderSettings,
   factory: EncoderFactory,
@@ -123,7 +125,8 @@ async function measure(
     const { model, memory } = entry;
     x = input(s, N, ctx.seed + N, ctx.device);
     if (!entry.warm) {
-      release(await model.forward(x));
+      const input = x;
+      await warmUp(async () => release(await model.forward(input)));
       entry.warm = true;
     }
     const timesMs: number[] = [];

@@ -98,8 +98,8 @@ function attentionParts(r: Results, fig: (id: string) => string, chartsNote: str
   }
   if (r.encoder) {
     parts.push(
-      `<h2>The seed notebook's experiment: a transformer encoder</h2>`,
-      `<p>A ${r.encoder.settings.layers}-layer encoder (d_model ${r.encoder.settings.dModel}, ${r.encoder.settings.heads} heads) run forward with flash attention and with standard attention at growing N, as in the notebook that started this project, timed until the work is done.</p>`,
+      `<h2>The encoder experiment: a transformer encoder</h2>`,
+      `<p>A ${r.encoder.settings.layers}-layer encoder (d_model ${r.encoder.settings.dModel}, ${r.encoder.settings.heads} heads) run forward with flash attention and with standard attention at growing N, as in a PyTorch notebook that compared the two (docs/encoder-experiment.md in the flashattn repository), timed until the work is done.</p>`,
     );
     parts.push(fig('encoder-time'), fig('encoder-memory'), table(encoderTable(r.encoder, r.anchors?.seed)));
   }

@@ -1,6 +1,6 @@
 /** `flashattn info`: what this machine offers each backend (the WebGPU adapter in detail). */
 import { availableParallelism, cpus } from 'node:os';
-import { describeAdapter, gpuEntry, type MatrixConfig } from '../webgpu/device.js';
+import { describeAdapter, gpuEntry, gpuEntryMissing, type MatrixConfig } from '../webgpu/device.js';
 
 /** The limits the kernels care about, in the order printed. */
 const LIMITS = [
@@ -16,7 +16,7 @@ const LIMITS = [
 export async function info(): Promise<string> {
   const lines = [`cpu: ${cpus()[0]?.model ?? 'unknown'}, ${availableParallelism()} threads for the cpu backend`];
   const entry = await gpuEntry();
-  if (!entry) return [...lines, 'webgpu: no WebGPU implementation (navigator.gpu, or the `webgpu` package in Node)'].join('\n');
+  if (!entry) return [...lines, `webgpu: no WebGPU implementation (navigator.gpu, or the \`webgpu\` package in Node): ${gpuEntryMissing()}`].join('\n');
   const adapter = await entry.gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) return [...lines, `webgpu: ${entry.source} offers no adapter (in Node on Linux: is a Vulkan driver installed?)`].join('\n');
   const i = adapter.info as GPUAdapterInfo & { subgroupMatrixConfigs?: MatrixConfig[] };

@@ -92,13 +92,14 @@ Suites:
            (--sweeps picks). cpu and software adapters: B=1, H=2, D=64, f32, N = ${DEFAULT_NS.small.join(', ')},
            the other sweeps at the smallest N (about a minute on 2 cores). GPU: B·N = 16384, H·D = 2048,
            D=64, f16 where the adapter has shader-f16, N = ${DEFAULT_NS.gpu.join(', ')}, the other
-           sweeps at the middle N. Then the seed notebook's encoder (6 layers,
+           sweeps at the middle N. Then the encoder experiment (docs/encoder-experiment.md: 6 layers,
            d_model 512, 32 heads, ffn 2048, causal) at doubling N with flash and with standard attention:
            on the cpu batch ${ENCODER_DEFAULTS.small.batch}, N = ${ENCODER_DEFAULTS.small.firstN}..${ENCODER_DEFAULTS.small.maxN}, ${ENCODER_DEFAULTS.small.repeats} timed forwards; on a GPU batch ${ENCODER_DEFAULTS.gpu.batch},
            N = ${ENCODER_DEFAULTS.gpu.firstN}..${ENCODER_DEFAULTS.gpu.maxN}, --repeats timed forwards. Standard stops where it runs out of
            memory; flash goes on to --encoder-max-n.
-  product  PRODUCT.md's grid (issue 4): D ∈ {64, 128}, N = ${PRODUCT_NS.join(', ')} (--n narrows it),
-           B = 16384/N, H = 2048/D, causal off and on, f16 (where supported) and f32 (--dtype: one of them). Meant for a GPU.
+  product  the grid of FlashAttention's own benchmark (B·N = 16384 tokens, H·D = 2048): D ∈ {64, 128},
+           N = ${PRODUCT_NS.join(', ')} (--n narrows it), B = 16384/N, H = 2048/D, causal off and on,
+           f16 (where supported) and f32 (--dtype: one of them). Meant for a GPU.
   decode   inference's decode step: one query per sequence (Nq = 1) against K and V of Nk tokens, f16,
            not causal; q (B, 1, H, D) and k, v (B, Nk, Hkv, D), BNHD. GPU: Nk = ${g.gpu.Nk.join(', ')},
            B = ${g.gpu.B.join(', ')}, (H, Hkv) = ${g.gpu.heads.map(([h, kv]) => `(${h}, ${kv})`).join(' and ')} (GQA 4:1 and 1:1), D = ${g.gpu.D.join(', ')}, less the cases
@@ -124,16 +125,18 @@ Report (--out, default report/): results.json (every measurement with its raw sa
   The charts need the optional packages vega, vega-lite and @resvg/resvg-js; without them the report
   has its tables and says why there are no charts.
 
-PyTorch beside ours (--anchor FILE, repeatable): the JSON lines printed by ../shared/anchors/pytorch_sdpa.py
+PyTorch beside ours (--anchor FILE, repeatable): the JSON lines printed by bench/anchors/pytorch_sdpa.py
   (SDPA math/efficient/flash/cudnn per shape: one table of TFLOP/s beside ours),
-  ../shared/anchors/pytorch_seed_notebook.py (the encoder's ms and peak MiB beside ours),
+  bench/anchors/pytorch_seed_notebook.py (the encoder's ms and peak MiB beside ours),
   bench/anchors/pytorch_decode.py or bench/peers/onnxruntime-decode.mjs (decode: their ms and GB/s as
-  rows of the decode tables and series of the bandwidth chart).
+  rows of the decode tables and series of the bandwidth chart); scripts of the flashattn
+  repository, the PyTorch ones run on a CUDA GPU.
 
 Progress goes to stderr (a bar on a terminal, lines otherwise); the header and tables to stdout.
 
 Exit status: 0 when everything passed validation and ran (out of memory counts as ran);
-  1 when a kernel failed validation or a call raised another error; 2 on bad options or inputs.
+  1 when a kernel failed validation or a call raised another error; 2 on bad options or inputs,
+  or a report folder (--out) that cannot be written.
 
 Examples:
   $ flashattn bench
@@ -159,7 +162,7 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   const given = (keys: readonly string[]) => keys.filter((k) => cmd.getOptionValueSource(k) === 'cli');
   if (o.suite === 'product') {
     const wrong = given(DEFAULT_SUITE_ONLY);
-    if (wrong.length) fail(`${flag(wrong[0])} does not apply to --suite product (its grid is PRODUCT.md's)`);
+    if (wrong.length) fail(`${flag(wrong[0])} does not apply to --suite product (its grid is fixed)`);
   }
   if (o.suite === 'decode') {
     const wrong = given(NOT_DECODE);
@@ -177,6 +180,17 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   } catch (e) {
     if (e instanceof AnchorError) fail(`--anchor ${e.message}`);
     throw e;
+  }
+  // The report folder first, so that a folder that cannot be written fails before any work. Each
+  // measurement goes to measurements.jsonl as it is final: kept if the run is stopped before the report.
+  const log = join(o.out, 'measurements.jsonl');
+  try {
+    mkdirSync(o.out, { recursive: true });
+    writeFileSync(log, '');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? (e instanceof Error ? e.message : String(e));
+    const why: Record<string, string> = { ENOTDIR: ': part of the path is a file', EEXIST: ': a file is there', EACCES: ': not writable', EPERM: ': not writable', EROFS: ': a read-only file system' };
+    fail(`--out ${o.out}: cannot write the report there (${code}${why[code] ?? ''})`);
   }
   const backend: BenchBackend = o.backend === 'auto' ? ((await preferWebgpu('f32')) ? 'webgpu' : 'cpu') : o.backend;
   let gpu: Gpu | undefined;
@@ -212,10 +226,6 @@ async function bench(o: BenchOptions, cmd: Command, encoderFactory: EncoderFacto
   process.stdout.write(formatHeader(results) + '\n\n');
 
   const progress = progressOn(process.stderr);
-  // Each measurement as it is final, one JSON line each: kept if the run is stopped before the report.
-  mkdirSync(o.out, { recursive: true });
-  const log = join(o.out, 'measurements.jsonl');
-  writeFileSync(log, '');
   const record = (kind: 'attention' | 'encoder') => (m: object) => appendFileSync(log, JSON.stringify({ kind, ...m }) + '\n');
   try {
     progress.plan(uniqueCases(sweeps).length * (o.standard ? 2 : 1));
@@ -327,7 +337,7 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
     .command('bench')
     .description(
       'Benchmark attention on the best backend present (or --backend): flash against the standard baseline over N, D, causal and dtype, ' +
-        'forward and forward+backward, each kernel validated against a float64 reference first; then the seed notebook\'s encoder. ' +
+        'forward and forward+backward, each kernel validated against a float64 reference first; then the encoder experiment (docs/encoder-experiment.md). ' +
         'Prints tables and writes a report folder (results.json, SVG and PNG charts, index.html).',
     )
     .addOption(
@@ -336,7 +346,7 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
         .default('auto'),
     )
     .addOption(
-      new Option('--suite <name>', "what to measure: 'default' (sweeps sized for the backend, then the encoder), 'product' (PRODUCT.md's grid) or 'decode' (one query against a long KV cache; see below)")
+      new Option('--suite <name>', "what to measure: 'default' (sweeps sized for the backend, then the encoder), 'product' (FlashAttention's benchmark grid) or 'decode' (one query against a long KV cache; see below)")
         .choices(['default', 'product', 'decode'])
         .default('default'),
     )
@@ -361,7 +371,7 @@ export function createProgram(encoderFactory: EncoderFactory = createEncoder): C
     .addOption(new Option('--encoder-batch <B>', `the encoder's batch (default: ${ENCODER_DEFAULTS.small.batch} on the cpu, ${ENCODER_DEFAULTS.gpu.batch} on a GPU)`).argParser(parsePositiveInt))
     .addOption(new Option('--encoder-max-n <N>', `the encoder's largest N (default: ${ENCODER_DEFAULTS.small.maxN} on the cpu, ${ENCODER_DEFAULTS.gpu.maxN} on a GPU)`).argParser(parsePositiveInt))
     .addOption(
-      new Option('--anchor <file>', "peers' figures to show beside ours: JSON lines of ../shared/anchors/pytorch_sdpa.py, pytorch_seed_notebook.py, bench/anchors/pytorch_decode.py or bench/peers/onnxruntime-decode.mjs (repeatable)")
+      new Option('--anchor <file>', "peers' figures to show beside ours: JSON lines of bench/anchors/pytorch_sdpa.py, pytorch_seed_notebook.py, bench/anchors/pytorch_decode.py or bench/peers/onnxruntime-decode.mjs (repeatable)")
         .argParser((v: string, prev: string[]) => [...prev, v])
         .default([]),
     )

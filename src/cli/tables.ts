@@ -168,7 +168,7 @@ export function sdpaTable(r: Results, anchor: SdpaAnchor): TableModel {
     rows,
     numeric: [6, 7, 8, 9, 10, 11],
     notes: [
-      `PyTorch's figures from ${anchor.file} (../shared/anchors/pytorch_sdpa.py); ours from this run on ${r.environment.adapter?.description ?? r.environment.backend}.`,
+      `PyTorch's figures from ${anchor.file} (bench/anchors/pytorch_sdpa.py); ours from this run on ${r.environment.adapter?.description ?? r.environment.backend}.`,
       'OOM: out of memory; —: not measured (PyTorch skips math above N=8192 and the backward above 8192); error: the backend refused the case.',
     ],
   };
@@ -220,7 +220,7 @@ export function encoderTable(e: EncoderResult, seed?: SeedAnchor): TableModel {
     'OOM: out of memory (the standard variant stops there, flash goes on); —: not run.',
   ];
   if (seed) {
-    notes.push(`PyTorch's figures from ${seed.file} (../shared/anchors/pytorch_seed_notebook.py${seed.gpu ? `, ${seed.gpu}` : ''}): batch 32, fp16, peak = torch.cuda.max_memory_allocated.`);
+    notes.push(`PyTorch's figures from ${seed.file} (bench/anchors/pytorch_seed_notebook.py${seed.gpu ? `, ${seed.gpu}` : ''}): batch 32, fp16, peak = torch.cuda.max_memory_allocated.`);
     notes.push("refused: PyTorch had no kernel for the case (its flash path takes no explicit mask, and the notebook passes one); error: it failed otherwise (results.json has its message).");
   }
   return {

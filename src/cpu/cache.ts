@@ -2,14 +2,13 @@
  * The cpu backend's KV cache store (see src/kvcache.ts): the k and v pools are typed arrays in the cache's
  * dtype on buffers the worker threads share, appended row by row through the block table; the attention
  * runs the decode kernel (decode.ts) over every batch row at once, the workers reading each slot's keys
- * in the pools through the block table, with no copy. What a step needs besides (the partials, the
- * workers' scratch) is kept between steps in a workspace counted with the pools.
+ * in the pools through the block table, with no copy.
  */
 import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
 import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
 import type { AnyTensor, Tensor } from '../tensor.js';
-import { DecodeWorkspace, cpuDecode } from './index.js';
+import { cpuDecode } from './index.js';
 import { sharedBuffer } from './pool.js';
 
 type Pool = Float32Array | Uint16Array;
@@ -19,7 +18,6 @@ export class CpuCacheStore implements CacheStore {
   private readonly k: Pool;
   private readonly v: Pool;
   private readonly counted: number;
-  private readonly workspace: DecodeWorkspace;
 
   constructor(
     private readonly g: CacheGeometry,
@@ -30,7 +28,6 @@ export class CpuCacheStore implements CacheStore {
     this.k = make();
     this.v = make();
     this.counted = memory.allocate(2 * this.k.byteLength);
-    this.workspace = new DecodeWorkspace(memory);
   }
 
   /** Element offset of token `t` of a slot (head 0, d 0) in a pool. */
@@ -76,7 +73,6 @@ export class CpuCacheStore implements CacheStore {
       table,
       lengths: s.lengths,
       memory: s.memory,
-      workspace: this.workspace,
     });
   }
 
@@ -101,6 +97,5 @@ export class CpuCacheStore implements CacheStore {
 
   dispose(): void {
     this.memory.release(this.counted);
-    this.workspace.dispose();
   }
 }

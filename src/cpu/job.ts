@@ -1,8 +1,9 @@
 /**
  * A cpu job: what the main thread sends to each worker (or runs inline). Sizes travel as plain numbers,
- * arrays as (Shared)ArrayBuffers, whole or a slice of one (a caller's typed array or the KV cache's pool,
- * read where it lives); `views` turns them back into typed arrays on either side. Besides the attention
- * kernels, the pool runs the decode kernel (decode.ts) and the nn layer's linear (src/nn/cpu/kernels.ts).
+ * arrays as regions of (Shared)ArrayBuffers (the pool's workspace, see pool.ts, or an array read where
+ * it lives, as the KV cache's pools); `views` turns them back into typed arrays on either side. Besides
+ * the attention kernels, the pool runs the decode kernel (decode.ts) and the nn layer's linear
+ * (src/nn/cpu/kernels.ts).
  */
 import type { LinearShape } from '../nn/cpu/kernels.js';
 import type { DecodeShape } from './decode.js';
@@ -36,17 +37,23 @@ export interface CpuShape {
   f16Scores: boolean;
 }
 
-/** A job's array: a whole buffer, or `length` elements from `byteOffset` of one. */
-export type JobBuffer = ArrayBufferLike | { buffer: ArrayBufferLike; byteOffset: number; length: number };
+/** Bytes of a (Shared)ArrayBuffer from byteOffset on: one array of a job. */
+export interface Region {
+  buffer: ArrayBufferLike;
+  byteOffset: number;
+  byteLength: number;
+}
 
 interface JobOf<K extends string, S> {
   kernel: K;
   shape: S;
   tasks: number;
   /** Named arrays: f32 unless the name ends in '.f64', '.f16' or '.i32' (see views). */
-  buffers: Record<string, JobBuffer>;
-  /** One scratch buffer (f64) per worker; the inline path uses the first. */
-  scratch: ArrayBufferLike[];
+  buffers: Record<string, Region>;
+  /** One scratch region (f64) per worker; the inline path uses the first. */
+  scratch: Region[];
+  /** 4 bytes of shared memory: the next task to hand out (run.ts). */
+  counter: Region;
 }
 
 export type Job = JobOf<Kernel, CpuShape> | JobOf<'decode', DecodeShape> | JobOf<'linear', LinearShape>;
@@ -87,22 +94,19 @@ export function cpuShape(p: Problem, threads: number, f16Scores = false): CpuSha
   };
 }
 
-type View = Float32Array | Float64Array | Uint16Array | Int32Array;
-
 /** Typed views of a job's buffers, by name without the type: 'dqPartial.f64' is the Float64Array dqPartial. */
-export function views(job: Job): Record<string, View> {
-  const out: Record<string, View> = {};
-  for (const [name, buf] of Object.entries(job.buffers)) {
+export function views(job: Job): Record<string, Float32Array | Float64Array | Uint16Array | Int32Array> {
+  const out: Record<string, Float32Array | Float64Array | Uint16Array | Int32Array> = {};
+  for (const [name, { buffer, byteOffset, byteLength }] of Object.entries(job.buffers)) {
     const [key, type] = name.split('.');
-    const [b, offset, length] = 'byteOffset' in buf ? [buf.buffer, buf.byteOffset, buf.length] : [buf, 0, undefined];
     out[key] =
       type === 'f64'
-        ? new Float64Array(b, offset, length)
+        ? new Float64Array(buffer, byteOffset, byteLength / 8)
         : type === 'f16'
-          ? new Uint16Array(b, offset, length)
+          ? new Uint16Array(buffer, byteOffset, byteLength / 2)
           : type === 'i32'
-            ? new Int32Array(b, offset, length)
-            : new Float32Array(b, offset, length);
+            ? new Int32Array(buffer, byteOffset, byteLength / 4)
+            : new Float32Array(buffer, byteOffset, byteLength / 4);
   }
   return out;
 }

@@ -33,6 +33,7 @@ import type { MemoryTracker } from '../memory.js';
 import { mulberry32 } from '../random.js';
 import { createOps } from '../nn/index.js';
 import { Live } from '../nn/live.js';
+import { preferWebgpu } from '../webgpu/device.js';
 import type { Ops } from '../nn/ops.js';
 import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
 
@@ -47,7 +48,11 @@ export interface EncoderConfig {
   ffn: number;
   causal: boolean;
   attention: 'flash' | 'standard';
-  backend: 'cpu' | 'webgpu';
+  /**
+   * 'auto' (the default): webgpu on a real GPU adapter that has what dtype needs (shader-f16 for f16) or
+   * where `device` is given, else the cpu; the encoder's config says which it chose.
+   */
+  backend?: 'auto' | 'cpu' | 'webgpu';
   dtype: 'f32' | 'f16';
   /** Weights are drawn from a generator with this seed (default 0). */
   seed?: number;
@@ -142,6 +147,9 @@ function checkConfig(c: EncoderConfig): void {
   if (c.dModel % c.heads !== 0) throw new ValueError('config.heads', `a divisor of config.dModel (${c.dModel})`, describe(c.heads));
   if (typeof c.causal !== 'boolean') throw new ValueError('config.causal', 'a boolean', describe(c.causal));
   if (c.attention !== 'flash' && c.attention !== 'standard') throw new ValueError('config.attention', "'flash' or 'standard'", describe(c.attention));
+  if (c.backend !== undefined && c.backend !== 'auto' && c.backend !== 'cpu' && c.backend !== 'webgpu') {
+    throw new ValueError('config.backend', "'auto', 'cpu' or 'webgpu'", describe(c.backend));
+  }
   if (c.seed !== undefined && !Number.isSafeInteger(c.seed)) throw new ValueError('config.seed', 'an integer', describe(c.seed));
 }
 
@@ -195,7 +203,8 @@ export function batchSlices(B: number, perSequence: number, limit: number): { st
 export async function createEncoder(config: EncoderConfig): Promise<Encoder> {
   checkConfig(config);
   const c: EncoderConfig = { ...config };
-  const ops = await createOps(c);
+  if ((c.backend ?? 'auto') === 'auto') c.backend = c.device !== undefined || (await preferWebgpu(c.dtype)) ? 'webgpu' : 'cpu';
+  const ops = await createOps({ ...c, backend: c.backend as 'cpu' | 'webgpu' });
   const weights: LayerWeights<AnyTensor>[] = [];
   const made: AnyTensor[] = [];
   try {

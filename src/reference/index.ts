@@ -4,6 +4,7 @@
  * input dtype (f64 inputs give f64 results), so the reference is exact up to that last rounding.
  * The float64 functions themselves are exported for tests and readers: `flashattn/reference`.
  */
+/// <reference types="@webgpu/types" preserve="true" />
 import type { Problem } from '../problem.js';
 import { fromValues, toF64, type Tensor } from '../tensor.js';
 import { algorithm1 } from './algorithm1.js';

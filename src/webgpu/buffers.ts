@@ -35,7 +35,7 @@ export class GpuBuffers {
   /** A storage buffer holding `data`, the input `argument` (or part of it). */
   upload(data: ArrayBufferView, what: string, argument = what): GPUBuffer {
     const buffer = this.create(data.byteLength, what, argument);
-    // Dawn's writeBuffer takes neither a SharedArrayBuffer (cpu results are backed by one) nor a ragged length.
+    // Dawn's writeBuffer takes neither a SharedArrayBuffer (a caller's array may be backed by one) nor a ragged length.
     const shared = typeof SharedArrayBuffer === 'function' && data.buffer instanceof SharedArrayBuffer;
     const padded = data.byteLength % 4 === 0 && !shared ? data : copyPadded(data);
     this.device.queue.writeBuffer(buffer, 0, padded.buffer, padded.byteOffset, Math.ceil(data.byteLength / 4) * 4);
@@ -111,6 +111,24 @@ export class GpuBuffers {
     this.memory.release(this.borrowed);
     this.borrowed = 0;
   }
+}
+
+/**
+ * Let the device free the memory of the buffers destroyed so far, before the caller goes on. Dawn frees a
+ * destroyed buffer's memory only once a submission made after the destruction has completed. On an H200
+ * the call made right after an out-of-memory (the encoder's standard attention at N = 8192, batch 32)
+ * ran out of memory again, outside an allocation, which lost the device; with this after the failure it
+ * ran. So a 4-byte clear is submitted and waited for (in a scope of its own: it may fail quietly).
+ */
+export async function freeDestroyed(device: GPUDevice): Promise<void> {
+  device.pushErrorScope('out-of-memory');
+  const flush = device.createBuffer({ size: 4, usage: GPUBufferUsage.COPY_DST, label: 'flush' });
+  const enc = device.createCommandEncoder();
+  enc.clearBuffer(flush);
+  device.queue.submit([enc.finish()]);
+  await device.queue.onSubmittedWorkDone();
+  flush.destroy();
+  await device.popErrorScope();
 }
 
 function copyPadded(data: ArrayBufferView): Uint8Array {

@@ -6,7 +6,7 @@
 import { DTypeError, OutOfMemoryError, ValueError } from '../errors.js';
 import { problemStrides, type Problem } from '../problem.js';
 import { isGpuBuffer, type AnyTensor, type DType } from '../tensor.js';
-import { GpuBuffers } from './buffers.js';
+import { freeDestroyed, GpuBuffers } from './buffers.js';
 import { defaultGpu, gpuOf, type Gpu } from './device.js';
 import { chooseTiles, sizesBytes, type Sizes, type StorageType } from './kernels/common.js';
 import {
@@ -56,6 +56,7 @@ import { absmaxWGSL, splitCountBytes, splitGroups, splitWGSL } from './kernels/s
 import { dispatch, pipeline } from './pipelines.js';
 import { decodeFits, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
 import { decodeSizesBytes } from './kernels/decode.js';
+import { deviceLostError, lossOf } from './device.js';
 
 /** The device a call runs on, checked against what the inputs need. */
 export async function gpuFor(p: Problem): Promise<Gpu> {
@@ -313,7 +314,9 @@ export class Call {
     const validation = device.popErrorScope();
     this.memoryScope = false;
     const [error, oom] = await Promise.all([validation, device.popErrorScope()]);
+    await this.throwIfLost(0); // a lost device reports no errors, and runs nothing
     if (oom) {
+      await this.releaseMemory();
       const { B, H, Nq, Nk, D, dtype } = this.p;
       throw new OutOfMemoryError('q', `device memory for the buffers of attention over B=${B}, H=${H}, Nq=${Nq}, Nk=${Nk}, D=${D}, ${dtype}`, oom.message);
     }
@@ -326,9 +329,30 @@ export class Call {
   async result(buffer: GPUBuffer, shape: readonly number[], argument: 'q' | 'k', dtype: 'f32' | 'f16' = this.p.dtype as 'f32' | 'f16'): Promise<AnyTensor> {
     if (this.p.onGpu) return { data: this.buffers.handOver(buffer), dtype, shape: [...shape] };
     const elements = shape.reduce((a, b) => a * b, 1);
-    const bytes = await this.buffers.read(buffer, elements * ELEMENT_BYTES[dtype], argument);
+    let bytes: ArrayBuffer;
+    try {
+      bytes = await this.buffers.read(buffer, elements * ELEMENT_BYTES[dtype], argument);
+    } catch (e) {
+      await this.throwIfLost(); // a readback on a lost device fails with an AbortError that says nothing
+      throw e;
+    }
     const data = dtype === 'f16' ? new Uint16Array(bytes) : new Float32Array(bytes);
     return { data, dtype, shape: [...shape] };
+  }
+
+  /** Destroy the call's buffers, and let the device free their memory before the call returns. */
+  private async releaseMemory(): Promise<void> {
+    this.buffers.destroyAll();
+    await freeDestroyed(this.gpu.device);
+  }
+
+  /**
+   * A DeviceLostError where the device is lost (waiting up to `ms` for its `lost` promise to settle);
+   * the library's own device is then replaced on the next call (device.ts).
+   */
+  private async throwIfLost(ms?: number): Promise<void> {
+    const info = await lossOf(this.gpu.device, ms);
+    if (info) throw deviceLostError(info, this.p.device ? 'options.device' : this.p.onGpu ? 'q.data' : 'options.backend', Boolean(this.p.device || this.p.onGpu));
   }
 
   dispose(): void {

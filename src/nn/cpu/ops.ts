@@ -1,24 +1,30 @@
 /**
- * The nn ops on the cpu backend. Tensors are typed arrays (Float32Array, or Uint16Array holding f16 bits)
- * over SharedArrayBuffers, so the worker pool reads and writes them in place. linear runs on the pool
- * (tasks of row and column blocks, see kernels.ts) when it is large enough to pay for the round trip, else
- * inline; layerNorm and embedding run inline; attention is the library's cpu forward(). Every array made here, and each
- * thread's scratch while a linear runs, is counted in the MemoryTracker. slice and write copy rows with
- * TypedArray.set; a slice is an array of its own (not a view) so that the worker threads can share it.
+ * The nn ops on the cpu backend. Tensors are typed arrays (Float32Array, or Uint16Array holding f16 bits).
+ * linear runs on the worker pool (tasks of row and column blocks, see kernels.ts) when it is large enough
+ * to pay for the round trip, its x, W, b, residual and y staged in the pool's workspace (cpu/pool.ts: the
+ * workers only ever see that one buffer, so they hold no memory between calls), else inline on the arrays
+ * themselves; layerNorm and embedding run inline; attention is the library's cpu forward(). Every array
+ * made here, and the staged copies and each thread's scratch while a linear runs, is counted in the
+ * MemoryTracker. slice and write copy rows with TypedArray.set.
  */
 import { forward } from '../../api.js';
 import { OutOfMemoryError } from '../../errors.js';
 import { encodeF16 } from '../../f16.js';
 import type { MemoryTracker } from '../../memory.js';
-import { runJob, sharedBuffer, threadsFor } from '../../cpu/pool.js';
+import type { Region } from '../../cpu/job.js';
+import { Arena, runJob, threadsFor } from '../../cpu/pool.js';
 import { BYTES_PER_ELEMENT, type AnyTensor, type Tensor } from '../../tensor.js';
 import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops } from '../ops.js';
 import { embeddingRows, layerNormRows, linearColumnBlock, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
 
-/** Whether the worker threads can use the array in place: it spans its whole buffer, which they share. */
-function shareable(data: HostData): boolean {
-  const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength;
-  return whole && (typeof SharedArrayBuffer !== 'function' || data.buffer instanceof SharedArrayBuffer);
+/** The bytes of an array, as a job's region. */
+function regionOf(data: ArrayBufferView): Region {
+  return { buffer: data.buffer, byteOffset: data.byteOffset, byteLength: data.byteLength };
+}
+
+/** A view of a region of the same type as `like`. */
+function viewOf(r: Region, like: HostData): HostData {
+  return like instanceof Uint16Array ? new Uint16Array(r.buffer, r.byteOffset, r.byteLength / 2) : new Float32Array(r.buffer, r.byteOffset, r.byteLength / 4);
 }
 
 /**
@@ -43,8 +49,8 @@ export class CpuOps implements Ops {
   }
 
   /**
-   * A shared buffer of `bytes` (at most `limit`), counted, or an OutOfMemoryError naming `argument` and
-   * what it was for.
+   * A buffer of `bytes` (at most `limit`), counted, or an OutOfMemoryError naming `argument` and what it
+   * was for.
    */
   private buffer(bytes: number, what: string, argument: string, limit = CPU_MAX_BUFFER_BYTES): ArrayBufferLike {
     if (bytes > limit) {
@@ -52,7 +58,7 @@ export class CpuOps implements Ops {
       throw new OutOfMemoryError(argument, `at most ${limit} bytes per array (${source}) for ${what}`, `${bytes} bytes`);
     }
     try {
-      const buf = sharedBuffer(bytes);
+      const buf = new ArrayBuffer(bytes);
       void new Uint16Array(buf); // the view with the most elements made here: over the engine's limit is a RangeError too
       this.memory.allocate(bytes);
       return buf;
@@ -75,15 +81,6 @@ export class CpuOps implements Ops {
     return { data, dtype: this.dtype, shape: [...shape] } as Tensor;
   }
 
-  /** A counted copy of the caller's array, or the array itself when the workers can share it. */
-  private shared(t: Tensor, name: string): Tensor {
-    const data = t.data as HostData;
-    if (shareable(data)) return t;
-    const copy = this.array(data.length, `a shared copy of ${name}`, name);
-    copy.set(data);
-    return this.tensor(copy, t.shape);
-  }
-
   async create(shape: readonly number[], fill: (values: Float32Array) => void, what: string, argument: string): Promise<AnyTensor> {
     const data = this.array(sizeOf(shape), what, argument);
     if (data instanceof Float32Array) {
@@ -97,7 +94,7 @@ export class CpuOps implements Ops {
   }
 
   async input(t: AnyTensor, name: string): Promise<AnyTensor> {
-    return this.shared(checkTensor('cpu', this.dtype, name, t) as Tensor, name);
+    return checkTensor('cpu', this.dtype, name, t);
   }
 
   async empty(shape: readonly number[], what: string, argument: string): Promise<AnyTensor> {
@@ -130,23 +127,50 @@ export class CpuOps implements Ops {
     const MB = linearRowBlock(M, threads);
     const s: LinearShape = { M, N, K, MB, NB: linearColumnBlock(M, N, MB, threads), activation, residual: residual !== undefined };
     const scratchBytes = linearScratch(s) * 8;
-    const scratch: ArrayBufferLike[] = [];
-    const inputs = [x, weight, bias, ...(residual ? [residual] : [])] as Tensor[];
-    const staged: Tensor[] = [];
+    const f16 = this.dtype === 'f16' ? '.f16' : '';
+    const arrays = [x, weight, bias, ...(residual ? [residual] : [])].map((t) => t.data as HostData);
+    const names = ['x', 'w', 'b', 'r'].map((n) => n + f16);
+    if (threads === 1) {
+      // Inline: the kernel reads and writes the arrays themselves.
+      const scratch = this.memory.allocate(scratchBytes);
+      try {
+        const buffers = Object.fromEntries([...arrays.map((a, i) => [names[i], regionOf(a)]), ['y' + f16, regionOf(y)]]);
+        await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch: [regionOf(new Float64Array(scratchBytes / 8))], counter: regionOf(new Int32Array(1)) });
+      } catch (e) {
+        this.free(this.tensor(y, shape));
+        throw e;
+      } finally {
+        this.memory.release(scratch);
+      }
+      return this.tensor(y, shape);
+    }
+    const sizes = [...arrays.map((a) => a.byteLength), y.byteLength, ...Array<number>(threads).fill(scratchBytes)];
+    const total = sizes.reduce((a, c) => a + c, 0);
+    let arena: Arena;
     try {
-      for (let i = 0; i < threads; i++) scratch.push(this.buffer(scratchBytes, `thread ${i}'s linear scratch`, 'x'));
-      const names = ['x', 'weight', 'bias', 'options.residual'];
-      staged.push(...inputs.map((u, i) => this.shared(u, names[i])));
-      const [X, W, b, r] = staged.map((u) => u.data.buffer);
-      const f16 = this.dtype === 'f16' ? '.f16' : '';
-      const buffers = { ['x' + f16]: X, ['w' + f16]: W, ['b' + f16]: b, ['y' + f16]: y.buffer, ...(r ? { ['r' + f16]: r } : {}) };
-      await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch });
+      arena = Arena.open(sizes);
+    } catch (e) {
+      this.free(this.tensor(y, shape));
+      if (!(e instanceof RangeError)) throw e;
+      throw new OutOfMemoryError('x', "an allocation this machine can make for the linear's staged x, W, b, y and scratch", `${total} bytes (${e.message})`);
+    }
+    const counted = this.memory.allocate(total);
+    try {
+      const buffers: Record<string, Region> = {};
+      arrays.forEach((a, i) => {
+        buffers[names[i]] = arena.take(a.byteLength);
+        viewOf(buffers[names[i]], a).set(a);
+      });
+      const Y = (buffers['y' + f16] = arena.take(y.byteLength));
+      const scratch = Array.from({ length: threads }, () => arena.take(scratchBytes));
+      await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch, counter: arena.take(4) });
+      y.set(viewOf(Y, y));
     } catch (e) {
       this.free(this.tensor(y, shape));
       throw e;
     } finally {
-      this.memory.release(scratch.length * scratchBytes);
-      staged.forEach((u, i) => u !== inputs[i] && this.free(u));
+      this.memory.release(counted);
+      arena.close();
     }
     return this.tensor(y, shape);
   }
@@ -171,13 +195,10 @@ export class CpuOps implements Ops {
     const heads = (t: AnyTensor) => ({ data: t.data, dtype: t.dtype, shape: [B, N, H, D] }) as Tensor;
     const options = { backend: 'cpu', layout: 'BNHD', causal: config.causal, algorithm: config.algorithm, memory: this.memory } as const;
     const { out } = await forward(heads(q), heads(k), heads(v), options);
-    // The output is the caller's once forward returns: count it again as ours (an f16 one is a plain array, copied).
+    // The output is the caller's once forward returns (an array of its own): count it again as ours.
     const data = out.data as HostData;
-    if (shareable(data)) {
-      this.owned.set(data, this.memory.allocate(data.byteLength));
-      return this.tensor(data, [B, N, C]);
-    }
-    return this.shared({ data, dtype: this.dtype, shape: [B, N, C] } as Tensor, 'the attention output');
+    this.owned.set(data, this.memory.allocate(data.byteLength));
+    return this.tensor(data, [B, N, C]);
   }
 
   async output(t: AnyTensor): Promise<AnyTensor> {

@@ -17,7 +17,7 @@ import { OutOfMemoryError, ValueError } from '../../errors.js';
 import { encodeF16 } from '../../f16.js';
 import type { MemoryTracker } from '../../memory.js';
 import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor, type TensorData } from '../../tensor.js';
-import { GpuBuffers } from '../../webgpu/buffers.js';
+import { freeDestroyed, GpuBuffers } from '../../webgpu/buffers.js';
 import type { Gpu } from '../../webgpu/device.js';
 import { dispatch, pipeline } from '../../webgpu/pipelines.js';
 import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops } from '../ops.js';
@@ -140,7 +140,10 @@ export class WebgpuOps implements Ops {
     const oom = await device.popErrorScope();
     const failed = failure !== undefined || invalid !== null || oom !== null;
     for (const b of made) if (failed || b !== out) buffers.destroy(b);
-    if (oom) throw new OutOfMemoryError(argument, `device memory for ${what}`, oom.message);
+    if (oom) {
+      await freeDestroyed(device); // before the next op makes its buffers (see freeDestroyed)
+      throw new OutOfMemoryError(argument, `device memory for ${what}`, oom.message);
+    }
     if (failure !== undefined) throw failure;
     if (invalid) throw new ValueError(`${argument}.data`, 'GPUBuffers of the device the ops run on', invalid.message);
     return out as T;
