@@ -313,7 +313,12 @@ async function timeCase(
   return { fwd, both, peakF, peakB, inner, backwardError };
 }
 
-/** Run the attention sweeps: every case once, flash then standard. */
+/** The progress units runAttention reports done: one per case and algorithm. */
+export function attentionUnits(sweeps: readonly Sweep[], standard: boolean): number {
+  return uniqueCases(sweeps).length * (standard ? 2 : 1);
+}
+
+/** Run the attention sweeps: every case once, flash then standard. The caller plans attentionUnits() of progress. */
 export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionContext): Promise<AttentionResult> {
   const algorithms: Algorithm[] = ctx.standard ? ['flash', 'standard'] : ['flash'];
   const validations: Validation[] = [];
@@ -326,7 +331,7 @@ export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionConte
     const key = `${algorithm}/${kernel}/${c.D}/${c.causal}/${c.dtype}/${Math.min(c.N, VALIDATION_MAX_N)}`;
     let v = cache.get(key);
     if (!v) {
-      say.step(`validating ${algorithm} ${kernel} (D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''}) against the float64 reference`);
+      say.step(`validate ${algorithm} ${kernel} D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''} (vs float64)`);
       v = await validate(ctx.backend, c, algorithm, kernel, ctx.seed, ctx.precision);
       cache.set(key, v);
       validations.push(v);
@@ -344,7 +349,7 @@ export async function runAttention(sweeps: readonly Sweep[], ctx: AttentionConte
   /** Validate and time one case with each algorithm. */
   const measureCase = async (c: Case, x: AnyInputs): Promise<void> => {
     for (const algorithm of algorithms) {
-      const label = `${algorithm} B=${c.B} H=${c.H} N=${c.N} D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''}`;
+      const label = `${algorithm} N=${c.N} D=${c.D} ${c.dtype}${c.causal ? ' causal' : ''} B=${c.B} H=${c.H}`;
       const rows = { fwd: emptyMeasurement(c, algorithm, 'forward'), both: emptyMeasurement(c, algorithm, 'forward+backward') };
       measurements.push(rows.fwd, rows.both);
       if (ctx.geometry) {

@@ -6,10 +6,12 @@
  * and results.json.
  *
  * Charts: over N (per N sweep, forward and forward+backward side by side) the median time with its
- * min–max, the peak memory, the HBM bytes of the IO analysis and TFLOP/s (with PyTorch's SDPA figures
- * where an anchor has them); bars for the D / causal / dtype sweeps; and the encoder's time and memory
- * per N as bars, flash beside standard, as the encoder experiment's PyTorch notebook plots them. "OOM"
- * marks an algorithm that ran out of memory at that point. The decode suite has one chart: GB/s over Nk,
+ * min–max, the peak memory, the bytes moved to and from HBM (main memory on a CPU) by the IO analysis
+ * and TFLOP/s (GFLOP/s on a CPU; with PyTorch's SDPA figures where an anchor has them); bars with their
+ * min–max for the D / causal / dtype sweeps; and the encoder's time and its memory above the weights
+ * (what grows with N) per N as bars, flash beside standard. "OOM" marks an algorithm that ran out of
+ * memory at that point. Captions state only what findings.ts computes from the data. Sizes are chosen
+ * so that a chart fills the report's 1200 px page at its natural size: 11 px ticks stay 11 px. The decode suite has one chart: GB/s over Nk,
  * a panel per (D, heads) and batch, ours (three variants) beside the peers' (anchors), with the peak
  * bandwidth where it is known.
  */
@@ -17,6 +19,7 @@ import { createRequire } from 'node:module';
 import { SDPA_BACKENDS, decodeFor, decodeSeriesOf, sdpaFor } from './anchors.js';
 import { measurementOf } from './bench.js';
 import { DECODE_VARIANTS, variantLabel } from './decode-bench.js';
+import { activationBytes, encoderFinding, growthSentence, ioFinding, nSweepFindings, slowMemory, throughputUnit, variantFindings } from './findings.js';
 import { decodeKey, type Measurement, type Pass, type Results, type Sweep } from './results.js';
 import { axisValue, decodeGroups, encoderNs, headsText } from './tables.js';
 
@@ -66,7 +69,7 @@ type Metric = 'time' | 'memory' | 'io' | 'tflops';
 /** Panel titles of the sweeps at one N (their base case is in the tables). */
 const VARIANT_PANEL: Record<'D' | 'causal' | 'dtype', string> = { D: 'head dimension D', causal: 'causal mask', dtype: 'storage dtype' };
 
-function metricOf(m: Measurement, metric: Metric): number | null {
+function metricOf(m: Measurement, metric: Metric, perTflop: number): number | null {
   if (m.status !== 'ok') return null;
   switch (metric) {
     case 'time':
@@ -76,7 +79,7 @@ function metricOf(m: Measurement, metric: Metric): number | null {
     case 'io':
       return m.io ? m.io.bytes / MiB : null;
     case 'tflops':
-      return m.tflops;
+      return m.tflops === null ? null : m.tflops * perTflop;
   }
 }
 
@@ -84,13 +87,14 @@ function metricOf(m: Measurement, metric: Metric): number | null {
 export function sweepData(r: Results, sweeps: readonly Sweep[], metric: Metric): Datum[] {
   const out: Datum[] = [];
   const sdpa = r.anchors?.sdpa;
+  const { perTflop } = throughputUnit(r);
   for (const s of sweeps) {
     for (const c of s.cases) {
       for (const pass of PASSES) {
         for (const algorithm of ['flash', 'standard'] as const) {
           const m = measurementOf(r.attention.measurements, c, algorithm, pass);
           if (!m) continue;
-          const d: Datum = { panel: s.axis === 'N' ? s.title : VARIANT_PANEL[s.axis], pass, x: s.axis === 'N' ? c.N : axisValue(c, s.axis), series: algorithm, value: metricOf(m, metric), oom: m.status === 'out-of-memory' };
+          const d: Datum = { panel: s.axis === 'N' ? s.title : VARIANT_PANEL[s.axis], pass, x: s.axis === 'N' ? c.N : axisValue(c, s.axis), series: algorithm, value: metricOf(m, metric, perTflop), oom: m.status === 'out-of-memory' };
           if (metric === 'time' && m.status === 'ok') Object.assign(d, { low: m.minMs, high: m.maxMs });
           out.push(d);
         }
@@ -98,8 +102,9 @@ export function sweepData(r: Results, sweeps: readonly Sweep[], metric: Metric):
           for (const b of SDPA_BACKENDS) {
             const t = sdpaFor(sdpa, c, b);
             if (!t) continue;
-            const value = t.error ? null : pass === 'forward' ? t.fwdTflops : t.fwdbwdTflops;
-            if (value === null && !t.error) continue;
+            const tflops = t.error ? null : pass === 'forward' ? t.fwdTflops : t.fwdbwdTflops;
+            if (tflops === null && !t.error) continue;
+            const value = tflops === null ? null : tflops * perTflop;
             out.push({ panel: s.title, pass, x: c.N, series: `torch ${b}`, value, oom: Boolean(t.error && /out of memory/i.test(t.error)) });
           }
         }
@@ -120,7 +125,8 @@ const CONFIG = { font: FONT, view: { stroke: '#ccc' }, axis: { labelFontSize: 11
 function lineSpec(title: string, data: Datum[], yTitle: string, log: boolean): VegaLiteSpec {
   const ns = [...new Set(data.map((d) => d.x as number))].sort((a, b) => a - b);
   const x = { field: 'x', type: 'quantitative', title: 'N (sequence length)', scale: { type: 'log', base: 2, domain: [ns[0] / 1.2, ns[ns.length - 1] * 1.2], nice: false }, axis: { values: ns, format: 'd', labelAngle: 0 } };
-  const y = { field: 'value', type: 'quantitative', title: yTitle, scale: log ? { type: 'log' } : { zero: true } };
+  // The axis fits the data (and its min–max): a log scale left to itself runs to the next power of ten.
+  const y = { field: 'value', type: 'quantitative', title: yTitle, scale: log ? { type: 'log', nice: false, padding: 12 } : { zero: true, nice: true } };
   const color = colorScale(data);
   const layers: object[] = [
     { mark: { type: 'line', point: { size: 50 }, strokeWidth: 2 }, transform: [{ filter: 'isValid(datum.value)' }], encoding: { x, y, color } },
@@ -141,18 +147,23 @@ function lineSpec(title: string, data: Datum[], yTitle: string, log: boolean): V
       row: { field: 'panel', type: 'nominal', title: null, sort: panels, header: rows > 1 ? { labelAngle: 0, labelAlign: 'left', labelOrient: 'top', labelAnchor: 'start', labelFontWeight: 'bold' } : { labels: false } },
       column: { field: 'pass', type: 'nominal', title: null, sort: PASSES, header: { labelFontWeight: 'bold' } },
     },
-    spec: { width: 300, height: 190, layer: layers },
+    // Two panels side by side fill the page (1200 px) at their natural size, so 11 px ticks stay 11 px.
+    spec: { width: 470, height: 240, layer: layers },
     resolve: { scale: { y: 'independent' } },
   };
 }
 
-/** Grouped bars: one group per x, one bar per series, "OOM" where a series ran out of memory. */
+/** Grouped bars: one group per x, one bar per series, a rule from the fastest to the slowest sample where there are samples, "OOM" where a series ran out of memory. */
 function barLayers(data: readonly Datum[], xTitle: string, yTitle: string): object[] {
   const x = { field: 'x', type: 'ordinal', title: xTitle, sort: null, axis: { labelAngle: 0 } };
   const color = colorScale(data);
   const xOffset = { field: 'series', type: 'nominal', scale: { domain: color.scale.domain } };
+  const spread = data.some((d) => d.low !== undefined)
+    ? [{ mark: { type: 'rule', strokeWidth: 1.5, color: '#222' }, transform: [{ filter: 'isValid(datum.low)' }], encoding: { x, xOffset, y: { field: 'low', type: 'quantitative' }, y2: { field: 'high' } } }]
+    : [];
   return [
     { mark: 'bar', encoding: { x, xOffset, y: { field: 'value', type: 'quantitative', title: yTitle }, color } },
+    ...spread,
     // Written upward inside the bar's own slot, so that neighbouring series' marks do not run together.
     { mark: { type: 'text', angle: 270, align: 'left', baseline: 'middle', dx: 3, fontWeight: 'bold', fontSize: 10 }, transform: [{ filter: 'datum.oom' }], encoding: { x, xOffset, y: { datum: 0 }, text: { value: 'OOM' }, color } },
   ];
@@ -169,25 +180,34 @@ function variantsSpec(data: Datum[]): VegaLiteSpec {
       column: { field: 'panel', type: 'nominal', title: null, sort: Object.values(VARIANT_PANEL), header: { labelFontWeight: 'bold' } },
       row: { field: 'pass', type: 'nominal', title: null, sort: PASSES, header: { labelFontWeight: 'bold' } },
     },
-    // A step width: with a fixed width, independent x scales and xOffset, vega-lite draws the bars one pixel wide.
-    spec: { width: { step: 70 }, height: 170, layer: barLayers(data, '', 'median ms') },
+    // A step width (per bar: a D panel of 3 groups × 2 series is 6 steps; every column takes the widest panel's width): with a fixed width, independent x scales and xOffset, vega-lite draws the bars one pixel wide.
+    spec: { width: { step: 40 }, height: 220, layer: barLayers(data, '', 'median ms (bar: min–max)') },
     resolve: { scale: { x: 'independent', y: 'independent' } },
   };
 }
 
+/**
+ * The encoder's time, or its memory: where the weights are known, the peak above them (the activations and
+ * attention, which grow with N; the weights do not), else the whole peak.
+ */
 function encoderData(r: Results, metric: 'time' | 'memory'): Datum[] {
   const e = r.encoder!;
   const out: Datum[] = [];
+  // PyTorch's peaks include its weights: beside ours above the weights they would not compare.
+  const aboveWeights = metric === 'memory' && e.points.some((p) => activationBytes(p) !== null);
   for (const N of encoderNs(e, r.anchors?.seed)) {
     for (const attention of ['flash', 'standard'] as const) {
       const p = e.points.find((q) => q.attention === attention && q.N === N);
       if (!p || p.status === 'not-run') continue;
-      const value = p.status !== 'ok' ? null : metric === 'time' ? p.medianMs : p.peakBytes === null ? null : p.peakBytes / MiB;
-      out.push({ panel: 'encoder', x: String(N), series: attention, value, oom: p.status === 'out-of-memory' });
+      const bytes = activationBytes(p) ?? p.peakBytes;
+      const value = p.status !== 'ok' ? null : metric === 'time' ? p.medianMs : bytes === null ? null : bytes / MiB;
+      const d: Datum = { panel: 'encoder', x: String(N), series: attention, value, oom: p.status === 'out-of-memory' };
+      if (metric === 'time' && p.status === 'ok' && p.minMs !== null && p.maxMs !== null) Object.assign(d, { low: p.minMs, high: p.maxMs });
+      out.push(d);
     }
     for (const [backend, series] of [['flash', 'torch flash'], ['math', 'torch math']] as const) {
       const t = r.anchors?.seed?.rows.find((q) => q.backend === backend && q.seq === N);
-      if (!t) continue;
+      if (!t || aboveWeights) continue;
       out.push({ panel: 'encoder', x: String(N), series, value: t.error ? null : metric === 'time' ? t.ms : t.peakMib, oom: Boolean(t.error && /out of memory/i.test(t.error)) });
     }
   }
@@ -195,7 +215,7 @@ function encoderData(r: Results, metric: 'time' | 'memory'): Datum[] {
 }
 
 function encoderSpec(title: string, data: Datum[], yTitle: string): VegaLiteSpec {
-  return { title, config: CONFIG, background: 'white', padding: 10, width: 420, height: 260, data: { values: data }, layer: barLayers(data, 'N (sequence length)', yTitle) };
+  return { title, config: CONFIG, background: 'white', padding: 10, width: 1000, height: 300, data: { values: data }, layer: barLayers(data, 'N (sequence length)', yTitle) };
 }
 
 /** One point of the decode chart: a series' GB/s at Nk, in the panel of its (D, heads) group and batch. */
@@ -275,31 +295,39 @@ export function chartsFor(r: Results): Chart[] {
   }
   const nSweeps = r.attention.sweeps.filter((s) => s.axis === 'N');
   if (nSweeps.length) {
-    const where = r.environment.backend === 'webgpu' ? 'HBM' : 'main memory';
+    const where = slowMemory(r);
+    const unit = throughputUnit(r);
+    const found = nSweepFindings(r);
+    const grew = (what: string, value: (m: Measurement) => number | null) =>
+      nSweeps.map((s) => growthSentence(r, s, 'forward', what, value)).filter((x): x is string => x !== undefined);
+    const io = ioFinding(r);
     charts.push(
       {
         id: 'attention-time',
         title: 'Attention: time per call over N',
-        caption: 'Median time per call, with a bar from the fastest to the slowest sample; log scales. The standard baseline grows with N² in time and memory traffic; flash does the same FLOPs with less traffic.',
+        caption: ['Median time per call, with a bar from the fastest to the slowest sample; log scales.', ...found, ...grew('time', (m) => m.medianMs)].join(' '),
         spec: lineSpec('Attention time per call (median, min–max)', sweepData(r, nSweeps, 'time'), 'ms', true),
       },
       {
         id: 'attention-memory',
         title: 'Attention: peak memory over N',
-        caption: 'Most bytes the library held at once during one call (MemoryTracker). Standard holds N×N matrices (S, P; P, dP, dS in the backward) and grows with N²; flash holds tiles and grows with N.',
+        caption: [
+          'Most bytes the library held at once during one call (MemoryTracker). Standard holds N×N matrices (S, P; P, dP, dS in the backward), flash holds tiles.',
+          ...grew('peak memory', (m) => m.peakBytes),
+        ].join(' '),
         spec: lineSpec('Attention peak memory (MemoryTracker)', sweepData(r, nSweeps, 'memory'), 'peak MiB', true),
       },
       {
         id: 'attention-io',
         title: `Attention: ${where} traffic over N (the paper's IO analysis)`,
-        caption: `Bytes each algorithm moves to and from ${where}: standard Θ(N·d + N²) (every pass over the N×N matrices counted), flash Θ(N²·d²/M) with M the on-chip memory its tiles use. Compare with the time chart: where the traffic differs most, so should the time.`,
+        caption: [`Bytes each algorithm moves to and from ${where} by the paper's IO analysis: standard Θ(N·d + N²) (every pass over the N×N matrices counted), flash Θ(N²·d²/M) with M the on-chip memory its tiles use.`, ...(io ? [io] : [])].join(' '),
         spec: lineSpec(`${where === 'HBM' ? 'HBM' : 'Main-memory'} traffic by the IO analysis`, sweepData(r, nSweeps, 'io'), 'MiB moved', true),
       },
       {
         id: 'attention-tflops',
-        title: 'Attention: TFLOP/s over N',
-        caption: `Throughput by FlashAttention's FLOP count (forward 4·B·H·N²·D, halved when causal; forward+backward 3.5×)${r.anchors?.sdpa ? `, beside PyTorch's scaled_dot_product_attention backends on ${r.anchors.sdpa.gpu}` : ''}.`,
-        spec: lineSpec('Attention TFLOP/s', sweepData(r, nSweeps, 'tflops'), 'TFLOP/s', false),
+        title: `Attention: ${unit.name} over N`,
+        caption: `Throughput by FlashAttention's FLOP count (forward 4·B·H·N²·D, halved when causal; forward+backward 3.5×), in ${unit.name}${r.anchors?.sdpa ? `, beside PyTorch's scaled_dot_product_attention backends on ${r.anchors.sdpa.gpu}` : ''}.`,
+        spec: lineSpec(`Attention ${unit.name}`, sweepData(r, nSweeps, 'tflops'), unit.name, false),
       },
     );
   }
@@ -308,24 +336,30 @@ export function chartsFor(r: Results): Chart[] {
     charts.push({
       id: 'attention-variants',
       title: 'Attention: head dimension, causal mask and dtype',
-      caption: `Median time per call at N=${variants[0].cases[0].N} while one setting changes (the base case is in the tables below).`
-        + ' A causal mask halves the work for both; a larger D raises the work per score for both, but only the standard baseline pays N² memory traffic.',
+      caption: [`Median time per call at N=${variants[0].cases[0].N} while one setting changes (the base case is in the tables below), with a rule from the fastest to the slowest sample.`, ...variantFindings(r)].join(' '),
       spec: variantsSpec(sweepData(r, variants, 'time')),
     });
   }
   if (r.encoder && r.encoder.points.length) {
+    const e = r.encoder;
+    const aboveWeights = e.points.some((p) => activationBytes(p) !== null);
+    const finding = encoderFinding(e);
+    const weights = [...new Set(e.points.filter((p) => activationBytes(p) !== null).map((p) => p.weightsBytes!))].sort((x, y) => x - y);
+    const weightsText = weights.length === 1 ? `${(weights[0] / MiB).toFixed(1)} MiB, the same at every N` : `${(weights[0] / MiB).toFixed(1)}–${(weights[weights.length - 1] / MiB).toFixed(1)} MiB`;
     charts.push(
       {
         id: 'encoder-time',
         title: 'Encoder: time per forward over N',
-        caption: 'Time per forward of the encoder, as the first bar chart of the PyTorch notebook this experiment comes from, measured properly: each forward ends when its work is done (the notebook timed kernel launches only).',
-        spec: encoderSpec('Encoder forward time (median)', encoderData(r, 'time'), 'ms'),
+        caption: ['Median time per forward of the encoder (a rule from the fastest to the slowest), as the first bar chart of the PyTorch notebook this experiment comes from, measured so that each forward ends when its work is done.', ...(finding ? [finding] : [])].join(' '),
+        spec: encoderSpec('Encoder forward time (median, min–max)', encoderData(r, 'time'), 'ms'),
       },
       {
         id: 'encoder-memory',
-        title: 'Encoder: peak memory over N',
-        caption: 'As the notebook\'s second bar chart: peak memory during one forward. Standard attention\'s N×N matrices make it grow with N²; "OOM" where it no longer fits, while flash goes on.',
-        spec: encoderSpec('Encoder peak memory during a forward', encoderData(r, 'memory'), 'peak MiB'),
+        title: aboveWeights ? 'Encoder: memory above the weights over N' : 'Encoder: peak memory over N',
+        caption: aboveWeights
+          ? `Peak memory during one forward less the weights (${weightsText}): the activations and attention's matrices, the part that grows with N.${r.anchors?.seed ? " PyTorch's peaks include its weights and are in the table only." : ''}${e.points.some((p) => p.status === 'out-of-memory') ? ' "OOM": out of memory there.' : ''}`
+          : `Peak memory during one forward, weights included.${e.points.some((p) => p.status === 'out-of-memory') ? ' "OOM": out of memory there.' : ''}`,
+        spec: encoderSpec(aboveWeights ? 'Encoder memory above the weights during a forward' : 'Encoder peak memory during a forward', encoderData(r, 'memory'), aboveWeights ? 'MiB above the weights' : 'peak MiB'),
       },
     );
   }

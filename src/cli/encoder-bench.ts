@@ -66,10 +66,14 @@ function point(attention: 'flash' | 'standard', N: number, status: EncoderPoint[
   return p;
 }
 
-/** Run the experiment with the models `factory` builds (src/models/encoder.ts's createEncoder). */
+/** The progress units runEncoder reports done: one per N and variant. */
+export function encoderUnits(settings: Pick<EncoderSettings, 'ns'>): number {
+  return settings.ns.length * VARIANTS.length;
+}
+
+/** Run the experiment with the models `factory` builds (src/models/encoder.ts's createEncoder); the caller plans encoderUnits() of progress. */
 export async function runEncoder(settings: EncoderSettings, factory: EncoderFactory, ctx: EncoderContext): Promise<EncoderResult> {
   const say = ctx.progress;
-  say.plan(settings.ns.length * VARIANTS.length);
   const models = new Map<'flash' | 'standard', Variant>();
   const stopped = new Map<'flash' | 'standard', string>();
   const points: EncoderPoint[] = [];
@@ -87,7 +91,7 @@ export async function runEncoder(settings: EncoderSettings, factory: EncoderFact
           say.done(1);
           continue;
         }
-        say.step(`encoder, ${attention} attention, batch ${settings.batch}, N=${N}`);
+        say.step(`encoder ${attention} N=${N} (batch ${settings.batch})`);
         const p = await measure(settings, factory, ctx, models, attention, N);
         add(p);
         if (p.status !== 'ok') {
@@ -131,7 +135,9 @@ async function measure(
     }
     const timesMs: number[] = [];
     let peak = 0;
+    let weights = 0;
     for (let r = 0; r < s.repeats; r++) {
+      weights = Math.max(weights, memory.live);
       memory.resetPeak();
       await ctx.clock.start();
       const y = await model.forward(x);
@@ -141,7 +147,7 @@ async function measure(
       timesMs.push(ms);
       peak = Math.max(peak, memory.peak);
     }
-    return { ...point(attention, N, 'ok'), timesMs, ...summarize(timesMs), peakBytes: peak || null };
+    return { ...point(attention, N, 'ok'), timesMs, ...summarize(timesMs), peakBytes: peak || null, weightsBytes: peak ? weights : null };
   } catch (e) {
     return point(attention, N, isOutOfMemory(e) ? 'out-of-memory' : 'error', errorMessage(e));
   } finally {

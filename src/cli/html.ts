@@ -4,6 +4,7 @@
  * explanation of each. It is built from Results, the table models and the rendered charts alone.
  */
 import type { RenderedChart } from './charts.js';
+import { slowMemory, summary } from './findings.js';
 import type { Results } from './results.js';
 import { attentionNotes, decodeGroups, decodeNotes, decodeSummaryTable, decodeTable, decodeValidationLines, encoderTable, sdpaTable, sweepTable, validationLines, type TableModel } from './tables.js';
 
@@ -42,7 +43,7 @@ h1{margin-bottom:0.2em}h2{border-bottom:1px solid #ddd;padding-bottom:0.2em;marg
 table{border-collapse:collapse;margin:0.5em 0;font-size:0.9em}th,td{border:1px solid #ddd;padding:0.2em 0.6em;text-align:left}
 th{background:#f4f4f4}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}td.status{color:#a33;font-style:italic}
 dl{display:grid;grid-template-columns:max-content auto;gap:0.1em 1em}dt{font-weight:bold}dd{margin:0}
-figure{margin:1.5em 0}figcaption{margin-bottom:0.5em}svg{max-width:100%;height:auto}.files{color:#888;font-size:0.85em}
+figure{margin:1.5em 0}figcaption{margin-bottom:0.5em}figure svg{width:100%;height:auto}.summary{background:#f6f8fa;border-left:4px solid #1f77b4;padding:0.5em 1em}.files{color:#888;font-size:0.85em}
 .notes{font-size:0.85em;color:#555}.fail{color:#a33;font-weight:bold}.ok{color:#282}pre{background:#f6f6f6;padding:0.5em;overflow:auto}`;
 
 /** The whole page. `chartsNote` says why there are no charts, when there are none. */
@@ -78,6 +79,7 @@ function attentionParts(r: Results, fig: (id: string) => string, chartsNote: str
   const failed = r.attention.validations.filter((v) => !v.ok).length;
   const parts: string[] = [
     `<p>FlashAttention (tiled, online softmax, never stores the N×N score matrix) against the standard algorithm (stores S and P, and P, dP, dS in the backward), on the same backend. Every kernel was validated against a float64 reference before it was timed.</p>`,
+    ...summaryPart(r),
     `<h2>Validation</h2>`,
     `<p>Each kernel (algorithm × forward/backward × D, dtype, causal) ran on a small problem and was compared with the float64 reference: ${failed ? `<span class="fail">${failed} FAILED</span> (not timed)` : '<span class="ok">all passed</span>'}.</p>`,
     `<details${failed ? ' open' : ''}><summary>${r.attention.validations.length} validations</summary><pre>${escapeHtml(validationLines(r).join('\n'))}</pre></details>`,
@@ -86,7 +88,7 @@ function attentionParts(r: Results, fig: (id: string) => string, chartsNote: str
   if (chartsNote) parts.push(`<p class="fail">No charts: ${escapeHtml(chartsNote)}</p>`);
   parts.push(fig('attention-time'), fig('attention-memory'));
   parts.push(
-    `<h3>The IO story</h3><p>The paper's argument (Theorem 2): standard attention reads and writes Θ(N·d + N²) bytes of slow memory, FlashAttention Θ(N²·d²/M) for on-chip memory M, many times fewer for the d and M of real hardware. The HBM column of the tables and the chart below count those bytes for the kernels that ran here, with their real tile sizes; the time column beside it is measured.</p>`,
+    `<h3>The IO story</h3><p>The paper's argument (Theorem 2): standard attention reads and writes Θ(N·d + N²) bytes of slow memory, FlashAttention Θ(N²·d²/M) for on-chip memory M, many times fewer for the d and M of real hardware. The ${slowMemory(r) === 'HBM' ? 'HBM' : 'moved'} MiB column of the tables and the chart below count those bytes (to and from ${slowMemory(r)}) for the kernels that ran here, with their real tile sizes; the time column beside it is measured.</p>`,
     fig('attention-io'),
     fig('attention-tflops'),
     fig('attention-variants'),
@@ -104,6 +106,13 @@ function attentionParts(r: Results, fig: (id: string) => string, chartsNote: str
     parts.push(fig('encoder-time'), fig('encoder-memory'), table(encoderTable(r.encoder, r.anchors?.seed)));
   }
   return parts;
+}
+
+/** "What was found": the summary's sentences (findings.ts), computed from the measurements. */
+function summaryPart(r: Results): string[] {
+  const lines = summary(r);
+  if (!lines.length) return [];
+  return [`<h2>What was found</h2>`, `<ul class="summary">${lines.map((l) => `<li>${escapeHtml(l)}</li>`).join('')}</ul>`];
 }
 
 /** The page's body for the decode suite: validations, the bandwidth chart, the tables beside the peers'. */

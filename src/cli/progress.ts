@@ -6,7 +6,7 @@
 import cliProgress from 'cli-progress';
 
 export interface Progress {
-  /** Add units of work to the total. */
+  /** Add units of work to the total: the caller plans the whole run before its first step, so the total never grows under a bar that has reached it. */
   plan(units: number): void;
   /** What runs now. */
   step(label: string): void;
@@ -33,6 +33,23 @@ class LineProgress implements Progress {
   stop(): void {}
 }
 
+/** The bar's fixed part: "{bar} {value}/{total} | {duration} | " is about this many columns besides the bar. */
+const BAR_SIZE = 20;
+const FIXED_COLUMNS = BAR_SIZE + 24;
+
+/**
+ * A label in `width` columns: whole where it fits, else its start and "…" (steps put what they run first:
+ * the algorithm, N and D, then the rest).
+ */
+export function fitLabel(label: string, width: number): string {
+  return label.length <= width ? label : `${label.slice(0, width - 1)}…`;
+}
+
+/** Columns left for the label on a terminal `columns` wide (at least 40: a narrow terminal wraps rather than hide N and D). */
+export function labelWidth(columns: number | undefined): number {
+  return Math.max(40, (columns ?? 100) - FIXED_COLUMNS - 1);
+}
+
 class BarProgress implements Progress {
   private readonly bar: cliProgress.SingleBar;
   private total = 0;
@@ -41,7 +58,7 @@ class BarProgress implements Progress {
 
   constructor(private readonly out: NodeJS.WriteStream) {
     this.bar = new cliProgress.SingleBar(
-      { stream: out, format: '{bar} {value}/{total} | {duration_formatted} | {label}', barsize: 24, hideCursor: true, clearOnComplete: true, fps: 5 },
+      { stream: out, format: '{bar} {value}/{total} | {duration_formatted} | {label}', barsize: BAR_SIZE, hideCursor: true, clearOnComplete: true, fps: 5 },
       cliProgress.Presets.shades_classic,
     );
   }
@@ -55,8 +72,7 @@ class BarProgress implements Progress {
   }
 
   step(label: string): void {
-    const width = Math.max(20, (this.out.columns ?? 100) - 50);
-    this.bar.update({ label: label.length > width ? `${label.slice(0, width - 1)}…` : label });
+    this.bar.update({ label: fitLabel(label, labelWidth(this.out.columns)) });
   }
 
   note(line: string): void {

@@ -9,6 +9,7 @@ import os from 'node:os';
 import { join } from 'node:path';
 import Table from 'cli-table3';
 import { ChartsUnavailableError, chartsFor, renderCharts, type RenderedChart } from './charts.js';
+import { summary } from './findings.js';
 import { reportHtml } from './html.js';
 import type { Environment, Results } from './results.js';
 import { attentionNotes, decodeGroups, decodeNotes, decodeSummaryTable, decodeTable, decodeValidationLines, encoderTable, sdpaTable, sweepTable, validationLines, type TableModel } from './tables.js';
@@ -96,6 +97,8 @@ export function formatResults(r: Results): string {
   ];
   if (r.anchors?.sdpa) parts.push(formatTable(sdpaTable(r, r.anchors.sdpa)));
   if (r.encoder) parts.push(formatTable(encoderTable(r.encoder, r.anchors?.seed)));
+  const found = summary(r);
+  if (found.length) parts.push(`what was found:\n${found.map((l) => `  ${l}`).join('\n')}`);
   return parts.join('\n\n');
 }
 

@@ -108,6 +108,8 @@ export interface EncoderPoint {
   maxMs: number | null;
   /** MemoryTracker peak during one forward (weights and activations the library holds), bytes. */
   peakBytes: number | null;
+  /** What the MemoryTracker held before each forward (the weights): peakBytes less this is what grows with N. Absent in older results. */
+  weightsBytes?: number | null;
   message?: string;
 }
 

@@ -8,6 +8,7 @@ import type { Algorithm } from '../index.js';
 import { SDPA_BACKENDS, decodeFor, decodeSeriesOf, sdpaFor, type DecodeRow, type SdpaAnchor, type SdpaRow, type SeedAnchor, type SeedRow } from './anchors.js';
 import { formatErrors, measurementOf } from './bench.js';
 import { DECODE_VARIANTS, variantLabel } from './decode-bench.js';
+import { slowMemory, throughputUnit } from './findings.js';
 import {
   caseKey,
   decodeKey,
@@ -86,7 +87,8 @@ const AXIS_HEAD: Record<SweepAxis, string> = { N: 'N', D: 'D', causal: 'causal',
 
 /** One sweep: per case, the forward then forward+backward rows of flash and standard. */
 export function sweepTable(r: Results, sweep: Sweep): TableModel {
-  const head = [AXIS_HEAD[sweep.axis], 'B×H', 'pass', 'algorithm', 'median ms', 'min–max ms', 'HBM MiB', 'TFLOP/s', 'peak MiB'];
+  const unit = throughputUnit(r);
+  const head = [AXIS_HEAD[sweep.axis], 'B×H', 'pass', 'algorithm', 'median ms', 'min–max ms', slowMemory(r) === 'HBM' ? 'HBM MiB' : 'moved MiB', unit.name, 'peak MiB'];
   const rows: Cell[][] = [];
   const algorithms: Algorithm[] = r.settings.standard ? ['flash', 'standard'] : ['flash'];
   for (const c of sweep.cases) {
@@ -104,7 +106,7 @@ export function sweepTable(r: Results, sweep: Sweep): TableModel {
           fmtMs(m.medianMs),
           `${fmtMs(m.minMs!)}–${fmtMs(m.maxMs!)}`,
           m.io ? fmtMiB(m.io.bytes) : 'n/a',
-          fmtTflops(m.tflops!),
+          fmtTflops(m.tflops! * unit.perTflop),
           m.peakBytes === null ? 'n/a' : fmtMiB(m.peakBytes),
         ]);
       }
@@ -116,10 +118,12 @@ export function sweepTable(r: Results, sweep: Sweep): TableModel {
 
 /** The notes under the attention tables: what each column means. */
 export function attentionNotes(r: Results): string[] {
+  const unit = throughputUnit(r).name;
+  const where = slowMemory(r);
   const notes = [
     'median ms and min–max: time per call over the timed samples (forward+backward: the forward, then the backward fed its out and lse).',
-    'TFLOP/s: FLOPs / median time, forward 4·B·H·N²·D (halved when causal), forward+backward 3.5× that.',
-    "HBM MiB: bytes the algorithm moves to and from main memory by the paper's IO analysis (standard: Θ(N·d + N²); flash: Θ(N²·d²/M)).",
+    `${unit}: FLOPs / median time, forward 4·B·H·N²·D (halved when causal), forward+backward 3.5× that.`,
+    `${where === 'HBM' ? 'HBM MiB' : 'moved MiB'}: bytes the algorithm moves to and from ${where} by the paper's IO analysis (standard: Θ(N·d + N²); flash: Θ(N²·d²/M)).`,
     'peak MiB: most bytes the library held at once during one call (MemoryTracker): staging copies, scratch, outputs, and for standard the N×N matrices; not the inputs.',
   ];
   if (r.environment.backend === 'reference') notes.push('n/a: the reference backend counts no memory and has no tiles.');
