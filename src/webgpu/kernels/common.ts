@@ -132,3 +132,37 @@ export function firstQueryBlockWGSL(causal: boolean, rows: string): string {
   return `let firstRow = i32(c0) - (i32(u.Nk) - i32(u.Nq));
   let iStart = select(0u, u32(firstRow) / ${rows}, firstRow > 0);`;
 }
+
+/**
+ * WGSL (indented for a key-block loop's body): Alg. 1 line 9 for the workgroup's score tile S (`rows` ×
+ * Bc, row-major) — thread r < rows updates row r's running max m and sum l (its own registers, with
+ * `poisoned` for a NaN logit), leaves P̃ = exp(S − m) in S (0 for masked entries, and for a row that has
+ * seen nothing yet) and the rescale factor e^(m_old − m) in alpha[r]. `bound`: the loops' bound over Bc.
+ */
+export function rowSoftmaxWGSL(rows: string, bound: string): string {
+  return `if (lid < ${rows}) {
+      var mx = m;
+      for (var c = 0u; c < ${bound}; c++) {
+        mx = max(mx, S[lid * Bc + c]);
+        poisoned = poisoned || is_nan(S[lid * Bc + c]);
+      }
+      var a = 1.0;
+      if (mx != MASKED) {
+        a = exp(m - mx);
+        var sum = 0.0;
+        for (var c = 0u; c < ${bound}; c++) {
+          let x = S[lid * Bc + c];
+          let pe = select(exp(x - mx), 0.0, x == MASKED);
+          S[lid * Bc + c] = pe;
+          sum += pe;
+        }
+        l = a * l + sum;
+        m = mx;
+      } else {
+        for (var c = 0u; c < ${bound}; c++) {
+          S[lid * Bc + c] = 0.0; // nothing visible yet in this row
+        }
+      }
+      alpha[lid] = a;
+    }`;
+}

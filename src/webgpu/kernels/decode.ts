@@ -25,7 +25,7 @@
  * Workgroup memory: 16·(2·Bc·(D4+1) + 2·R·D4) + 4·(R·Bc + 2·R) bytes (K_j, V_j, Q, O, S, alpha, l).
  * No private arrays (O lives in workgroup memory): lavapipe's LLVM compiles those very slowly.
  */
-import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { MASKED_WGSL, rowSoftmaxWGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
 
 export interface DecodeParams {
   D: number;
@@ -297,31 +297,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     }
     workgroupBarrier();
     // Running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
-    if (lid < R) {
-      var mx = m;
-      for (var c = 0u; c < ${bcBound}; c++) {
-        mx = max(mx, S[lid * Bc + c]);
-        poisoned = poisoned || is_nan(S[lid * Bc + c]);
-      }
-      var a = 1.0;
-      if (mx != MASKED) {
-        a = exp(m - mx);
-        var sum = 0.0;
-        for (var c = 0u; c < ${bcBound}; c++) {
-          let x = S[lid * Bc + c];
-          let pe = select(exp(x - mx), 0.0, x == MASKED);
-          S[lid * Bc + c] = pe;
-          sum += pe;
-        }
-        l = a * l + sum;
-        m = mx;
-      } else {
-        for (var c = 0u; c < ${bcBound}; c++) {
-          S[lid * Bc + c] = 0.0; // nothing visible yet in this row
-        }
-      }
-      alpha[lid] = a;
-    }
+    ${rowSoftmaxWGSL('R', bcBound)}
     workgroupBarrier();
     // O = diag(alpha) O + P̃ V_j.
     for (var e = lid; e < R * D4; e += WG) {

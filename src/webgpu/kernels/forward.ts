@@ -19,7 +19,7 @@
  * No private arrays: O_i lives in workgroup memory, each vec4 owned by one thread (private arrays indexed
  * in loops make lavapipe's LLVM compile take minutes).
  */
-import { MASKED_WGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL } from './common.js';
+import { MASKED_WGSL, rowSoftmaxWGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL } from './common.js';
 
 export interface ForwardParams {
   D: number;
@@ -130,31 +130,7 @@ ${QUERY_HEAD_WGSL}
     }
     workgroupBarrier();
     // Alg. 1 line 9: running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
-    if (lid < Br) {
-      var mx = m;
-      for (var c = 0u; c < bc; c++) {
-        mx = max(mx, S[lid * Bc + c]);
-        poisoned = poisoned || is_nan(S[lid * Bc + c]);
-      }
-      var a = 1.0;
-      if (mx != MASKED) {
-        a = exp(m - mx);
-        var sum = 0.0;
-        for (var c = 0u; c < bc; c++) {
-          let x = S[lid * Bc + c];
-          let pe = select(exp(x - mx), 0.0, x == MASKED);
-          S[lid * Bc + c] = pe;
-          sum += pe;
-        }
-        l = a * l + sum;
-        m = mx;
-      } else {
-        for (var c = 0u; c < bc; c++) {
-          S[lid * Bc + c] = 0.0; // nothing visible yet in this row
-        }
-      }
-      alpha[lid] = a;
-    }
+    ${rowSoftmaxWGSL('Br', 'bc')}
     workgroupBarrier();
     // Alg. 1 line 7 (second half): V_j, into the tile K_j used.
     for (var e = lid; e < Bc * D4; e += WG) {
