@@ -24,6 +24,7 @@
  */
 import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from './errors.js';
 import { MemoryTracker, memory as defaultMemory } from './memory.js';
+import { checkTensor } from './problem.js';
 import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from './tensor.js';
 
 export interface KVCacheConfig {
@@ -342,25 +343,11 @@ function checkCallOptions(options: unknown): CacheCallOptions {
 
 /** A q, k or v of a cache call: (B, n, heads, D) BNHD, the cache's dtype, typed array or (webgpu) GPUBuffer. */
 function checkCacheTensor(name: string, t: unknown, g: CacheGeometry, B: number, onGpu: boolean): AnyTensor {
-  if (typeof t !== 'object' || t === null) throw new ValueError(name, 'a tensor { data, dtype, shape }', describe(t));
-  const { data, dtype, shape } = t as Partial<AnyTensor>;
+  const { data, dtype, shape } = checkTensor(name, t, 4); // a tensor, its data of its dtype, positive sizes, its length
   if (dtype !== g.dtype) throw new DTypeError(`${name}.dtype`, `'${g.dtype}' (the cache's dtype)`, describe(dtype));
-  const gpu = isGpuBuffer(data);
-  if (gpu && !onGpu) throw new ValueError(`${name}.data`, 'a typed array (the cache lives on the cpu)', 'a GPUBuffer');
-  if (!gpu && !(g.dtype === 'f32' ? data instanceof Float32Array : data instanceof Uint16Array)) {
-    throw new DTypeError(`${name}.data`, g.dtype === 'f32' ? 'a Float32Array' : 'a Uint16Array of f16 bits', describe(data));
-  }
-  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((s) => Number.isSafeInteger(s) && s >= 1)) {
-    throw new ShapeError(`${name}.shape`, '4 positive dimensions (B, N, heads, D)', describe(shape));
-  }
+  if (isGpuBuffer(data) && !onGpu) throw new ValueError(`${name}.data`, 'a typed array (the cache lives on the cpu)', 'a GPUBuffer');
   if (shape[0] !== B) throw new ShapeError(`${name}.shape`, `batch ${B} (one row per slot of options.sequences)`, `[${shape.join(', ')}]`);
   if (shape[3] !== g.D) throw new ShapeError(`${name}.shape`, `head dim ${g.D} as the cache (axes B, N, heads, D)`, `[${shape.join(', ')}]`);
-  const elements = shape.reduce((a, b) => a * b, 1);
-  if (gpu) {
-    if (data.size < elements * BYTES_PER_ELEMENT[g.dtype]) throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${elements * BYTES_PER_ELEMENT[g.dtype]} bytes`, `${data.size} bytes`);
-  } else if ((data as Tensor['data']).length !== elements) {
-    throw new ShapeError(`${name}.data`, `${elements} elements for shape [${shape.join(', ')}]`, `${(data as Tensor['data']).length} elements`);
-  }
   return t as AnyTensor;
 }
 

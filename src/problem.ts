@@ -43,7 +43,7 @@ export interface Problem {
 }
 
 /** A tensor argument whose structure (array, dtype, shape, length) has been checked. */
-function checkTensor(name: string, t: unknown, rank: number): AnyTensor {
+export function checkTensor(name: string, t: unknown, rank: number): AnyTensor {
   if (typeof t !== 'object' || t === null) {
     throw new ValueError(name, 'a tensor { data, dtype, shape }', describe(t));
   }

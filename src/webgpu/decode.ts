@@ -6,7 +6,7 @@
 import type { Problem } from '../problem.js';
 import { problemStrides } from '../problem.js';
 import type { Gpu } from './device.js';
-import { decodeSizesBytes, decodeWGSL, decodeWorkgroupBytes, mergeWGSL, type DecodeParams, type DecodeSizes } from './kernels/decode.js';
+import { decodeWGSL, decodeWorkgroupBytes, mergeWGSL, type DecodeParams, type DecodeSizes } from './kernels/decode.js';
 import { decodeSubgroupWGSL, decodeSubgroupWorkgroupBytes, type DecodeSubgroupParams } from './kernels/decode-subgroup.js';
 import type { StorageType } from './kernels/common.js';
 import { pipeline } from './pipelines.js';
@@ -307,9 +307,4 @@ export function encodeDecode(
     pass.dispatchWorkgroups(...flatGroups(rows * Math.ceil(D / 4), 64));
   }
   pass.end();
-}
-
-/** The uniform buffer's bytes (a fresh ArrayBuffer each call: writeBuffer copies it when called). */
-export function decodeUniformBytes(sizes: DecodeSizes): ArrayBuffer {
-  return decodeSizesBytes(sizes);
 }

@@ -79,7 +79,8 @@ ${DECODE_SIZE_FIELDS.map((f) => `  ${f}: u32,`).join('\n')}
 }`;
 
 /** The uniform block as bytes (17 four-byte fields, padded to a multiple of 16). */
-export function decodeSizesBytes(s: DecodeSizes, into = new ArrayBuffer(80)): ArrayBuffer {
+export function decodeSizesBytes(s: DecodeSizes): ArrayBuffer {
+  const into = new ArrayBuffer(80);
   const u = new Uint32Array(into);
   DECODE_SIZE_FIELDS.forEach((f, i) => (u[i] = s[f]));
   new Float32Array(into)[DECODE_SIZE_FIELDS.length] = s.scale;
