@@ -108,13 +108,32 @@ export function decodeTasks(s: DecodeShape): number {
   return s.B * s.Hkv * s.rowChunks * s.splits;
 }
 
-/** f64 elements of scratch each thread needs. */
-export function decodeScratch(s: DecodeShape): number {
-  return 2 * s.R * s.D + s.R * s.Bc + 3 * s.R;
+/**
+ * Whether a task widens f16 K_j and V_j into f32 tiles first: where it has more than one 4-row group,
+ * each of which would otherwise widen every element again (at G·Nq = 64, f16 ran 9 % slower than the
+ * tiled kernel without it; bench/variants/cpu-decode.ts --nq).
+ */
+function staged(s: DecodeShape): boolean {
+  return s.f16 && s.R > 4;
 }
 
-/** Element offsets of the tile's key rows (as many as the widest tile; one array per thread). */
+/** f64 elements of scratch each thread needs. */
+export function decodeScratch(s: DecodeShape): number {
+  return 2 * s.R * s.D + s.R * s.Bc + 3 * s.R + (staged(s) ? s.Bc * s.D : 0);
+}
+
+/** Element offsets of the tile's key rows, and of a packed tile's (as many as the widest tile; one array per thread). */
 let rowAt = new Uint32Array(0);
+let packedAt = new Uint32Array(0);
+
+/** dst[c·D ..] = row c (at src[at[c]]) widened from f16, for c < cols: a packed f32 tile. */
+function widen(dst: Float32Array, src: Uint16Array, at: Uint32Array, cols: number, D: number): void {
+  for (let c = 0; c < cols; c++) {
+    const so = at[c];
+    const o = c * D;
+    for (let x = 0; x < D; x++) dst[o + x] = f16ToNumber(src[so + x]);
+  }
+}
 
 /*
  * The products read K and V where they live (f32 in k32/v32, or f16 bits in k16/v16 when f16, the other
@@ -296,6 +315,16 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
   const m = take(R);
   const l = take(R);
   const seen = take(R); // keys of the current tile each row sees (0: none)
+  const stage = staged(s);
+  // K_j and V_j widened (f16 with more than one 4-row group): 2·Bc·D f32 in Bc·D f64 of scratch.
+  let tiles: Float32Array = NO_F32;
+  if (stage) {
+    const t = take(Bc * D);
+    tiles = new Float32Array(t.buffer, t.byteOffset, 2 * Bc * D);
+    if (packedAt.length < Bc || packedAt[1] !== D) packedAt = Uint32Array.from({ length: Bc }, (_, c) => c * D);
+  }
+  const Kj = tiles.subarray(0, Bc * D);
+  const Vj = tiles.subarray(Bc * D);
   if (rowAt.length < Bc) rowAt = new Uint32Array(Bc);
   const keyAt = rowAt;
 
@@ -318,7 +347,13 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
       const page = Math.floor(key / pageSize);
       keyAt[c] = a.table[tb + page] * kvPage + (key - page * pageSize) * kvRow + head;
     }
-    scores(Q, k32, k16, f16, keyAt, rows, cols, D, S, Bc);
+    if (stage) {
+      widen(Kj, k16, keyAt, cols, D);
+      widen(Vj, v16, keyAt, cols, D);
+      scores(Q, Kj, NO_F16, false, packedAt, rows, cols, D, S, Bc);
+    } else {
+      scores(Q, k32, k16, f16, keyAt, rows, cols, D, S, Bc);
+    }
     for (let r = 0; r < rows; r++) {
       const i = (row0 + r) % Nq;
       const n = causal ? Math.max(0, Math.min(cols, i + offset + 1 - c0)) : cols;
@@ -342,7 +377,8 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
         for (let x = 0; x < D; x++) O[or + x] *= alpha;
       }
     }
-    accumulate(O, S, Bc, v32, v16, f16, keyAt, rows, seen, D);
+    if (stage) accumulate(O, S, Bc, Vj, NO_F16, false, packedAt, rows, seen, D);
+    else accumulate(O, S, Bc, v32, v16, f16, keyAt, rows, seen, D);
   }
 
   // The split's partial: O / l and L = m + log l (a row that saw no key here: O = 0, L = −∞).
