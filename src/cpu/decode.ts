@@ -26,8 +26,13 @@
  */
 import { f16ToNumber, numberToF16 } from '../f16.js';
 
-/** Most queries per sequence the decode schedule takes (as the webgpu backend's DECODE_MAX_QUERIES). */
-export const DECODE_MAX_QUERIES = 16;
+/**
+ * Most queries per sequence forward() runs on the decode kernel rather than the tiled one, by storage
+ * type: 16 for f32, as the webgpu backend's DECODE_MAX_QUERIES; 8 for f16, where the tiled kernel was
+ * 8 % faster at Nq = 16 (B = 1, H = 8, Hkv = 2, D = 64, Nk = 4096 on 2 cores: f32 21.3 against 22.5 ms,
+ * f16 24.0 against 22.1; at Nq = 1 2.4 against 6.3 and 2.3 against 7.3; bench/variants/cpu-decode.ts).
+ */
+export const DECODE_MAX_QUERIES = { f32: 16, f16: 8 } as const;
 
 /** Most query rows of a group one task owns: its O and S stay in a core's cache. */
 const DECODE_MAX_ROWS = 32;
