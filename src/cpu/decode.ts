@@ -7,22 +7,23 @@
  * decodeTask: one task owns one key/value head hk of one batch row b, up to R of the G·Nq query rows
  *   that share it (G = H / Hkv query heads, Nq queries each, head-major: row r is head hk·G + ⌊r / Nq⌋,
  *   query r mod Nq; each K/V element is read once per group, not once per query head), and one split of
- *   the keys, [s·chunk, min((s+1)·chunk, length)). K and V are read where they live, never copied or
- *   staged: key t of row b is at table[b·maxPages + ⌊t / pageSize⌋]·kvPage + (t mod pageSize)·kvRow +
- *   hk·kvHead, which covers a (B, Nk, Hkv, D) tensor in either layout (one page per batch row, table =
- *   identity) and the KV cache's pool (pages, pageSize, Hkv, D) through its block table, in f32 or f16
- *   storage (widened as it is loaded). Per tile of Bc keys (their offsets computed once): S = Q K_jᵀ
- *   (R×Bc, f64 scratch), the online softmax updates m and l per row (causal: query i of a row of length
- *   L sees keys j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j, each row over only the keys it
- *   sees. A tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1 while each 4-row group of the
- *   task reads them, and V's likewise. The split's O / l and its log-sum-exp m + log l are written as a
+ *   the keys, [s·chunk, min((s+1)·chunk, length)). K and V are read where they live, never copied: key t
+ *   of row b is at table[b·maxPages + ⌊t / pageSize⌋]·kvPage + (t mod pageSize)·kvRow + hk·kvHead, which
+ *   covers a (B, Nk, Hkv, D) tensor in either layout (one page per batch row, table = identity) and the
+ *   KV cache's pool (pages, pageSize, Hkv, D) through its block table, in f32 or f16 storage (f16 widened
+ *   as it is loaded, or, where a task has more than one 4-row group, once per tile into packed f32 K_j
+ *   and V_j: staged()). Per tile of Bc keys (their offsets computed once): S = Q K_jᵀ (R×Bc, f64
+ *   scratch), the online softmax updates m and l per row (causal: query i of a row of length L sees keys
+ *   j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j, each row over only the keys it sees. A
+ *   tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1 while each 4-row group of the task
+ *   reads them, and V's likewise. The split's O / l and its log-sum-exp m + log l are written as a
  *   partial (f64).
  * mergeDecode (on the calling thread: B·H·Nq rows × splits × D, small) combines the partials with the
  *   log-sum-exp rule, L = log Σ_s e^(L_s), O = Σ_s e^(L_s − L) O_s, into out (q's layout and dtype) and
  *   lse. A split that saw no key has L_s = −∞ and weighs 0; a row that saw none gives out 0 and lse −∞;
  *   a NaN logit makes its row's out and lse NaN, and no other row's.
- * Scratch per thread: (2·R·D + R·Bc + 3·R) f64 (Q, O, S, m, l, keys seen); partials B·H·Nq·splits·(D + 1)
- * f64. Nothing of size Nq×Nk is ever allocated.
+ * Scratch per thread: (2·R·D + R·Bc + 3·R) f64 (Q, O, S, m, l, keys seen), and Bc·D more for the f32 K_j
+ * and V_j where staged; partials B·H·Nq·splits·(D + 1) f64. Nothing of size Nq×Nk is ever allocated.
  */
 import { f16ToNumber, numberToF16 } from '../f16.js';
 
