@@ -9,7 +9,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createKVCache, forward, type Tensor } from '../src/index.js';
-import { decodeScratch, decodeTasks, mergeDecode, type DecodeShape } from '../src/cpu/decode.js';
+import { DECODE_MAX_QUERIES, decodeScratch, decodeTasks, mergeDecode, type DecodeShape } from '../src/cpu/decode.js';
+import { cpuDecodeFits } from '../src/cpu/index.js';
 import { runJob, sharedBuffer, threadsFor, whole } from '../src/cpu/pool.js';
 import { checkForward } from '../src/problem.js';
 import { standardForward } from '../src/reference/index.js';
@@ -183,4 +184,16 @@ test('forward() on the decode kernel: a NaN in one query row stays in that row; 
         else if (i < Nq - Nk) assert.ok(L === -Infinity && row.every((x) => x === 0), `query ${i} sees no key`);
         else assert.ok(Math.abs(L - ref.lse[(b * H + h) * Nq + i]) < 1e-5 && row.every(Number.isFinite), `row b=${b} i=${i} h=${h}`);
       }
+});
+
+test('forward() takes the decode kernel for flash with Nq up to 16 (f32) or 8 (f16), as measured', () => {
+  const fits = (dtype: 'f32' | 'f16', Nq: number, algorithm: 'flash' | 'standard' = 'flash') => {
+    const q = randomTensor(dtype, [1, Nq, 4, 8], 1);
+    const kv = randomTensor(dtype, [1, 40, 2, 8], 2);
+    return cpuDecodeFits(checkForward(q, kv, kv, { algorithm }));
+  };
+  assert.deepEqual(DECODE_MAX_QUERIES, { f32: 16, f16: 8 });
+  assert.ok(fits('f32', 1) && fits('f32', 16) && !fits('f32', 17));
+  assert.ok(fits('f16', 1) && fits('f16', 8) && !fits('f16', 9));
+  assert.ok(!fits('f32', 1, 'standard'), 'the standard baseline stays the baseline');
 });

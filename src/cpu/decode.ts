@@ -7,27 +7,33 @@
  * decodeTask: one task owns one key/value head hk of one batch row b, up to R of the G·Nq query rows
  *   that share it (G = H / Hkv query heads, Nq queries each, head-major: row r is head hk·G + ⌊r / Nq⌋,
  *   query r mod Nq; each K/V element is read once per group, not once per query head), and one split of
- *   the keys, [s·chunk, min((s+1)·chunk, length)). K and V are read where they live, never copied or
- *   staged: key t of row b is at table[b·maxPages + ⌊t / pageSize⌋]·kvPage + (t mod pageSize)·kvRow +
- *   hk·kvHead, which covers a (B, Nk, Hkv, D) tensor in either layout (one page per batch row, table =
- *   identity) and the KV cache's pool (pages, pageSize, Hkv, D) through its block table, in f32 or f16
- *   storage (widened as it is loaded). Per tile of Bc keys (their offsets computed once): S = Q K_jᵀ
- *   (R×Bc, f64 scratch), the online softmax updates m and l per row (causal: query i of a row of length
- *   L sees keys j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j, each row over only the keys it
- *   sees. A tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1 while each 4-row group of the
- *   task reads them, and V's likewise. The split's O / l and its log-sum-exp m + log l are written as a
+ *   the keys, [s·chunk, min((s+1)·chunk, length)). K and V are read where they live, never copied: key t
+ *   of row b is at table[b·maxPages + ⌊t / pageSize⌋]·kvPage + (t mod pageSize)·kvRow + hk·kvHead, which
+ *   covers a (B, Nk, Hkv, D) tensor in either layout (one page per batch row, table = identity) and the
+ *   KV cache's pool (pages, pageSize, Hkv, D) through its block table, in f32 or f16 storage (f16 widened
+ *   as it is loaded, or, where a task has more than one 4-row group, once per tile into packed f32 K_j
+ *   and V_j: staged()). Per tile of Bc keys (their offsets computed once): S = Q K_jᵀ (R×Bc, f64
+ *   scratch), the online softmax updates m and l per row (causal: query i of a row of length L sees keys
+ *   j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j, each row over only the keys it sees. A
+ *   tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1 while each 4-row group of the task
+ *   reads them, and V's likewise. The split's O / l and its log-sum-exp m + log l are written as a
  *   partial (f64).
  * mergeDecode (on the calling thread: B·H·Nq rows × splits × D, small) combines the partials with the
  *   log-sum-exp rule, L = log Σ_s e^(L_s), O = Σ_s e^(L_s − L) O_s, into out (q's layout and dtype) and
  *   lse. A split that saw no key has L_s = −∞ and weighs 0; a row that saw none gives out 0 and lse −∞;
  *   a NaN logit makes its row's out and lse NaN, and no other row's.
- * Scratch per thread: (2·R·D + R·Bc + 3·R) f64 (Q, O, S, m, l, keys seen); partials B·H·Nq·splits·(D + 1)
- * f64. Nothing of size Nq×Nk is ever allocated.
+ * Scratch per thread: (2·R·D + R·Bc + 3·R) f64 (Q, O, S, m, l, keys seen), and Bc·D more for the f32 K_j
+ * and V_j where staged; partials B·H·Nq·splits·(D + 1) f64. Nothing of size Nq×Nk is ever allocated.
  */
 import { f16ToNumber, numberToF16 } from '../f16.js';
 
-/** Most queries per sequence the decode schedule takes (as the webgpu backend's DECODE_MAX_QUERIES). */
-export const DECODE_MAX_QUERIES = 16;
+/**
+ * Most queries per sequence forward() runs on the decode kernel rather than the tiled one, by storage
+ * type: 16 for f32, as the webgpu backend's DECODE_MAX_QUERIES; 8 for f16, where the tiled kernel was
+ * 8 % faster at Nq = 16 (B = 1, H = 8, Hkv = 2, D = 64, Nk = 4096 on 2 cores: f32 21.3 against 22.5 ms,
+ * f16 24.0 against 22.1; at Nq = 1 2.4 against 6.3 and 2.3 against 7.3; bench/variants/cpu-decode.ts).
+ */
+export const DECODE_MAX_QUERIES = { f32: 16, f16: 8 } as const;
 
 /** Most query rows of a group one task owns: its O and S stay in a core's cache. */
 const DECODE_MAX_ROWS = 32;
@@ -108,13 +114,32 @@ export function decodeTasks(s: DecodeShape): number {
   return s.B * s.Hkv * s.rowChunks * s.splits;
 }
 
-/** f64 elements of scratch each thread needs. */
-export function decodeScratch(s: DecodeShape): number {
-  return 2 * s.R * s.D + s.R * s.Bc + 3 * s.R;
+/**
+ * Whether a task widens f16 K_j and V_j into f32 tiles first: where it has more than one 4-row group,
+ * each of which would otherwise widen every element again (at G·Nq = 64, f16 ran 9 % slower than the
+ * tiled kernel without it; bench/variants/cpu-decode.ts --nq).
+ */
+function staged(s: DecodeShape): boolean {
+  return s.f16 && s.R > 4;
 }
 
-/** Element offsets of the tile's key rows (as many as the widest tile; one array per thread). */
+/** f64 elements of scratch each thread needs. */
+export function decodeScratch(s: DecodeShape): number {
+  return 2 * s.R * s.D + s.R * s.Bc + 3 * s.R + (staged(s) ? s.Bc * s.D : 0);
+}
+
+/** Element offsets of the tile's key rows, and of a packed tile's (as many as the widest tile; one array per thread). */
 let rowAt = new Uint32Array(0);
+let packedAt = new Uint32Array(0);
+
+/** dst[c·D ..] = row c (at src[at[c]]) widened from f16, for c < cols: a packed f32 tile. */
+function widen(dst: Float32Array, src: Uint16Array, at: Uint32Array, cols: number, D: number): void {
+  for (let c = 0; c < cols; c++) {
+    const so = at[c];
+    const o = c * D;
+    for (let x = 0; x < D; x++) dst[o + x] = f16ToNumber(src[so + x]);
+  }
+}
 
 /*
  * The products read K and V where they live (f32 in k32/v32, or f16 bits in k16/v16 when f16, the other
@@ -296,6 +321,16 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
   const m = take(R);
   const l = take(R);
   const seen = take(R); // keys of the current tile each row sees (0: none)
+  const stage = staged(s);
+  // K_j and V_j widened (f16 with more than one 4-row group): 2·Bc·D f32 in Bc·D f64 of scratch.
+  let tiles: Float32Array = NO_F32;
+  if (stage) {
+    const t = take(Bc * D);
+    tiles = new Float32Array(t.buffer, t.byteOffset, 2 * Bc * D);
+    if (packedAt.length < Bc || packedAt[1] !== D) packedAt = Uint32Array.from({ length: Bc }, (_, c) => c * D);
+  }
+  const Kj = tiles.subarray(0, Bc * D);
+  const Vj = tiles.subarray(Bc * D);
   if (rowAt.length < Bc) rowAt = new Uint32Array(Bc);
   const keyAt = rowAt;
 
@@ -318,7 +353,13 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
       const page = Math.floor(key / pageSize);
       keyAt[c] = a.table[tb + page] * kvPage + (key - page * pageSize) * kvRow + head;
     }
-    scores(Q, k32, k16, f16, keyAt, rows, cols, D, S, Bc);
+    if (stage) {
+      widen(Kj, k16, keyAt, cols, D);
+      widen(Vj, v16, keyAt, cols, D);
+      scores(Q, Kj, NO_F16, false, packedAt, rows, cols, D, S, Bc);
+    } else {
+      scores(Q, k32, k16, f16, keyAt, rows, cols, D, S, Bc);
+    }
     for (let r = 0; r < rows; r++) {
       const i = (row0 + r) % Nq;
       const n = causal ? Math.max(0, Math.min(cols, i + offset + 1 - c0)) : cols;
@@ -342,7 +383,8 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
         for (let x = 0; x < D; x++) O[or + x] *= alpha;
       }
     }
-    accumulate(O, S, Bc, v32, v16, f16, keyAt, rows, seen, D);
+    if (stage) accumulate(O, S, Bc, Vj, NO_F16, false, packedAt, rows, seen, D);
+    else accumulate(O, S, Bc, v32, v16, f16, keyAt, rows, seen, D);
   }
 
   // The split's partial: O / l and L = m + log l (a row that saw no key here: O = 0, L = −∞).

@@ -211,7 +211,7 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
       const a = inputs[name];
       if (!copied.has(name)) return regionOf(a);
       const r = bufs.region(name);
-      new Uint8Array(r.buffer, r.byteOffset, r.byteLength).set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+      new (a.constructor as Uint16ArrayConstructor)(r.buffer, r.byteOffset, a.length).set(a as Uint16Array);
       return r;
     };
     const t = f16 ? '.f16' : '';
@@ -241,9 +241,9 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
   }
 }
 
-/** Whether a forward call runs the decode kernel: flash with few queries. */
+/** Whether a forward call runs the decode kernel: flash with few queries (DECODE_MAX_QUERIES). */
 export function cpuDecodeFits(p: Problem): boolean {
-  return p.algorithm === 'flash' && p.Nq <= DECODE_MAX_QUERIES;
+  return p.algorithm === 'flash' && (p.dtype === 'f32' || p.dtype === 'f16') && p.Nq <= DECODE_MAX_QUERIES[p.dtype];
 }
 
 /** forward() on the decode kernel: one page per batch row (the table the identity), every row Nk keys. */

