@@ -1,10 +1,8 @@
 /**
- * The options of forward() and backward(), for the whole feature table of the product. Options for
- * features that are not implemented yet are part of the type already; setting one throws a
- * NotSupportedError instead of being ignored.
+ * The options of forward() and backward(), for the whole feature table of the product.
  */
 import type { MemoryTracker } from './memory.js';
-import type { Layout, Tensor } from './tensor.js';
+import type { AnyTensor, Layout } from './tensor.js';
 
 /** 'auto' picks the fastest backend present for the inputs (today: cpu for f32/f16, reference for f64). */
 export type Backend = 'auto' | 'cpu' | 'reference' | 'webgpu';
@@ -57,30 +55,55 @@ export interface AttentionOptions {
   cuSeqlensQ?: Int32Array;
   cuSeqlensK?: Int32Array;
 
-  // Declared for the feature table; not supported yet (setting any of them throws NotSupportedError).
-  /** Sliding window (left, right) in FlashAttention-2 semantics; -1 for unbounded. */
+  // The attention variants (src/modifiers.ts): each modifies the score matrix S = scale·QKᵀ of every head,
+  // in this order: soft-cap, then ALiBi and bias added, then window / causal / mask / block mask drop
+  // elements (a dropped element has P = 0; a row that keeps no key gives out = 0 and lse = −∞), then
+  // dropout on P. Shapes over (B, H, Nq, Nk) are in that order whatever the layout.
+  /**
+   * Sliding window [left, right], FlashAttention-2 semantics: query i sees keys j with
+   * i + Nk − Nq − left ≤ j ≤ i + Nk − Nq + right; −1 leaves that side unbounded. With causal, right is at
+   * most 0. Key blocks outside every row's window are skipped.
+   */
   window?: readonly [number, number];
-  /** ALiBi slopes, one per head (or per batch and head). */
+  /** ALiBi: H slopes (or B·H, per batch and head), f32; adds −slope·|i + Nk − Nq − j| to the score. */
   alibiSlopes?: Float32Array;
-  /** Soft-capping of the logits: softcap · tanh(S / softcap). */
+  /** Soft-capping of the scaled score, before any bias or mask: S ← softcap·tanh(S / softcap); 0 or undefined: off. */
   softcap?: number;
-  /** Additive bias on the logits, broadcastable to (B, H, Nq, Nk). */
-  bias?: Tensor;
-  /** Boolean mask (1 = keep), broadcastable to (B, H, Nq, Nk). */
-  mask?: Uint8Array;
-  /** Fused dropout on P, reproducible from the seed. */
+  /**
+   * Additive bias on the scores, shape (B or 1, H or 1, Nq or 1, Nk or 1), f32 or f16 (f64 on the reference
+   * backend), typed array or GPUBuffer as q is. backward() returns its gradient as `dbias` (the bias's own
+   * shape, f32) when `biasGrad` is true.
+   */
+  bias?: AnyTensor;
+  /** backward(): also return dbias, the gradient of the bias reduced to its shape. Default false. */
+  biasGrad?: boolean;
+  /** Boolean mask, 1 (nonzero) = keep, shape (B or 1, H or 1, Nq or 1, Nk or 1), a Uint8Array. */
+  mask?: MaskTensor;
+  /**
+   * Block-sparse attention (FlashAttention, section 3.3): the score matrix is cut into blocks of
+   * blockSize = [rows, cols], and only blocks whose entry is nonzero are computed at all (the others are
+   * skipped as causal skips the blocks above the diagonal). Shape (B or 1, H or 1, ⌈Nq/rows⌉, ⌈Nk/cols⌉).
+   */
+  blockMask?: BlockMaskTensor;
+  /**
+   * Dropout on P, fused into the forward and the backward: each element is kept with probability 1 − p
+   * (and scaled by 1/(1 − p)) from a counter-based hash of (seed, b, h, i, j), so the backward regenerates
+   * the same mask and every backend drops the same elements. p in [0, 1); seed an integer in [0, 2³²).
+   * lse is that of the softmax before dropout.
+   */
   dropout?: { p: number; seed: number };
 }
 
-/** Options not implemented yet, with the feature's name for the error message. */
-export const UNSUPPORTED_OPTIONS: Readonly<Record<string, string>> = {
-  window: 'sliding-window attention',
-  alibiSlopes: 'ALiBi',
-  softcap: 'logit soft-capping',
-  bias: 'an additive attention bias',
-  mask: 'an arbitrary boolean mask',
-  dropout: 'dropout',
-};
+/** A boolean tensor: `data` holds one byte per element (nonzero: true), row-major over `shape`. */
+export interface MaskTensor {
+  readonly data: Uint8Array;
+  readonly shape: readonly number[];
+}
+
+/** options.blockMask: a MaskTensor of blocks, and the block's size in rows (queries) and columns (keys). */
+export interface BlockMaskTensor extends MaskTensor {
+  readonly blockSize: readonly [number, number];
+}
 
 export const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'causal',
@@ -93,5 +116,12 @@ export const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'device',
   'cuSeqlensQ',
   'cuSeqlensK',
-  ...Object.keys(UNSUPPORTED_OPTIONS),
+  'window',
+  'alibiSlopes',
+  'softcap',
+  'bias',
+  'biasGrad',
+  'mask',
+  'blockMask',
+  'dropout',
 ]);

@@ -3,6 +3,7 @@
  * and the result is a Problem, the sizes and settings every backend computes from.
  */
 import { DTypeError, NotSupportedError, ShapeError, ValueError, describe } from './errors.js';
+import { bandOf, type Broadcast, type Modifiers } from './modifiers.js';
 import { MemoryTracker, memory as defaultMemory } from './memory.js';
 import {
   ALGORITHMS,
@@ -10,7 +11,6 @@ import {
   KNOWN_OPTIONS,
   LAYOUTS,
   PRECISIONS,
-  UNSUPPORTED_OPTIONS,
   type Algorithm,
   type AttentionOptions,
   type Backend,
@@ -40,6 +40,8 @@ export interface Problem {
   device?: GPUDevice;
   /** Packed sequences (options.cuSeqlensQ / cuSeqlensK, checked, copied): B = 1, Nq = totalQ, Nk = totalK. */
   cuSeqlens?: { q: Int32Array; k: Int32Array };
+  /** The variants (window, ALiBi, soft-cap, bias, mask, block mask, dropout; causal as a band too). */
+  mods: Modifiers;
 }
 
 /** A tensor argument whose structure (array, dtype, shape, length) has been checked. */
@@ -104,9 +106,6 @@ function checkOptions(options: unknown, D: number) {
     if (!KNOWN_OPTIONS.has(key)) {
       throw new ValueError(`options.${key}`, `one of the known options (${[...KNOWN_OPTIONS].join(', ')})`, `an unknown option`);
     }
-    if (key in UNSUPPORTED_OPTIONS && o[key] !== undefined) {
-      throw new NotSupportedError(`options.${key}`, UNSUPPORTED_OPTIONS[key], 'undefined', describe(o[key]));
-    }
   }
   if (o.causal !== undefined && typeof o.causal !== 'boolean') {
     throw new ValueError('options.causal', 'a boolean', describe(o.causal));
@@ -170,7 +169,112 @@ export function checkForward(q: unknown, k: unknown, v: unknown, options: unknow
   sameShape('v', V, K.shape, 'the shape of k');
   const settings = checkOptions(options, dq.D);
   const cuSeqlens = checkCuSeqlens(options as AttentionOptions | undefined, Q, K, layout);
-  return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, onGpu, ...settings, ...(cuSeqlens && { cuSeqlens }) };
+  const mods = checkModifiers((options ?? {}) as AttentionOptions, { B: dq.B, H: dq.H, Nq: dq.N, Nk: dk.N }, settings.causal, onGpu, Q.dtype, cuSeqlens !== undefined);
+  return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, onGpu, ...settings, mods, ...(cuSeqlens && { cuSeqlens }) };
+}
+
+/** A shape broadcastable to (B, H, Nq, Nk) (each axis its size or 1), as element strides of a dense tensor. */
+function broadcast(name: string, shape: unknown, full: readonly [number, number, number, number]): Broadcast {
+  const axes = '(B or 1, H or 1, Nq or 1, Nk or 1)';
+  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((s) => Number.isSafeInteger(s))) {
+    throw new ShapeError(name, `4 dimensions ${axes} = (${full.join(', ')})`, describe(shape));
+  }
+  shape.forEach((s: number, i) => {
+    if (s !== 1 && s !== full[i]) throw new ShapeError(name, `a shape broadcastable to [${full.join(', ')}] ${axes}`, `[${shape.join(', ')}]`);
+  });
+  const dense = [shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3], 1];
+  return { shape: shape as unknown as Broadcast['shape'], strides: dense.map((d, i) => (shape[i] === 1 ? 0 : d)) as unknown as Broadcast['strides'] };
+}
+
+function checkMaskData(name: string, x: unknown, index: Broadcast): Uint8Array {
+  const data = (x as { data?: unknown }).data;
+  if (!(data instanceof Uint8Array)) throw new DTypeError(`${name}.data`, 'a Uint8Array (1 = keep)', describe(data));
+  const size = index.shape.reduce((a, b) => a * b, 1);
+  if (data.length !== size) throw new ShapeError(`${name}.data`, `${size} elements for shape [${index.shape.join(', ')}]`, `${data.length} elements`);
+  return data;
+}
+
+/** The variant options, checked: window, alibiSlopes, softcap, bias (+ biasGrad), mask, blockMask, dropout. */
+function checkModifiers(
+  o: AttentionOptions,
+  dims: { B: number; H: number; Nq: number; Nk: number },
+  causal: boolean,
+  onGpu: boolean,
+  dtype: DType,
+  packed: boolean,
+): Modifiers {
+  const { B, H, Nq, Nk } = dims;
+  const full = [B, H, Nq, Nk] as const;
+  const m: Modifiers = {};
+  let window: [number, number] | undefined;
+  if (o.window !== undefined) {
+    const w = o.window as unknown;
+    if (!Array.isArray(w) || w.length !== 2 || !w.every((x) => Number.isSafeInteger(x) && x >= -1)) {
+      throw new ValueError('options.window', '[left, right], integers ≥ 0 or -1 (unbounded)', describe(w));
+    }
+    window = [w[0], w[1]];
+  }
+  const band = bandOf(causal, window);
+  if (band) m.band = band;
+  if (o.alibiSlopes !== undefined) {
+    const a = o.alibiSlopes as unknown;
+    if (!(a instanceof Float32Array)) throw new DTypeError('options.alibiSlopes', 'a Float32Array', describe(a));
+    if (a.length !== H && a.length !== B * H) throw new ShapeError('options.alibiSlopes', `${H} (H) or ${B * H} (B·H) slopes`, `${a.length}`);
+    if (!a.every(Number.isFinite)) throw new ValueError('options.alibiSlopes', 'finite slopes', 'a non-finite slope');
+    const slopes = new Float32Array(B * H);
+    for (let b = 0; b < B; b++) slopes.set(a.length === H ? a : a.subarray(b * H, (b + 1) * H), b * H);
+    m.alibi = { slopes, H };
+  }
+  if (o.softcap !== undefined) {
+    if (typeof o.softcap !== 'number' || !Number.isFinite(o.softcap) || o.softcap < 0) {
+      throw new ValueError('options.softcap', 'a finite number ≥ 0 (0: off)', describe(o.softcap));
+    }
+    if (o.softcap > 0) m.softcap = o.softcap;
+  }
+  if (o.biasGrad !== undefined && typeof o.biasGrad !== 'boolean') throw new ValueError('options.biasGrad', 'a boolean', describe(o.biasGrad));
+  if (o.biasGrad && o.bias === undefined) throw new ValueError('options.biasGrad', 'false or undefined without options.bias', 'true');
+  if (o.bias !== undefined) {
+    const t = o.bias as unknown;
+    if (typeof t !== 'object' || t === null) throw new ValueError('options.bias', 'a tensor { data, dtype, shape }', describe(t));
+    const index = broadcast('options.bias.shape', (t as AnyTensor).shape, full);
+    const bias = checkTensor('options.bias', t, 4);
+    sameKind('options.bias', bias, onGpu);
+    const allowed = dtype === 'f64' ? ['f64'] : ['f32', 'f16'];
+    if (!allowed.includes(bias.dtype)) throw new DTypeError('options.bias.dtype', allowed.map((d) => `'${d}'`).join(' or '), `'${bias.dtype}'`);
+    m.bias = { data: bias.data, dtype: bias.dtype as 'f32' | 'f16' | 'f64', index, grad: o.biasGrad === true };
+  }
+  if (o.mask !== undefined) {
+    const t = o.mask as unknown;
+    if (typeof t !== 'object' || t === null) throw new ValueError('options.mask', 'a mask { data: Uint8Array, shape }', describe(t));
+    const index = broadcast('options.mask.shape', (t as { shape?: unknown }).shape, full);
+    m.mask = { data: checkMaskData('options.mask', t, index), index };
+  }
+  if (o.blockMask !== undefined) {
+    const t = o.blockMask as unknown;
+    if (typeof t !== 'object' || t === null) throw new ValueError('options.blockMask', 'a block mask { data: Uint8Array, shape, blockSize }', describe(t));
+    const size = (t as { blockSize?: unknown }).blockSize;
+    if (!Array.isArray(size) || size.length !== 2 || !size.every((x) => Number.isSafeInteger(x) && x >= 1)) {
+      throw new ValueError('options.blockMask.blockSize', '[rows, cols], positive integers', describe(size));
+    }
+    const [rows, cols] = size as [number, number];
+    const index = broadcast('options.blockMask.shape', (t as { shape?: unknown }).shape, [B, H, Math.ceil(Nq / rows), Math.ceil(Nk / cols)]);
+    m.blockMask = { data: checkMaskData('options.blockMask', t, index), rows, cols, index };
+  }
+  if (o.dropout !== undefined) {
+    const d = o.dropout as unknown as { p?: unknown; seed?: unknown };
+    if (typeof d !== 'object' || d === null) throw new ValueError('options.dropout', '{ p, seed }', describe(d));
+    if (typeof d.p !== 'number' || !(d.p >= 0 && d.p < 1)) throw new ValueError('options.dropout.p', 'a probability in [0, 1)', describe(d.p));
+    if (!Number.isSafeInteger(d.seed) || (d.seed as number) < 0 || (d.seed as number) >= 2 ** 32) {
+      throw new ValueError('options.dropout.seed', 'an integer in [0, 2^32)', describe(d.seed));
+    }
+    if (d.p > 0) m.dropout = { p: d.p, seed: d.seed as number, threshold: Math.round(d.p * 2 ** 24), scale: 1 / (1 - d.p) };
+  }
+  if (packed) {
+    for (const key of ['bias', 'mask', 'blockMask'] as const) {
+      if (m[key]) throw new NotSupportedError(`options.${key}`, `options.${key} with packed sequences (cuSeqlensQ/K)`, 'undefined', 'a tensor');
+    }
+  }
+  return m;
 }
 
 /**

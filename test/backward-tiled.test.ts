@@ -163,7 +163,7 @@ describe('tiled backward: the choice on described devices', () => {
     return { limits, software: false, matrixF16: false, subgroupSize: undefined, ...extra } as Gpu;
   }
   const problem = (D: number, dtype: 'f32' | 'f16' = 'f32'): Problem => ({
-    B: 1, H: 2, Hkv: 2, Nq: 256, Nk: 256, D, dtype, layout: 'BNHD', causal: false, scale: 1 / Math.sqrt(D), backend: 'webgpu', algorithm: 'flash', precision: 'highest', memory: new MemoryTracker(), onGpu: false,
+    B: 1, H: 2, Hkv: 2, Nq: 256, Nk: 256, D, dtype, layout: 'BNHD', causal: false, scale: 1 / Math.sqrt(D), backend: 'webgpu', algorithm: 'flash', precision: 'highest', memory: new MemoryTracker(), onGpu: false, mods: {},
   });
   const h100 = device(49152, 1024, { subgroupSize: 32 });
 

@@ -174,7 +174,7 @@ test(skip ?? `Chromium: forward and backward through navigator.gpu (SwiftShader)
 
   for (const backend of ['webgpu', 'cpu'] as const) {
     const { flash, standard } = got[backend];
-    const err = (r: Run, x: keyof typeof node) => maxError(Float64Array.from(r[x]), oracle[x]);
+    const err = (r: Run, x: keyof Run & keyof typeof node) => maxError(Float64Array.from(r[x]), oracle[x]);
     const label = `browser ${backend} f32 causal Nq=${c.Nq} Nk=${c.Nk} D=${c.D}`;
     assertWithinRule(`${label} out`, err(flash, 'out'), err(standard, 'out'), 2);
     assertWithinRule(`${label} lse`, err(flash, 'lse'), err(standard, 'lse'), 2);

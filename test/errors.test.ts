@@ -6,7 +6,6 @@ import {
   DTypeError,
   FlashAttnError,
   MemoryTracker,
-  NotSupportedError,
   OutOfMemoryError,
   ShapeError,
   ValueError,
@@ -82,16 +81,32 @@ describe('forward: bad options', () => {
   ];
   for (const [name, call, kind, argument, ...mentions] of cases) test(name, () => rejects(call, kind, argument, ...mentions));
 
-  for (const [key, value] of Object.entries({
-    window: [4, 0],
-    alibiSlopes: new Float32Array(4),
-    softcap: 30,
-    bias: good.q,
-    mask: new Uint8Array(4),
-    dropout: { p: 0.1, seed: 1 },
-  })) {
-    test(`options.${key} is not supported yet`, () => rejects(opt({ [key]: value }), NotSupportedError, `options.${key}`, 'not supported yet'));
-  }
+  const bias = (shape: number[], data: ArrayLike<number> = new Float32Array(shape.reduce((a, b) => a * b, 1))) => ({ data, dtype: 'f32', shape });
+  const mask = (shape: number[], data: unknown = new Uint8Array(shape.reduce((a, b) => a * b, 1))) => ({ data, shape });
+  const variants: [string, () => Promise<unknown>, ErrorClass, string, ...string[]][] = [
+    ['window of one number', opt({ window: [4] }), ValueError, 'options.window'],
+    ['window below -1', opt({ window: [-2, 0] }), ValueError, 'options.window', '-2'],
+    ['window not integers', opt({ window: [1.5, 0] }), ValueError, 'options.window'],
+    ['alibiSlopes a Float64Array', opt({ alibiSlopes: new Float64Array(4) }), DTypeError, 'options.alibiSlopes'],
+    ['alibiSlopes of the wrong length', opt({ alibiSlopes: new Float32Array(3) }), ShapeError, 'options.alibiSlopes', '4 (H) or 8 (B·H)'],
+    ['alibiSlopes not finite', opt({ alibiSlopes: new Float32Array([1, NaN, 1, 1]) }), ValueError, 'options.alibiSlopes'],
+    ['softcap negative', opt({ softcap: -1 }), ValueError, 'options.softcap'],
+    ['softcap NaN', opt({ softcap: NaN }), ValueError, 'options.softcap'],
+    ['bias of a shape that does not broadcast', opt({ bias: bias([2, 4, 5, 2]) }), ShapeError, 'options.bias.shape', '[2, 4, 5, 6]'],
+    ['bias of rank 3', opt({ bias: bias([4, 5, 6]) }), ShapeError, 'options.bias.shape'],
+    ['bias data too short', opt({ bias: bias([1, 1, 5, 6], new Float32Array(29)) }), ShapeError, 'options.bias.data'],
+    ['bias f64 with f32 inputs', opt({ bias: { data: new Float64Array(6), dtype: 'f64', shape: [1, 1, 1, 6] } }), DTypeError, 'options.bias.dtype'],
+    ['biasGrad without a bias', opt({ biasGrad: true }), ValueError, 'options.biasGrad'],
+    ['mask of numbers', opt({ mask: mask([1, 1, 5, 6], new Array(30).fill(1)) }), DTypeError, 'options.mask.data', 'Uint8Array'],
+    ['mask of a wrong shape', opt({ mask: mask([1, 1, 6, 5]) }), ShapeError, 'options.mask.shape'],
+    ['mask a bare Uint8Array', opt({ mask: new Uint8Array(30) }), ShapeError, 'options.mask.shape'],
+    ['blockMask without blockSize', opt({ blockMask: mask([1, 1, 1, 1]) }), ValueError, 'options.blockMask.blockSize'],
+    ['blockMask of the wrong block count', opt({ blockMask: { ...mask([1, 1, 2, 2]), blockSize: [2, 2] } }), ShapeError, 'options.blockMask.shape', '[2, 4, 3, 3]'],
+    ['dropout p = 1', opt({ dropout: { p: 1, seed: 0 } }), ValueError, 'options.dropout.p'],
+    ['dropout seed negative', opt({ dropout: { p: 0.1, seed: -1 } }), ValueError, 'options.dropout.seed'],
+    ['dropout seed past 2^32', opt({ dropout: { p: 0.1, seed: 2 ** 32 } }), ValueError, 'options.dropout.seed'],
+  ];
+  for (const [name, call, kind, argument, ...mentions] of variants) test(name, () => rejects(call, kind, argument, ...mentions));
 });
 
 describe('backward: bad tensors', () => {

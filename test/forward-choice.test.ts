@@ -18,7 +18,7 @@ function device(workgroupBytes: number, invocations: number, extra: Partial<Gpu>
 }
 
 function problem(D: number, dtype: 'f32' | 'f16' = 'f32', causal = false, precision: Precision = 'highest'): Problem {
-  return { B: 1, H: 2, Hkv: 2, Nq: 256, Nk: 256, D, dtype, layout: 'BNHD', causal, scale: 1 / Math.sqrt(D), backend: 'webgpu', algorithm: 'flash', precision, memory: new MemoryTracker(), onGpu: false };
+  return { B: 1, H: 2, Hkv: 2, Nq: 256, Nk: 256, D, dtype, layout: 'BNHD', causal, scale: 1 / Math.sqrt(D), backend: 'webgpu', algorithm: 'flash', precision, memory: new MemoryTracker(), onGpu: false, mods: causal ? { band: { left: -1, right: 0 } } : {} };
 }
 
 const h100 = device(49152, 1024, { subgroupSize: 32 });

@@ -54,6 +54,7 @@ export interface KernelGeometry {
 /** A Problem for a case (the fields the backends' tile choices read). */
 export function problemOf(c: Case, algorithm: Algorithm, backend: 'cpu' | 'webgpu', precision: Precision = 'highest'): Problem {
   return {
+    mods: c.causal ? { band: { left: -1, right: 0 } } : {},
     B: c.B,
     H: c.H,
     Hkv: c.H,

@@ -33,14 +33,18 @@ export function referenceBackward(
   v: Tensor,
   out: Tensor,
   lse: Tensor,
-): { dq: Tensor; dk: Tensor; dv: Tensor } {
+): { dq: Tensor; dk: Tensor; dv: Tensor; dbias?: Tensor } {
   const [dO, Q, K, V] = [toF64(dout), toF64(q), toF64(k), toF64(v)];
   const g =
     p.algorithm === 'standard'
       ? standardBackward(p, dO, Q, K, V)
       : renameBackward(algorithm2(p, Q, K, V, toF64(out), dO, toF64(lse)));
   const wrap = (values: Float64Array, like: Tensor): Tensor => ({ data: fromValues(values, p.dtype), dtype: p.dtype, shape: [...like.shape] });
-  return { dq: wrap(g.dq, q), dk: wrap(g.dk, k), dv: wrap(g.dv, v) };
+  const result = { dq: wrap(g.dq, q), dk: wrap(g.dk, k), dv: wrap(g.dv, v) };
+  const dbias = 'dbias' in g ? (g.dbias as Float64Array | undefined) : undefined;
+  if (!dbias) return result;
+  const dtype = p.dtype === 'f64' ? 'f64' : 'f32';
+  return { ...result, dbias: { data: fromValues(dbias, dtype), dtype, shape: [...p.mods.bias!.index.shape] } };
 }
 
 function renameForward({ O, L }: { O: Float64Array; L: Float64Array }) {

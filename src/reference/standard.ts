@@ -5,8 +5,14 @@
  * and its exact gradient
  *   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − rowsum(dP ∘ P)),  dQ = scale · dS K,  dK = scale · dSᵀ Q.
  * A fully masked row has P = 0, O = 0 and L = −∞. Every test compares against these functions.
+ * The variants (src/modifiers.ts) enter as written there: S is the modified logit (soft-cap, ALiBi, bias,
+ * dropped elements −∞); with dropout, O = (P ∘ Z) V for the dropout multipliers Z, and the gradient
+ * follows: dV = (P ∘ Z)ᵀ dO, dP = (dO Vᵀ) ∘ Z; dQ and dK take dS times the soft-cap's derivative, and
+ * dbias is dS summed over the axes the bias broadcasts.
  */
+import { dropoutRow, modifyRow, type Modifiers } from '../modifiers.js';
 import { problemStrides, type Problem } from '../problem.js';
+import { toF64 } from '../tensor.js';
 
 export interface Heads {
   /** Offset of row 0 of query head (b, h) in q / out / dout. */
@@ -87,14 +93,25 @@ function addRows(x: Float64Array, offset: number, rowStride: number, N: number, 
   for (let n = 0; n < N; n++) for (let d = 0; d < D; d++) x[offset + n * rowStride + d] += values[n * D + d];
 }
 
-/** P = softmax(S) for one head (S = scale · Q Kᵀ, masked entries −∞), in place; returns L per row. */
-function softmax(p: Problem, S: Float64Array): Float64Array {
+/** The bias as f64 values (or undefined), read once per call. */
+export function biasValues(m: Modifiers): Float64Array | undefined {
+  const b = m.bias;
+  if (!b) return undefined;
+  if (b.data instanceof Float64Array) return b.data;
+  return toF64({ data: b.data as Float32Array | Uint16Array, dtype: b.dtype, shape: [...b.index.shape] });
+}
+
+/**
+ * P = softmax(S) for head (b, h) (S = scale · Q Kᵀ on entry, modified and masked here), in place; returns
+ * L per row, and the soft-cap's derivative per element when `dcap` is given.
+ */
+function softmax(p: Problem, S: Float64Array, b: number, h: number, bias: Float64Array | undefined, dcap?: Float64Array): Float64Array {
   const { Nq, Nk } = p;
   const L = new Float64Array(Nq);
   for (let i = 0; i < Nq; i++) {
+    modifyRow(p.mods, b, h, i, 0, Nk, S, i * Nk, Nq, Nk, bias, dcap);
     let m = -Infinity;
     for (let j = 0; j < Nk; j++) {
-      if (!visible(p, i, j)) S[i * Nk + j] = -Infinity;
       const s = S[i * Nk + j];
       if (s !== s) m = NaN; // a NaN logit makes the whole row NaN
       else if (s > m) m = s;
@@ -112,8 +129,16 @@ function softmax(p: Problem, S: Float64Array): Float64Array {
   return L;
 }
 
+/** Dropout's multipliers Z (Nq × Nk) of head (b, h), or undefined without dropout. */
+function dropoutOf(p: Problem, b: number, h: number): Float64Array | undefined {
+  if (!p.mods.dropout) return undefined;
+  const Z = new Float64Array(p.Nq * p.Nk);
+  for (let i = 0; i < p.Nq; i++) dropoutRow(p.mods, b * p.H + h, i, 0, p.Nk, Z, i * p.Nk);
+  return Z;
+}
+
 /** One head's dense Q, K, V (and P with L) from the inputs. */
-function head(p: Problem, hd: Heads, q: Float64Array, k: Float64Array, v: Float64Array, b: number, h: number) {
+function head(p: Problem, hd: Heads, q: Float64Array, k: Float64Array, v: Float64Array, b: number, h: number, bias: Float64Array | undefined, dcap?: Float64Array) {
   const { Nq, Nk, D, H, Hkv, scale } = p;
   const qo = hd.q(b, h);
   const ko = hd.kv(b, Math.floor(h / (H / Hkv)));
@@ -121,8 +146,13 @@ function head(p: Problem, hd: Heads, q: Float64Array, k: Float64Array, v: Float6
   const K = rowsOf(k, ko, hd.kvRow, Nk, D);
   const V = rowsOf(v, ko, hd.kvRow, Nk, D);
   const P = gemmNT(Q, K, Nq, Nk, D, scale); // S = scale · Q Kᵀ, softmax'd in place below
-  const L = softmax(p, P);
+  const L = softmax(p, P, b, h, bias, dcap);
   return { qo, ko, Q, K, V, P, L };
+}
+
+/** A ∘ B elementwise (a new array). */
+function times(A: Float64Array, B: Float64Array): Float64Array {
+  return A.map((a, i) => a * B[i]);
 }
 
 /** (B, Nq, H, D) q, (B, Nk, Hkv, D) k, v -> out like q, lse (B, H, Nq); all float64. */
@@ -131,43 +161,56 @@ export function standardForward(p: Problem, q: Float64Array, k: Float64Array, v:
   const hd = heads(p);
   const out = new Float64Array(q.length);
   const lse = new Float64Array(B * H * Nq);
+  const bias = biasValues(p.mods);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      const { qo, V, P, L } = head(p, hd, q, k, v, b, h);
-      addRows(out, qo, hd.qRow, Nq, D, gemmNT(P, transpose(V, Nk, D), Nq, D, Nk)); // O = P V
+      const { qo, V, P, L } = head(p, hd, q, k, v, b, h, bias);
+      const Z = dropoutOf(p, b, h);
+      addRows(out, qo, hd.qRow, Nq, D, gemmNT(Z ? times(P, Z) : P, transpose(V, Nk, D), Nq, D, Nk)); // O = (P ∘ Z) V
       lse.set(L, (b * H + h) * Nq);
     }
   }
   return { out, lse };
 }
 
-/** The exact gradient of sum(out ∘ dout) with respect to q, k, v; all float64. */
+/** The exact gradient of sum(out ∘ dout) with respect to q, k, v (and the bias when asked); all float64. */
 export function standardBackward(
   p: Problem,
   dout: Float64Array,
   q: Float64Array,
   k: Float64Array,
   v: Float64Array,
-): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
+): { dq: Float64Array; dk: Float64Array; dv: Float64Array; dbias?: Float64Array } {
   const { B, H, Nq, Nk, D, scale } = p;
   const hd = heads(p);
   const dq = new Float64Array(q.length);
   const dk = new Float64Array(k.length);
   const dv = new Float64Array(v.length);
+  const bias = biasValues(p.mods);
+  const biasIndex = p.mods.bias?.grad ? p.mods.bias.index : undefined;
+  const dbias = biasIndex && new Float64Array(biasIndex.shape.reduce((a, c) => a * c, 1));
+  const dcap = new Float64Array(Nq * Nk);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      const { qo, ko, Q, K, V, P } = head(p, hd, q, k, v, b, h);
+      const { qo, ko, Q, K, V, P } = head(p, hd, q, k, v, b, h, bias, dcap);
+      const Z = dropoutOf(p, b, h);
       const dO = rowsOf(dout, qo, hd.qRow, Nq, D);
-      const dS = gemmNT(dO, V, Nq, Nk, D); // dP = dO Vᵀ, turned into dS in place
+      const dS = gemmNT(dO, V, Nq, Nk, D); // dP = dO Vᵀ (∘ Z), turned into dS in place
+      if (Z) for (let e = 0; e < dS.length; e++) dS[e] *= Z[e];
       for (let i = 0; i < Nq; i++) {
         let rowDot = 0; // rowsum(dP ∘ P)
         for (let j = 0; j < Nk; j++) rowDot += dS[i * Nk + j] * P[i * Nk + j];
         for (let j = 0; j < Nk; j++) dS[i * Nk + j] = P[i * Nk + j] * (dS[i * Nk + j] - rowDot); // dS = P ∘ (dP − rowDot)
       }
-      addRows(dv, ko, hd.kvRow, Nk, D, gemmNT(transpose(P, Nq, Nk), transpose(dO, Nq, D), Nk, D, Nq)); // dV = Pᵀ dO
+      if (dbias && biasIndex) {
+        const [s0, s1, s2, s3] = biasIndex.strides;
+        for (let i = 0; i < Nq; i++) for (let j = 0; j < Nk; j++) dbias[b * s0 + h * s1 + i * s2 + j * s3] += dS[i * Nk + j];
+      }
+      for (let e = 0; e < dS.length; e++) dS[e] *= dcap[e]; // the soft-cap's derivative (1 without one)
+      addRows(dv, ko, hd.kvRow, Nk, D, gemmNT(transpose(Z ? times(P, Z) : P, Nq, Nk), transpose(dO, Nq, D), Nk, D, Nq)); // dV = (P ∘ Z)ᵀ dO
       addRows(dq, qo, hd.qRow, Nq, D, gemmNT(dS, transpose(K, Nk, D), Nq, D, Nk, scale)); // dQ = scale dS K
       addRows(dk, ko, hd.kvRow, Nk, D, gemmNT(transpose(dS, Nq, Nk), transpose(Q, Nq, D), Nk, D, Nq, scale)); // dK = scale dSᵀ Q
     }
   }
-  return { dq, dk, dv };
+  return { dq, dk, dv, ...(dbias && { dbias }) };
 }

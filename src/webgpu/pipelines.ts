@@ -29,7 +29,7 @@ export async function pipeline<P extends object>(device: GPUDevice, kernel: stri
 
 /**
  * Encode one dispatch of `pipe` with the buffers bound in order (binding i = buffers[i]): a buffer whole,
- * or a range of one ({ buffer, offset, size }).
+ * or a range of one ({ buffer, offset, size }); `group1`: the modifiers' bind group of a kernel compiled with them.
  */
 export function dispatch(
   enc: GPUCommandEncoder,
@@ -37,6 +37,7 @@ export function dispatch(
   pipe: GPUComputePipeline,
   buffers: (GPUBuffer | GPUBufferBinding)[],
   groups: [number, number, number?],
+  group1?: GPUBindGroup,
 ): void {
   const bind = device.createBindGroup({
     layout: pipe.getBindGroupLayout(0),
@@ -45,6 +46,7 @@ export function dispatch(
   const pass = enc.beginComputePass();
   pass.setPipeline(pipe);
   pass.setBindGroup(0, bind);
+  if (group1) pass.setBindGroup(1, group1); // the modifiers' bindings (webgpu/modifiers.ts)
   pass.dispatchWorkgroups(groups[0], groups[1], groups[2] ?? 1);
   pass.end();
 }

@@ -1,0 +1,150 @@
+/**
+ * The host side of the modifiers on webgpu (kernels/modifiers.ts is the WGSL): the flags a kernel is
+ * compiled with, and bind group 1 of a call: the Mods uniform, ALiBi's slopes, the bias, the mask and the
+ * block mask as bits, the kernel's tile table (computed for its Br × Bc tiles from src/modifiers.ts's
+ * tileClass), and the dS buffer from which dbias is summed.
+ */
+import { EMPTY, PARTIAL, hasModifiers, keeps, tileClass, type Broadcast, type Modifiers } from '../modifiers.js';
+import type { Problem } from '../problem.js';
+import { isGpuBuffer } from '../tensor.js';
+import { decodeF16 } from '../f16.js';
+import type { GpuBuffers } from './buffers.js';
+import { MODS_BYTES, modFlags } from './kernels/modifiers.js';
+
+/**
+ * The `mods` flags of a call's kernels ('' when the call has no variant beyond causal; kernels then take
+ * no `mods` at all). `role` decides whether the bias gradient is written.
+ */
+export function modsOf(p: Problem, role: 'forward' | 'backward' = 'forward'): string {
+  const m = p.mods;
+  if (!hasModifiers(m, p.causal)) return '';
+  let f = '';
+  const onlyCausal = m.band === undefined || (p.causal && m.band.left < 0 && m.band.right === 0);
+  if (!onlyCausal) f += 'w';
+  if (m.alibi) f += 'a';
+  if (m.softcap !== undefined) f += 's';
+  if (m.bias) f += m.bias.dtype === 'f16' && isGpuBuffer(m.bias.data) ? 'h' : 'b';
+  if (m.bias?.grad && role === 'backward') f += 'g';
+  if (m.mask) f += 'm';
+  if (m.blockMask) f += 't';
+  if (m.dropout) f += 'd';
+  return f;
+}
+
+/** `{ mods }` for a kernel's params, or {} (so that the plain kernels' params and WGSL stay as they were). */
+export function modsParam(p: Problem, role: 'forward' | 'backward' = 'forward'): { mods?: string } {
+  const mods = modsOf(p, role);
+  return mods ? { mods } : {};
+}
+
+/** One bit per element, 32 to a word. */
+function bits(data: Uint8Array): Uint32Array {
+  const words = new Uint32Array(Math.max(1, Math.ceil(data.length / 32)));
+  for (let e = 0; e < data.length; e++) if (data[e]) words[e >>> 5] |= 1 << (e & 31);
+  return words;
+}
+
+function stridesOf(x: Broadcast | undefined): number[] {
+  return x ? [...x.strides] : [0, 0, 0, 0];
+}
+
+/**
+ * The tile table of a kernel with Br × Bc tiles: 2 bits per (b, h, query tile, key tile), over the
+ * axes of B and H the block mask (and mask) do not broadcast; classes from src/modifiers.ts (a mask's tile
+ * with no kept element is EMPTY too).
+ */
+export function tileTable(p: Problem, Br: number, Bc: number): { words: Uint32Array; strides: number[] } {
+  const m = p.mods;
+  const { Nq, Nk } = p;
+  const perB = (m.blockMask && m.blockMask.index.strides[0] !== 0) || (m.mask && m.mask.index.strides[0] !== 0);
+  const perH = (m.blockMask && m.blockMask.index.strides[1] !== 0) || (m.mask && m.mask.index.strides[1] !== 0);
+  const [nb, nh, Tr, Tc] = [perB ? p.B : 1, perH ? p.H : 1, Math.ceil(Nq / Br), Math.ceil(Nk / Bc)];
+  const strides = [perB ? nh * Tr * Tc : 0, perH ? Tr * Tc : 0, Tc, 1];
+  const words = new Uint32Array(Math.max(1, Math.ceil((nb * nh * Tr * Tc) / 16)));
+  for (let b = 0; b < nb; b++) {
+    for (let h = 0; h < nh; h++) {
+      for (let i = 0; i < Tr; i++) {
+        const [r0, r1] = [i * Br, Math.min(Nq, (i + 1) * Br)];
+        for (let j = 0; j < Tc; j++) {
+          const [c0, c1] = [j * Bc, Math.min(Nk, (j + 1) * Bc)];
+          let c = tileClass(m, b, h, r0, r1, c0, c1, Nq, Nk);
+          if (c === PARTIAL && m.mask) c = anyKept(m, b, h, r0, r1, c0, c1, Nq, Nk) ? PARTIAL : EMPTY;
+          const e = b * strides[0] + h * strides[1] + i * Tc + j;
+          words[e >>> 4] |= c << ((e & 15) * 2);
+        }
+      }
+    }
+  }
+  return { words, strides };
+}
+
+function anyKept(m: Modifiers, b: number, h: number, r0: number, r1: number, c0: number, c1: number, Nq: number, Nk: number): boolean {
+  for (let i = r0; i < r1; i++) for (let j = c0; j < c1; j++) if (keeps(m, b, h, i, j, Nq, Nk)) return true;
+  return false;
+}
+
+/** The Mods uniform's bytes (kernels/modifiers.ts's MODS_WGSL), with the tile table's tiles and strides. */
+function modsBytes(p: Problem, tiles?: { Br: number; Bc: number; strides: number[] }): ArrayBuffer {
+  const m = p.mods;
+  const buf = new ArrayBuffer(MODS_BYTES);
+  const i32 = new Int32Array(buf);
+  const u32 = new Uint32Array(buf);
+  const f32 = new Float32Array(buf);
+  i32[0] = m.band?.left ?? -1;
+  i32[1] = m.band?.right ?? -1;
+  f32[2] = m.softcap ?? 1;
+  f32[3] = m.dropout?.scale ?? 1;
+  u32[4] = m.dropout?.seed ?? 0;
+  u32[5] = m.dropout?.threshold ?? 0;
+  u32[6] = tiles?.Br ?? 1;
+  u32[7] = tiles?.Bc ?? 1;
+  u32.set(stridesOf(m.bias?.index), 8);
+  u32.set(stridesOf(m.mask?.index), 12);
+  u32.set(tiles?.strides ?? [0, 0, 0, 0], 16);
+  u32.set(stridesOf(m.blockMask?.index), 20);
+  u32[24] = m.blockMask?.rows ?? 1;
+  u32[25] = m.blockMask?.cols ?? 1;
+  u32[26] = p.H;
+  return buf;
+}
+
+/**
+ * Bind group 1's buffers for a kernel compiled with `mods` (binding → buffer), made in the call's
+ * GpuBuffers. `tiles`: the kernel's Br × Bc when it has the block-mask flag. `dbias`: the (B, H, Nq, Nk)
+ * f32 dS buffer for a backward key/value kernel with the gradient flag.
+ */
+export function modBuffers(
+  p: Problem,
+  mods: string,
+  buffers: GpuBuffers,
+  tiles?: { Br: number; Bc: number },
+  dbias?: GPUBuffer,
+): Map<number, GPUBuffer> {
+  const f = modFlags(mods);
+  const m = p.mods;
+  const table = f.blocks && tiles ? tileTable(p, tiles.Br, tiles.Bc) : undefined;
+  const out = new Map<number, GPUBuffer>();
+  out.set(0, buffers.uniform(modsBytes(p, table && { ...tiles!, strides: table.strides }), 'modifiers'));
+  if (f.alibi) out.set(1, buffers.upload(m.alibi!.slopes, 'ALiBi slopes', 'options.alibiSlopes'));
+  if (f.bias) {
+    const b = m.bias!;
+    if (isGpuBuffer(b.data)) out.set(2, b.data);
+    else if (b.dtype === 'f32') out.set(2, buffers.upload(b.data as Float32Array, 'bias', 'options.bias'));
+    else out.set(2, buffers.upload(decodeF16(b.data as Uint16Array), 'bias', 'options.bias')); // a host f16 bias is read as f32
+  }
+  if (f.mask) out.set(3, buffers.upload(bits(m.mask!.data), 'mask bits', 'options.mask'));
+  if (f.blocks) {
+    out.set(4, buffers.upload(table!.words, 'tile table', 'options.blockMask'));
+    out.set(5, buffers.upload(bits(m.blockMask!.data), 'block mask bits', 'options.blockMask'));
+  }
+  if (f.biasGrad && dbias) out.set(6, dbias);
+  return out;
+}
+
+/** A bind group 1 for `pipe` from modBuffers' map. */
+export function modBindGroup(device: GPUDevice, pipe: GPUComputePipeline, group: Map<number, GPUBuffer>): GPUBindGroup {
+  return device.createBindGroup({
+    layout: pipe.getBindGroupLayout(1),
+    entries: [...group].map(([binding, buffer]) => ({ binding, resource: { buffer } })),
+  });
+}

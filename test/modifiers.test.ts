@@ -1,0 +1,247 @@
+/**
+ * The variants (src/modifiers.ts): the float64 oracle's semantics checked against direct definitions,
+ * and every backend and kernel family against the oracle under the 2×/3× rule of the spec, for each
+ * modifier alone and in combinations, f32 and f16, both layouts, GQA, Nq ≠ Nk.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { backward, forward, type AttentionOptions, type DType, type Layout, type Tensor } from '../src/index.js';
+import { dropoutKeeps, dropoutRowKey, mix32 } from '../src/modifiers.js';
+import { checkForward } from '../src/problem.js';
+import { standardBackward, standardForward } from '../src/reference/index.js';
+import { toF64 } from '../src/tensor.js';
+import { encodeF16 } from '../src/f16.js';
+import { BACKENDS, bnhd, reportWebgpuSkip } from './spec.js';
+import { assertWithinRule, inputs, maxError, randn, type Case } from './util.js';
+
+type Mods = Pick<AttentionOptions, 'causal' | 'window' | 'alibiSlopes' | 'softcap' | 'bias' | 'biasGrad' | 'mask' | 'blockMask' | 'dropout'>;
+
+/** A deterministic 0/1 pattern with about `density` ones. */
+function pattern(n: number, seed: number, density: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let e = 0; e < n; e++) out[e] = mix32(e * 7919 + seed) / 2 ** 32 < density ? 1 : 0;
+  return out;
+}
+
+function biasTensor(dtype: DType, shape: number[], seed: number): Tensor {
+  const values = randn(shape.reduce((a, b) => a * b, 1), seed, 2);
+  if (dtype === 'f16') return { data: encodeF16(values), dtype: 'f16', shape };
+  if (dtype === 'f64') return { data: values, dtype: 'f64', shape };
+  return { data: Float32Array.from(values), dtype: 'f32', shape };
+}
+
+/** The modifier sets of the grid, by name, for a case and dtype (bias in the inputs' dtype). */
+export function modifierSets(c: Case, dtype: DType): Record<string, Mods> {
+  const { B, H, Nq, Nk } = c;
+  const Bq = 16;
+  const Bk = 32;
+  const blocks = [B, 1, Math.ceil(Nq / Bq), Math.ceil(Nk / Bk)];
+  return {
+    'window (left)': { window: [24, -1] },
+    'window (both)': { window: [17, 9] },
+    'window + causal': { window: [40, -1], causal: true },
+    alibi: { alibiSlopes: Float32Array.from({ length: H }, (_, h) => 2 ** (-(h + 1))) },
+    'alibi (per batch) + causal': { alibiSlopes: Float32Array.from({ length: B * H }, (_, e) => 0.1 * (e + 1)), causal: true },
+    softcap: { softcap: 1.5 },
+    'bias (B, H, Nq, Nk) + grad': { bias: biasTensor(dtype, [B, H, Nq, Nk], 5), biasGrad: true },
+    'bias (1, H, 1, Nk) + grad': { bias: biasTensor(dtype, [1, H, 1, Nk], 6), biasGrad: true },
+    'mask (B, 1, 1, Nk) padding': { mask: { data: Uint8Array.from({ length: B * Nk }, (_, e) => (e % Nk < Nk - 5 * (Math.floor(e / Nk) + 1) ? 1 : 0)), shape: [B, 1, 1, Nk] } },
+    'mask (1, H, Nq, Nk)': { mask: { data: pattern(H * Nq * Nk, 3, 0.7), shape: [1, H, Nq, Nk] } },
+    'block mask': { blockMask: { data: pattern(blocks.reduce((a, b) => a * b, 1), 9, 0.4), shape: blocks, blockSize: [Bq, Bk] } },
+    dropout: { dropout: { p: 0.25, seed: 1234 } },
+    'softcap + alibi + window + causal': { softcap: 2, alibiSlopes: Float32Array.from({ length: H }, (_, h) => 0.05 * (h + 1)), window: [30, 0], causal: true },
+    'bias + mask + dropout + causal': { bias: biasTensor(dtype, [B, H, Nq, Nk], 7), biasGrad: true, mask: { data: pattern(Nq * Nk, 4, 0.8), shape: [1, 1, Nq, Nk] }, dropout: { p: 0.1, seed: 99 }, causal: true },
+    'block mask + softcap + causal': { blockMask: { data: pattern(blocks.reduce((a, b) => a * b, 1), 11, 0.5), shape: blocks, blockSize: [Bq, Bk] }, softcap: 3, causal: true },
+  };
+}
+
+interface Results {
+  out: Float64Array;
+  lse: Float64Array;
+  dq: Float64Array;
+  dk: Float64Array;
+  dv: Float64Array;
+  dbias?: Float64Array;
+}
+
+async function run(c: Case, dtype: DType, layout: Layout, mods: Mods, how: { backend: 'cpu' | 'webgpu' | 'reference'; algorithm: 'flash' | 'standard' }): Promise<Results> {
+  const { q, k, v, dout } = inputs(c, dtype, layout);
+  const options: AttentionOptions = { ...mods, layout, ...how };
+  const f = await forward(q, k, v, options);
+  const g = await backward(dout, q, k, v, f.out, f.lse, options);
+  return {
+    out: bnhd(f.out, layout),
+    lse: toF64(f.lse),
+    dq: bnhd(g.dq, layout),
+    dk: bnhd(g.dk, layout),
+    dv: bnhd(g.dv, layout),
+    ...(g.dbias && { dbias: toF64(g.dbias) }),
+  };
+}
+
+/** The float64 oracle for one case and modifier set (BNHD inputs, the modifiers' tensors as given). */
+function oracleOf(c: Case, dtype: DType, mods: Mods): Results {
+  const { q, k, v, dout } = inputs(c, dtype, 'BNHD');
+  const bias = mods.bias && { ...mods.bias, data: toF64(mods.bias as Tensor), dtype: 'f64' as const };
+  const f64 = (t: Tensor): Tensor => ({ data: toF64(t), dtype: 'f64', shape: t.shape });
+  const p = checkForward(f64(q), f64(k), f64(v), { ...mods, ...(bias && { bias }) });
+  const [Q, K, V, dO] = [toF64(q), toF64(k), toF64(v), toF64(dout)];
+  return { ...standardForward(p, Q, K, V), ...standardBackward(p, dO, Q, K, V) };
+}
+
+describe('modifiers: the oracle against direct definitions', () => {
+  const c: Case = { B: 2, H: 2, Hkv: 1, Nq: 7, Nk: 11, D: 5 };
+  const { q, k, v } = inputs(c, 'f64', 'BNHD');
+
+  /** Scores of head (b, h) computed directly, with a per-element rule. */
+  function direct(keep: (b: number, h: number, i: number, j: number) => boolean, add: (b: number, h: number, i: number, j: number, s: number) => number) {
+    const Q = toF64(q);
+    const K = toF64(k);
+    const V = toF64(v);
+    const out = new Float64Array(Q.length);
+    const scale = 1 / Math.sqrt(c.D);
+    for (let b = 0; b < c.B; b++) {
+      for (let h = 0; h < c.H; h++) {
+        for (let i = 0; i < c.Nq; i++) {
+          const s: number[] = [];
+          for (let j = 0; j < c.Nk; j++) {
+            let x = 0;
+            for (let d = 0; d < c.D; d++) x += Q[((b * c.Nq + i) * c.H + h) * c.D + d] * K[((b * c.Nk + j) * c.Hkv + 0) * c.D + d];
+            s.push(keep(b, h, i, j) ? add(b, h, i, j, x * scale) : -Infinity);
+          }
+          const m = Math.max(...s);
+          if (m === -Infinity) continue;
+          const e = s.map((x) => Math.exp(x - m));
+          const l = e.reduce((a, x) => a + x, 0);
+          for (let d = 0; d < c.D; d++) {
+            let o = 0;
+            for (let j = 0; j < c.Nk; j++) o += (e[j] / l) * V[((b * c.Nk + j) * c.Hkv + 0) * c.D + d];
+            out[((b * c.Nq + i) * c.H + h) * c.D + d] = o;
+          }
+        }
+      }
+    }
+    return out;
+  }
+  const none = (_b: number, _h: number, _i: number, _j: number, s: number) => s;
+  const all = () => true;
+  const off = c.Nk - c.Nq;
+  const cases: [string, AttentionOptions, Float64Array][] = [
+    ['window [2, 1]', { window: [2, 1] }, direct((_b, _h, i, j) => j >= i + off - 2 && j <= i + off + 1, none)],
+    ['window [3, -1] + causal', { window: [3, -1], causal: true }, direct((_b, _h, i, j) => j >= i + off - 3 && j <= i + off, none)],
+    ['alibi', { alibiSlopes: Float32Array.of(0.5, 0.25) }, direct(all, (_b, h, i, j, s) => s - Math.fround([0.5, 0.25][h]) * Math.abs(i + off - j))],
+    ['softcap', { softcap: 0.7 }, direct(all, (_b, _h, _i, _j, s) => 0.7 * Math.tanh(s / 0.7))],
+    ['mask', { mask: { data: Uint8Array.from({ length: c.Nq * c.Nk }, (_, e) => (e % 3 === 0 ? 0 : 1)), shape: [1, 1, c.Nq, c.Nk] } }, direct((_b, _h, i, j) => (i * c.Nk + j) % 3 !== 0, none)],
+    ['block mask [2, 4]', { blockMask: { data: Uint8Array.of(1, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1), shape: [1, 1, 4, 3], blockSize: [2, 4] } }, direct((_b, _h, i, j) => [1, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1][Math.floor(i / 2) * 3 + Math.floor(j / 4)] === 1, none)],
+  ];
+  for (const [name, options, expected] of cases) {
+    test(name, () => {
+      const p = checkForward(q, k, v, options);
+      const { out } = standardForward(p, toF64(q), toF64(k), toF64(v));
+      assert.ok(maxError(out, expected) < 1e-12, `${name}: ${maxError(out, expected)}`);
+    });
+  }
+
+  test('a row that keeps no key: out 0, lse −∞', () => {
+    const p = checkForward(q, k, v, { mask: { data: Uint8Array.from({ length: c.Nk }, () => 0), shape: [1, 1, 1, c.Nk] } });
+    const { out, lse } = standardForward(p, toF64(q), toF64(k), toF64(v));
+    assert.ok(out.every((x) => x === 0));
+    assert.ok(lse.every((x) => x === -Infinity));
+  });
+
+  test('bias and its gradient by finite differences', () => {
+    const shape = [1, c.H, 1, c.Nk];
+    const bias = { data: randn(c.H * c.Nk, 4), dtype: 'f64' as const, shape };
+    const dout = inputs(c, 'f64', 'BNHD').dout;
+    const loss = (b: Float64Array) => {
+      const p = checkForward(q, k, v, { bias: { ...bias, data: b }, softcap: 1.3 });
+      const { out } = standardForward(p, toF64(q), toF64(k), toF64(v));
+      return out.reduce((a, x, e) => a + x * (dout.data as Float64Array)[e], 0);
+    };
+    const p = checkForward(q, k, v, { bias, biasGrad: true, softcap: 1.3 });
+    const g = standardBackward(p, toF64(dout), toF64(q), toF64(k), toF64(v));
+    for (const e of [0, 3, c.Nk + 2]) {
+      const h = 1e-6;
+      const up = Float64Array.from(bias.data);
+      const down = Float64Array.from(bias.data);
+      up[e] += h;
+      down[e] -= h;
+      const fd = (loss(up) - loss(down)) / (2 * h);
+      assert.ok(Math.abs(fd - g.dbias![e]) < 1e-6, `dbias[${e}] ${g.dbias![e]} against ${fd}`);
+    }
+  });
+
+  test('softcap and dropout gradients by finite differences (fixed seed)', () => {
+    const dout = toF64(inputs(c, 'f64', 'BNHD').dout);
+    const options: AttentionOptions = { softcap: 0.9, dropout: { p: 0.3, seed: 7 }, alibiSlopes: Float32Array.of(0.3, 0.1) };
+    const Q0 = toF64(q);
+    const loss = (Q: Float64Array) => {
+      const p = checkForward({ ...q, data: Q }, k, v, options);
+      return standardForward(p, Q, toF64(k), toF64(v)).out.reduce((a, x, e) => a + x * dout[e], 0);
+    };
+    const p = checkForward(q, k, v, options);
+    const g = standardBackward(p, dout, Q0, toF64(k), toF64(v));
+    for (const e of [0, 7, 31]) {
+      const h = 1e-6;
+      const up = Float64Array.from(Q0);
+      const down = Float64Array.from(Q0);
+      up[e] += h;
+      down[e] -= h;
+      const fd = (loss(up) - loss(down)) / (2 * h);
+      assert.ok(Math.abs(fd - g.dq[e]) < 1e-6, `dq[${e}] ${g.dq[e]} against ${fd}`);
+    }
+  });
+
+  test('dropout: kept fraction and an unbiased mean', () => {
+    const p = 0.3;
+    const threshold = Math.round(p * 2 ** 24);
+    let kept = 0;
+    const n = 200_000;
+    for (let e = 0; e < n; e++) if (dropoutKeeps(dropoutRowKey(42, e % 13, Math.floor(e / 1000)), e % 1000, threshold)) kept++;
+    const frac = kept / n;
+    const sigma = Math.sqrt((p * (1 - p)) / n);
+    assert.ok(Math.abs(frac - (1 - p)) < 5 * sigma, `kept ${frac}, expected ${1 - p} ± ${5 * sigma}`);
+    // E[out] over seeds equals the output without dropout.
+    const big: Case = { B: 1, H: 1, Hkv: 1, Nq: 4, Nk: 64, D: 4 };
+    const x = inputs(big, 'f64', 'BNHD');
+    const plain = standardForward(checkForward(x.q, x.k, x.v, {}), toF64(x.q), toF64(x.k), toF64(x.v)).out;
+    const mean = new Float64Array(plain.length);
+    const seeds = 400;
+    for (let s = 0; s < seeds; s++) {
+      const o = standardForward(checkForward(x.q, x.k, x.v, { dropout: { p: 0.5, seed: s } }), toF64(x.q), toF64(x.k), toF64(x.v)).out;
+      o.forEach((y, e) => (mean[e] += y / seeds));
+    }
+    assert.ok(maxError(mean, plain) < 0.12, `mean over ${seeds} seeds is off by ${maxError(mean, plain)}`);
+  });
+});
+
+/** Backends and algorithms that the grid below runs with modifiers (the reference's flash algorithms included). */
+const FAMILIES: { backend: 'cpu' | 'webgpu' | 'reference'; algorithm: 'flash' | 'standard' }[] = [];
+void BACKENDS;
+
+describe('modifiers: every backend against the oracle', () => {
+  reportWebgpuSkip();
+  const grid: { c: Case; dtype: DType; layout: Layout }[] = [
+    { c: { B: 2, H: 4, Hkv: 2, Nq: 67, Nk: 93, D: 24 }, dtype: 'f32', layout: 'BNHD' },
+    { c: { B: 2, H: 2, Hkv: 2, Nq: 96, Nk: 70, D: 40 }, dtype: 'f16', layout: 'BHND' },
+  ];
+  for (const { c, dtype, layout } of grid) {
+    for (const [name, mods] of Object.entries(modifierSets(c, dtype))) {
+      let oracle: Results | undefined;
+      for (const { backend, algorithm } of FAMILIES) {
+        const label = `${name}: ${backend} ${algorithm} ${dtype} ${layout} Nq=${c.Nq} Nk=${c.Nk} H=${c.H}/${c.Hkv} D=${c.D}`;
+        test(label, async () => {
+          oracle ??= oracleOf(c, dtype, mods);
+          const standard = await run(c, dtype, 'BNHD', mods, { backend, algorithm: 'standard' });
+          const got = await run(c, dtype, layout, mods, { backend, algorithm });
+          for (const x of ['out', 'lse'] as const) assertWithinRule(`${label} ${x}`, maxError(got[x], oracle[x]), maxError(standard[x], oracle[x]), 2);
+          for (const x of ['dq', 'dk', 'dv'] as const) assertWithinRule(`${label} ${x}`, maxError(got[x], oracle[x]), maxError(standard[x], oracle[x]), 3);
+          if (mods.biasGrad) {
+            assert.ok(got.dbias && standard.dbias, 'dbias returned');
+            assertWithinRule(`${label} dbias`, maxError(got.dbias, oracle.dbias!), maxError(standard.dbias, oracle.dbias!), 3);
+          }
+        });
+      }
+    }
+  }
+});
