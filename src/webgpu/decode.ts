@@ -3,6 +3,7 @@
  * workgroups, and the encoding of its dispatches with what a decode step needs kept between calls (the
  * partials of the splits, uniform buffers, bind groups), so that a warmed-up call creates nothing.
  */
+import { modsOf } from './modifiers.js';
 import type { Problem } from '../problem.js';
 import { problemStrides } from '../problem.js';
 import type { Gpu } from './device.js';
@@ -126,6 +127,7 @@ export function decodeChoice(s: DecodeShape, gpu: Gpu, kernels: DecodeKernels = 
 /** Whether forward() runs a problem on the decode schedule: few queries, flash, and a kernel that fits. */
 export function decodeFits(p: Problem, gpu: Gpu, kernels: DecodeKernels = 'auto'): DecodeChoice | undefined {
   if (p.algorithm !== 'flash' || p.Nq > DECODE_MAX_QUERIES || p.B > gpu.limits.maxComputeWorkgroupsPerDimension) return undefined;
+  if (modsOf(p) !== '') return undefined; // the decode kernels do not call the modifiers' hooks yet
   const s = problemStrides(p);
   const aligned = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 4 === 0);
   return decodeChoice({ D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned }, gpu, kernels);

@@ -57,6 +57,8 @@ import { dispatch, pipeline } from './pipelines.js';
 import { decodeFits, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
 import { decodeSizesBytes } from './kernels/decode.js';
 import { deviceLostError, lossOf } from './device.js';
+import { modBindGroup, modBuffers, modsOf, modsParam } from './modifiers.js';
+import { reduceBiasGrad } from './bias-grad.js';
 
 /** The device a call runs on, checked against what the inputs need. */
 export async function gpuFor(p: Problem): Promise<Gpu> {
@@ -101,7 +103,7 @@ export function forwardParams(p: Problem, gpu: Gpu): ForwardParams {
     gpu.limits.maxComputeWorkgroupStorageSize,
     64,
   );
-  return { D: p.D, Br, Bc, WG, dtype: p.dtype as StorageType, causal: p.causal };
+  return { D: p.D, Br, Bc, WG, dtype: p.dtype as StorageType, causal: p.causal, ...modsParam(p) };
 }
 
 /**
@@ -120,7 +122,7 @@ export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams |
   const table = p.dtype === 'f32' ? FORWARD_MATRIX_SPLIT_TILES : FORWARD_MATRIX_TILES;
   const tiles = table[p.D] ?? table.other;
   const W = warpsThatFit(tiles.W, forwardMatrixRows({ ...tiles, W: 1 }), p.Nq, gpu.subgroupSize, gpu);
-  const params: ForwardMatrixParams = { D: p.D, ...tiles, W, SGS: gpu.subgroupSize, causal: p.causal, ...(p.dtype === 'f32' ? { dtype: 'f32' as const } : {}) };
+  const params: ForwardMatrixParams = { D: p.D, ...tiles, W, SGS: gpu.subgroupSize, causal: p.causal, ...modsParam(p), ...(p.dtype === 'f32' ? { dtype: 'f32' as const } : {}) };
   const fits =
     !forwardMatrixProblem(params) &&
     forwardMatrixWorkgroupBytes(params) <= gpu.limits.maxComputeWorkgroupStorageSize &&
@@ -207,7 +209,7 @@ export function tiledCandidates(D: number, software: boolean): TiledTiles[] {
 export function forwardTiledParams(p: Problem, gpu: Gpu): ForwardTiledParams | undefined {
   const bytes = gpu.limits.maxComputeWorkgroupStorageSize;
   const software = Boolean(gpu.software);
-  const base = { D: p.D, unroll: !software, dtype: p.dtype as StorageType, causal: p.causal };
+  const base = { D: p.D, unroll: !software, dtype: p.dtype as StorageType, causal: p.causal, ...modsParam(p) };
   return tiledCandidates(p.D, software)
     .map((tiles): ForwardTiledParams => ({ ...base, ...tiles }))
     .find((c) => {
@@ -227,12 +229,19 @@ export type ForwardChoice =
   | { kernel: 'forwardTiled'; params: ForwardTiledParams }
   | { kernel: 'forward'; params: ForwardParams };
 
+/**
+ * The kernel families whose WGSL calls the modifiers' hooks (kernels/modifiers.ts): a call with variants
+ * beyond causal runs on the fastest of these that fits.
+ */
+export const MODIFIER_FAMILIES = { forward: true, forwardTiled: false, forwardMatrix: false, backwardPortable: true, backwardTiled: false, backwardMatrix: false };
+
 /** Subgroup matrices where they apply (f16, and f32 split into f16 halves), else the tiled kernel, else the portable one. */
 export function forwardChoice(p: Problem, gpu: Gpu): ForwardChoice {
+  const mods = modsOf(p) !== '';
   const matrix = forwardMatrixParams(p, gpu);
-  if (matrix) return { kernel: 'forwardMatrix', params: matrix };
+  if (matrix && (!mods || MODIFIER_FAMILIES.forwardMatrix)) return { kernel: 'forwardMatrix', params: matrix };
   const tiled = forwardTiledParams(p, gpu);
-  if (tiled) return { kernel: 'forwardTiled', params: tiled };
+  if (tiled && (!mods || MODIFIER_FAMILIES.forwardTiled)) return { kernel: 'forwardTiled', params: tiled };
   return { kernel: 'forward', params: forwardParams(p, gpu) };
 }
 
@@ -384,15 +393,17 @@ export async function webgpuForward(
     const choice = (choose ?? forwardChoice)(p, gpu);
     const { pipe, Br } = await forwardKernel(gpu, choice);
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
+    const mods = choice.params.mods;
+    const group1 = mods ? modBindGroup(gpu.device, pipe, modBuffers(p, mods, call.buffers, { Br, Bc: forwardTiles(choice).Bc })) : undefined;
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');
     const lse = call.output(p.B * p.H * p.Nq, 'lse', 'q', 'f32');
     const [nq, nkv] = [p.B * p.Nq * p.H * p.D, p.B * p.Nk * p.Hkv * p.D];
     const split = choice.kernel === 'forwardMatrix' && choice.params.dtype === 'f32' ? await splitInputs(call, [Q, K, V], [nq, nkv, nkv]) : undefined;
     await call.submit(async (enc) => {
-      if (!split) return dispatch(enc, gpu.device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(p.Nq / Br), p.B * p.H]);
+      if (!split) return dispatch(enc, gpu.device, pipe, [sizes, Q, K, V, out, lse], [Math.ceil(p.Nq / Br), p.B * p.H], group1);
       split.encode(enc);
-      dispatch(enc, gpu.device, pipe, [sizes, ...split.halves, out, lse, split.maxima, Q, K], [Math.ceil(p.Nq / Br), p.B * p.H]);
+      dispatch(enc, gpu.device, pipe, [sizes, ...split.halves, out, lse, split.maxima, Q, K], [Math.ceil(p.Nq / Br), p.B * p.H], group1);
     });
     return { out: await call.result(out, q.shape, 'q'), lse: await call.result(lse, [p.B, p.H, p.Nq], 'q', 'f32') };
   } finally {
@@ -489,8 +500,8 @@ export function backwardParams(p: Problem, gpu: Gpu): { pre: PreprocessParams; k
   );
   return {
     pre: { D: p.D, WG, dtype },
-    kv: { D: p.D, Br: kv.cols, Bc: kv.rows, WG, dtype, causal: p.causal },
-    q: { D: p.D, Br: q.rows, Bc: q.cols, WG, dtype, causal: p.causal },
+    kv: { D: p.D, Br: kv.cols, Bc: kv.rows, WG, dtype, causal: p.causal, ...modsParam(p, 'backward') },
+    q: { D: p.D, Br: q.rows, Bc: q.cols, WG, dtype, causal: p.causal, ...modsParam(p) },
   };
 }
 
@@ -517,10 +528,10 @@ export function backwardMatrixParams(p: Problem, gpu: Gpu): { kv: BackwardKVMatr
   const SGS = gpu.subgroupSize;
   const kvTiles = BACKWARD_KV_MATRIX_TILES[p.D] ?? BACKWARD_KV_MATRIX_TILES.other;
   const WK = warpsThatFit(kvTiles.W, backwardKVMatrixKeys({ W: 1 }), p.Nk, SGS, gpu);
-  const kv: BackwardKVMatrixParams = { D: p.D, ...kvTiles, W: WK, SGS, causal: p.causal };
+  const kv: BackwardKVMatrixParams = { D: p.D, ...kvTiles, W: WK, SGS, causal: p.causal, ...modsParam(p, 'backward') };
   const tiles = BACKWARD_Q_MATRIX_TILES[p.D] ?? BACKWARD_Q_MATRIX_TILES.other;
   const W = warpsThatFit(tiles.W, backwardQMatrixRows({ ...tiles, W: 1 }), p.Nq, SGS, gpu);
-  const q: BackwardQMatrixParams = { D: p.D, ...tiles, W, SGS, causal: p.causal };
+  const q: BackwardQMatrixParams = { D: p.D, ...tiles, W, SGS, causal: p.causal, ...modsParam(p) };
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const ok =
     !backwardMatrixProblem({ D: p.D, SGS, rows: FRAGMENT * q.RF, Bc: q.Bc }) &&
@@ -585,9 +596,10 @@ export function backwardTiledFits(t: BackwardTiledParams, kv: boolean, gpu: Gpu)
 export function backwardTiledParams(p: Problem, gpu: Gpu): { kv: BackwardTiledParams; q: BackwardTiledParams } | undefined {
   if (gpu.software) return undefined;
   const base = { D: p.D, unroll: true, dtype: p.dtype as StorageType, causal: p.causal };
+  const mods = { kv: modsParam(p, 'backward'), q: modsParam(p) };
   const preferred = BACKWARD_TILED_TILES[p.D <= 64 ? 64 : p.D <= 128 ? 128 : 'other'];
   const pick = (first: BackwardTiledTiles, kv: boolean) =>
-    [first, ...BACKWARD_TILED_FALLBACK].map((t): BackwardTiledParams => ({ ...base, ...t })).find((t) => backwardTiledFits(t, kv, gpu));
+    [first, ...BACKWARD_TILED_FALLBACK].map((t): BackwardTiledParams => ({ ...base, ...t, ...(kv ? mods.kv : mods.q) })).find((t) => backwardTiledFits(t, kv, gpu));
   const kv = pick(preferred.kv, true);
   const q = pick(preferred.q, false);
   return kv && q ? { kv, q } : undefined;
@@ -601,10 +613,11 @@ export type BackwardChoice =
 
 /** Subgroup matrices where they apply (f16), else the tiled kernels (GPUs), else the portable ones. */
 export function backwardChoice(p: Problem, gpu: Gpu): BackwardChoice {
+  const mods = modsOf(p) !== '';
   const matrix = backwardMatrixParams(p, gpu);
-  if (matrix) return { kernel: 'matrix', ...matrix };
+  if (matrix && (!mods || MODIFIER_FAMILIES.backwardMatrix)) return { kernel: 'matrix', ...matrix };
   const tiled = backwardTiledParams(p, gpu);
-  if (tiled) return { kernel: 'tiled', ...tiled };
+  if (tiled && (!mods || MODIFIER_FAMILIES.backwardTiled)) return { kernel: 'tiled', ...tiled };
   const { kv, q } = backwardParams(p, gpu);
   return { kernel: 'portable', kv, q };
 }
@@ -671,25 +684,37 @@ export async function webgpuBackward(
   out: AnyTensor,
   lse: AnyTensor,
   choose: (p: Problem, gpu: Gpu) => BackwardChoice = backwardChoice,
-): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor }> {
+): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor; dbias?: AnyTensor }> {
   const gpu = await gpuFor(p);
   const call = new Call(p, gpu);
   try {
     const preParams = backwardParams(p, gpu).pre;
     const pre = await pipeline(gpu.device, 'backwardPreprocess', preParams, preprocessWGSL);
-    const { kv, q: dqPipe, keys: keysPerGroup, rows: rowsPerGroup } = await backwardKernels(gpu, choose(p, gpu));
+    const choice = choose(p, gpu);
+    const { kv, q: dqPipe, keys: keysPerGroup, rows: rowsPerGroup } = await backwardKernels(gpu, choice);
+    // The variants' bind groups (each kernel its own tile table), and dS for dbias (zeroed at creation: the
+    // entries of skipped tiles and dropped elements stay 0).
+    const tiles = backwardTiles(choice);
+    const biasGrad = p.mods.bias?.grad ? call.output(p.B * p.H * p.Nq * p.Nk, 'dS for dbias', 'q', 'f32') : undefined;
+    const kvMods = choice.kv.mods;
+    const qMods = choice.q.mods;
+    const kvGroup = kvMods ? modBindGroup(gpu.device, kv, modBuffers(p, kvMods, call.buffers, tiles.kv, biasGrad)) : undefined;
+    const qGroup = qMods ? modBindGroup(gpu.device, dqPipe, modBuffers(p, qMods, call.buffers, tiles.q)) : undefined;
     const sizes = call.buffers.uniform(sizesBytes(sizesOf(p)), 'sizes');
     const [dO, Q, K, V, O, L] = [call.input(dout, 'dout'), call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v'), call.input(out, 'out'), call.input(lse, 'lse')];
     const Dvec = call.output(p.B * p.H * p.Nq, 'Dvec', 'q', 'f32');
     const dq = call.output(p.B * p.Nq * p.H * p.D, 'dq', 'q');
     const dk = call.output(p.B * p.Nk * p.Hkv * p.D, 'dk', 'k');
     const dv = call.output(p.B * p.Nk * p.Hkv * p.D, 'dv', 'k');
+    let dbias: GPUBuffer | undefined;
     await call.submit(async (enc) => {
       dispatch(enc, gpu.device, pre, [sizes, dO, O, Dvec], [Math.ceil(p.Nq / preParams.WG), p.B * p.H]);
-      dispatch(enc, gpu.device, kv, [sizes, Q, K, V, dO, L, Dvec, dk, dv], [Math.ceil(p.Nk / keysPerGroup), p.B * p.Hkv]);
-      dispatch(enc, gpu.device, dqPipe, [sizes, Q, K, V, dO, L, Dvec, dq], [Math.ceil(p.Nq / rowsPerGroup), p.B * p.H]);
+      dispatch(enc, gpu.device, kv, [sizes, Q, K, V, dO, L, Dvec, dk, dv], [Math.ceil(p.Nk / keysPerGroup), p.B * p.Hkv], kvGroup);
+      dispatch(enc, gpu.device, dqPipe, [sizes, Q, K, V, dO, L, Dvec, dq], [Math.ceil(p.Nq / rowsPerGroup), p.B * p.H], qGroup);
+      if (biasGrad) dbias = await reduceBiasGrad(call, enc, biasGrad);
     });
-    return { dq: await call.result(dq, q.shape, 'q'), dk: await call.result(dk, k.shape, 'k'), dv: await call.result(dv, v.shape, 'k') };
+    const grads = { dq: await call.result(dq, q.shape, 'q'), dk: await call.result(dk, k.shape, 'k'), dv: await call.result(dv, v.shape, 'k') };
+    return dbias ? { ...grads, dbias: await call.result(dbias, p.mods.bias!.index.shape, 'q', 'f32') } : grads;
   } finally {
     call.dispose();
   }

@@ -43,6 +43,8 @@ export interface BackwardKVMatrixParams {
   /** The adapter's (fixed) subgroup size. */
   SGS: number;
   causal: boolean;
+  /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
+  mods?: string;
 }
 
 /** Keys per dK/dV workgroup. */
@@ -62,6 +64,8 @@ export interface BackwardQMatrixParams {
   PAD: number;
   SGS: number;
   causal: boolean;
+  /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
+  mods?: string;
 }
 
 /** Query rows per dQ workgroup. */

@@ -66,6 +66,8 @@ export interface BackwardTiledParams {
   unroll: boolean;
   dtype: StorageType;
   causal: boolean;
+  /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
+  mods?: string;
 }
 
 export type BackwardTiledTiles = Pick<BackwardTiledParams, 'Br' | 'Bc' | 'TM' | 'TN'>;

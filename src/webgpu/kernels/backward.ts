@@ -52,6 +52,8 @@ export interface BackwardParams {
   WG: number;
   dtype: StorageType;
   causal: boolean;
+  /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
+  mods?: string;
 }
 
 export function backwardKVWorkgroupBytes(p: Pick<BackwardParams, 'D' | 'Br' | 'Bc'>): number {

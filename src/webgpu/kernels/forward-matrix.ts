@@ -78,6 +78,8 @@ export interface ForwardMatrixParams {
   /** The adapter's (fixed) subgroup size. */
   SGS: number;
   causal: boolean;
+  /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
+  mods?: string;
   /** The inputs' and output's dtype: 'f32' takes them split into f16 halves (see above); 'f16' if absent. */
   dtype?: StorageType;
   /** f32: O_i's corrections (lo·hi + hi·lo) in accumulators of their own, as S's are (see above). */

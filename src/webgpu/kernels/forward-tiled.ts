@@ -63,6 +63,8 @@ export interface ForwardTiledParams {
   unroll: boolean;
   dtype: StorageType;
   causal: boolean;
+  /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
+  mods?: string;
 }
 
 /** Sizes that follow from the params: thread grid, key runs, vec4 columns, padded strides. */

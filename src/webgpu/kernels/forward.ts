@@ -29,6 +29,8 @@ export interface ForwardParams {
   WG: number;
   dtype: StorageType;
   causal: boolean;
+  /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
+  mods?: string;
 }
 
 export function forwardWorkgroupBytes(p: Pick<ForwardParams, 'D' | 'Br' | 'Bc'>): number {
