@@ -2,10 +2,10 @@
  * A cpu job: what the main thread sends to each worker (or runs inline). Sizes travel as plain numbers,
  * arrays as regions of (Shared)ArrayBuffers (the pool's workspace, see pool.ts, or an array read where
  * it lives, as the KV cache's pools); `views` turns them back into typed arrays on either side. Besides
- * the attention kernels, the pool runs the decode kernel (decode.ts) and the nn layer's linear
- * (src/nn/cpu/kernels.ts).
+ * the attention kernels, the pool runs the decode kernel (decode.ts) and the matrix product of the nn
+ * layer (linear.ts).
  */
-import type { LinearShape } from '../nn/cpu/kernels.js';
+import type { LinearShape } from './linear.js';
 import type { DecodeShape } from './decode.js';
 import { problemStrides, type Problem } from '../problem.js';
 

@@ -5,7 +5,7 @@
 import { decodeTask, type DecodeArrays } from './decode.js';
 import { backwardTask, forwardTask, type BackwardArrays, type ForwardArrays } from './flash.js';
 import { views, type Job } from './job.js';
-import { linearTask, type LinearArrays } from '../nn/cpu/kernels.js';
+import { linearTask, type LinearArrays } from './linear.js';
 import { standardBackwardTask, standardForwardTask, type StandardBackwardArrays, type StandardForwardArrays } from './standard.js';
 
 /** The task function of a job: task t of its kernel, run with the given arrays and scratch. */

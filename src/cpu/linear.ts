@@ -1,0 +1,157 @@
+/**
+ * The cpu backend's matrix-product kernel, for the nn ops (src/nn/cpu/ops.ts) on the same worker threads
+ * as attention: plain typed-array loops, f32 or f16 in memory and f64 in registers.
+ *
+ * linearTask: y = act(x·Wᵀ + b) (+ r), x (M, K) → y (M, N) with W (N, K), act none, ReLU or GELU (tanh
+ *   approximation), r an optional residual (M, N) added last. One task owns a block of MB rows of x and
+ *   NB columns of y (several column blocks where there are few row blocks, as in single-token decode, so
+ *   that every thread has work): it packs its rows into f64 scratch, four rows interleaved
+ *   (xp[g·4K + 4k + i] = x[4g + i][k]), then for each group of four rows of W packs those the same way (wp[4k + j] = W[n + j][k]) and runs a
+ *   4×4 register-blocked micro-kernel over k for every row group: each step loads 4 + 4 doubles from two
+ *   contiguous streams for 16 multiply-adds. The packed x block (MB·K doubles) stays in L2 and the packed
+ *   W group (4·K) in L1. Tails (M, N not multiples of 4) are packed as zeros and not stored.
+ *   Scratch per thread: (MB + 4)·K f64.
+ */
+import { f16ToNumber, numberToF16 } from '../f16.js';
+/** f32 values, or f16 bits. */
+export type HostData = Float32Array | Uint16Array;
+
+export interface LinearShape {
+  M: number;
+  N: number;
+  K: number;
+  /** Rows of x per task (a multiple of 4). */
+  MB: number;
+  /** Columns of y per task (a multiple of 4). */
+  NB: number;
+  activation: Activation;
+  /** y gets r (M, N) added after the activation. */
+  residual: boolean;
+}
+
+/** What linear applies to x·Wᵀ + b: nothing, ReLU, or GELU with the tanh approximation (GPT-2's). */
+export type Activation = 'none' | 'relu' | 'gelu';
+
+/** √(2/π), GELU's tanh approximation: 0.5·v·(1 + tanh(√(2/π)·(v + 0.044715·v³))). */
+export const GELU_C = Math.sqrt(2 / Math.PI);
+
+export function gelu(v: number): number {
+  return 0.5 * v * (1 + Math.tanh(GELU_C * (v + 0.044715 * v * v * v)));
+}
+
+function activate(activation: Activation, v: number): number {
+  return activation === 'relu' ? (v < 0 ? 0 : v) : activation === 'gelu' ? gelu(v) : v;
+}
+
+export interface LinearArrays {
+  x: HostData;
+  w: HostData;
+  b: HostData;
+  y: HostData;
+  r?: HostData;
+}
+
+export function linearTasks(s: LinearShape): number {
+  return Math.ceil(s.M / s.MB) * Math.ceil(s.N / s.NB);
+}
+
+/** f64 elements of scratch each thread needs. */
+export function linearScratch(s: LinearShape): number {
+  return (s.MB + 4) * s.K;
+}
+
+/** Rows of x per task: enough tasks for every thread twice over, 16 to 64 rows each. */
+export function linearRowBlock(M: number, threads: number): number {
+  return Math.min(64, Math.max(16, 4 * Math.ceil(M / (8 * threads))));
+}
+
+/** Columns of y per task: all of them, unless there are fewer row blocks than twice the threads. */
+export function linearColumnBlock(M: number, N: number, MB: number, threads: number): number {
+  const columnBlocks = Math.max(1, Math.ceil((2 * threads) / Math.ceil(M / MB)));
+  return 4 * Math.ceil(N / (4 * columnBlocks));
+}
+
+/** dst[d + 4k] = src[o + k] for k < K (a row into its lane of a 4-interleaved pack). */
+function packRow(dst: Float64Array, d: number, src: HostData, o: number, K: number): void {
+  if (src instanceof Uint16Array) {
+    for (let k = 0; k < K; k++) dst[d + 4 * k] = f16ToNumber(src[o + k]);
+  } else {
+    for (let k = 0; k < K; k++) dst[d + 4 * k] = src[o + k];
+  }
+}
+
+function zeroLane(dst: Float64Array, d: number, K: number): void {
+  for (let k = 0; k < K; k++) dst[d + 4 * k] = 0;
+}
+
+export function store(y: HostData, i: number, v: number): void {
+  y[i] = y instanceof Uint16Array ? numberToF16(v) : v;
+}
+
+/**
+ * tile[4i + j] = Σ_k xp[ia + 4k + i] · wp[4k + j]: the 4×4 micro-kernel over packed rows. A function of
+ * its own so that V8 optimises it whole once, rather than the loop alone and then again around it.
+ */
+function microKernel(xp: Float64Array, ia: number, wp: Float64Array, K: number, tile: Float64Array): void {
+  let c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
+  let c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
+  for (let k = 0, ib = 0; k < K; k++, ia += 4, ib += 4) {
+    const a0 = xp[ia], a1 = xp[ia + 1], a2 = xp[ia + 2], a3 = xp[ia + 3];
+    const b0 = wp[ib], b1 = wp[ib + 1], b2 = wp[ib + 2], b3 = wp[ib + 3];
+    c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3;
+    c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3;
+    c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3;
+    c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3;
+  }
+  tile[0] = c00; tile[1] = c01; tile[2] = c02; tile[3] = c03;
+  tile[4] = c10; tile[5] = c11; tile[6] = c12; tile[7] = c13;
+  tile[8] = c20; tile[9] = c21; tile[10] = c22; tile[11] = c23;
+  tile[12] = c30; tile[13] = c31; tile[14] = c32; tile[15] = c33;
+}
+
+export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: Float64Array): void {
+  const { M, N, K, activation } = s;
+  const r = s.residual ? a.r : undefined;
+  const columnBlocks = Math.ceil(N / s.NB);
+  const m0 = Math.floor(t / columnBlocks) * s.MB;
+  const n0 = (t % columnBlocks) * s.NB;
+  const n1 = Math.min(N, n0 + s.NB);
+  const rows = Math.min(s.MB, M - m0);
+  const groups = Math.ceil(rows / 4);
+  const xp = scratch.subarray(0, groups * 4 * K);
+  const wp = scratch.subarray(s.MB * K, (s.MB + 4) * K);
+  for (let r = 0; r < groups * 4; r++) {
+    const d = (r >> 2) * 4 * K + (r & 3);
+    if (r < rows) packRow(xp, d, a.x, (m0 + r) * K, K);
+    else zeroLane(xp, d, K);
+  }
+  const bias = new Float64Array(4);
+  const tile = new Float64Array(16);
+  for (let n = n0; n < n1; n += 4) {
+    for (let j = 0; j < 4; j++) {
+      if (n + j < n1) {
+        packRow(wp, j, a.w, (n + j) * K, K);
+        bias[j] = at(a.b, n + j);
+      } else {
+        zeroLane(wp, j, K);
+      }
+    }
+    const cols = Math.min(4, n1 - n);
+    for (let g = 0; g < groups; g++) {
+      microKernel(xp, g * 4 * K, wp, K, tile);
+      const m = m0 + 4 * g;
+      for (let i = 0; i < 4 && m + i < M; i++) {
+        for (let j = 0; j < cols; j++) {
+          const e = (m + i) * N + n + j;
+          const v = activate(activation, tile[4 * i + j] + bias[j]);
+          store(a.y, e, r ? v + at(r, e) : v);
+        }
+      }
+    }
+  }
+}
+
+export function at(t: HostData, i: number): number {
+  return t instanceof Uint16Array ? f16ToNumber(t[i]) : t[i];
+}
+
