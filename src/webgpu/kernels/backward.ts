@@ -131,6 +131,27 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 `;
 }
 
+/**
+ * Tests by bits where a NaN must pass, not float comparisons (which WGSL leaves to the implementation:
+ * lavapipe answers NaN != MASKED with false, which dropped a NaN row's dq): `sees(L)`, a row's L from
+ * Lrow is not MASKED (NaN included); `nonzero(x)`, x is not ±0 (NaN included); `adds(t)` (dropout), an
+ * entry of T that adds to dV_j: not 0 and not a dropped −P (NaN included).
+ */
+function bitTestsWGSL(dropout: boolean): string {
+  const tests = `fn sees(L: f32) -> bool {
+  return bitcast<u32>(L) != bitcast<u32>(f32(MASKED));
+}
+fn nonzero(x: f32) -> bool {
+  return (bitcast<u32>(x) << 1u) != 0u;
+}`;
+  if (!dropout) return tests;
+  return `${tests}
+fn adds(t: f32) -> bool {
+  let b = bitcast<u32>(t);
+  return nonzero(t) && (b < 0x80000000u || (b & 0x7fffffffu) > 0x7f800000u);
+}`;
+}
+
 /** Load L_i (f32 bits; −∞ and rows past Nq become MASKED) and D_i into Lrow, Drow. */
 export function rowStatsWGSL(): string {
   return `for (var r = lid; r < Br; r += WG) {
@@ -156,7 +177,7 @@ export function rowStatsWGSL(): string {
  */
 function kvDsWGSL(f: ModFlags): string {
   return `let t = T[e];
-        if (t != 0.0) {
+        if (nonzero(t)) {
           let r = e / Bc;
           let c = e % Bc;
           let row = r0 + r;
@@ -216,6 +237,7 @@ var<workgroup> Drow: array<f32, ${Br}>;
 
 ${VISIBLE_WGSL}
 ${OPAQUE_WGSL}
+${bitTestsWGSL(f.dropout)}
 ${loadVec4('q')}
 ${loadVec4('k')}
 ${loadVec4('v')}
@@ -273,7 +295,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         let L = Lrow[r];
         var pe = 0.0;${mods ? `
         let row = r0 + r;` : ''}
-        if (key < u.Nk && L != MASKED${mods ? keepWGSL(p, 'bh', 'row', 'key') : causal ? ' && visible(r0 + r, key)' : ''}) {
+        if (key < u.Nk && sees(L)${mods ? keepWGSL(p, 'bh', 'row', 'key') : causal ? ' && visible(r0 + r, key)' : ''}) {
           var s = 0.0;
           for (var d = 0u; d < d4; d++) {
             s += dot(Qi[r * D4 + d], Kj[c * D4 + d]);
@@ -291,7 +313,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         var acc = vec4<f32>(0.0);
         for (var r = 0u; r < br; r++) {
           ${guard ? `let t = T[r * Bc + c];
-          acc += select(t * dOi[r * D4 + d], vec4<f32>(0.0), t ${f.dropout ? '<=' : '=='} 0.0);` : 'acc += T[r * Bc + c] * dOi[r * D4 + d];'}
+          acc += select(vec4<f32>(0.0), t * dOi[r * D4 + d], ${f.dropout ? 'adds(t)' : 'nonzero(t)'});` : 'acc += T[r * Bc + c] * dOi[r * D4 + d];'}
         }
         dVj[e] += acc;
       }
@@ -299,7 +321,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       // Alg. 2 lines 13-14: dP = dO_i V_jᵀ, dS = P ∘ (dP − D), in place.
       for (var e = lid; e < Br * Bc; e += WG) {
         ${mods ? kvDsWGSL(f) : `let pe = T[e];
-        if (pe != 0.0) {
+        if (nonzero(pe)) {
           let r = e / Bc;
           let c = e % Bc;
           var dp = 0.0;
@@ -317,7 +339,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         var acc = vec4<f32>(0.0);
         for (var r = 0u; r < br; r++) {
           ${guard ? `let t = T[r * Bc + c];
-          acc += select(t * Qi[r * D4 + d], vec4<f32>(0.0), t == 0.0);` : 'acc += T[r * Bc + c] * Qi[r * D4 + d];'}
+          acc += select(vec4<f32>(0.0), t * Qi[r * D4 + d], nonzero(t));` : 'acc += T[r * Bc + c] * Qi[r * D4 + d];'}
         }
         dKj[e] += acc;
       }
@@ -374,6 +396,7 @@ var<workgroup> Drow: array<f32, ${Br}>;
 
 ${VISIBLE_WGSL}
 ${OPAQUE_WGSL}
+${bitTestsWGSL(false)}
 ${loadVec4('q')}
 ${loadVec4('k')}
 ${loadVec4('v')}
@@ -436,7 +459,7 @@ ${QUERY_HEAD_WGSL}
       let L = Lrow[r];
       var ds = 0.0;${mods ? `
       let row = r0 + r;` : ''}
-      if (key < u.Nk && L != MASKED${mods ? keepWGSL(p, 'bh', 'row', 'key') : causal ? ' && visible(r0 + r, key)' : ''}) {
+      if (key < u.Nk && sees(L)${mods ? keepWGSL(p, 'bh', 'row', 'key') : causal ? ' && visible(r0 + r, key)' : ''}) {
         var s = 0.0;
         for (var d = 0u; d < d4; d++) {
           s += dot(Qi[r * D4 + d], KV[c * D4 + d]);
