@@ -111,8 +111,8 @@ function modsBytes(p: Problem, tiles?: { Br: number; Bc: number; strides: number
 /**
  * Bind group 1's buffers for a kernel compiled with `mods` (binding → buffer), made in the call's
  * GpuBuffers. `tiles`: the kernel's Br × Bc when it has the block-mask flag and skips tiles (without:
- * no tile table). `dbias`: the (B, H, Nq, Nk)
- * f32 dS buffer for a backward key/value kernel with the gradient flag.
+ * no tile table). `dbias`: the (B, H, Nq, Nk) f32 dS buffer for a backward key/value kernel with the
+ * gradient flag.
  */
 export function modBuffers(
   p: Problem,
