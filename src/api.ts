@@ -56,9 +56,12 @@ function firstModifier(p: Problem): string {
   return 'dropout';
 }
 
-/** Which backends and algorithms run the variants today. */
+/**
+ * Which backends and algorithms run the variants today: webgpu runs both algorithms (its flash calls go to
+ * the kernel families of MODIFIER_FAMILIES, webgpu/index.ts).
+ */
 function runsModifiers(backend: ResolvedBackend, p: Problem): boolean {
-  return backend === 'reference' && p.algorithm === 'standard';
+  return (backend === 'reference' && p.algorithm === 'standard') || backend === 'webgpu';
 }
 
 function checkModifierSupport(backend: ResolvedBackend, p: Problem): void {

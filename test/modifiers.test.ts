@@ -141,8 +141,9 @@ describe('modifiers: the oracle against direct definitions', () => {
 });
 
 /** Backends and algorithms that the grid below runs with modifiers (the reference's flash algorithms included). */
-const FAMILIES: { backend: 'cpu' | 'webgpu' | 'reference'; algorithm: 'flash' | 'standard' }[] = [];
-void BACKENDS;
+const FAMILIES: { backend: 'cpu' | 'webgpu' | 'reference'; algorithm: 'flash' | 'standard' }[] = [
+  ...(BACKENDS.includes('webgpu') ? [{ backend: 'webgpu' as const, algorithm: 'flash' as const }] : []),
+];
 
 describe('modifiers: every backend against the oracle', () => {
   reportWebgpuSkip();

@@ -110,8 +110,9 @@ function modsBytes(p: Problem, tiles?: { Br: number; Bc: number; strides: number
 
 /**
  * Bind group 1's buffers for a kernel compiled with `mods` (binding → buffer), made in the call's
- * GpuBuffers. `tiles`: the kernel's Br × Bc when it has the block-mask flag. `dbias`: the (B, H, Nq, Nk)
- * f32 dS buffer for a backward key/value kernel with the gradient flag.
+ * GpuBuffers. `tiles`: the kernel's Br × Bc when it has the block-mask flag and skips tiles (without:
+ * no tile table). `dbias`: the (B, H, Nq, Nk) f32 dS buffer for a backward key/value kernel with the
+ * gradient flag.
  */
 export function modBuffers(
   p: Problem,
@@ -124,7 +125,11 @@ export function modBuffers(
   const m = p.mods;
   const table = f.blocks && tiles ? tileTable(p, tiles.Br, tiles.Bc) : undefined;
   const out = new Map<number, GPUBuffer>();
-  out.set(0, buffers.uniform(modsBytes(p, table && { ...tiles!, strides: table.strides }), 'modifiers'));
+  // A pipeline's automatic layout holds only the bindings its WGSL reads: ALiBi alone reads no field of
+  // the uniform, and a kernel without `tiles` (standard attention) reads no tile table.
+  if (f.window || f.softcap || f.bias || f.mask || f.blocks || f.dropout) {
+    out.set(0, buffers.uniform(modsBytes(p, table && { ...tiles!, strides: table.strides }), 'modifiers'));
+  }
   if (f.alibi) out.set(1, buffers.upload(m.alibi!.slopes, 'ALiBi slopes', 'options.alibiSlopes'));
   if (f.bias) {
     const b = m.bias!;
@@ -134,7 +139,7 @@ export function modBuffers(
   }
   if (f.mask) out.set(3, buffers.upload(bits(m.mask!.data), 'mask bits', 'options.mask'));
   if (f.blocks) {
-    out.set(4, buffers.upload(table!.words, 'tile table', 'options.blockMask'));
+    if (table) out.set(4, buffers.upload(table.words, 'tile table', 'options.blockMask'));
     out.set(5, buffers.upload(bits(m.blockMask!.data), 'block mask bits', 'options.blockMask'));
   }
   if (f.biasGrad && dbias) out.set(6, dbias);
