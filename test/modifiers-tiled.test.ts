@@ -1,0 +1,185 @@
+// The variants (src/modifiers.ts) in the register-tiled WebGPU kernels (kernels/forward-tiled.ts,
+// kernels/backward-tiled.ts): the tiled forward as forwardChoice picks it (on software adapters too), the
+// tiled backward forced (software adapters keep the portable kernels), for each modifier set of
+// test/modifier-cases.ts, against the float64 oracle.
+//
+// The yardstick: the error rule (test/util.ts) asks for standard attention of the same dtype; until the
+// webgpu standard kernels run the variants, it is standard attention in f32 arithmetic computed here
+// (`standard32`: every product, sum, exp, log, tanh rounded to f32, sums taken in order as a standard
+// kernel takes them, outputs rounded to the inputs' dtype), on the same modifiers. It has the rounding of
+// a standard kernel but not its shader's exp and log (correctly rounded here, within a few ulp on GPUs), so
+// it is if anything the stricter yardstick.
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { type Tensor } from '../src/index.js';
+import { decodeF16, encodeF16 } from '../src/f16.js';
+import { alibiSlope, at, dropoutRow, keeps } from '../src/modifiers.js';
+import { checkBackward, checkForward, type Problem } from '../src/problem.js';
+import { biasValues } from '../src/reference/standard.js';
+import { toF64 } from '../src/tensor.js';
+import { defaultGpu, type Gpu } from '../src/webgpu/device.js';
+import { forwardChoice, MODIFIER_FAMILIES, webgpuBackward, webgpuForward, type BackwardChoice } from '../src/webgpu/index.js';
+import { modsParam } from '../src/webgpu/modifiers.js';
+import type { BackwardTiledTiles } from '../src/webgpu/kernels/backward-tiled.js';
+import { modifierSets, oracleOf, type ModResults, type Mods } from './modifier-cases.js';
+import { BACKENDS, reportWebgpuSkip } from './spec.js';
+import { assertWithinRule, inputs, maxError, type Case } from './util.js';
+
+reportWebgpuSkip();
+
+const LOG = process.env.FLASHATTN_LOG_ERRORS === '1';
+const f = Math.fround;
+
+/**
+ * Standard attention in f32 arithmetic with the modifiers of `p` (f64 inputs holding the dtype's values):
+ * S = scale·Q Kᵀ, modified and masked (src/modifiers.ts), P = softmax(S) row by row, O = (P ∘ Z) V and the
+ * gradient as the oracle (src/reference/standard.ts) writes it, each operation rounded to f32.
+ */
+function standard32(p: Problem, q: Float64Array, k: Float64Array, v: Float64Array, dout: Float64Array): ModResults {
+  const { B, H, Hkv, Nq, Nk, D, scale } = p;
+  const m = p.mods;
+  const bias = biasValues(m);
+  const [out, dq] = [new Float64Array(q.length), new Float64Array(q.length)];
+  const [dk, dv] = [new Float64Array(k.length), new Float64Array(k.length)];
+  const lse = new Float64Array(B * H * Nq);
+  const dbias = m.bias?.grad ? new Float64Array(m.bias.index.shape.reduce((a, c) => a * c, 1)) : undefined;
+  const qAt = (b: number, i: number, h: number) => ((b * Nq + i) * H + h) * D;
+  const kAt = (b: number, j: number, h: number) => ((b * Nk + j) * Hkv + Math.floor(h / (H / Hkv))) * D;
+  const dot = (x: Float64Array, xo: number, y: Float64Array, yo: number) => {
+    let s = 0;
+    for (let d = 0; d < D; d++) s = f(s + f(x[xo + d] * y[yo + d]));
+    return s;
+  };
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const P = new Float64Array(Nq * Nk);
+      const Z = new Float64Array(Nq * Nk).fill(1);
+      const G = new Float64Array(Nq * Nk).fill(1); // the soft-cap's derivative
+      for (let i = 0; i < Nq; i++) {
+        if (m.dropout) dropoutRow(m, b * H + h, i, 0, Nk, Z, i * Nk);
+        const S = new Float64Array(Nk);
+        let mx = -Infinity;
+        for (let j = 0; j < Nk; j++) {
+          let s = f(scale * dot(q, qAt(b, i, h), k, kAt(b, j, h)));
+          if (m.softcap !== undefined) {
+            const t = f(Math.tanh(f(s / m.softcap)));
+            s = f(m.softcap * t);
+            G[i * Nk + j] = f(1 - f(t * t));
+          }
+          if (m.alibi) s = f(s - f(f(alibiSlope(m, b, h)) * Math.abs(i + Nk - Nq - j)));
+          if (bias) s = f(s + bias[at(m.bias!.index, b, h, i, j)]);
+          S[j] = keeps(m, b, h, i, j, Nq, Nk) ? s : -Infinity;
+          mx = Math.max(mx, S[j]);
+        }
+        if (mx === -Infinity) {
+          lse[(b * H + h) * Nq + i] = -Infinity;
+          continue;
+        }
+        let l = 0;
+        for (let j = 0; j < Nk; j++) l = f(l + (P[i * Nk + j] = f(Math.exp(f(S[j] - mx)))));
+        for (let j = 0; j < Nk; j++) P[i * Nk + j] = f(P[i * Nk + j] / l);
+        lse[(b * H + h) * Nq + i] = f(mx + f(Math.log(l)));
+        for (let d = 0; d < D; d++) {
+          let o = 0;
+          for (let j = 0; j < Nk; j++) o = f(o + f(f(P[i * Nk + j] * Z[i * Nk + j]) * v[kAt(b, j, h) + d]));
+          out[qAt(b, i, h) + d] = o;
+        }
+      }
+      // dS = P ∘ (dP ∘ Z − rowsum(P ∘ dP ∘ Z)); dbias takes dS, dQ and dK dS times the soft-cap's derivative.
+      const dS = new Float64Array(Nq * Nk);
+      for (let i = 0; i < Nq; i++) {
+        const dP = new Float64Array(Nk);
+        let rowDot = 0;
+        for (let j = 0; j < Nk; j++) {
+          dP[j] = f(dot(dout, qAt(b, i, h), v, kAt(b, j, h)) * Z[i * Nk + j]);
+          rowDot = f(rowDot + f(dP[j] * P[i * Nk + j]));
+        }
+        for (let j = 0; j < Nk; j++) {
+          const x = f(P[i * Nk + j] * f(dP[j] - rowDot));
+          if (dbias) dbias[at(m.bias!.index, b, h, i, j)] = f(dbias[at(m.bias!.index, b, h, i, j)] + x);
+          dS[i * Nk + j] = f(x * G[i * Nk + j]);
+        }
+      }
+      for (let d = 0; d < D; d++) {
+        for (let i = 0; i < Nq; i++) {
+          let x = 0;
+          for (let j = 0; j < Nk; j++) x = f(x + f(dS[i * Nk + j] * k[kAt(b, j, h) + d]));
+          dq[qAt(b, i, h) + d] = f(scale * x);
+        }
+        for (let j = 0; j < Nk; j++) {
+          let x = 0;
+          let y = 0;
+          for (let i = 0; i < Nq; i++) {
+            x = f(x + f(dS[i * Nk + j] * q[qAt(b, i, h) + d]));
+            y = f(y + f(f(P[i * Nk + j] * Z[i * Nk + j]) * dout[qAt(b, i, h) + d]));
+          }
+          dk[kAt(b, j, h) + d] = f(dk[kAt(b, j, h) + d] + f(scale * x)); // summed over the query heads of the group
+          dv[kAt(b, j, h) + d] = f(dv[kAt(b, j, h) + d] + y);
+        }
+      }
+    }
+  }
+  const store = (x: Float64Array) => (p.dtype === 'f16' ? Float64Array.from(decodeF16(encodeF16(x))) : x);
+  return { out: store(out), lse, dq: store(dq), dk: store(dk), dv: store(dv), ...(dbias && { dbias }) };
+}
+
+/** Tiles of the forced tiled backward: uneven micro-tiles and blocks unlike the forward's (Br = 32, Bc = 16 on software adapters). */
+const BACKWARD_TILES: { kv: BackwardTiledTiles; q: BackwardTiledTiles } = { kv: { Br: 8, Bc: 16, TM: 1, TN: 2 }, q: { Br: 16, Bc: 8, TM: 2, TN: 1 } };
+
+/** The tiled backward forced, with the call's variants (loops opaque, as on software adapters). */
+function tiledBackward(p: Problem): BackwardChoice {
+  const base = { D: p.D, unroll: false, dtype: p.dtype as 'f32' | 'f16', causal: p.causal };
+  return { kernel: 'tiled', kv: { ...base, ...BACKWARD_TILES.kv, ...modsParam(p, 'backward') }, q: { ...base, ...BACKWARD_TILES.q, ...modsParam(p) } };
+}
+
+/** Forward (forwardChoice) and forced tiled backward on webgpu with the modifiers, results as f64 (BNHD). */
+async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu): Promise<ModResults> {
+  const { q, k, v, dout } = inputs(c, dtype, 'BNHD');
+  const options = { ...mods, backend: 'webgpu' as const };
+  const p = checkForward(q, k, v, options);
+  assert.equal(forwardChoice(p, gpu).kernel, 'forwardTiled', 'forwardChoice picks the tiled forward');
+  const fw = await webgpuForward(p, q, k, v);
+  const pb = checkBackward(dout, q, k, v, fw.out as Tensor, fw.lse as Tensor, options);
+  const g = await webgpuBackward(pb, dout, q, k, v, fw.out, fw.lse, tiledBackward);
+  const x = (t: unknown) => toF64(t as Tensor);
+  return { out: x(fw.out), lse: x(fw.lse), dq: x(g.dq), dk: x(g.dk), dv: x(g.dv), ...(g.dbias && { dbias: x(g.dbias) }) };
+}
+
+/** Every output against the oracle, by the rule with standard32 as the yardstick. */
+async function check(c: Case, dtype: 'f32' | 'f16', name: string, mods: Mods, gpu: Gpu) {
+  const oracle = oracleOf(c, dtype, mods);
+  const { q, k, v, dout } = inputs(c, dtype, 'BNHD');
+  const p = checkForward(q, k, v, mods);
+  const yardstick = standard32(p, toF64(q), toF64(k), toF64(v), toF64(dout));
+  const got = await runTiled(c, dtype, mods, gpu);
+  const names = ['out', 'lse', 'dq', 'dk', 'dv', ...(oracle.dbias ? ['dbias' as const] : [])] as const;
+  assert.equal(Boolean(got.dbias), Boolean(oracle.dbias), `${name}: dbias returned iff asked`);
+  const rows = names.map((n) => [n, maxError(got[n]!, oracle[n]!), maxError(yardstick[n]!, oracle[n]!)] as const);
+  const label = `${dtype} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D} ${name}`;
+  if (LOG) console.log(`${label}: ${rows.map(([n, e, s]) => `${n} ${e.toExponential(2)} (std32 ${s.toExponential(2)})`).join(', ')}`);
+  for (const [n, e, s] of rows) assertWithinRule(`${label} ${n}`, e, s, n === 'out' || n === 'lse' ? 2 : 3);
+}
+
+if (BACKENDS.includes('webgpu')) {
+  describe('variants in the tiled kernels, against the oracle', () => {
+    test('the tiled kernels call the hooks', () => {
+      assert.ok(MODIFIER_FAMILIES.forwardTiled && MODIFIER_FAMILIES.backwardTiled);
+    });
+
+    // Tails in every block of both kernels (Nq = 67, Nk = 93), D with no vec4 tail, grouped-query heads.
+    const c32: Case = { B: 2, H: 2, Hkv: 1, Nq: 67, Nk: 93, D: 24 };
+    for (const [name, mods] of Object.entries(modifierSets(c32, 'f32'))) {
+      test(`f32 ${name}`, async () => check(c32, 'f32', name, mods, await defaultGpu()));
+    }
+
+    // f16 storage (bias in f16), Nq > Nk (rows that see no key under causal), D with a vec4 tail.
+    const c16: Case = { B: 1, H: 2, Hkv: 2, Nq: 50, Nk: 37, D: 18 };
+    for (const name of ['window (both)', 'alibi (per batch) + causal', 'bias (1, H, 1, Nk) + grad', 'bias + mask + dropout + causal', 'block mask + softcap + causal']) {
+      test(`f16 ${name}`, async (t) => {
+        const gpu = await defaultGpu();
+        if (!gpu.f16) return t.skip('no shader-f16 on this adapter');
+        await check(c16, 'f16', name, modifierSets(c16, 'f16')[name], gpu);
+      });
+    }
+  });
+}
