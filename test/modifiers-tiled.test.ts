@@ -131,9 +131,12 @@ function tiledBackward(p: Problem): BackwardChoice {
   return { kernel: 'tiled', kv: { ...base, ...BACKWARD_TILES.kv, ...modsParam(p, 'backward') }, q: { ...base, ...BACKWARD_TILES.q, ...modsParam(p) } };
 }
 
-/** Forward (forwardChoice) and forced tiled backward on webgpu with the modifiers, results as f64 (BNHD). */
-async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu): Promise<ModResults> {
-  const { q, k, v, dout } = inputs(c, dtype, 'BNHD');
+/**
+ * Forward (forwardChoice) and forced tiled backward on webgpu with the modifiers, results as f64 (BNHD);
+ * `t`: other inputs than the case's.
+ */
+async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu, t = inputs(c, dtype, 'BNHD')): Promise<ModResults> {
+  const { q, k, v, dout } = t;
   const options = { ...mods, backend: 'webgpu' as const };
   const p = checkForward(q, k, v, options);
   assert.equal(forwardChoice(p, gpu).kernel, 'forwardTiled', 'forwardChoice picks the tiled forward');
@@ -144,13 +147,16 @@ async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu): Pr
   return { out: x(fw.out), lse: x(fw.lse), dq: x(g.dq), dk: x(g.dk), dv: x(g.dv), ...(g.dbias && { dbias: x(g.dbias) }) };
 }
 
-/** Every output against the oracle, by the rule with standardOf as the yardstick. */
-async function check(c: Case, dtype: 'f32' | 'f16', name: string, mods: Mods, gpu: Gpu) {
+/**
+ * Every output against the oracle (of the case's inputs), by the rule with standardOf as the yardstick;
+ * `poisoned`: the kernels run on these inputs instead (values the variants keep out of every result).
+ */
+async function check(c: Case, dtype: 'f32' | 'f16', name: string, mods: Mods, gpu: Gpu, poisoned?: ReturnType<typeof inputs>) {
   const oracle = oracleOf(c, dtype, mods);
   const { q, k, v, dout } = inputs(c, dtype, 'BNHD');
   const p = checkForward(q, k, v, mods);
   const yardstick = standardOf(p, toF64(q), toF64(k), toF64(v), toF64(dout));
-  const got = await runTiled(c, dtype, mods, gpu);
+  const got = await runTiled(c, dtype, mods, gpu, poisoned);
   const names = ['out', 'lse', 'dq', 'dk', 'dv', ...(oracle.dbias ? ['dbias' as const] : [])] as const;
   assert.equal(Boolean(got.dbias), Boolean(oracle.dbias), `${name}: dbias returned iff asked`);
   const rows = names.map((n) => [n, maxError(got[n]!, oracle[n]!), maxError(yardstick[n]!, oracle[n]!)] as const);
@@ -169,6 +175,21 @@ if (BACKENDS.includes('webgpu')) {
     const c32: Case = { B: 2, H: 2, Hkv: 1, Nq: 67, Nk: 93, D: 24 };
     for (const [name, mods] of Object.entries(modifierSets(c32, 'f32'))) {
       test(`f32 ${name}`, async () => check(c32, 'f32', name, mods, await defaultGpu()));
+    }
+
+    // Tiles the block mask leaves empty are skipped, not computed and masked: NaN keys and values there
+    // (keys 32..63: whole key blocks of every kernel's tiles, Bc = 16 and 8) would otherwise reach O
+    // through P̃ V (0 · NaN) and dQ through dS K. Their dK and dV are 0, as the oracle's.
+    for (const causal of [false, true]) {
+      test(`f32 block mask dropping whole key blocks: never read${causal ? ', causal' : ''}`, async () => {
+        const c: Case = { B: 1, H: 2, Hkv: 1, Nq: 67, Nk: 93, D: 24 };
+        const [rows, cols] = [Math.ceil(c.Nq / 16), Math.ceil(c.Nk / 32)];
+        const data = Uint8Array.from({ length: rows * cols }, (_, e) => (e % cols === 1 ? 0 : 1));
+        const mods: Mods = { blockMask: { data, shape: [1, 1, rows, cols], blockSize: [16, 32] }, causal };
+        const t = inputs(c, 'f32', 'BNHD');
+        const nan = (x: Tensor): Tensor => ({ ...x, data: (x.data as Float32Array).map((y, e) => (Math.floor(e / (c.Hkv * c.D)) % c.Nk >= 32 && Math.floor(e / (c.Hkv * c.D)) % c.Nk < 64 ? NaN : y)) });
+        await check(c, 'f32', 'block mask, NaN in the dropped keys', mods, await defaultGpu(), { ...t, k: nan(t.k), v: nan(t.v) });
+      });
     }
 
     // f16 storage (bias in f16), Nq > Nk (rows that see no key under causal), D with a vec4 tail.
