@@ -19,7 +19,8 @@ import { checkBackward, checkForward, type Problem } from '../src/problem.js';
 import { biasValues } from '../src/reference/standard.js';
 import { toF64 } from '../src/tensor.js';
 import { defaultGpu, type Gpu } from '../src/webgpu/device.js';
-import { forwardChoice, MODIFIER_FAMILIES, webgpuBackward, webgpuForward, type BackwardChoice } from '../src/webgpu/index.js';
+import { forwardChoice, MODIFIER_FAMILIES, webgpuBackward, webgpuForward, type BackwardChoice, type ForwardChoice } from '../src/webgpu/index.js';
+import type { ForwardTiledParams } from '../src/webgpu/kernels/forward-tiled.js';
 import { modsParam } from '../src/webgpu/modifiers.js';
 import type { BackwardTiledTiles } from '../src/webgpu/kernels/backward-tiled.js';
 import { modifierSets, oracleOf, type ModResults, type Mods } from './modifier-cases.js';
@@ -125,24 +126,33 @@ function standardOf(p: Problem, q: Float64Array, k: Float64Array, v: Float64Arra
 /** Tiles of the forced tiled backward: uneven micro-tiles and blocks unlike the forward's (Br = 32, Bc = 16 on software adapters). */
 const BACKWARD_TILES: { kv: BackwardTiledTiles; q: BackwardTiledTiles } = { kv: { Br: 8, Bc: 16, TM: 1, TN: 2 }, q: { Br: 16, Bc: 8, TM: 2, TN: 1 } };
 
-/** The tiled backward forced, with the call's variants (loops opaque, as on software adapters). */
-function tiledBackward(p: Problem): BackwardChoice {
-  const base = { D: p.D, unroll: false, dtype: p.dtype as 'f32' | 'f16', causal: p.causal };
-  return { kernel: 'tiled', kv: { ...base, ...BACKWARD_TILES.kv, ...modsParam(p, 'backward') }, q: { ...base, ...BACKWARD_TILES.q, ...modsParam(p) } };
+/** The tiled backward forced, with the call's variants (loops opaque as on software adapters, or unrolled as on GPUs). */
+function tiledBackward(unroll: boolean): (p: Problem) => BackwardChoice {
+  return (p) => {
+    const base = { D: p.D, unroll, dtype: p.dtype as 'f32' | 'f16', causal: p.causal };
+    return { kernel: 'tiled', kv: { ...base, ...BACKWARD_TILES.kv, ...modsParam(p, 'backward') }, q: { ...base, ...BACKWARD_TILES.q, ...modsParam(p) } };
+  };
+}
+
+/** forwardChoice's tiled forward, with its loops unrolled as on GPUs. */
+function unrolledForward(p: Problem, gpu: Gpu): ForwardChoice {
+  const choice = forwardChoice(p, gpu);
+  assert.equal(choice.kernel, 'forwardTiled', 'forwardChoice picks the tiled forward');
+  return { kernel: 'forwardTiled', params: { ...(choice.params as ForwardTiledParams), unroll: true } };
 }
 
 /**
  * Forward (forwardChoice) and forced tiled backward on webgpu with the modifiers, results as f64 (BNHD);
- * `t`: other inputs than the case's.
+ * `t`: other inputs than the case's; `unroll`: every kernel's loops unrolled.
  */
-async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu, t = inputs(c, dtype, 'BNHD')): Promise<ModResults> {
+async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu, t = inputs(c, dtype, 'BNHD'), unroll = false): Promise<ModResults> {
   const { q, k, v, dout } = t;
   const options = { ...mods, backend: 'webgpu' as const };
   const p = checkForward(q, k, v, options);
   assert.equal(forwardChoice(p, gpu).kernel, 'forwardTiled', 'forwardChoice picks the tiled forward');
-  const fw = await webgpuForward(p, q, k, v);
+  const fw = await webgpuForward(p, q, k, v, unroll ? unrolledForward : undefined);
   const pb = checkBackward(dout, q, k, v, fw.out as Tensor, fw.lse as Tensor, options);
-  const g = await webgpuBackward(pb, dout, q, k, v, fw.out, fw.lse, tiledBackward);
+  const g = await webgpuBackward(pb, dout, q, k, v, fw.out, fw.lse, tiledBackward(unroll));
   const x = (t: unknown) => toF64(t as Tensor);
   return { out: x(fw.out), lse: x(fw.lse), dq: x(g.dq), dk: x(g.dk), dv: x(g.dv), ...(g.dbias && { dbias: x(g.dbias) }) };
 }
@@ -151,16 +161,16 @@ async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu, t =
  * Every output against the oracle (of the case's inputs), by the rule with standardOf as the yardstick;
  * `poisoned`: the kernels run on these inputs instead (values the variants keep out of every result).
  */
-async function check(c: Case, dtype: 'f32' | 'f16', name: string, mods: Mods, gpu: Gpu, poisoned?: ReturnType<typeof inputs>) {
+async function check(c: Case, dtype: 'f32' | 'f16', name: string, mods: Mods, gpu: Gpu, poisoned?: ReturnType<typeof inputs>, unroll = false) {
   const oracle = oracleOf(c, dtype, mods);
   const { q, k, v, dout } = inputs(c, dtype, 'BNHD');
   const p = checkForward(q, k, v, mods);
   const yardstick = standardOf(p, toF64(q), toF64(k), toF64(v), toF64(dout));
-  const got = await runTiled(c, dtype, mods, gpu, poisoned);
+  const got = await runTiled(c, dtype, mods, gpu, poisoned, unroll);
   const names = ['out', 'lse', 'dq', 'dk', 'dv', ...(oracle.dbias ? ['dbias' as const] : [])] as const;
   assert.equal(Boolean(got.dbias), Boolean(oracle.dbias), `${name}: dbias returned iff asked`);
   const rows = names.map((n) => [n, maxError(got[n]!, oracle[n]!), maxError(yardstick[n]!, oracle[n]!)] as const);
-  const label = `${dtype} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D} ${name}`;
+  const label = `${dtype} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D} ${name}${unroll ? ' unrolled' : ''}`;
   if (LOG) console.log(`${label}: ${rows.map(([n, e, s]) => `${n} ${e.toExponential(2)} (standard ${s.toExponential(2)})`).join(', ')}`);
   for (const [n, e, s] of rows) assertWithinRule(`${label} ${n}`, e, s, n === 'out' || n === 'lse' ? 2 : 3);
 }
@@ -191,6 +201,19 @@ if (BACKENDS.includes('webgpu')) {
         await check(c, 'f32', 'block mask, NaN in the dropped keys', mods, await defaultGpu(), { ...t, k: nan(t.k), v: nan(t.v) });
       });
     }
+
+    // lavapipe's LLVM takes minutes on unrolled loops, so on a software adapter this runs only where asked
+    // (as in test/backward-tiled.test.ts); on a GPU always.
+    test('loops unrolled at constant bounds, as on GPUs: every variant at once', async (t) => {
+      const gpu = await defaultGpu();
+      if (gpu.software && process.env.FLASHATTN_TEST_UNROLLED !== '1') {
+        return t.skip('software adapter: minutes of compile time (FLASHATTN_TEST_UNROLLED=1 runs it)');
+      }
+      const sets = modifierSets(c32, 'f32');
+      for (const name of ['bias + mask + dropout + causal', 'block mask + softcap + causal', 'softcap + alibi + window + causal']) {
+        await check(c32, 'f32', name, sets[name], gpu, undefined, true);
+      }
+    });
 
     // f16 storage (bias in f16), Nq > Nk (rows that see no key under causal), D with a vec4 tail.
     const c16: Case = { B: 1, H: 2, Hkv: 2, Nq: 50, Nk: 37, D: 18 };

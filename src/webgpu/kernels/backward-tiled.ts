@@ -40,6 +40,15 @@
  *        sum, then dQ_i += dS K_j. dQ_i = scale·dQ_i is written once.
  *   Workgroup memory (bytes): 16·(2·Br·QS + 2·Bc·KS) + 4·Br·PS + 8·Br, QS = odd(D4), KS = odd(max(D4,
  *   TDV·CT)), PS = odd(Bc). Registers: 2·TM·TDV vec4s (D = 128, TM = 2, CT = 8: 64 floats), 2·TM·TN floats.
+ * Variants (kernels/modifiers.ts; only where the params carry `mods`, so that plain and causal WGSL stay as
+ * they were), as the oracle (src/reference/standard.ts): S is the modified score (mod_score2 also gives
+ * the soft-cap's derivative g), P = exp(S − L) where the element rule keeps the entry; with dropout
+ * dV sums (P ∘ Z)ᵀ dO and dP is dO V_jᵀ ∘ Z; dS = P ∘ (dP − D) is what the dK/dV kernel writes to dbias
+ * (flag 'g'; each (query head, row, key) by the one workgroup that owns the key), and dK, dQ take dS ∘ g.
+ * Blocks: with a window the dK/dV kernel runs over the query blocks [iStart, iEnd) that see its keys and
+ * the dQ kernel over the key blocks [jStart, Tc) its rows see; with a block mask each skips the tiles its
+ * own tile table (the host's, for its Br × Bc: backwardTiles) marks empty, in uniform control flow, and
+ * FULL tiles skip the element rule.
  * Strides padded past D4 (QS, KS) leave columns that are never staged: the accumulators that read them are
  * never written out. Registers are named variables unrolled at generation time (never private arrays
  * indexed in loops: lavapipe's LLVM takes minutes on those); the loops over D4 and over the block's rows

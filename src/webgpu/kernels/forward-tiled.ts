@@ -29,6 +29,13 @@
  * Workgroup memory (bytes): 16·(Br·QS + Bc·KS·(1 or 2)) + 4·G·Br·PS + 4·Br·CT, where QS = D4, KS =
  * max(D4, TDV·CT) (vec4s) and PS = Bc/G (vecGs), each rounded up to an odd number. D = 128, Br = Bc = 32,
  * TM = TN = 4: 16·(32·33 + 32·33) + 16·32·9 + 4·32·8 = 39424.
+ * Variants (kernels/modifiers.ts; only where the params carry `mods`, so that plain and causal WGSL stay as
+ * they were): with a window the key blocks run over the band's range [jStart, Tc); with a block mask the
+ * loop steps from one non-empty tile to the next (next_block over the host's tile table for Br × Bc tiles,
+ * ti = r0 / Br: the table is read-only storage, so every invocation takes the same steps and the barriers
+ * stay in uniform control flow), and FULL tiles skip the element rule; the element rule (mod_keep) masks
+ * as causal does; the score modifier takes the scaled score (scale is folded into Q_i); with dropout, O
+ * sums P̃ ∘ Z while l sums P̃, so that L is the undropped softmax's (the backward's P = exp(S − L)).
  * Registers are named variables unrolled at generation time (s0_0, o0_0, ...), never private arrays
  * indexed in loops (lavapipe's LLVM takes minutes on those); with D % 4 == 0 storage is read and written
  * as vec4s. The tiles are arrays of rows, indexed [row][column]: the bounds clamps that robustness adds to
@@ -343,11 +350,10 @@ ${T.map(
  */
 export function variants(p: { causal: boolean; mods?: string; dtype: StorageType }, role: 'forward' | 'backward-kv' | 'backward-q' = 'forward') {
   const f = modFlags(p.mods);
-  let rule = keepWGSL(p, 'bh', '@row', '@key');
-  if (p.mods && p.causal && !f.window && !rule.includes('visible(')) rule = ` && visible(@row, @key)${rule}`;
   const keep = (row: string, key: string) => {
-    const r = rule.replace(/@row/g, row).replace(/@key/g, key);
-    return f.blocks && r ? ` && (full || (${r.slice(4)}))` : r;
+    let rule = keepWGSL(p, 'bh', row, key);
+    if (p.mods && p.causal && !f.window && !rule.includes('visible(')) rule = ` && visible(${row}, ${key})${rule}`;
+    return f.blocks && rule ? ` && (full || (${rule.slice(' && '.length)}))` : rule;
   };
   const first = f.window ? 'jStart' : '0u';
   const next = (j: string) => (f.blocks ? `next_block(bh, ti, ${j}, Tc)` : j);
