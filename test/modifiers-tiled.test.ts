@@ -19,7 +19,7 @@ import { checkBackward, checkForward, type Problem } from '../src/problem.js';
 import { biasValues } from '../src/reference/standard.js';
 import { toF64 } from '../src/tensor.js';
 import { defaultGpu, type Gpu } from '../src/webgpu/device.js';
-import { forwardChoice, MODIFIER_FAMILIES, webgpuBackward, webgpuForward, type BackwardChoice, type ForwardChoice } from '../src/webgpu/index.js';
+import { backwardChoice, forwardChoice, MODIFIER_FAMILIES, webgpuBackward, webgpuForward, type BackwardChoice, type ForwardChoice } from '../src/webgpu/index.js';
 import type { ForwardTiledParams } from '../src/webgpu/kernels/forward-tiled.js';
 import { modsParam } from '../src/webgpu/modifiers.js';
 import type { BackwardTiledTiles } from '../src/webgpu/kernels/backward-tiled.js';
@@ -134,25 +134,33 @@ function tiledBackward(unroll: boolean): (p: Problem) => BackwardChoice {
   };
 }
 
-/** forwardChoice's tiled forward, with its loops unrolled as on GPUs. */
-function unrolledForward(p: Problem, gpu: Gpu): ForwardChoice {
-  const choice = forwardChoice(p, gpu);
-  assert.equal(choice.kernel, 'forwardTiled', 'forwardChoice picks the tiled forward');
-  return { kernel: 'forwardTiled', params: { ...(choice.params as ForwardTiledParams), unroll: true } };
+/** How the kernels are forced: loops unrolled (every kernel), K_j and V_j in two tiles (the forward). */
+interface Forced {
+  unroll?: boolean;
+  split?: boolean;
+}
+
+/** forwardChoice's tiled forward, with `forced` applied. */
+function forcedForward(forced: Forced): (p: Problem, gpu: Gpu) => ForwardChoice {
+  return (p, gpu) => {
+    const choice = forwardChoice(p, gpu);
+    assert.equal(choice.kernel, 'forwardTiled', 'forwardChoice picks the tiled forward');
+    return { kernel: 'forwardTiled', params: { ...(choice.params as ForwardTiledParams), ...forced } };
+  };
 }
 
 /**
  * Forward (forwardChoice) and forced tiled backward on webgpu with the modifiers, results as f64 (BNHD);
- * `t`: other inputs than the case's; `unroll`: every kernel's loops unrolled.
+ * `t`: other inputs than the case's.
  */
-async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu, t = inputs(c, dtype, 'BNHD'), unroll = false): Promise<ModResults> {
+async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu, t = inputs(c, dtype, 'BNHD'), forced: Forced = {}): Promise<ModResults> {
   const { q, k, v, dout } = t;
   const options = { ...mods, backend: 'webgpu' as const };
   const p = checkForward(q, k, v, options);
   assert.equal(forwardChoice(p, gpu).kernel, 'forwardTiled', 'forwardChoice picks the tiled forward');
-  const fw = await webgpuForward(p, q, k, v, unroll ? unrolledForward : undefined);
+  const fw = await webgpuForward(p, q, k, v, forced.unroll || forced.split ? forcedForward(forced) : undefined);
   const pb = checkBackward(dout, q, k, v, fw.out as Tensor, fw.lse as Tensor, options);
-  const g = await webgpuBackward(pb, dout, q, k, v, fw.out, fw.lse, tiledBackward(unroll));
+  const g = await webgpuBackward(pb, dout, q, k, v, fw.out, fw.lse, tiledBackward(forced.unroll ?? false));
   const x = (t: unknown) => toF64(t as Tensor);
   return { out: x(fw.out), lse: x(fw.lse), dq: x(g.dq), dk: x(g.dk), dv: x(g.dv), ...(g.dbias && { dbias: x(g.dbias) }) };
 }
@@ -161,19 +169,33 @@ async function runTiled(c: Case, dtype: 'f32' | 'f16', mods: Mods, gpu: Gpu, t =
  * Every output against the oracle (of the case's inputs), by the rule with standardOf as the yardstick;
  * `poisoned`: the kernels run on these inputs instead (values the variants keep out of every result).
  */
-async function check(c: Case, dtype: 'f32' | 'f16', name: string, mods: Mods, gpu: Gpu, poisoned?: ReturnType<typeof inputs>, unroll = false) {
+async function check(c: Case, dtype: 'f32' | 'f16', name: string, mods: Mods, gpu: Gpu, poisoned?: ReturnType<typeof inputs>, forced: Forced = {}) {
   const oracle = oracleOf(c, dtype, mods);
   const { q, k, v, dout } = inputs(c, dtype, 'BNHD');
   const p = checkForward(q, k, v, mods);
   const yardstick = standardOf(p, toF64(q), toF64(k), toF64(v), toF64(dout));
-  const got = await runTiled(c, dtype, mods, gpu, poisoned, unroll);
+  const got = await runTiled(c, dtype, mods, gpu, poisoned, forced);
   const names = ['out', 'lse', 'dq', 'dk', 'dv', ...(oracle.dbias ? ['dbias' as const] : [])] as const;
   assert.equal(Boolean(got.dbias), Boolean(oracle.dbias), `${name}: dbias returned iff asked`);
   const rows = names.map((n) => [n, maxError(got[n]!, oracle[n]!), maxError(yardstick[n]!, oracle[n]!)] as const);
-  const label = `${dtype} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D} ${name}${unroll ? ' unrolled' : ''}`;
+  const label = `${dtype} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D} ${name}${forced.unroll ? ' unrolled' : ''}${forced.split ? ' split' : ''}`;
   if (LOG) console.log(`${label}: ${rows.map(([n, e, s]) => `${n} ${e.toExponential(2)} (standard ${s.toExponential(2)})`).join(', ')}`);
   for (const [n, e, s] of rows) assertWithinRule(`${label} ${n}`, e, s, n === 'out' || n === 'lse' ? 2 : 3);
 }
+
+test('a call with variants on a GPU without subgroup matrices: the tiled kernels, their params carrying the flags', () => {
+  const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024, maxComputeWorkgroupSizeX: 1024 } as GPUSupportedLimits;
+  const gpu = { limits, software: false, matrixF16: false, subgroupSize: undefined } as unknown as Gpu;
+  const c: Case = { B: 1, H: 2, Hkv: 1, Nq: 256, Nk: 256, D: 64 };
+  const { q, k, v } = inputs(c, 'f32', 'BNHD');
+  const p = checkForward(q, k, v, modifierSets(c, 'f32')['bias + mask + dropout + causal']);
+  const f = forwardChoice(p, gpu);
+  assert.equal(f.kernel, 'forwardTiled');
+  assert.equal(f.params.mods, 'bmd');
+  const b = backwardChoice(p, gpu);
+  assert.equal(b.kernel, 'tiled');
+  assert.deepEqual([b.kv.mods, b.q.mods], ['bgmd', 'bmd'], 'dbias is written by the dK/dV kernel only');
+});
 
 if (BACKENDS.includes('webgpu')) {
   describe('variants in the tiled kernels, against the oracle', () => {
@@ -190,6 +212,13 @@ if (BACKENDS.includes('webgpu')) {
     // Tiles the block mask leaves empty are skipped, not computed and masked: NaN keys and values there
     // (keys 32..63: whole key blocks of every kernel's tiles, Bc = 16 and 8) would otherwise reach O
     // through P̃ V (0 · NaN) and dQ through dS K. Their dK and dV are 0, as the oracle's.
+    // The forward with K_{j+1} loaded beside V_j (split): the first tile's K before the loop and each next
+    // one's are those of the band's first block and of the next non-empty tile.
+    test('f32 forward with K_j and V_j in two tiles: the band and the block mask', async () => {
+      const sets = modifierSets(c32, 'f32');
+      for (const name of ['window (both)', 'block mask', 'block mask + softcap + causal']) await check(c32, 'f32', name, sets[name], await defaultGpu(), undefined, { split: true });
+    });
+
     for (const causal of [false, true]) {
       test(`f32 block mask dropping whole key blocks: never read${causal ? ', causal' : ''}`, async () => {
         const c: Case = { B: 1, H: 2, Hkv: 1, Nq: 67, Nk: 93, D: 24 };
@@ -198,7 +227,9 @@ if (BACKENDS.includes('webgpu')) {
         const mods: Mods = { blockMask: { data, shape: [1, 1, rows, cols], blockSize: [16, 32] }, causal };
         const t = inputs(c, 'f32', 'BNHD');
         const nan = (x: Tensor): Tensor => ({ ...x, data: (x.data as Float32Array).map((y, e) => (Math.floor(e / (c.Hkv * c.D)) % c.Nk >= 32 && Math.floor(e / (c.Hkv * c.D)) % c.Nk < 64 ? NaN : y)) });
-        await check(c, 'f32', 'block mask, NaN in the dropped keys', mods, await defaultGpu(), { ...t, k: nan(t.k), v: nan(t.v) });
+        const poisoned = { ...t, k: nan(t.k), v: nan(t.v) };
+        await check(c, 'f32', 'block mask, NaN in the dropped keys', mods, await defaultGpu(), poisoned);
+        await check(c, 'f32', 'block mask, NaN in the dropped keys', mods, await defaultGpu(), poisoned, { split: true });
       });
     }
 
@@ -211,7 +242,7 @@ if (BACKENDS.includes('webgpu')) {
       }
       const sets = modifierSets(c32, 'f32');
       for (const name of ['bias + mask + dropout + causal', 'block mask + softcap + causal', 'softcap + alibi + window + causal']) {
-        await check(c32, 'f32', name, sets[name], gpu, undefined, true);
+        await check(c32, 'f32', name, sets[name], gpu, undefined, { unroll: true });
       }
     });
 
