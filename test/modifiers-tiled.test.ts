@@ -19,7 +19,7 @@ import { checkBackward, checkForward, type Problem } from '../src/problem.js';
 import { biasValues } from '../src/reference/standard.js';
 import { toF64 } from '../src/tensor.js';
 import { defaultGpu, type Gpu } from '../src/webgpu/device.js';
-import { backwardChoice, forwardChoice, MODIFIER_FAMILIES, webgpuBackward, webgpuForward, type BackwardChoice, type ForwardChoice } from '../src/webgpu/index.js';
+import { BACKWARD_FAMILIES, backwardChoice, FORWARD_FAMILIES, forwardChoice, webgpuBackward, webgpuForward, type BackwardChoice, type ForwardChoice } from '../src/webgpu/index.js';
 import type { ForwardTiledParams } from '../src/webgpu/kernels/forward-tiled.js';
 import { modsParam } from '../src/webgpu/modifiers.js';
 import type { BackwardTiledTiles } from '../src/webgpu/kernels/backward-tiled.js';
@@ -200,7 +200,7 @@ test('a call with variants on a GPU without subgroup matrices: the tiled kernels
 if (BACKENDS.includes('webgpu')) {
   describe('variants in the tiled kernels, against the oracle', () => {
     test('the tiled kernels call the hooks', () => {
-      assert.ok(MODIFIER_FAMILIES.forwardTiled && MODIFIER_FAMILIES.backwardTiled);
+      assert.ok(FORWARD_FAMILIES.forwardTiled.modifiers && BACKWARD_FAMILIES.tiled.modifiers);
     });
 
     // Tails in every block of both kernels (Nq = 67, Nk = 93), D with no vec4 tail, grouped-query heads.
