@@ -153,7 +153,7 @@ export const FORWARD_FAMILIES = {
     wgsl: forwardMatrixWGSL,
   } satisfies ForwardFamily<ForwardMatrixParams>,
   forwardTiled: {
-    modifiers: false,
+    modifiers: true,
     params: forwardTiledParams,
     tiles: (x: ForwardTiledParams) => ({ Br: x.Br, Bc: x.Bc, onChipBytes: forwardTiledWorkgroupBytes(x) }),
     wgsl: forwardTiledWGSL,
@@ -300,7 +300,7 @@ export const BACKWARD_FAMILIES = {
     wgsl: { kv: backwardKVMatrixWGSL, q: backwardQMatrixWGSL },
   } satisfies BackwardFamily<BackwardKVMatrixParams, BackwardQMatrixParams>,
   tiled: {
-    modifiers: false,
+    modifiers: true,
     names: { kv: 'backwardKVTiled', q: 'backwardQTiled' },
     params: backwardTiledParams,
     tiles: (kv: BackwardTiledParams, q: BackwardTiledParams) => ({
