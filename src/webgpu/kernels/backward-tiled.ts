@@ -55,7 +55,7 @@
  * or keys run to constant bounds with `unroll` (GPU compilers unroll them), else to opaque() bounds
  * (software adapters). With D % 4 == 0 storage is read and written as vec4s.
  */
-import { MASKED_WGSL, OPAQUE_WGSL, QUERY_HEAD_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, firstQueryBlockWGSL, keyBlocksWGSL, type StorageType } from './common.js';
+import { MASKED_WGSL, NAN_TESTS_WGSL, OPAQUE_WGSL, QUERY_HEAD_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, firstQueryBlockWGSL, keyBlocksWGSL, type StorageType } from './common.js';
 import { rowStatsWGSL } from './backward.js';
 import { forwardTiledProblem, loadRow, storeRow4, variants } from './forward-tiled.js';
 import { grid, range } from './matrix.js';
@@ -156,8 +156,8 @@ ${grid(TM, TN)
   .map(([i, j]) => `      s${i}_${j} += dot(q${i}, k${j});\n      dp${i}_${j} += dot(o${i}, v${j});`)
   .join('\n')}
     }`;
-  // Query row r0 + rowOf(i) sees key c0 + keyOf(j) (L != MASKED: the row sees some key).
-  const visible = (i: number, j: number) => `c0 + ${keyOf(j)} < u.Nk && L${i} != MASKED${mods.keep(`r0 + ${rowOf(i)}`, `c0 + ${keyOf(j)}`)}`;
+  // Query row r0 + rowOf(i) sees key c0 + keyOf(j) (sees(L): the row sees some key; a NaN L passes).
+  const visible = (i: number, j: number) => `c0 + ${keyOf(j)} < u.Nk && sees(L${i})${mods.keep(`r0 + ${rowOf(i)}`, `c0 + ${keyOf(j)}`)}`;
   // The score modifier of entry (i, j): `let sg = vec2(modified score, soft-cap's derivative)`, when any.
   const f = mods.f;
   const scoreMod = f.softcap || f.alibi || f.bias;
@@ -190,6 +190,7 @@ var<workgroup> Lrow: array<f32, Br>;
 var<workgroup> Drow: array<f32, Br>;
 
 ${VISIBLE_WGSL}
+${NAN_TESTS_WGSL}
 ${OPAQUE_WGSL}
 ${loadRow('q', vec)}
 ${loadRow('k', vec)}
@@ -232,7 +233,7 @@ export function backwardKVTiledWGSL(p: BackwardTiledParams, workgroupLimit: numb
     if (!p.mods) {
       return `        let p = select(0.0, exp(s${i}_${j} - L${i}), ${c.visible(i, j)});
         P[${rowOf(i)}][${keyOf(j)}] = p;
-        dS[${rowOf(i)}][${keyOf(j)}] = select(0.0, p * (dp${i}_${j} - D${i}), p != 0.0);`;
+        dS[${rowOf(i)}][${keyOf(j)}] = select(0.0, p * (dp${i}_${j} - D${i}), nonzero(p));`;
     }
     const [row, key] = [`r0 + ${rowOf(i)}`, `c0 + ${keyOf(j)}`];
     const z = f.dropout ? `mod_drop(bh, ${row}, ${key})` : '';
@@ -241,8 +242,8 @@ export function backwardKVTiledWGSL(p: BackwardTiledParams, workgroupLimit: numb
       `let p = select(0.0, exp(${c.logit(i, j)} - L${i}), ${c.visible(i, j)});`,
       z && `let z = ${z};`,
       `P[${rowOf(i)}][${keyOf(j)}] = ${z ? 'p * z' : 'p'};`,
-      `let ds = select(0.0, p * (${z ? `dp${i}_${j} * z` : `dp${i}_${j}`} - D${i}), p != 0.0);`,
-      f.biasGrad ? `if (p != 0.0) {\n          dbias[bh * u.Nq * u.Nk + (${row}) * u.Nk + ${key}] = ds; // dS, before the soft-cap's derivative\n        }` : '',
+      `let ds = select(0.0, p * (${z ? `dp${i}_${j} * z` : `dp${i}_${j}`} - D${i}), nonzero(p));`,
+      f.biasGrad ? `if (nonzero(p)) {\n          dbias[bh * u.Nq * u.Nk + (${row}) * u.Nk + ${key}] = ds; // dS, before the soft-cap's derivative\n        }` : '',
       `dS[${rowOf(i)}][${keyOf(j)}] = ${f.softcap ? 'ds * sg.y' : 'ds'};`,
     ]
       .filter((x) => x)
@@ -262,7 +263,7 @@ export function backwardKVTiledWGSL(p: BackwardTiledParams, workgroupLimit: numb
   )}
 
 @compute @workgroup_size(${c.WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {${c.mods.use}
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let cg = lid % CT; // column group: keys cg + CT·j
   let rg = lid / CT; // row group: query rows rg + RT·i, and vec4 columns rg + RT·t of dK_j, dV_j
   let bk = wid.y;
@@ -365,7 +366,7 @@ export function backwardQTiledWGSL(p: BackwardTiledParams, workgroupLimit: numbe
   )}
 
 @compute @workgroup_size(${c.WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {${c.mods.use}
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let cg = lid % CT; // column group: keys cg + CT·j, and vec4 columns cg + CT·t of dQ_i
   let rg = lid / CT; // row group: query rows rg + RT·i
 ${QUERY_HEAD_WGSL}

@@ -39,7 +39,7 @@
  * skips it, dS needs it) and scales dV_j by 1/(1 − p) once, at the write. The dK/dV kernel writes dS
  * (before the soft-cap's derivative) to dbias where the bias's gradient is asked for.
  */
-import { MASKED_WGSL, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
+import { MASKED_WGSL, NAN_TESTS_WGSL, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
 import { loadVec4 } from './forward.js';
 import { keepWGSL, modFlags, modifiersWGSL, type ModFlags, scoreWGSL, windowKeyBlocksWGSL, windowQueryBlocksWGSL } from './modifiers.js';
 
@@ -138,12 +138,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
  * entry of T that adds to dV_j: not 0 and not a dropped −P (NaN included).
  */
 function bitTestsWGSL(dropout: boolean): string {
-  const tests = `fn sees(L: f32) -> bool {
-  return bitcast<u32>(L) != bitcast<u32>(f32(MASKED));
-}
-fn nonzero(x: f32) -> bool {
-  return (bitcast<u32>(x) << 1u) != 0u;
-}`;
+  const tests = NAN_TESTS_WGSL;
   if (!dropout) return tests;
   return `${tests}
 fn adds(t: f32) -> bool {

@@ -219,7 +219,7 @@ ${loadRow('k', vec)}
 ${loadRow('v', vec)}
 
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {${v.use}
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let cg = lid % CT; // column group
   let rg = lid / CT; // row group
 ${QUERY_HEAD_WGSL}
@@ -343,16 +343,13 @@ ${T.map(
  *   - wgsl: group 1 and the hooks, and with the block mask `next_block`, which the key-block loop steps
  *     by so that empty tiles are skipped (in uniform control flow: the tile table is read-only storage);
  *   - keep(row, key): the element rule, ` && …` (with the block mask: not on FULL tiles, `full`);
- *   - use: a statement for the entry point that keeps the Mods uniform in the pipeline's layout;
  *   - first, next(j), loop: the key-block loop, from the band's first block (jStart) or 0 (the kernels
  *     that step by key blocks; the dK/dV kernel steps by query blocks and skips empty tiles itself).
- * Causal without a window has no band in mod_keep (the 'w' flag is absent): its `visible` is kept here.
  */
 export function variants(p: { causal: boolean; mods?: string; dtype: StorageType }, role: 'forward' | 'backward-kv' | 'backward-q' = 'forward') {
   const f = modFlags(p.mods);
   const keep = (row: string, key: string) => {
-    let rule = keepWGSL(p, 'bh', row, key);
-    if (p.mods && p.causal && !f.window && !rule.includes('visible(')) rule = ` && visible(${row}, ${key})${rule}`;
+    const rule = keepWGSL(p, 'bh', row, key);
     return f.blocks && rule ? ` && (full || (${rule.slice(' && '.length)}))` : rule;
   };
   const first = f.window ? 'jStart' : '0u';
@@ -368,8 +365,5 @@ fn next_block(bh: u32, ti: u32, j0: u32, Tc: u32) -> u32 {
   return j;
 }`;
   const wgsl = p.mods ? `${modifiersWGSL(p.mods, p.dtype, role)}${f.blocks && role !== 'backward-kv' ? blocks : ''}\n` : '';
-  // The Mods uniform is bound whatever the flags use (ALiBi alone reads none of it): a binding the
-  // entry point does not use is left out of the pipeline's layout, and group 1 always binds it.
-  const use = p.mods ? '\n  _ = mu.H;' : '';
-  return { f, keep, first, next, loop, wgsl, use };
+  return { f, keep, first, next, loop, wgsl };
 }
