@@ -62,7 +62,8 @@
  * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, type StorageType } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, range, warpRowsWGSL } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, matrixKeepWGSL, range, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
+import { modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
 import { SPLIT_EXPONENT_WGSL, SPLIT_HIGH_WGSL } from './split.js';
 
 export interface ForwardMatrixParams {
@@ -130,7 +131,26 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   // Keys are dealt to a row's invocations in turn (c = t·SHARES + part): neighbouring lanes, neighbouring
   // banks. Key t of this invocation's share is S[sr + t·SHARES·BrW], key kr + t·SHARES.
   const at = (t: number) => `sr + ${t * SHARES * BrW}u`;
-  const visible = (t: number) => `kr + ${t * SHARES}u >= jc${causal ? ` && visible(row, kr + ${t * SHARES}u)` : ''}`;
+  const key = (t: number) => `kr + ${t * SHARES}u`;
+  // The variants (kernels/modifiers.ts), only where the params carry `mods`: the element rule (skipped
+  // on a tile the table calls full), the score modifier on the scaled score (the scores then are the
+  // modified logits, in natural units), dropout on P̃ as O_i takes it.
+  const f = modFlags(p.mods);
+  const scores = f.softcap || f.alibi || f.bias !== undefined;
+  const visible = (t: number) =>
+    p.mods
+      ? `${key(t)} >= jc && ${f.blocks ? `(full || (${matrixKeepWGSL(p, 'bh', 'row', key(t))}))` : matrixKeepWGSL(p, 'bh', 'row', key(t))}`
+      : `kr + ${t * SHARES}u >= jc${causal ? ` && visible(row, kr + ${t * SHARES}u)` : ''}`;
+  const score = (t: number) => {
+    const raw = `S[${at(t)}]${split ? ` + S[SC + ${at(t)}]` : ''}`;
+    return scores ? scoreWGSL(p, 'bh', 'row', key(t), split ? `(${raw}) * scale` : `${raw} * u.scale`) : raw;
+  };
+  const drop = (t: number) => (f.dropout ? ` * mod_drop(bh, row, ${key(t)})` : '');
+  // l = P̃·1 on the tensor cores (f16 without dropout), else the invocations' own sum l32: with dropout
+  // O_i is made of P̃∘Z, while l sums P̃.
+  const lOnes = !split && !f.dropout;
+  // The key blocks: [first, Tc), and with the block mask only those the tile table does not call empty.
+  const first = f.window ? 'jStart' : '0u';
   const staging = kvStaging({ D, Bc, WG: W * SGS, split });
   // acc += a·b, a and b given as [hi, lo] names; f32: three products of the halves, the corrections
   // lo·hi + hi·lo into `corr` (acc itself, or an accumulator of their own), hi·hi into acc; f16: one.
@@ -142,7 +162,7 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   // The fragments of O_i and l, which a rescale and the output take through the warp's S: [d][r]. f32:
   // O_i's corrections (OC) come after O_i's, and l is summed by the invocations (l32).
   const outs = (x: string) => range(DF).map((d) => range(RF).map((f) => `${x}${f}_${d}`));
-  const held = split ? [...outs('o'), ...(OC ? outs('oc') : [])] : [...outs('o'), range(RF).map((f) => `l${f}`)];
+  const held = split ? [...outs('o'), ...(OC ? outs('oc') : [])] : [...outs('o'), ...(lOnes ? [range(RF).map((f) => `l${f}`)] : [])];
   // The fragments `names` (one per row fragment) stored to the warp's S (and `corrections`, f32, to its
   // corrections' region), `body` run on them there, and loaded back if `back`; every line indented by `pad`.
   const roundTrip = (names: string[], body: string, back: boolean, pad: string, corrections: string[] = []) =>
@@ -172,7 +192,7 @@ ${SIZES_WGSL}
 @group(0) @binding(7) var<storage, read> q32: array<vec4<f32>>; // the f32 inputs themselves
 @group(0) @binding(8) var<storage, read> k32: array<vec4<f32>>;`
       : ''
-  }
+  }${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'forward')}${f.blocks ? `\n${tileWalkWGSL('keys')}` : ''}` : ''}
 
 const D = ${D}u;
 const DS = ${DS}u;
@@ -220,11 +240,11 @@ ${
   let ek = splitExponent(maxima[1]);
   let ev = splitExponent(maxima[2]);
   let scale = ldexp(u.scale, -(eq + ek));
-  let scale2 = scale * LOG2E;
+  let scale2 = ${scores ? 'LOG2E; // the scores are modified logits' : 'scale * LOG2E;'}
   let qLo = u.B * u.qBatch;
   let kLo4 = u.B * u.kvBatch / 4u;
   let vLo4 = kLo4;`
-    : '  let scale2 = u.scale * LOG2E;'
+    : `  let scale2 = ${scores ? 'LOG2E; // the scores are modified logits' : 'u.scale * LOG2E;'}`
 }
   let sr = sw + part * BrW + r; // this invocation's first element of the warp's S and P
   for (var e = lid; e < ${FRAGMENT * FRAGMENT}u; e += ${W * SGS}u) {
@@ -250,17 +270,29 @@ ${held
   var l32 = 0.0;  // Σ P̃ unrounded (L's sum), over this invocation's share of the row
   var poisoned = false; // a NaN logit makes this row's out and L NaN, and no other row's
 
-  // Causal: key blocks entirely above the diagonal are skipped.
-  ${keyBlocksWGSL(causal)}
+  // Causal: key blocks entirely above the diagonal are skipped${f.window ? '; the window: those outside the band' : ''}.
+  ${f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(causal)}
   // Alg. 1 lines 6-7: K_j and V_j go into workgroup memory; block j + 1's are loaded while block j is
   // computed.
 ${staging.declare}
   workgroupBarrier();
   let ones = subgroupMatrixLoad<${RIGHT}, row_major>(&T, ONES, ${FRAGMENT}u);
-  if (Tc > 0u) {
-${staging.fetch('0u')}
+${
+  f.blocks
+    ? `  // The tile table's row tiles this block spans, and the next key block that is not empty.
+  let t0 = r0 / Br;
+  let t1 = (r0 + Br - 1u) / Br;
+  var jn = next_block(bh, t0, t1, ${first}, Tc);
+  if (jn < Tc) {
+${staging.fetch('jn')}
   }
-  for (var j = 0u; j < Tc; j++) {
+  for (var j = jn; j < Tc; j = jn) {
+    let full = block_class(bh, t0, t1, j) == 1u; // every element kept: no element rule`
+    : `  if (${first === '0u' ? 'Tc > 0u' : `${first} < Tc`}) {
+${staging.fetch(first)}
+  }
+  for (var j = ${first}; j < Tc; j++) {`
+}
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
     let kr = c0 + part;                // this invocation's first key
@@ -268,9 +300,16 @@ ${staging.fetch('0u')}
     S[FLAG] = 0.0;
 ${staging.store}
     workgroupBarrier();
-    if (j + 1u < Tc) {
+${
+  f.blocks
+    ? `    jn = next_block(bh, t0, t1, j + 1u, Tc);
+    if (jn < Tc) {
+${staging.fetch('jn')}
+    }`
+    : `    if (j + 1u < Tc) {
 ${staging.fetch('j + 1u')}
-    }
+    }`
+}
     // Alg. 1 line 8: S = Q_i K_jᵀ, the warp's rows.
 ${range(CF)
   .map(
@@ -308,7 +347,7 @@ ${range(RF)
     var bad = 0u;
 ${range(PER)
   .map(
-    (t) => `    let sc${t} = S[${at(t)}]${split ? ` + S[SC + ${at(t)}]` : ''};
+    (t) => `    let sc${t} = ${score(t)};
     let in${t} = ${visible(t)};
     if (in${t}) {
       let x = sc${t} * scale2;
@@ -349,12 +388,12 @@ ${range(PER)
       let pe = select(0.0, exp2((sc${t} - sm) * scale2), in${t});${
         split
           ? `
-      let pp = pe * PSCALE;
+      let pp = pe${drop(t)} * PSCALE;
       let ph = f16High(pp);
       T[PT + ${at(t)}] = f16(ph);
       T[PLT + ${at(t)}] = f16(pp - ph);`
           : `
-      T[PT + ${at(t)}] = f16(pe);`
+      T[PT + ${at(t)}] = f16(pe${drop(t)});`
       }
       l32 += pe;
     }`,
@@ -385,7 +424,7 @@ ${range(RF)
   .map(
     (f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);${
       split ? `\n      let pl${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PLT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);` : ''
-    }${split ? '' : `\n      l${f} = subgroupMatrixMultiplyAccumulate(p${f}, ones, l${f});`}`,
+    }${lOnes ? `\n      l${f} = subgroupMatrixMultiplyAccumulate(p${f}, ones, l${f});` : ''}`,
   )
   .join('\n')}
 ${range(DF)
@@ -408,7 +447,7 @@ ${range(RF)
   // roundings at the size of L (5e-4 at 1e4), which the backward's P = exp(S·scale − L) feels. A row that
   // saw no key: O = 0, L = −∞.
   ${shuffles('l32', (a, b) => `${a} + ${b}`)}
-${split ? '  let l = l32 * PSCALE; // what O_i is made of: P̃·2^7' : roundTrip(held[DF], 'let l = S[sw + r];', false, '  ')}
+${split ? '  let l = l32 * PSCALE; // what O_i is made of: P̃·2^7' : lOnes ? roundTrip(held[DF], 'let l = S[sw + r];', false, '  ') : '  let l = l32;'}
   if (part == 0u) {
 ${
   split
@@ -421,8 +460,8 @@ ${
     for (var d4 = 0u; d4 < ${D / 4}u; d4++) {
       se += dot(q32[qr + d4] * u.scale, k32[kc + d4]);
     }
-    let L = se + log(l32);`
-    : `    let L = sm * u.scale + log(l32);`
+    let L = ${scores ? 'mod_score(bh, row, km, se)' : 'se'} + log(l32);`
+    : `    let L = sm${scores ? '' : ' * u.scale'} + log(l32);`
 }
     lse[bh * u.Nq + row] = select(select(bitcast<u32>(L), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
   }

@@ -4,6 +4,7 @@
  * lavapipe, so unrolling costs no compile time there).
  */
 import { QUERY_HEAD_WGSL } from './common.js';
+import { keepWGSL, modFlags } from './modifiers.js';
 
 /** The M = N = K of every matrix operation. */
 export const FRAGMENT = 16;
@@ -123,4 +124,40 @@ ${QUERY_HEAD_WGSL}
   let r0 = min(i * Br, u.Nq - Br); // the last block overlaps the one before
   let w0 = r0 + w * BrW;           // the warp's first row
   let row = w0 + r;`;
+}
+
+/**
+ * The element rule of a kernel with `mods` for (row, key) of head bh, as a WGSL boolean: the band
+ * (window, or causal through `visible`), the mask and the block mask. keepWGSL's mod_keep tests the band
+ * only under the window flag, so a causal call with a mask or block mask (and no window) needs `visible`
+ * as well.
+ */
+export function matrixKeepWGSL(p: { causal: boolean; mods?: string }, bh: string, row: string, key: string): string {
+  const rule = keepWGSL(p, bh, row, key);
+  const band = p.causal && !modFlags(p.mods).window && !rule.includes('visible(') ? `visible(${row}, ${key})` : '';
+  return [band, rule.replace(/^ && /, '')].filter(Boolean).join(' && ') || 'true';
+}
+
+/**
+ * WGSL for walking one axis of a kernel's blocks through the tile table (the block-mask flag), the other
+ * axis fixed. A block of this kernel is tile x of the table along the walked axis ('keys': the forward's
+ * and dQ's key blocks, 'rows': dK/dV's query blocks), but along the fixed axis it may span two tiles, a0
+ * and a1: the tail block is moved back to end at N, over the tile before it, and writes every row (or key)
+ * it holds. `block_class`: its class, EMPTY (0) only where both tiles are, FULL (1) where both are;
+ * `next_block`: the first block from x on (up to n) that is not empty.
+ */
+export function tileWalkWGSL(axis: 'keys' | 'rows'): string {
+  const tile = (a: string) => (axis === 'keys' ? `mod_tile(bh, ${a}, x)` : `mod_tile(bh, x, ${a})`);
+  return `fn block_class(bh: u32, a0: u32, a1: u32, x: u32) -> u32 {
+  let c0 = ${tile('a0')};
+  let c1 = ${tile('a1')};
+  return select(2u, c0, c0 == c1);
+}
+fn next_block(bh: u32, a0: u32, a1: u32, x0: u32, n: u32) -> u32 {
+  var x = x0;
+  while (x < n && (${tile('a0')} | ${tile('a1')}) == 0u) {
+    x++;
+  }
+  return x;
+}`;
 }
