@@ -147,7 +147,7 @@ interface ForwardFamily<P extends object> {
 /** The forward families, by kernel name (the pipeline cache's kernel name too). */
 export const FORWARD_FAMILIES = {
   forwardMatrix: {
-    modifiers: false,
+    modifiers: true,
     params: forwardMatrixParams,
     tiles: (x: ForwardMatrixParams) => ({ Br: forwardMatrixRows(x), Bc: x.Bc, onChipBytes: forwardMatrixWorkgroupBytes(x) }),
     wgsl: forwardMatrixWGSL,
@@ -290,7 +290,7 @@ interface BackwardFamily<KV extends object, Q extends object> {
 /** The backward families, by kernel name. */
 export const BACKWARD_FAMILIES = {
   matrix: {
-    modifiers: false,
+    modifiers: true,
     names: { kv: 'backwardKVMatrix', q: 'backwardQMatrix' },
     params: backwardMatrixParams,
     tiles: (kv: BackwardKVMatrixParams, q: BackwardQMatrixParams) => ({

@@ -62,7 +62,7 @@
  * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, type StorageType } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, matrixKeepWGSL, range, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, blockLoopWGSL, kvStaging, matrixKeepWGSL, range, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
 import { modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
 import { SPLIT_EXPONENT_WGSL, SPLIT_HIGH_WGSL } from './split.js';
 
@@ -149,9 +149,9 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   // l = P̃·1 on the tensor cores (f16 without dropout), else the invocations' own sum l32: with dropout
   // O_i is made of P̃∘Z, while l sums P̃.
   const lOnes = !split && !f.dropout;
-  // The key blocks: [first, Tc), and with the block mask only those the tile table does not call empty.
-  const first = f.window ? 'jStart' : '0u';
   const staging = kvStaging({ D, Bc, WG: W * SGS, split });
+  // The key blocks: [first, Tc), and with the block mask only those the tile table does not call empty.
+  const loop = blockLoopWGSL({ x: 'j', first: f.window ? 'jStart' : '0u', end: 'Tc', fetch: staging.fetch, indent: '  ', ...(f.blocks && { tiles: { a0: 't0', a1: 't1' } }) });
   // acc += a·b, a and b given as [hi, lo] names; f32: three products of the halves, the corrections
   // lo·hi + hi·lo into `corr` (acc itself, or an accumulator of their own), hi·hi into acc; f16: one.
   const products = (a: [string, string], b: [string, string], acc: string, corr: string, pad: string) =>
@@ -277,22 +277,7 @@ ${held
 ${staging.declare}
   workgroupBarrier();
   let ones = subgroupMatrixLoad<${RIGHT}, row_major>(&T, ONES, ${FRAGMENT}u);
-${
-  f.blocks
-    ? `  // The tile table's row tiles this block spans, and the next key block that is not empty.
-  let t0 = r0 / Br;
-  let t1 = (r0 + Br - 1u) / Br;
-  var jn = next_block(bh, t0, t1, ${first}, Tc);
-  if (jn < Tc) {
-${staging.fetch('jn')}
-  }
-  for (var j = jn; j < Tc; j = jn) {
-    let full = block_class(bh, t0, t1, j) == 1u; // every element kept: no element rule`
-    : `  if (${first === '0u' ? 'Tc > 0u' : `${first} < Tc`}) {
-${staging.fetch(first)}
-  }
-  for (var j = ${first}; j < Tc; j++) {`
-}
+${f.blocks ? "  // The tile table's row tiles this block spans (two for the tail block, moved back).\n  let t0 = r0 / Br;\n  let t1 = (r0 + Br - 1u) / Br;\n" : ''}${loop.open}
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
     let kr = c0 + part;                // this invocation's first key
@@ -300,16 +285,7 @@ ${staging.fetch(first)}
     S[FLAG] = 0.0;
 ${staging.store}
     workgroupBarrier();
-${
-  f.blocks
-    ? `    jn = next_block(bh, t0, t1, j + 1u, Tc);
-    if (jn < Tc) {
-${staging.fetch('jn')}
-    }`
-    : `    if (j + 1u < Tc) {
-${staging.fetch('j + 1u')}
-    }`
-}
+${loop.next}
     // Alg. 1 line 8: S = Q_i K_jᵀ, the warp's rows.
 ${range(CF)
   .map(

@@ -161,3 +161,48 @@ fn next_block(bh: u32, a0: u32, a1: u32, x0: u32, n: u32) -> u32 {
   return x;
 }`;
 }
+
+/**
+ * The loop over a kernel's blocks x in [first, end) (key blocks j, or dK/dV's query blocks i) with the
+ * staging's loads of the next block in flight: `open` issues the first block's loads and opens the loop,
+ * `next` (inside it, once the block is stored) issues the next block's. With the block-mask flag
+ * (`tiles`: the tile table's two tiles a0, a1 along the other axis, see tileWalkWGSL) the loop visits
+ * only blocks that are not empty, and `full` says the element rule can be skipped. `indent`: open's;
+ * next's is two spaces deeper.
+ */
+export function blockLoopWGSL(o: {
+  x: string;
+  first: string;
+  end: string;
+  fetch: (x: string) => string;
+  indent: string;
+  tiles?: { a0: string; a1: string };
+}): { open: string; next: string } {
+  const { x, first, end, fetch, indent: i } = o;
+  const n = `${i}  `;
+  if (!o.tiles) {
+    return {
+      open: `${i}if (${first === '0u' ? `${end} > 0u` : `${first} < ${end}`}) {
+${fetch(first)}
+${i}}
+${i}for (var ${x} = ${first}; ${x} < ${end}; ${x}++) {`,
+      next: `${n}if (${x} + 1u < ${end}) {
+${fetch(`${x} + 1u`)}
+${n}}`,
+    };
+  }
+  const { a0, a1 } = o.tiles;
+  const xn = `${x}Next`;
+  return {
+    open: `${i}var ${xn} = next_block(bh, ${a0}, ${a1}, ${first}, ${end});
+${i}if (${xn} < ${end}) {
+${fetch(xn)}
+${i}}
+${i}for (var ${x} = ${xn}; ${x} < ${end}; ${x} = ${xn}) {
+${n}let full = block_class(bh, ${a0}, ${a1}, ${x}) == 1u; // every element kept: the element rule is skipped`,
+    next: `${n}${xn} = next_block(bh, ${a0}, ${a1}, ${x} + 1u, ${end});
+${n}if (${xn} < ${end}) {
+${fetch(xn)}
+${n}}`,
+  };
+}
