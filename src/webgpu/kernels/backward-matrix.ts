@@ -30,7 +30,7 @@
  * f32, Pᵀ, dSᵀ in f16) and 4·Bq·(D + PAD) (Q_i, dO_i); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16) and 4·Bc·(D + PAD) (K_j, V_j).
  */
 import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, blockLoopWGSL, grid, kvStaging, lines, matrixKeepWGSL, range, tileStaging, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, BAND_FULL_WGSL, blockLoopWGSL, grid, hasFullBlocks, kvStaging, lines, matrixKeepWGSL, range, tileStaging, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
 import { modFlags, modifiersWGSL, windowKeyBlocksWGSL, windowQueryBlocksWGSL } from './modifiers.js';
 
 export interface BackwardKVMatrixParams {
@@ -127,7 +127,7 @@ function modElementWGSL(
   const keep = matrixKeepWGSL(p, 'bh', 'row', 'key');
   const z = f.dropout ? ' * z' : '';
   return [
-    `let kept = ${e.kept} && ${f.blocks ? `(full || (${keep}))` : keep};`,
+    `let kept = ${e.kept} && ${hasFullBlocks(p.mods) ? `(full || (${keep}))` : keep};`,
     ...(scores ? [`let sg = mod_score2(bh, row, key, ${e.s} * u.scale); // the modified logit and the soft-cap's derivative`] : []),
     `let pe = select(0.0, exp2((${scores ? 'sg.x' : `${e.s} * u.scale`} - ${e.L}) * LOG2E), kept);`,
     ...(f.dropout ? ['let z = mod_drop(bh, row, key);'] : []),
@@ -177,7 +177,7 @@ diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
 ${bindings('vec4<f16>', 'f16')}
 @group(0) @binding(7) var<storage, read_write> dk: array<f16>;
-@group(0) @binding(8) var<storage, read_write> dv: array<f16>;${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'backward-kv')}${f.blocks ? `\n${tileWalkWGSL('rows')}` : ''}` : ''}
+@group(0) @binding(8) var<storage, read_write> dv: array<f16>;${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'backward-kv')}${f.blocks ? `\n${tileWalkWGSL('rows')}` : hasFullBlocks(p.mods) ? `\n${BAND_FULL_WGSL}` : ''}` : ''}
 
 const D = ${D}u;
 const DS = ${DS}u;
@@ -234,7 +234,9 @@ ${staging.declare}
     let Lo = (b * u.H + h) * u.Nq;${p.mods ? '\n    let bh = b * u.H + h; // the query head, as the modifiers index it' : ''}
 ${loop.open}
       let iq = i * Bq;                  // the block's first row not seen before
-      let r0 = min(iq, u.Nq - Bq);      // where it is loaded from (the last block overlaps)
+      let r0 = min(iq, u.Nq - Bq);      // where it is loaded from (the last block overlaps)${
+        hasFullBlocks(p.mods) && !f.blocks ? '\n      let full = band_full(r0, r0 + Bq - 1u, c0, c0 + KB - 1u); // every element in the band' : ''
+      }
       // L and D of this invocation's rows (t·SHARES + part) of the block, loaded before the barriers so
       // that they arrive while the tiles are stored and Sᵀ, dPᵀ computed.
 ${lines(RS, (t) => `      let Lt${t} = row_l(Lo + r0 + ${t * SHARES}u + part);\n      let Dt${t} = Dvec[Lo + r0 + ${t * SHARES}u + part];`)}
@@ -326,7 +328,7 @@ export function backwardQMatrixWGSL(p: BackwardQMatrixParams, workgroupLimit: nu
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
 ${bindings('f16', 'vec4<f16>')}
-@group(0) @binding(7) var<storage, read_write> dq: array<f16>;${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'backward-q')}${f.blocks ? `\n${tileWalkWGSL('keys')}` : ''}` : ''}
+@group(0) @binding(7) var<storage, read_write> dq: array<f16>;${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'backward-q')}${f.blocks ? `\n${tileWalkWGSL('keys')}` : hasFullBlocks(p.mods) ? `\n${BAND_FULL_WGSL}` : ''}` : ''}
 
 const D = ${D}u;
 const DS = ${DS}u;
@@ -368,7 +370,9 @@ ${grid(RF, DF)
 ${staging.declare}
 ${f.blocks ? "  // The tile table's row tiles this block spans (two for the tail block, moved back).\n  let t0 = r0 / Br;\n  let t1 = (r0 + Br - 1u) / Br;\n" : ''}${loop.open}
     let jc = j * Bc;                   // the block's first key not seen before
-    let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
+    let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)${
+      hasFullBlocks(p.mods) && !f.blocks ? '\n    let full = band_full(r0, r0 + Br - 1u, c0, c0 + Bc - 1u); // every element in the band' : ''
+    }
     workgroupBarrier(); // the previous block's K_j, V_j and dS are no longer read
 ${staging.store}
     workgroupBarrier();

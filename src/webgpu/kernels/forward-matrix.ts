@@ -62,7 +62,7 @@
  * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, type StorageType } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, blockLoopWGSL, kvStaging, matrixKeepWGSL, range, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, BAND_FULL_WGSL, blockLoopWGSL, hasFullBlocks, kvStaging, matrixKeepWGSL, range, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
 import { modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
 import { SPLIT_EXPONENT_WGSL, SPLIT_HIGH_WGSL } from './split.js';
 
@@ -139,7 +139,7 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   const scores = f.softcap || f.alibi || f.bias !== undefined;
   const visible = (t: number) =>
     p.mods
-      ? `${key(t)} >= jc && ${f.blocks ? `(full || (${matrixKeepWGSL(p, 'bh', 'row', key(t))}))` : matrixKeepWGSL(p, 'bh', 'row', key(t))}`
+      ? `${key(t)} >= jc && ${hasFullBlocks(p.mods) ? `(full || (${matrixKeepWGSL(p, 'bh', 'row', key(t))}))` : matrixKeepWGSL(p, 'bh', 'row', key(t))}`
       : `kr + ${t * SHARES}u >= jc${causal ? ` && visible(row, kr + ${t * SHARES}u)` : ''}`;
   const score = (t: number) => {
     const raw = `S[${at(t)}]${split ? ` + S[SC + ${at(t)}]` : ''}`;
@@ -192,7 +192,7 @@ ${SIZES_WGSL}
 @group(0) @binding(7) var<storage, read> q32: array<vec4<f32>>; // the f32 inputs themselves
 @group(0) @binding(8) var<storage, read> k32: array<vec4<f32>>;`
       : ''
-  }${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'forward')}${f.blocks ? `\n${tileWalkWGSL('keys')}` : ''}` : ''}
+  }${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'forward')}${f.blocks ? `\n${tileWalkWGSL('keys')}` : hasFullBlocks(p.mods) ? `\n${BAND_FULL_WGSL}` : ''}` : ''}
 
 const D = ${D}u;
 const DS = ${DS}u;
@@ -280,7 +280,9 @@ ${staging.declare}
 ${f.blocks ? "  // The tile table's row tiles this block spans (two for the tail block, moved back).\n  let t0 = r0 / Br;\n  let t1 = (r0 + Br - 1u) / Br;\n" : ''}${loop.open}
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
-    let kr = c0 + part;                // this invocation's first key
+    let kr = c0 + part;                // this invocation's first key${
+      hasFullBlocks(p.mods) && !f.blocks ? '\n    let full = band_full(r0, r0 + Br - 1u, c0, c0 + Bc - 1u); // every element in the band' : ''
+    }
     workgroupBarrier(); // the previous block's K_j, V_j, P and flag are no longer read
     S[FLAG] = 0.0;
 ${staging.store}

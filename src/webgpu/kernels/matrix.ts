@@ -206,3 +206,24 @@ ${fetch(xn)}
 ${n}}`,
   };
 }
+
+/**
+ * Whether a kernel with `mods` has a block-uniform `full` (every element of the block kept, so the element
+ * rule is skipped): from the tile table with the block-mask flag, else from the band with the window flag
+ * (band_full, BAND_FULL_WGSL) where no mask needs testing per element.
+ */
+export function hasFullBlocks(mods: string | undefined): boolean {
+  const f = modFlags(mods);
+  return f.blocks || (f.window && !f.mask);
+}
+
+/**
+ * `band_full(r0, r1, k0, k1)`: every key of k0 ..= k1 lies in the band of every row of r0 ..= r1 (the
+ * first row's right edge bounds the last key, the last row's left edge the first key). Most blocks of a
+ * window are inside it, and skipping the per-element rule there keeps the window's blocks as cheap as a
+ * causal call's.
+ */
+export const BAND_FULL_WGSL = `fn band_full(r0: u32, r1: u32, k0: u32, k1: u32) -> bool {
+  let off = i32(u.Nk) - i32(u.Nq);
+  return (mu.left < 0 || i32(k0) - i32(r1) - off >= -mu.left) && (mu.right < 0 || i32(k1) - i32(r0) - off <= mu.right);
+}`;
