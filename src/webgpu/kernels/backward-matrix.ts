@@ -26,6 +26,13 @@
  *   staged in workgroup memory, shared by the warps (block j + 1's loads in flight while block j is
  *   computed): S = Q_i K_jᵀ and dP = dO_i V_jᵀ to the warp's workgroup memory ([c][r]); each invocation
  *   takes its row: dS = P ∘ (dP − D_i) in f16; dQ_i += dS K_j. dQ_i = scale·dQ_i is written once.
+ * The variants (only where the params carry `mods`): the window's query blocks (dK/dV) and key blocks
+ * (dQ), the tile table's non-empty blocks with a block mask (a moved-back tail spans two tiles), the
+ * element rule (skipped on full blocks), the modified logit and the soft-cap's derivative g
+ * (mod_score2): P = exp(S' − L), dS = P ∘ (dP∘Z − D) with dropout's Z, dV takes P∘Z, dQ and dK take
+ * dS·g, and dK/dV writes dS itself to dbias where kept (by its key's workgroup, at its row's block; the
+ * moved-back tail workgroup writes its overlapped keys' again, the same values; the zeroed buffer keeps
+ * the rest).
  * Rows that see no key (L = −∞) get P = dS = 0. Workgroup memory: dK/dV 12·W·Bq·16 bytes (Sᵀ, dPᵀ in
  * f32, Pᵀ, dSᵀ in f16) and 4·Bq·(D + PAD) (Q_i, dO_i); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16) and 4·Bc·(D + PAD) (K_j, V_j).
  */

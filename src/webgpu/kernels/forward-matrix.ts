@@ -57,6 +57,13 @@
  * (4.2e-3 against 1.95e-3, D = 128, Nk = 300) and 3.2× at D = 64: the truncation of O_i's
  * accumulation over the key blocks, which this kernel does not avoid. (The block of ones is loaded but
  * unused for f32.)
+ * The variants (kernels/modifiers.ts; only where the params carry `mods`, so plain and causal WGSL is
+ * unchanged): the window's key blocks (windowKeyBlocksWGSL) and, with a block mask, only the key blocks
+ * the tile table does not call empty (the next one's loads issued as before; the tail query block, moved
+ * back, spans two row tiles of the table, and is empty or full only where both are); the element rule
+ * with the other masking, skipped on a block the table (or, for a window alone, band_full) calls full;
+ * the score modifier on the scaled score, the scores then being the modified logits (L = sm + log l);
+ * dropout on P̃ as O_i takes it (P̃∘Z), so l is the invocations' own sum of P̃, not P̃·1.
  * Measured on an H100 (bench/results/2026-11-22-h100-session5.md): reading S once and summing l on the
  * tensor cores made this kernel 1.18× (D = 128, N = 4096) to 1.35× (causal) the one before; staging K_j,
  * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
