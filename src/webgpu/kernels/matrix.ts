@@ -127,15 +127,11 @@ ${QUERY_HEAD_WGSL}
 }
 
 /**
- * The element rule of a kernel with `mods` for (row, key) of head bh, as a WGSL boolean: the band
- * (window, or causal through `visible`), the mask and the block mask. keepWGSL's mod_keep tests the band
- * only under the window flag, so a causal call with a mask or block mask (and no window) needs `visible`
- * as well.
+ * The element rule of a kernel with `mods` for (row, key) of head bh, as a WGSL boolean (keepWGSL's
+ * rule: the band, the mask and the block mask; `true` where there is none).
  */
 export function matrixKeepWGSL(p: { causal: boolean; mods?: string }, bh: string, row: string, key: string): string {
-  const rule = keepWGSL(p, bh, row, key);
-  const band = p.causal && !modFlags(p.mods).window && !rule.includes('visible(') ? `visible(${row}, ${key})` : '';
-  return [band, rule.replace(/^ && /, '')].filter(Boolean).join(' && ') || 'true';
+  return keepWGSL(p, bh, row, key).replace(/^ && /, '') || 'true';
 }
 
 /**
