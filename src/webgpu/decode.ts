@@ -157,7 +157,10 @@ export function decodeKeys(m: Pick<Modifiers, 'band'>, Nq: number, Nk: number): 
 export function decodeModBuffers(p: Problem, mods: string, buffers: GpuBuffers): Map<number, GPUBuffer> {
   const group = modBuffers(p, mods, buffers);
   const f = modFlags(mods);
-  if (!f.window && !f.softcap) group.delete(0);
+  if (!f.window && !f.softcap) {
+    buffers.destroy(group.get(0)!);
+    group.delete(0);
+  }
   return group;
 }
 
