@@ -7,17 +7,17 @@
  * decodeTask: one task owns one key/value head hk of one batch row b, up to R of the G·Nq query rows
  *   that share it (G = H / Hkv query heads, Nq queries each, head-major: row r is head hk·G + ⌊r / Nq⌋,
  *   query r mod Nq; each K/V element is read once per group, not once per query head), and one split of
- *   the keys, [s·chunk, min((s+1)·chunk, length)). K and V are read where they live, never copied: key t
- *   of row b is at table[b·maxPages + ⌊t / pageSize⌋]·kvPage + (t mod pageSize)·kvRow + hk·kvHead, which
- *   covers a (B, Nk, Hkv, D) tensor in either layout (one page per batch row, table = identity) and the
- *   KV cache's pool (pages, pageSize, Hkv, D) through its block table, in f32 or f16 storage (f16 widened
- *   as it is loaded, or, where a task has more than one 4-row group, once per tile into packed f32 K_j
- *   and V_j: staged()). Per tile of Bc keys (their offsets computed once): S = Q K_jᵀ (R×Bc, f64
- *   scratch), the online softmax updates m and l per row (causal: query i of a row of length L sees keys
- *   j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j, each row over only the keys it sees. A
- *   tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1 while each 4-row group of the task
- *   reads them, and V's likewise. The split's O / l and its log-sum-exp m + log l are written as a
- *   partial (f64).
+ *   the keys, [s·chunk, min((s+1)·chunk, length)) (counted from the window's start, with a window). K
+ *   and V are read where they live, never copied: key t of row b is at table[b·maxPages + ⌊t / pageSize⌋]
+ *   ·kvPage + (t mod pageSize)·kvRow + hk·kvHead, which covers a (B, Nk, Hkv, D) tensor in either layout
+ *   (one page per batch row, table = identity) and the KV cache's pool (pages, pageSize, Hkv, D) through
+ *   its block table, in f32 or f16 storage (f16 widened as it is loaded, or, where a task has more than
+ *   one 4-row group, once per tile into packed f32 K_j and V_j: staged()). Per tile of Bc keys (their
+ *   offsets computed once): S = Q K_jᵀ (R×Bc, f64 scratch), the online softmax updates m and l per row
+ *   (causal: query i of a row of length L sees keys j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j,
+ *   each row over only the keys it sees. A tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1
+ *   while each 4-row group of the task reads them, and V's likewise. The split's O / l and its
+ *   log-sum-exp m + log l are written as a partial (f64).
  * mergeDecode (on the calling thread: B·H·Nq rows × splits × D, small) combines the partials with the
  *   log-sum-exp rule, L = log Σ_s e^(L_s), O = Σ_s e^(L_s − L) O_s, into out (q's layout and dtype) and
  *   lse. A split that saw no key has L_s = −∞ and weighs 0; a row that saw none gives out 0 and lse −∞;
@@ -391,7 +391,7 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
     }
     for (let r = 0; r < rows; r++) {
       const i = (row0 + r) % Nq;
-      // The row sees keys [first, n) of the tile; modifyRow drops those before `first` (−∞).
+      // The row sees none of the tile's keys past n (its band's last); modifyRow drops those left of its window (−∞).
       const n = Math.max(0, Math.min(cols, bandHi(band, i, offset) + 1 - c0));
       if (mods && n > 0) modifyRow(mods, b, hk * G + Math.floor((row0 + r) / Nq), i, c0, n, S, r * Bc, Nq, len);
       // Running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃); S rounded to f32 as in flash.ts.

@@ -165,7 +165,7 @@ export class WebgpuCacheStore implements CacheStore {
    */
   private modBuffers(p: Problem, mods: string): Map<number, GPUBuffer> {
     const m = p.mods;
-    const key = JSON.stringify([mods, m.band, m.softcap]);
+    const key = JSON.stringify([mods, m.band, m.softcap, p.H]);
     const slopes = m.alibi?.slopes;
     const last = this.modGroup;
     const same = (a?: Float32Array, b?: Float32Array) => a === b || (a !== undefined && b !== undefined && a.length === b.length && a.every((x, i) => x === b[i]));

@@ -5,7 +5,8 @@
  *
  * One workgroup owns one key/value head hk of one batch row b, up to R of the G·Nq query rows that share
  * it (G = H / Hkv query heads, Nq queries each: every K/V element is read once per group, not once per
- * query head), and one split: the keys [s·chunk, min((s+1)·chunk, length)). Dispatch (splits, Hkv·rowChunks, B).
+ * query head), and one split: the keys [s·chunk, min((s+1)·chunk, length)) (from the window's start, with
+ * a window). Dispatch (splits, Hkv·rowChunks, B).
  * Per key block (Bc keys):
  *   1. the block's K_j and V_j, loaded into registers while the block before was being computed (each
  *      thread issues all its loads of a block at once: coalesced, consecutive threads read consecutive
