@@ -157,7 +157,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let grp = lid / ${T}u;
   ${decl}
   ${rows.map((r) => `var poisoned${r} = false;`).join(' ')}
-  ${loadQ}${p.mods ? `\n  ${rows.map((r) => mods.rowOf(`${r}u`, `_${r}`)).join('\n  ')}` : ''}
+  ${loadQ}${p.mods ? `\n  ${rows.map((r) => mods.rowOf(`${r}u`, `_${r}`, '  ')).join('\n  ')}` : ''}
 
   // Every group runs the same iterations (keys past the end are masked), so the loop is uniform.
   for (var k0 = keyStart; k0 < keyEnd; k0 += ${NG * U}u) {

@@ -145,26 +145,24 @@ export const DECODE_MOD_FLAGS = 'was';
 
 /**
  * What both decode kernels add for `mods` (all '' without): bind group 1 and the hooks
- * (kernels/modifiers.ts), `first_key(len)`, the first key any query of a sequence of `len` keys sees (the
- * window's start: splits begin there), and the lines that set, for workgroup row r, `bh` (its head b·H +
- * h) and `row`, the row to pass to the hooks. The hooks align the diagonal at u.Nk − u.Nq; a cache's
- * sequence of `len` keys (u.Nk: the longest) aligns it at len − u.Nq, so the hooks take the query shifted
- * by len − u.Nk. That shift wraps below 0 as a u32, and the hooks' i32 arithmetic (row + Nk − Nq) undoes
- * the wrap exactly.
+ * (kernels/modifiers.ts); with a window, `first_key(len)`, the first key any query of a sequence of `len`
+ * keys sees (the window's start: splits begin there); and rowOf, the lines that set, for workgroup row r,
+ * `bh` (its head b·H + h) and `row`, the row to pass to the hooks. The hooks align the diagonal at
+ * u.Nk − u.Nq; a cache's sequence of `len` keys (u.Nk: the longest) aligns it at len − u.Nq, so the hooks
+ * take the query shifted by len − u.Nk. That shift wraps below 0 as a u32, and the hooks' i32 arithmetic
+ * (row + Nk − Nq) undoes the wrap exactly.
  */
-export function decodeModsWGSL(p: Pick<DecodeParams, 'dtype' | 'mods'>): { decls: string; keyStart: string; rowOf: (r: string, suffix: string) => string } {
+export function decodeModsWGSL(p: Pick<DecodeParams, 'dtype' | 'mods'>): { decls: string; keyStart: string; rowOf: (r: string, suffix: string, indent: string) => string } {
   if (!p.mods) return { decls: '', keyStart: 's * u.chunk', rowOf: () => '' };
   const f = modFlags(p.mods);
-  const decls = `${modifiersWGSL(p.mods, p.dtype, 'forward')}
-/** The first key a query of a sequence of len keys sees: the window's start (0 without a left bound). */
+  const firstKey = `/** The first key a query of a sequence of len keys sees: the window's start (0 without a left bound). */
 fn first_key(len: u32) -> u32 {
   return select(0u, u32(max(0, i32(len) - i32(u.Nq) - mu.left)), mu.left >= 0);
 }`;
   return {
-    decls,
+    decls: [modifiersWGSL(p.mods, p.dtype, 'forward'), ...(f.window ? [firstKey] : [])].join('\n'),
     keyStart: f.window ? 'first_key(len) + s * u.chunk' : 's * u.chunk',
-    rowOf: (r, suffix) => `let bh${suffix} = b * u.H + head_of(${r});
-      let row${suffix} = query_of(${r}) + len - u.Nk;`,
+    rowOf: (r, suffix, indent) => `let bh${suffix} = b * u.H + head_of(${r});\n${indent}let row${suffix} = query_of(${r}) + len - u.Nk;`,
   };
 }
 
@@ -346,7 +344,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         x += dot(Qs[r * D4 + d], Ks[j * KS + d]);
       }
       let key = c0 + j;
-      ${p.mods ? `${mods.rowOf('r', '')}\n      ` : ''}S[e] = select(MASKED, ${decodeScoreWGSL(p, 'key', 'x', '')}, key < keyEnd${decodeKeepWGSL(p, 'r', 'key', '')});
+      ${p.mods ? `${mods.rowOf('r', '', '      ')}\n      ` : ''}S[e] = select(MASKED, ${decodeScoreWGSL(p, 'key', 'x', '')}, key < keyEnd${decodeKeepWGSL(p, 'r', 'key', '')});
     }
     workgroupBarrier();
     // Running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
