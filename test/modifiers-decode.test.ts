@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { createKVCache, DTypeError, KVCache, ShapeError, ValueError, type AttentionOptions, type DType, type Tensor } from '../src/index.js';
 import { cpuDecodeFits, cpuDecodeForward } from '../src/cpu/index.js';
+import { decodeKeys as cpuDecodeKeys, decodeModifiers } from '../src/cpu/decode.js';
 import { f16ToNumber, numberToF16 } from '../src/f16.js';
 import { cacheGeometry, type CacheCallOptions } from '../src/kvcache.js';
 import { memory } from '../src/memory.js';
@@ -21,7 +22,7 @@ import { checkForward, type Problem } from '../src/problem.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { WebgpuCacheStore } from '../src/webgpu/cache.js';
-import { decodeFits, type DecodeKernels } from '../src/webgpu/decode.js';
+import { decodeFits, decodeKeys, type DecodeKernels } from '../src/webgpu/decode.js';
 import { defaultGpu } from '../src/webgpu/device.js';
 import { webgpuDecodeForward } from '../src/webgpu/index.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
@@ -154,6 +155,22 @@ describe('decode schedule with variants', () => {
       assert.deepEqual(Array.from(poisoned.lse.data), Array.from(clean.lse.data), 'lse as without the NaNs');
     });
   }
+
+  test('the splits cover the keys some query sees: left + Nq with a window, however long the sequence', () => {
+    const c: Case = { B: 1, H: 2, Hkv: 1, Nq: 4, Nk: 3000, D: 8 };
+    const { q, k, v } = inputs(c, 'f32', 'BNHD');
+    for (const [options, keys] of [
+      [{ window: [100, 0], causal: true }, 104],
+      [{ window: [100, -1] }, 104],
+      [{ window: [5000, -1] }, 3000],
+      [{ window: [-1, 2] }, 3000],
+      [{ causal: true, softcap: 2 }, 3000],
+    ] as const) {
+      const p = checkForward(q, k, v, options);
+      assert.equal(decodeKeys(p.mods, p.Nq, p.Nk), keys, `webgpu ${JSON.stringify(options)}`);
+      assert.equal(cpuDecodeKeys(decodeModifiers(p.mods, p.causal), p.Nq, p.Nk), keys, `cpu ${JSON.stringify(options)}`);
+    }
+  });
 
   test('calls with bias, mask, block mask or dropout stay off the decode schedule (the prefill kernels run them)', async () => {
     const c: Case = { B: 1, H: 2, Hkv: 1, Nq: 1, Nk: 40, D: 8 };
