@@ -11,7 +11,7 @@ import { encodeF16, decodeF16 } from '../f16.js';
 import type { MemoryTracker } from '../memory.js';
 import { problemStrides, type Problem } from '../problem.js';
 import type { Tensor } from '../tensor.js';
-import { DECODE_MAX_QUERIES, decodeRows, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeShape } from './decode.js';
+import { DECODE_MAX_QUERIES, decodeKeys, decodeModifiers, decodeRows, decodeRuns, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeModifiers, type DecodeShape } from './decode.js';
 import { backwardTasks, forwardTasks, reduceDq } from './flash.js';
 import { cpuShape, scratchLength, type CpuShape, type Job, type Kernel, type Region } from './job.js';
 import { Arena, runJob, threadsFor } from './pool.js';
@@ -163,6 +163,8 @@ export interface DecodeCall {
   table: Int32Array;
   lengths: Int32Array;
   memory: MemoryTracker;
+  /** The variants beyond causal (decodeModifiers), if any. */
+  mods?: DecodeModifiers;
 }
 
 function onSharedMemory(a: ArrayBufferView): boolean {
@@ -190,11 +192,11 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
   const threads = await threadsFor(keys * H * Nq * D);
   const Bc = decodeTile(D);
   const { R, rowChunks } = decodeRows((H / Hkv) * Nq);
-  const { splits, chunk } = decodeSplits(B * Hkv * rowChunks, longest, Bc, threads);
+  const { splits, chunk } = decodeSplits(B * Hkv * rowChunks, decodeKeys(c.mods, Nq, longest), Bc, threads);
   const s: DecodeShape = {
     B, H, Hkv, Nq, D, causal: c.causal, scale: c.scale,
     qBatch: c.qStrides.batch, qRow: c.qStrides.row, qHead: c.qStrides.head,
-    ...c.keys, f16, Bc, R, rowChunks, splits, chunk,
+    ...c.keys, f16, Bc, R, rowChunks, splits, chunk, ...(c.mods && { mods: c.mods }),
   };
   const rows = B * H * Nq;
   const inputs = { q: c.q.data as Float32Array | Uint16Array, k: c.k, v: c.v, table: c.table, lengths: c.lengths };
@@ -241,9 +243,9 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
   }
 }
 
-/** Whether a forward call runs the decode kernel: flash with few queries (DECODE_MAX_QUERIES). */
+/** Whether a forward call runs the decode kernel: flash with few queries (DECODE_MAX_QUERIES), variants it runs (decodeRuns). */
 export function cpuDecodeFits(p: Problem): boolean {
-  return p.algorithm === 'flash' && (p.dtype === 'f32' || p.dtype === 'f16') && p.Nq <= DECODE_MAX_QUERIES[p.dtype];
+  return p.algorithm === 'flash' && (p.dtype === 'f32' || p.dtype === 'f16') && p.Nq <= DECODE_MAX_QUERIES[p.dtype] && decodeRuns(p.mods);
 }
 
 /** forward() on the decode kernel: one page per batch row (the table the identity), every row Nk keys. */
@@ -265,6 +267,7 @@ export function cpuDecodeForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): P
     table: Int32Array.from({ length: p.B }, (_, b) => b),
     lengths: new Int32Array(p.B).fill(p.Nk),
     memory: p.memory,
+    mods: decodeModifiers(p.mods, p.causal),
   });
 }
 
