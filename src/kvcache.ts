@@ -25,7 +25,7 @@
  * soon as its work is queued (see webgpu/cache.ts).
  */
 import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from './errors.js';
-import { MemoryTracker, memory as defaultMemory } from './memory.js';
+import { MemoryTracker } from './memory.js';
 import type { Modifiers } from './modifiers.js';
 import type { AttentionOptions } from './options.js';
 import { checkModifiers, checkTensor } from './problem.js';

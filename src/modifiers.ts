@@ -17,7 +17,6 @@
  * the cpu kernels); src/webgpu/kernels/modifiers.ts is the same in WGSL. Row i and key j are indices of
  * one (b, h) head; offset = Nk − Nq aligns the diagonal bottom-right, as FlashAttention-2 does.
  */
-import type { Problem } from './problem.js';
 
 /** A row's visible keys are [lo, hi] (inclusive, clipped by the caller to [0, Nk)). */
 export interface Band {

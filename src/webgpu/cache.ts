@@ -18,12 +18,12 @@ import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
 import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
 import { GpuBuffers } from './buffers.js';
-import { decodeChoice, decodeKeys, decodeModBuffers, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeKernels, type DecodeScratch } from './decode.js';
+import { decodeChoice, decodeKeys, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeKernels, type DecodeScratch } from './decode.js';
 import type { Gpu } from './device.js';
 import { appendWGSL } from './kernels/append.js';
 import { decodeSizesBytes, type DecodeSizes } from './kernels/decode.js';
 import { pipeline } from './pipelines.js';
-import { modsOf } from './modifiers.js';
+import { modBuffers, modsOf } from './modifiers.js';
 import type { Problem } from '../problem.js';
 
 const BYTES = { f32: 4, f16: 2 } as const;
@@ -172,7 +172,7 @@ export class WebgpuCacheStore implements CacheStore {
     if (last && last.key === key && same(last.slopes, slopes)) return last.group;
     // Work queued before still reads the old buffers: destroy() leaves them to it.
     if (last) for (const buffer of last.group.values()) this.own.destroy(buffer);
-    const group = decodeModBuffers(p, mods, this.own);
+    const group = modBuffers(p, mods, this.own);
     this.modGroup = { key, slopes, group };
     return group;
   }

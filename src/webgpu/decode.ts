@@ -4,9 +4,7 @@
  * partials of the splits, uniform buffers, bind groups), so that a warmed-up call creates nothing.
  */
 import { keyRange, type Modifiers } from '../modifiers.js';
-import { modBuffers, modsOf } from './modifiers.js';
-import type { GpuBuffers } from './buffers.js';
-import { modFlags } from './kernels/modifiers.js';
+import { modsOf } from './modifiers.js';
 import type { Problem } from '../problem.js';
 import { problemStrides } from '../problem.js';
 import type { Gpu } from './device.js';
@@ -147,21 +145,6 @@ export function decodeMods(p: Problem): string | undefined {
 export function decodeKeys(m: Pick<Modifiers, 'band'>, Nq: number, Nk: number): number {
   const [lo, hi] = keyRange(m, 0, Nq, Nq, Nk);
   return hi - lo;
-}
-
-/**
- * Bind group 1's buffers of a decode kernel compiled with `mods` (modBuffers'), less the Mods uniform
- * where the kernel never reads it (ALiBi alone): a pipeline's 'auto' layout leaves out what its WGSL
- * does not use, and a bind group may hold only what its layout has.
- */
-export function decodeModBuffers(p: Problem, mods: string, buffers: GpuBuffers): Map<number, GPUBuffer> {
-  const group = modBuffers(p, mods, buffers);
-  const f = modFlags(mods);
-  if (!f.window && !f.softcap) {
-    buffers.destroy(group.get(0)!);
-    group.delete(0);
-  }
-  return group;
 }
 
 /** Whether forward() runs a problem on the decode schedule: few queries, flash, variants it runs, and a kernel that fits. */

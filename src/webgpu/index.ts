@@ -14,7 +14,7 @@ import { sizesBytes } from './kernels/common.js';
 import { preprocessWGSL } from './kernels/backward.js';
 import { absmaxWGSL, splitCountBytes, splitGroups, splitWGSL } from './kernels/split.js';
 import { dispatch, pipeline } from './pipelines.js';
-import { decodeFits, decodeKeys, decodeModBuffers, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
+import { decodeFits, decodeKeys, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
 import { decodeSizesBytes } from './kernels/decode.js';
 import { modBindGroup, modBuffers } from './modifiers.js';
 import { reduceBiasGrad } from './bias-grad.js';
@@ -77,7 +77,7 @@ export async function webgpuDecodeForward(p: Problem, gpu: Gpu, choice: DecodeCh
     const sizes = decodeSizes({ B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, Nk: p.Nk, q: sq, keys, scale: p.scale }, R, plan);
     const pipes = await decodePipelines(gpu, choice, plan.splits > 1);
     const uniform = call.buffers.uniform(decodeSizesBytes(sizes), 'sizes');
-    const mods = choice.params.mods ? { group: decodeModBuffers(p, choice.params.mods, call.buffers), keep: false } : undefined;
+    const mods = choice.params.mods ? { group: modBuffers(p, choice.params.mods, call.buffers), keep: false } : undefined;
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');
     const lse = call.output(p.B * p.H * p.Nq, 'lse', 'q', 'f32');

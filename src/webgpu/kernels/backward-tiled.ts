@@ -223,7 +223,7 @@ export function backwardKVTiledWGSL(p: BackwardTiledParams, workgroupLimit: numb
   const problem = backwardTiledProblem(p);
   if (problem) throw new Error(`backwardKVTiled: ${problem}`);
   checkWorkgroupBytes('backwardKVTiled', backwardTiledWorkgroupBytes(p, true), workgroupLimit);
-  const { Br, TM, TN, dtype, causal } = p;
+  const { Br, TM, TN, causal } = p;
   const c = common(p, true);
   const { RT, TDV, elem, bound, rowOf, keyOf } = c;
   const f = c.mods.f;

@@ -41,7 +41,7 @@ export function decodeSubgroupWorkgroupBytes(p: Pick<DecodeSubgroupParams, 'D' |
 }
 
 export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: number): string {
-  const { D, dtype, T, NG, R, U, cache, paged, split } = p;
+  const { D, dtype, T, NG, R, U, cache, split } = p;
   checkWorkgroupBytes('decodeSubgroup', decodeSubgroupWorkgroupBytes(p), workgroupLimit);
   const D4 = D / 4;
   const VPT = D4 / T;

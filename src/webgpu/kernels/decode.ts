@@ -179,7 +179,7 @@ export function decodeScoreWGSL(p: Pick<DecodeParams, 'mods'>, key: string, x: s
 }
 
 export function decodeWGSL(p: DecodeParams, workgroupLimit: number): string {
-  const { D, dtype, Bc, R, WG, vec, cache, paged, split, unroll } = p;
+  const { D, dtype, Bc, R, WG, vec, cache, split, unroll } = p;
   checkWorkgroupBytes('decode', decodeWorkgroupBytes(p), workgroupLimit);
   const D4 = Math.ceil(D / 4);
   const KS = D4 + 1;
