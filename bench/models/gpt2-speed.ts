@@ -10,7 +10,7 @@
 //            decodes all slots together; its decode figure counts the tokens made by decode steps
 //            (batch · (new − 1): the first comes from the prefill) over their time, the logits read back
 //            and the argmax taken on the host each step. A warm-up generate of 8 tokens first; the median
-//            of --repeats runs.
+//            of --repeats runs (of two, the faster).
 //   prefill  one sequence of --prefill tokens into an empty slot (prefill(0, ids): every layer, the
 //            causal attention of the prompt by forward(), k and v into the caches, the last position's
 //            logits read back), with flash attention and with the standard algorithm; wall time, median
