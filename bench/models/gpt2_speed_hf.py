@@ -13,7 +13,8 @@
 Each line of stdout is one JSON object. Decode: prompts of PROMPT tokens (the same ids as gpt2-speed.ts,
 prompt_ids below) at batch 1 and 16, greedy, exactly NEW new tokens (min_new_tokens = max_new_tokens, so
 end-of-text does not stop it); the first new token comes from the prefill, so decode makes NEW - 1 tokens
-per sequence and its time is generate(NEW) - generate(1) (medians of REPEATS runs after a warm-up).
+per sequence and its time is generate(NEW) - generate(1) (medians of REPEATS and REPEATS + 1 runs after a
+warm-up; the median of two is their mean).
 Prefill: one sequence of PREFILL tokens through model() (cache on, logits of every position) with
 PyTorch's scaled_dot_product_attention ("sdpa") and with transformers' eager attention (matmul, softmax,
 matmul), CUDA-synchronised wall time, median of 10 after 3 warm-ups. f16 weights and activations on the
