@@ -253,6 +253,29 @@ export function backwardKVTiledWGSL(p: BackwardTiledParams, workgroupLimit: numb
   const J = range(TN);
   const acc = grid(TN, TDV);
   const colOf = (t: number) => `rg + ${t * RT}u`; // vec4 column of dK_j, dV_j for its t-th column
+  // A tile with masked entries (across the causal diagonal; with the variants, any but a FULL one) adds
+  // its products only where P (or dS) is not 0: a masked entry's 0 times a NaN in its row's Q_i or dO_i
+  // must add nothing, so a NaN stays out of dk, dv of the keys its row cannot see. Other tiles run the
+  // plain loop.
+  const masking = causal || Boolean(p.mods);
+  const partialTileWGSL = p.mods
+    ? f.blocks
+      ? 'let partial = !full;'
+      : 'let partial = true;'
+    : 'let partial = i32(c0 + Bc) - 1 > i32(r0) + i32(u.Nk) - i32(u.Nq); // a key past the first row\'s reach';
+  const accumulate = (guarded: boolean) => `      for (var r = 0u; r < ${bound(Br)}; r++) {
+${J.map((j) => `        let p${j} = P[r][${keyOf(j)}];\n        let ds${j} = dS[r][${keyOf(j)}];`).join('\n')}
+${range(TDV)
+  .map((t) => `        let o${t} = dOi[r][${colOf(t)}];\n        let q${t} = Qi[r][${colOf(t)}];`)
+  .join('\n')}
+${acc
+  .map(([j, t]) =>
+    guarded
+      ? `        av${j}_${t} += select(vec4<f32>(0.0), p${j} * o${t}, nonzero(p${j}));\n        ak${j}_${t} += select(vec4<f32>(0.0), ds${j} * q${t}, nonzero(ds${j}));`
+      : `        av${j}_${t} += p${j} * o${t};\n        ak${j}_${t} += ds${j} * q${t};`,
+  )
+  .join('\n')}
+      }`;
   return `${c.header(
     [
       ...c.inputs,
@@ -310,13 +333,7 @@ ${grid(TM, TN)
       workgroupBarrier();
       // Alg. 2 lines 12 and 16: dV_j += Pᵀ dO_i, dK_j += dSᵀ (scale·Q_i), this block's sums apart first.
 ${acc.map(([j, t]) => `      var av${j}_${t} = vec4<f32>(0.0);\n      var ak${j}_${t} = vec4<f32>(0.0);`).join('\n')}
-      for (var r = 0u; r < ${bound(Br)}; r++) {
-${J.map((j) => `        let p${j} = P[r][${keyOf(j)}];\n        let ds${j} = dS[r][${keyOf(j)}];`).join('\n')}
-${range(TDV)
-  .map((t) => `        let o${t} = dOi[r][${colOf(t)}];\n        let q${t} = Qi[r][${colOf(t)}];`)
-  .join('\n')}
-${acc.map(([j, t]) => `        av${j}_${t} += p${j} * o${t};\n        ak${j}_${t} += ds${j} * q${t};`).join('\n')}
-      }
+${masking ? `      ${partialTileWGSL}\n      if (partial) {\n${accumulate(true)}\n      } else {\n${accumulate(false)}\n      }` : accumulate(false)}
 ${acc.map(([j, t]) => `      dv${j}_${t} += av${j}_${t};\n      dk${j}_${t} += ak${j}_${t};`).join('\n')}
     }
   }
