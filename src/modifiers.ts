@@ -239,3 +239,11 @@ export function dropoutRow(m: Modifiers, bh: number, i: number, c0: number, n: n
   const key = dropoutRowKey(d.seed, bh, i);
   for (let x = 0; x < n; x++) Z[off + x] = dropoutKeeps(key, c0 + x, d.threshold) ? d.scale : 0;
 }
+
+/**
+ * The modifiers of a FULL tile: the score modifier without the element rules (band, mask, block mask),
+ * which keep every element there; modifyRow with these skips the per-element test.
+ */
+export function scoreModifiers(m: Modifiers): Modifiers {
+  return { ...m, band: undefined, mask: undefined, blockMask: undefined };
+}
