@@ -148,6 +148,7 @@ describe('modifiers: the oracle against direct definitions', () => {
  */
 const FAMILIES: { backend: 'cpu' | 'webgpu' | 'reference'; algorithm: 'flash' | 'standard' }[] = [
   { backend: 'reference', algorithm: 'flash' },
+  ...(BACKENDS.includes('cpu') ? [{ backend: 'cpu' as const, algorithm: 'flash' as const }] : []),
   ...(BACKENDS.includes('webgpu') ? [{ backend: 'webgpu' as const, algorithm: 'flash' as const }] : []),
 ];
 
