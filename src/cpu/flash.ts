@@ -308,7 +308,7 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
   const l = take(Br);
   const seen = take(Br); // keys of the current block each row sees (0: none)
   const mods = taskMods(s, a);
-  const Z = mods ? take(Bc) : seen; // dropout's multipliers of a row (only read with dropout)
+  const Z = take(mods ? Bc : 0); // with the variants: dropout's multipliers of a row
   const dropout = mods?.m.dropout !== undefined;
 
   // Alg. 1 lines 4-5: load Q_i with the softmax scale folded in; O_i = 0, l = 0, m = −∞.
@@ -412,9 +412,9 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
   const Dg = take(G * Nq);
   const mods = taskMods(s, a);
   // With the variants, a row's modified logits, soft-cap derivatives and dropout multipliers.
-  const Srow = mods ? take(Bc) : Dg;
-  const dcap = mods ? take(Bc) : Dg;
-  const Z = mods ? take(Bc) : Dg;
+  const Srow = take(mods ? Bc : 0);
+  const dcap = take(mods ? Bc : 0);
+  const Z = take(mods ? Bc : 0);
   const dropout = mods?.m.dropout !== undefined;
   const dSAll = a.dS;
 
@@ -430,9 +430,10 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
   }
 
   /**
-   * With the variants, row i (at sr in P = Q_i K_jᵀ and dS = dP) of head h in the tile of keys from c0: P = exp(S' − L) of
-   * the modified logit S' (rounded to f32, as the forward did), dS = P ∘ (dP ∘ Z − D) into dbias's dS,
-   * then as stored: P ∘ Z for dV, scale · dS times the soft-cap's derivative for dQ and dK. Returns n.
+   * With the variants, row i of head h in the tile of keys from c0, at sr in P (Q_i K_jᵀ on entry) and dS
+   * (dP on entry): P = exp(S' − L) of the modified logit S' (rounded to f32, as the forward rounded it),
+   * dS = P ∘ (dP ∘ Z − D), written for dbias where asked; then stored as the products below take them,
+   * P ∘ Z for dV and scale · dS times the soft-cap's derivative for dQ and dK. Returns the row's n.
    */
   const modifiedRow = (i: number, sr: number, L: number, Dr: number, tile: TileClass, h: number, c0: number, cols: number): number => {
     for (let c = 0; c < cols; c++) Srow[c] = P[sr + c] * scale;

@@ -112,8 +112,9 @@ export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: nu
   const T = scratch.subarray(5 * D, 5 * D + 4 * Nk); // the four rows' scores, then each row's exp(S − m)
   const nz = scratch.subarray(5 * D + 4 * Nk, 5 * D + 5 * Nk); // keys with P ≠ 0
   const mods = taskMods(s, a);
-  const Srow = scratch.subarray(5 * D + 5 * Nk, 5 * D + 6 * Nk); // with the variants: a row's modified logits
-  const Z = scratch.subarray(5 * D + 6 * Nk, 5 * D + 7 * Nk); // and dropout's multipliers
+  const extra = mods ? Nk : 0;
+  const Srow = scratch.subarray(5 * D + 5 * Nk, 5 * D + 5 * Nk + extra); // with the variants: a row's modified logits
+  const Z = scratch.subarray(5 * D + 5 * Nk + extra, 5 * D + 5 * Nk + 2 * extra); // and dropout's multipliers
   const dropout = mods?.m.dropout !== undefined;
   for (let i0 = 0; i0 < Nq; i0 += 4) {
     const rows = Math.min(4, Nq - i0);
@@ -194,9 +195,9 @@ export function standardBackwardTask(s: CpuShape, a: StandardBackwardArrays, t: 
   const seen = [0, 0, 0, 0];
   const mods = taskMods(s, a);
   // With the variants: a row's modified logits, soft-cap derivatives and dropout multipliers.
-  const Srow = mods ? take(Nk) : Td;
-  const dcap = mods ? take(Nk) : Td;
-  const Z = mods ? take(Nk) : Td;
+  const Srow = take(mods ? Nk : 0);
+  const dcap = take(mods ? Nk : 0);
+  const Z = take(mods ? Nk : 0);
   const dropout = mods?.m.dropout !== undefined;
   /**
    * With the variants, row i of head h (at `row` in the matrices, `tr` in Ts = Q Kᵀ and Td = dO Vᵀ): P from
