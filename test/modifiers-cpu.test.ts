@@ -2,8 +2,8 @@
  * The variants on the reference's Algorithms 1 and 2 and on the cpu kernels, where the grid of
  * modifiers.test.ts does not reach: tiles much smaller than the problem (so that the band's block ranges
  * and the tile classes matter), the cpu on its worker threads (the grid's cases are small enough to run
- * inline) with several backward tasks per key/value head, and few queries, which the decode kernel would
- * take without variants.
+ * inline) with several backward tasks per key/value head, and few queries with the variants the decode
+ * kernel leaves to the tiled one.
  */
 import assert from 'node:assert/strict';
 import { availableParallelism } from 'node:os';
@@ -76,17 +76,16 @@ describe('modifiers: the cpu on its workers, several tiles and backward tasks pe
   }
 });
 
-describe('modifiers: few queries run the tiled kernel, not the decode kernel', () => {
+describe('modifiers: few queries with a bias, a mask, a block mask or dropout run the tiled kernel', () => {
   const c: Case = { B: 2, H: 4, Hkv: 2, Nq: 8, Nk: 150, D: 32 };
   const sets = modifierSets(c, 'f32');
-  test('cpuDecodeFits: plain and causal calls only', () => {
+  const names = ['bias (1, H, 1, Nk) + grad', 'mask (1, H, Nq, Nk)', 'dropout', 'bias + mask + dropout + causal', 'block mask + softcap + causal'];
+  test('cpuDecodeFits leaves them to the tiled kernel', () => {
     const { q, k, v } = inputs(c, 'f32', 'BNHD');
-    assert.ok(cpuDecodeFits(checkForward(q, k, v, {})));
     assert.ok(cpuDecodeFits(checkForward(q, k, v, { causal: true })));
-    assert.ok(!cpuDecodeFits(checkForward(q, k, v, sets.alibi)));
-    assert.ok(!cpuDecodeFits(checkForward(q, k, v, { window: [3, -1] })));
+    for (const name of names) assert.ok(!cpuDecodeFits(checkForward(q, k, v, sets[name])), name);
   });
-  for (const name of ['window (both)', 'softcap + alibi + window + causal', 'bias + mask + dropout + causal', 'block mask + softcap + causal']) {
+  for (const name of names) {
     test(name, async () => {
       const mods = sets[name];
       const oracle = oracleOf(c, 'f32', mods);
