@@ -57,11 +57,11 @@ function firstModifier(p: Problem): string {
 }
 
 /**
- * Which backends and algorithms run the variants today: webgpu runs both algorithms (its flash calls go to
- * the kernel families of MODIFIER_FAMILIES, webgpu/index.ts).
+ * Which backends and algorithms run the variants today: all of them (webgpu's flash calls go to the kernel
+ * families of MODIFIER_FAMILIES, webgpu/index.ts; the cpu's to its tiled kernel, never to decode).
  */
 function runsModifiers(backend: ResolvedBackend, p: Problem): boolean {
-  return (backend === 'reference' && p.algorithm === 'standard') || backend === 'webgpu';
+  return backend === 'reference' || backend === 'cpu' || backend === 'webgpu';
 }
 
 function checkModifierSupport(backend: ResolvedBackend, p: Problem): void {

@@ -3,13 +3,18 @@
  * (or the standard baseline) over batch × head × block tasks, and returns outputs in the input dtype.
  * Flash forward calls with few queries (cpuDecodeFits) run the split-KV decode kernel instead (decode.ts,
  * through cpuDecode, which the KV cache runs too): K and V in their own dtype, read in place.
+ * The variants (src/modifiers.ts) run on the tiled and standard kernels (decode runs those of decodeRuns):
+ * the bias's values (f64) and the mask are staged in the workspace with the inputs, and with biasGrad the
+ * backward's (B, H, Nq, Nk) dS is summed to the bias's shape here, in a fixed order.
  * Every array it uses is counted in the call's MemoryTracker; all are released when the call returns
  * (outputs are copied into arrays of the caller's own).
  */
 import { OutOfMemoryError } from '../errors.js';
-import { encodeF16, decodeF16 } from '../f16.js';
+import { encodeF16, decodeF16, f16ToNumber } from '../f16.js';
 import type { MemoryTracker } from '../memory.js';
+import { at } from '../modifiers.js';
 import { problemStrides, type Problem } from '../problem.js';
+import { biasValues } from '../reference/standard.js';
 import type { Tensor } from '../tensor.js';
 import { DECODE_MAX_QUERIES, decodeKeys, decodeModifiers, decodeRows, decodeRuns, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeModifiers, type DecodeShape } from './decode.js';
 import { backwardTasks, forwardTasks, reduceDq } from './flash.js';
@@ -62,6 +67,10 @@ class Buffers {
     return new Float32Array(buffer, byteOffset, byteLength / 4);
   }
 
+  has(name: string): boolean {
+    return this.regions.has(name);
+  }
+
   /** Input `t` as f32 in the region `name` (f16 is widened). */
   stage(t: Tensor, name: string): Region {
     const view = this.f32(name);
@@ -109,6 +118,60 @@ function scratchOf(bufs: Buffers, threads: number): Region[] {
   return Array.from({ length: threads }, (_, i) => bufs.region(`scratch${i}`));
 }
 
+/** The variants' arrays of a plan: the bias's values as f64 and the mask (only when the shape has variants). */
+function modsPlan(p: Problem, shape: CpuShape): Record<string, [number, string]> {
+  const m = p.mods;
+  if (!shape.mods) return {};
+  const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+  return {
+    ...(m.bias && { bias: [size(m.bias.index.shape) * 8, 'the bias (f64)'] }),
+    ...(m.mask && { mask: [m.mask.data.byteLength, 'the mask'] }),
+  };
+}
+
+/** The variants' arrays staged into the job's buffers ('bias.f64', 'mask.u8'). */
+function stageMods(p: Problem, bufs: Buffers, buffers: Record<string, Region>): void {
+  if (bufs.has('bias')) {
+    const r = bufs.region('bias');
+    new Float64Array(r.buffer, r.byteOffset, r.byteLength / 8).set(biasValues(p.mods)!);
+    buffers['bias.f64'] = r;
+  }
+  if (bufs.has('mask')) {
+    const r = bufs.region('mask');
+    new Uint8Array(r.buffer, r.byteOffset, r.byteLength).set(p.mods.mask!.data);
+    buffers['mask.u8'] = r;
+  }
+}
+
+/**
+ * dbias: dS (B, H, Nq, Nk; f32, or f16 bits where the standard kernel stored it so) summed over the axes
+ * the bias broadcasts, in f64 and a fixed order, as an f32 tensor of the bias's shape.
+ */
+function reduceDbias(p: Problem, dS: Float32Array | Uint16Array): Tensor {
+  const index = p.mods.bias!.index;
+  const { B, H, Nq, Nk } = p;
+  const size = index.shape.reduce((a, b) => a * b, 1);
+  // The f64 sums and the f32 result: counted while both are live.
+  const bytes = p.memory.allocate(size * 12);
+  try {
+    const sum = new Float64Array(size);
+    const value = dS instanceof Float32Array ? (e: number) => dS[e] : (e: number) => f16ToNumber(dS[e]);
+    const sj = index.strides[3];
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        for (let i = 0; i < Nq; i++) {
+          const o = at(index, b, h, i, 0);
+          const e = ((b * H + h) * Nq + i) * Nk;
+          for (let j = 0; j < Nk; j++) sum[o + j * sj] += value(e + j);
+        }
+      }
+    }
+    return { data: Float32Array.from(sum), dtype: 'f32', shape: [...index.shape] };
+  } finally {
+    p.memory.release(bytes);
+  }
+}
+
 /** forward() on the cpu: the decode kernel where it fits (cpuDecodeFits), else the tiled kernels or the standard baseline. */
 export function cpuForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): Promise<{ out: Tensor; lse: Tensor }> {
   return cpuDecodeFits(p) ? cpuDecodeForward(p, q, k, v) : cpuTiledForward(p, q, k, v);
@@ -129,10 +192,12 @@ export async function cpuTiledForward(p: Problem, q: Tensor, k: Tensor, v: Tenso
     out: [q.data.length * 4, 'out'],
     lse: [p.B * p.H * p.Nq * 4, 'lse'],
     ...(standard ? { S: [scores, 'S (Nq×Nk per head)'], P: [scores, 'P (Nq×Nk per head)'] } : {}),
+    ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
   try {
     const buffers: Record<string, Region> = { q: bufs.stage(q, 'q'), k: bufs.stage(k, 'k'), v: bufs.stage(v, 'v'), out: bufs.region('out'), lse: bufs.region('lse') };
+    stageMods(p, bufs, buffers);
     const t = shape.f16Scores ? '.f16' : '';
     if (standard) Object.assign(buffers, { ['S' + t]: bufs.region('S'), ['P' + t]: bufs.region('P') });
     const tasks = standard ? p.B * p.H : forwardTasks(shape);
@@ -279,9 +344,10 @@ export async function cpuBackward(
   v: Tensor,
   out: Tensor,
   lse: Tensor,
-): Promise<{ dq: Tensor; dk: Tensor; dv: Tensor }> {
+): Promise<{ dq: Tensor; dk: Tensor; dv: Tensor; dbias?: Tensor }> {
   const work = p.B * p.H * p.Nq * p.Nk * p.D;
   const flash = p.algorithm === 'flash';
+  const biasGrad = p.mods.bias?.grad === true;
   const kernel: Kernel = flash ? 'flashBackward' : 'standardBackward';
   const threads = await threadsFor(work);
   const shape = cpuShape(p, threads, p.dtype === 'f16');
@@ -300,6 +366,8 @@ export async function cpuBackward(
     ...(flash
       ? { dqPartial: [shape.chunks * p.B * p.H * p.Nq * p.D * 8, 'the dQ partial sums'] }
       : { P: [scores, what('P')], dP: [scores, what('dP')], dS: [scores, what('dS')] }),
+    ...(flash && biasGrad && { dS: [p.B * p.H * p.Nq * p.Nk * 4, what('dS, for dbias')] }),
+    ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
   try {
@@ -315,16 +383,26 @@ export async function cpuBackward(
       dk: bufs.region('dk'),
       dv: bufs.region('dv'),
     };
+    stageMods(p, bufs, buffers);
     const t = shape.f16Scores ? '.f16' : '';
     if (flash) buffers['dqPartial.f64'] = bufs.region('dqPartial');
     else Object.assign(buffers, { ['P' + t]: bufs.region('P'), ['dP' + t]: bufs.region('dP'), ['dS' + t]: bufs.region('dS') });
+    if (flash && biasGrad) {
+      // The flash kernel writes dS only where it visits a tile: the rest must read 0.
+      bufs.f32('dS').fill(0);
+      buffers.dS = bufs.region('dS');
+    }
     const tasks = flash ? backwardTasks(shape) : p.B * p.Hkv;
     await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter() } satisfies Job);
     if (flash) {
       const r = bufs.region('dqPartial');
       reduceDq(shape, new Float64Array(r.buffer, r.byteOffset, r.byteLength / 8), bufs.f32('dq'));
     }
-    return { dq: result(p, bufs.f32('dq'), q.shape), dk: result(p, bufs.f32('dk'), k.shape), dv: result(p, bufs.f32('dv'), v.shape) };
+    const grads = { dq: result(p, bufs.f32('dq'), q.shape), dk: result(p, bufs.f32('dk'), k.shape), dv: result(p, bufs.f32('dv'), v.shape) };
+    if (!biasGrad) return grads;
+    const r = bufs.region('dS');
+    const dS = shape.f16Scores && !flash ? new Uint16Array(r.buffer, r.byteOffset, r.byteLength / 2) : bufs.f32('dS');
+    return { ...grads, dbias: reduceDbias(p, dS) };
   } finally {
     bufs.releaseAll();
   }
