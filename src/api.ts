@@ -3,8 +3,7 @@
  * backend is chosen once, and the backend's forward or backward runs. Inputs are never modified.
  */
 import { cpuBackward, cpuForward } from './cpu/index.js';
-import { DTypeError, NotSupportedError, ValueError } from './errors.js';
-import { hasModifiers } from './modifiers.js';
+import { DTypeError, ValueError } from './errors.js';
 import type { AttentionOptions } from './options.js';
 import { checkBackward, checkForward, type Problem } from './problem.js';
 import { referenceBackward, referenceForward } from './reference/index.js';
@@ -41,34 +40,6 @@ export interface BackwardResult<T extends AnyTensor = Tensor> {
   backend: ResolvedBackend;
 }
 
-/**
- * The option that names a variant, for an error when a schedule does not run it yet (every backend runs
- * every variant once the modifiers issue is done; until a kernel family calls the hooks, it says so).
- */
-function firstModifier(p: Problem): string {
-  const m = p.mods;
-  if (m.band && !(p.causal && m.band.left < 0 && m.band.right === 0)) return 'window';
-  if (m.alibi) return 'alibiSlopes';
-  if (m.softcap !== undefined) return 'softcap';
-  if (m.bias) return 'bias';
-  if (m.mask) return 'mask';
-  if (m.blockMask) return 'blockMask';
-  return 'dropout';
-}
-
-/**
- * Which backends and algorithms run the variants today: all of them (webgpu's flash calls go to the kernel
- * families of MODIFIER_FAMILIES, webgpu/index.ts; the cpu's to its tiled kernel, never to decode).
- */
-function runsModifiers(backend: ResolvedBackend, p: Problem): boolean {
-  return backend === 'reference' || backend === 'cpu' || backend === 'webgpu';
-}
-
-function checkModifierSupport(backend: ResolvedBackend, p: Problem): void {
-  if (!hasModifiers(p.mods, p.causal) || runsModifiers(backend, p)) return;
-  const name = firstModifier(p);
-  throw new NotSupportedError(`options.${name}`, `options.${name} on the ${backend} backend (algorithm '${p.algorithm}')`, "backend 'reference', algorithm 'standard'", `backend '${backend}'`);
-}
 
 async function resolveBackend(p: Problem): Promise<ResolvedBackend> {
   if (p.onGpu) {
@@ -102,7 +73,6 @@ export async function forward(q: GpuTensor, k: GpuTensor, v: GpuTensor, options?
 export async function forward(q: AnyTensor, k: AnyTensor, v: AnyTensor, options?: AttentionOptions): Promise<ForwardResult<AnyTensor>> {
   const p = checkForward(q, k, v, options);
   const backend = await resolveBackend(p);
-  checkModifierSupport(backend, p);
   const host = (t: AnyTensor) => t as Tensor;
   const run: RunForward = async (p, q, k, v) =>
     backend === 'webgpu'
@@ -139,7 +109,6 @@ export async function backward(
 ): Promise<BackwardResult<AnyTensor>> {
   const p = checkBackward(dout, q, k, v, out, lse, options);
   const backend = await resolveBackend(p);
-  checkModifierSupport(backend, p);
   const h = (t: AnyTensor) => t as Tensor;
   const run: RunBackward = async (p, dout, q, k, v, out, lse) =>
     backend === 'webgpu'

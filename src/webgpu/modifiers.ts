@@ -148,6 +148,7 @@ function modsBytes(p: Problem, tiles?: { Br: number; Bc: number; strides: number
   u32[24] = m.blockMask?.rows ?? 1;
   u32[25] = m.blockMask?.cols ?? 1;
   u32[26] = p.H;
+  u32[27] = m.dropout?.headOffset ?? 0;
   return buf;
 }
 

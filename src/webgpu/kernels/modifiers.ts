@@ -60,7 +60,7 @@ export const MODS_WGSL = `struct Mods {
   blockRows: u32,
   blockCols: u32,
   H: u32,
-  pad: u32,
+  dropHeads: u32, // dropout's head offset: packed sequence s hashes heads s·H + h, as batch row s would
 }`;
 
 /** Bytes of the Mods uniform block. */
@@ -136,7 +136,7 @@ fn mod_tile(bh: u32, ti: u32, tj: u32) -> u32 {
 }
 /** Dropout's multiplier of element (row, key) of head bh: 0 (dropped) or 1 / (1 - p); src/modifiers.ts's hash. */
 fn mod_drop(bh: u32, row: u32, key: u32) -> f32 {
-  let k = mod_mix(mod_mix(mu.seed ^ 0x3c6ef372u) ^ bh);
+  let k = mod_mix(mod_mix(mu.seed ^ 0x3c6ef372u) ^ (bh + mu.dropHeads));
   let r = mod_mix(k + row * 0x85ebca6bu);
   return select(0.0, mu.dropScale, (mod_mix(r + key * 0x9e3779b9u) >> 8u) >= mu.threshold);
 }`);
