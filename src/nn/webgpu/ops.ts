@@ -37,6 +37,10 @@ import {
   linearDims,
   LINEAR_ROWS_MAX,
   linearRowsWGSL,
+  linearSplitWGSL,
+  SPLIT_COLS,
+  SPLIT_LANES,
+  type LinearSplitParams,
   linearTile,
   linearWGSL,
   type CopyParams,
@@ -220,6 +224,8 @@ export class WebgpuOps implements Ops {
     readonly dtype: NnDType,
     readonly memory: MemoryTracker,
     maxBufferBytes?: number,
+    /** The kernel of linears of at most LINEAR_ROWS_MAX rows (see OpsConfig.linearRows). */
+    private readonly rowsKernel: 'column' | 'split' = gpu.software ? 'column' : 'split',
   ) {
     this.buffers = new GpuBuffers(gpu.device, memory);
     const { maxStorageBufferBindingSize, maxBufferSize } = gpu.device.limits;
@@ -503,12 +509,16 @@ export class WebgpuOps implements Ops {
   /** linear for M ≤ LINEAR_ROWS_MAX rows: matrix-vector products (see kernels.ts). */
   private async linearRows(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, s: ReturnType<typeof checkLinear>): Promise<AnyTensor> {
     const { M, N, K, shape, activation, residual } = s;
-    const params: LinearRowsParams = { dtype: this.dtype, activation, residual: residual !== undefined, MR: 2 ** Math.ceil(Math.log2(M)), WG: this.WG };
+    const MR = 2 ** Math.ceil(Math.log2(M));
+    const split = this.rowsKernel === 'split' && this.gpu.limits.maxComputeInvocationsPerWorkgroup >= SPLIT_COLS * SPLIT_LANES && this.gpu.limits.maxComputeWorkgroupSizeX >= SPLIT_COLS * SPLIT_LANES;
+    const params: LinearRowsParams = { dtype: this.dtype, activation, residual: residual !== undefined, MR, WG: this.WG };
     const data = await this.op('x', `the linear output [${shape.join(', ')}]`, async (make) => {
-      const pipe = await pipeline(this.device, 'linearRows', params, linearRowsWGSL);
+      const pipe = split
+        ? await pipeline(this.device, 'linearSplit', { dtype: this.dtype, activation, residual: residual !== undefined, MR } satisfies LinearSplitParams, linearSplitWGSL)
+        : await pipeline(this.device, 'linearRows', params, linearRowsWGSL);
       const y = make.storage(this.bytes(M * N), 'y');
       const bindings = [make.uniform(linearDims(M, N, K)), x.data, weight.data, bias.data, y, ...(residual ? [residual.data] : [])] as GPUBuffer[];
-      this.submit(pipe, bindings, [this.groups(Math.ceil(N / this.WG)), 1]);
+      this.submit(pipe, bindings, [this.groups(Math.ceil(N / (split ? SPLIT_COLS : this.WG))), 1]);
       return y;
     });
     return this.gpuTensor(data, shape);
