@@ -236,8 +236,11 @@ export class WebgpuOps implements Ops {
 
   /** Invocations per workgroup of the layer norm and copy kernels. */
   private get WG(): number {
-    return Math.min(128, this.gpu.limits.maxComputeInvocationsPerWorkgroup, this.gpu.limits.maxComputeWorkgroupSizeX);
+    return (this.wg ??= Math.min(128, this.gpu.limits.maxComputeInvocationsPerWorkgroup, this.gpu.limits.maxComputeWorkgroupSizeX));
   }
+  /** WG and the dispatch limit, read once (each read of a device limit is a call into Dawn). */
+  private wg?: number;
+  private maxGroups?: number;
 
   private get device(): GPUDevice {
     return this.gpu.device;
@@ -486,7 +489,7 @@ export class WebgpuOps implements Ops {
 
   /** Workgroups along one dispatch dimension: `n`, capped at the device's limit (the kernels grid-stride). */
   private groups(n: number): number {
-    return Math.min(n, this.gpu.limits.maxComputeWorkgroupsPerDimension);
+    return Math.min(n, (this.maxGroups ??= this.gpu.limits.maxComputeWorkgroupsPerDimension));
   }
 
   async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: LinearOptions = {}): Promise<AnyTensor> {
