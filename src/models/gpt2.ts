@@ -17,7 +17,8 @@
  * `attention` option) and its k and v are appended to the cache; a slot that already holds tokens appends
  * and attends through the cache (causal, bottom-right aligned). decode(slots, tokens) runs one token of
  * each named slot together, through the caches (the split-KV decode schedule on webgpu), each at its own
- * length. GPT-2's c_attn (one Conv1D to 3C) is held as its three C×C blocks, so that q, k and v are dense
+ * length; on webgpu a decode step is one batch of the ops (Ops.batch: the layers' ops and cache calls in one
+ * submission, buffers and bind groups kept in the model's scratch, one wait: the logits). GPT-2's c_attn (one Conv1D to 3C) is held as its three C×C blocks, so that q, k and v are dense
  * tensors the attention and the cache read in place.
  *
  * Checkpoints are Hugging Face's: config.json and model.safetensors with the names of GPT2Model

@@ -10,7 +10,8 @@
  * on GPUBuffer tensors with the caller's `out` and `lse` creates nothing and returns once its work is
  * queued: it never waits for the GPU. The queue runs writes and submissions in order, so each step reads
  * the sizes written for it. A device error of such a step (a GPUBuffer of another device, say) is
- * reported by the next call on the cache.
+ * reported by the next call on the cache. With the caller's encoder (CacheCallOptions.encoder) the step
+ * is recorded there and neither submitted nor checked: the caller does both (a model's decode step).
  */
 import { NotSupportedError, ValueError } from '../errors.js';
 import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
