@@ -71,6 +71,14 @@ export interface CacheCallOptions {
   out?: GpuTensor;
   /** webgpu with GPUBuffer q: write lse here ((B, H, Nq) f32) instead of a new buffer. */
   lse?: GpuTensor;
+  /**
+   * webgpu with GPUBuffer tensors: record the call's append and attention into this command encoder
+   * instead of submitting them, for the caller to submit with work of its own (a model's whole decode
+   * step as one submission). The caller submits it before the next call on this cache (whose sizes,
+   * written to the device at once, would be read by this call's work otherwise), and checks the device's
+   * errors itself: such a call reports none.
+   */
+  encoder?: GPUCommandEncoder;
 }
 
 /** The geometry of a cache, fixed at creation. */
@@ -114,6 +122,8 @@ export interface CacheStep {
   Nq: number;
   out?: GpuTensor;
   lse?: GpuTensor;
+  /** Record into this encoder rather than submit (CacheCallOptions.encoder). */
+  encoder?: GPUCommandEncoder;
   memory: MemoryTracker;
 }
 
@@ -303,6 +313,12 @@ export class KVCache {
     if (attend && (o.out || o.lse) && !isGpuBuffer(q!.data)) throw new ValueError(o.out ? 'options.out' : 'options.lse', 'undefined for typed-array q (results come back as typed arrays)', 'a GpuTensor');
     if (o.out) checkOutput('options.out', o.out, g.dtype, q!.shape);
     if (o.lse) checkOutput('options.lse', o.lse, 'f32', [B, H, Nq]);
+    if (o.encoder !== undefined) {
+      if (!onGpu || (q !== undefined && !isGpuBuffer(q.data)) || (k !== undefined && !isGpuBuffer(k.data))) {
+        throw new ValueError('options.encoder', 'undefined except on webgpu with GPUBuffer tensors', 'a command encoder');
+      }
+      if (typeof o.encoder !== 'object' || o.encoder === null || typeof o.encoder.beginComputePass !== 'function') throw new ValueError('options.encoder', 'a GPUCommandEncoder', describe(o.encoder));
+    }
     const step: CacheStep = {
       q: attend ? q : undefined,
       k,
@@ -320,6 +336,7 @@ export class KVCache {
       Nq,
       out: o.out,
       lse: o.lse,
+      encoder: o.encoder,
       memory: this.memory,
     };
     // The new lengths count from here: the store queues its work in order, so a later call sees it.
@@ -348,7 +365,7 @@ function checkCallOptions(options: unknown): CacheCallOptions {
   if (options === undefined) return {};
   if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new ValueError('options', 'an options object or undefined', describe(options));
   const o = options as CacheCallOptions & Record<string, unknown>;
-  const known = new Set(['sequences', 'causal', 'scale', 'window', 'softcap', 'alibiSlopes', 'out', 'lse']);
+  const known = new Set(['sequences', 'causal', 'scale', 'window', 'softcap', 'alibiSlopes', 'out', 'lse', 'encoder']);
   for (const key of Object.keys(o)) if (!known.has(key)) throw new ValueError(`options.${key}`, `one of the known options (${[...known].join(', ')})`, 'an unknown option');
   if (o.sequences !== undefined && !Array.isArray(o.sequences)) throw new ValueError('options.sequences', 'an array of slot indices', describe(o.sequences));
   if (o.causal !== undefined && typeof o.causal !== 'boolean') throw new ValueError('options.causal', 'a boolean', describe(o.causal));

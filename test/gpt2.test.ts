@@ -27,6 +27,7 @@ import {
   roundToF16,
   sampler,
   tokenizerFromFiles,
+  webgpuDevice,
   type GPT2,
   type GPT2Config,
 } from '../src/index.js';
@@ -251,6 +252,45 @@ for (const { backend, dtype } of TARGETS) {
       await assert.rejects(m.decode([3], [1]), (e: unknown) => e instanceof ValueError && e.argument === 'slots[0]');
       assert.deepEqual(m.lengths[0], 0);
     });
+
+    if (backend === 'webgpu') {
+      test('a warmed-up decode step: one submission, no buffer or bind group made, error scopes once', async () => {
+        const m = await model;
+        const device = await webgpuDevice(); // the model's (createGPT2's default)
+        [0, 1, 2].forEach((s) => m.release(s));
+        await m.prefill(0, PROMPTS[0]);
+        await m.prefill(2, PROMPTS[2]);
+        for (const t of [4, 5]) await m.decode([0, 2], [t, t + 1]); // warm-up
+        const calls = new Map<string, number>();
+        const wrapped: [object, string, unknown][] = [];
+        const wrap = (o: object, name: string, label = name) => {
+          const r = o as Record<string, unknown>;
+          const f = r[name] as (...a: unknown[]) => unknown;
+          wrapped.push([o, name, f]);
+          r[name] = function (this: unknown, ...a: unknown[]) {
+            calls.set(label, (calls.get(label) ?? 0) + 1);
+            return f.apply(this, a);
+          };
+        };
+        ['createBuffer', 'createBindGroup', 'createCommandEncoder', 'createComputePipeline', 'pushErrorScope', 'popErrorScope'].forEach((n) => wrap(device, n));
+        ['submit', 'onSubmittedWorkDone'].forEach((n) => wrap(device.queue, n, `queue.${n}`));
+        const seq = [...PROMPTS[0], 4, 5];
+        try {
+          for (const t of [6, 7, 8]) {
+            const logits = await m.decode([0, 2], [t, t + 1]);
+            seq.push(t);
+            assertLogits(`decode of slot 0 at length ${seq.length}`, logits.subarray(0, V), referenceLogits(seq).subarray((seq.length - 1) * V), dtype);
+          }
+        } finally {
+          for (const [o, name, f] of wrapped) (o as Record<string, unknown>)[name] = f;
+        }
+        const n = (k: string) => calls.get(k) ?? 0;
+        assert.deepEqual(
+          { submit: n('queue.submit'), encoders: n('createCommandEncoder'), buffers: n('createBuffer'), bindGroups: n('createBindGroup'), pipelines: n('createComputePipeline'), scopes: n('pushErrorScope'), pops: n('popErrorScope'), drained: n('queue.onSubmittedWorkDone') },
+          { submit: 3, encoders: 3, buffers: 0, bindGroups: 0, pipelines: 0, scopes: 6, pops: 6, drained: 0 },
+        );
+      });
+    }
 
     test('dispose frees every buffer', async () => {
       const m = await model;

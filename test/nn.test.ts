@@ -125,12 +125,16 @@ for (const { backend, dtype } of TARGETS) {
     const gelu = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));
     const GELU_SLOPE = 1.13;
     const variants = [{}, { activation: 'relu' }, { activation: 'gelu' }, { residual: true }] as const;
-    for (const { x: xShape, N } of sizes) {
+    // webgpu has two matrix-vector kernels (OpsConfig.linearRows); the one this adapter does not pick by
+    // default runs the cases of few rows too.
+    const other = backend === 'webgpu' ? createOps({ backend, dtype, memory: new MemoryTracker(), linearRows: status.ok && status.gpu.software ? 'split' : 'column' }) : undefined;
+    const runs = sizes.flatMap((size) => [{ ...size, ops, kernel: '' }, ...(other && size.x.slice(0, -1).reduce((a, b) => a * b, 1) <= 8 ? [{ ...size, ops: other, kernel: ' (the other matrix-vector kernel)' }] : [])]);
+    for (const { x: xShape, N, ops, kernel } of runs) {
       for (const variant of variants) {
         const activation = 'activation' in variant ? variant.activation : undefined;
         const residual = 'residual' in variant;
         const label = activation === 'relu' ? ', ReLU' : activation === 'gelu' ? ', GELU' : residual ? ' + residual' : '';
-        test(`linear x [${xShape}] · Wᵀ [${N}, ${xShape.at(-1)}] + b${label}`, async () => {
+        test(`linear x [${xShape}] · Wᵀ [${N}, ${xShape.at(-1)}] + b${label}${kernel}`, async () => {
           const o = await ops;
           const K = xShape.at(-1)!;
           const M = xShape.reduce((a, b) => a * b, 1) / K;

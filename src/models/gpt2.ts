@@ -17,7 +17,8 @@
  * `attention` option) and its k and v are appended to the cache; a slot that already holds tokens appends
  * and attends through the cache (causal, bottom-right aligned). decode(slots, tokens) runs one token of
  * each named slot together, through the caches (the split-KV decode schedule on webgpu), each at its own
- * length. GPT-2's c_attn (one Conv1D to 3C) is held as its three C×C blocks, so that q, k and v are dense
+ * length; on webgpu a decode step is one batch of the ops (Ops.batch: the layers' ops and cache calls in one
+ * submission, buffers and bind groups kept in the model's scratch, one wait: the logits). GPT-2's c_attn (one Conv1D to 3C) is held as its three C×C blocks, so that q, k and v are dense
  * tensors the attention and the cache read in place.
  *
  * Checkpoints are Hugging Face's: config.json and model.safetensors with the names of GPT2Model
@@ -32,8 +33,9 @@ import type { KVCache } from '../kvcache.js';
 import { MemoryTracker, memory as defaultMemory } from '../memory.js';
 import { createOps } from '../nn/index.js';
 import { Live } from '../nn/live.js';
-import { LAYER_NORM_EPS, type Ops } from '../nn/ops.js';
+import { LAYER_NORM_EPS, type Ops, type OpsScratch } from '../nn/ops.js';
 import { isGpuBuffer, type AnyTensor, type Tensor } from '../tensor.js';
+import { GpuBuffers } from '../webgpu/buffers.js';
 import { webgpuDevice } from '../webgpu/device.js';
 import { parseSafetensors, tensorValues, type Safetensors, type SafetensorsEntry } from './safetensors.js';
 
@@ -281,13 +283,18 @@ export async function createGPT2(checkpoint: GPT2Checkpoint, options: GPT2Option
     caches.forEach((k) => k.dispose());
     throw e;
   }
-  return new Gpt2Model(c, ops, { wte, wpe, blocks, lnF, headBias }, caches, attention, batch, maxLength);
+  // A decode step's log-sum-exp (the caches write it; the model reads only their output).
+  const own = device ? new GpuBuffers(device, memory) : undefined;
+  const lse = own?.create(batch * H * 4, 'the attention log-sum-exp of a decode step', 'options.batch');
+  return new Gpt2Model(c, ops, { wte, wpe, blocks, lnF, headBias }, caches, attention, batch, maxLength, own && lse ? { own, lse } : undefined);
 }
 
 class Gpt2Model implements GPT2 {
   private disposed = false;
   /** Calls run one at a time: each starts from the lengths the last one left. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** What decode steps keep between steps: their activations' buffers, bind groups and uniforms (Ops.batch). */
+  private readonly scratch: OpsScratch;
 
   constructor(
     readonly config: GPT2Config,
@@ -297,7 +304,11 @@ class Gpt2Model implements GPT2 {
     private readonly attention: 'flash' | 'standard',
     readonly batch: number,
     readonly maxLength: number,
-  ) {}
+    /** webgpu: the buffer decode steps' attention writes its log-sum-exp to, and its allocator. */
+    private readonly kept?: { own: GpuBuffers; lse: GPUBuffer },
+  ) {
+    this.scratch = ops.scratch();
+  }
 
   get backend() {
     return this.ops.backend;
@@ -344,6 +355,8 @@ class Gpt2Model implements GPT2 {
     for (const b of blocks) all.push(...[b.ln1, b.q, b.k, b.v, b.proj, b.ln2, b.fc, b.fcProj].flatMap((p) => [p.weight, p.bias]));
     all.forEach((t) => this.ops.free(t));
     this.caches.forEach((k) => k.dispose());
+    this.scratch.dispose();
+    this.kept?.own.destroyAll();
   }
 
   private enqueue<T>(f: () => Promise<T>): Promise<T> {
@@ -365,10 +378,9 @@ class Gpt2Model implements GPT2 {
    * each slot's last row, or of every row.
    */
   private async run(slots: readonly number[], tokens: readonly number[], all: boolean): Promise<Float32Array> {
-    const { ops, w, config: c } = this;
+    const { ops } = this;
     const B = slots.length;
     const n = tokens.length / B;
-    const C = c.embed;
     const lengths = this.lengths;
     const starts = slots.map((s) => lengths[s]);
     starts.forEach((start, b) => {
@@ -378,6 +390,15 @@ class Gpt2Model implements GPT2 {
     });
     const positions = slots.flatMap((_, b) => Array.from({ length: n }, (_, i) => starts[b] + i));
     const fresh = B === 1 && starts[0] === 0;
+    // A decode step (one token a slot) runs as one batch of ops: one submission, one wait (the logits).
+    return n === 1 && !fresh ? ops.batch(this.scratch, 'tokens', () => this.layers(slots, tokens, positions, n, all, fresh)) : this.layers(slots, tokens, positions, n, all, fresh);
+  }
+
+  /** The body of run: embedding, the layers, the logits read back. */
+  private async layers(slots: readonly number[], tokens: readonly number[], positions: number[], n: number, all: boolean, fresh: boolean): Promise<Float32Array> {
+    const { ops, w, config: c } = this;
+    const B = slots.length;
+    const C = c.embed;
     const live = new Live(ops);
     try {
       let x = live.add(await ops.embedding(tokens, positions, w.wte, w.wpe, [B, n]));
@@ -438,6 +459,14 @@ class Gpt2Model implements GPT2 {
     const out = await ops.empty(q.shape, `the attention output [${q.shape.join(', ')}]`, 'tokens');
     try {
       const into = { data: out.data as GPUBuffer, dtype: this.dtype, shape: this.heads(out).shape };
+      const [B, n, H] = into.shape;
+      const encoder = ops.recording();
+      if (encoder && this.kept) {
+        // In a batch: recorded into its encoder, the log-sum-exp into the model's own buffer.
+        const lse = { data: this.kept.lse, dtype: 'f32' as const, shape: [B, H, n] };
+        await cache.forward(this.heads(q), this.heads(k), this.heads(v), { ...options, out: into, lse, encoder });
+        return out;
+      }
       const { lse } = await cache.forward(this.heads(q), this.heads(k), this.heads(v), { ...options, out: into });
       if (isGpuBuffer(lse.data)) lse.data.destroy(); // handed over, so not counted
     } catch (e) {

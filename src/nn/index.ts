@@ -23,6 +23,12 @@ export interface OpsConfig {
    * the ops enforce as they would the device's, so that a model's slicing runs on small inputs.
    */
   maxBufferBytes?: number;
+  /**
+   * Internal, for tests: webgpu's matrix-vector kernel for linears of at most 8 rows (decode): 'column'
+   * (linearRows: one invocation a column; the default on software adapters) or 'split' (linearSplit: 32
+   * invocations a column; the default on GPUs).
+   */
+  linearRows?: 'column' | 'split';
 }
 
 /** Ops for `config.backend` in `config.dtype`; errors name the field of `config` at fault. */
@@ -44,5 +50,7 @@ export async function createOps(config: OpsConfig): Promise<Ops> {
   }
   const gpu = device ? gpuOf(device) : await defaultGpu();
   if (dtype === 'f16' && !gpu.f16) throw new DTypeError('config.dtype', "'f32' (this device lacks shader-f16, which f16 storage needs)", "'f16'");
-  return new WebgpuOps(gpu, dtype, memory, maxBufferBytes);
+  const { linearRows } = config;
+  if (linearRows !== undefined && linearRows !== 'column' && linearRows !== 'split') throw new ValueError('config.linearRows', "'column', 'split' or undefined", describe(linearRows));
+  return new WebgpuOps(gpu, dtype, memory, maxBufferBytes, linearRows ?? (gpu.software ? 'column' : 'split'));
 }

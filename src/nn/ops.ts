@@ -96,6 +96,32 @@ export interface Ops {
   output(t: AnyTensor, host: boolean): Promise<AnyTensor>;
   /** Release a tensor the ops made (a no-op for the caller's own). */
   free(t: AnyTensor): void;
+  /**
+   * Storage that batched runs of these ops keep between runs (see `batch`): its buffers, counted in the
+   * ops' MemoryTracker, are freed by its dispose(). On cpu it holds nothing.
+   */
+  scratch(): OpsScratch;
+  /**
+   * Run `f`, a whole forward of ops, as one piece of device work where the backend can: on webgpu its
+   * ops are recorded into one command encoder (`recording` gives it, for work of others such as a KV
+   * cache's to go between them) and submitted once, when a result is read back (`output` with `host`)
+   * or when f ends; their outputs and temporaries come from `scratch`'s buffers (a tensor freed goes back
+   * there for a later op: none is created once a forward of the same sizes has run), their bind groups
+   * and uniforms are kept there, and the device's errors are checked once, at the end (an
+   * OutOfMemoryError naming `argument`, or a ValueError). No other call on these ops may run meanwhile.
+   * On cpu: f().
+   */
+  batch<T>(scratch: OpsScratch, argument: string, f: () => Promise<T>): Promise<T>;
+  /**
+   * Inside `batch` on webgpu: the command encoder the ops record into, for work to go after the ops
+   * called so far and before the next (it is submitted with them); else undefined.
+   */
+  recording(): GPUCommandEncoder | undefined;
+}
+
+/** See Ops.scratch. */
+export interface OpsScratch {
+  dispose(): void;
 }
 
 /** The elements of a shape. */

@@ -10,7 +10,8 @@
  * on GPUBuffer tensors with the caller's `out` and `lse` creates nothing and returns once its work is
  * queued: it never waits for the GPU. The queue runs writes and submissions in order, so each step reads
  * the sizes written for it. A device error of such a step (a GPUBuffer of another device, say) is
- * reported by the next call on the cache.
+ * reported by the next call on the cache. With the caller's encoder (CacheCallOptions.encoder) the step
+ * is recorded there and neither submitted nor checked: the caller does both (a model's decode step).
  */
 import { NotSupportedError, ValueError } from '../errors.js';
 import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
@@ -88,7 +89,7 @@ export class WebgpuCacheStore implements CacheStore {
     const input = (t: AnyTensor, name: string) => (isGpuBuffer(t.data) ? t.data : call.upload(t.data, name));
     const onGpu = s.q ? isGpuBuffer(s.q.data) : true;
     try {
-      const enc = device.createCommandEncoder();
+      const enc = s.encoder ?? device.createCommandEncoder();
       if (s.tableChanged) device.queue.writeBuffer(this.table, 0, s.table.buffer, s.table.byteOffset, s.table.byteLength);
       if (s.k && s.v && s.n > 0) {
         const pipe = await pipeline(device, 'cacheAppend', { D, dtype, WG: 64 }, appendWGSL);
@@ -124,13 +125,17 @@ export class WebgpuCacheStore implements CacheStore {
         encodeDecode(enc, this.scratch, pipes, D, sizes, this.attendUniform, { q: input(s.q, 'q'), k: this.k, v: this.v, out, lse, ...extra }, onGpu, group1);
         result = { out, lse };
       }
-      device.pushErrorScope('validation');
-      device.queue.submit([enc.finish()]);
-      const scope = device.popErrorScope();
-      if (onGpu) {
+      if (s.encoder) {
+        // The caller submits the encoder and checks the device's errors (CacheCallOptions.encoder).
+      } else if (onGpu) {
+        device.pushErrorScope('validation');
+        device.queue.submit([enc.finish()]);
+        const scope = device.popErrorScope();
         scope.then((e) => (this.failure ??= e?.message)).catch(() => undefined);
       } else {
-        const e = await scope;
+        device.pushErrorScope('validation');
+        device.queue.submit([enc.finish()]);
+        const e = await device.popErrorScope();
         if (e) throw new ValueError('options.device', 'buffers and a device that belong together', e.message);
       }
       if (!result || !s.q) return undefined;

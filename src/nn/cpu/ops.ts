@@ -14,7 +14,7 @@ import type { MemoryTracker } from '../../memory.js';
 import type { Region } from '../../cpu/job.js';
 import { Arena, runJob, threadsFor } from '../../cpu/pool.js';
 import { BYTES_PER_ELEMENT, type AnyTensor, type Tensor } from '../../tensor.js';
-import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops } from '../ops.js';
+import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops, type OpsScratch } from '../ops.js';
 import { embeddingRows, layerNormRows, linearColumnBlock, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
 
 /** The bytes of an array, as a job's region. */
@@ -204,6 +204,18 @@ export class CpuOps implements Ops {
   async output(t: AnyTensor): Promise<AnyTensor> {
     this.free(t);
     return t;
+  }
+
+  scratch(): OpsScratch {
+    return { dispose() {} };
+  }
+
+  batch<T>(_scratch: OpsScratch, _argument: string, f: () => Promise<T>): Promise<T> {
+    return f();
+  }
+
+  recording(): undefined {
+    return undefined;
   }
 
   free(t: AnyTensor): void {

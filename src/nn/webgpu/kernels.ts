@@ -18,8 +18,11 @@
  *   invocation owns one column n of y for every row (MR named f32 accumulators) and runs down row n of W
  *   and the rows of x, four k at a time; WG invocations per workgroup (dispatch x: columns, grid-strided);
  *   no workgroup memory, no barrier. W is read once. (A workgroup of 32 lanes per column with a tree
- *   reduction, coalesced reads of W, ran 2–5× slower on lavapipe, whose barriers are dear; not yet
- *   measured on a GPU.)
+ *   reduction, coalesced reads of W, ran 2–5× slower on lavapipe, whose barriers are dear: see linearSplit.)
+ * linearSplit: linearRows' y on a GPU (not a software adapter): 32 invocations a column, each over a
+ *   32nd of K with coalesced reads of W, their sums added in workgroup memory; 8 columns a workgroup.
+ *   On an H200 a decode step's GPU work with linearRows was 18 ms at batch 1 (its 73 linears give
+ *   768–50257 invocations, each looping over all of K); linearSplit is not yet measured there.
  * layerNorm: y = (v − mean) / sqrt(var + eps) · weight + bias with v = x (+ r), per row of C (biased
  *   variance, as torch.nn.LayerNorm). One workgroup owns a row (dispatch x: rows, grid-strided); its WG
  *   invocations stride over the row three times (sum, centred sum of squares, store: v is re-read rather
@@ -237,6 +240,101 @@ ${rows.map((r) => `    var acc${r} = 0.0;`).join('\n')}
 ${rows.map((r) => `      acc${r} += dot(x4(${r}u, k), wk);`).join('\n')}
     }
 ${rows.map((r) => `    store(${r}u, n, acc${r});`).join('\n')}
+  }
+}
+`;
+}
+
+export interface LinearSplitParams {
+  dtype: StorageType;
+  activation: 'none' | 'relu' | 'gelu';
+  residual: boolean;
+  /** The most rows of x (M ≤ MR): 1, 2, 4 or 8. */
+  MR: number;
+}
+
+/** linearSplit's workgroup: COLS columns of y, LANES invocations each. */
+export const SPLIT_COLS = 8;
+export const SPLIT_LANES = 32;
+
+/**
+ * linearRows' y with the K of each column split among SPLIT_LANES invocations: lane l runs down k = 4l,
+ * 4l + 4·LANES, … of row n of W (neighbouring lanes read neighbouring words: coalesced) and of the rows
+ * of x, then the lanes' sums are added in a tree in workgroup memory (4·MR·COLS·LANES bytes). A workgroup
+ * owns SPLIT_COLS columns (dispatch x, grid-strided), so N = 768 gives 96 workgroups of 256 invocations
+ * where linearRows gives 6 of 128, each invocation looping over all of K: on a GPU, decode's linears are
+ * bound by that loop's latency, not by reading W.
+ */
+export function linearSplitWGSL(p: LinearSplitParams): string {
+  const { dtype, activation, residual, MR } = p;
+  const rows = Array.from({ length: MR }, (_, r) => r);
+  const WG = SPLIT_COLS * SPLIT_LANES;
+  return `${enables(dtype)}
+struct Dims {
+  M: u32,
+  N: u32,
+  K: u32,
+  pad: u32,
+}
+@group(0) @binding(0) var<uniform> u: Dims;
+@group(0) @binding(1) var<storage, read> x: array<${dtype}>;
+@group(0) @binding(2) var<storage, read> w: array<${dtype}>;
+@group(0) @binding(3) var<storage, read> bias: array<${dtype}>;
+@group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
+${residual ? `@group(0) @binding(5) var<storage, read> r: array<${dtype}>;\n` : ''}
+const LANES = ${SPLIT_LANES}u;
+const COLS = ${SPLIT_COLS}u;
+
+// red[row · WG + column · LANES + lane]: the lanes' partial sums.
+var<workgroup> red: array<f32, ${MR * WG}>;
+
+fn x4(row: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  if (row < u.M) {
+    for (var j = 0u; j < 4u && k + j < u.K; j++) {
+      v[j] = f32(x[row * u.K + k + j]);
+    }
+  }
+  return v;
+}
+
+fn w4(n: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  for (var j = 0u; j < 4u && k + j < u.K; j++) {
+    v[j] = f32(w[n * u.K + k + j]);
+  }
+  return v;
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let lane = lid % LANES;
+  let col = lid / LANES;
+  let blocks = (u.N + COLS - 1u) / COLS;
+  for (var blk = wid.x; blk < blocks; blk += nwg.x) {
+    let n = blk * COLS + col;
+${rows.map((r) => `    var acc${r} = 0.0;`).join('\n')}
+    if (n < u.N) {
+      for (var k = 4u * lane; k < u.K; k += 4u * LANES) {
+        let wk = w4(n, k);
+${rows.map((r) => `        acc${r} += dot(x4(${r}u, k), wk);`).join('\n')}
+      }
+    }
+${rows.map((r) => `    red[${r * WG}u + lid] = acc${r};`).join('\n')}
+    for (var s = LANES / 2u; s > 0u; s = s / 2u) {
+      workgroupBarrier();
+      if (lane < s) {
+${rows.map((r) => `        red[${r * WG}u + lid] += red[${r * WG}u + lid + s];`).join('\n')}
+      }
+    }
+    workgroupBarrier();
+    if (lane == 0u && n < u.N) {
+      for (var row = 0u; row < u.M; row++) {
+        let v = red[row * ${WG}u + lid] + f32(bias[n]);
+        y[row * u.N + n] = ${dtype}(${activationWGSL(activation)}${residual ? ' + f32(r[row * u.N + n])' : ''});
+      }
+    }
+    workgroupBarrier();
   }
 }
 `;

@@ -8,19 +8,24 @@
  * binding or buffer limit, or an allocation the device refuses, becomes an OutOfMemoryError; a GPUBuffer
  * of another device becomes a ValueError; either way what the op made is destroyed first.
  *
+ * Inside `batch` (a model's decode step) none of that happens op by op: the ops are recorded into one
+ * command encoder and submitted together, their buffers come from a WebgpuScratch and go back to it when
+ * freed, bind groups and uniform blocks are kept there, and the error scopes are pushed once around the
+ * whole batch and popped at its end; reading a result back is the one wait on the device.
+ *
  * slice and write move rows with the copy kernel (kernels.ts), which binds only the ranges it copies: so
  * the caller's x and a tensor from `empty` may exceed the binding limit (up to maxBufferSize), as long as
  * each slice is under it.
  */
 import { forward } from '../../api.js';
-import { OutOfMemoryError, ValueError } from '../../errors.js';
+import { OutOfMemoryError, ValueError, describe } from '../../errors.js';
 import { encodeF16 } from '../../f16.js';
 import type { MemoryTracker } from '../../memory.js';
 import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor, type TensorData } from '../../tensor.js';
 import { freeDestroyed, GpuBuffers } from '../../webgpu/buffers.js';
 import type { Gpu } from '../../webgpu/device.js';
-import { dispatch, pipeline } from '../../webgpu/pipelines.js';
-import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops } from '../ops.js';
+import { pipeline } from '../../webgpu/pipelines.js';
+import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops, type OpsScratch } from '../ops.js';
 import {
   copyDims,
   copyUnits,
@@ -32,6 +37,10 @@ import {
   linearDims,
   LINEAR_ROWS_MAX,
   linearRowsWGSL,
+  linearSplitWGSL,
+  SPLIT_COLS,
+  SPLIT_LANES,
+  type LinearSplitParams,
   linearTile,
   linearWGSL,
   type CopyParams,
@@ -50,6 +59,145 @@ interface Make {
 }
 
 /**
+ * What batched runs of the webgpu ops keep between runs (Ops.scratch): storage buffers by size, free or
+ * in use; upload buffers (written by queue.writeBuffer, so never reused within the batch that wrote
+ * them); uniform blocks by their bytes; bind groups by pipeline and buffers; the read-back buffer. All
+ * counted in the ops' tracker until dispose().
+ */
+export class WebgpuScratch implements OpsScratch {
+  readonly buffers: GpuBuffers;
+  private readonly free = new Map<number, GPUBuffer[]>();
+  /** Upload buffers by size, free; and those written in the batch under way. */
+  private readonly uploadsFree = new Map<number, GPUBuffer[]>();
+  private uploadsUsed: GPUBuffer[] = [];
+  private readonly uniforms = new Map<string, GPUBuffer>();
+  private readonly groups = new Map<string, GPUBindGroup>();
+  private readonly ids = new WeakMap<object, number>();
+  private nextId = 1;
+  private staging?: GPUBuffer;
+  private disposed = false;
+
+  constructor(
+    readonly device: GPUDevice,
+    memory: MemoryTracker,
+    /** The buffers this scratch's storage pool holds (WebgpuOps.free gives them back here). */
+    private readonly owners: WeakMap<GPUBuffer, WebgpuScratch>,
+  ) {
+    this.buffers = new GpuBuffers(device, memory);
+  }
+
+  /** A storage buffer of `bytes` (rounded up to 4): a free one of that size, else a new one. */
+  take(bytes: number, what: string, argument: string, bound: boolean): GPUBuffer {
+    this.alive();
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    const hit = this.free.get(size)?.pop();
+    if (hit) return hit;
+    const buffer = this.buffers.create(size, what, argument, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, bound);
+    this.owners.set(buffer, this);
+    return buffer;
+  }
+
+  /** A buffer of take's back in the pool: work recorded before still reads it, work recorded after may reuse it. */
+  give(buffer: GPUBuffer): void {
+    if (this.disposed) return;
+    let list = this.free.get(buffer.size);
+    if (!list) this.free.set(buffer.size, (list = []));
+    if (!list.includes(buffer)) list.push(buffer);
+  }
+
+  /** Hand a buffer of take's to the caller: no longer the scratch's, nor counted. */
+  handOver(buffer: GPUBuffer): GPUBuffer {
+    this.owners.delete(buffer);
+    return this.buffers.handOver(buffer);
+  }
+
+  /** A storage buffer holding `data`, not reused before the batch ends. */
+  upload(data: ArrayBufferView, what: string, argument: string): GPUBuffer {
+    this.alive();
+    const size = Math.max(4, Math.ceil(data.byteLength / 4) * 4);
+    const buffer = this.uploadsFree.get(size)?.pop() ?? this.buffers.create(size, what, argument);
+    this.uploadsUsed.push(buffer);
+    const bytes = new Uint8Array(size);
+    bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    this.device.queue.writeBuffer(buffer, 0, bytes);
+    return buffer;
+  }
+
+  /** A uniform buffer holding `bytes`: one per distinct content, written once. */
+  uniform(bytes: ArrayBuffer): GPUBuffer {
+    this.alive();
+    const key = Array.from(new Uint32Array(bytes)).join(',');
+    let buffer = this.uniforms.get(key);
+    if (!buffer) this.uniforms.set(key, (buffer = this.buffers.uniform(bytes, 'dims')));
+    return buffer;
+  }
+
+  /** The bind group of `pipe` (group 0) with these bindings: made once per pipeline and set of buffers. */
+  bindGroup(pipe: GPUComputePipeline, bindings: (GPUBuffer | GPUBufferBinding)[]): GPUBindGroup {
+    const entry = (b: GPUBuffer | GPUBufferBinding) => ('buffer' in b ? b : { buffer: b });
+    const key = [this.id(pipe), ...bindings.map((b) => {
+      const e = entry(b);
+      return `${this.id(e.buffer)}@${e.offset ?? 0}+${e.size ?? ''}`;
+    })].join(',');
+    let group = this.groups.get(key);
+    if (!group) {
+      if (this.groups.size >= 4096) this.groups.clear(); // a caller that brings new buffers every batch
+      group = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: bindings.map((b, binding) => ({ binding, resource: entry(b) })) });
+      this.groups.set(key, group);
+    }
+    return group;
+  }
+
+  /** The read-back buffer (MAP_READ), at least `bytes`. */
+  readback(bytes: number): GPUBuffer {
+    this.alive();
+    if (!this.staging || this.staging.size < bytes) {
+      if (this.staging) this.buffers.destroy(this.staging);
+      this.staging = this.buffers.create(bytes, 'readback', 't', GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    }
+    return this.staging;
+  }
+
+  /** The batch's uploads are free again (its work is submitted: later writes come after it). */
+  endBatch(): void {
+    for (const b of this.uploadsUsed) {
+      let list = this.uploadsFree.get(b.size);
+      if (!list) this.uploadsFree.set(b.size, (list = []));
+      list.push(b);
+    }
+    this.uploadsUsed = [];
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.buffers.destroyAll();
+    this.free.clear();
+    this.uploadsFree.clear();
+    this.uploadsUsed = [];
+    this.uniforms.clear();
+    this.groups.clear();
+    this.staging = undefined;
+  }
+
+  private alive(): void {
+    if (this.disposed) throw new ValueError('scratch', 'a scratch not yet disposed', 'a disposed one');
+  }
+
+  private id(o: object): number {
+    let id = this.ids.get(o);
+    if (id === undefined) this.ids.set(o, (id = this.nextId++));
+    return id;
+  }
+}
+
+/** A batch under way (WebgpuOps.batch): the encoder of what is recorded and not yet submitted, if any. */
+interface Recording {
+  scratch: WebgpuScratch;
+  enc?: GPUCommandEncoder;
+}
+
+/**
  * The linear tile for y (M, N): 128×128 (8×8 per invocation) when that still gives 256 workgroups or more,
  * else 64×64 (4×4), so that small problems keep a GPU's cores busy.
  */
@@ -65,6 +213,10 @@ export class WebgpuOps implements Ops {
   private readonly buffers: GpuBuffers;
   /** The last op's completion (see `op`). */
   private queue: Promise<unknown> = Promise.resolve();
+  /** The batch under way, if any (see `batch`). */
+  private rec?: Recording;
+  /** Which scratch each pooled buffer belongs to (free gives it back there). */
+  private readonly pooled = new WeakMap<GPUBuffer, WebgpuScratch>();
 
   /** `maxBufferBytes` (tests): a lower limit for the tensors made here (see OpsConfig). */
   constructor(
@@ -72,6 +224,8 @@ export class WebgpuOps implements Ops {
     readonly dtype: NnDType,
     readonly memory: MemoryTracker,
     maxBufferBytes?: number,
+    /** The kernel of linears of at most LINEAR_ROWS_MAX rows (see OpsConfig.linearRows). */
+    private readonly rowsKernel: 'column' | 'split' = gpu.software ? 'column' : 'split',
   ) {
     this.buffers = new GpuBuffers(gpu.device, memory);
     const { maxStorageBufferBindingSize, maxBufferSize } = gpu.device.limits;
@@ -82,8 +236,11 @@ export class WebgpuOps implements Ops {
 
   /** Invocations per workgroup of the layer norm and copy kernels. */
   private get WG(): number {
-    return Math.min(128, this.gpu.limits.maxComputeInvocationsPerWorkgroup, this.gpu.limits.maxComputeWorkgroupSizeX);
+    return (this.wg ??= Math.min(128, this.gpu.limits.maxComputeInvocationsPerWorkgroup, this.gpu.limits.maxComputeWorkgroupSizeX));
   }
+  /** WG and the dispatch limit, read once (each read of a device limit is a call into Dawn). */
+  private wg?: number;
+  private maxGroups?: number;
 
   private get device(): GPUDevice {
     return this.gpu.device;
@@ -121,6 +278,26 @@ export class WebgpuOps implements Ops {
     };
     const keep = (b: GPUBuffer) => (made.push(b), b);
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const rec = this.rec;
+    if (rec) {
+      // Batched: buffers from the scratch, errors left to the batch's scopes. A temporary goes back to the
+      // pool when the op ends (work recorded later may reuse it, after this op's in the queue).
+      const batched: Make = {
+        storage: (bytes, name, bound = true) => (fits(bytes, name, bound), keep(rec.scratch.take(bytes, name, argument, bound))),
+        upload: (data, name) => (fits(data.byteLength, name), rec.scratch.upload(data, name, argument)),
+        uniform: (bytes) => rec.scratch.uniform(bytes),
+        adopt: (b) => keep(buffers.adopt(b)),
+      };
+      let out: T;
+      try {
+        out = await body(batched);
+      } catch (e) {
+        for (const b of made) this.release(b);
+        throw e;
+      }
+      for (const b of made) if (b !== out) this.release(b);
+      return out;
+    }
     const make: Make = {
       storage: (bytes, name, bound = true) => (fits(bytes, name, bound), keep(buffers.create(bytes, name, argument, usage, bound))),
       upload: (data, name) => (fits(data.byteLength, name), keep(buffers.upload(data, name, argument))),
@@ -147,6 +324,82 @@ export class WebgpuOps implements Ops {
     if (failure !== undefined) throw failure;
     if (invalid) throw new ValueError(`${argument}.data`, 'GPUBuffers of the device the ops run on', invalid.message);
     return out as T;
+  }
+
+  /** A buffer the ops made, no longer needed: back to its scratch's pool, or destroyed. */
+  private release(b: GPUBuffer): void {
+    const scratch = this.pooled.get(b);
+    if (scratch) scratch.give(b);
+    else this.buffers.destroy(b);
+  }
+
+  scratch(): WebgpuScratch {
+    return new WebgpuScratch(this.device, this.memory, this.pooled);
+  }
+
+  async batch<T>(scratch: OpsScratch, argument: string, f: () => Promise<T>): Promise<T> {
+    if (!(scratch instanceof WebgpuScratch) || scratch.device !== this.device) throw new ValueError('scratch', 'a scratch of these ops (ops.scratch())', describe(scratch));
+    if (this.rec) return f(); // inside a batch already: part of it
+    const { device } = this;
+    device.pushErrorScope('out-of-memory');
+    device.pushErrorScope('validation');
+    const rec: Recording = { scratch };
+    this.rec = rec;
+    let out: T | undefined;
+    let failure: unknown;
+    try {
+      out = await f();
+    } catch (e) {
+      failure = e;
+    }
+    this.flush();
+    this.rec = undefined;
+    scratch.endBatch();
+    const invalid = await device.popErrorScope();
+    const oom = await device.popErrorScope();
+    if (oom) {
+      await freeDestroyed(device);
+      throw new OutOfMemoryError(argument, 'device memory for a batch of ops', oom.message);
+    }
+    if (failure !== undefined) throw failure;
+    if (invalid) throw new ValueError(`${argument}`, 'GPUBuffers of the device the ops run on', invalid.message);
+    return out as T;
+  }
+
+  recording(): GPUCommandEncoder | undefined {
+    const rec = this.rec;
+    if (rec) rec.enc ??= this.device.createCommandEncoder();
+    return rec?.enc;
+  }
+
+  /** The encoder to record into: the batch's, or a new one (then `finish` submits it). */
+  private encoder(): GPUCommandEncoder {
+    return this.recording() ?? this.device.createCommandEncoder();
+  }
+
+  /** Submit what `encoder` gave, unless it is the batch's (submitted once, at the batch's end or read-back). */
+  private finish(enc: GPUCommandEncoder): void {
+    if (this.rec?.enc !== enc) this.device.queue.submit([enc.finish()]);
+  }
+
+  /** Submit the batch's work so far (before work that submits on its own: forward()), recording on in a new encoder. */
+  private flush(): void {
+    const rec = this.rec;
+    if (!rec?.enc) return;
+    this.device.queue.submit([rec.enc.finish()]);
+    rec.enc = undefined;
+  }
+
+  /** Encode one dispatch of `pipe` with the buffers bound in order: a bind group kept by the batch's scratch, or made. */
+  private dispatch(enc: GPUCommandEncoder, pipe: GPUComputePipeline, bindings: (GPUBuffer | GPUBufferBinding)[], groups: [number, number]): void {
+    const bind = this.rec
+      ? this.rec.scratch.bindGroup(pipe, bindings)
+      : this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: bindings.map((b, binding) => ({ binding, resource: 'buffer' in b ? b : { buffer: b } })) });
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipe);
+    pass.setBindGroup(0, bind);
+    pass.dispatchWorkgroups(groups[0], groups[1], 1);
+    pass.end();
   }
 
   async create(shape: readonly number[], fill: (values: Float32Array) => void, what: string, argument: string): Promise<AnyTensor> {
@@ -212,14 +465,14 @@ export class WebgpuOps implements Ops {
       const end = Math.ceil(((first + n) * e) / 4) * 4;
       return { binding: { buffer, offset, size: end - offset }, at: (first * e - offset) / e };
     };
-    const enc = this.device.createCommandEncoder();
+    const enc = this.encoder();
     for (let i = 0; i < count; i += piece) {
       const n = Math.min(piece, count - i);
       const [from, to] = [range(src, src0 + i, n), range(dst, dst0 + i, n)];
       const dims = make.uniform(copyDims(n, from.at, to.at));
-      dispatch(enc, this.device, pipe, [dims, from.binding, to.binding], [this.groups(Math.ceil(copyUnits(this.dtype, n, to.at) / this.WG)), 1]);
+      this.dispatch(enc, pipe, [dims, from.binding, to.binding], [this.groups(Math.ceil(copyUnits(this.dtype, n, to.at) / this.WG)), 1]);
     }
-    this.device.queue.submit([enc.finish()]);
+    this.finish(enc);
   }
 
   attentionBytesPerSequence(N: number, C: number, config: AttentionConfig): number {
@@ -227,16 +480,16 @@ export class WebgpuOps implements Ops {
     return Math.max(N * C * this.bytes(1), config.heads * N * 4);
   }
 
-  /** Encode one dispatch and submit it. */
+  /** Encode one dispatch and submit it (in a batch: record it). */
   private submit(pipe: GPUComputePipeline, bindings: GPUBuffer[], groups: [number, number]): void {
-    const enc = this.device.createCommandEncoder();
-    dispatch(enc, this.device, pipe, bindings, groups);
-    this.device.queue.submit([enc.finish()]);
+    const enc = this.encoder();
+    this.dispatch(enc, pipe, bindings, groups);
+    this.finish(enc);
   }
 
   /** Workgroups along one dispatch dimension: `n`, capped at the device's limit (the kernels grid-stride). */
   private groups(n: number): number {
-    return Math.min(n, this.gpu.limits.maxComputeWorkgroupsPerDimension);
+    return Math.min(n, (this.maxGroups ??= this.gpu.limits.maxComputeWorkgroupsPerDimension));
   }
 
   async linear(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, options: LinearOptions = {}): Promise<AnyTensor> {
@@ -259,12 +512,16 @@ export class WebgpuOps implements Ops {
   /** linear for M ≤ LINEAR_ROWS_MAX rows: matrix-vector products (see kernels.ts). */
   private async linearRows(x: AnyTensor, weight: AnyTensor, bias: AnyTensor, s: ReturnType<typeof checkLinear>): Promise<AnyTensor> {
     const { M, N, K, shape, activation, residual } = s;
-    const params: LinearRowsParams = { dtype: this.dtype, activation, residual: residual !== undefined, MR: 2 ** Math.ceil(Math.log2(M)), WG: this.WG };
+    const MR = 2 ** Math.ceil(Math.log2(M));
+    const split = this.rowsKernel === 'split' && this.gpu.limits.maxComputeInvocationsPerWorkgroup >= SPLIT_COLS * SPLIT_LANES && this.gpu.limits.maxComputeWorkgroupSizeX >= SPLIT_COLS * SPLIT_LANES;
+    const params: LinearRowsParams = { dtype: this.dtype, activation, residual: residual !== undefined, MR, WG: this.WG };
     const data = await this.op('x', `the linear output [${shape.join(', ')}]`, async (make) => {
-      const pipe = await pipeline(this.device, 'linearRows', params, linearRowsWGSL);
+      const pipe = split
+        ? await pipeline(this.device, 'linearSplit', { dtype: this.dtype, activation, residual: residual !== undefined, MR } satisfies LinearSplitParams, linearSplitWGSL)
+        : await pipeline(this.device, 'linearRows', params, linearRowsWGSL);
       const y = make.storage(this.bytes(M * N), 'y');
       const bindings = [make.uniform(linearDims(M, N, K)), x.data, weight.data, bias.data, y, ...(residual ? [residual.data] : [])] as GPUBuffer[];
-      this.submit(pipe, bindings, [this.groups(Math.ceil(N / this.WG)), 1]);
+      this.submit(pipe, bindings, [this.groups(Math.ceil(N / (split ? SPLIT_COLS : this.WG))), 1]);
       return y;
     });
     return this.gpuTensor(data, shape);
@@ -305,6 +562,7 @@ export class WebgpuOps implements Ops {
     const heads = (t: AnyTensor) => this.gpuTensor(t.data as GPUBuffer, [B, N, H, D]);
     const options = { backend: 'webgpu', layout: 'BNHD', causal: config.causal, algorithm: config.algorithm, memory: this.memory, device: this.device } as const;
     const data = await this.op('q', `attention over [${B}, ${N}, ${H}, ${D}]`, async (make) => {
+      this.flush(); // forward() submits its own work: what this batch recorded before must run first
       const { out, lse } = await forward(heads(q), heads(k), heads(v), options);
       lse.data.destroy(); // handed over, so already uncounted
       return make.adopt(out.data);
@@ -314,6 +572,26 @@ export class WebgpuOps implements Ops {
 
   async output(t: AnyTensor, host: boolean): Promise<AnyTensor> {
     const buffer = t.data as GPUBuffer;
+    const rec = this.rec;
+    if (rec && host) {
+      // The batch's one wait: its work and the copy into the kept read-back buffer submitted, then mapped.
+      const bytes = this.bytes(sizeOf(t.shape));
+      const size = Math.ceil(bytes / 4) * 4;
+      const staging = rec.scratch.readback(size);
+      this.encoder().copyBufferToBuffer(buffer, 0, staging, 0, size);
+      this.flush();
+      await staging.mapAsync(GPUMapMode.READ, 0, size);
+      const data = staging.getMappedRange(0, size).slice(0, bytes);
+      staging.unmap();
+      this.free(t);
+      return { data: this.dtype === 'f16' ? new Uint16Array(data) : new Float32Array(data), dtype: this.dtype, shape: [...t.shape] } as Tensor;
+    }
+    if (rec) {
+      this.flush();
+      await this.device.queue.onSubmittedWorkDone();
+      const scratch = this.pooled.get(buffer);
+      return this.gpuTensor(scratch ? scratch.handOver(buffer) : this.buffers.handOver(buffer), t.shape);
+    }
     if (host) {
       const bytes = await this.buffers.read(buffer, this.bytes(sizeOf(t.shape)), 't');
       this.free(t);
@@ -324,6 +602,6 @@ export class WebgpuOps implements Ops {
   }
 
   free(t: AnyTensor): void {
-    this.buffers.destroy(t.data as GPUBuffer);
+    this.release(t.data as GPUBuffer);
   }
 }
