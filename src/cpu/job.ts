@@ -8,6 +8,7 @@
 import type { LinearShape } from './linear.js';
 import type { DecodeShape } from './decode.js';
 import { problemStrides, type Problem } from '../problem.js';
+import { cpuKernels } from './wasm/index.js';
 
 export type Kernel = 'flashForward' | 'flashBackward' | 'standardForward' | 'standardBackward';
 
@@ -35,6 +36,8 @@ export interface CpuShape {
   chunks: number;
   /** The standard algorithm stores S and P in f16 (as 16-bit storage) when the inputs are f16. */
   f16Scores: boolean;
+  /** The flash forward runs flash.ts's JavaScript kernel, not the WebAssembly one (setCpuKernels('js')). */
+  js?: boolean;
 }
 
 /** Bytes of a (Shared)ArrayBuffer from byteOffset on: one array of a job. */
@@ -91,6 +94,7 @@ export function cpuShape(p: Problem, threads: number, f16Scores = false): CpuSha
     Bc,
     chunks: threads > 1 ? chunks : 1,
     f16Scores,
+    ...(cpuKernels() === 'js' && { js: true }),
   };
 }
 

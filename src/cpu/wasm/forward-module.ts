@@ -1,0 +1,350 @@
+/**
+ * The WebAssembly forward kernel of the cpu backend, generated for one padded head dim Dp (a multiple
+ * of 4) and tile sizes Br × Bc (multiples of 4): three functions over tiles that forward.ts copies into
+ * the module's memory, so every address is a constant offset from a loop's pointer.
+ *
+ *   qk(rows4, cols2)     Sᵀ = (Q_i K_jᵀ)ᵀ: 4 query rows × 2 keys a time, 8 f32x4 accumulators along D,
+ *                        each reduced across lanes by a 4×4 transpose, so one store writes a key's column
+ *                        for 4 rows. Sᵀ is kept key-major, so the softmax below runs 4 rows a lane each.
+ *   softmax(rows4, cols) the online softmax of Algorithm 1, line 9, 4 rows at a time: keys past a row's
+ *                        reach (N[r], the causal cut) are masked, new max m, α = e^(m_old − m) (f64, by
+ *                        the host's exp), P̃ = exp(S − m) in f32x4 (polynomial), l = α l + rowsum(P̃) (f64).
+ *   pv(rows4)            O_i = α O_i + P̃ V_j: 4 rows × 8 columns a time while all 4 rows see the key,
+ *                        then each row alone up to its N[r] (a masked key's V is never read, so a NaN
+ *                        there cannot reach a row that does not see it). The products of one block are
+ *                        summed in f32, O_i in f64.
+ * Memory (bytes): Q (Br×Dp f32, the scale folded in) | K, V (Bc×Dp f32) | Sᵀ (Bc×Br f32) | O (Br×Dp f64)
+ * | m (Br f32) | l (Br f64) | α (Br f64) | N (Br i32) | 16 bytes of scratch.
+ */
+import { assemble, f32, f64, Fn, i32, op, simd, v128, type Local } from './asm.js';
+
+export interface ForwardLayout {
+  Dp: number;
+  Br: number;
+  Bc: number;
+  Q: number;
+  K: number;
+  V: number;
+  S: number;
+  O: number;
+  M: number;
+  L: number;
+  A: number;
+  N: number;
+  T: number;
+  bytes: number;
+}
+
+export function forwardLayout(Dp: number, Br: number, Bc: number): ForwardLayout {
+  let at = 0;
+  const take = (bytes: number) => {
+    const o = at;
+    at += Math.ceil(bytes / 16) * 16;
+    return o;
+  };
+  const Q = take(Br * Dp * 4);
+  const K = take(Bc * Dp * 4);
+  const V = take(Bc * Dp * 4);
+  const S = take(Bc * Br * 4);
+  const O = take(Br * Dp * 8);
+  const M = take(Br * 4);
+  const L = take(Br * 8);
+  const A = take(Br * 8);
+  const N = take(Br * 4);
+  const T = take(16);
+  return { Dp, Br, Bc, Q, K, V, S, O, M, L, A, N, T, bytes: at };
+}
+
+/** The byte indices of an i8x16.shuffle that picks f32 lanes (0-3 of the first operand, 4-7 of the second). */
+function lanes(...l: number[]): number[] {
+  return l.flatMap((x) => [4 * x, 4 * x + 1, 4 * x + 2, 4 * x + 3]);
+}
+
+const v128Const = (f: Fn, bytes: Uint8Array) => f.simd(0x0c, ...bytes);
+const splatF32 = (f: Fn, x: number) => v128Const(f, new Uint8Array(new Float32Array([x, x, x, x]).buffer));
+
+/** The module's bytes: `relaxed` uses f32x4.relaxed_madd for the products, else mul then add. */
+export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array {
+  const { Dp, Br } = lay;
+  const rowB = Dp * 4; // bytes of a Q, K or V row
+  const colB = Br * 4; // bytes of a column of Sᵀ (one key, all rows)
+
+  /** acc += a * b (f32x4). */
+  const madd = (f: Fn, acc: Local, a: () => void, b: () => void) => {
+    if (relaxed) {
+      a();
+      b();
+      f.get(acc).simd(simd.f32x4_relaxed_madd).set(acc);
+    } else {
+      f.get(acc);
+      a();
+      b();
+      f.simd(simd.f32x4_mul).simd(simd.f32x4_add).set(acc);
+    }
+  };
+  const zero = (f: Fn, l: Local) => {
+    splatF32(f, 0).set(l);
+  };
+
+  // ---- qk(rows4, cols2) ----
+  const qk = new Fn('qk', [i32, i32], []);
+  {
+    const f = qk;
+    const [rows4, cols2] = f.params;
+    const r = f.local(i32); // byte offset of row r in Q
+    const c = f.local(i32); // byte offset of key c in K
+    const x = f.local(i32);
+    const qa = f.local(i32);
+    const ka = f.local(i32);
+    const sa = f.local(i32);
+    const acc = Array.from({ length: 8 }, () => f.local(v128)); // acc[2i + j]: row i, key j
+    const qv = Array.from({ length: 4 }, () => f.local(v128));
+    const kv = Array.from({ length: 2 }, () => f.local(v128));
+    const t0 = f.local(v128);
+    const t1 = f.local(v128);
+    f.for(r, () => f.i32(0), () => f.get(rows4).i32(rowB).op(op.i32mul), 4 * rowB, () => {
+      f.for(c, () => f.i32(0), () => f.get(cols2).i32(rowB).op(op.i32mul), 2 * rowB, () => {
+        for (const a of acc) zero(f, a);
+        f.for(x, () => f.i32(0), () => f.i32(rowB), 16, () => {
+          f.get(r).get(x).op(op.i32add).set(qa);
+          f.get(c).get(x).op(op.i32add).set(ka);
+          for (let i = 0; i < 4; i++) f.get(qa).memSimd(simd.load, lay.Q + i * rowB, 4).set(qv[i]);
+          for (let j = 0; j < 2; j++) f.get(ka).memSimd(simd.load, lay.K + j * rowB, 4).set(kv[j]);
+          for (let i = 0; i < 4; i++)
+            for (let j = 0; j < 2; j++) madd(f, acc[2 * i + j], () => f.get(qv[i]), () => f.get(kv[j]));
+        });
+        // Sᵀ address of (key c, row r): (c / rowB) · colB + (r / rowB) · 4
+        f.get(c).i32(rowB).op(0x6d /* i32.div_s */).i32(colB).op(op.i32mul);
+        f.get(r).i32(rowB).op(0x6d).i32(4).op(op.i32mul).op(op.i32add).set(sa);
+        for (let j = 0; j < 2; j++) {
+          // [Σ acc(row 0), Σ acc(row 1), Σ acc(row 2), Σ acc(row 3)] for key j
+          const [a, b, cc, d] = [acc[j], acc[2 + j], acc[4 + j], acc[6 + j]];
+          f.get(a).get(b).simd(simd.shuffle, ...lanes(0, 4, 1, 5)).get(a).get(b).simd(simd.shuffle, ...lanes(2, 6, 3, 7)).simd(simd.f32x4_add).set(t0);
+          f.get(cc).get(d).simd(simd.shuffle, ...lanes(0, 4, 1, 5)).get(cc).get(d).simd(simd.shuffle, ...lanes(2, 6, 3, 7)).simd(simd.f32x4_add).set(t1);
+          f.get(sa);
+          f.get(t0).get(t1).simd(simd.shuffle, ...lanes(0, 1, 4, 5)).get(t0).get(t1).simd(simd.shuffle, ...lanes(2, 3, 6, 7)).simd(simd.f32x4_add);
+          f.memSimd(simd.store, lay.S + j * colB, 4);
+        }
+      });
+    });
+  }
+
+  /** Pushes exp(x) of the f32x4 in local x (x ≤ 0, −∞ or NaN): Cephes' expf, 0 below −87.5. */
+  const vexp = (f: Fn, x: Local, xc: Local, n: Local, r: Local) => {
+    f.get(x);
+    splatF32(f, -87.5);
+    f.simd(simd.f32x4_max).set(xc);
+    f.get(xc);
+    splatF32(f, Math.LOG2E);
+    f.simd(simd.f32x4_mul).simd(simd.f32x4_nearest).set(n);
+    f.get(xc).get(n);
+    splatF32(f, 0.693359375);
+    f.simd(simd.f32x4_mul).simd(simd.f32x4_sub);
+    f.get(n);
+    splatF32(f, -2.12194440e-4);
+    f.simd(simd.f32x4_mul).simd(simd.f32x4_sub).set(r);
+    splatF32(f, 1.9875691500e-4);
+    for (const k of [1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]) {
+      f.get(r).simd(simd.f32x4_mul);
+      splatF32(f, k);
+      f.simd(simd.f32x4_add);
+    }
+    f.get(r).simd(simd.f32x4_mul).get(r).simd(simd.f32x4_mul).get(r).simd(simd.f32x4_add);
+    splatF32(f, 1);
+    f.simd(simd.f32x4_add);
+    // times 2^n: (n + 127) << 23 as the bits of an f32
+    f.get(n).simd(simd.i32x4_trunc_sat_f32x4_s);
+    f.i32(127).simd(simd.i32x4_splat).simd(simd.i32x4_add).i32(23).simd(simd.i32x4_shl);
+    f.simd(simd.f32x4_mul);
+    // 0 where x < −87.5 (and −∞)
+    f.get(x);
+    splatF32(f, -87.5);
+    f.simd(simd.f32x4_lt).simd(simd.v128_andnot);
+  };
+
+  // ---- softmax(rows4, cols) ----
+  const sm = new Fn('softmax', [i32, i32], []);
+  {
+    const f = sm;
+    const [rows4, cols] = f.params;
+    const r = f.local(i32); // row index
+    const c = f.local(i32); // key index
+    const sa = f.local(i32);
+    const nv = f.local(v128);
+    const mx = f.local(v128);
+    const s = f.local(v128);
+    const x = f.local(v128);
+    const xc = f.local(v128);
+    const nn = f.local(v128);
+    const rr = f.local(v128);
+    const sum0 = f.local(v128);
+    const sum1 = f.local(v128);
+    const mo = f.local(f32);
+    const mn = f.local(f32);
+    const ninf = new Uint8Array(new Float32Array([-Infinity, -Infinity, -Infinity, -Infinity]).buffer);
+    /** Pushes the mask of lanes whose row sees key c (c < N[row]). */
+    const sees = () => f.get(nv).get(c).simd(simd.i32x4_splat).simd(simd.i32x4_gt_s);
+    f.for(r, () => f.i32(0), () => f.get(rows4), 4, () => {
+      f.get(r).i32(2).op(op.i32shl).memSimd(simd.load, lay.N, 4).set(nv);
+      f.get(r).i32(2).op(op.i32shl).memSimd(simd.load, lay.M, 4).set(mx);
+      // the new running max over the keys each row sees
+      f.for(c, () => f.i32(0), () => f.get(cols), 1, () => {
+        f.get(c).i32(colB).op(op.i32mul).get(r).i32(2).op(op.i32shl).op(op.i32add).memSimd(simd.load, lay.S, 4);
+        v128Const(f, ninf);
+        sees();
+        f.simd(simd.v128_bitselect).get(mx).simd(simd.f32x4_max).set(mx);
+      });
+      f.i32(0).get(mx).memSimd(simd.store, lay.T, 4);
+      // per row: α = e^(m_old − m) (1 and no keys for a row that sees nothing yet), m = m_new
+      for (let i = 0; i < 4; i++) {
+        f.get(r).i32(2).op(op.i32shl).mem(op.f32load, lay.M + 4 * i, 2).set(mo);
+        f.i32(0).mem(op.f32load, lay.T + 4 * i, 2).tee(mn);
+        f.f32(-Infinity).op(op.f32eq);
+        f.if(
+          () => {
+            f.get(r).i32(3).op(op.i32shl).f64(1).mem(op.f64store, lay.A + 8 * i, 3);
+            f.get(r).i32(2).op(op.i32shl).i32(0).mem(op.i32store, lay.N + 4 * i, 2);
+          },
+          () => {
+            f.get(r).i32(3).op(op.i32shl);
+            f.get(mo).op(op.f64promote).get(mn).op(op.f64promote).op(op.f64sub).op(op.call, 0);
+            f.mem(op.f64store, lay.A + 8 * i, 3);
+            f.get(r).i32(2).op(op.i32shl).get(mn).mem(op.f32store, lay.M + 4 * i, 2);
+          },
+        );
+      }
+      f.get(r).i32(2).op(op.i32shl).memSimd(simd.load, lay.N, 4).set(nv);
+      f.get(r).i32(2).op(op.i32shl).memSimd(simd.load, lay.M, 4).set(mx);
+      zero(f, sum0);
+      zero(f, sum1);
+      // P̃ = exp(S − m) where the row sees the key, else 0; rowsum in f64
+      f.for(c, () => f.i32(0), () => f.get(cols), 1, () => {
+        f.get(c).i32(colB).op(op.i32mul).get(r).i32(2).op(op.i32shl).op(op.i32add).tee(sa);
+        f.memSimd(simd.load, lay.S, 4).get(mx).simd(simd.f32x4_sub).set(x);
+        f.get(sa);
+        vexp(f, x, xc, nn, rr);
+        sees();
+        f.simd(simd.v128_and).tee(s);
+        f.memSimd(simd.store, lay.S, 4);
+        f.get(sum0).get(s).simd(simd.f64x2_promote_low_f32x4).simd(simd.f64x2_add).set(sum0);
+        f.get(sum1).get(s).get(s).simd(simd.shuffle, ...lanes(2, 3, 0, 1)).simd(simd.f64x2_promote_low_f32x4).simd(simd.f64x2_add).set(sum1);
+      });
+      // l = α l + rowsum
+      for (let i = 0; i < 4; i++) {
+        f.get(r).i32(3).op(op.i32shl);
+        f.get(r).i32(3).op(op.i32shl).mem(op.f64load, lay.A + 8 * i, 3);
+        f.get(r).i32(3).op(op.i32shl).mem(op.f64load, lay.L + 8 * i, 3);
+        f.op(op.f64mul);
+        f.get(i < 2 ? sum0 : sum1).simd(simd.f64x2_extract_lane, i % 2);
+        f.op(op.f64add).mem(op.f64store, lay.L + 8 * i, 3);
+      }
+    });
+  }
+
+  // ---- pv(rows4) ----
+  const pv = new Fn('pv', [i32], []);
+  {
+    const f = pv;
+    const [rows4] = f.params;
+    const r = f.local(i32);
+    const c = f.local(i32);
+    const xb = f.local(i32); // byte offset of the column chunk in a V row
+    const common = f.local(i32);
+    const end = f.local(i32);
+    const pa = f.local(i32);
+    const va = f.local(i32);
+    const ob = f.local(i32);
+    const acc = Array.from({ length: 8 }, () => f.local(v128)); // acc[2i + j]: row i, columns 4j..4j+3
+    const pvv = Array.from({ length: 4 }, () => f.local(v128));
+    const vv = Array.from({ length: 2 }, () => f.local(v128));
+    const al = f.local(v128);
+    const n = (i: number) => f.get(r).i32(2).op(op.i32shl).mem(op.i32load, lay.N + 4 * i, 2);
+
+    /** O rows (f64) += (α ·) the accumulators of `rowsIn` rows × `w` vectors, at column chunk xb. */
+    const flush = (rowsIn: number[], w: number, withAlpha: boolean) => {
+      // ob: byte offset of O[r][xb/4]
+      f.get(r).i32(Dp * 8).op(op.i32mul).get(xb).i32(1).op(op.i32shl).op(op.i32add).set(ob);
+      rowsIn.forEach((i, k) => {
+        if (withAlpha) f.get(r).i32(3).op(op.i32shl).mem(op.f64load, lay.A + 8 * i, 3).simd(simd.f64x2_splat).set(al);
+        for (let j = 0; j < w; j++) {
+          const a = acc[2 * k + j];
+          for (let h = 0; h < 2; h++) {
+            const off = lay.O + i * Dp * 8 + j * 32 + h * 16;
+            f.get(ob);
+            f.get(ob).memSimd(simd.load, off, 4);
+            if (withAlpha) f.get(al).simd(simd.f64x2_mul);
+            if (h === 0) f.get(a);
+            else f.get(a).get(a).simd(simd.shuffle, ...lanes(2, 3, 0, 1));
+            f.simd(simd.f64x2_promote_low_f32x4).simd(simd.f64x2_add);
+            f.memSimd(simd.store, off, 4);
+          }
+        }
+      });
+    };
+
+    /** Accumulate rows `rowsIn` (offsets from r) × w vectors over keys [from, to) into acc. */
+    const accumulate = (rowsIn: number[], w: number, from: () => void, to: () => void) => {
+      for (let k = 0; k < rowsIn.length; k++) for (let j = 0; j < w; j++) zero(f, acc[2 * k + j]);
+      // pa: byte offset of Sᵀ[c][r]; va: byte offset of V[c][xb]
+      f.for(c, from, to, 1, () => {
+        f.get(c).i32(colB).op(op.i32mul).get(r).i32(2).op(op.i32shl).op(op.i32add).set(pa);
+        f.get(c).i32(rowB).op(op.i32mul).get(xb).op(op.i32add).set(va);
+        rowsIn.forEach((i, k) => f.get(pa).memSimd(simd.load32_splat, lay.S + 4 * i, 2).set(pvv[k]));
+        for (let j = 0; j < w; j++) f.get(va).memSimd(simd.load, lay.V + 16 * j, 4).set(vv[j]);
+        rowsIn.forEach((_, k) => {
+          for (let j = 0; j < w; j++) madd(f, acc[2 * k + j], () => f.get(pvv[k]), () => f.get(vv[j]));
+        });
+      });
+    };
+
+    const chunk = (w: number) => {
+      accumulate([0, 1, 2, 3], w, () => f.i32(0), () => f.get(common));
+      flush([0, 1, 2, 3], w, true);
+      for (let i = 0; i < 4; i++) {
+        n(i).set(end);
+        f.get(common).get(end).op(op.i32lt_s);
+        f.if(() => {
+          accumulate([i], w, () => f.get(common), () => f.get(end));
+          flush([i], w, false);
+        });
+      }
+    };
+
+    f.for(r, () => f.i32(0), () => f.get(rows4), 4, () => {
+      // common = min over the 4 rows of N
+      n(0).set(common);
+      for (let i = 1; i < 4; i++) {
+        n(i).set(end);
+        f.get(end).get(common).get(end).get(common).op(op.i32lt_s).op(op.select).set(common);
+      }
+      const full = Math.floor(Dp / 8);
+      if (full > 0) f.for(xb, () => f.i32(0), () => f.i32(full * 32), 32, () => chunk(2));
+      if (Dp % 8 === 4) {
+        f.i32(full * 32).set(xb);
+        chunk(1);
+      }
+    });
+  }
+
+  const pages = Math.ceil(lay.bytes / 65536);
+  return assemble([{ module: 'm', field: 'exp', params: [f64], results: [f64] }], [qk, sm, pv], pages);
+}
+
+/** A module with one relaxed-SIMD instruction, to ask the runtime whether it has relaxed SIMD. */
+export function relaxedProbe(): Uint8Array {
+  const f = new Fn('probe', [], [v128]);
+  splatF32(f, 1);
+  splatF32(f, 2);
+  splatF32(f, 3);
+  f.simd(simd.f32x4_relaxed_madd);
+  return assemble([], [f], 1);
+}
+
+/** A module with one SIMD instruction, to ask the runtime whether it has SIMD at all. */
+export function simdProbe(): Uint8Array {
+  const f = new Fn('probe', [], [v128]);
+  splatF32(f, 1);
+  splatF32(f, 2);
+  f.simd(simd.f32x4_add);
+  return assemble([], [f], 1);
+}

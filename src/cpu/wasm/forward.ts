@@ -1,0 +1,174 @@
+/**
+ * The cpu forward in WebAssembly SIMD: forwardTask of flash.ts (one task per query block of a head,
+ * FlashAttention-2 over tiles), with the tiles' arithmetic in the generated module of forward-module.ts.
+ * Each thread instantiates a module for (Dp, Br, Bc) once, with a memory of its own; a task copies Q_i
+ * (scale folded in) and then each K_j, V_j from the job's shared arrays into it (rows padded with zeros
+ * to Dp, a multiple of 4), runs qk, softmax and pv per key block, and writes O_i = O / l and
+ * L_i = m + log l back. The causal cut is flash.ts's: key blocks past the diagonal are never visited, and
+ * N[r] gives each row the keys of a block it sees. Results match the JavaScript kernel's semantics
+ * (a row that sees no key: out 0, lse −∞; a NaN poisons only its row); the products are f32 (the
+ * JavaScript kernel's are f64), O and l are summed in f64.
+ */
+import type { ForwardArrays } from '../flash.js';
+import type { CpuShape } from '../job.js';
+import { forwardLayout, forwardModule, relaxedProbe, simdProbe, type ForwardLayout } from './forward-module.js';
+
+interface WasmApi {
+  validate(bytes: Uint8Array): boolean;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
+}
+
+const wasm = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
+
+/** What this runtime runs: 'relaxed' (SIMD with fused multiply-add), 'simd', or 'none'. */
+let support: 'relaxed' | 'simd' | 'none' | undefined;
+
+export function wasmSupport(): 'relaxed' | 'simd' | 'none' {
+  if (support === undefined) {
+    try {
+      support = !wasm ? 'none' : wasm.validate(relaxedProbe()) ? 'relaxed' : wasm.validate(simdProbe()) ? 'simd' : 'none';
+    } catch {
+      support = 'none';
+    }
+  }
+  return support;
+}
+
+/** Which instruction set the kernels use: the best the runtime has, or a lower one (tests compare them). */
+let wanted: 'relaxed' | 'simd' | undefined;
+
+/** Use plain SIMD even where relaxed SIMD is available (for tests and measurements); undefined: the best. */
+export function setWasmVariant(v: 'relaxed' | 'simd' | undefined): void {
+  wanted = v;
+  instances.clear();
+}
+
+interface Instance {
+  lay: ForwardLayout;
+  mem: { buffer: ArrayBuffer };
+  qk: (rows4: number, cols2: number) => void;
+  softmax: (rows4: number, cols: number) => void;
+  pv: (rows4: number) => void;
+  f32: Float32Array;
+  f64: Float64Array;
+  i32: Int32Array;
+}
+
+const instances = new Map<string, Instance | null>();
+
+function instance(Dp: number, Br: number, Bc: number): Instance | null {
+  const relaxed = wasmSupport() === 'relaxed' && wanted !== 'simd';
+  const key = `${Dp} ${Br} ${Bc} ${relaxed}`;
+  let inst = instances.get(key);
+  if (inst !== undefined) return inst;
+  try {
+    const lay = forwardLayout(Dp, Br, Bc);
+    const module = new wasm!.Module(forwardModule(lay, relaxed));
+    const { exports: e } = new wasm!.Instance(module, { m: { exp: Math.exp } });
+    const mem = e.mem as { buffer: ArrayBuffer };
+    inst = {
+      lay,
+      mem,
+      qk: e.qk as Instance['qk'],
+      softmax: e.softmax as Instance['softmax'],
+      pv: e.pv as Instance['pv'],
+      f32: new Float32Array(mem.buffer),
+      f64: new Float64Array(mem.buffer),
+      i32: new Int32Array(mem.buffer),
+    };
+  } catch {
+    inst = null; // e.g. a browser's main thread, which compiles only small modules synchronously
+  }
+  instances.set(key, inst);
+  return inst;
+}
+
+/** Copy `rows` rows of D elements from `src` (row stride `stride`) into `dst` at `at` with row stride Dp. */
+function copyRows(dst: Float32Array, at: number, Dp: number, src: Float32Array, o: number, stride: number, rows: number, D: number): void {
+  if (stride === D && D === Dp) {
+    dst.set(src.subarray(o, o + rows * D), at);
+    return;
+  }
+  for (let r = 0; r < rows; r++) dst.set(src.subarray(o + r * stride, o + r * stride + D), at + r * Dp);
+}
+
+/**
+ * The task function of the WebAssembly forward for a job's shape and arrays, or undefined where it
+ * cannot run here (no SIMD, or no module could be made): the caller runs flash.ts's then.
+ */
+export function wasmForward(s: CpuShape, a: ForwardArrays): ((t: number) => void) | undefined {
+  if (wasmSupport() === 'none') return undefined;
+  const Dp = Math.ceil(s.D / 4) * 4;
+  const inst = instance(Dp, s.Br, s.Bc);
+  if (!inst) return undefined;
+  return (t) => forwardTaskWasm(s, a, t, inst);
+}
+
+function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, w: Instance): void {
+  const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow } = s;
+  const { q, k, v, out, lse } = a;
+  const { lay, f32: F, f64: F64, i32: I } = w;
+  const Dp = lay.Dp;
+  const Tr = Math.ceil(Nq / Br);
+  // The order of flash.ts: tasks with the most key blocks first.
+  const bh = t % (B * H);
+  const i = Tr - 1 - Math.floor(t / (B * H));
+  const b = Math.floor(bh / H);
+  const h = bh % H;
+  const qo = b * s.qBatch + h * s.qHead;
+  const ko = b * s.kvBatch + Math.floor(h / (H / Hkv)) * s.kvHead;
+  const r0 = i * Br;
+  const rows = Math.min(Br, Nq - r0);
+  const rows4 = Math.ceil(rows / 4) * 4;
+  const offset = Nk - Nq; // causal: row r sees keys c <= r + offset
+
+  const Q = lay.Q / 4;
+  const K = lay.K / 4;
+  const V = lay.V / 4;
+  const O = lay.O / 8;
+  const M = lay.M / 4;
+  const L = lay.L / 8;
+  const N = lay.N / 4;
+  // Q_i with the scale folded in (rows past the block and columns past D zero), O = 0, l = 0, m = −∞.
+  F.fill(0, Q, Q + Br * Dp);
+  for (let r = 0; r < rows; r++) {
+    const so = qo + (r0 + r) * qRow;
+    const d = Q + r * Dp;
+    for (let x = 0; x < D; x++) F[d + x] = q[so + x] * scale;
+  }
+  F64.fill(0, O, O + Br * Dp);
+  F64.fill(0, L, L + Br);
+  F.fill(-Infinity, M, M + Br);
+  if (Dp !== D) {
+    // the padding columns of K and V stay zero for the whole task
+    F.fill(0, K, K + s.Bc * Dp);
+    F.fill(0, V, V + s.Bc * Dp);
+  }
+
+  const Tc = Math.ceil(Nk / Bc);
+  const lastKey = r0 + rows - 1 + offset;
+  const jEnd = causal ? Math.max(0, Math.min(Tc, Math.floor(lastKey / Bc) + 1)) : Tc;
+  for (let j = 0; j < jEnd; j++) {
+    const c0 = j * Bc;
+    const cols = Math.min(Bc, Nk - c0);
+    copyRows(F, K, Dp, k, ko + c0 * kvRow, kvRow, cols, D);
+    copyRows(F, V, Dp, v, ko + c0 * kvRow, kvRow, cols, D);
+    for (let r = 0; r < rows4; r++) {
+      I[N + r] = r >= rows ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
+    }
+    w.qk(rows4, cols + (cols & 1));
+    w.softmax(rows4, cols);
+    w.pv(rows4);
+  }
+
+  // O_i = O_i / l, L_i = m + log l (a row that saw no key: O = 0, L = −∞).
+  for (let r = 0; r < rows; r++) {
+    const l = F64[L + r];
+    const inv = l === 0 ? 0 : 1 / l;
+    const dst = qo + (r0 + r) * qRow;
+    const src = O + r * Dp;
+    for (let x = 0; x < D; x++) out[dst + x] = F64[src + x] * inv;
+    lse[(b * H + h) * Nq + r0 + r] = l === 0 ? -Infinity : F[M + r] + Math.log(l);
+  }
+}
