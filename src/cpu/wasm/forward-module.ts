@@ -11,8 +11,8 @@
  *                        the host's exp), P̃ = exp(S − m) in f32x4 (polynomial), l = α l + rowsum(P̃) (f64).
  *   pv(rows4)            O_i = α O_i + P̃ V_j: 4 rows × 8 columns a time while all 4 rows see the key,
  *                        then each row alone up to its N[r] (a masked key's V is never read, so a NaN
- *                        there cannot reach a row that does not see it). The products of one block are
- *                        summed in f32, O_i in f64.
+ *                        there cannot reach a row that does not see it). The products of 32 keys are
+ *                        summed in f32, then added to O_i, which is f64.
  * Memory (bytes): Q (Br×Dp f32, the scale folded in) | K, V (Bc×Dp f32) | Sᵀ (Bc×Br f32) | O (Br×Dp f64)
  * | m (Br f32) | l (Br f64) | α (Br f64) | N (Br i32) | 16 bytes of scratch.
  */
@@ -82,6 +82,8 @@ export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array 
       f.simd(simd.f32x4_mul).simd(simd.f32x4_add).set(acc);
     }
   };
+  /** pv sums the products of this many keys in f32 before adding them to O in f64. */
+  const CHUNK = 32;
   const zero = (f: Fn, l: Local) => {
     splatF32(f, 0).set(l);
   };
@@ -251,6 +253,8 @@ export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array 
     const xb = f.local(i32); // byte offset of the column chunk in a V row
     const common = f.local(i32);
     const end = f.local(i32);
+    const cs = f.local(i32);
+    const ce = f.local(i32);
     const pa = f.local(i32);
     const va = f.local(i32);
     const ob = f.local(i32);
@@ -260,19 +264,29 @@ export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array 
     const al = f.local(v128);
     const n = (i: number) => f.get(r).i32(2).op(op.i32shl).mem(op.i32load, lay.N + 4 * i, 2);
 
-    /** O rows (f64) += (α ·) the accumulators of `rowsIn` rows × `w` vectors, at column chunk xb. */
-    const flush = (rowsIn: number[], w: number, withAlpha: boolean) => {
+    /** O rows (f64) of the 4 rows at column chunk xb (w vectors) times α: once per row and block. */
+    const scale = (w: number) => {
+      f.get(r).i32(Dp * 8).op(op.i32mul).get(xb).i32(1).op(op.i32shl).op(op.i32add).set(ob);
+      for (let i = 0; i < 4; i++) {
+        f.get(r).i32(3).op(op.i32shl).mem(op.f64load, lay.A + 8 * i, 3).simd(simd.f64x2_splat).set(al);
+        for (let h = 0; h < 2 * w; h++) {
+          const off = lay.O + i * Dp * 8 + h * 16;
+          f.get(ob).get(ob).memSimd(simd.load, off, 4).get(al).simd(simd.f64x2_mul).memSimd(simd.store, off, 4);
+        }
+      }
+    };
+
+    /** O rows (f64) += the accumulators of `rowsIn` rows × `w` vectors, at column chunk xb. */
+    const flush = (rowsIn: number[], w: number) => {
       // ob: byte offset of O[r][xb/4]
       f.get(r).i32(Dp * 8).op(op.i32mul).get(xb).i32(1).op(op.i32shl).op(op.i32add).set(ob);
       rowsIn.forEach((i, k) => {
-        if (withAlpha) f.get(r).i32(3).op(op.i32shl).mem(op.f64load, lay.A + 8 * i, 3).simd(simd.f64x2_splat).set(al);
         for (let j = 0; j < w; j++) {
           const a = acc[2 * k + j];
           for (let h = 0; h < 2; h++) {
             const off = lay.O + i * Dp * 8 + j * 32 + h * 16;
             f.get(ob);
             f.get(ob).memSimd(simd.load, off, 4);
-            if (withAlpha) f.get(al).simd(simd.f64x2_mul);
             if (h === 0) f.get(a);
             else f.get(a).get(a).simd(simd.shuffle, ...lanes(2, 3, 0, 1));
             f.simd(simd.f64x2_promote_low_f32x4).simd(simd.f64x2_add);
@@ -282,40 +296,43 @@ export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array 
       });
     };
 
-    /** Accumulate rows `rowsIn` (offsets from r) × w vectors over keys [from, to) into acc. */
+    /**
+     * O rows `rowsIn` (offsets from r) += P̃ V over keys [from, to), w vectors at column chunk xb: the
+     * products of CHUNK keys at a time summed in f32, then added to O in f64.
+     */
     const accumulate = (rowsIn: number[], w: number, from: () => void, to: () => void) => {
-      for (let k = 0; k < rowsIn.length; k++) for (let j = 0; j < w; j++) zero(f, acc[2 * k + j]);
-      // pa: byte offset of Sᵀ[c][r]; va: byte offset of V[c][xb]
-      f.for(c, from, to, 1, () => {
-        f.get(c).i32(colB).op(op.i32mul).get(r).i32(2).op(op.i32shl).op(op.i32add).set(pa);
-        f.get(c).i32(rowB).op(op.i32mul).get(xb).op(op.i32add).set(va);
-        rowsIn.forEach((i, k) => f.get(pa).memSimd(simd.load32_splat, lay.S + 4 * i, 2).set(pvv[k]));
-        for (let j = 0; j < w; j++) f.get(va).memSimd(simd.load, lay.V + 16 * j, 4).set(vv[j]);
-        rowsIn.forEach((_, k) => {
-          for (let j = 0; j < w; j++) madd(f, acc[2 * k + j], () => f.get(pvv[k]), () => f.get(vv[j]));
+      to();
+      f.set(end);
+      f.for(cs, from, () => f.get(end), CHUNK, () => {
+        for (let k = 0; k < rowsIn.length; k++) for (let j = 0; j < w; j++) zero(f, acc[2 * k + j]);
+        // ce = min(cs + CHUNK, end)
+        f.get(cs).i32(CHUNK).op(op.i32add).tee(ce).get(end).get(ce).get(end).op(op.i32lt_s).op(op.select).set(ce);
+        // pa: byte offset of Sᵀ[c][r]; va: byte offset of V[c][xb]
+        f.for(c, () => f.get(cs), () => f.get(ce), 1, () => {
+          f.get(c).i32(colB).op(op.i32mul).get(r).i32(2).op(op.i32shl).op(op.i32add).set(pa);
+          f.get(c).i32(rowB).op(op.i32mul).get(xb).op(op.i32add).set(va);
+          rowsIn.forEach((i, k) => f.get(pa).memSimd(simd.load32_splat, lay.S + 4 * i, 2).set(pvv[k]));
+          for (let j = 0; j < w; j++) f.get(va).memSimd(simd.load, lay.V + 16 * j, 4).set(vv[j]);
+          rowsIn.forEach((_, k) => {
+            for (let j = 0; j < w; j++) madd(f, acc[2 * k + j], () => f.get(pvv[k]), () => f.get(vv[j]));
+          });
         });
+        flush(rowsIn, w);
       });
     };
 
     const chunk = (w: number) => {
+      scale(w);
       accumulate([0, 1, 2, 3], w, () => f.i32(0), () => f.get(common));
-      flush([0, 1, 2, 3], w, true);
-      for (let i = 0; i < 4; i++) {
-        n(i).set(end);
-        f.get(common).get(end).op(op.i32lt_s);
-        f.if(() => {
-          accumulate([i], w, () => f.get(common), () => f.get(end));
-          flush([i], w, false);
-        });
-      }
+      for (let i = 0; i < 4; i++) accumulate([i], w, () => f.get(common), () => n(i));
     };
 
     f.for(r, () => f.i32(0), () => f.get(rows4), 4, () => {
       // common = min over the 4 rows of N
       n(0).set(common);
       for (let i = 1; i < 4; i++) {
-        n(i).set(end);
-        f.get(end).get(common).get(end).get(common).op(op.i32lt_s).op(op.select).set(common);
+        n(i).set(ce);
+        f.get(ce).get(common).get(ce).get(common).op(op.i32lt_s).op(op.select).set(common);
       }
       const full = Math.floor(Dp / 8);
       if (full > 0) f.for(xb, () => f.i32(0), () => f.i32(full * 32), 32, () => chunk(2));
