@@ -303,6 +303,7 @@ export const simd = {
   v128_and: 0x4e,
   v128_andnot: 0x4f,
   v128_bitselect: 0x52,
+  f32x4_demote_f64x2_zero: 0x5e,
   f64x2_promote_low_f32x4: 0x5f,
   f32x4_nearest: 0x6a,
   i32x4_shl: 0xab,

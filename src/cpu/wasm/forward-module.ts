@@ -3,10 +3,12 @@
  * of 4) and tile sizes Br × Bc (multiples of 4): three functions over the tiles that forward.ts copies
  * into the module's memory; every address is a loop's pointer plus a constant.
  *
- *   qk(rows4, cols2, kb) Sᵀ = (Q_i K_jᵀ)ᵀ, K_j's rows from byte kb: 4 query rows × 2 keys a time, 8 f32x4
- *                        accumulators along D, each reduced across lanes by a 4×4 transpose, so one store
- *                        writes a key's scores for 4 rows. Sᵀ is kept in panels of 4 rows, key-major, so
- *                        the softmax below runs 4 rows a lane each and pv reads it in order.
+ *   qk(rows4, cols2, kb) Sᵀ = (Q_i K_jᵀ)ᵀ, K_j's rows from byte kb: 4 query rows × 2 keys a time, 8 f64x2
+ *                        accumulators along D (Q and K are f64 here: the products of f32 inputs are exact,
+ *                        and each score is rounded to f32 once, as flash.ts rounds it, so the backward's
+ *                        P = exp(S − L) recomputed from the same f32 S keeps its largest value 1 where
+ *                        |S| ~ 1e4), 4 rows' scores stored at once. Sᵀ is kept in panels of 4 rows,
+ *                        key-major, so the softmax below runs 4 rows a lane each and pv reads it in order.
  *   softmax(rows4, cols) the online softmax of Algorithm 1, line 9, 4 rows at a time: keys past a row's
  *                        reach (N[r], the causal cut) are masked, new max m, α = e^(m_old − m) (f64, by
  *                        the host's exp), P̃ = exp(S − m) in f32x4 (polynomial), l = α l + rowsum(P̃) (f64).
@@ -14,16 +16,18 @@
  *                        4 rows see the key, then each row alone up to its N[r] (a masked key's V is never
  *                        read, so a NaN there cannot reach a row that does not see it). The products of
  *                        32 keys are summed in f32, then added to O_i, which is f64.
- * Memory (bytes): Q (Br×ld f32, the scale folded in) | Sᵀ (Br/4 panels of Bc×4 f32) | O (Br×Dp f64)
- * | m (Br f32) | l (Br f64) | α (Br f64) | N (Br i32) | 16 bytes of scratch | from `bytes` on, K and V
- * rows (ld f32 each) where forward.ts puts them.
+ * Memory (bytes): Q (Br×ldq f64, the scale folded in) | Sᵀ (Br/4 panels of Bc×4 f32) | O (Br×Dp f64)
+ * | m (Br f32) | l (Br f64) | α (Br f64) | N (Br i32) | 16 bytes of scratch | from `bytes` on, K rows
+ * (ldq f64 each) and V rows (ld f32 each) where forward.ts puts them.
  */
 import { assemble, f32, f64, Fn, i32, op, simd, v128, type Local } from './asm.js';
 
 export interface ForwardLayout {
   Dp: number;
-  /** Row stride of Q, K and V in floats: Dp, or Dp + 4 where Dp·4 bytes is a multiple of 64 (rows a power of two apart share cache sets). */
+  /** Row stride of V (f32) in elements: Dp, or Dp + 4 where Dp·4 bytes is a multiple of 64 (rows a power of two apart share cache sets). */
   ld: number;
+  /** Row stride of Q and K (f64) in elements: Dp, or Dp + 2 where Dp·8 bytes is a multiple of 64. */
+  ldq: number;
   Br: number;
   Bc: number;
   Q: number;
@@ -45,7 +49,8 @@ export function forwardLayout(Dp: number, Br: number, Bc: number): ForwardLayout
     return o;
   };
   const ld = Dp % 16 === 0 ? Dp + 4 : Dp;
-  const Q = take(Br * ld * 4);
+  const ldq = Dp % 8 === 0 ? Dp + 2 : Dp;
+  const Q = take(Br * ldq * 8);
   const S = take(Bc * Br * 4);
   const O = take(Br * Dp * 8);
   const M = take(Br * 4);
@@ -53,7 +58,7 @@ export function forwardLayout(Dp: number, Br: number, Bc: number): ForwardLayout
   const A = take(Br * 8);
   const N = take(Br * 4);
   const T = take(16);
-  return { Dp, ld, Br, Bc, Q, S, O, M, L, A, N, T, bytes: at };
+  return { Dp, ld, ldq, Br, Bc, Q, S, O, M, L, A, N, T, bytes: at };
 }
 
 /** The byte indices of an i8x16.shuffle that picks f32 lanes (0-3 of the first operand, 4-7 of the second). */
@@ -67,7 +72,8 @@ const splatF32 = (f: Fn, x: number) => v128Const(f, new Uint8Array(new Float32Ar
 /** The module's bytes: `relaxed` uses f32x4.relaxed_madd for the products, else mul then add. */
 export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array {
   const { Dp, Bc } = lay;
-  const rowB = lay.ld * 4; // bytes from one Q, K or V row to the next
+  const rowB = lay.ld * 4; // bytes from one V row to the next
+  const rowQB = lay.ldq * 8; // bytes from one Q or K row to the next
   const panelB = Bc * 16; // bytes of a panel of Sᵀ: 4 rows × Bc keys, key-major
 
   /** acc += a * b (f32x4). */
@@ -89,43 +95,48 @@ export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array 
     splatF32(f, 0).set(l);
   };
 
-  // ---- qk(rows4, cols2) ----
+  // ---- qk(rows4, cols2, kb) ----
   const qk = new Fn('qk', [i32, i32, i32], []);
   {
     const f = qk;
     const [rows4, cols2, kb] = f.params;
     const r = f.local(i32); // byte offset of row r in Q
-    const c = f.local(i32); // byte offset of key c in K
+    const c = f.local(i32); // byte address of key c
     const x = f.local(i32);
     const qa = f.local(i32);
     const ka = f.local(i32);
     const sa = f.local(i32);
-    const acc = Array.from({ length: 8 }, () => f.local(v128)); // acc[2i + j]: row i, key j
+    const acc = Array.from({ length: 8 }, () => f.local(v128)); // acc[2i + j]: row i, key j (f64x2)
     const qv = Array.from({ length: 4 }, () => f.local(v128));
     const kv = Array.from({ length: 2 }, () => f.local(v128));
     const t0 = f.local(v128);
     const t1 = f.local(v128);
-    f.for(r, () => f.i32(0), () => f.get(rows4).i32(rowB).op(op.i32mul), 4 * rowB, () => {
-      f.for(c, () => f.get(kb), () => f.get(kb).get(cols2).i32(rowB).op(op.i32mul).op(op.i32add), 2 * rowB, () => {
+    f.for(r, () => f.i32(0), () => f.get(rows4).i32(rowQB).op(op.i32mul), 4 * rowQB, () => {
+      f.for(c, () => f.get(kb), () => f.get(kb).get(cols2).i32(rowQB).op(op.i32mul).op(op.i32add), 2 * rowQB, () => {
         for (const a of acc) zero(f, a);
-        f.for(x, () => f.i32(0), () => f.i32(Dp * 4), 16, () => {
+        f.for(x, () => f.i32(0), () => f.i32(Dp * 8), 16, () => {
           f.get(r).get(x).op(op.i32add).set(qa);
           f.get(c).get(x).op(op.i32add).set(ka);
-          for (let i = 0; i < 4; i++) f.get(qa).memSimd(simd.load, lay.Q + i * rowB, 4).set(qv[i]);
-          for (let j = 0; j < 2; j++) f.get(ka).memSimd(simd.load, j * rowB, 4).set(kv[j]);
-          for (let i = 0; i < 4; i++)
-            for (let j = 0; j < 2; j++) madd(f, acc[2 * i + j], () => f.get(qv[i]), () => f.get(kv[j]));
+          for (let i = 0; i < 4; i++) f.get(qa).memSimd(simd.load, lay.Q + i * rowQB, 4).set(qv[i]);
+          for (let j = 0; j < 2; j++) f.get(ka).memSimd(simd.load, j * rowQB, 4).set(kv[j]);
+          for (let i = 0; i < 4; i++) {
+            for (let j = 0; j < 2; j++) {
+              f.get(acc[2 * i + j]).get(qv[i]).get(kv[j]).simd(simd.f64x2_mul).simd(simd.f64x2_add).set(acc[2 * i + j]);
+            }
+          }
         });
         // Sᵀ address of (key c, rows r..r+3): panel r / 4, key c
-        f.get(r).i32(4 * rowB).op(0x6d /* i32.div_s */).i32(panelB).op(op.i32mul);
-        f.get(c).get(kb).op(op.i32sub).i32(rowB).op(0x6d).i32(16).op(op.i32mul).op(op.i32add).set(sa);
+        f.get(r).i32(4 * rowQB).op(0x6d /* i32.div_s */).i32(panelB).op(op.i32mul);
+        f.get(c).get(kb).op(op.i32sub).i32(rowQB).op(0x6d).i32(16).op(op.i32mul).op(op.i32add).set(sa);
         for (let j = 0; j < 2; j++) {
-          // [Σ acc(row 0), Σ acc(row 1), Σ acc(row 2), Σ acc(row 3)] for key j
+          // [Σ row 0, Σ row 1] and [Σ row 2, Σ row 3] for key j in f64, each rounded to f32 once
           const [a, b, cc, d] = [acc[j], acc[2 + j], acc[4 + j], acc[6 + j]];
-          f.get(a).get(b).simd(simd.shuffle, ...lanes(0, 4, 1, 5)).get(a).get(b).simd(simd.shuffle, ...lanes(2, 6, 3, 7)).simd(simd.f32x4_add).set(t0);
-          f.get(cc).get(d).simd(simd.shuffle, ...lanes(0, 4, 1, 5)).get(cc).get(d).simd(simd.shuffle, ...lanes(2, 6, 3, 7)).simd(simd.f32x4_add).set(t1);
+          f.get(a).get(b).simd(simd.shuffle, ...lanes(0, 1, 4, 5)).get(a).get(b).simd(simd.shuffle, ...lanes(2, 3, 6, 7)).simd(simd.f64x2_add);
+          f.simd(simd.f32x4_demote_f64x2_zero).set(t0);
+          f.get(cc).get(d).simd(simd.shuffle, ...lanes(0, 1, 4, 5)).get(cc).get(d).simd(simd.shuffle, ...lanes(2, 3, 6, 7)).simd(simd.f64x2_add);
+          f.simd(simd.f32x4_demote_f64x2_zero).set(t1);
           f.get(sa);
-          f.get(t0).get(t1).simd(simd.shuffle, ...lanes(0, 1, 4, 5)).get(t0).get(t1).simd(simd.shuffle, ...lanes(2, 3, 6, 7)).simd(simd.f32x4_add);
+          f.get(t0).get(t1).simd(simd.shuffle, ...lanes(0, 1, 4, 5));
           f.memSimd(simd.store, lay.S + j * 16, 4);
         }
       });

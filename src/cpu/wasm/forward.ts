@@ -2,12 +2,12 @@
  * The cpu forward in WebAssembly SIMD: forwardTask of flash.ts (one task per query block of a head,
  * FlashAttention-2 over tiles), with the tiles' arithmetic in the generated module of forward-module.ts.
  * Each thread instantiates a module for (Dp, Br, Bc) once, with a memory of its own; a task copies Q_i
- * (scale folded in) and then each K_j, V_j from the job's shared arrays into it (rows padded with zeros
- * to Dp, a multiple of 4), runs qk, softmax and pv per key block, and writes O_i = O / l and
- * L_i = m + log l back. The causal cut is flash.ts's: key blocks past the diagonal are never visited, and
- * N[r] gives each row the keys of a block it sees. Results match the JavaScript kernel's semantics
- * (a row that sees no key: out 0, lse −∞; a NaN poisons only its row); the products are f32 (the
- * JavaScript kernel's are f64), O and l are summed in f64.
+ * (times the scale, f64) and the K (f64) and V (f32) rows of its head from the job's shared arrays into
+ * it (rows padded with zeros to Dp, a multiple of 4), runs qk, softmax and pv per key block, and writes
+ * O_i = O / l and L_i = m + log l back. The causal cut is flash.ts's: key blocks past the diagonal are
+ * never visited, and N[r] gives each row the keys of a block it sees. Results follow the JavaScript
+ * kernel's semantics (a row that sees no key: out 0, lse −∞; a NaN poisons only its row) and its
+ * scores (S from f64 products, rounded to f32 once); P̃ and the products P̃V are f32, O and l f64.
  */
 import type { ForwardArrays } from '../flash.js';
 import type { CpuShape } from '../job.js';
@@ -105,7 +105,7 @@ function reserve(w: Instance, bytes: number): boolean {
 const KV_BYTES = 64 * 2 ** 20;
 
 /** Copy `rows` rows of D elements from `src` (row stride `stride`) into `dst` at `at` with row stride ld. */
-function copyRows(dst: Float32Array, at: number, ld: number, src: Float32Array, o: number, stride: number, rows: number, D: number): void {
+function copyRows(dst: Float32Array | Float64Array, at: number, ld: number, src: Float32Array, o: number, stride: number, rows: number, D: number): void {
   if (stride === D && D === ld) {
     dst.set(src.subarray(o, o + rows * D), at);
     return;
@@ -126,10 +126,10 @@ export function wasmForward(s: CpuShape, a: ForwardArrays): ((t: number) => void
   const Dp = Math.ceil(s.D / 4) * 4;
   const w = instance(Dp, s.Br, s.Bc);
   if (!w) return undefined;
-  const rowBytes = w.lay.ld * 4;
-  const whole = 2 * s.Nk * rowBytes <= KV_BYTES;
+  const rowBytes = w.lay.ldq * 8 + w.lay.ld * 4; // a K row (f64) and a V row (f32)
+  const whole = s.Nk * rowBytes <= KV_BYTES;
   const window = whole ? s.Nk : s.Bc; // K and V rows the memory holds
-  if (!reserve(w, w.lay.bytes + 2 * window * rowBytes)) return undefined;
+  if (!reserve(w, w.lay.bytes + window * rowBytes)) return undefined;
   const kv = { held: -1 }; // the key/value head (b · Hkv + hkv) whose K and V are in memory, whole
   return (t) => forwardTaskWasm(s, a, t, w, whole, window, kv);
 }
@@ -138,7 +138,7 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, w: Instance, 
   const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow } = s;
   const { q, k, v, out, lse } = a;
   const { lay, f32: F, f64: F64, i32: I } = w;
-  const { Dp, ld } = lay;
+  const { Dp, ld, ldq } = lay;
   const Tr = Math.ceil(Nq / Br);
   // Head by head; in each, the query blocks with the most key blocks first.
   const bh = Math.floor(t / Tr);
@@ -153,19 +153,19 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, w: Instance, 
   const rows4 = Math.ceil(rows / 4) * 4;
   const offset = Nk - Nq; // causal: row r sees keys c <= r + offset
 
-  const Q = lay.Q / 4;
+  const Q = lay.Q / 8;
   const O = lay.O / 8;
   const M = lay.M / 4;
   const L = lay.L / 8;
   const N = lay.N / 4;
-  const K = lay.bytes / 4; // K rows from here, then V
-  const V = K + window * ld;
-  // Q_i with the scale folded in (rows past the block and columns past D zero), O = 0, l = 0, m = −∞.
-  F.fill(0, Q, Q + Br * ld);
+  const K = lay.bytes / 8; // K rows (f64) from here, then V rows (f32)
+  const V = (lay.bytes + window * ldq * 8) / 4;
+  // Q_i times the scale in f64 (rows past the block and columns past D zero), O = 0, l = 0, m = −∞.
+  F64.fill(0, Q, Q + Br * ldq);
   for (let r = 0; r < rows; r++) {
     const so = qo + (r0 + r) * qRow;
-    const d = Q + r * ld;
-    for (let x = 0; x < D; x++) F[d + x] = q[so + x] * scale;
+    const d = Q + r * ldq;
+    for (let x = 0; x < D; x++) F64[d + x] = q[so + x] * scale;
   }
   F64.fill(0, O, O + Br * Dp);
   F64.fill(0, L, L + Br);
@@ -177,27 +177,31 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, w: Instance, 
   const head = b * Hkv + hkv;
   if (whole && (w.owner !== kv || kv.held !== head)) {
     // the head's K and V, the padding columns (D to Dp) zero
-    F.fill(0, K, K + 2 * window * ld);
-    copyRows(F, K, ld, k, ko, kvRow, Nk, D);
+    F64.fill(0, K, K + window * ldq);
+    F.fill(0, V, V + window * ld);
+    copyRows(F64, K, ldq, k, ko, kvRow, Nk, D);
     copyRows(F, V, ld, v, ko, kvRow, Nk, D);
     kv.held = head;
     w.owner = kv;
   }
-  if (!whole) F.fill(0, K, K + 2 * window * ld);
+  if (!whole) {
+    F64.fill(0, K, K + window * ldq);
+    F.fill(0, V, V + window * ld);
+  }
   for (let j = 0; j < jEnd; j++) {
     const c0 = j * Bc;
     const cols = Math.min(Bc, Nk - c0);
     let at = c0;
     if (!whole) {
-      copyRows(F, K, ld, k, ko + c0 * kvRow, kvRow, cols, D);
+      copyRows(F64, K, ldq, k, ko + c0 * kvRow, kvRow, cols, D);
       copyRows(F, V, ld, v, ko + c0 * kvRow, kvRow, cols, D);
       at = 0;
     }
     for (let r = 0; r < rows4; r++) {
       I[N + r] = r >= rows ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
     }
-    // qk reads K rows up to an even count: past Nk, the row after the head's last (V's first, or zero) is read and masked
-    w.qk(rows4, cols + (cols & 1), (K + at * ld) * 4);
+    // qk reads K rows up to an even count: past Nk, the row after the head's last (V's first rows, or zero) is read and masked
+    w.qk(rows4, cols + (cols & 1), (K + at * ldq) * 8);
     w.softmax(rows4, cols);
     w.pv(rows4, (V + at * ld) * 4);
   }
