@@ -69,7 +69,7 @@ function lanes(...l: number[]): number[] {
 const v128Const = (f: Fn, bytes: Uint8Array) => f.simd(0x0c, ...bytes);
 const splatF32 = (f: Fn, x: number) => v128Const(f, new Uint8Array(new Float32Array([x, x, x, x]).buffer));
 
-/** The module's bytes: `relaxed` uses f32x4.relaxed_madd for the products, else mul then add. */
+/** The module's bytes: `relaxed` uses f32x4.relaxed_madd for pv's products, else mul then add. */
 export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array {
   const { Dp, Bc } = lay;
   const rowB = lay.ld * 4; // bytes from one V row to the next
