@@ -56,9 +56,12 @@ function firstModifier(p: Problem): string {
   return 'dropout';
 }
 
-/** Which backends and algorithms run the variants today. */
+/**
+ * Which backends and algorithms run the variants today: all of them (webgpu's flash calls go to the kernel
+ * families of MODIFIER_FAMILIES, webgpu/index.ts; the cpu's to its tiled kernel, never to decode).
+ */
 function runsModifiers(backend: ResolvedBackend, p: Problem): boolean {
-  return backend === 'reference' && p.algorithm === 'standard';
+  return backend === 'reference' || backend === 'cpu' || backend === 'webgpu';
 }
 
 function checkModifierSupport(backend: ResolvedBackend, p: Problem): void {

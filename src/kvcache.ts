@@ -16,6 +16,8 @@
  * forward(q, k, v) appends k and v (n new tokens to each named slot), then attends: query i of the Nq new
  * queries of slot s sees cached keys j < length(s), and with `causal` only j ≤ i + length(s) − Nq
  * (bottom-right aligned, as forward()'s causal: the new queries are the last Nq positions).
+ * The variants of a decode step (options.window, softcap, alibiSlopes) are forward()'s, each slot's
+ * diagonal at its own length − Nq: with a window a step reads only the left + Nq keys its queries see.
  * A slot that holds no key gives out = 0 and lse = −∞.
  *
  * The host keeps the lengths and the block table, so a call never waits for the device to learn them;
@@ -23,8 +25,10 @@
  * soon as its work is queued (see webgpu/cache.ts).
  */
 import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from './errors.js';
-import { MemoryTracker, memory as defaultMemory } from './memory.js';
-import { checkTensor } from './problem.js';
+import { MemoryTracker } from './memory.js';
+import type { Modifiers } from './modifiers.js';
+import type { AttentionOptions } from './options.js';
+import { checkModifiers, checkTensor } from './problem.js';
 import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from './tensor.js';
 
 export interface KVCacheConfig {
@@ -57,6 +61,12 @@ export interface CacheCallOptions {
   causal?: boolean;
   /** Softmax scale; default 1/sqrt(D). */
   scale?: number;
+  /** Sliding window [left, right] of forward() (options.ts), each slot's diagonal at its length − Nq. */
+  window?: AttentionOptions['window'];
+  /** Soft-capping of the scores, as forward()'s. */
+  softcap?: AttentionOptions['softcap'];
+  /** ALiBi slopes, H (or B·H: per row of the call, and head), as forward()'s; distances to each slot's diagonal. */
+  alibiSlopes?: AttentionOptions['alibiSlopes'];
   /** webgpu with GPUBuffer q: write out here (shape and dtype as q) instead of a new buffer. */
   out?: GpuTensor;
   /** webgpu with GPUBuffer q: write lse here ((B, H, Nq) f32) instead of a new buffer. */
@@ -98,6 +108,8 @@ export interface CacheStep {
   tableChanged: boolean;
   causal: boolean;
   scale: number;
+  /** The variants (causal folded into the band), checked as forward()'s. */
+  mods: Modifiers;
   H: number;
   Nq: number;
   out?: GpuTensor;
@@ -284,6 +296,8 @@ export class KVCache {
         throw new ValueError('k.shape', `at most ${g.maxLength - starts[b]} new tokens for slot ${slots[b]} (it holds ${starts[b]} of config.maxLength ${g.maxLength})`, `${n}`);
       }
     });
+    const variants = { window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes };
+    const mods = attend ? checkModifiers(variants, { B, H, Nq, Nk: Math.max(...lengths) }, o.causal ?? false, onGpu, g.dtype, false) : {};
     if (g.paged) this.assignPages(slots, lengths);
     const scale = o.scale ?? 1 / Math.sqrt(g.D);
     if (attend && (o.out || o.lse) && !isGpuBuffer(q!.data)) throw new ValueError(o.out ? 'options.out' : 'options.lse', 'undefined for typed-array q (results come back as typed arrays)', 'a GpuTensor');
@@ -301,6 +315,7 @@ export class KVCache {
       tableChanged: this.tableChanged,
       causal: o.causal ?? false,
       scale,
+      mods,
       H,
       Nq,
       out: o.out,
@@ -333,7 +348,7 @@ function checkCallOptions(options: unknown): CacheCallOptions {
   if (options === undefined) return {};
   if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new ValueError('options', 'an options object or undefined', describe(options));
   const o = options as CacheCallOptions & Record<string, unknown>;
-  const known = new Set(['sequences', 'causal', 'scale', 'out', 'lse']);
+  const known = new Set(['sequences', 'causal', 'scale', 'window', 'softcap', 'alibiSlopes', 'out', 'lse']);
   for (const key of Object.keys(o)) if (!known.has(key)) throw new ValueError(`options.${key}`, `one of the known options (${[...known].join(', ')})`, 'an unknown option');
   if (o.sequences !== undefined && !Array.isArray(o.sequences)) throw new ValueError('options.sequences', 'an array of slot indices', describe(o.sequences));
   if (o.causal !== undefined && typeof o.causal !== 'boolean') throw new ValueError('options.causal', 'a boolean', describe(o.causal));

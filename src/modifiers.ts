@@ -17,7 +17,6 @@
  * the cpu kernels); src/webgpu/kernels/modifiers.ts is the same in WGSL. Row i and key j are indices of
  * one (b, h) head; offset = Nk − Nq aligns the diagonal bottom-right, as FlashAttention-2 does.
  */
-import type { Problem } from './problem.js';
 
 /** A row's visible keys are [lo, hi] (inclusive, clipped by the caller to [0, Nk)). */
 export interface Band {
@@ -55,8 +54,13 @@ export interface Modifiers {
   /** Boolean mask (nonzero: keep), broadcast over (B, H, Nq, Nk). */
   mask?: { data: Uint8Array; index: Broadcast };
   blockMask?: BlockMask;
-  /** Dropout on P: keep iff hash ≥ threshold (24-bit), kept values scaled by 1/(1 − p). */
-  dropout?: { p: number; seed: number; threshold: number; scale: number };
+  /**
+   * Dropout on P: keep iff hash ≥ threshold (24-bit), kept values scaled by 1/(1 − p). `headOffset` is
+   * added to the head b·H + h the hash takes: a sub-problem's first head in the whole call, so that packed
+   * sequences (src/varlen.ts: sequence s runs as batch 0 of its own problem, with s·H here) draw the masks
+   * of heads s·H + h, as batch row s would; absent for a call of its own.
+   */
+  dropout?: { p: number; seed: number; threshold: number; scale: number; headOffset?: number };
 }
 
 /** True when the call has any modifier beyond the plain (or causal-only) schedule. */
@@ -234,9 +238,17 @@ export function dropoutKeeps(rowKey: number, j: number, threshold: number): bool
   return mix32((rowKey + Math.imul(j, 0x9e3779b9)) >>> 0) >>> 8 >= threshold;
 }
 
-/** Dropout's multiplier of row i, keys c0 .. c0 + n − 1 into Z[off + x]: 0 dropped, 1/(1 − p) kept. */
+/** Dropout's multiplier of row i of head bh (b·H + h), keys c0 .. c0 + n − 1 into Z[off + x]: 0 dropped, 1/(1 − p) kept. */
 export function dropoutRow(m: Modifiers, bh: number, i: number, c0: number, n: number, Z: Float64Array, off: number): void {
   const d = m.dropout!;
-  const key = dropoutRowKey(d.seed, bh, i);
+  const key = dropoutRowKey(d.seed, bh + (d.headOffset ?? 0), i);
   for (let x = 0; x < n; x++) Z[off + x] = dropoutKeeps(key, c0 + x, d.threshold) ? d.scale : 0;
+}
+
+/**
+ * The modifiers of a FULL tile: the score modifier without the element rules (band, mask, block mask),
+ * which keep every element there; modifyRow with these skips the per-element test.
+ */
+export function scoreModifiers(m: Modifiers): Modifiers {
+  return { ...m, band: undefined, mask: undefined, blockMask: undefined };
 }

@@ -194,8 +194,11 @@ function checkMaskData(name: string, x: unknown, index: Broadcast): Uint8Array {
   return data;
 }
 
-/** The variant options, checked: window, alibiSlopes, softcap, bias (+ biasGrad), mask, blockMask, dropout. */
-function checkModifiers(
+/**
+ * The variant options, checked: window, alibiSlopes, softcap, bias (+ biasGrad), mask, blockMask, dropout
+ * (also the KV cache's window, alibiSlopes and softcap, src/kvcache.ts).
+ */
+export function checkModifiers(
   o: AttentionOptions,
   dims: { B: number; H: number; Nq: number; Nk: number },
   causal: boolean,

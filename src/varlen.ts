@@ -4,6 +4,10 @@
  * likewise with totalK rows and Hkv heads; sequence s owns query rows cuSeqlensQ[s] .. cuSeqlensQ[s+1]−1
  * and key rows cuSeqlensK[s] .. cuSeqlensK[s+1]−1, its queries see only its keys, and causal is per
  * sequence, bottom-right aligned.
+ * The variants that packed sequences take (problem.ts refuses bias, mask and block mask) hold per sequence
+ * as they do per batch row: window and ALiBi distances are the sequence's own (bottom-right aligned), and
+ * dropout's hash takes sequence s as batch row s (Modifiers' dropout.headOffset), so sequences draw
+ * different masks.
  *
  * How it runs today: one sub-problem per sequence on the backend's own forward or backward, above the
  * backends. A sequence's rows are one run of elements in 'BNHD' and one run per head in 'BHND' (lse,
@@ -128,9 +132,11 @@ function hasWork(seq: Sequence): boolean {
   return seq.q1 > seq.q0 && seq.k1 > seq.k0;
 }
 
-/** The problem of one sequence: batch 1, its own Nq and Nk, nothing packed. */
+/** The problem of one sequence: batch 1, its own Nq and Nk, nothing packed; dropout's heads those of batch row s. */
 function subProblem(p: Problem, seq: Sequence): Problem {
-  return { ...p, cuSeqlens: undefined, B: 1, Nq: seq.q1 - seq.q0, Nk: seq.k1 - seq.k0 };
+  const d = p.mods.dropout;
+  const mods = d ? { ...p.mods, dropout: { ...d, headOffset: seq.s * p.H } } : p.mods;
+  return { ...p, cuSeqlens: undefined, B: 1, Nq: seq.q1 - seq.q0, Nk: seq.k1 - seq.k0, mods };
 }
 
 /** A sequence's rows [a, b) in a tensor of `kind`. */

@@ -107,24 +107,29 @@ if (BACKENDS.includes('webgpu')) {
       }
     });
 
-    test('a NaN in one query row: the NaNs of the portable kernels, the other rows of dq unchanged', async () => {
+    test('a NaN in one query row: the NaNs of the portable kernels (causal too), the other rows of dq unchanged', async () => {
       const c: Case = { B: 2, H: 3, Hkv: 3, Nq: 130, Nk: 140, D: 20 };
       const t = inputs(c, 'f32', 'BNHD');
       const poisoned = t.q.data.slice() as Float32Array;
       const [b0, n0, h0] = [1, 77, 2];
       poisoned[((b0 * c.Nq + n0) * c.H + h0) * c.D + 5] = NaN;
       const bad = { ...t, q: tensor(poisoned, t.q.shape) };
-      const [clean, got, ref] = [await grads(t, false, tiled(TILE_SETS[0])), await grads(bad, false, tiled(TILE_SETS[0])), await grads(bad, false, portable)];
-      for (const g of ['dq', 'dk', 'dv'] as const) {
-        const [x, y] = [toF64(got[g] as Tensor), toF64(ref[g] as Tensor)];
-        x.forEach((e, i) => assert.equal(Number.isNaN(e), Number.isNaN(y[i]), `${g}[${i}] NaN as the portable kernel's`));
-      }
-      const [dq, dq0] = [toF64(got.dq as Tensor), toF64(clean.dq as Tensor)];
-      for (let i = 0; i < dq.length; i++) {
-        const row = Math.floor(i / c.D);
-        const hit = row === (b0 * c.Nq + n0) * c.H + h0;
-        // (The poisoned row's own NaNs are those of the portable kernels, checked above.)
-        if (!hit) assert.equal(dq[i], dq0[i], `dq[${i}] unchanged`);
+      // Causal: the row sees only keys up to its diagonal, and dk, dv of the others (in the tile across the
+      // diagonal too) must stay free of its NaN, as the portable kernels keep them.
+      for (const causal of [false, true]) {
+        const [clean, got, ref] = [await grads(t, causal, tiled(TILE_SETS[0])), await grads(bad, causal, tiled(TILE_SETS[0])), await grads(bad, causal, portable)];
+        for (const g of ['dq', 'dk', 'dv'] as const) {
+          const [x, y] = [toF64(got[g] as Tensor), toF64(ref[g] as Tensor)];
+          x.forEach((e, i) => assert.equal(Number.isNaN(e), Number.isNaN(y[i]), `causal=${causal} ${g}[${i}] NaN as the portable kernel's`));
+          assert.ok(x.some(Number.isNaN) && !x.every(Number.isNaN), `causal=${causal} ${g} holds the row's NaN, and not everywhere`);
+        }
+        const [dq, dq0] = [toF64(got.dq as Tensor), toF64(clean.dq as Tensor)];
+        for (let i = 0; i < dq.length; i++) {
+          const row = Math.floor(i / c.D);
+          const hit = row === (b0 * c.Nq + n0) * c.H + h0;
+          // (The poisoned row's own NaNs are those of the portable kernels, checked above.)
+          if (!hit) assert.equal(dq[i], dq0[i], `causal=${causal} dq[${i}] unchanged`);
+        }
       }
     });
 

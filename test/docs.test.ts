@@ -15,8 +15,8 @@ const read = (p: string) => readFileSync(join(ROOT, p), 'utf8');
 /** What sends a reader outside what they have: the developers' shared folder and planning notes, issue numbers. */
 const INTERNAL = [/PRODUCT\.md/, /\.\.\/shared\//, /\bissue \d/i, /seed notebook/i, /\.\.\/seeds\//];
 
-/** Files the docs name that a script makes, so not in the repository: bench/peers/pack.sh's, bench/models/make_gpt2_fixture.py's. */
-const MADE = new Set(['bench/peers/ort-web.tar.xz', 'test/fixtures/gpt2-tiny']);
+/** Files the docs name that a script makes, so not in the repository: bench/peers/pack.sh's. */
+const MADE = new Set(['bench/peers/ort-web.tar.xz']);
 
 const DOCS = ['README.md', 'bench/README.md', ...readdirSync(join(ROOT, 'docs')).map((f) => `docs/${f}`)];
 

@@ -5,7 +5,8 @@
 // baseline rounding where the cpu's does.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DTypeError, MemoryTracker, OutOfMemoryError, ValueError, backward, forward, tensor, webgpuDevice, type GpuTensor, type Tensor } from '../src/index.js';
+import { DTypeError, MemoryTracker, OutOfMemoryError, ValueError, backward, forward, tensor, webgpuDevice, type AttentionOptions, type GpuTensor, type Tensor } from '../src/index.js';
+import { keeps } from '../src/modifiers.js';
 import { checkForward } from '../src/problem.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
@@ -13,7 +14,7 @@ import { defaultGpu, gpuEntry } from '../src/webgpu/device.js';
 import { forwardChoice } from '../src/webgpu/index.js';
 import { standardChunks, webgpuStandardForward } from '../src/webgpu/standard.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
-import { assertWithinRule, inputs, maxError } from './util.js';
+import { assertWithinRule, inputs, maxError, type Case } from './util.js';
 
 reportWebgpuSkip();
 
@@ -219,6 +220,45 @@ if (BACKENDS.includes('webgpu')) {
           const label = `causal=${causal} ${name}`;
           assert.ok(err <= 2 * unit, `${label}: max difference ${err} is ${(err / unit).toFixed(2)} f16 ulps at the tensor's scale (at most 2)`);
           assert.ok(differ <= 0.05 * x.length, `${label}: ${differ} of ${x.length} elements differ (at most 5%: the backends round at the same points)`);
+        }
+      }
+    });
+
+    // Issue 15: a masked entry's P = dS = 0 times a NaN in its row's q must not reach dk (nor dv) of keys
+    // that row cannot see, under causal and under the variants' element rule.
+    test('flash backward: a NaN in one query row stays in its own dq and in dk, dv of the keys it sees', async () => {
+      const g: Case = { B: 2, H: 4, Hkv: 2, Nq: 40, Nk: 50, D: 16 };
+      const t = inputs(g, 'f32', 'BNHD');
+      const poisoned = (t.q.data as Float32Array).slice();
+      const [b0, n0, h0] = [1, 17, 3];
+      poisoned[((b0 * g.Nq + n0) * g.H + h0) * g.D + 5] = NaN;
+      const bad = tensor(poisoned, t.q.shape);
+      const mask = { data: Uint8Array.from({ length: g.Nq * g.Nk }, (_, e) => (e % 7 === 3 ? 0 : 1)), shape: [1, 1, g.Nq, g.Nk] };
+      const variants: [string, AttentionOptions][] = [
+        ['causal', { causal: true }],
+        ['window [12, 4] + mask', { window: [12, 4], mask }],
+      ];
+      for (const [name, options] of variants) {
+        const o: AttentionOptions = { ...options, backend: 'webgpu' };
+        const grads = async (q: Tensor) => {
+          const f = await forward(q, t.k, t.v, o);
+          return backward(t.dout, q, t.k, t.v, f.out, f.lse, o);
+        };
+        const [clean, got] = [await grads(t.q), await grads(bad)];
+        const m = checkForward(t.q, t.k, t.v, options).mods;
+        const [dq, dq0] = [toF64(got.dq), toF64(clean.dq)];
+        dq.forEach((x, e) => {
+          if (Math.floor(e / g.D) === (b0 * g.Nq + n0) * g.H + h0) assert.ok(Number.isNaN(x), `${name}: dq[${e}] of the poisoned row is NaN`);
+          else assert.equal(x, dq0[e], `${name}: dq[${e}] as without the NaN`);
+        });
+        for (const x of ['dk', 'dv'] as const) {
+          const [y, y0] = [toF64(got[x]), toF64(clean[x])];
+          y.forEach((a, e) => {
+            const [b, j, hkv] = [Math.floor(e / (g.Nk * g.Hkv * g.D)), Math.floor(e / (g.Hkv * g.D)) % g.Nk, Math.floor(e / g.D) % g.Hkv];
+            const seen = b === b0 && hkv === Math.floor(h0 / (g.H / g.Hkv)) && keeps(m, b0, h0, n0, j, g.Nq, g.Nk);
+            if (seen) assert.ok(Number.isNaN(a), `${name}: ${x}[${e}] of key ${j}, which the poisoned row sees, is NaN`);
+            else assert.equal(a, y0[e], `${name}: ${x}[${e}] of key ${j} as without the NaN`);
+          });
         }
       }
     });

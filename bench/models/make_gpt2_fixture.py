@@ -3,7 +3,7 @@
 
     python3 bench/models/make_gpt2_fixture.py test/fixtures/gpt2-tiny
 
-What it writes into OUTDIR (about 8.5 MB in all, under the 10 MB a fixture may take):
+What it writes into OUTDIR (about 8.8 MB in all, under the 10 MB a fixture may take):
   config.json, model.safetensors  GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64,
                                   n_positions=128, vocab_size=50257)) by save_pretrained (safetensors), its
                                   weights stored in F16 (6.6 MB; in F32 the 50257 x 64 token embedding
@@ -19,9 +19,10 @@ What it writes into OUTDIR (about 8.5 MB in all, under the 10 MB a fixture may t
                                   recomputed over the whole sequence each step, never stopping at
                                   end-of-text) with each step's margin between the best and second-best
                                   logit, and the versions of torch and transformers.
-No tokenizer files are written: the test works on token ids, and readGPT2 falls back to GPT-2's own
-vocabulary from the gpt-tokenizer package. Nothing is downloaded (HF_HUB_OFFLINE); everything runs on
-the CPU in float32 (no TF32), so the figures do not depend on the GPU.
+save_pretrained also writes generation_config.json, kept as it is. No tokenizer files are written (the
+test works on token ids, and readGPT2 falls back to GPT-2's own vocabulary from the gpt-tokenizer
+package, which the test checks against the texts beside the prompts). Nothing is downloaded
+(HF_HUB_OFFLINE); everything runs on the CPU in float32 (no TF32), so the figures do not depend on the GPU.
 """
 import json
 import os

@@ -8,6 +8,7 @@ import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
 import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
 import type { AnyTensor, Tensor } from '../tensor.js';
+import { decodeModifiers } from './decode.js';
 import { cpuDecode } from './index.js';
 import { sharedBuffer } from './pool.js';
 
@@ -73,6 +74,7 @@ export class CpuCacheStore implements CacheStore {
       table,
       lengths: s.lengths,
       memory: s.memory,
+      mods: decodeModifiers(s.mods, s.causal),
     });
   }
 

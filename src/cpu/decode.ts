@@ -7,25 +7,30 @@
  * decodeTask: one task owns one key/value head hk of one batch row b, up to R of the G·Nq query rows
  *   that share it (G = H / Hkv query heads, Nq queries each, head-major: row r is head hk·G + ⌊r / Nq⌋,
  *   query r mod Nq; each K/V element is read once per group, not once per query head), and one split of
- *   the keys, [s·chunk, min((s+1)·chunk, length)). K and V are read where they live, never copied: key t
- *   of row b is at table[b·maxPages + ⌊t / pageSize⌋]·kvPage + (t mod pageSize)·kvRow + hk·kvHead, which
- *   covers a (B, Nk, Hkv, D) tensor in either layout (one page per batch row, table = identity) and the
- *   KV cache's pool (pages, pageSize, Hkv, D) through its block table, in f32 or f16 storage (f16 widened
- *   as it is loaded, or, where a task has more than one 4-row group, once per tile into packed f32 K_j
- *   and V_j: staged()). Per tile of Bc keys (their offsets computed once): S = Q K_jᵀ (R×Bc, f64
- *   scratch), the online softmax updates m and l per row (causal: query i of a row of length L sees keys
- *   j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j, each row over only the keys it sees. A
- *   tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1 while each 4-row group of the task
- *   reads them, and V's likewise. The split's O / l and its log-sum-exp m + log l are written as a
- *   partial (f64).
+ *   the keys, [s·chunk, min((s+1)·chunk, length)) (counted from the window's start, with a window). K
+ *   and V are read where they live, never copied: key t of row b is at table[b·maxPages + ⌊t / pageSize⌋]
+ *   ·kvPage + (t mod pageSize)·kvRow + hk·kvHead, which covers a (B, Nk, Hkv, D) tensor in either layout
+ *   (one page per batch row, table = identity) and the KV cache's pool (pages, pageSize, Hkv, D) through
+ *   its block table, in f32 or f16 storage (f16 widened as it is loaded, or, where a task has more than
+ *   one 4-row group, once per tile into packed f32 K_j and V_j: staged()). Per tile of Bc keys (their
+ *   offsets computed once): S = Q K_jᵀ (R×Bc, f64 scratch), the online softmax updates m and l per row
+ *   (causal: query i of a row of length L sees keys j ≤ i + L − Nq), and O = diag(e^(m_old − m)) O + P̃ V_j,
+ *   each row over only the keys it sees. A tile's K rows (Bc·D elements, about 16 KiB in f32) stay in L1
+ *   while each 4-row group of the task reads them, and V's likewise. The split's O / l and its
+ *   log-sum-exp m + log l are written as a partial (f64).
  * mergeDecode (on the calling thread: B·H·Nq rows × splits × D, small) combines the partials with the
  *   log-sum-exp rule, L = log Σ_s e^(L_s), O = Σ_s e^(L_s − L) O_s, into out (q's layout and dtype) and
  *   lse. A split that saw no key has L_s = −∞ and weighs 0; a row that saw none gives out 0 and lse −∞;
  *   a NaN logit makes its row's out and lse NaN, and no other row's.
+ * The variants a decode step needs (src/modifiers.ts's semantics, each sequence's diagonal at its own
+ * length − Nq): the window (band: a task reads only the keys its queries see, so a decode step reads
+ * left + Nq keys however long the sequence), ALiBi and the soft-cap (modifyRow on each tile's scores).
+ * Bias, mask, block mask and dropout stay with the tiled kernels (cpuDecodeFits).
  * Scratch per thread: (2·R·D + R·Bc + 3·R) f64 (Q, O, S, m, l, keys seen), and Bc·D more for the f32 K_j
  * and V_j where staged; partials B·H·Nq·splits·(D + 1) f64. Nothing of size Nq×Nk is ever allocated.
  */
 import { f16ToNumber, numberToF16 } from '../f16.js';
+import { bandHi, hasModifiers, keyRange, modifyRow, type Band, type Modifiers } from '../modifiers.js';
 
 /**
  * Most queries per sequence forward() runs on the decode kernel rather than the tiled one, by storage
@@ -43,6 +48,27 @@ const DECODE_TASKS_PER_THREAD = 4;
 
 /** Fewest key tiles a split gets: fewer would spend more on partials than they save. */
 const DECODE_MIN_TILES_PER_SPLIT = 2;
+
+/** The variants the decode kernel runs: the band (causal and window), ALiBi and the soft-cap. */
+export type DecodeModifiers = Pick<Modifiers, 'band' | 'alibi' | 'softcap'>;
+
+/** Whether the decode kernel runs a call's variants (none, or only those of DecodeModifiers). */
+export function decodeRuns(m: Modifiers): boolean {
+  return m.bias === undefined && m.mask === undefined && m.blockMask === undefined && m.dropout === undefined;
+}
+
+/** The decode kernel's variants of a call: undefined when it has none beyond causal (the plain kernel). */
+export function decodeModifiers(m: Modifiers, causal: boolean): DecodeModifiers | undefined {
+  return hasModifiers(m, causal) ? { ...(m.band && { band: m.band }), ...(m.alibi && { alibi: m.alibi }), ...(m.softcap !== undefined && { softcap: m.softcap }) } : undefined;
+}
+
+/** The keys a split plan covers for sequences of at most Nk keys: all, or the left + Nq a window shows. */
+export function decodeKeys(m: DecodeModifiers | undefined, Nq: number, Nk: number): number {
+  const [lo, hi] = keyRange(m ?? {}, 0, Nq, Nq, Nk);
+  return hi - lo;
+}
+
+const CAUSAL: Band = { left: -1, right: 0 };
 
 export interface DecodeShape {
   B: number;
@@ -69,9 +95,11 @@ export interface DecodeShape {
   /** Query rows per task, and the tasks a group's G·Nq rows take. */
   R: number;
   rowChunks: number;
-  /** Splits of each batch row's keys, `chunk` keys each (a multiple of Bc). */
+  /** Splits of each batch row's keys, `chunk` keys each (a multiple of Bc), from the first key a task's rows see. */
   splits: number;
   chunk: number;
+  /** The variants (causal folded into the band), when the call has some beyond causal. */
+  mods?: DecodeModifiers;
 }
 
 export interface DecodeArrays {
@@ -299,14 +327,15 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
   const len = a.lengths[b];
   const row0 = rc * R;
   const rows = Math.min(R, G * Nq - row0);
-  const offset = len - Nq; // causal: query i sees keys j <= i + offset
-  let reach = len; // keys past every row's last visible one are never read
-  if (causal) {
-    reach = 0;
-    for (let r = row0; r < row0 + rows; r++) reach = Math.max(reach, Math.min(len, (r % Nq) + offset + 1));
-  }
-  const keyStart = split * chunk;
-  const keyEnd = Math.min(reach, keyStart + chunk);
+  const mods = s.mods;
+  const band = mods ? mods.band : causal ? CAUSAL : undefined;
+  const offset = len - Nq; // query i's diagonal: key i + offset
+  // Keys no row of the task sees (past the band of its last query, before that of its first) are never read.
+  let [qFirst, qLast] = [Nq - 1, 0];
+  for (let r = row0; r < row0 + rows; r++) [qFirst, qLast] = [Math.min(qFirst, r % Nq), Math.max(qLast, r % Nq)];
+  const [lo, hi] = keyRange({ band }, qFirst, qLast + 1, Nq, len);
+  const keyStart = lo + split * chunk;
+  const keyEnd = Math.min(hi, keyStart + chunk);
   const tb = b * s.maxPages;
   const head = hk * s.kvHead;
   // Both views of each of q, K and V, one of them empty: every load site sees one array type.
@@ -362,7 +391,9 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
     }
     for (let r = 0; r < rows; r++) {
       const i = (row0 + r) % Nq;
-      const n = causal ? Math.max(0, Math.min(cols, i + offset + 1 - c0)) : cols;
+      // The row sees none of the tile's keys past n (its band's last); modifyRow drops those left of its window (−∞).
+      const n = Math.max(0, Math.min(cols, bandHi(band, i, offset) + 1 - c0));
+      if (mods && n > 0) modifyRow(mods, b, hk * G + Math.floor((row0 + r) / Nq), i, c0, n, S, r * Bc, Nq, len);
       // Running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃); S rounded to f32 as in flash.ts.
       const mOld = m[r];
       let mNew = mOld;

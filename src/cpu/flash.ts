@@ -12,10 +12,19 @@
  *   in a fixed order: no atomics, the result is deterministic.
  * Every tile is copied once into packed f64 scratch, so the inner loops read contiguous doubles; the
  * matrix products below are register-blocked (each load feeds two to four multiply-adds).
+ * The variants (src/modifiers.ts), where the shape has them (s.mods; plain and causal calls run the loops
+ * above untouched): blocks outside the band (causal, window) are never visited, tiles the band and block
+ * mask leave empty are skipped, and in the others each row's segment of keys is modified (modifyRow:
+ * soft-cap, ALiBi, bias, element rules — none on full tiles) before the online softmax; dropout scales P̃
+ * where it meets V (l sums P̃ without it) and, in the backward, P for dV and dO V_jᵀ for dS; dQ and dK take
+ * dS times the soft-cap's derivative; with biasGrad, each dS (before that derivative) is written into a
+ * (B, H, Nq, Nk) f32 array by the one task that computes it, and summed to the bias's shape afterwards.
  * Scratch per thread: (2·Br·D + 2·Bc·D + Br·Bc + 3·Br) f64 forward,
- * (2·Br·D + 4·Bc·D + 2·Br·Bc + Br + G·Nq) f64 backward. Nothing of size Nq×Nk is ever allocated.
+ * (2·Br·D + 4·Bc·D + 2·Br·Bc + Br + G·Nq) f64 backward, Bc and 3·Bc more with the variants. Nothing of
+ * size Nq×Nk is ever allocated but that dS for dbias.
  */
-import type { CpuShape } from './job.js';
+import { EMPTY, FULL, bandHi, bandLo, dropoutRow, keyRange, modifyRow, rowRange, scoreModifiers, tileClass, type Modifiers, type TileClass } from '../modifiers.js';
+import { modifiersOf, type CpuShape } from './job.js';
 
 export interface ForwardArrays {
   q: Float32Array;
@@ -23,6 +32,9 @@ export interface ForwardArrays {
   v: Float32Array;
   out: Float32Array;
   lse: Float32Array;
+  /** With the variants: the bias's values and the mask (CpuMods). */
+  bias?: Float64Array;
+  mask?: Uint8Array;
 }
 
 export interface BackwardArrays {
@@ -36,6 +48,47 @@ export interface BackwardArrays {
   dqPartial: Float64Array;
   dk: Float32Array;
   dv: Float32Array;
+  bias?: Float64Array;
+  mask?: Uint8Array;
+  /** With biasGrad: (B, H, Nq, Nk) dS, zero where no task writes (reduceDbias sums it). */
+  dS?: Float32Array;
+}
+
+/** The variants of one task: the modifiers, those of its full tiles (no element rules), the bias values. */
+interface TaskMods {
+  m: Modifiers;
+  full: Modifiers;
+  bias: Float64Array | undefined;
+}
+
+function taskMods(s: CpuShape, a: { bias?: Float64Array; mask?: Uint8Array }): TaskMods | undefined {
+  if (!s.mods) return undefined;
+  const m = modifiersOf(s.mods, a.bias, a.mask);
+  return { m, full: scoreModifiers(m), bias: a.bias };
+}
+
+/**
+ * Row i of head (b, h) in the tile of keys [c0, c0 + cols) under the variants: S[sr + c] holds the scaled
+ * score on entry, the modified logit on return over the row's segment of the band (modifyRow; on a full
+ * tile, without element rules), −∞ before the segment; `dcap` (backward) the soft-cap's derivative, 1
+ * before it. Returns the end of the segment, the row's n: keys past it are never read (0: none seen).
+ */
+function modifySegment(
+  t: TaskMods, tile: TileClass, b: number, h: number, i: number, c0: number, cols: number, Nq: number, Nk: number,
+  S: Float64Array, sr: number, dcap?: Float64Array,
+): number {
+  let lo = 0;
+  let hi = cols;
+  const band = t.m.band;
+  if (tile !== FULL && band) {
+    lo = Math.max(0, bandLo(band, i, Nk - Nq) - c0);
+    hi = Math.min(cols, bandHi(band, i, Nk - Nq) + 1 - c0);
+    if (hi <= lo) return 0;
+    S.fill(-Infinity, sr, sr + lo);
+    dcap?.fill(1, sr, sr + lo);
+  }
+  modifyRow(tile === FULL ? t.full : t.m, b, h, i, c0 + lo, hi - lo, S, sr + lo, Nq, Nk, t.bias, dcap);
+  return hi;
 }
 
 /** Number of forward tasks: one per query block of each head. */
@@ -254,6 +307,9 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
   const m = take(Br);
   const l = take(Br);
   const seen = take(Br); // keys of the current block each row sees (0: none)
+  const mods = taskMods(s, a);
+  const Z = take(mods ? Bc : 0); // with the variants: dropout's multipliers of a row
+  const dropout = mods?.m.dropout !== undefined;
 
   // Alg. 1 lines 4-5: load Q_i with the softmax scale folded in; O_i = 0, l = 0, m = −∞.
   load(Qi, q, qo + r0 * qRow, qRow, rows, D, scale);
@@ -261,10 +317,22 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
   l.fill(0, 0, rows);
   m.fill(-Infinity, 0, rows);
 
-  const jEnd = keyBlocks(s, r0, rows);
-  for (let j = 0; j < jEnd; j++) {
+  let jStart = 0;
+  let jEnd = keyBlocks(s, r0, rows);
+  if (mods) {
+    // The band: key blocks no row of Q_i sees are never visited.
+    const [lo, hi] = keyRange(mods.m, r0, r0 + rows, Nq, Nk);
+    jStart = Math.floor(lo / Bc);
+    jEnd = Math.ceil(hi / Bc);
+  }
+  for (let j = jStart; j < jEnd; j++) {
     const c0 = j * Bc;
     const cols = Math.min(Bc, Nk - c0);
+    let tile: TileClass = FULL;
+    if (mods) {
+      tile = tileClass(mods.m, b, h, r0, r0 + rows, c0, c0 + cols, Nq, Nk);
+      if (tile === EMPTY) continue;
+    }
     // Alg. 1 lines 7-8: load K_j, V_j; S = Q_i K_jᵀ.
     load(Kj, k, ko + c0 * kvRow, kvRow, cols, D, 1);
     load(Vj, v, ko + c0 * kvRow, kvRow, cols, D, 1);
@@ -272,11 +340,13 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
 
     for (let r = 0; r < rows; r++) {
       // Causal: a block that crosses the diagonal is cut per row (keys past a row's reach stay unread).
-      const n = causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
+      const sr = r * Bc;
+      const n = mods
+        ? modifySegment(mods, tile, b, h, r0 + r, c0, cols, Nq, Nk, S, sr)
+        : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
       // Alg. 1 line 9: new running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
       const mOld = m[r];
       let mNew = mOld;
-      const sr = r * Bc;
       // Scores are rounded to f32, as the lse the forward returns is: the backward recomputes P = exp(S − L)
       // from the same f32 S, so a row's largest P stays 1 even where |S| ~ 1e4 and L's f32 ulp is 1e-3.
       for (let c = 0; c < n; c++) mNew = Math.max(mNew, (S[sr + c] = Math.fround(S[sr + c]))); // Math.max keeps a NaN: it poisons only its row
@@ -290,6 +360,11 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
       for (let c = 0; c < n; c++) rowsum += S[sr + c] = Math.exp(S[sr + c] - mNew);
       l[r] = alpha * l[r] + rowsum;
       m[r] = mNew;
+      if (dropout) {
+        // Dropout: P̃ ∘ Z meets V; l above is the sum without it.
+        dropoutRow(mods!.m, bh, r0 + r, c0, n, Z, 0);
+        for (let c = 0; c < n; c++) S[sr + c] *= Z[c];
+      }
       if (alpha !== 1) {
         const or = r * D;
         for (let x = 0; x < D; x++) Oi[or + x] *= alpha;
@@ -335,6 +410,13 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
   const dS = take(Br * Bc); // dP first, then dS in place, with the scale folded in
   const seen = take(Br); // keys of K_j each row sees (0: none)
   const Dg = take(G * Nq);
+  const mods = taskMods(s, a);
+  // With the variants, a row's modified logits, soft-cap derivatives and dropout multipliers.
+  const Srow = take(mods ? Bc : 0);
+  const dcap = take(mods ? Bc : 0);
+  const Z = take(mods ? Bc : 0);
+  const dropout = mods?.m.dropout !== undefined;
+  const dSAll = a.dS;
 
   // Alg. 2 line 4: D = rowsum(dO ∘ O) for every query head of the group.
   for (let g = 0; g < G; g++) {
@@ -347,6 +429,28 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
     }
   }
 
+  /**
+   * With the variants, row i of head h in the tile of keys from c0, at sr in P (Q_i K_jᵀ on entry) and dS
+   * (dP on entry): P = exp(S' − L) of the modified logit S' (rounded to f32, as the forward rounded it),
+   * dS = P ∘ (dP ∘ Z − D), written for dbias where asked; then stored as the products below take them,
+   * P ∘ Z for dV and scale · dS times the soft-cap's derivative for dQ and dK. Returns the row's n.
+   */
+  const modifiedRow = (i: number, sr: number, L: number, Dr: number, tile: TileClass, h: number, c0: number, cols: number): number => {
+    for (let c = 0; c < cols; c++) Srow[c] = P[sr + c] * scale;
+    const n = modifySegment(mods!, tile, b, h, i, c0, cols, Nq, Nk, Srow, 0, dcap);
+    if (dropout) dropoutRow(mods!.m, b * H + h, i, c0, n, Z, 0);
+    const dso = ((b * H + h) * Nq + i) * Nk + c0;
+    for (let c = 0; c < n; c++) {
+      const p = Math.exp(Math.fround(Srow[c]) - L);
+      const z = dropout ? Z[c] : 1;
+      const ds = p * (dS[sr + c] * z - Dr);
+      if (dSAll) dSAll[dso + c] = ds;
+      P[sr + c] = p * z;
+      dS[sr + c] = scale * ds * dcap[c];
+    }
+    return n;
+  };
+
   for (let j = jStart; j < jEnd; j++) {
     const c0 = j * Bc;
     const cols = Math.min(Bc, Nk - c0);
@@ -356,14 +460,26 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
     dKj.fill(0, 0, cols * D);
     dVj.fill(0, 0, cols * D);
     // Alg. 2 line 8. Causal: the first query row that sees key c0; query blocks before it are skipped.
-    const iStart = causal ? Math.max(0, Math.floor((c0 - offset) / Br)) : 0;
+    // With the variants, the band's: query blocks that see no key of K_j are never visited.
+    let rStart = causal ? Math.max(0, Math.floor((c0 - offset) / Br)) * Br : 0;
+    let rEnd = Nq;
+    if (mods) {
+      const [lo, hi] = rowRange(mods.m, c0, c0 + cols, Nq, Nk);
+      rStart = Math.floor(lo / Br) * Br;
+      rEnd = hi;
+    }
     for (let g = 0; g < G; g++) {
       const h = hkv * G + g;
       const qo = b * s.qBatch + h * s.qHead;
       const Lo = (b * H + h) * Nq;
       const dqo = ((chunk * B + b) * H + h) * Nq * D;
-      for (let r0 = iStart * Br; r0 < Nq; r0 += Br) {
+      for (let r0 = rStart; r0 < rEnd; r0 += Br) {
         const rows = Math.min(Br, Nq - r0);
+        let tile: TileClass = FULL;
+        if (mods) {
+          tile = tileClass(mods.m, b, h, r0, r0 + rows, c0, c0 + cols, Nq, Nk);
+          if (tile === EMPTY) continue;
+        }
         // Alg. 2 lines 9-11 and 13-14: load Q_i, dO_i; S = Q_i K_jᵀ, P = exp(scale S − L), dP = dO_i V_jᵀ,
         // dS = P ∘ (dP − D) (stored times the scale, which dQ and dK carry).
         load(Qi, q, qo + r0 * qRow, qRow, rows, D, 1);
@@ -373,10 +489,14 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
         for (let r = 0; r < rows; r++) {
           const L = lse[Lo + r0 + r];
           const Dr = Dg[g * Nq + r0 + r];
+          const sr = r * Bc;
+          if (mods) {
+            seen[r] = L === -Infinity ? 0 : modifiedRow(r0 + r, sr, L, Dr, tile, h, c0, cols);
+            continue;
+          }
           // Masked keys and rows that see none (L = −∞) have P = dS = 0: they are left out, not added.
           const n = L === -Infinity ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
           seen[r] = n;
-          const sr = r * Bc;
           for (let c = 0; c < n; c++) {
             const p = Math.exp(Math.fround(P[sr + c] * scale) - L); // S in f32, as the forward rounded it
             P[sr + c] = p;

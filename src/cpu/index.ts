@@ -3,15 +3,20 @@
  * (or the standard baseline) over batch × head × block tasks, and returns outputs in the input dtype.
  * Flash forward calls with few queries (cpuDecodeFits) run the split-KV decode kernel instead (decode.ts,
  * through cpuDecode, which the KV cache runs too): K and V in their own dtype, read in place.
+ * The variants (src/modifiers.ts) run on the tiled and standard kernels (decode runs those of decodeRuns):
+ * the bias's values (f64) and the mask are staged in the workspace with the inputs, and with biasGrad the
+ * backward's (B, H, Nq, Nk) dS is summed to the bias's shape here, in a fixed order.
  * Every array it uses is counted in the call's MemoryTracker; all are released when the call returns
  * (outputs are copied into arrays of the caller's own).
  */
 import { OutOfMemoryError } from '../errors.js';
-import { encodeF16, decodeF16 } from '../f16.js';
+import { encodeF16, decodeF16, f16ToNumber } from '../f16.js';
 import type { MemoryTracker } from '../memory.js';
+import { at } from '../modifiers.js';
 import { problemStrides, type Problem } from '../problem.js';
+import { biasValues } from '../reference/standard.js';
 import type { Tensor } from '../tensor.js';
-import { DECODE_MAX_QUERIES, decodeRows, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeShape } from './decode.js';
+import { DECODE_MAX_QUERIES, decodeKeys, decodeModifiers, decodeRows, decodeRuns, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeModifiers, type DecodeShape } from './decode.js';
 import { backwardTasks, forwardTasks, reduceDq } from './flash.js';
 import { cpuShape, scratchLength, type CpuShape, type Job, type Kernel, type Region } from './job.js';
 import { Arena, runJob, threadsFor } from './pool.js';
@@ -62,6 +67,10 @@ class Buffers {
     return new Float32Array(buffer, byteOffset, byteLength / 4);
   }
 
+  has(name: string): boolean {
+    return this.regions.has(name);
+  }
+
   /** Input `t` as f32 in the region `name` (f16 is widened). */
   stage(t: Tensor, name: string): Region {
     const view = this.f32(name);
@@ -109,6 +118,60 @@ function scratchOf(bufs: Buffers, threads: number): Region[] {
   return Array.from({ length: threads }, (_, i) => bufs.region(`scratch${i}`));
 }
 
+/** The variants' arrays of a plan: the bias's values as f64 and the mask (only when the shape has variants). */
+function modsPlan(p: Problem, shape: CpuShape): Record<string, [number, string]> {
+  const m = p.mods;
+  if (!shape.mods) return {};
+  const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+  return {
+    ...(m.bias && { bias: [size(m.bias.index.shape) * 8, 'the bias (f64)'] }),
+    ...(m.mask && { mask: [m.mask.data.byteLength, 'the mask'] }),
+  };
+}
+
+/** The variants' arrays staged into the job's buffers ('bias.f64', 'mask.u8'). */
+function stageMods(p: Problem, bufs: Buffers, buffers: Record<string, Region>): void {
+  if (bufs.has('bias')) {
+    const r = bufs.region('bias');
+    new Float64Array(r.buffer, r.byteOffset, r.byteLength / 8).set(biasValues(p.mods)!);
+    buffers['bias.f64'] = r;
+  }
+  if (bufs.has('mask')) {
+    const r = bufs.region('mask');
+    new Uint8Array(r.buffer, r.byteOffset, r.byteLength).set(p.mods.mask!.data);
+    buffers['mask.u8'] = r;
+  }
+}
+
+/**
+ * dbias: dS (B, H, Nq, Nk; f32, or f16 bits where the standard kernel stored it so) summed over the axes
+ * the bias broadcasts, in f64 and a fixed order, as an f32 tensor of the bias's shape.
+ */
+function reduceDbias(p: Problem, dS: Float32Array | Uint16Array): Tensor {
+  const index = p.mods.bias!.index;
+  const { B, H, Nq, Nk } = p;
+  const size = index.shape.reduce((a, b) => a * b, 1);
+  // The f64 sums and the f32 result: counted while both are live.
+  const bytes = p.memory.allocate(size * 12);
+  try {
+    const sum = new Float64Array(size);
+    const value = dS instanceof Float32Array ? (e: number) => dS[e] : (e: number) => f16ToNumber(dS[e]);
+    const sj = index.strides[3];
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        for (let i = 0; i < Nq; i++) {
+          const o = at(index, b, h, i, 0);
+          const e = ((b * H + h) * Nq + i) * Nk;
+          for (let j = 0; j < Nk; j++) sum[o + j * sj] += value(e + j);
+        }
+      }
+    }
+    return { data: Float32Array.from(sum), dtype: 'f32', shape: [...index.shape] };
+  } finally {
+    p.memory.release(bytes);
+  }
+}
+
 /** forward() on the cpu: the decode kernel where it fits (cpuDecodeFits), else the tiled kernels or the standard baseline. */
 export function cpuForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): Promise<{ out: Tensor; lse: Tensor }> {
   return cpuDecodeFits(p) ? cpuDecodeForward(p, q, k, v) : cpuTiledForward(p, q, k, v);
@@ -129,10 +192,12 @@ export async function cpuTiledForward(p: Problem, q: Tensor, k: Tensor, v: Tenso
     out: [q.data.length * 4, 'out'],
     lse: [p.B * p.H * p.Nq * 4, 'lse'],
     ...(standard ? { S: [scores, 'S (Nq×Nk per head)'], P: [scores, 'P (Nq×Nk per head)'] } : {}),
+    ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
   try {
     const buffers: Record<string, Region> = { q: bufs.stage(q, 'q'), k: bufs.stage(k, 'k'), v: bufs.stage(v, 'v'), out: bufs.region('out'), lse: bufs.region('lse') };
+    stageMods(p, bufs, buffers);
     const t = shape.f16Scores ? '.f16' : '';
     if (standard) Object.assign(buffers, { ['S' + t]: bufs.region('S'), ['P' + t]: bufs.region('P') });
     const tasks = standard ? p.B * p.H : forwardTasks(shape);
@@ -163,6 +228,8 @@ export interface DecodeCall {
   table: Int32Array;
   lengths: Int32Array;
   memory: MemoryTracker;
+  /** The variants beyond causal (decodeModifiers), if any. */
+  mods?: DecodeModifiers;
 }
 
 function onSharedMemory(a: ArrayBufferView): boolean {
@@ -190,11 +257,11 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
   const threads = await threadsFor(keys * H * Nq * D);
   const Bc = decodeTile(D);
   const { R, rowChunks } = decodeRows((H / Hkv) * Nq);
-  const { splits, chunk } = decodeSplits(B * Hkv * rowChunks, longest, Bc, threads);
+  const { splits, chunk } = decodeSplits(B * Hkv * rowChunks, decodeKeys(c.mods, Nq, longest), Bc, threads);
   const s: DecodeShape = {
     B, H, Hkv, Nq, D, causal: c.causal, scale: c.scale,
     qBatch: c.qStrides.batch, qRow: c.qStrides.row, qHead: c.qStrides.head,
-    ...c.keys, f16, Bc, R, rowChunks, splits, chunk,
+    ...c.keys, f16, Bc, R, rowChunks, splits, chunk, ...(c.mods && { mods: c.mods }),
   };
   const rows = B * H * Nq;
   const inputs = { q: c.q.data as Float32Array | Uint16Array, k: c.k, v: c.v, table: c.table, lengths: c.lengths };
@@ -241,9 +308,9 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
   }
 }
 
-/** Whether a forward call runs the decode kernel: flash with few queries (DECODE_MAX_QUERIES). */
+/** Whether a forward call runs the decode kernel: flash with few queries (DECODE_MAX_QUERIES), variants it runs (decodeRuns). */
 export function cpuDecodeFits(p: Problem): boolean {
-  return p.algorithm === 'flash' && (p.dtype === 'f32' || p.dtype === 'f16') && p.Nq <= DECODE_MAX_QUERIES[p.dtype];
+  return p.algorithm === 'flash' && (p.dtype === 'f32' || p.dtype === 'f16') && p.Nq <= DECODE_MAX_QUERIES[p.dtype] && decodeRuns(p.mods);
 }
 
 /** forward() on the decode kernel: one page per batch row (the table the identity), every row Nk keys. */
@@ -265,6 +332,7 @@ export function cpuDecodeForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): P
     table: Int32Array.from({ length: p.B }, (_, b) => b),
     lengths: new Int32Array(p.B).fill(p.Nk),
     memory: p.memory,
+    mods: decodeModifiers(p.mods, p.causal),
   });
 }
 
@@ -276,9 +344,10 @@ export async function cpuBackward(
   v: Tensor,
   out: Tensor,
   lse: Tensor,
-): Promise<{ dq: Tensor; dk: Tensor; dv: Tensor }> {
+): Promise<{ dq: Tensor; dk: Tensor; dv: Tensor; dbias?: Tensor }> {
   const work = p.B * p.H * p.Nq * p.Nk * p.D;
   const flash = p.algorithm === 'flash';
+  const biasGrad = p.mods.bias?.grad === true;
   const kernel: Kernel = flash ? 'flashBackward' : 'standardBackward';
   const threads = await threadsFor(work);
   const shape = cpuShape(p, threads, p.dtype === 'f16');
@@ -297,6 +366,8 @@ export async function cpuBackward(
     ...(flash
       ? { dqPartial: [shape.chunks * p.B * p.H * p.Nq * p.D * 8, 'the dQ partial sums'] }
       : { P: [scores, what('P')], dP: [scores, what('dP')], dS: [scores, what('dS')] }),
+    ...(flash && biasGrad && { dS: [p.B * p.H * p.Nq * p.Nk * 4, what('dS, for dbias')] }),
+    ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
   try {
@@ -312,16 +383,26 @@ export async function cpuBackward(
       dk: bufs.region('dk'),
       dv: bufs.region('dv'),
     };
+    stageMods(p, bufs, buffers);
     const t = shape.f16Scores ? '.f16' : '';
     if (flash) buffers['dqPartial.f64'] = bufs.region('dqPartial');
     else Object.assign(buffers, { ['P' + t]: bufs.region('P'), ['dP' + t]: bufs.region('dP'), ['dS' + t]: bufs.region('dS') });
+    if (flash && biasGrad) {
+      // The flash kernel writes dS only where it visits a tile: the rest must read 0.
+      bufs.f32('dS').fill(0);
+      buffers.dS = bufs.region('dS');
+    }
     const tasks = flash ? backwardTasks(shape) : p.B * p.Hkv;
     await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter() } satisfies Job);
     if (flash) {
       const r = bufs.region('dqPartial');
       reduceDq(shape, new Float64Array(r.buffer, r.byteOffset, r.byteLength / 8), bufs.f32('dq'));
     }
-    return { dq: result(p, bufs.f32('dq'), q.shape), dk: result(p, bufs.f32('dk'), k.shape), dv: result(p, bufs.f32('dv'), v.shape) };
+    const grads = { dq: result(p, bufs.f32('dq'), q.shape), dk: result(p, bufs.f32('dk'), k.shape), dv: result(p, bufs.f32('dv'), v.shape) };
+    if (!biasGrad) return grads;
+    const r = bufs.region('dS');
+    const dS = shape.f16Scores && !flash ? new Uint16Array(r.buffer, r.byteOffset, r.byteLength / 2) : bufs.f32('dS');
+    return { ...grads, dbias: reduceDbias(p, dS) };
   } finally {
     bufs.releaseAll();
   }

@@ -7,6 +7,7 @@
  */
 import type { LinearShape } from './linear.js';
 import type { DecodeShape } from './decode.js';
+import { hasModifiers, type Broadcast, type Modifiers } from '../modifiers.js';
 import { problemStrides, type Problem } from '../problem.js';
 import { cpuKernels } from './wasm/index.js';
 
@@ -38,6 +39,33 @@ export interface CpuShape {
   f16Scores: boolean;
   /** The flash forward runs flash.ts's JavaScript kernel, not the WebAssembly one (setCpuKernels('js')). */
   js?: boolean;
+  /** The variants, only where the call has any beyond causal: without them the kernels run their plain loops. */
+  mods?: CpuMods;
+}
+
+/**
+ * The variants of a call as a job carries them (src/modifiers.ts): the Modifiers less the data of the bias
+ * and the mask, which reach the workers in shared memory as the job's buffers 'bias.f64' (the values as
+ * f64, read once) and 'mask.u8'; the block mask and the ALiBi slopes are small and travel with the shape.
+ */
+export interface CpuMods extends Omit<Modifiers, 'bias' | 'mask'> {
+  bias?: { index: Broadcast; grad: boolean };
+  mask?: { index: Broadcast };
+}
+
+function cpuMods(m: Modifiers): CpuMods {
+  const { bias, mask, ...rest } = m;
+  return { ...rest, ...(bias && { bias: { index: bias.index, grad: bias.grad } }), ...(mask && { mask: { index: mask.index } }) };
+}
+
+/** A task's Modifiers: the shape's, with the bias values and the mask of the job's buffers put back. */
+export function modifiersOf(m: CpuMods, bias: Float64Array | undefined, mask: Uint8Array | undefined): Modifiers {
+  const { bias: b, mask: k, ...rest } = m;
+  return {
+    ...rest,
+    ...(b && bias && { bias: { ...b, data: bias, dtype: 'f64' as const } }),
+    ...(k && mask && { mask: { ...k, data: mask } }),
+  };
 }
 
 /** Bytes of a (Shared)ArrayBuffer from byteOffset on: one array of a job. */
@@ -51,7 +79,7 @@ interface JobOf<K extends string, S> {
   kernel: K;
   shape: S;
   tasks: number;
-  /** Named arrays: f32 unless the name ends in '.f64', '.f16' or '.i32' (see views). */
+  /** Named arrays: f32 unless the name ends in '.f64', '.f16', '.i32' or '.u8' (see views). */
   buffers: Record<string, Region>;
   /** One scratch region (f64) per worker; the inline path uses the first. */
   scratch: Region[];
@@ -95,12 +123,13 @@ export function cpuShape(p: Problem, threads: number, f16Scores = false): CpuSha
     chunks: threads > 1 ? chunks : 1,
     f16Scores,
     ...(cpuKernels() === 'js' && { js: true }),
+    ...(hasModifiers(p.mods, p.causal) && { mods: cpuMods(p.mods) }),
   };
 }
 
 /** Typed views of a job's buffers, by name without the type: 'dqPartial.f64' is the Float64Array dqPartial. */
-export function views(job: Job): Record<string, Float32Array | Float64Array | Uint16Array | Int32Array> {
-  const out: Record<string, Float32Array | Float64Array | Uint16Array | Int32Array> = {};
+export function views(job: Job): Record<string, Float32Array | Float64Array | Uint16Array | Int32Array | Uint8Array> {
+  const out: Record<string, Float32Array | Float64Array | Uint16Array | Int32Array | Uint8Array> = {};
   for (const [name, { buffer, byteOffset, byteLength }] of Object.entries(job.buffers)) {
     const [key, type] = name.split('.');
     out[key] =
@@ -110,7 +139,9 @@ export function views(job: Job): Record<string, Float32Array | Float64Array | Ui
           ? new Uint16Array(buffer, byteOffset, byteLength / 2)
           : type === 'i32'
             ? new Int32Array(buffer, byteOffset, byteLength / 4)
-            : new Float32Array(buffer, byteOffset, byteLength / 4);
+            : type === 'u8'
+              ? new Uint8Array(buffer, byteOffset, byteLength)
+              : new Float32Array(buffer, byteOffset, byteLength / 4);
   }
   return out;
 }
@@ -120,14 +151,19 @@ export function scratchLength(kernel: Kernel, s: CpuShape): number {
   const { Br, Bc, D, H, Hkv, Nq } = s;
   switch (kernel) {
     case 'flashForward':
-      return 2 * Br * D + 2 * Bc * D + Br * Bc + 3 * Br; // Q_i, O_i, K_j, V_j, S, m, l, keys seen per row
+      // Q_i, O_i, K_j, V_j, S, m, l, keys seen per row; with the variants, a row's dropout multipliers
+      return 2 * Br * D + 2 * Bc * D + Br * Bc + 3 * Br + (s.mods ? Bc : 0);
     case 'flashBackward':
-      // dK_j, dV_j, K_j, V_j, Q_i, dO_i, P, dS, keys seen per row, D for each head of the group
-      return 4 * Bc * D + 2 * Br * D + 2 * Br * Bc + Br + (H / Hkv) * Nq;
+      // dK_j, dV_j, K_j, V_j, Q_i, dO_i, P, dS, keys seen per row, D for each head of the group; with the
+      // variants, a row's modified logits, soft-cap derivatives and dropout multipliers
+      return 4 * Bc * D + 2 * Br * D + 2 * Br * Bc + Br + (H / Hkv) * Nq + (s.mods ? 3 * Bc : 0);
     case 'standardForward':
-      return 5 * D + 5 * s.Nk; // four query rows, one output row, four rows of scores, the keys with P ≠ 0
+      // four query rows, one output row, four rows of scores, the keys with P ≠ 0; with the variants, a
+      // row's modified logits and dropout multipliers
+      return 5 * D + 5 * s.Nk + (s.mods ? 2 * s.Nk : 0);
     case 'standardBackward':
-      // D = rowsum(dO ∘ O), dK and dV of the key/value head, four rows of Q, dO, dQ, P and dS
-      return Nq + 2 * s.Nk * D + 12 * D + 8 * s.Nk;
+      // D = rowsum(dO ∘ O), dK and dV of the key/value head, four rows of Q, dO, dQ, P and dS; with the
+      // variants, a row's modified logits, soft-cap derivatives and dropout multipliers
+      return Nq + 2 * s.Nk * D + 12 * D + 8 * s.Nk + (s.mods ? 3 * s.Nk : 0);
   }
 }

@@ -6,9 +6,14 @@
  *             dV = Pᵀ dO, dQ = scale·dS K, dK = scale·dSᵀ Q.                        Holds P, dP and dS.
  * One task per head (forward) or per key/value head with its group (backward); f64 accumulation. Query
  * rows go four at a time, copied to f64 scratch, so each key and value element loaded feeds four rows.
+ * The variants (src/modifiers.ts), where the shape has them: S is stored as the modified logit (modifyRow
+ * over every key of a row: soft-cap, ALiBi, bias, dropped elements −∞); dropout multiplies P where it
+ * meets V, and in the backward dP = (dO Vᵀ) ∘ Z is stored and P ∘ Z meets dO; dS (stored) is the gradient
+ * of the modified logits, from which index.ts sums dbias, and dQ, dK take it times the soft-cap's derivative.
  */
 import { f16ToNumber, numberToF16, roundToF16 } from '../f16.js';
-import type { CpuShape } from './job.js';
+import { dropoutRow, modifyRow, type Modifiers } from '../modifiers.js';
+import { modifiersOf, type CpuShape } from './job.js';
 
 /** An Nq×Nk matrix of all heads, in f32 or in f16 bits. */
 type Scores = Float32Array | Uint16Array;
@@ -21,6 +26,8 @@ export interface StandardForwardArrays {
   lse: Float32Array;
   S: Scores;
   P: Scores;
+  bias?: Float64Array;
+  mask?: Uint8Array;
 }
 
 export interface StandardBackwardArrays {
@@ -36,6 +43,13 @@ export interface StandardBackwardArrays {
   P: Scores;
   dP: Scores;
   dS: Scores;
+  bias?: Float64Array;
+  mask?: Uint8Array;
+}
+
+/** The task's Modifiers (only where the shape has variants) and the bias values. */
+function taskMods(s: CpuShape, a: { bias?: Float64Array; mask?: Uint8Array }): { m: Modifiers; bias: Float64Array | undefined } | undefined {
+  return s.mods && { m: modifiersOf(s.mods, a.bias, a.mask), bias: a.bias };
 }
 
 /** Store x in a score matrix and return the value stored (rounded to f16 where the matrix is f16). */
@@ -97,27 +111,41 @@ export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: nu
   const O = scratch.subarray(4 * D, 5 * D); // one output row, accumulated in f64
   const T = scratch.subarray(5 * D, 5 * D + 4 * Nk); // the four rows' scores, then each row's exp(S − m)
   const nz = scratch.subarray(5 * D + 4 * Nk, 5 * D + 5 * Nk); // keys with P ≠ 0
+  const mods = taskMods(s, a);
+  const extra = mods ? Nk : 0;
+  const Srow = scratch.subarray(5 * D + 5 * Nk, 5 * D + 5 * Nk + extra); // with the variants: a row's modified logits
+  const Z = scratch.subarray(5 * D + 5 * Nk + extra, 5 * D + 5 * Nk + 2 * extra); // and dropout's multipliers
+  const dropout = mods?.m.dropout !== undefined;
   for (let i0 = 0; i0 < Nq; i0 += 4) {
     const rows = Math.min(4, Nq - i0);
-    const seenAll = causal ? Math.max(0, Math.min(Nk, i0 + rows + Nk - Nq)) : Nk; // keys the group's last row sees
+    // keys the group's last row sees (with the variants, the modifiers drop the rest)
+    const seenAll = causal && !mods ? Math.max(0, Math.min(Nk, i0 + rows + Nk - Nq)) : Nk;
     loadRows(Qr, q, qo + i0 * qRow, qRow, rows, D);
     dots4(T, Nk, Qr, k, ko, kvRow, 0, seenAll, D);
     for (let r = 0; r < rows; r++) {
       const i = i0 + r;
       const row = base + i * Nk;
       const tr = r * Nk;
-      const seen = causal ? Math.max(0, Math.min(Nk, i + Nk - Nq + 1)) : Nk; // keys 0 .. seen-1 are visible
-      for (let j = 0; j < seen; j++) put(S, row + j, T[tr + j] * scale);
-      for (let j = seen; j < Nk; j++) put(S, row + j, -Infinity);
+      if (mods) {
+        for (let j = 0; j < Nk; j++) Srow[j] = T[tr + j] * scale;
+        modifyRow(mods.m, b, h, i, 0, Nk, Srow, 0, Nq, Nk, mods.bias);
+        for (let j = 0; j < Nk; j++) put(S, row + j, Srow[j]);
+      } else {
+        const seen = causal ? Math.max(0, Math.min(Nk, i + Nk - Nq + 1)) : Nk; // keys 0 .. seen-1 are visible
+        for (let j = 0; j < seen; j++) put(S, row + j, T[tr + j] * scale);
+        for (let j = seen; j < Nk; j++) put(S, row + j, -Infinity);
+      }
       let m = -Infinity;
       for (let j = 0; j < Nk; j++) m = Math.max(m, get(S, row + j)); // Math.max keeps a NaN: the row turns NaN
       let l = 0;
       if (m !== -Infinity) for (let j = 0; j < Nk; j++) l += T[tr + j] = Math.exp(get(S, row + j) - m);
       const inv = l === 0 ? 0 : 1 / l;
-      // P, and the keys where it is nonzero (packed to the front of T): only those meet V.
+      // P, and the keys where it is nonzero (packed to the front of T): only those meet V (dropout: P ∘ Z).
+      if (dropout) dropoutRow(mods!.m, t, i, 0, Nk, Z, 0);
       let n = 0;
       for (let j = 0; j < Nk; j++) {
-        const p = put(P, row + j, m === -Infinity ? 0 : T[tr + j] * inv);
+        let p = put(P, row + j, m === -Infinity ? 0 : T[tr + j] * inv);
+        if (dropout) p *= Z[j];
         if (p === 0) continue;
         T[tr + n] = p;
         nz[n++] = j;
@@ -165,6 +193,31 @@ export function standardBackwardTask(s: CpuShape, a: StandardBackwardArrays, t: 
   const Ts = take(4 * Nk); // the four rows' Q Kᵀ, then their P as stored
   const Td = take(4 * Nk); // the four rows' dO Vᵀ, then scale·dS as stored
   const seen = [0, 0, 0, 0];
+  const mods = taskMods(s, a);
+  // With the variants: a row's modified logits, soft-cap derivatives and dropout multipliers.
+  const Srow = take(mods ? Nk : 0);
+  const dcap = take(mods ? Nk : 0);
+  const Z = take(mods ? Nk : 0);
+  const dropout = mods?.m.dropout !== undefined;
+  /**
+   * With the variants, row i of head h (at `row` in the matrices, `tr` in Ts = Q Kᵀ and Td = dO Vᵀ): P from
+   * the modified logits, dP = (dO Vᵀ) ∘ Z, dS = P ∘ (dP − D) stored; then P ∘ Z and scale·dS times the
+   * soft-cap's derivative in Ts and Td, as the products below take them.
+   */
+  const modifiedRow = (i: number, h: number, row: number, tr: number, L: number, Dr: number): void => {
+    for (let j = 0; j < Nk; j++) Srow[j] = Ts[tr + j] * scale;
+    modifyRow(mods!.m, b, h, i, 0, Nk, Srow, 0, Nq, Nk, mods!.bias, dcap);
+    if (dropout) dropoutRow(mods!.m, b * H + h, i, 0, Nk, Z, 0);
+    for (let j = 0; j < Nk; j++) {
+      const z = dropout ? Z[j] : 1;
+      const p = put(P, row + j, L === -Infinity ? 0 : Math.exp(rounded(P, Srow[j]) - L));
+      const dp = put(dP, row + j, Td[tr + j] * z);
+      put(dS, row + j, p * (dp - Dr));
+      Ts[tr + j] = p * z;
+      Td[tr + j] = scale * get(dS, row + j) * dcap[j];
+    }
+  };
+
   for (let g = 0; g < G; g++) {
     const h = hkv * G + g;
     const qo = b * s.qBatch + h * s.qHead;
@@ -184,7 +237,7 @@ export function standardBackwardTask(s: CpuShape, a: StandardBackwardArrays, t: 
       for (let r = 0; r < 4; r++) {
         const i = i0 + Math.min(r, rows - 1);
         const L = lse[(b * H + h) * Nq + i];
-        seen[r] = L === -Infinity ? 0 : causal ? Math.max(0, Math.min(Nk, i + Nk - Nq + 1)) : Nk;
+        seen[r] = L === -Infinity ? 0 : causal && !mods ? Math.max(0, Math.min(Nk, i + Nk - Nq + 1)) : Nk;
         most = Math.max(most, seen[r]);
         least = Math.min(least, seen[r]);
       }
@@ -196,6 +249,10 @@ export function standardBackwardTask(s: CpuShape, a: StandardBackwardArrays, t: 
         const L = lse[(b * H + h) * Nq + i];
         const row = base + i * Nk;
         const tr = r * Nk;
+        if (mods) {
+          modifiedRow(i, h, row, tr, L, Di[i]);
+          continue;
+        }
         for (let j = 0; j < Nk; j++) {
           const p = put(P, row + j, j < seen[r] ? Math.exp(rounded(P, Ts[tr + j] * scale) - L) : 0);
           const dp = put(dP, row + j, Td[tr + j]);

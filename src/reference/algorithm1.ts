@@ -4,11 +4,15 @@
  *   Q is split into Tr blocks Q_i of Br rows, K and V into Tc blocks K_j, V_j of Bc rows; for each Q_i the
  *   K_j, V_j stream past with a running max m, a running sum l and an unnormalised O_i, rescaled once at
  *   the end; L_i = m_i + log(l_i) is the log-sum-exp the backward pass recomputes P from.
- * Additions to the paper, each marked: the softmax scale, the causal mask (bottom-right aligned; blocks
- * entirely above the diagonal are skipped) and rows that see no key at all (O = 0, L = −∞).
+ * Additions to the paper, each marked: the softmax scale, the variants (src/modifiers.ts: key blocks
+ * outside a query block's band — causal, window — are never visited, tiles the block mask leaves empty
+ * are skipped, full tiles need no per-element test; the score modifier and the element rules per row;
+ * dropout multiplies P̃ where it meets V, while l sums P̃ without it, so L is the softmax's before
+ * dropout) and rows that see no key at all (O = 0, L = −∞).
  */
+import { EMPTY, FULL, dropoutRow, keyRange, modifyRow, scoreModifiers, tileClass } from '../modifiers.js';
 import type { Problem } from '../problem.js';
-import { heads, visible } from './standard.js';
+import { biasValues, heads } from './standard.js';
 
 export interface BlockSizes {
   Br: number;
@@ -24,12 +28,10 @@ export function blockSizes(M: number, d: number): BlockSizes {
   return { Br: Math.min(Bc, d), Bc };
 }
 
-/** First key block a query block can see at all under the causal mask, and the last (exclusive). */
-export function keyBlockRange(p: Problem, i: number, Br: number, Bc: number, Tc: number): [number, number] {
-  if (!p.causal) return [0, Tc];
-  const lastRow = Math.min((i + 1) * Br, p.Nq) - 1;
-  const lastKey = lastRow + p.Nk - p.Nq; // the last key the block's last row sees
-  return [0, Math.max(0, Math.min(Tc, Math.floor(lastKey / Bc) + 1))];
+/** First key block query block i can see at all under the band (causal, window), and the last (exclusive). */
+export function keyBlockRange(p: Problem, i: number, Br: number, Bc: number): [number, number] {
+  const [lo, hi] = keyRange(p.mods, i * Br, Math.min((i + 1) * Br, p.Nq), p.Nq, p.Nk);
+  return hi > lo ? [Math.floor(lo / Bc), Math.ceil(hi / Bc)] : [0, 0];
 }
 
 /** (B, Nq, H, D) q, (B, Nk, Hkv, D) k, v in float64 -> O like q and L (B, H, Nq). */
@@ -46,7 +48,6 @@ export function algorithm1(
   const L = new Float64Array(B * H * N_q);
   // line 1: Q in Tr blocks of Br rows, K and V in Tc blocks of Bc rows (the last block of each may be short)
   const Tr = Math.ceil(N_q / Br);
-  const Tc = Math.ceil(N_k / Bc);
   const Q_i = new Float64Array(Br * d);
   const K_j = new Float64Array(Bc * d);
   const V_j = new Float64Array(Bc * d);
@@ -54,6 +55,10 @@ export function algorithm1(
   const O_i = new Float64Array(Br * d);
   const l_i = new Float64Array(Br);
   const m_i = new Float64Array(Br);
+  const mods = p.mods;
+  const bias = biasValues(mods);
+  const fullMods = scoreModifiers(mods);
+  const Z = new Float64Array(Bc); // dropout's multipliers of one row of the tile
 
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
@@ -69,11 +74,14 @@ export function algorithm1(
         O_i.fill(0);
         l_i.fill(0);
         m_i.fill(-Infinity);
-        // line 6 (causal: key blocks entirely above the diagonal are skipped)
-        const [jStart, jEnd] = keyBlockRange(p, i, Br, Bc, Tc);
+        // line 6 (the band: key blocks no row of Q_i sees are never visited)
+        const [jStart, jEnd] = keyBlockRange(p, i, Br, Bc);
         for (let j = jStart; j < jEnd; j++) {
           const c0 = j * Bc;
           const cols = Math.min(Bc, N_k - c0);
+          // (tiles the band and block mask leave empty are skipped; full ones need no per-element test)
+          const tile = tileClass(mods, b, h, r0, r0 + rows, c0, c0 + cols, N_q, N_k);
+          if (tile === EMPTY) continue;
           // line 7: load K_j, V_j
           for (let c = 0; c < cols; c++) {
             for (let x = 0; x < d; x++) {
@@ -81,17 +89,14 @@ export function algorithm1(
               V_j[c * d + x] = V[ko + (c0 + c) * hd.kvRow + x];
             }
           }
-          // line 8: S_i^(j) = Q_i K_jᵀ (times the softmax scale; masked entries −∞)
+          // line 8: S_i^(j) = Q_i K_jᵀ (times the softmax scale; then modified, dropped entries −∞)
           for (let r = 0; r < rows; r++) {
             for (let c = 0; c < cols; c++) {
-              let s = -Infinity;
-              if (visible(p, r0 + r, c0 + c)) {
-                s = 0;
-                for (let x = 0; x < d; x++) s += Q_i[r * d + x] * K_j[c * d + x];
-                s *= scale;
-              }
-              S_ij[r * Bc + c] = s;
+              let s = 0;
+              for (let x = 0; x < d; x++) s += Q_i[r * d + x] * K_j[c * d + x];
+              S_ij[r * Bc + c] = s * scale;
             }
+            modifyRow(tile === FULL ? fullMods : mods, b, h, r0 + r, c0, cols, S_ij, r * Bc, N_q, N_k, bias);
           }
           for (let r = 0; r < rows; r++) {
             // line 9: m_i^(j) = max(m_i^(j−1), rowmax(S_i^(j)))
@@ -105,6 +110,11 @@ export function algorithm1(
             let rowsum = 0;
             for (let c = 0; c < cols; c++) rowsum += S_ij[r * Bc + c] = Math.exp(S_ij[r * Bc + c] - m_ref);
             l_i[r] = alpha * l_i[r] + rowsum;
+            // (dropout: P̃ ∘ Z meets V below; l above is the sum without it)
+            if (mods.dropout) {
+              dropoutRow(mods, b * H + h, r0 + r, c0, cols, Z, 0);
+              for (let c = 0; c < cols; c++) S_ij[r * Bc + c] *= Z[c];
+            }
             // line 10: O_i^(j) = diag(e^(m_i^(j−1) − m_i^(j))) O_i^(j−1) + P̃_i^(j) V_j
             for (let x = 0; x < d; x++) {
               let pv = 0;

@@ -12,7 +12,7 @@ import { algorithm2 } from './algorithm2.js';
 import { standardBackward, standardForward } from './standard.js';
 
 export { algorithm1, blockSizes, keyBlockRange, type BlockSizes } from './algorithm1.js';
-export { algorithm2, firstQueryBlock } from './algorithm2.js';
+export { algorithm2, queryBlockRange } from './algorithm2.js';
 export { heads, standardBackward, standardForward, visible, type Heads } from './standard.js';
 
 export function referenceForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): { out: Tensor; lse: Tensor } {
@@ -51,6 +51,6 @@ function renameForward({ O, L }: { O: Float64Array; L: Float64Array }) {
   return { out: O, lse: L };
 }
 
-function renameBackward({ dQ, dK, dV }: { dQ: Float64Array; dK: Float64Array; dV: Float64Array }) {
-  return { dq: dQ, dk: dK, dv: dV };
+function renameBackward({ dQ, dK, dV, dbias }: { dQ: Float64Array; dK: Float64Array; dV: Float64Array; dbias?: Float64Array }) {
+  return { dq: dQ, dk: dK, dv: dV, ...(dbias && { dbias }) };
 }

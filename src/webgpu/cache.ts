@@ -5,7 +5,8 @@
  * through the block table when paged, all in one submission.
  *
  * Host cost: what one step needs is kept between steps (the pipelines, uniform and slot buffers rewritten
- * with queue.writeBuffer, bind groups by the buffers they bind, the splits' partials), so a warmed-up step
+ * with queue.writeBuffer, bind groups by the buffers they bind, the splits' partials, and the variants'
+ * buffers, made again only when a step's window, soft-cap or slopes differ from the last), so a warmed-up step
  * on GPUBuffer tensors with the caller's `out` and `lse` creates nothing and returns once its work is
  * queued: it never waits for the GPU. The queue runs writes and submissions in order, so each step reads
  * the sizes written for it. A device error of such a step (a GPUBuffer of another device, say) is
@@ -17,11 +18,13 @@ import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
 import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
 import { GpuBuffers } from './buffers.js';
-import { decodeChoice, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeKernels, type DecodeScratch } from './decode.js';
+import { decodeChoice, decodeKeys, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeKernels, type DecodeScratch } from './decode.js';
 import type { Gpu } from './device.js';
 import { appendWGSL } from './kernels/append.js';
 import { decodeSizesBytes, type DecodeSizes } from './kernels/decode.js';
 import { pipeline } from './pipelines.js';
+import { modBuffers, modsOf } from './modifiers.js';
+import type { Problem } from '../problem.js';
 
 const BYTES = { f32: 4, f16: 2 } as const;
 
@@ -39,6 +42,8 @@ export class WebgpuCacheStore implements CacheStore {
   private readonly scratch: DecodeScratch;
   /** A device error of an earlier step that did not wait for it, reported by the next call. */
   private failure?: string;
+  /** Bind group 1's buffers of the last step with variants, and the values they hold. */
+  private modGroup?: { key: string; slopes?: Float32Array; group: Map<number, GPUBuffer> };
 
   constructor(
     private readonly g: CacheGeometry,
@@ -99,11 +104,14 @@ export class WebgpuCacheStore implements CacheStore {
       let result: { out: GPUBuffer; lse: GPUBuffer } | undefined;
       if (s.q) {
         const { H, Nq } = s;
-        const choice = decodeChoice({ D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true }, this.gpu, this.kernels)!;
+        const longest = Math.max(1, ...s.lengths);
+        const problem = this.problem(s, longest);
+        const mods = modsOf(problem);
+        const shape = { D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true, ...(mods && { mods }) };
+        const choice = decodeChoice(shape, this.gpu, this.kernels)!;
         const { R, block } = decodeShape(choice);
         const rowChunks = Math.ceil(((H / Hkv) * Nq) / R);
-        const longest = Math.max(1, ...s.lengths);
-        const plan = splitPlan(B, Hkv, rowChunks, longest, block);
+        const plan = splitPlan(B, Hkv, rowChunks, decodeKeys(s.mods, Nq, longest), block);
         const q = { batch: Nq * H * D, row: H * D, head: D };
         const sizes = decodeSizes({ B, H, Hkv, Nq, Nk: longest, q, keys: this.keys(), scale: s.scale }, R, plan);
         const pipes = await decodePipelines(this.gpu, choice, plan.splits > 1);
@@ -112,7 +120,8 @@ export class WebgpuCacheStore implements CacheStore {
         const out = s.out?.data ?? call.create(B * Nq * H * D * BYTES[dtype], 'out', 'q');
         const lse = s.lse?.data ?? call.create(B * H * Nq * 4, 'lse', 'q');
         const extra = this.g.paged ? { seqs: this.attendSeqs, table: this.table } : { seqs: this.attendSeqs };
-        encodeDecode(enc, this.scratch, pipes, D, sizes, this.attendUniform, { q: input(s.q, 'q'), k: this.k, v: this.v, out, lse, ...extra }, onGpu);
+        const group1 = mods ? { group: this.modBuffers(problem, mods), keep: true } : undefined;
+        encodeDecode(enc, this.scratch, pipes, D, sizes, this.attendUniform, { q: input(s.q, 'q'), k: this.k, v: this.v, out, lse, ...extra }, onGpu, group1);
         result = { out, lse };
       }
       device.pushErrorScope('validation');
@@ -141,6 +150,31 @@ export class WebgpuCacheStore implements CacheStore {
     } finally {
       call.destroyAll();
     }
+  }
+
+  /** A step's attention as a Problem (Nk: its longest slot's length), for the variants' flags and buffers. */
+  private problem(s: CacheStep, longest: number): Problem {
+    const { Hkv, D, dtype } = this.g;
+    const onGpu = s.q !== undefined && isGpuBuffer(s.q.data);
+    return { B: s.slots.length, H: s.H, Hkv, Nq: s.Nq, Nk: longest, D, dtype, layout: 'BNHD', causal: s.causal, scale: s.scale, backend: 'webgpu', algorithm: 'flash', precision: 'highest', memory: s.memory, onGpu, mods: s.mods };
+  }
+
+  /**
+   * Bind group 1's buffers for a step with variants `mods`: the last step's while its values are the same
+   * (a decode loop's window, soft-cap and slopes stay put), else made anew in the cache's own buffers.
+   */
+  private modBuffers(p: Problem, mods: string): Map<number, GPUBuffer> {
+    const m = p.mods;
+    const key = JSON.stringify([mods, m.band, m.softcap, p.H]);
+    const slopes = m.alibi?.slopes;
+    const last = this.modGroup;
+    const same = (a?: Float32Array, b?: Float32Array) => a === b || (a !== undefined && b !== undefined && a.length === b.length && a.every((x, i) => x === b[i]));
+    if (last && last.key === key && same(last.slopes, slopes)) return last.group;
+    // Work queued before still reads the old buffers: destroy() leaves them to it.
+    if (last) for (const buffer of last.group.values()) this.own.destroy(buffer);
+    const group = modBuffers(p, mods, this.own);
+    this.modGroup = { key, slopes, group };
+    return group;
   }
 
   async read(slot: number, length: number, table: Int32Array): Promise<{ k: Tensor; v: Tensor }> {

@@ -3,11 +3,12 @@
  * workgroups, and the encoding of its dispatches with what a decode step needs kept between calls (the
  * partials of the splits, uniform buffers, bind groups), so that a warmed-up call creates nothing.
  */
+import { keyRange, type Modifiers } from '../modifiers.js';
 import { modsOf } from './modifiers.js';
 import type { Problem } from '../problem.js';
 import { problemStrides } from '../problem.js';
 import type { Gpu } from './device.js';
-import { decodeWGSL, decodeWorkgroupBytes, mergeWGSL, type DecodeParams, type DecodeSizes } from './kernels/decode.js';
+import { DECODE_MOD_FLAGS, decodeWGSL, decodeWorkgroupBytes, mergeWGSL, type DecodeParams, type DecodeSizes } from './kernels/decode.js';
 import { decodeSubgroupWGSL, decodeSubgroupWorkgroupBytes, type DecodeSubgroupParams } from './kernels/decode-subgroup.js';
 import type { StorageType } from './kernels/common.js';
 import { pipeline } from './pipelines.js';
@@ -47,6 +48,8 @@ export interface DecodeShape {
   paged: boolean;
   /** Element strides of K and V rows, heads and pages are multiples of 4. */
   aligned: boolean;
+  /** The variants' flags (modsOf; DECODE_MOD_FLAGS only), when the call has some. */
+  mods?: string;
 }
 
 function invocations(gpu: Gpu): number {
@@ -90,7 +93,7 @@ function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
   const WG = invocations(gpu);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   for (let NG = WG / T; NG >= 1; NG /= 2) {
-    const params = { D: s.D, dtype: s.dtype, T, NG, R, U, causal: s.causal, cache: s.cache, paged: s.paged };
+    const params = { D: s.D, dtype: s.dtype, T, NG, R, U, causal: s.causal, cache: s.cache, paged: s.paged, ...(s.mods && { mods: s.mods }) };
     if (Number.isInteger(NG) && decodeSubgroupWorkgroupBytes(params) <= limit) return { kernel: 'decodeSubgroup', params };
   }
   return undefined;
@@ -118,19 +121,41 @@ export function decodeChoice(s: DecodeShape, gpu: Gpu, kernels: DecodeKernels = 
   for (let R = Math.min(DECODE_MAX_ROWS, WG, 2 ** Math.ceil(Math.log2(s.G * s.Nq))); R >= 1; R /= 2) {
     const Bc = DECODE_BLOCKS.find((Bc) => decodeWorkgroupBytes({ D: s.D, Bc, R }) <= limit);
     if (Bc !== undefined) {
-      return { kernel: 'decode', params: { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged, unroll: !gpu.software } };
+      const params = { D: s.D, dtype: s.dtype, Bc, R, WG, vec, causal: s.causal, cache: s.cache, paged: s.paged, unroll: !gpu.software, ...(s.mods && { mods: s.mods }) };
+      return { kernel: 'decode', params };
     }
   }
   return undefined;
 }
 
-/** Whether forward() runs a problem on the decode schedule: few queries, flash, and a kernel that fits. */
+/**
+ * The decode kernels' flags of a call's variants: '' without any, undefined where the call has one the
+ * decode kernels leave to the prefill kernels (bias, mask, block mask, dropout: what a decode step of
+ * Mistral- or Gemma-style models needs is the window, the soft-cap and ALiBi).
+ */
+export function decodeMods(p: Problem): string | undefined {
+  const mods = modsOf(p);
+  return [...mods].every((f) => DECODE_MOD_FLAGS.includes(f)) ? mods : undefined;
+}
+
+/**
+ * Keys the split plan covers for sequences of at most `Nk` keys: all of them, or with a window's left
+ * bound the left + Nq that some query sees (the kernels start each sequence's splits at its window).
+ */
+export function decodeKeys(m: Pick<Modifiers, 'band'>, Nq: number, Nk: number): number {
+  const [lo, hi] = keyRange(m, 0, Nq, Nq, Nk);
+  return hi - lo;
+}
+
+/** Whether forward() runs a problem on the decode schedule: few queries, flash, variants it runs, and a kernel that fits. */
 export function decodeFits(p: Problem, gpu: Gpu, kernels: DecodeKernels = 'auto'): DecodeChoice | undefined {
   if (p.algorithm !== 'flash' || p.Nq > DECODE_MAX_QUERIES || p.B > gpu.limits.maxComputeWorkgroupsPerDimension) return undefined;
-  if (modsOf(p) !== '') return undefined; // the decode kernels do not call the modifiers' hooks yet
+  const mods = decodeMods(p);
+  if (mods === undefined) return undefined;
   const s = problemStrides(p);
   const aligned = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 4 === 0);
-  return decodeChoice({ D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned }, gpu, kernels);
+  const shape = { D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned, ...(mods && { mods }) };
+  return decodeChoice(shape, gpu, kernels);
 }
 
 /**
@@ -238,9 +263,15 @@ export class DecodeScratch {
    * `keep`, as for GPUBuffer tensors that come back call after call; made anew for one-off uploads.
    */
   bindGroup(pipe: GPUComputePipeline, buffers: GPUBuffer[], keep = true): GPUBindGroup {
-    const make = () => this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })) });
+    return this.group(pipe, 0, new Map(buffers.map((buffer, binding) => [binding, buffer])), keep);
+  }
+
+  /** Bind group `index` of `pipe` with the buffers of `bindings` (binding → buffer), kept as bindGroup's. */
+  group(pipe: GPUComputePipeline, index: number, bindings: Map<number, GPUBuffer>, keep = true): GPUBindGroup {
+    const make = () =>
+      this.device.createBindGroup({ layout: pipe.getBindGroupLayout(index), entries: [...bindings].map(([binding, buffer]) => ({ binding, resource: { buffer } })) });
     if (!keep) return make();
-    const key = [pipe, ...buffers].map((o) => this.id(o)).join(',');
+    const key = [index, this.id(pipe), ...[...bindings].map(([binding, buffer]) => `${binding}:${this.id(buffer)}`)].join(',');
     let group = this.groups.get(key);
     if (!group) {
       if (this.groups.size >= 256) this.groups.clear(); // callers that bring new buffers every call
@@ -279,7 +310,9 @@ export function flatGroups(n: number, WG: number): [number, number] {
 
 /**
  * Encode a decode call (one compute pass: the decode kernel, then the merge where there are splits).
- * `uniform` holds decodeSizes(call) already (written by the caller with queue.writeBuffer).
+ * `uniform` holds decodeSizes(call) already (written by the caller with queue.writeBuffer). `mods`: bind
+ * group 1 of a kernel compiled with the variants (webgpu/modifiers.ts's modBuffers), kept (DecodeScratch)
+ * when `keep`: buffers that serve call after call, as a KV cache's.
  */
 export function encodeDecode(
   enc: GPUCommandEncoder,
@@ -290,6 +323,7 @@ export function encodeDecode(
   uniform: GPUBuffer,
   bufs: DecodeBuffers,
   keep: boolean,
+  mods?: { group: Map<number, GPUBuffer>; keep: boolean },
 ): void {
   const extra = [bufs.seqs, bufs.table].filter((b): b is GPUBuffer => b !== undefined);
   const pass = enc.beginComputePass();
@@ -297,12 +331,14 @@ export function encodeDecode(
   if (!pipes.merge) {
     pass.setPipeline(pipes.decode);
     pass.setBindGroup(0, scratch.bindGroup(pipes.decode, [uniform, bufs.q, bufs.k, bufs.v, bufs.out, bufs.lse, ...extra], keep));
+    if (mods) pass.setBindGroup(1, scratch.group(pipes.decode, 1, mods.group, mods.keep));
     pass.dispatchWorkgroups(...grid);
   } else {
     const rows = sizes.B * sizes.H * sizes.Nq;
     const { opart, lpart } = scratch.partials(rows, sizes.splits, D);
     pass.setPipeline(pipes.decode);
     pass.setBindGroup(0, scratch.bindGroup(pipes.decode, [uniform, bufs.q, bufs.k, bufs.v, opart, lpart, ...extra], keep));
+    if (mods) pass.setBindGroup(1, scratch.group(pipes.decode, 1, mods.group, mods.keep));
     pass.dispatchWorkgroups(...grid);
     pass.setPipeline(pipes.merge);
     pass.setBindGroup(0, scratch.bindGroup(pipes.merge, [uniform, opart, lpart, bufs.out, bufs.lse], keep));

@@ -91,7 +91,12 @@ export function forwardMatrixParams(p: Problem, gpu: Gpu): ForwardMatrixParams |
   // its corrections and Q_i's halves exceed the registers), and not causal: on an H100 the split kernel's causal forward took as long as its full one
   // (D = 128, N = 4096: 21.3 ms, 12.9 TFLOP/s, against the tiled kernel's 15.1 ms, 18.2), while its full
   // forward beat the tiled one (25.5 against 20.1 TFLOP/s; bench/variants/forward-split.ts).
-  if (p.dtype === 'f32' && (p.precision !== 'high' || p.D > 128 || p.causal)) return undefined;
+  // Nor with an additive bias or ALiBi: the halves' 22-bit operands put about 1e-6 into the logits, and
+  // the sharper softmax these give averages it less (H200, test/modifiers-matrix.test.ts: a (B, H, Nq, Nk)
+  // bias of N(0, 4) gave out an error of 2.9e-6, 4× the f32 standard's 7.3e-7 and past the rule's 2.5e-6;
+  // unit-normal inputs with a window, mask, block mask, soft-cap or dropout stay within it, at 4–5× the
+  // standard's error under the rule's 1e-6).
+  if (p.dtype === 'f32' && (p.precision !== 'high' || p.D > 128 || p.causal || p.mods.bias || p.mods.alibi)) return undefined;
   const table = p.dtype === 'f32' ? FORWARD_MATRIX_SPLIT_TILES : FORWARD_MATRIX_TILES;
   const tiles = table[p.D] ?? table.other;
   const W = warpsThatFit(tiles.W, forwardMatrixRows({ ...tiles, W: 1 }), p.Nq, gpu.subgroupSize, gpu);
@@ -147,13 +152,13 @@ interface ForwardFamily<P extends object> {
 /** The forward families, by kernel name (the pipeline cache's kernel name too). */
 export const FORWARD_FAMILIES = {
   forwardMatrix: {
-    modifiers: false,
+    modifiers: true,
     params: forwardMatrixParams,
     tiles: (x: ForwardMatrixParams) => ({ Br: forwardMatrixRows(x), Bc: x.Bc, onChipBytes: forwardMatrixWorkgroupBytes(x) }),
     wgsl: forwardMatrixWGSL,
   } satisfies ForwardFamily<ForwardMatrixParams>,
   forwardTiled: {
-    modifiers: false,
+    modifiers: true,
     params: forwardTiledParams,
     tiles: (x: ForwardTiledParams) => ({ Br: x.Br, Bc: x.Bc, onChipBytes: forwardTiledWorkgroupBytes(x) }),
     wgsl: forwardTiledWGSL,
@@ -290,7 +295,7 @@ interface BackwardFamily<KV extends object, Q extends object> {
 /** The backward families, by kernel name. */
 export const BACKWARD_FAMILIES = {
   matrix: {
-    modifiers: false,
+    modifiers: true,
     names: { kv: 'backwardKVMatrix', q: 'backwardQMatrix' },
     params: backwardMatrixParams,
     tiles: (kv: BackwardKVMatrixParams, q: BackwardQMatrixParams) => ({
@@ -300,7 +305,7 @@ export const BACKWARD_FAMILIES = {
     wgsl: { kv: backwardKVMatrixWGSL, q: backwardQMatrixWGSL },
   } satisfies BackwardFamily<BackwardKVMatrixParams, BackwardQMatrixParams>,
   tiled: {
-    modifiers: false,
+    modifiers: true,
     names: { kv: 'backwardKVTiled', q: 'backwardQTiled' },
     params: backwardTiledParams,
     tiles: (kv: BackwardTiledParams, q: BackwardTiledParams) => ({

@@ -14,7 +14,7 @@ import { sizesBytes } from './kernels/common.js';
 import { preprocessWGSL } from './kernels/backward.js';
 import { absmaxWGSL, splitCountBytes, splitGroups, splitWGSL } from './kernels/split.js';
 import { dispatch, pipeline } from './pipelines.js';
-import { decodeFits, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
+import { decodeFits, decodeKeys, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
 import { decodeSizesBytes } from './kernels/decode.js';
 import { modBindGroup, modBuffers } from './modifiers.js';
 import { reduceBiasGrad } from './bias-grad.js';
@@ -72,16 +72,17 @@ export async function webgpuDecodeForward(p: Problem, gpu: Gpu, choice: DecodeCh
     const { q: sq, kv: sk } = problemStrides(p);
     const { R, block } = decodeShape(choice);
     const rowChunks = Math.ceil(((p.H / p.Hkv) * p.Nq) / R);
-    const plan = splitPlan(p.B, p.Hkv, rowChunks, p.Nk, block);
+    const plan = splitPlan(p.B, p.Hkv, rowChunks, decodeKeys(p.mods, p.Nq, p.Nk), block);
     const keys = { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: p.Nk, maxPages: 1 };
     const sizes = decodeSizes({ B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, Nk: p.Nk, q: sq, keys, scale: p.scale }, R, plan);
     const pipes = await decodePipelines(gpu, choice, plan.splits > 1);
     const uniform = call.buffers.uniform(decodeSizesBytes(sizes), 'sizes');
+    const mods = choice.params.mods ? { group: modBuffers(p, choice.params.mods, call.buffers), keep: false } : undefined;
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');
     const lse = call.output(p.B * p.H * p.Nq, 'lse', 'q', 'f32');
     await call.submit(async (enc) => {
-      encodeDecode(enc, scratch, pipes, p.D, sizes, uniform, { q: Q, k: K, v: V, out, lse }, p.onGpu);
+      encodeDecode(enc, scratch, pipes, p.D, sizes, uniform, { q: Q, k: K, v: V, out, lse }, p.onGpu, mods);
       if (pipes.merge) counted = p.memory.allocate(scratch.bytes); // the partials, the device's scratch
     });
     return { out: await call.result(out, q.shape, 'q'), lse: await call.result(lse, [p.B, p.H, p.Nq], 'q', 'f32') };

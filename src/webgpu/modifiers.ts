@@ -4,7 +4,7 @@
  * block mask as bits, the kernel's tile table (computed for its Br × Bc tiles from src/modifiers.ts's
  * tileClass), and the dS buffer from which dbias is summed.
  */
-import { EMPTY, PARTIAL, hasModifiers, keeps, tileClass, type Broadcast, type Modifiers } from '../modifiers.js';
+import { EMPTY, PARTIAL, at, hasModifiers, keeps, tileClass, type Broadcast, type Modifiers } from '../modifiers.js';
 import type { Problem } from '../problem.js';
 import { isGpuBuffer } from '../tensor.js';
 import { decodeF16 } from '../f16.js';
@@ -49,25 +49,68 @@ function stridesOf(x: Broadcast | undefined): number[] {
 }
 
 /**
- * The tile table of a kernel with Br × Bc tiles: 2 bits per (b, h, query tile, key tile), over the
- * axes of B and H the block mask (and mask) do not broadcast; classes from src/modifiers.ts (a mask's tile
- * with no kept element is EMPTY too).
+ * The tile table of a kernel with Br × Bc tiles: 2 bits per (b, h, query tile, key tile), over the axes
+ * of B and H the block mask (and mask) do not broadcast; classes as src/modifiers.ts's tileClass (a
+ * mask's tile with no kept element is EMPTY too). Each tile's count of kept blocks comes from prefix sums
+ * of its (b, h) plane of the block mask, so a table costs O(tiles + blocks), not a scan per tile; and a
+ * call with the same block mask (the same array and contents), sizes and tiles as an earlier call (a
+ * training loop) takes the table it made then.
  */
 export function tileTable(p: Problem, Br: number, Bc: number): { words: Uint32Array; strides: number[] } {
   const m = p.mods;
+  const bm = m.blockMask!;
+  const key = JSON.stringify([Br, Bc, p.B, p.H, p.Nq, p.Nk, m.band ?? null, bm.rows, bm.cols, bm.index.strides]);
+  const cached = m.mask ? undefined : TABLES.get(bm.data)?.find((t) => t.key === key && sameBytes(t.bytes, bm.data));
+  if (cached) return cached.table;
+  const table = makeTileTable(p, Br, Bc);
+  if (!m.mask) {
+    const list = TABLES.get(bm.data) ?? [];
+    TABLES.set(bm.data, [...list.slice(-3), { key, bytes: bm.data.slice(), table }]);
+  }
+  return table;
+}
+
+/** Tile tables by the block mask's array (a few per array: one per kernel of a forward and backward). */
+const TABLES = new WeakMap<Uint8Array, { key: string; bytes: Uint8Array; table: { words: Uint32Array; strides: number[] } }[]>();
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let e = 0; e < a.length; e++) if (a[e] !== b[e]) return false;
+  return true;
+}
+
+function makeTileTable(p: Problem, Br: number, Bc: number): { words: Uint32Array; strides: number[] } {
+  const m = p.mods;
+  const bm = m.blockMask!;
   const { Nq, Nk } = p;
-  const perB = (m.blockMask && m.blockMask.index.strides[0] !== 0) || (m.mask && m.mask.index.strides[0] !== 0);
-  const perH = (m.blockMask && m.blockMask.index.strides[1] !== 0) || (m.mask && m.mask.index.strides[1] !== 0);
+  const perB = bm.index.strides[0] !== 0 || (m.mask !== undefined && m.mask.index.strides[0] !== 0);
+  const perH = bm.index.strides[1] !== 0 || (m.mask !== undefined && m.mask.index.strides[1] !== 0);
   const [nb, nh, Tr, Tc] = [perB ? p.B : 1, perH ? p.H : 1, Math.ceil(Nq / Br), Math.ceil(Nk / Bc)];
   const strides = [perB ? nh * Tr * Tc : 0, perH ? Tr * Tc : 0, Tc, 1];
   const words = new Uint32Array(Math.max(1, Math.ceil((nb * nh * Tr * Tc) / 16)));
+  const band: Modifiers = m.band ? { band: m.band } : {};
+  const [Tq, Tk] = [bm.index.shape[2], bm.index.shape[3]];
+  const sums = new Int32Array((Tq + 1) * (Tk + 1)); // sums[(i+1)(Tk+1) + j+1]: kept blocks in [0, i] × [0, j]
   for (let b = 0; b < nb; b++) {
     for (let h = 0; h < nh; h++) {
+      for (let i = 0; i < Tq; i++) {
+        for (let j = 0; j < Tk; j++) {
+          const kept = bm.data[at(bm.index, b, h, i, j)] ? 1 : 0;
+          sums[(i + 1) * (Tk + 1) + j + 1] = kept + sums[i * (Tk + 1) + j + 1] + sums[(i + 1) * (Tk + 1) + j] - sums[i * (Tk + 1) + j];
+        }
+      }
       for (let i = 0; i < Tr; i++) {
         const [r0, r1] = [i * Br, Math.min(Nq, (i + 1) * Br)];
+        const [bi0, bi1] = [Math.floor(r0 / bm.rows), Math.floor((r1 - 1) / bm.rows) + 1];
         for (let j = 0; j < Tc; j++) {
           const [c0, c1] = [j * Bc, Math.min(Nk, (j + 1) * Bc)];
-          let c = tileClass(m, b, h, r0, r1, c0, c1, Nq, Nk);
+          let c = tileClass(band, b, h, r0, r1, c0, c1, Nq, Nk);
+          if (c !== EMPTY) {
+            const [bj0, bj1] = [Math.floor(c0 / bm.cols), Math.floor((c1 - 1) / bm.cols) + 1];
+            const count = sums[bi1 * (Tk + 1) + bj1] - sums[bi0 * (Tk + 1) + bj1] - sums[bi1 * (Tk + 1) + bj0] + sums[bi0 * (Tk + 1) + bj0];
+            if (count === 0) c = EMPTY;
+            else if (count < (bi1 - bi0) * (bj1 - bj0) || m.mask) c = PARTIAL;
+          }
           if (c === PARTIAL && m.mask) c = anyKept(m, b, h, r0, r1, c0, c1, Nq, Nk) ? PARTIAL : EMPTY;
           const e = b * strides[0] + h * strides[1] + i * Tc + j;
           words[e >>> 4] |= c << ((e & 15) * 2);
@@ -110,8 +153,9 @@ function modsBytes(p: Problem, tiles?: { Br: number; Bc: number; strides: number
 
 /**
  * Bind group 1's buffers for a kernel compiled with `mods` (binding → buffer), made in the call's
- * GpuBuffers. `tiles`: the kernel's Br × Bc when it has the block-mask flag. `dbias`: the (B, H, Nq, Nk)
- * f32 dS buffer for a backward key/value kernel with the gradient flag.
+ * GpuBuffers. `tiles`: the kernel's Br × Bc when it has the block-mask flag and skips tiles (without:
+ * no tile table). `dbias`: the (B, H, Nq, Nk) f32 dS buffer for a backward key/value kernel with the
+ * gradient flag.
  */
 export function modBuffers(
   p: Problem,
@@ -124,7 +168,11 @@ export function modBuffers(
   const m = p.mods;
   const table = f.blocks && tiles ? tileTable(p, tiles.Br, tiles.Bc) : undefined;
   const out = new Map<number, GPUBuffer>();
-  out.set(0, buffers.uniform(modsBytes(p, table && { ...tiles!, strides: table.strides }), 'modifiers'));
+  // A pipeline's automatic layout holds only the bindings its WGSL reads: ALiBi alone reads no field of
+  // the uniform, and a kernel without `tiles` (standard attention) reads no tile table.
+  if (f.window || f.softcap || f.bias || f.mask || f.blocks || f.dropout) {
+    out.set(0, buffers.uniform(modsBytes(p, table && { ...tiles!, strides: table.strides }), 'modifiers'));
+  }
   if (f.alibi) out.set(1, buffers.upload(m.alibi!.slopes, 'ALiBi slopes', 'options.alibiSlopes'));
   if (f.bias) {
     const b = m.bias!;
@@ -134,7 +182,7 @@ export function modBuffers(
   }
   if (f.mask) out.set(3, buffers.upload(bits(m.mask!.data), 'mask bits', 'options.mask'));
   if (f.blocks) {
-    out.set(4, buffers.upload(table!.words, 'tile table', 'options.blockMask'));
+    if (table) out.set(4, buffers.upload(table.words, 'tile table', 'options.blockMask'));
     out.set(5, buffers.upload(bits(m.blockMask!.data), 'block mask bits', 'options.blockMask'));
   }
   if (f.biasGrad && dbias) out.set(6, dbias);

@@ -9,6 +9,9 @@
  *             (dS); dQ = scale·dS K, dV = Pᵀ dO, dK = scale·dSᵀ Q (matmul). Holds P, dP and dS.
  * dK and dV of a kv head contract over all query heads of its group in one dispatch (GQA), so every
  * output entry is written by one invocation: deterministic, no atomics.
+ * The variants enter the softmax and dS kernels (bind group 1 of webgpu/modifiers.ts, no tile table:
+ * nothing is skipped); dbias is dS, written in f32 by the dS kernel and summed to the bias's shape
+ * (bias-grad.ts).
  *
  * Chunking: one N×N matrix of `heads` heads is one storage binding of heads·Nq·Nk·e bytes (e = 4 for f32,
  * 2 for f16), which must fit in the device's maxStorageBufferBindingSize (and maxBufferSize). The heads
@@ -35,6 +38,8 @@ import {
   type Step,
 } from './kernels/standard.js';
 import { dispatch, pipeline } from './pipelines.js';
+import { modBindGroup, modBuffers, modsParam } from './modifiers.js';
+import { reduceBiasGrad } from './bias-grad.js';
 
 /**
  * A chunk of heads: query heads g0 .. g0+c−1 of each of the global kv heads kv0 .. kv0+nkv−1
@@ -169,8 +174,10 @@ export async function webgpuStandardForward(
     const [qk, pv, softmax] = await Promise.all([
       run.matmul({ tA: dt, tB: dt, tC: dt, transA: false, transB: true, accumulate: false }),
       run.matmul({ tA: dt, tB: dt, tC: dt, transA: false, transB: false, accumulate: false }),
-      pipeline(gpu.device, 'standardSoftmax', { WG: run.WG, causal: p.causal, dtype: dt }, softmaxWGSL),
+      pipeline(gpu.device, 'standardSoftmax', { WG: run.WG, causal: p.causal, dtype: dt, ...modsParam(p) }, softmaxWGSL),
     ]);
+    const mods = modsParam(p).mods;
+    const group1 = mods ? modBindGroup(gpu.device, softmax, modBuffers(p, mods, call.buffers)) : undefined;
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
     const out = call.output(p.B * Nq * p.H * D, 'out', 'q');
     const lse = call.output(p.B * p.H * Nq, 'lse', 'q', 'f32');
@@ -186,7 +193,7 @@ export async function webgpuStandardForward(
         // S = scale·Q Kᵀ
         run.runMatmul(enc, qk, { M: Nq, N: Nk, K: D, alpha: scale, ...at, a: run.qLike(), b: run.kvLike(), c: run.dense() }, heads, Q, K, S);
         // P = softmax(S) over the visible entries, and lse
-        dispatch(enc, gpu.device, softmax, [run.sizes, run.step({ M: Nq, N: Nk, K: D, alpha: 1, ...at }), S, P, lse], run.rowGroups(heads));
+        dispatch(enc, gpu.device, softmax, [run.sizes, run.step({ M: Nq, N: Nk, K: D, alpha: 1, ...at }), S, P, lse], run.rowGroups(heads), group1);
         // O = P V
         run.runMatmul(enc, pv, { M: Nq, N: D, K: Nk, alpha: 1, ...at, a: run.dense(), b: run.kvLike(), c: run.qLike() }, heads, P, V, out);
       }
@@ -210,7 +217,7 @@ export async function webgpuStandardBackward(
   out: AnyTensor,
   lse: AnyTensor,
   maxBinding?: number,
-): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor }> {
+): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor; dbias?: AnyTensor }> {
   const gpu = await gpuFor(p);
   const call = new Call(p, gpu);
   try {
@@ -226,8 +233,12 @@ export async function webgpuStandardBackward(
       run.matmul({ tA: dt, tB: dt, tC: dt, transA: false, transB: true, accumulate: false }),
       run.matmul({ tA: dt, tB: dt, tC: dt, transA: false, transB: false, accumulate: false }),
       run.matmul({ tA: dt, tB: dt, tC: tKV, transA: true, transB: false, accumulate: false }),
-      pipeline(gpu.device, 'standardDs', { WG: run.WG, causal: p.causal, dtype: dt }, dsWGSL),
+      pipeline(gpu.device, 'standardDs', { WG: run.WG, causal: p.causal, dtype: dt, ...modsParam(p, 'backward') }, dsWGSL),
     ]);
+    // dS for dbias, (B, H, Nq, Nk) f32, written by the dS kernel.
+    const biasGrad = p.mods.bias?.grad ? call.output(p.B * p.H * Nq * Nk, 'dS for dbias', 'q', 'f32') : undefined;
+    const mods = modsParam(p, 'backward').mods;
+    const group1 = mods ? modBindGroup(gpu.device, ds, modBuffers(p, mods, call.buffers, undefined, biasGrad)) : undefined;
     const pTacc = split ? await run.matmul({ tA: dt, tB: dt, tC: tKV, transA: true, transB: false, accumulate: true }) : pT;
     const [dO, Q, K, V, O, L] = [
       call.input(dout, 'dout'),
@@ -248,6 +259,7 @@ export async function webgpuStandardBackward(
       const nn = ch.nkv * ch.c * Nq * Nk * ELEMENT_BYTES[dt];
       return { SP: call.buffers.create(nn, 'P', 'q'), dP: call.buffers.create(nn, 'dP', 'q'), dS: call.buffers.create(nn, 'dS', 'q') };
     });
+    let dbias: GPUBuffer | undefined;
     await call.submit(async (enc) => {
       for (const [n, { kv0, nkv, g0, c }] of chunks.entries()) {
         const { SP, dP, dS } = matrices[n];
@@ -256,8 +268,8 @@ export async function webgpuStandardBackward(
         // S = scale·Q Kᵀ, dP = dO Vᵀ
         run.runMatmul(enc, qk, { M: Nq, N: Nk, K: D, alpha: scale, ...at, a: run.qLike(), b: run.kvLike(), c: run.dense() }, heads, Q, K, SP);
         run.runMatmul(enc, qk, { M: Nq, N: Nk, K: D, alpha: 1, ...at, a: run.qLike(), b: run.kvLike(), c: run.dense() }, heads, dO, V, dP);
-        // P = exp(S − lse) over S, dS = P ∘ (dP − rowsum(dO ∘ O))
-        dispatch(enc, gpu.device, ds, [run.sizes, run.step({ M: Nq, N: Nk, K: D, alpha: 1, ...at }), SP, dP, dS, L, dO, O], run.rowGroups(heads));
+        // P = exp(S − lse) over S (P ∘ Z with dropout), dS = P ∘ (dP − rowsum(dO ∘ O)) (dP ∘ Z; times the soft-cap's derivative)
+        dispatch(enc, gpu.device, ds, [run.sizes, run.step({ M: Nq, N: Nk, K: D, alpha: 1, ...at }), SP, dP, dS, L, dO, O], run.rowGroups(heads), group1);
         // dQ = scale·dS K
         run.runMatmul(enc, dsK, { M: Nq, N: D, K: Nk, alpha: scale, ...at, a: run.dense(), b: run.kvLike(), c: run.qLike() }, heads, dS, K, dq);
         // dV = Pᵀ dO, dK = scale·dSᵀ Q: one dispatch head per kv head, contracting over its c query heads'
@@ -278,12 +290,14 @@ export async function webgpuStandardBackward(
         dispatch(enc, gpu.device, cast, [n, dk32, dk], groups);
         dispatch(enc, gpu.device, cast, [n, dv32, dv], groups);
       }
+      if (biasGrad) dbias = await reduceBiasGrad(call, enc, biasGrad);
     });
-    return {
+    const grads = {
       dq: await call.result(dq, q.shape, 'q'),
       dk: await call.result(dk, k.shape, 'k'),
       dv: await call.result(dv, v.shape, 'k'),
     };
+    return dbias ? { ...grads, dbias: await call.result(dbias, p.mods.bias!.index.shape, 'q', 'f32') } : grads;
   } finally {
     call.dispose();
   }

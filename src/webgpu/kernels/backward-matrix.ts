@@ -26,11 +26,19 @@
  *   staged in workgroup memory, shared by the warps (block j + 1's loads in flight while block j is
  *   computed): S = Q_i K_jᵀ and dP = dO_i V_jᵀ to the warp's workgroup memory ([c][r]); each invocation
  *   takes its row: dS = P ∘ (dP − D_i) in f16; dQ_i += dS K_j. dQ_i = scale·dQ_i is written once.
+ * The variants (only where the params carry `mods`): the window's query blocks (dK/dV) and key blocks
+ * (dQ), the tile table's non-empty blocks with a block mask (a moved-back tail spans two tiles), the
+ * element rule (skipped on full blocks), the modified logit and the soft-cap's derivative g
+ * (mod_score2): P = exp(S' − L), dS = P ∘ (dP∘Z − D) with dropout's Z, dV takes P∘Z, dQ and dK take
+ * dS·g, and dK/dV writes dS itself to dbias where kept (by its key's workgroup, at its row's block; the
+ * moved-back tail workgroup writes its overlapped keys' again, the same values; the zeroed buffer keeps
+ * the rest).
  * Rows that see no key (L = −∞) get P = dS = 0. Workgroup memory: dK/dV 12·W·Bq·16 bytes (Sᵀ, dPᵀ in
  * f32, Pᵀ, dSᵀ in f16) and 4·Bq·(D + PAD) (Q_i, dO_i); dQ 10·Br·Bc bytes (S, dP in f32, dS in f16) and 4·Bc·(D + PAD) (K_j, V_j).
  */
 import { MASKED_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, grid, kvStaging, lines, range, tileStaging, warpRowsWGSL } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, BAND_FULL_WGSL, blockLoopWGSL, grid, hasFullBlocks, kvStaging, lines, matrixKeepWGSL, range, tileStaging, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
+import { modFlags, modifiersWGSL, windowKeyBlocksWGSL, windowQueryBlocksWGSL } from './modifiers.js';
 
 export interface BackwardKVMatrixParams {
   D: number;
@@ -110,6 +118,35 @@ const ROW_L = `fn row_l(at: u32) -> f32 {
   return select(bitcast<f32>(bits), MASKED, bits == ${NEG_INF_BITS});
 }`;
 
+/**
+ * WGSL (indented by `pad`) for one element (row, key) of a head bh of a kernel with `mods`: P (0 unless
+ * `kept` and the element rule hold: the rule is skipped on a block the tile table calls full), dS = P ∘
+ * (dP∘Z − D) for the dropout multipliers Z; `P` receives P∘Z (what dV takes), `dS` dS times the soft-cap's
+ * derivative (what dQ and dK take); the dK/dV kernel (`dbias`) also writes dS itself to dbias where kept.
+ * `s`, `dp`, `L`, `D`: the raw score QKᵀ, dP, L and D of the element.
+ */
+function modElementWGSL(
+  p: { causal: boolean; mods?: string },
+  e: { s: string; dp: string; L: string; D: string; kept: string; pad: string; P?: string; dS: string; dbias: boolean },
+): string {
+  const f = modFlags(p.mods);
+  const scores = f.softcap || f.alibi || f.bias !== undefined;
+  const keep = matrixKeepWGSL(p, 'bh', 'row', 'key');
+  const z = f.dropout ? ' * z' : '';
+  return [
+    `let kept = ${e.kept} && ${hasFullBlocks(p.mods) ? `(full || (${keep}))` : keep};`,
+    ...(scores ? [`let sg = mod_score2(bh, row, key, ${e.s} * u.scale); // the modified logit and the soft-cap's derivative`] : []),
+    `let pe = select(0.0, exp2((${scores ? 'sg.x' : `${e.s} * u.scale`} - ${e.L}) * LOG2E), kept);`,
+    ...(f.dropout ? ['let z = mod_drop(bh, row, key);'] : []),
+    ...(e.P ? [`${e.P} = f16(pe${z});`] : []),
+    `let ds = pe * (${e.dp}${z} - ${e.D});`,
+    ...(e.dbias && f.biasGrad ? ['if (kept) {', '  dbias[(bh * u.Nq + row) * u.Nk + key] = ds;', '}'] : []),
+    `${e.dS} = f16(ds${scores ? ' * sg.y' : ''});`,
+  ]
+    .map((line) => e.pad + line)
+    .join('\n');
+}
+
 /** Alg. 2 lines 5-18 for 16·W keys: dK_j and dV_j, summed over the group's query heads. */
 export function backwardKVMatrixWGSL(p: BackwardKVMatrixParams, workgroupLimit: number): string {
   const problem = backwardMatrixProblem({ D: p.D, SGS: p.SGS, rows: FRAGMENT, Bc: FRAGMENT });
@@ -136,12 +173,18 @@ export function backwardKVMatrixWGSL(p: BackwardKVMatrixParams, workgroupLimit: 
     block: 'Bq',
   });
   const fragment = 16 * 16;
+  // The variants (kernels/modifiers.ts), where the params carry \`mods\`: the band's query blocks, the tile
+  // table's (the workgroup's keys span key tiles t0 and t1 where it is the tail, moved back), the
+  // element rule, the score modifier, dropout, and dS written for dbias.
+  const f = modFlags(p.mods);
+  const end = f.window ? 'iEnd' : 'Tr';
+  const loop = blockLoopWGSL({ x: 'i', first: 'iStart', end, fetch: staging.fetch, indent: '    ', ...(f.blocks && { tiles: { a0: 't0', a1: 't1' } }) });
   return `${MATRIX_ENABLES}
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
 ${bindings('vec4<f16>', 'f16')}
 @group(0) @binding(7) var<storage, read_write> dk: array<f16>;
-@group(0) @binding(8) var<storage, read_write> dv: array<f16>;
+@group(0) @binding(8) var<storage, read_write> dv: array<f16>;${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'backward-kv')}${f.blocks ? `\n${tileWalkWGSL('rows')}` : hasFullBlocks(p.mods) ? `\n${BAND_FULL_WGSL}` : ''}` : ''}
 
 const D = ${D}u;
 const DS = ${DS}u;
@@ -188,29 +231,26 @@ ${lines(DF, (d) => `  let k${d} = subgroupMatrixLoad<${RIGHT}, col_major>(&k, kv
   var dv${d} = ${RESULT}();`)}
 
   let Tr = (u.Nq + Bq - 1u) / Bq;
-  // Alg. 2 line 8, causal: the first query block that sees the workgroup's first key.
-  ${firstQueryBlockWGSL(causal, 'Bq')}
+  // Alg. 2 line 8, causal: the first query block that sees the workgroup's first key${f.window ? '; the window: the blocks that see any of its keys' : ''}.
+  ${f.window ? windowQueryBlocksWGSL('Bq', 'KB') : firstQueryBlockWGSL(causal, 'Bq')}${f.blocks ? "\n  // The tile table's key tiles the workgroup's keys span (two for the tail, moved back).\n  let t0 = c0 / KB;\n  let t1 = (c0 + KB - 1u) / KB;" : ''}
   // Q_i and dO_i through registers into workgroup memory; block i + 1's are loaded while block i is computed.
 ${staging.declare}
   for (var gq = 0u; gq < G; gq++) {
     let h = hkv * G + gq;
     let qo = b * u.qBatch + h * u.qHead;
-    let Lo = (b * u.H + h) * u.Nq;
-    if (iStart < Tr) {
-${staging.fetch('iStart')}
-    }
-    for (var i = iStart; i < Tr; i++) {
+    let Lo = (b * u.H + h) * u.Nq;${p.mods ? '\n    let bh = b * u.H + h; // the query head, as the modifiers index it' : ''}
+${loop.open}
       let iq = i * Bq;                  // the block's first row not seen before
-      let r0 = min(iq, u.Nq - Bq);      // where it is loaded from (the last block overlaps)
+      let r0 = min(iq, u.Nq - Bq);      // where it is loaded from (the last block overlaps)${
+        hasFullBlocks(p.mods) && !f.blocks ? '\n      let full = band_full(r0, r0 + Bq - 1u, c0, c0 + KB - 1u); // every element in the band' : ''
+      }
       // L and D of this invocation's rows (t·SHARES + part) of the block, loaded before the barriers so
       // that they arrive while the tiles are stored and Sᵀ, dPᵀ computed.
 ${lines(RS, (t) => `      let Lt${t} = row_l(Lo + r0 + ${t * SHARES}u + part);\n      let Dt${t} = Dvec[Lo + r0 + ${t * SHARES}u + part];`)}
       workgroupBarrier(); // the previous block's tiles, Pᵀ and dSᵀ are no longer read
 ${staging.store}
       workgroupBarrier();
-      if (i + 1u < Tr) {
-${staging.fetch('i + 1u')}
-      }
+${loop.next}
       // Alg. 2 lines 10 and 13: S = Q_i K_jᵀ (as the forward computes it), dPᵀ = V_j dO_iᵀ.
 ${lines(
   QF,
@@ -231,9 +271,13 @@ ${lines(
         let r = ${t * SHARES}u + part;
         let row = r0 + r;
         let at = sw + r * 16u + c;
-        let pe = select(0.0, exp2((F[at] * u.scale - Lt${t}) * LOG2E), row >= iq && Lt${t} != MASKED${causal ? ' && visible(row, key)' : ''});
+${
+  p.mods
+    ? modElementWGSL(p, { s: 'F[at]', dp: 'F[DPT + at]', L: `Lt${t}`, D: `Dt${t}`, kept: `row >= iq && Lt${t} != MASKED`, pad: '        ', P: 'T[PT + at]', dS: 'T[ST + at]', dbias: true })
+    : `        let pe = select(0.0, exp2((F[at] * u.scale - Lt${t}) * LOG2E), row >= iq && Lt${t} != MASKED${causal ? ' && visible(row, key)' : ''});
         T[PT + at] = f16(pe);
-        T[ST + at] = f16(pe * (F[DPT + at] - Dt${t}));
+        T[ST + at] = f16(pe * (F[DPT + at] - Dt${t}));`
+}
       }`,
 )}
       workgroupBarrier();
@@ -282,11 +326,16 @@ export function backwardQMatrixWGSL(p: BackwardQMatrixParams, workgroupLimit: nu
   const SHARES = SGS / BrW;
   const WG = W * SGS;
   const staging = kvStaging({ D, Bc, WG });
+  // The variants, as in the forward (forward-matrix.ts): the band's key blocks, the tile table's (the
+  // block's rows span row tiles t0 and t1 where it is the tail, moved back), the element rule, the score
+  // modifier, dropout.
+  const f = modFlags(p.mods);
+  const loop = blockLoopWGSL({ x: 'j', first: f.window ? 'jStart' : '0u', end: 'Tc', fetch: staging.fetch, indent: '  ', ...(f.blocks && { tiles: { a0: 't0', a1: 't1' } }) });
   return `${MATRIX_ENABLES}
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${SIZES_WGSL}
 ${bindings('f16', 'vec4<f16>')}
-@group(0) @binding(7) var<storage, read_write> dq: array<f16>;
+@group(0) @binding(7) var<storage, read_write> dq: array<f16>;${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'backward-q')}${f.blocks ? `\n${tileWalkWGSL('keys')}` : hasFullBlocks(p.mods) ? `\n${BAND_FULL_WGSL}` : ''}` : ''}
 
 const D = ${D}u;
 const DS = ${DS}u;
@@ -322,22 +371,19 @@ ${grid(RF, DF)
   )
   .join('\n')}
 
-  // Causal: key blocks entirely above the diagonal are skipped.
-  ${keyBlocksWGSL(causal)}
+  // Causal: key blocks entirely above the diagonal are skipped${f.window ? '; the window: those outside the band' : ''}.
+  ${f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(causal)}
   // K_j and V_j through registers into workgroup memory; block j + 1's are loaded while block j is computed.
 ${staging.declare}
-  if (Tc > 0u) {
-${staging.fetch('0u')}
-  }
-  for (var j = 0u; j < Tc; j++) {
+${f.blocks ? "  // The tile table's row tiles this block spans (two for the tail block, moved back).\n  let t0 = r0 / Br;\n  let t1 = (r0 + Br - 1u) / Br;\n" : ''}${loop.open}
     let jc = j * Bc;                   // the block's first key not seen before
-    let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
+    let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)${
+      hasFullBlocks(p.mods) && !f.blocks ? '\n    let full = band_full(r0, r0 + Br - 1u, c0, c0 + Bc - 1u); // every element in the band' : ''
+    }
     workgroupBarrier(); // the previous block's K_j, V_j and dS are no longer read
 ${staging.store}
     workgroupBarrier();
-    if (j + 1u < Tc) {
-${staging.fetch('j + 1u')}
-    }
+${loop.next}
     // Alg. 2 lines 10 and 13: S = Q_i K_jᵀ, dP = dO_i V_jᵀ, the warp's rows.
 ${range(CF)
   .map(
@@ -361,8 +407,12 @@ ${lines(RF, (f) => `      subgroupMatrixStore<col_major>(&F, sw + ${c * FRAGMENT
       let c = t * ${SHARES}u + part;
       let key = c0 + c;
       let at = sw + c * BrW + r;
-      let pe = select(0.0, exp2((F[at] * u.scale - L) * LOG2E), key >= jc && L != MASKED${causal ? ' && visible(row, key)' : ''});
-      T[ST + at] = f16(pe * (F[DP + at] - Dr));
+${
+  p.mods
+    ? modElementWGSL(p, { s: 'F[at]', dp: 'F[DP + at]', L: 'L', D: 'Dr', kept: 'key >= jc && L != MASKED', pad: '      ', dS: 'T[ST + at]', dbias: false })
+    : `      let pe = select(0.0, exp2((F[at] * u.scale - L) * LOG2E), key >= jc && L != MASKED${causal ? ' && visible(row, key)' : ''});
+      T[ST + at] = f16(pe * (F[DP + at] - Dr));`
+}
     }
     workgroupBarrier();
     // Alg. 2 line 15: dQ_i += dS K_j.

@@ -40,16 +40,26 @@
  *        sum, then dQ_i += dS K_j. dQ_i = scale·dQ_i is written once.
  *   Workgroup memory (bytes): 16·(2·Br·QS + 2·Bc·KS) + 4·Br·PS + 8·Br, QS = odd(D4), KS = odd(max(D4,
  *   TDV·CT)), PS = odd(Bc). Registers: 2·TM·TDV vec4s (D = 128, TM = 2, CT = 8: 64 floats), 2·TM·TN floats.
+ * Variants (kernels/modifiers.ts; only where the params carry `mods`, so that plain and causal WGSL stay as
+ * they were), as the oracle (src/reference/standard.ts): S is the modified score (mod_score2 also gives
+ * the soft-cap's derivative g), P = exp(S − L) where the element rule keeps the entry; with dropout
+ * dV sums (P ∘ Z)ᵀ dO and dP is dO V_jᵀ ∘ Z; dS = P ∘ (dP − D) is what the dK/dV kernel writes to dbias
+ * (flag 'g'; each (query head, row, key) by the one workgroup that owns the key), and dK, dQ take dS ∘ g.
+ * Blocks: with a window the dK/dV kernel runs over the query blocks [iStart, iEnd) that see its keys and
+ * the dQ kernel over the key blocks [jStart, Tc) its rows see; with a block mask each skips the tiles its
+ * own tile table (the host's, for its Br × Bc: backwardTiles) marks empty, in uniform control flow, and
+ * FULL tiles skip the element rule.
  * Strides padded past D4 (QS, KS) leave columns that are never staged: the accumulators that read them are
  * never written out. Registers are named variables unrolled at generation time (never private arrays
  * indexed in loops: lavapipe's LLVM takes minutes on those); the loops over D4 and over the block's rows
  * or keys run to constant bounds with `unroll` (GPU compilers unroll them), else to opaque() bounds
  * (software adapters). With D % 4 == 0 storage is read and written as vec4s.
  */
-import { MASKED_WGSL, OPAQUE_WGSL, QUERY_HEAD_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, firstQueryBlockWGSL, keyBlocksWGSL, type StorageType } from './common.js';
+import { MASKED_WGSL, NAN_TESTS_WGSL, OPAQUE_WGSL, QUERY_HEAD_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, firstQueryBlockWGSL, keyBlocksWGSL, type StorageType } from './common.js';
 import { rowStatsWGSL } from './backward.js';
-import { forwardTiledProblem, loadRow, storeRow4 } from './forward-tiled.js';
+import { forwardTiledProblem, loadRow, storeRow4, variants } from './forward-tiled.js';
 import { grid, range } from './matrix.js';
+import { windowKeyBlocksWGSL, windowQueryBlocksWGSL } from './modifiers.js';
 
 /** The tiled dK/dV or dQ kernel's compile-time configuration. */
 export interface BackwardTiledParams {
@@ -106,8 +116,9 @@ export function backwardTiledProblem(p: BackwardTiledParams): string | undefined
 
 /** What both kernels share: bindings' element type, loops, staging, S and dP in registers. */
 function common(p: BackwardTiledParams, kv: boolean) {
-  const { D, Br, Bc, TM, TN, unroll, causal } = p;
+  const { D, Br, Bc, TM, TN, unroll } = p;
   const shape = backwardTiledShape(p, kv);
+  const mods = variants(p, kv ? 'backward-kv' : 'backward-q');
   const { RT, CT, WG, D4 } = shape;
   const vec = D % 4 === 0; // every row then starts at a multiple of 4 elements (strides are multiples of D)
   const bound = (n: number) => (unroll ? `${n}u` : `opaque(${n}u)`);
@@ -145,10 +156,16 @@ ${grid(TM, TN)
   .map(([i, j]) => `      s${i}_${j} += dot(q${i}, k${j});\n      dp${i}_${j} += dot(o${i}, v${j});`)
   .join('\n')}
     }`;
-  // Query row r0 + rowOf(i) sees key c0 + keyOf(j) (L != MASKED: the row sees some key).
-  const visible = (i: number, j: number) =>
-    `c0 + ${keyOf(j)} < u.Nk && L${i} != MASKED${causal ? ` && visible(r0 + ${rowOf(i)}, c0 + ${keyOf(j)})` : ''}`;
-  const header = (bindings: string[], tiles: string) => `${enables(p.dtype)}
+  // Query row r0 + rowOf(i) sees key c0 + keyOf(j) (sees(L): the row sees some key; a NaN L passes).
+  const visible = (i: number, j: number) => `c0 + ${keyOf(j)} < u.Nk && sees(L${i})${mods.keep(`r0 + ${rowOf(i)}`, `c0 + ${keyOf(j)}`)}`;
+  // The score modifier of entry (i, j): `let sg = vec2(modified score, soft-cap's derivative)`, when any.
+  const f = mods.f;
+  const scoreMod = f.softcap || f.alibi || f.bias;
+  const modScore = (i: number, j: number) => (scoreMod ? `let sg = mod_score2(bh, r0 + ${rowOf(i)}, c0 + ${keyOf(j)}, s${i}_${j});` : '');
+  const logit = (i: number, j: number) => (scoreMod ? 'sg.x' : `s${i}_${j}`);
+  // dP = dO_i V_jᵀ ∘ Z with dropout.
+  const dP = (i: number, j: number) => (f.dropout ? `dp${i}_${j} * mod_drop(bh, r0 + ${rowOf(i)}, c0 + ${keyOf(j)})` : `dp${i}_${j}`);
+  const header = (bindings: string[], tiles: string) => `${enables(p.dtype)}${mods.wgsl}
 ${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 ${bindings.join('\n')}
@@ -173,6 +190,7 @@ var<workgroup> Lrow: array<f32, Br>;
 var<workgroup> Drow: array<f32, Br>;
 
 ${VISIBLE_WGSL}
+${NAN_TESTS_WGSL}
 ${OPAQUE_WGSL}
 ${loadRow('q', vec)}
 ${loadRow('k', vec)}
@@ -197,7 +215,7 @@ ${loadRow('dout', vec)}`;
     '@group(0) @binding(5) var<storage, read> lse: array<u32>; // f32 bits',
     '@group(0) @binding(6) var<storage, read> Dvec: array<f32>;',
   ];
-  return { ...shape, elem, bound, rowOf, keyOf, scores, visible, header, store, stageQ, stageKV, stats, inputs };
+  return { ...shape, elem, bound, rowOf, keyOf, scores, visible, header, store, stageQ, stageKV, stats, inputs, mods, modScore, logit, dP };
 }
 
 /** Alg. 2 lines 5-18 for one key block: dK_j and dV_j in registers, summed over the group's query heads. */
@@ -205,12 +223,59 @@ export function backwardKVTiledWGSL(p: BackwardTiledParams, workgroupLimit: numb
   const problem = backwardTiledProblem(p);
   if (problem) throw new Error(`backwardKVTiled: ${problem}`);
   checkWorkgroupBytes('backwardKVTiled', backwardTiledWorkgroupBytes(p, true), workgroupLimit);
-  const { Br, TM, TN, dtype, causal } = p;
+  const { Br, TM, TN, causal } = p;
   const c = common(p, true);
   const { RT, TDV, elem, bound, rowOf, keyOf } = c;
+  const f = c.mods.f;
+  // Entry (i, j): P (∘ Z with dropout, for dV), dS (for dbias, flag 'g') and dS times the soft-cap's
+  // derivative (for dK); as before without variants.
+  const entry = (i: number, j: number) => {
+    if (!p.mods) {
+      return `        let p = select(0.0, exp(s${i}_${j} - L${i}), ${c.visible(i, j)});
+        P[${rowOf(i)}][${keyOf(j)}] = p;
+        dS[${rowOf(i)}][${keyOf(j)}] = select(0.0, p * (dp${i}_${j} - D${i}), nonzero(p));`;
+    }
+    const [row, key] = [`r0 + ${rowOf(i)}`, `c0 + ${keyOf(j)}`];
+    const z = f.dropout ? `mod_drop(bh, ${row}, ${key})` : '';
+    return [
+      c.modScore(i, j),
+      `let p = select(0.0, exp(${c.logit(i, j)} - L${i}), ${c.visible(i, j)});`,
+      z && `let z = ${z};`,
+      `P[${rowOf(i)}][${keyOf(j)}] = ${z ? 'p * z' : 'p'};`,
+      `let ds = select(0.0, p * (${z ? `dp${i}_${j} * z` : `dp${i}_${j}`} - D${i}), nonzero(p));`,
+      f.biasGrad ? `if (nonzero(p)) {\n          dbias[bh * u.Nq * u.Nk + (${row}) * u.Nk + ${key}] = ds; // dS, before the soft-cap's derivative\n        }` : '',
+      `dS[${rowOf(i)}][${keyOf(j)}] = ${f.softcap ? 'ds * sg.y' : 'ds'};`,
+    ]
+      .filter((x) => x)
+      .map((x) => `        ${x}`)
+      .join('\n');
+  };
   const J = range(TN);
   const acc = grid(TN, TDV);
   const colOf = (t: number) => `rg + ${t * RT}u`; // vec4 column of dK_j, dV_j for its t-th column
+  // A tile with masked entries (across the causal diagonal; with the variants, any but a FULL one) adds
+  // its products only where P (or dS) is not 0: a masked entry's 0 times a NaN in its row's Q_i or dO_i
+  // must add nothing, so a NaN stays out of dk, dv of the keys its row cannot see. Other tiles run the
+  // plain loop.
+  const masking = causal || Boolean(p.mods);
+  const partialTileWGSL = p.mods
+    ? f.blocks
+      ? 'let partial = !full;'
+      : 'let partial = true;'
+    : 'let partial = i32(c0 + Bc) - 1 > i32(r0) + i32(u.Nk) - i32(u.Nq); // a key past the first row\'s reach';
+  const accumulate = (guarded: boolean) => `      for (var r = 0u; r < ${bound(Br)}; r++) {
+${J.map((j) => `        let p${j} = P[r][${keyOf(j)}];\n        let ds${j} = dS[r][${keyOf(j)}];`).join('\n')}
+${range(TDV)
+  .map((t) => `        let o${t} = dOi[r][${colOf(t)}];\n        let q${t} = Qi[r][${colOf(t)}];`)
+  .join('\n')}
+${acc
+  .map(([j, t]) =>
+    guarded
+      ? `        av${j}_${t} += select(vec4<f32>(0.0), p${j} * o${t}, nonzero(p${j}));\n        ak${j}_${t} += select(vec4<f32>(0.0), ds${j} * q${t}, nonzero(ds${j}));`
+      : `        av${j}_${t} += p${j} * o${t};\n        ak${j}_${t} += ds${j} * q${t};`,
+  )
+  .join('\n')}
+      }`;
   return `${c.header(
     [
       ...c.inputs,
@@ -236,14 +301,23 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 ${acc.map(([j, t]) => `  var dk${j}_${t} = vec4<f32>(0.0);\n  var dv${j}_${t} = vec4<f32>(0.0);`).join('\n')}
 
   let Tr = (u.Nq + Br - 1u) / Br;
-  // Alg. 2 line 8, causal: the first query block that sees key c0.
-  ${firstQueryBlockWGSL(causal, 'Br')}
+  ${f.window ? '// The band: the query blocks [iStart, iEnd) that see any key of K_j.' : '// Alg. 2 line 8, causal: the first query block that sees key c0.'}
+  ${f.window ? windowQueryBlocksWGSL('Br', 'Bc') : firstQueryBlockWGSL(causal, 'Br')}
   for (var g = 0u; g < G; g++) {
     let h = hkv * G + g;
     let qo = b * u.qBatch + h * u.qHead;
-    let Lo = (b * u.H + h) * u.Nq;
-    for (var i = iStart; i < Tr; i++) {
-      let r0 = i * Br;
+    let Lo = (b * u.H + h) * u.Nq;${p.mods ? '\n    let bh = b * u.H + h;' : ''}
+    for (var i = iStart; i < ${f.window ? 'iEnd' : 'Tr'}; i++) {
+      let r0 = i * Br;${
+        f.blocks
+          ? `
+      let tile = mod_tile(bh, i, wid.x);
+      if (tile == 0u) {
+        continue; // an empty tile (uniform: every invocation skips it)
+      }
+      let full = tile == 1u; // every element kept: no element rule`
+          : ''
+      }
       workgroupBarrier(); // the previous block's Q_i, dO_i, P and dS are no longer read
       // Alg. 2 line 9: Q_i (with the softmax scale folded in), dO_i, L_i, D_i; rows past Nq read as 0.
       ${c.stageQ()}
@@ -254,24 +328,12 @@ ${acc.map(([j, t]) => `  var dk${j}_${t} = vec4<f32>(0.0);\n  var dv${j}_${t} = 
       // P = exp(S − L) (0 where masked or L = −∞), dS = P ∘ (dP − D) (Alg. 2 line 14; 0 where P = 0).
   ${c.stats.replace(/\n/g, '\n  ')}
 ${grid(TM, TN)
-  .map(
-    ([i, j]) => `      {
-        let p = select(0.0, exp(s${i}_${j} - L${i}), ${c.visible(i, j)});
-        P[${rowOf(i)}][${keyOf(j)}] = p;
-        dS[${rowOf(i)}][${keyOf(j)}] = select(0.0, p * (dp${i}_${j} - D${i}), p != 0.0);
-      }`,
-  )
+  .map(([i, j]) => `      {\n${entry(i, j)}\n      }`)
   .join('\n')}
       workgroupBarrier();
       // Alg. 2 lines 12 and 16: dV_j += Pᵀ dO_i, dK_j += dSᵀ (scale·Q_i), this block's sums apart first.
 ${acc.map(([j, t]) => `      var av${j}_${t} = vec4<f32>(0.0);\n      var ak${j}_${t} = vec4<f32>(0.0);`).join('\n')}
-      for (var r = 0u; r < ${bound(Br)}; r++) {
-${J.map((j) => `        let p${j} = P[r][${keyOf(j)}];\n        let ds${j} = dS[r][${keyOf(j)}];`).join('\n')}
-${range(TDV)
-  .map((t) => `        let o${t} = dOi[r][${colOf(t)}];\n        let q${t} = Qi[r][${colOf(t)}];`)
-  .join('\n')}
-${acc.map(([j, t]) => `        av${j}_${t} += p${j} * o${t};\n        ak${j}_${t} += ds${j} * q${t};`).join('\n')}
-      }
+${masking ? `      ${partialTileWGSL}\n      if (partial) {\n${accumulate(true)}\n      } else {\n${accumulate(false)}\n      }` : accumulate(false)}
 ${acc.map(([j, t]) => `      dv${j}_${t} += av${j}_${t};\n      dk${j}_${t} += ak${j}_${t};`).join('\n')}
     }
   }
@@ -302,6 +364,13 @@ export function backwardQTiledWGSL(p: BackwardTiledParams, workgroupLimit: numbe
   const { TM, TN, causal } = p;
   const c = common(p, false);
   const { CT, TDV, elem, bound, rowOf, keyOf } = c;
+  const v = c.mods;
+  // dS of entry (i, j), times the soft-cap's derivative; as before without variants.
+  const entry = (i: number, j: number) => {
+    const ds = `dS[${rowOf(i)}][${keyOf(j)}] = select(0.0, exp(${c.logit(i, j)} - L${i}) * (${c.dP(i, j)} - D${i})${v.f.softcap ? ' * sg.y' : ''}, ${c.visible(i, j)});`;
+    const score = c.modScore(i, j);
+    return score ? `    {\n      ${score}\n      ${ds}\n    }` : `    ${ds}`;
+  };
   const I = range(TM);
   const acc = grid(TM, TDV);
   const colOf = (t: number) => `cg + ${t * CT}u`; // vec4 column of dQ_i for its t-th column
@@ -320,17 +389,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 ${QUERY_HEAD_WGSL}
   let Lo = bh * u.Nq;
   let Tr = (u.Nq + Br - 1u) / Br;
-  let r0 = ${causal ? '(Tr - 1u - wid.x)' : 'wid.x'} * Br;
+  let r0 = ${causal ? '(Tr - 1u - wid.x)' : 'wid.x'} * Br;${v.f.blocks ? '\n  let ti = r0 / Br; // the query tile of the tile table' : ''}
 
   // Q_i (with the softmax scale folded in), dO_i, L_i, D_i; rows past Nq read as 0; dQ_i = 0.
   ${c.stageQ()}
   ${rowStatsWGSL()}
 ${acc.map(([i, t]) => `  var dq${i}_${t} = vec4<f32>(0.0);`).join('\n')}
 
-  // Causal: key blocks entirely above the diagonal are skipped.
-  ${keyBlocksWGSL(causal)}
-  for (var j = 0u; j < Tc; j++) {
-    let c0 = j * Bc;
+  ${v.f.window ? '// The band: key blocks that no row of Q_i sees are skipped.' : '// Causal: key blocks entirely above the diagonal are skipped.'}
+  ${v.f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(causal)}
+  ${v.loop}
+    let c0 = j * Bc;${v.f.blocks ? '\n    let full = mod_tile(bh, ti, j) == 1u; // every element kept: no element rule' : ''}
     workgroupBarrier(); // the previous block's K_j and dS are no longer read
     // Alg. 2 lines 6-7: K_j, V_j (keys past Nk read as 0).
     ${c.stageKV()}
@@ -340,7 +409,7 @@ ${c.scores}
     // Alg. 2 line 14: dS = exp(S − L) ∘ (dP − D); 0 where masked or L = −∞.
 ${c.stats}
 ${grid(TM, TN)
-  .map(([i, j]) => `    dS[${rowOf(i)}][${keyOf(j)}] = select(0.0, exp(s${i}_${j} - L${i}) * (dp${i}_${j} - D${i}), ${c.visible(i, j)});`)
+  .map(([i, j]) => entry(i, j))
   .join('\n')}
     workgroupBarrier();
     // Alg. 2 line 15: dQ_i += dS K_j, this block's sum apart first (the scale is applied once, at the write).

@@ -30,9 +30,18 @@
  * inner loops run to opaque() bounds: per-thread private arrays and fully unrolled loops make lavapipe's
  * LLVM first compile take minutes. Sums are two-level: a tile's partial sum, then added to the accumulator.
  * Rows past Nq and keys past Nk load as 0 and are masked; rows that see no key (L = −∞) have P = dS = 0.
+ * Entries of T that are 0 (masked) add nothing to dK_j and dV_j, also where that row's Q_i or dO_i holds a
+ * NaN: a NaN stays in its row's dq and in dk, dv of the keys that row sees (causal and the variants).
+ * The variants (kernels/modifiers.ts; only where the params carry `mods`): both kernels visit the band's
+ * blocks only and skip the block mask's empty tiles (each with its own Br × Bc tile table), recompute the
+ * modified score with the element rule, and take dS times the soft-cap's derivative for dK and dQ. Dropout:
+ * dV_j += (P ∘ Z)ᵀ dO_i and dP = (dO_i V_jᵀ) ∘ Z; the dK/dV kernel keeps a dropped P as −P in T (dV_j
+ * skips it, dS needs it) and scales dV_j by 1/(1 − p) once, at the write. The dK/dV kernel writes dS
+ * (before the soft-cap's derivative) to dbias where the bias's gradient is asked for.
  */
-import { MASKED_WGSL, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
+import { MASKED_WGSL, NAN_TESTS_WGSL, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
 import { loadVec4 } from './forward.js';
+import { keepWGSL, modFlags, modifiersWGSL, type ModFlags, scoreWGSL, windowKeyBlocksWGSL, windowQueryBlocksWGSL } from './modifiers.js';
 
 export interface PreprocessParams {
   D: number;
@@ -122,6 +131,22 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 `;
 }
 
+/**
+ * Tests by bits where a NaN must pass, not float comparisons (which WGSL leaves to the implementation:
+ * lavapipe answers NaN != MASKED with false, which dropped a NaN row's dq): `sees(L)`, a row's L from
+ * Lrow is not MASKED (NaN included); `nonzero(x)`, x is not ±0 (NaN included); `adds(t)` (dropout), an
+ * entry of T that adds to dV_j: not 0 and not a dropped −P (NaN included).
+ */
+function bitTestsWGSL(dropout: boolean): string {
+  const tests = NAN_TESTS_WGSL;
+  if (!dropout) return tests;
+  return `${tests}
+fn adds(t: f32) -> bool {
+  let b = bitcast<u32>(t);
+  return nonzero(t) && (b < 0x80000000u || (b & 0x7fffffffu) > 0x7f800000u);
+}`;
+}
+
 /** Load L_i (f32 bits; −∞ and rows past Nq become MASKED) and D_i into Lrow, Drow. */
 export function rowStatsWGSL(): string {
   return `for (var r = lid; r < Br; r += WG) {
@@ -140,13 +165,44 @@ export function rowStatsWGSL(): string {
     }`;
 }
 
+/**
+ * WGSL (the body of the dK/dV kernel's dS loop over entries e of T, with variants): dP = dO_i V_jᵀ (∘ Z),
+ * dS = P ∘ (dP − D_i), written to dbias where asked, then times the soft-cap's derivative (from the score,
+ * recomputed as the P step computed it).
+ */
+function kvDsWGSL(f: ModFlags): string {
+  return `let t = T[e];
+        if (nonzero(t)) {
+          let r = e / Bc;
+          let c = e % Bc;
+          let row = r0 + r;
+          let key = c0 + c;
+          var dp = 0.0;
+          for (var d = 0u; d < d4; d++) {
+            dp += dot(dOi[r * D4 + d], Vj[c * D4 + d]);
+          }
+          ${f.dropout ? `let pe = abs(t); // a dropped P is kept as −P
+          var ds = pe * (select(0.0, mu.dropScale, t > 0.0) * dp - Drow[r]);` : `var ds = t * (dp - Drow[r]);`}${f.biasGrad ? `
+          dbias[(bh * u.Nq + row) * u.Nk + key] = ds;` : ''}${f.softcap ? `
+          var s = 0.0;
+          for (var d = 0u; d < d4; d++) {
+            s += dot(Qi[r * D4 + d], Kj[c * D4 + d]);
+          }
+          ds *= mod_score2(bh, row, key, s).y;` : ''}
+          T[e] = ds;
+        }`;
+}
+
 /** Alg. 2 lines 5-18 for one key block: dK_j and dV_j, summed over the group's query heads. */
 export function backwardKVWGSL(p: BackwardParams, workgroupLimit: number): string {
-  const { D, Br, Bc, WG, dtype, causal } = p;
+  const { D, Br, Bc, WG, dtype, causal, mods } = p;
   checkWorkgroupBytes('backward dK/dV', backwardKVWorkgroupBytes(p), workgroupLimit);
   const D4 = Math.ceil(D / 4);
+  const f = modFlags(mods);
+  // A masked entry's 0 times a NaN in its row's Q_i or dO_i must add nothing (only causal and the variants mask).
+  const guard = causal || mods !== undefined;
   return `${enables(dtype)}
-${SIZES_WGSL}
+${mods ? `${modifiersWGSL(mods, dtype, 'backward-kv')}\n` : ''}${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<${dtype}>;
 @group(0) @binding(2) var<storage, read> k: array<${dtype}>;
@@ -176,6 +232,7 @@ var<workgroup> Drow: array<f32, ${Br}>;
 
 ${VISIBLE_WGSL}
 ${OPAQUE_WGSL}
+${bitTestsWGSL(f.dropout)}
 ${loadVec4('q')}
 ${loadVec4('k')}
 ${loadVec4('v')}
@@ -203,14 +260,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   }
 
   let Tr = (u.Nq + Br - 1u) / Br;
-  // Alg. 2 line 8, causal: the first query block that sees key c0.
-  ${firstQueryBlockWGSL(causal, 'Br')}
+  // Alg. 2 line 8, causal: the first query block that sees key c0${f.window ? '; a window: the blocks that see any of K_j' : ''}.
+  ${f.window ? windowQueryBlocksWGSL('Br', 'Bc') : firstQueryBlockWGSL(causal, 'Br')}
   for (var g = 0u; g < G; g++) {
     let h = hkv * G + g;
     let qo = b * u.qBatch + h * u.qHead;
-    let Lo = (b * u.H + h) * u.Nq;
-    for (var i = iStart; i < Tr; i++) {
-      let r0 = i * Br;
+    let Lo = (b * u.H + h) * u.Nq;${mods ? `
+    let bh = b * u.H + h; // the query head, as the hooks take it` : ''}
+    for (var i = iStart; i < ${f.window ? 'iEnd' : 'Tr'}; i++) {
+      let r0 = i * Br;${f.blocks ? `
+      if (mod_tile(bh, i, wid.x) == 0u) {
+        continue; // the block mask leaves the tile empty (uniform: the table is read-only)
+      }` : ''}
       workgroupBarrier(); // the previous block's Q_i, dO_i and T are no longer read
       // Alg. 2 line 9: Q_i (with the softmax scale folded in), dO_i, L_i, D_i; rows past Nq read as 0.
       for (var e = lid; e < Br * D4; e += WG) {
@@ -227,13 +288,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         let c = e % Bc;
         let key = c0 + c;
         let L = Lrow[r];
-        var pe = 0.0;
-        if (key < u.Nk && L != MASKED${causal ? ' && visible(r0 + r, key)' : ''}) {
+        var pe = 0.0;${mods ? `
+        let row = r0 + r;` : ''}
+        if (key < u.Nk && sees(L)${mods ? keepWGSL(p, 'bh', 'row', 'key') : causal ? ' && visible(r0 + r, key)' : ''}) {
           var s = 0.0;
           for (var d = 0u; d < d4; d++) {
             s += dot(Qi[r * D4 + d], Kj[c * D4 + d]);
           }
-          pe = exp(s - L);
+          pe = exp(${mods ? scoreWGSL(p, 'bh', 'row', 'key', 's') : 's'} - L);${f.dropout ? `
+          pe = select(-pe, pe, mod_drop(bh, row, key) != 0.0); // dropped: −P` : ''}
         }
         T[e] = pe;
       }
@@ -244,15 +307,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         let d = e % D4;
         var acc = vec4<f32>(0.0);
         for (var r = 0u; r < br; r++) {
-          acc += T[r * Bc + c] * dOi[r * D4 + d];
+          ${guard ? `let t = T[r * Bc + c];
+          acc += select(vec4<f32>(0.0), t * dOi[r * D4 + d], ${f.dropout ? 'adds(t)' : 'nonzero(t)'});` : 'acc += T[r * Bc + c] * dOi[r * D4 + d];'}
         }
         dVj[e] += acc;
       }
       workgroupBarrier();
       // Alg. 2 lines 13-14: dP = dO_i V_jᵀ, dS = P ∘ (dP − D), in place.
       for (var e = lid; e < Br * Bc; e += WG) {
-        let pe = T[e];
-        if (pe != 0.0) {
+        ${mods ? kvDsWGSL(f) : `let pe = T[e];
+        if (nonzero(pe)) {
           let r = e / Bc;
           let c = e % Bc;
           var dp = 0.0;
@@ -260,7 +324,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
             dp += dot(dOi[r * D4 + d], Vj[c * D4 + d]);
           }
           T[e] = pe * (dp - Drow[r]);
-        }
+        }`}
       }
       workgroupBarrier();
       // Alg. 2 line 16: dK_j += scale·dSᵀ Q_i (Q_i carries the scale).
@@ -269,7 +333,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         let d = e % D4;
         var acc = vec4<f32>(0.0);
         for (var r = 0u; r < br; r++) {
-          acc += T[r * Bc + c] * Qi[r * D4 + d];
+          ${guard ? `let t = T[r * Bc + c];
+          acc += select(vec4<f32>(0.0), t * Qi[r * D4 + d], nonzero(t));` : 'acc += T[r * Bc + c] * Qi[r * D4 + d];'}
         }
         dKj[e] += acc;
       }
@@ -282,7 +347,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     if (key < u.Nk) {
       let at = ko + key * u.kvRow + 4u * (e % D4);
       let xk = dKj[e];
-      let xv = dVj[e];
+      let xv = dVj[e]${f.dropout ? ' * mu.dropScale' : ''};
       ${storeVec4('dk', dtype, 'at', '4u * (e % D4)', 'xk')}
       ${storeVec4('dv', dtype, 'at', '4u * (e % D4)', 'xv')}
     }
@@ -293,11 +358,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 
 /** Alg. 2 line 15, reordered FlashAttention-2 style: dQ_i over all key blocks, written once. */
 export function backwardQWGSL(p: BackwardParams, workgroupLimit: number): string {
-  const { D, Br, Bc, WG, dtype, causal } = p;
+  const { D, Br, Bc, WG, dtype, causal, mods } = p;
   checkWorkgroupBytes('backward dQ', backwardQWorkgroupBytes(p), workgroupLimit);
   const D4 = Math.ceil(D / 4);
+  const f = modFlags(mods);
+  const scores = f.softcap || f.alibi || f.bias !== undefined;
   return `${enables(dtype)}
-${SIZES_WGSL}
+${mods ? `${modifiersWGSL(mods, dtype, 'backward-q')}\n` : ''}${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<${dtype}>;
 @group(0) @binding(2) var<storage, read> k: array<${dtype}>;
@@ -324,6 +391,7 @@ var<workgroup> Drow: array<f32, ${Br}>;
 
 ${VISIBLE_WGSL}
 ${OPAQUE_WGSL}
+${bitTestsWGSL(false)}
 ${loadVec4('q')}
 ${loadVec4('k')}
 ${loadVec4('v')}
@@ -347,10 +415,13 @@ ${QUERY_HEAD_WGSL}
   }
   ${rowStatsWGSL()}
 
-  // Causal: key blocks entirely above the diagonal are skipped.
-  ${keyBlocksWGSL(causal)}
-  for (var j = 0u; j < Tc; j++) {
-    let c0 = j * Bc;
+  // Causal: key blocks entirely above the diagonal are skipped${f.window ? '; a window: those outside the band' : ''}.
+  ${f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(causal)}
+  for (var j = ${f.window ? 'jStart' : '0u'}; j < Tc; j++) {
+    let c0 = j * Bc;${f.blocks ? `
+    if (mod_tile(bh, wid.x, j) == 0u) {
+      continue; // the block mask leaves the tile empty (uniform: the table is read-only)
+    }` : ''}
     workgroupBarrier(); // the previous block's K_j and dS are no longer read
     // Alg. 2 line 6 (V_j), keys past Nk read as 0.
     for (var e = lid; e < Bc * D4; e += WG) {
@@ -381,13 +452,15 @@ ${QUERY_HEAD_WGSL}
       let c = e % Bc;
       let key = c0 + c;
       let L = Lrow[r];
-      var ds = 0.0;
-      if (key < u.Nk && L != MASKED${causal ? ' && visible(r0 + r, key)' : ''}) {
+      var ds = 0.0;${mods ? `
+      let row = r0 + r;` : ''}
+      if (key < u.Nk && sees(L)${mods ? keepWGSL(p, 'bh', 'row', 'key') : causal ? ' && visible(r0 + r, key)' : ''}) {
         var s = 0.0;
         for (var d = 0u; d < d4; d++) {
           s += dot(Qi[r * D4 + d], KV[c * D4 + d]);
         }
-        ds = exp(s - L) * (T[e] - Drow[r]);
+        ${mods ? `let sg = ${scores ? 'mod_score2(bh, row, key, s)' : 'vec2<f32>(s, 1.0)'}; // (modified score, soft-cap derivative)
+        ds = exp(sg.x - L) * (T[e]${f.dropout ? ' * mod_drop(bh, row, key)' : ''} - Drow[r]) * sg.y;` : 'ds = exp(s - L) * (T[e] - Drow[r]);'}
       }
       T[e] = ds;
     }

@@ -74,6 +74,18 @@ fn nan() -> f32 {
   return bitcast<f32>(select(0x7fc00000u, 0u, u.B == 0u));
 }`;
 
+/**
+ * Tests by bits where a NaN must pass (float comparisons with a NaN are left to the implementation, and
+ * lavapipe answers NaN != x with false): `sees(L)`, a row's L is not MASKED (NaN included);
+ * `nonzero(x)`, x is not ±0 (NaN included).
+ */
+export const NAN_TESTS_WGSL = `fn sees(L: f32) -> bool {
+  return bitcast<u32>(L) != bitcast<u32>(f32(MASKED));
+}
+fn nonzero(x: f32) -> bool {
+  return (bitcast<u32>(x) << 1u) != 0u;
+}`;
+
 /** Causal visibility, bottom-right aligned: query `row` sees `key` iff key ≤ row + Nk − Nq. */
 export const VISIBLE_WGSL = `fn visible(row: u32, key: u32) -> bool {
   return i32(key) <= i32(row) + i32(u.Nk) - i32(u.Nq);

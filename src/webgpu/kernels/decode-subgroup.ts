@@ -11,10 +11,11 @@
  * with subgroupShuffleXor (log2 T steps); then each group runs the online softmax for its own keys with
  * its own m, l and O (registers, every lane the same m and l, its own vec4s of O). At the end the NG
  * groups' (m, l, O) are combined through workgroup memory (NG·R·(D4·16 + 8) bytes), once.
+ * The variants (`mods`: window, ALiBi, soft-cap) as in decode.ts.
  * Requires D % 4 == 0 and K/V rows at multiples of 4 elements (vec4 loads).
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
-import { DECODE_SIZES_WGSL, decodeBindingsWGSL } from './decode.js';
+import { DECODE_SIZES_WGSL, decodeBindingsWGSL, decodeKeepWGSL, decodeModsWGSL, decodeScoreWGSL } from './decode.js';
 
 export interface DecodeSubgroupParams {
   D: number;
@@ -31,6 +32,8 @@ export interface DecodeSubgroupParams {
   cache: boolean;
   paged: boolean;
   split: boolean;
+  /** The variants' flags, only when the call has some (as DecodeParams.mods). */
+  mods?: string;
 }
 
 export function decodeSubgroupWorkgroupBytes(p: Pick<DecodeSubgroupParams, 'D' | 'NG' | 'R'>): number {
@@ -38,7 +41,7 @@ export function decodeSubgroupWorkgroupBytes(p: Pick<DecodeSubgroupParams, 'D' |
 }
 
 export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: number): string {
-  const { D, dtype, T, NG, R, U, causal, cache, paged, split } = p;
+  const { D, dtype, T, NG, R, U, cache, split } = p;
   checkWorkgroupBytes('decodeSubgroup', decodeSubgroupWorkgroupBytes(p), workgroupLimit);
   const D4 = D / 4;
   const VPT = D4 / T;
@@ -68,12 +71,13 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
       ].join('\n      ');
     })
     .join('\n      ');
-  const visible = (r: number, u: number) => `key${u} < keyEnd${causal ? ` && key${u} + u.Nq <= query_of(${r}u) + len` : ''}`;
+  const mods = decodeModsWGSL(p);
+  const visible = (r: number, u: number) => `key${u} < keyEnd${decodeKeepWGSL(p, `${r}u`, `key${u}`, `_${r}`)}`;
   const perRow = rows
     .map((r) => {
       const scores = us
         .map((u) => `var s${r}_${u} = ${vs.map((v) => `dot(q${r}_${v}, k${u}_${v})`).join(' + ')}; ${shuffles(`s${r}_${u}`)}
-        s${r}_${u} = select(MASKED, s${r}_${u}, ${visible(r, u)});
+        s${r}_${u} = select(MASKED, ${decodeScoreWGSL(p, `key${u}`, `s${r}_${u}`, `_${r}`)}, ${visible(r, u)});
         poisoned${r} = poisoned${r} || is_nan(s${r}_${u});`)
         .join('\n        ');
       return `{
@@ -109,7 +113,7 @@ ${DECODE_SIZES_WGSL}
 @group(0) @binding(3) var<storage, read> vv: array<vec4<${dtype}>>;
 ${outputs}
 ${extra}
-
+${mods.decls ? `${mods.decls}\n` : ''}
 const D4 = ${D4}u;
 const R = ${R}u;
 const NG = ${NG}u;
@@ -147,13 +151,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   hk = wid.y / u.rowChunks;
   row0 = (wid.y % u.rowChunks) * R;
   ${cache ? 'let info = seqs[b];\n  slot = info.x;\n  let len = info.y;' : 'slot = b;\n  let len = u.Nk;'}
-  let keyStart = s * u.chunk;
+  let keyStart = ${mods.keyStart};
   let keyEnd = min(len, keyStart + u.chunk);
   let lane = lid % ${T}u;
   let grp = lid / ${T}u;
   ${decl}
   ${rows.map((r) => `var poisoned${r} = false;`).join(' ')}
-  ${loadQ}
+  ${loadQ}${p.mods ? `\n  ${rows.map((r) => mods.rowOf(`${r}u`, `_${r}`, '  ')).join('\n  ')}` : ''}
 
   // Every group runs the same iterations (keys past the end are masked), so the loop is uniform.
   for (var k0 = keyStart; k0 < keyEnd; k0 += ${NG * U}u) {

@@ -5,7 +5,8 @@
  *
  * One workgroup owns one key/value head hk of one batch row b, up to R of the G·Nq query rows that share
  * it (G = H / Hkv query heads, Nq queries each: every K/V element is read once per group, not once per
- * query head), and one split: the keys [s·chunk, min((s+1)·chunk, length)). Dispatch (splits, Hkv·rowChunks, B).
+ * query head), and one split: the keys [s·chunk, min((s+1)·chunk, length)) (from the window's start, with
+ * a window). Dispatch (splits, Hkv·rowChunks, B).
  * Per key block (Bc keys):
  *   1. the block's K_j and V_j, loaded into registers while the block before was being computed (each
  *      thread issues all its loads of a block at once: coalesced, consecutive threads read consecutive
@@ -22,10 +23,15 @@
  * Keys are addressed through `kvRow`, `kvHead` and a page: the batch row's own (`kvPage` = its batch stride)
  * for contiguous K and V in either layout, the sequence's slot in a contiguous KV cache (`cache`: each
  * batch row's slot and length come from a buffer), or the page the block table names (`paged`).
+ * The variants a decode step needs (Mistral's sliding window, Gemma's soft-cap, ALiBi) come with `mods`
+ * (decodeModsWGSL): scores go through the modifiers' hooks, and with a window each split covers only the
+ * keys some query sees, [length − Nq − left, length): a decode step reads left + Nq keys however long
+ * the sequence. Bias, mask, block mask and dropout stay with the prefill kernels.
  * Workgroup memory: 16·(2·Bc·(D4+1) + 2·R·D4) + 4·(R·Bc + 2·R) bytes (K_j, V_j, Q, O, S, alpha, l).
  * No private arrays (O lives in workgroup memory): lavapipe's LLVM compiles those very slowly.
  */
 import { MASKED_WGSL, rowSoftmaxWGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { modFlags, modifiersWGSL } from './modifiers.js';
 
 export interface DecodeParams {
   D: number;
@@ -45,6 +51,11 @@ export interface DecodeParams {
   paged: boolean;
   /** Write partials for the merge kernel (splits > 1) instead of the final out and lse. */
   split: boolean;
+  /**
+   * The variants' flags (kernels/modifiers.ts), only when the call has some: 'w' window, 'a' ALiBi,
+   * 's' soft-cap (DECODE_MOD_FLAGS); absent, the kernel is the plain (or causal) one.
+   */
+  mods?: string;
   /**
    * Loops over D4 and Bc with constant bounds, which GPU compilers unroll (on software adapters they run
    * to opaque() bounds instead: lavapipe's LLVM compiles unrolled loops very slowly).
@@ -129,8 +140,46 @@ export function decodeBindingsWGSL(p: Pick<DecodeParams, 'dtype' | 'cache' | 'pa
   return { outputs, extra, keyBase };
 }
 
+/** The variants' flags the decode kernels run (the others go to the prefill kernels). */
+export const DECODE_MOD_FLAGS = 'was';
+
+/**
+ * What both decode kernels add for `mods` (all '' without): bind group 1 and the hooks
+ * (kernels/modifiers.ts); with a window, `first_key(len)`, the first key any query of a sequence of `len`
+ * keys sees (the window's start: splits begin there); and rowOf, the lines that set, for workgroup row r,
+ * `bh` (its head b·H + h) and `row`, the row to pass to the hooks. The hooks align the diagonal at
+ * u.Nk − u.Nq; a cache's sequence of `len` keys (u.Nk: the longest) aligns it at len − u.Nq, so the hooks
+ * take the query shifted by len − u.Nk. That shift wraps below 0 as a u32, and the hooks' i32 arithmetic
+ * (row + Nk − Nq) undoes the wrap exactly.
+ */
+export function decodeModsWGSL(p: Pick<DecodeParams, 'dtype' | 'mods'>): { decls: string; keyStart: string; rowOf: (r: string, suffix: string, indent: string) => string } {
+  if (!p.mods) return { decls: '', keyStart: 's * u.chunk', rowOf: () => '' };
+  const f = modFlags(p.mods);
+  const firstKey = `/** The first key a query of a sequence of len keys sees: the window's start (0 without a left bound). */
+fn first_key(len: u32) -> u32 {
+  return select(0u, u32(max(0, i32(len) - i32(u.Nq) - mu.left)), mu.left >= 0);
+}`;
+  return {
+    decls: [modifiersWGSL(p.mods, p.dtype, 'forward'), ...(f.window ? [firstKey] : [])].join('\n'),
+    keyStart: f.window ? 'first_key(len) + s * u.chunk' : 's * u.chunk',
+    rowOf: (r, suffix, indent) => `let bh${suffix} = b * u.H + head_of(${r});\n${indent}let row${suffix} = query_of(${r}) + len - u.Nk;`,
+  };
+}
+
+/** ` && <the band's test>` for key `key` of row r: the window's (mod_keep), or causal's, or ''. */
+export function decodeKeepWGSL(p: Pick<DecodeParams, 'causal' | 'mods'>, r: string, key: string, suffix: string): string {
+  if (modFlags(p.mods).window) return ` && mod_keep(bh${suffix}, row${suffix}, ${key})`;
+  return p.causal ? ` && ${key} + u.Nq <= query_of(${r}) + len` : '';
+}
+
+/** The modified score of scaled score `x` (mod_score with ALiBi or the soft-cap), else `x`. */
+export function decodeScoreWGSL(p: Pick<DecodeParams, 'mods'>, key: string, x: string, suffix: string): string {
+  const f = modFlags(p.mods);
+  return f.alibi || f.softcap ? `mod_score(bh${suffix}, row${suffix}, ${key}, ${x})` : x;
+}
+
 export function decodeWGSL(p: DecodeParams, workgroupLimit: number): string {
-  const { D, dtype, Bc, R, WG, vec, causal, cache, paged, split, unroll } = p;
+  const { D, dtype, Bc, R, WG, vec, cache, split, unroll } = p;
   checkWorkgroupBytes('decode', decodeWorkgroupBytes(p), workgroupLimit);
   const D4 = Math.ceil(D / 4);
   const KS = D4 + 1;
@@ -164,6 +213,7 @@ export function decodeWGSL(p: DecodeParams, workgroupLimit: number): string {
   const bcBound = unroll ? 'Bc' : 'bc';
   const kvType = vec ? `vec4<${dtype}>` : dtype;
   const { outputs, extra, keyBase } = decodeBindingsWGSL(p);
+  const mods = decodeModsWGSL(p);
   const write = split
     ? `  // The split's partial: O / l and L (−∞ for a split that saw no key: its weight in the merge is 0).
   if (lid < R && ok_row(lid)) {
@@ -198,7 +248,7 @@ ${DECODE_SIZES_WGSL}
 @group(0) @binding(3) var<storage, read> v: array<${kvType}>;
 ${outputs}
 ${extra}
-
+${mods.decls ? `${mods.decls}\n` : ''}
 const D = ${D}u;
 const D4 = ${D4}u;
 const KS = ${KS}u; // row stride of the K_j and V_j tiles, in vec4s (one of padding)
@@ -254,7 +304,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   hk = wid.y / u.rowChunks;
   row0 = (wid.y % u.rowChunks) * R;
   ${cache ? 'let info = seqs[b];\n  slot = info.x;\n  let len = info.y;' : 'slot = b;\n  let len = u.Nk;'}
-  let keyStart = s * u.chunk;
+  let keyStart = ${mods.keyStart};
   let keyEnd = min(len, keyStart + u.chunk);
   let d4n = opaque(D4); // loop bounds the compiler does not unroll (see OPAQUE_WGSL)
   let bc = opaque(Bc);
@@ -294,7 +344,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         x += dot(Qs[r * D4 + d], Ks[j * KS + d]);
       }
       let key = c0 + j;
-      S[e] = select(MASKED, x, key < keyEnd${causal ? ' && key + u.Nq <= query_of(r) + len' : ''});
+      ${p.mods ? `${mods.rowOf('r', '', '      ')}\n      ` : ''}S[e] = select(MASKED, ${decodeScoreWGSL(p, 'key', 'x', '')}, key < keyEnd${decodeKeepWGSL(p, 'r', 'key', '')});
     }
     workgroupBarrier();
     // Running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).

@@ -57,12 +57,20 @@
  * (4.2e-3 against 1.95e-3, D = 128, Nk = 300) and 3.2× at D = 64: the truncation of O_i's
  * accumulation over the key blocks, which this kernel does not avoid. (The block of ones is loaded but
  * unused for f32.)
+ * The variants (kernels/modifiers.ts; only where the params carry `mods`, so plain and causal WGSL is
+ * unchanged): the window's key blocks (windowKeyBlocksWGSL) and, with a block mask, only the key blocks
+ * the tile table does not call empty (the next one's loads issued as before; the tail query block, moved
+ * back, spans two row tiles of the table, and is empty or full only where both are); the element rule
+ * with the other masking, skipped on a block the table (or, for a window alone, band_full) calls full;
+ * the score modifier on the scaled score, the scores then being the modified logits (L = sm + log l);
+ * dropout on P̃ as O_i takes it (P̃∘Z), so l is the invocations' own sum of P̃, not P̃·1.
  * Measured on an H100 (bench/results/2026-11-22-h100-session5.md): reading S once and summing l on the
  * tensor cores made this kernel 1.18× (D = 128, N = 4096) to 1.35× (causal) the one before; staging K_j,
  * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, type StorageType } from './common.js';
-import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, kvStaging, range, warpRowsWGSL } from './matrix.js';
+import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, BAND_FULL_WGSL, blockLoopWGSL, hasFullBlocks, kvStaging, matrixKeepWGSL, range, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
+import { modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
 import { SPLIT_EXPONENT_WGSL, SPLIT_HIGH_WGSL } from './split.js';
 
 export interface ForwardMatrixParams {
@@ -130,8 +138,27 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   // Keys are dealt to a row's invocations in turn (c = t·SHARES + part): neighbouring lanes, neighbouring
   // banks. Key t of this invocation's share is S[sr + t·SHARES·BrW], key kr + t·SHARES.
   const at = (t: number) => `sr + ${t * SHARES * BrW}u`;
-  const visible = (t: number) => `kr + ${t * SHARES}u >= jc${causal ? ` && visible(row, kr + ${t * SHARES}u)` : ''}`;
+  const key = (t: number) => `kr + ${t * SHARES}u`;
+  // The variants (kernels/modifiers.ts), only where the params carry `mods`: the element rule (skipped
+  // on a tile the table calls full), the score modifier on the scaled score (the scores then are the
+  // modified logits, in natural units), dropout on P̃ as O_i takes it.
+  const f = modFlags(p.mods);
+  const scores = f.softcap || f.alibi || f.bias !== undefined;
+  const visible = (t: number) =>
+    p.mods
+      ? `${key(t)} >= jc && ${hasFullBlocks(p.mods) ? `(full || (${matrixKeepWGSL(p, 'bh', 'row', key(t))}))` : matrixKeepWGSL(p, 'bh', 'row', key(t))}`
+      : `kr + ${t * SHARES}u >= jc${causal ? ` && visible(row, kr + ${t * SHARES}u)` : ''}`;
+  const score = (t: number) => {
+    const raw = `S[${at(t)}]${split ? ` + S[SC + ${at(t)}]` : ''}`;
+    return scores ? scoreWGSL(p, 'bh', 'row', key(t), split ? `(${raw}) * scale` : `${raw} * u.scale`) : raw;
+  };
+  const drop = (t: number) => (f.dropout ? ` * mod_drop(bh, row, ${key(t)})` : '');
+  // l = P̃·1 on the tensor cores (f16 without dropout), else the invocations' own sum l32: with dropout
+  // O_i is made of P̃∘Z, while l sums P̃.
+  const lOnes = !split && !f.dropout;
   const staging = kvStaging({ D, Bc, WG: W * SGS, split });
+  // The key blocks: [first, Tc), and with the block mask only those the tile table does not call empty.
+  const loop = blockLoopWGSL({ x: 'j', first: f.window ? 'jStart' : '0u', end: 'Tc', fetch: staging.fetch, indent: '  ', ...(f.blocks && { tiles: { a0: 't0', a1: 't1' } }) });
   // acc += a·b, a and b given as [hi, lo] names; f32: three products of the halves, the corrections
   // lo·hi + hi·lo into `corr` (acc itself, or an accumulator of their own), hi·hi into acc; f16: one.
   const products = (a: [string, string], b: [string, string], acc: string, corr: string, pad: string) =>
@@ -142,7 +169,7 @@ export function forwardMatrixWGSL(p: ForwardMatrixParams, workgroupLimit: number
   // The fragments of O_i and l, which a rescale and the output take through the warp's S: [d][r]. f32:
   // O_i's corrections (OC) come after O_i's, and l is summed by the invocations (l32).
   const outs = (x: string) => range(DF).map((d) => range(RF).map((f) => `${x}${f}_${d}`));
-  const held = split ? [...outs('o'), ...(OC ? outs('oc') : [])] : [...outs('o'), range(RF).map((f) => `l${f}`)];
+  const held = split ? [...outs('o'), ...(OC ? outs('oc') : [])] : [...outs('o'), ...(lOnes ? [range(RF).map((f) => `l${f}`)] : [])];
   // The fragments `names` (one per row fragment) stored to the warp's S (and `corrections`, f32, to its
   // corrections' region), `body` run on them there, and loaded back if `back`; every line indented by `pad`.
   const roundTrip = (names: string[], body: string, back: boolean, pad: string, corrections: string[] = []) =>
@@ -172,7 +199,7 @@ ${SIZES_WGSL}
 @group(0) @binding(7) var<storage, read> q32: array<vec4<f32>>; // the f32 inputs themselves
 @group(0) @binding(8) var<storage, read> k32: array<vec4<f32>>;`
       : ''
-  }
+  }${p.mods ? `\n${modifiersWGSL(p.mods, 'f16', 'forward')}${f.blocks ? `\n${tileWalkWGSL('keys')}` : hasFullBlocks(p.mods) ? `\n${BAND_FULL_WGSL}` : ''}` : ''}
 
 const D = ${D}u;
 const DS = ${DS}u;
@@ -220,11 +247,11 @@ ${
   let ek = splitExponent(maxima[1]);
   let ev = splitExponent(maxima[2]);
   let scale = ldexp(u.scale, -(eq + ek));
-  let scale2 = scale * LOG2E;
+  let scale2 = ${scores ? 'LOG2E; // the scores are modified logits' : 'scale * LOG2E;'}
   let qLo = u.B * u.qBatch;
   let kLo4 = u.B * u.kvBatch / 4u;
   let vLo4 = kLo4;`
-    : '  let scale2 = u.scale * LOG2E;'
+    : `  let scale2 = ${scores ? 'LOG2E; // the scores are modified logits' : 'u.scale * LOG2E;'}`
 }
   let sr = sw + part * BrW + r; // this invocation's first element of the warp's S and P
   for (var e = lid; e < ${FRAGMENT * FRAGMENT}u; e += ${W * SGS}u) {
@@ -250,27 +277,24 @@ ${held
   var l32 = 0.0;  // Σ P̃ unrounded (L's sum), over this invocation's share of the row
   var poisoned = false; // a NaN logit makes this row's out and L NaN, and no other row's
 
-  // Causal: key blocks entirely above the diagonal are skipped.
-  ${keyBlocksWGSL(causal)}
+  // Causal: key blocks entirely above the diagonal are skipped${f.window ? '; the window: those outside the band' : ''}.
+  ${f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(causal)}
   // Alg. 1 lines 6-7: K_j and V_j go into workgroup memory; block j + 1's are loaded while block j is
   // computed.
 ${staging.declare}
   workgroupBarrier();
   let ones = subgroupMatrixLoad<${RIGHT}, row_major>(&T, ONES, ${FRAGMENT}u);
-  if (Tc > 0u) {
-${staging.fetch('0u')}
-  }
-  for (var j = 0u; j < Tc; j++) {
+${f.blocks ? "  // The tile table's row tiles this block spans (two for the tail block, moved back).\n  let t0 = r0 / Br;\n  let t1 = (r0 + Br - 1u) / Br;\n" : ''}${loop.open}
     let jc = j * Bc;                   // the block's first key not seen before
     let c0 = min(jc, u.Nk - Bc);       // where it is loaded from (the last block overlaps)
-    let kr = c0 + part;                // this invocation's first key
+    let kr = c0 + part;                // this invocation's first key${
+      hasFullBlocks(p.mods) && !f.blocks ? '\n    let full = band_full(r0, r0 + Br - 1u, c0, c0 + Bc - 1u); // every element in the band' : ''
+    }
     workgroupBarrier(); // the previous block's K_j, V_j, P and flag are no longer read
     S[FLAG] = 0.0;
 ${staging.store}
     workgroupBarrier();
-    if (j + 1u < Tc) {
-${staging.fetch('j + 1u')}
-    }
+${loop.next}
     // Alg. 1 line 8: S = Q_i K_jᵀ, the warp's rows.
 ${range(CF)
   .map(
@@ -308,7 +332,7 @@ ${range(RF)
     var bad = 0u;
 ${range(PER)
   .map(
-    (t) => `    let sc${t} = S[${at(t)}]${split ? ` + S[SC + ${at(t)}]` : ''};
+    (t) => `    let sc${t} = ${score(t)};
     let in${t} = ${visible(t)};
     if (in${t}) {
       let x = sc${t} * scale2;
@@ -349,12 +373,12 @@ ${range(PER)
       let pe = select(0.0, exp2((sc${t} - sm) * scale2), in${t});${
         split
           ? `
-      let pp = pe * PSCALE;
+      let pp = pe${drop(t)} * PSCALE;
       let ph = f16High(pp);
       T[PT + ${at(t)}] = f16(ph);
       T[PLT + ${at(t)}] = f16(pp - ph);`
           : `
-      T[PT + ${at(t)}] = f16(pe);`
+      T[PT + ${at(t)}] = f16(pe${drop(t)});`
       }
       l32 += pe;
     }`,
@@ -385,7 +409,7 @@ ${range(RF)
   .map(
     (f) => `      let p${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);${
       split ? `\n      let pl${f} = subgroupMatrixLoad<${LEFT}, col_major>(&T, PLT + sw + ${c * FRAGMENT * BrW + f * FRAGMENT}u, BrW);` : ''
-    }${split ? '' : `\n      l${f} = subgroupMatrixMultiplyAccumulate(p${f}, ones, l${f});`}`,
+    }${lOnes ? `\n      l${f} = subgroupMatrixMultiplyAccumulate(p${f}, ones, l${f});` : ''}`,
   )
   .join('\n')}
 ${range(DF)
@@ -408,7 +432,7 @@ ${range(RF)
   // roundings at the size of L (5e-4 at 1e4), which the backward's P = exp(S·scale − L) feels. A row that
   // saw no key: O = 0, L = −∞.
   ${shuffles('l32', (a, b) => `${a} + ${b}`)}
-${split ? '  let l = l32 * PSCALE; // what O_i is made of: P̃·2^7' : roundTrip(held[DF], 'let l = S[sw + r];', false, '  ')}
+${split ? '  let l = l32 * PSCALE; // what O_i is made of: P̃·2^7' : lOnes ? roundTrip(held[DF], 'let l = S[sw + r];', false, '  ') : '  let l = l32;'}
   if (part == 0u) {
 ${
   split
@@ -421,8 +445,8 @@ ${
     for (var d4 = 0u; d4 < ${D / 4}u; d4++) {
       se += dot(q32[qr + d4] * u.scale, k32[kc + d4]);
     }
-    let L = se + log(l32);`
-    : `    let L = sm * u.scale + log(l32);`
+    let L = ${scores ? 'mod_score(bh, row, km, se)' : 'se'} + log(l32);`
+    : `    let L = sm${scores ? '' : ' * u.scale'} + log(l32);`
 }
     lse[bh * u.Nq + row] = select(select(bitcast<u32>(L), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
   }

@@ -29,6 +29,13 @@
  * Workgroup memory (bytes): 16·(Br·QS + Bc·KS·(1 or 2)) + 4·G·Br·PS + 4·Br·CT, where QS = D4, KS =
  * max(D4, TDV·CT) (vec4s) and PS = Bc/G (vecGs), each rounded up to an odd number. D = 128, Br = Bc = 32,
  * TM = TN = 4: 16·(32·33 + 32·33) + 16·32·9 + 4·32·8 = 39424.
+ * Variants (kernels/modifiers.ts; only where the params carry `mods`, so that plain and causal WGSL stay as
+ * they were): with a window the key blocks run over the band's range [jStart, Tc); with a block mask the
+ * loop steps from one non-empty tile to the next (next_block over the host's tile table for Br × Bc tiles,
+ * ti = r0 / Br: the table is read-only storage, so every invocation takes the same steps and the barriers
+ * stay in uniform control flow), and FULL tiles skip the element rule; the element rule (mod_keep) masks
+ * as causal does; the score modifier takes the scaled score (scale is folded into Q_i); with dropout, O
+ * sums P̃ ∘ Z while l sums P̃, so that L is the undropped softmax's (the backward's P = exp(S − L)).
  * Registers are named variables unrolled at generation time (s0_0, o0_0, ...), never private arrays
  * indexed in loops (lavapipe's LLVM takes minutes on those); with D % 4 == 0 storage is read and written
  * as vec4s. The tiles are arrays of rows, indexed [row][column]: the bounds clamps that robustness adds to
@@ -37,6 +44,7 @@
 import { MASKED_WGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, keyBlocksWGSL, type StorageType } from './common.js';
 import { loadVec4 } from './forward.js';
 import { grid, range } from './matrix.js';
+import { keepWGSL, modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
 
 export interface ForwardTiledParams {
   D: number;
@@ -129,7 +137,7 @@ export function forwardTiledWGSL(p: ForwardTiledParams, workgroupLimit: number):
   const problem = forwardTiledProblem(p);
   if (problem) throw new Error(`forwardTiled: ${problem}`);
   checkWorkgroupBytes('forwardTiled', forwardTiledWorkgroupBytes(p), workgroupLimit);
-  const { D, Br, Bc, TM, TN, split, blockSum, unroll, dtype, causal } = p;
+  const { D, Br, Bc, TM, TN, split, blockSum, unroll, dtype } = p;
   const { RT, CT, G, WG, D4, TDV, QS, KS, PS } = forwardTiledShape(p);
   const BcG = Bc / G; // tile rows per position in a run of keys
   const vec = D % 4 === 0; // every row then starts at a multiple of 4 elements (strides are multiples of D)
@@ -172,9 +180,13 @@ ${n.map((e) => `      ${guard(e, `${tile}[e${e} / D4][e${e} % D4] = x${e};`)}`).
       const key = G === 1 ? `${first} + ${r}` : `${first} + ${G}u * (${r} % ${BcG}u) + ${r} / ${BcG}u`;
       return `load_${from}4(ko + min(${key}, u.Nk - 1u) * u.kvRow, ${d}, ${key} < u.Nk)`;
     });
-  const visible = (i: number, j: number) => `c0 + ${keyOf(j)} < u.Nk${causal ? ` && visible(row${i}, c0 + ${keyOf(j)})` : ''}`;
+  const v = variants(p);
+  const visible = (i: number, j: number) => `c0 + ${keyOf(j)} < u.Nk${v.keep(`row${i}`, `c0 + ${keyOf(j)}`)}`;
+  const score = (i: number, j: number) => scoreWGSL(p, 'bh', `row${i}`, `c0 + ${keyOf(j)}`, `s${i}_${j}`);
+  // P̃ as O takes it: with dropout, P̃ ∘ Z (l sums P̃ itself).
+  const dropped = (i: number, j: number) => (v.f.dropout ? `p${j} * mod_drop(bh, row${i}, c0 + ${keyOf(j)})` : `p${j}`);
   const store = (i: number, t: number) => storeRow4('o', `at${i}`, colOf(t), 'x', dtype, vec);
-  return `${enables(dtype)}
+  return `${enables(dtype)}${v.wgsl}
 ${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<${elem}>;
@@ -212,8 +224,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let rg = lid / CT; // row group
 ${QUERY_HEAD_WGSL}
   let Tr = (u.Nq + Br - 1u) / Br;
-  let r0 = ${causal ? '(Tr - 1u - wid.x)' : 'wid.x'} * Br;
-${I.map((i) => `  let row${i} = r0 + ${rowOf(i)};`).join('\n')}
+  let r0 = ${p.causal ? '(Tr - 1u - wid.x)' : 'wid.x'} * Br;
+${I.map((i) => `  let row${i} = r0 + ${rowOf(i)};`).join('\n')}${v.f.blocks ? '\n  let ti = r0 / Br; // the query tile of the tile table' : ''}
 
   // Alg. 1 line 4: Q_i, with the softmax scale folded in; rows past Nq read as 0.
   ${stage('Qi', Br, (r, d) => `load_q4(qo + min(r0 + ${r}, u.Nq - 1u) * u.qRow, ${d}, r0 + ${r} < u.Nq) * u.scale`)}
@@ -223,11 +235,11 @@ ${grid(TM, TDV)
   .join('\n')}
 ${I.map((i) => `  var m${i} = MASKED;\n  var l${i} = 0.0;\n  var bad${i} = false; // a NaN score: the row's O and L are NaN`).join('\n')}
 
-  // Causal: key blocks entirely above the diagonal are skipped.
-  ${keyBlocksWGSL(causal)}
-${split ? `  {\n    let c0 = 0u;\n    ${loadTile('Kj', 'k', 'c0')}\n  }` : ''}
-  for (var j = 0u; j < Tc; j++) {
-    let c0 = j * Bc;
+  ${v.f.window ? '// The band: key blocks that no row of Q_i sees are skipped.' : '// Causal: key blocks entirely above the diagonal are skipped.'}
+  ${v.f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(p.causal)}
+${split ? `  {\n    let c0 = ${p.mods ? `${v.next(v.first)} * Bc` : '0u'};\n    ${loadTile('Kj', 'k', 'c0')}\n  }` : ''}
+  ${v.loop}
+    let c0 = j * Bc;${v.f.blocks ? '\n    let full = mod_tile(bh, ti, j) == 1u; // every element kept: no element rule' : ''}
 ${
   split
     ? '    // K_j was loaded beside V_{j−1} (or before the loop).'
@@ -249,7 +261,7 @@ ${grid(TM, TN)
     }
     // Masked entries are MASKED; each invocation's row max goes to share.
 ${I.map(
-  (i) => `${J.map((j) => `    s${i}_${j} = select(MASKED, s${i}_${j}, ${visible(i, j)});`).join('\n')}
+  (i) => `${J.map((j) => `    s${i}_${j} = select(MASKED, ${score(i, j)}, ${visible(i, j)});`).join('\n')}
     bad${i} = bad${i} || ${J.map((j) => `is_nan(s${i}_${j})`).join(' || ')};
     share[${rowOf(i)}][cg] = ${maxOf(J.map((j) => `s${i}_${j}`))};`,
 ).join('\n')}
@@ -263,7 +275,7 @@ ${I.map(
     m${i} = mx${i};
     {
 ${J.map((j) => `      let p${j} = select(exp(s${i}_${j} - mx${i}), 0.0, s${i}_${j} == MASKED);`).join('\n')}
-${runs.map((jj) => `      P[${rowOf(i)}][cg + ${jj * CT}u] = ${G === 1 ? `p${jj}` : `${pType}(${range(G).map((w) => `p${jj * G + w}`).join(', ')})`};`).join('\n')}
+${runs.map((jj) => `      P[${rowOf(i)}][cg + ${jj * CT}u] = ${G === 1 ? dropped(i, jj) : `${pType}(${range(G).map((w) => dropped(i, jj * G + w)).join(', ')})`};`).join('\n')}
       l${i} = alpha${i} * l${i} + ${J.map((j) => `p${j}`).join(' + ')};${blockSum ? '' : `\n${T.map((t) => `      o${i}_${t} *= alpha${i};`).join('\n')}`}
     }`,
 ).join('\n')}
@@ -271,8 +283,7 @@ ${runs.map((jj) => `      P[${rowOf(i)}][cg + ${jj * CT}u] = ${G === 1 ? `p${jj}
     ${loadTile(Vt, 'v', 'c0')}${
       split
         ? `
-    if (j + 1u < Tc) {
-      let c1 = c0 + Bc;
+    ${v.f.blocks ? 'let jn = next_block(bh, ti, j + 1u, Tc);\n    if (jn < Tc) {\n      let c1 = jn * Bc;' : 'if (j + 1u < Tc) {\n      let c1 = c0 + Bc;'}
       ${loadTile('Kj', 'k', 'c1')}
     }`
         : ''
@@ -324,4 +335,35 @@ ${T.map(
 ).join('\n')}
 }
 `;
+}
+
+/**
+ * The variants of a kernel of this family with Br-row query tiles (kernels/modifiers.ts), as WGSL
+ * fragments that are empty for plain and causal params (so that their WGSL stays what it was):
+ *   - wgsl: group 1 and the hooks, and with the block mask `next_block`, which the key-block loop steps
+ *     by so that empty tiles are skipped (in uniform control flow: the tile table is read-only storage);
+ *   - keep(row, key): the element rule, ` && …` (with the block mask: not on FULL tiles, `full`);
+ *   - first, next(j), loop: the key-block loop, from the band's first block (jStart) or 0 (the kernels
+ *     that step by key blocks; the dK/dV kernel steps by query blocks and skips empty tiles itself).
+ */
+export function variants(p: { causal: boolean; mods?: string; dtype: StorageType }, role: 'forward' | 'backward-kv' | 'backward-q' = 'forward') {
+  const f = modFlags(p.mods);
+  const keep = (row: string, key: string) => {
+    const rule = keepWGSL(p, 'bh', row, key);
+    return f.blocks && rule ? ` && (full || (${rule.slice(' && '.length)}))` : rule;
+  };
+  const first = f.window ? 'jStart' : '0u';
+  const next = (j: string) => (f.blocks ? `next_block(bh, ti, ${j}, Tc)` : j);
+  const loop = f.blocks ? `for (var j = ${next(first)}; j < Tc; j = ${next('j + 1u')}) {` : `for (var j = ${first}; j < Tc; j++) {`;
+  const blocks = `
+/** The first key block from j0 on (Tc when none) whose tile (ti, ·) of head bh is not empty. */
+fn next_block(bh: u32, ti: u32, j0: u32, Tc: u32) -> u32 {
+  var j = j0;
+  while (j < Tc && mod_tile(bh, ti, j) == 0u) {
+    j++;
+  }
+  return j;
+}`;
+  const wgsl = p.mods ? `${modifiersWGSL(p.mods, p.dtype, role)}${f.blocks && role !== 'backward-kv' ? blocks : ''}\n` : '';
+  return { f, keep, first, next, loop, wgsl };
 }

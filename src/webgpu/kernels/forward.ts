@@ -18,8 +18,12 @@
  * Workgroup memory: 16·D4·(2·Br + Bc) + 4·(Br·Bc + 2·Br) bytes (Q_i, O_i, K_j/V_j, S, alpha, l).
  * No private arrays: O_i lives in workgroup memory, each vec4 owned by one thread (private arrays indexed
  * in loops make lavapipe's LLVM compile take minutes).
+ * The variants (kernels/modifiers.ts; only where the params carry `mods`): a window narrows the key blocks
+ * to the band's, the block mask's empty tiles are skipped, the element rule and the score modifier apply
+ * where S is computed, and dropout multiplies P̃ by its 0 or 1/(1 − p) where P̃ meets V_j (l sums P̃ itself).
  */
 import { MASKED_WGSL, rowSoftmaxWGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL } from './common.js';
+import { keepWGSL, modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
 
 export interface ForwardParams {
   D: number;
@@ -57,11 +61,12 @@ export function loadVec4(name: string): string {
 }
 
 export function forwardWGSL(p: ForwardParams, workgroupLimit: number): string {
-  const { D, Br, Bc, WG, dtype, causal } = p;
+  const { D, Br, Bc, WG, dtype, causal, mods } = p;
   checkWorkgroupBytes('forward', forwardWorkgroupBytes(p), workgroupLimit);
   const D4 = Math.ceil(D / 4);
+  const f = modFlags(mods);
   return `${enables(dtype)}
-${SIZES_WGSL}
+${mods ? `${modifiersWGSL(mods, dtype, 'forward')}\n` : ''}${SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<${dtype}>;
 @group(0) @binding(2) var<storage, read> k: array<${dtype}>;
@@ -108,10 +113,13 @@ ${QUERY_HEAD_WGSL}
   var l = 0.0;
   var poisoned = false; // a NaN logit makes the row's out and L NaN, and no other row's
 
-  // Causal: key blocks entirely above the diagonal are skipped.
-  ${keyBlocksWGSL(causal)}
-  for (var j = 0u; j < Tc; j++) {
-    let c0 = j * Bc;
+  // Causal: key blocks entirely above the diagonal are skipped${f.window ? '; a window: those outside the band' : ''}.
+  ${f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(causal)}
+  for (var j = ${f.window ? 'jStart' : '0u'}; j < Tc; j++) {
+    let c0 = j * Bc;${f.blocks ? `
+    if (mod_tile(bh, wid.x, j) == 0u) {
+      continue; // the block mask leaves the tile empty (uniform: the table is read-only)
+    }` : ''}
     workgroupBarrier(); // the previous block's V_j is no longer read
     // Alg. 1 line 7: K_j
     for (var e = lid; e < Bc * D4; e += WG) {
@@ -128,12 +136,21 @@ ${QUERY_HEAD_WGSL}
         s += dot(Qi[r * D4 + d], KV[c * D4 + d]);
       }
       let key = c0 + c;
-      S[e] = select(MASKED, s, key < u.Nk${causal ? ' && visible(r0 + r, key)' : ''});
+      ${mods ? `let row = r0 + r;
+      var x = MASKED;
+      if (key < u.Nk && row < u.Nq${keepWGSL(p, 'bh', 'row', 'key')}) {
+        x = ${scoreWGSL(p, 'bh', 'row', 'key', 's')};
+      }
+      S[e] = x;` : `S[e] = select(MASKED, s, key < u.Nk${causal ? ' && visible(r0 + r, key)' : ''});`}
     }
     workgroupBarrier();
     // Alg. 1 line 9: running max, P̃ = exp(S − m), l = e^(m_old − m) l + rowsum(P̃).
     ${rowSoftmaxWGSL('Br', 'bc')}
-    workgroupBarrier();
+    workgroupBarrier();${f.dropout ? `
+    // Dropout: P̃ ∘ Z for P̃ V_j (l summed P̃ itself).
+    for (var e = lid; e < Br * Bc; e += WG) {
+      S[e] *= mod_drop(bh, r0 + e / Bc, c0 + e % Bc);
+    }` : ''}
     // Alg. 1 line 7 (second half): V_j, into the tile K_j used.
     for (var e = lid; e < Bc * D4; e += WG) {
       let key = c0 + e / D4;

@@ -4,6 +4,7 @@
  * lavapipe, so unrolling costs no compile time there).
  */
 import { QUERY_HEAD_WGSL } from './common.js';
+import { keepWGSL, modFlags } from './modifiers.js';
 
 /** The M = N = K of every matrix operation. */
 export const FRAGMENT = 16;
@@ -124,3 +125,101 @@ ${QUERY_HEAD_WGSL}
   let w0 = r0 + w * BrW;           // the warp's first row
   let row = w0 + r;`;
 }
+
+/**
+ * The element rule of a kernel with `mods` for (row, key) of head bh, as a WGSL boolean (keepWGSL's
+ * rule: the band, the mask and the block mask; `true` where there is none).
+ */
+export function matrixKeepWGSL(p: { causal: boolean; mods?: string }, bh: string, row: string, key: string): string {
+  return keepWGSL(p, bh, row, key).replace(/^ && /, '') || 'true';
+}
+
+/**
+ * WGSL for walking one axis of a kernel's blocks through the tile table (the block-mask flag), the other
+ * axis fixed. A block of this kernel is tile x of the table along the walked axis ('keys': the forward's
+ * and dQ's key blocks, 'rows': dK/dV's query blocks), but along the fixed axis it may span two tiles, a0
+ * and a1: the tail block is moved back to end at N, over the tile before it, and writes every row (or key)
+ * it holds. `block_class`: its class, EMPTY (0) only where both tiles are, FULL (1) where both are;
+ * `next_block`: the first block from x on (up to n) that is not empty.
+ */
+export function tileWalkWGSL(axis: 'keys' | 'rows'): string {
+  const tile = (a: string) => (axis === 'keys' ? `mod_tile(bh, ${a}, x)` : `mod_tile(bh, x, ${a})`);
+  return `fn block_class(bh: u32, a0: u32, a1: u32, x: u32) -> u32 {
+  let c0 = ${tile('a0')};
+  let c1 = ${tile('a1')};
+  return select(2u, c0, c0 == c1);
+}
+fn next_block(bh: u32, a0: u32, a1: u32, x0: u32, n: u32) -> u32 {
+  var x = x0;
+  while (x < n && (${tile('a0')} | ${tile('a1')}) == 0u) {
+    x++;
+  }
+  return x;
+}`;
+}
+
+/**
+ * The loop over a kernel's blocks x in [first, end) (key blocks j, or dK/dV's query blocks i) with the
+ * staging's loads of the next block in flight: `open` issues the first block's loads and opens the loop,
+ * `next` (inside it, once the block is stored) issues the next block's. With the block-mask flag
+ * (`tiles`: the tile table's two tiles a0, a1 along the other axis, see tileWalkWGSL) the loop visits
+ * only blocks that are not empty, and `full` says the element rule can be skipped. `indent`: open's;
+ * next's is two spaces deeper.
+ */
+export function blockLoopWGSL(o: {
+  x: string;
+  first: string;
+  end: string;
+  fetch: (x: string) => string;
+  indent: string;
+  tiles?: { a0: string; a1: string };
+}): { open: string; next: string } {
+  const { x, first, end, fetch, indent: i } = o;
+  const n = `${i}  `;
+  if (!o.tiles) {
+    return {
+      open: `${i}if (${first === '0u' ? `${end} > 0u` : `${first} < ${end}`}) {
+${fetch(first)}
+${i}}
+${i}for (var ${x} = ${first}; ${x} < ${end}; ${x}++) {`,
+      next: `${n}if (${x} + 1u < ${end}) {
+${fetch(`${x} + 1u`)}
+${n}}`,
+    };
+  }
+  const { a0, a1 } = o.tiles;
+  const xn = `${x}Next`;
+  return {
+    open: `${i}var ${xn} = next_block(bh, ${a0}, ${a1}, ${first}, ${end});
+${i}if (${xn} < ${end}) {
+${fetch(xn)}
+${i}}
+${i}for (var ${x} = ${xn}; ${x} < ${end}; ${x} = ${xn}) {
+${n}let full = block_class(bh, ${a0}, ${a1}, ${x}) == 1u; // every element kept: the element rule is skipped`,
+    next: `${n}${xn} = next_block(bh, ${a0}, ${a1}, ${x} + 1u, ${end});
+${n}if (${xn} < ${end}) {
+${fetch(xn)}
+${n}}`,
+  };
+}
+
+/**
+ * Whether a kernel with `mods` has a block-uniform `full` (every element of the block kept, so the element
+ * rule is skipped): from the tile table with the block-mask flag, else from the band with the window flag
+ * (band_full, BAND_FULL_WGSL) where no mask needs testing per element.
+ */
+export function hasFullBlocks(mods: string | undefined): boolean {
+  const f = modFlags(mods);
+  return f.blocks || (f.window && !f.mask);
+}
+
+/**
+ * `band_full(r0, r1, k0, k1)`: every key of k0 ..= k1 lies in the band of every row of r0 ..= r1 (the
+ * first row's right edge bounds the last key, the last row's left edge the first key). Most blocks of a
+ * window are inside it, and skipping the per-element rule there keeps the window's blocks as cheap as a
+ * causal call's.
+ */
+export const BAND_FULL_WGSL = `fn band_full(r0: u32, r1: u32, k0: u32, k1: u32) -> bool {
+  let off = i32(u.Nk) - i32(u.Nq);
+  return (mu.left < 0 || i32(k0) - i32(r1) - off >= -mu.left) && (mu.right < 0 || i32(k1) - i32(r0) - off <= mu.right);
+}`;

@@ -144,10 +144,15 @@ fn mod_drop(bh: u32, row: u32, key: u32) -> f32 {
   return lines.join('\n');
 }
 
-/** ` && <element rule>` for a kernel's masking select, or '' when every key of the band's range is kept. */
+/**
+ * ` && <element rule>` for a kernel's masking select, or '' when every key of the band's range is kept.
+ * mod_keep tests the band only with the window flag: a causal band alone stays `visible` (the kernel
+ * declares it for causal calls), also beside a mask or a block mask.
+ */
 export function keepWGSL(p: { causal: boolean; mods?: string }, bh: string, row: string, key: string): string {
-  if (p.mods && (modFlags(p.mods).window || modFlags(p.mods).mask || modFlags(p.mods).blocks)) return ` && mod_keep(${bh}, ${row}, ${key})`;
-  return p.causal ? ` && visible(${row}, ${key})` : '';
+  const f = modFlags(p.mods);
+  const band = p.causal && !f.window ? ` && visible(${row}, ${key})` : '';
+  return f.window || f.mask || f.blocks ? `${band} && mod_keep(${bh}, ${row}, ${key})` : band;
 }
 
 /** The modified score expression for a scaled score `s` (the score itself without a score modifier). */

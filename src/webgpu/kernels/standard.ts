@@ -35,8 +35,14 @@
  *   P = exp(S − lse), rounded as stored (written over S; 0 where masked or lse = −∞), and
  *   dS = P ∘ (dP − Dvec) from the stored P and dP, rounded as stored.
  * cast: one invocation per element, f32 → f16 (dK, dV accumulated in f32 when a group spans chunks).
+ * The variants (kernels/modifiers.ts; only where the params carry `mods`) enter the two row kernels, as the
+ * oracle writes them: softmax takes the element rule for `visible` and the modified score of S, and stores
+ * P ∘ Z with dropout (so that O = (P ∘ Z) V); dS recomputes both, stores P ∘ Z over S (dV = (P ∘ Z)ᵀ dO)
+ * and dS = P ∘ (dP ∘ Z − D) times the soft-cap's derivative (dQ, dK), and writes dS before that
+ * derivative, in f32, to dbias where the bias's gradient is asked for.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, type StorageType } from './common.js';
+import { keepWGSL, modFlags, modifiersWGSL, scoreWGSL } from './modifiers.js';
 
 /** The per-dispatch uniform block: geometry, the chunk's head mapping, and the three operands' addressing. */
 const OPERAND_FIELDS = ['Batch', 'QHead', 'KHead', 'Local', 'Ld', 'Split', 'SplitStride'] as const;
@@ -261,14 +267,23 @@ export interface RowParams {
   causal: boolean;
   /** The input dtype, which the Nq×Nk matrices are stored in. */
   dtype: StorageType;
+  /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
+  mods?: string;
+}
+
+/** The element rule of a row kernel's entry (row, j) of head bh: kept or not (band, mask, block mask). */
+function seenWGSL(p: RowParams): string {
+  if (!p.mods) return p.causal ? 'visible(row, j)' : 'true';
+  return keepWGSL(p, 'bh', 'row', 'j').replace(/^ && /, '') || 'true';
 }
 
 /** Row softmax: S (Nq×Nk per head; masked entries skipped, not overwritten) → P and lse. Step: M = Nq, N = Nk. */
 export function softmaxWGSL(p: RowParams): string {
-  const { WG, causal, dtype } = p;
-  const seen = causal ? 'visible(row, j)' : 'true';
+  const { WG, dtype, mods } = p;
+  const seen = seenWGSL(p);
+  const score = (x: string) => scoreWGSL(p, 'bh', 'row', 'j', x);
   return `${enableIf(dtype)}
-${SIZES_WGSL}
+${mods ? `${modifiersWGSL(mods, dtype, 'forward')}\n` : ''}${SIZES_WGSL}
 ${STEP_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<uniform> s: Step;
@@ -290,14 +305,15 @@ ${NAN_WGSL}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
   let z = wid.y;
-  let hd = head(z);
+  let hd = head(z);${mods ? `
+  let bh = hd.x * u.H + hd.y;` : ''}
   for (var row = wid.x; row < s.M; row += nwg.x) {
     let o = (z * s.M + row) * s.N;
     var mx = MASKED;
     var bad = 0.0; // 1 where this invocation saw a NaN: max() may drop NaNs, so they are tested by their bits
     for (var j = lid; j < s.N; j += WG) {
       if (${seen}) {
-        let x = f32(S[o + j]);
+        let x = ${score('f32(S[o + j])')};
         mx = max(mx, x);
         bad = max(bad, select(0.0, 1.0, is_nan(x)));
       }
@@ -308,7 +324,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     if (m != MASKED) {
       for (var j = lid; j < s.N; j += WG) {
         if (${seen}) {
-          sum += exp(f32(S[o + j]) - m);
+          sum += exp(${score('f32(S[o + j])')} - m);
         }
       }
     }
@@ -316,7 +332,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     for (var j = lid; j < s.N; j += WG) {
       var pj = 0.0;
       if (${seen} && l != 0.0) {
-        pj = exp(f32(S[o + j]) - m) / l;
+        pj = exp(${score('f32(S[o + j])')} - m) / l;${modFlags(mods).dropout ? `
+        pj *= mod_drop(bh, row, j); // P ∘ Z, which O = (P ∘ Z) V takes` : ''}
       }
       P[o + j] = ${dtype}(select(pj, nan(), poisoned && ${seen}));
     }
@@ -330,9 +347,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
 
 /** dS = P ∘ (dP − rowsum(dO ∘ O)) with P = exp(S − lse) written over S. Step: M = Nq, N = Nk, K = D. */
 export function dsWGSL(p: RowParams): string {
-  const { WG, causal, dtype } = p;
+  const { WG, causal, dtype, mods } = p;
+  const f = modFlags(mods);
+  const scores = f.softcap || f.alibi || f.bias !== undefined;
   return `${enableIf(dtype)}
-${SIZES_WGSL}
+${mods ? `${modifiersWGSL(mods, dtype, 'backward-kv')}\n` : ''}${SIZES_WGSL}
 ${STEP_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<uniform> s: Step;
@@ -355,7 +374,8 @@ ${reduceWGSL('rowSum', (x, y) => `${x} + ${y}`)}
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
   let z = wid.y;
   let hd = head(z);
-  let qo = hd.x * u.qBatch + hd.y * u.qHead;
+  let qo = hd.x * u.qBatch + hd.y * u.qHead;${mods ? `
+  let bh = hd.x * u.H + hd.y;` : ''}
   for (var row = wid.x; row < s.M; row += nwg.x) {
     let qi = qo + row * u.qRow;
     var dot = 0.0;
@@ -369,12 +389,25 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     let o = (z * s.M + row) * s.N;
     for (var j = lid; j < s.N; j += WG) {
       var pj = ${dtype}(0.0);
-      if (!dead${causal ? ' && visible(row, j)' : ''}) {
+      ${mods ? `var sg = vec2<f32>(0.0, 1.0); // (modified score, soft-cap derivative)
+      if (!dead && ${seenWGSL(p)}) {
+        sg = ${scores ? 'mod_score2(bh, row, j, f32(SP[o + j]))' : 'vec2<f32>(f32(SP[o + j]), 1.0)'};
+        pj = ${dtype}(exp(sg.x - L));
+      }${f.dropout ? `
+      let zj = mod_drop(bh, row, j);
+      SP[o + j] = ${dtype}(f32(pj) * zj); // P ∘ Z, which dV = (P ∘ Z)ᵀ dO takes
+      // dS from P and dP as stored, as the cpu baseline computes it; dP ∘ Z.
+      let dsj = f32(pj) * (f32(dP[o + j]) * zj - Di);` : `
+      SP[o + j] = pj;
+      // dS from P and dP as stored, as the cpu baseline computes it.
+      let dsj = f32(pj) * (f32(dP[o + j]) - Di);`}${f.biasGrad ? `
+      dbias[(bh * s.M + row) * s.N + j] = dsj;` : ''}
+      dS[o + j] = ${dtype}(dsj * sg.y);` : `if (!dead${causal ? ' && visible(row, j)' : ''}) {
         pj = ${dtype}(exp(f32(SP[o + j]) - L));
       }
       SP[o + j] = pj;
       // dS from P and dP as stored, as the cpu baseline computes it.
-      dS[o + j] = ${dtype}(f32(pj) * (f32(dP[o + j]) - Di));
+      dS[o + j] = ${dtype}(f32(pj) * (f32(dP[o + j]) - Di));`}
     }
   }
 }
