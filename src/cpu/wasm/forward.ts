@@ -129,7 +129,8 @@ export function wasmForward(s: CpuShape, a: ForwardArrays): ((t: number) => void
   const rowBytes = w.lay.ldq * 8 + w.lay.ld * 4; // a K row (f64) and a V row (f32)
   const whole = s.Nk * rowBytes <= KV_BYTES;
   const window = whole ? s.Nk : s.Bc; // K and V rows the memory holds
-  if (!reserve(w, w.lay.bytes + window * rowBytes)) return undefined;
+  // one K row more: qk reads keys in pairs, so an odd count reads (and masks) the row past the last
+  if (!reserve(w, w.lay.bytes + window * rowBytes + w.lay.ldq * 8)) return undefined;
   const kv = { held: -1 }; // the key/value head (b · Hkv + hkv) whose K and V are in memory, whole
   return (t) => forwardTaskWasm(s, a, t, w, whole, window, kv);
 }
