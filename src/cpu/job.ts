@@ -9,6 +9,7 @@ import type { LinearShape } from './linear.js';
 import type { DecodeShape } from './decode.js';
 import { hasModifiers, type Broadcast, type Modifiers } from '../modifiers.js';
 import { problemStrides, type Problem } from '../problem.js';
+import { cpuKernels } from './wasm/index.js';
 
 export type Kernel = 'flashForward' | 'flashBackward' | 'standardForward' | 'standardBackward';
 
@@ -36,6 +37,8 @@ export interface CpuShape {
   chunks: number;
   /** The standard algorithm stores S and P in f16 (as 16-bit storage) when the inputs are f16. */
   f16Scores: boolean;
+  /** The flash forward runs flash.ts's JavaScript kernel, not the WebAssembly one (setCpuKernels('js')). */
+  js?: boolean;
   /** The variants, only where the call has any beyond causal: without them the kernels run their plain loops. */
   mods?: CpuMods;
 }
@@ -119,6 +122,7 @@ export function cpuShape(p: Problem, threads: number, f16Scores = false): CpuSha
     Bc,
     chunks: threads > 1 ? chunks : 1,
     f16Scores,
+    ...(cpuKernels() === 'js' && { js: true }),
     ...(hasModifiers(p.mods, p.causal) && { mods: cpuMods(p.mods) }),
   };
 }

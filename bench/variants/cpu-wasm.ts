@@ -1,0 +1,81 @@
+/**
+ * Lab notebook: the cpu backend's flash forward in WebAssembly SIMD (src/cpu/wasm) against flash.ts's
+ * JavaScript kernel, through forward() (the worker pool, every core), in GFLOP/s (4·B·H·Nq·Nk·D a
+ * forward, half of it causal). The two kernels' samples alternate in one process (setCpuKernels), so a
+ * machine shared with other work disturbs both alike; each sample also gives the share of the machine's
+ * CPU time that other processes took meanwhile (/proc/stat against this process's own, on Linux).
+ * Run: node dist/bench/variants/cpu-wasm.js [--n 1024,4096] [--heads 8] [--dim 64] [--repeats 3]
+ *   (node --experimental-wasm-relaxed-simd ... on Node 20 for the relaxed-SIMD module)
+ */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { forward, type Tensor } from '../../src/index.js';
+import { setCpuKernels, wasmSupport } from '../../src/cpu/wasm/index.js';
+import { randomTensor } from '../../test/util.js';
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+const Ns = arg('n', '1024,4096').split(',').map(Number);
+const H = Number(arg('heads', '8'));
+const D = Number(arg('dim', '64'));
+const repeats = Number(arg('repeats', '3'));
+
+/** Busy jiffies of the whole machine (Linux), or undefined. */
+function busy(): number | undefined {
+  try {
+    const [, ...f] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
+    const n = f.map(Number);
+    return n.reduce((a, b) => a + b, 0) - n[3] - n[4]; // less idle and iowait
+  } catch {
+    return undefined;
+  }
+}
+
+async function sample(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise<{ ms: number; others: number | undefined }> {
+  const b0 = busy();
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  await forward(q, k, v, { backend: 'cpu', causal });
+  const ms = performance.now() - t0;
+  const c = process.cpuUsage(c0);
+  const b1 = busy();
+  const own = (c.user + c.system) / 1000; // ms
+  const others = b0 === undefined || b1 === undefined ? undefined : Math.max(0, ((b1 - b0) * 10 - own) / (ms * availableParallelism()));
+  return { ms, others };
+}
+
+const support = wasmSupport();
+process.stdout.write(`WebAssembly: ${support}; ${availableParallelism()} cores; B=1 H=${H} D=${D} f32\n`);
+for (const N of Ns) {
+  const shape = [1, N, H, D];
+  const q = randomTensor('f32', shape, 1);
+  const k = randomTensor('f32', shape, 2);
+  const v = randomTensor('f32', shape, 3);
+  for (const causal of [false, true]) {
+    const flops = 4 * H * N * N * D * (causal ? 0.5 : 1);
+    const runs: Record<'wasm' | 'js', { ms: number; others: number | undefined }[]> = { wasm: [], js: [] };
+    for (const kernels of ['wasm', 'js'] as const) {
+      setCpuKernels(kernels);
+      await forward(q, k, v, { backend: 'cpu', causal }); // warm-up: workers, modules, JIT
+    }
+    for (let r = 0; r < repeats; r++) {
+      for (const kernels of ['wasm', 'js'] as const) {
+        setCpuKernels(kernels);
+        runs[kernels].push(await sample(q, k, v, causal));
+      }
+    }
+    setCpuKernels('wasm');
+    for (const kernels of ['wasm', 'js'] as const) {
+      const s = runs[kernels].map((x) => x.ms).sort((a, b) => a - b);
+      const best = s[0];
+      const median = s[Math.floor(s.length / 2)];
+      const others = runs[kernels].map((x) => (x.others === undefined ? '?' : `${Math.round(100 * x.others)}%`)).join(' ');
+      process.stdout.write(
+        `N=${N} causal=${causal} ${kernels.padEnd(4)}  best ${(flops / best / 1e6).toFixed(2)} GFLOP/s (${best.toFixed(0)} ms)  median ${(flops / median / 1e6).toFixed(2)} GFLOP/s  others' CPU share: ${others}\n`,
+      );
+    }
+  }
+}

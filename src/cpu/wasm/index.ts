@@ -1,0 +1,18 @@
+/**
+ * The cpu backend's WebAssembly kernels (issue 19): the forward of flash.ts in 128-bit SIMD, with the
+ * fused multiply-add of relaxed SIMD where the runtime has it (chosen at run time, see wasmSupport).
+ * Where WebAssembly SIMD is unavailable, or a call has variants beyond causal, the JavaScript kernels
+ * of flash.ts run. setCpuKernels('js') makes every call take them (tests and measurements compare the two).
+ */
+export { setWasmVariant, wasmForward, wasmSupport } from './forward.js';
+
+let kernels: 'wasm' | 'js' = 'wasm';
+
+/** The kernels later cpu calls use: 'wasm' (where they can run, the default) or 'js' (flash.ts's). */
+export function setCpuKernels(k: 'wasm' | 'js'): void {
+  kernels = k;
+}
+
+export function cpuKernels(): 'wasm' | 'js' {
+  return kernels;
+}
