@@ -20,7 +20,8 @@ import {
   runDecode,
   variantLabel,
 } from '../src/cli/decode-bench.js';
-import { fillHashedF16, hashedF16, hashedValue, lowbias32 } from '../src/cli/decode-inputs.js';
+import { fillHashedF16, hashedF16, hashedValue } from '../src/cli/decode-inputs.js';
+import { mix32 as lowbias32 } from '../src/modifiers.js';
 import { reportHtml } from '../src/cli/html.js';
 import { silentProgress } from '../src/cli/progress.js';
 import { formatResults } from '../src/cli/report.js';

@@ -9,6 +9,8 @@
  * f16 and in f32, and the device's pack2x16float writes the same bits as the host's numberToF16.
  */
 import { numberToF16 } from '../f16.js';
+import { mix32 } from '../modifiers.js';
+import { MIX32_WGSL } from '../webgpu/kernels/common.js';
 import { flatGroups } from '../webgpu/decode.js';
 
 /** What results.json says about the inputs. */
@@ -19,25 +21,16 @@ export function seedOffset(seed: number): number {
   return Math.imul(seed >>> 0, 0x9e3779b9) >>> 0;
 }
 
-/** lowbias32: a 32-bit integer hash with good avalanche (the same steps as the WGSL below). */
-export function lowbias32(x: number): number {
-  x = (x ^ (x >>> 16)) >>> 0;
-  x = Math.imul(x, 0x7feb352d) >>> 0;
-  x = (x ^ (x >>> 15)) >>> 0;
-  x = Math.imul(x, 0x846ca68b) >>> 0;
-  return (x ^ (x >>> 16)) >>> 0;
-}
-
 /** The value of element `i` of the tensor with seed `seed`: a multiple of 1/1024 in [−1, 1). */
 export function hashedValue(seed: number, i: number): number {
-  return (lowbias32((i + seedOffset(seed)) >>> 0) >>> 21) / 1024 - 1;
+  return (mix32((i + seedOffset(seed)) >>> 0) >>> 21) / 1024 - 1;
 }
 
 /** Elements `count` of the tensor `seed` as f16 bits, element j of the result being element `index(j)`. */
 export function hashedF16(seed: number, count: number, index: (j: number) => number = (j) => j): Uint16Array {
   const out = new Uint16Array(count);
   const offset = seedOffset(seed);
-  for (let j = 0; j < count; j++) out[j] = numberToF16((lowbias32((index(j) + offset) >>> 0) >>> 21) / 1024 - 1);
+  for (let j = 0; j < count; j++) out[j] = numberToF16((mix32((index(j) + offset) >>> 0) >>> 21) / 1024 - 1);
   return out;
 }
 
@@ -49,18 +42,10 @@ struct Params { words: u32, offset: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 
-fn lowbias32(x0: u32) -> u32 {
-  var x = x0;
-  x ^= x >> 16u;
-  x *= 0x7feb352du;
-  x ^= x >> 15u;
-  x *= 0x846ca68bu;
-  x ^= x >> 16u;
-  return x;
-}
+${MIX32_WGSL}
 
 fn value(i: u32) -> f32 {
-  return f32(i32(lowbias32(i + params.offset) >> 21u) - 1024) / 1024.0;
+  return f32(i32(mix32(i + params.offset) >> 21u) - 1024) / 1024.0;
 }
 
 @compute @workgroup_size(${WG})

@@ -136,7 +136,7 @@ export function wasmForward(s: CpuShape, a: ForwardArrays): ((t: number) => void
 }
 
 function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, w: Instance, whole: boolean, window: number, kv: { held: number }): void {
-  const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow } = s;
+  const { H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow } = s;
   const { q, k, v, out, lse } = a;
   const { lay, f32: F, f64: F64, i32: I } = w;
   const { Dp, ld, ldq } = lay;

@@ -183,6 +183,25 @@ export interface LinearRowsParams {
 /** The largest M linearRows takes. */
 export const LINEAR_ROWS_MAX = 8;
 
+/** x[row][k .. k+3] (0 past the rows of x and past its columns) and W[n][k .. k+3] (0 past its columns), as vec4s. */
+const LOADS_WGSL = `fn x4(row: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  if (row < u.M) {
+    for (var j = 0u; j < 4u && k + j < u.K; j++) {
+      v[j] = f32(x[row * u.K + k + j]);
+    }
+  }
+  return v;
+}
+
+fn w4(n: u32, k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  for (var j = 0u; j < 4u && k + j < u.K; j++) {
+    v[j] = f32(w[n * u.K + k + j]);
+  }
+  return v;
+}`;
+
 /** GELU's tanh approximation on v (f32); the argument is clamped where tanh is ±1 in f32 anyway, so that
  * an implementation of tanh through exp cannot overflow to NaN. */
 function activationWGSL(activation: LinearParams['activation']): string {
@@ -205,24 +224,7 @@ struct Dims {
 @group(0) @binding(3) var<storage, read> bias: array<${dtype}>;
 @group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
 ${residual ? `@group(0) @binding(5) var<storage, read> r: array<${dtype}>;\n` : ''}
-// x[row][k .. k+3], 0 past the rows of x (row ≥ M) and past its columns (k ≥ K).
-fn x4(row: u32, k: u32) -> vec4<f32> {
-  var v = vec4<f32>(0.0);
-  if (row < u.M) {
-    for (var j = 0u; j < 4u && k + j < u.K; j++) {
-      v[j] = f32(x[row * u.K + k + j]);
-    }
-  }
-  return v;
-}
-
-fn w4(n: u32, k: u32) -> vec4<f32> {
-  var v = vec4<f32>(0.0);
-  for (var j = 0u; j < 4u && k + j < u.K; j++) {
-    v[j] = f32(w[n * u.K + k + j]);
-  }
-  return v;
-}
+${LOADS_WGSL}
 
 fn store(row: u32, n: u32, sum: f32) {
   if (row < u.M) {
@@ -288,23 +290,7 @@ const COLS = ${SPLIT_COLS}u;
 // red[row · WG + column · LANES + lane]: the lanes' partial sums.
 var<workgroup> red: array<f32, ${MR * WG}>;
 
-fn x4(row: u32, k: u32) -> vec4<f32> {
-  var v = vec4<f32>(0.0);
-  if (row < u.M) {
-    for (var j = 0u; j < 4u && k + j < u.K; j++) {
-      v[j] = f32(x[row * u.K + k + j]);
-    }
-  }
-  return v;
-}
-
-fn w4(n: u32, k: u32) -> vec4<f32> {
-  var v = vec4<f32>(0.0);
-  for (var j = 0u; j < 4u && k + j < u.K; j++) {
-    v[j] = f32(w[n * u.K + k + j]);
-  }
-  return v;
-}
+${LOADS_WGSL}
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {

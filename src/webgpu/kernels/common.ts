@@ -86,6 +86,20 @@ fn nonzero(x: f32) -> bool {
   return (bitcast<u32>(x) << 1u) != 0u;
 }`;
 
+/**
+ * `mix32`: lowbias32 (Chris Wellons), a 32-bit integer hash with good avalanche, in u32 arithmetic that
+ * wraps as src/modifiers.ts's mix32 (Math.imul) does: dropout's hash and the benchmarks' hashed inputs.
+ */
+export const MIX32_WGSL = `fn mix32(x0: u32) -> u32 {
+  var x = x0;
+  x ^= x >> 16u;
+  x *= 0x7feb352du;
+  x ^= x >> 15u;
+  x *= 0x846ca68bu;
+  x ^= x >> 16u;
+  return x;
+}`;
+
 /** Causal visibility, bottom-right aligned: query `row` sees `key` iff key ≤ row + Nk − Nq. */
 export const VISIBLE_WGSL = `fn visible(row: u32, key: u32) -> bool {
   return i32(key) <= i32(row) + i32(u.Nk) - i32(u.Nq);

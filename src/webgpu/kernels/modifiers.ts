@@ -16,7 +16,7 @@
  * 'g' bias gradient, 'm' mask, 't' block mask (tile table), 'd' dropout. The host side (bindings, tile
  * tables, the dbias reduction) is src/webgpu/modifiers.ts.
  */
-import type { StorageType } from './common.js';
+import { MIX32_WGSL, type StorageType } from './common.js';
 
 export interface ModFlags {
   window: boolean;
@@ -125,20 +125,12 @@ fn mod_tile(bh: u32, ti: u32, tj: u32) -> u32 {
 }`);
   }
   if (f.dropout) {
-    lines.push(`fn mod_mix(x0: u32) -> u32 {
-  var x = x0;
-  x ^= x >> 16u;
-  x *= 0x7feb352du;
-  x ^= x >> 15u;
-  x *= 0x846ca68bu;
-  x ^= x >> 16u;
-  return x;
-}
+    lines.push(`${MIX32_WGSL}
 /** Dropout's multiplier of element (row, key) of head bh: 0 (dropped) or 1 / (1 - p); src/modifiers.ts's hash. */
 fn mod_drop(bh: u32, row: u32, key: u32) -> f32 {
-  let k = mod_mix(mod_mix(mu.seed ^ 0x3c6ef372u) ^ (bh + mu.dropHeads));
-  let r = mod_mix(k + row * 0x85ebca6bu);
-  return select(0.0, mu.dropScale, (mod_mix(r + key * 0x9e3779b9u) >> 8u) >= mu.threshold);
+  let k = mix32(mix32(mu.seed ^ 0x3c6ef372u) ^ (bh + mu.dropHeads));
+  let r = mix32(k + row * 0x85ebca6bu);
+  return select(0.0, mu.dropScale, (mix32(r + key * 0x9e3779b9u) >> 8u) >= mu.threshold);
 }`);
   }
   return lines.join('\n');
