@@ -80,19 +80,7 @@ export function linearWGSL(p: LinearParams, workgroupLimit: number): string {
   const name = ({ g, i, c }: { g: number; i: number; c: number }) => `acc${g}${i}${c}`;
   const lane = ['x', 'y', 'z', 'w'];
   return `${enables(dtype)}
-struct Dims {
-  M: u32,
-  N: u32,
-  K: u32,
-  pad: u32,
-}
-@group(0) @binding(0) var<uniform> u: Dims;
-@group(0) @binding(1) var<storage, read> x: array<${dtype}>;
-@group(0) @binding(2) var<storage, read> w: array<${dtype}>;
-@group(0) @binding(3) var<storage, read> bias: array<${dtype}>;
-@group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
-${residual ? `@group(0) @binding(5) var<storage, read> r: array<${dtype}>;
-` : ''}
+${linearBindingsWGSL(dtype, residual)}
 const BM = ${BM}u;
 const BN = ${BN}u;
 const BK = ${BK}u;
@@ -202,17 +190,12 @@ fn w4(n: u32, k: u32) -> vec4<f32> {
   return v;
 }`;
 
-/** GELU's tanh approximation on v (f32); the argument is clamped where tanh is ±1 in f32 anyway, so that
- * an implementation of tanh through exp cannot overflow to NaN. */
-function activationWGSL(activation: LinearParams['activation']): string {
-  return { none: 'v', relu: 'max(v, 0.0)', gelu: '0.5 * v * (1.0 + tanh(clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0)))' }[activation];
-}
-
-export function linearRowsWGSL(p: LinearRowsParams): string {
-  const { dtype, activation, residual, MR, WG } = p;
-  const rows = Array.from({ length: MR }, (_, r) => r);
-  return `${enables(dtype)}
-struct Dims {
+/**
+ * The linear kernels' uniform block (M, N, K) and bindings: x (M, K), W (N, K), bias (N), y (M, N), and with
+ * the residual r (M, N), binding 5.
+ */
+function linearBindingsWGSL(dtype: StorageType, residual: boolean): string {
+  return `struct Dims {
   M: u32,
   N: u32,
   K: u32,
@@ -223,13 +206,31 @@ struct Dims {
 @group(0) @binding(2) var<storage, read> w: array<${dtype}>;
 @group(0) @binding(3) var<storage, read> bias: array<${dtype}>;
 @group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
-${residual ? `@group(0) @binding(5) var<storage, read> r: array<${dtype}>;\n` : ''}
+${residual ? `@group(0) @binding(5) var<storage, read> r: array<${dtype}>;\n` : ''}`;
+}
+
+/** The matrix-vector kernels' store of y[row][n] = act(v) (+ r[row][n]), with v = the sum plus bias[n] in scope. */
+function storeYWGSL(dtype: StorageType, activation: LinearParams['activation'], residual: boolean): string {
+  return `y[row * u.N + n] = ${dtype}(${activationWGSL(activation)}${residual ? ' + f32(r[row * u.N + n])' : ''});`;
+}
+
+/** GELU's tanh approximation on v (f32); the argument is clamped where tanh is ±1 in f32 anyway, so that
+ * an implementation of tanh through exp cannot overflow to NaN. */
+function activationWGSL(activation: LinearParams['activation']): string {
+  return { none: 'v', relu: 'max(v, 0.0)', gelu: '0.5 * v * (1.0 + tanh(clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0)))' }[activation];
+}
+
+export function linearRowsWGSL(p: LinearRowsParams): string {
+  const { dtype, activation, residual, MR, WG } = p;
+  const rows = Array.from({ length: MR }, (_, r) => r);
+  return `${enables(dtype)}
+${linearBindingsWGSL(dtype, residual)}
 ${LOADS_WGSL}
 
 fn store(row: u32, n: u32, sum: f32) {
   if (row < u.M) {
     let v = sum + f32(bias[n]);
-    y[row * u.N + n] = ${dtype}(${activationWGSL(activation)}${residual ? ' + f32(r[row * u.N + n])' : ''});
+    ${storeYWGSL(dtype, activation, residual)}
   }
 }
 
@@ -272,18 +273,7 @@ export function linearSplitWGSL(p: LinearSplitParams): string {
   const rows = Array.from({ length: MR }, (_, r) => r);
   const WG = SPLIT_COLS * SPLIT_LANES;
   return `${enables(dtype)}
-struct Dims {
-  M: u32,
-  N: u32,
-  K: u32,
-  pad: u32,
-}
-@group(0) @binding(0) var<uniform> u: Dims;
-@group(0) @binding(1) var<storage, read> x: array<${dtype}>;
-@group(0) @binding(2) var<storage, read> w: array<${dtype}>;
-@group(0) @binding(3) var<storage, read> bias: array<${dtype}>;
-@group(0) @binding(4) var<storage, read_write> y: array<${dtype}>;
-${residual ? `@group(0) @binding(5) var<storage, read> r: array<${dtype}>;\n` : ''}
+${linearBindingsWGSL(dtype, residual)}
 const LANES = ${SPLIT_LANES}u;
 const COLS = ${SPLIT_COLS}u;
 
@@ -317,7 +307,7 @@ ${rows.map((r) => `        red[${r * WG}u + lid] += red[${r * WG}u + lid + s];`)
     if (lane == 0u && n < u.N) {
       for (var row = 0u; row < u.M; row++) {
         let v = red[row * ${WG}u + lid] + f32(bias[n]);
-        y[row * u.N + n] = ${dtype}(${activationWGSL(activation)}${residual ? ' + f32(r[row * u.N + n])' : ''});
+        ${storeYWGSL(dtype, activation, residual)}
       }
     }
     workgroupBarrier();
