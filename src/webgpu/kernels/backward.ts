@@ -39,9 +39,9 @@
  * skips it, dS needs it) and scales dV_j by 1/(1 − p) once, at the write. The dK/dV kernel writes dS
  * (before the soft-cap's derivative) to dbias where the bias's gradient is asked for.
  */
-import { MASKED_WGSL, NAN_TESTS_WGSL, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL, firstQueryBlockWGSL } from './common.js';
+import { MASKED_WGSL, NAN_TESTS_WGSL, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, firstQueryBlockWGSL } from './common.js';
 import { loadVec4 } from './forward.js';
-import { keepWGSL, modFlags, modifiersWGSL, type ModFlags, scoreWGSL, windowKeyBlocksWGSL, windowQueryBlocksWGSL } from './modifiers.js';
+import { keepWGSL, keyBlockLoopWGSL, modFlags, modifiersWGSL, type ModFlags, scoreWGSL, windowQueryBlocksWGSL } from './modifiers.js';
 
 export interface PreprocessParams {
   D: number;
@@ -415,13 +415,7 @@ ${QUERY_HEAD_WGSL}
   }
   ${rowStatsWGSL()}
 
-  // Causal: key blocks entirely above the diagonal are skipped${f.window ? '; a window: those outside the band' : ''}.
-  ${f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(causal)}
-  for (var j = ${f.window ? 'jStart' : '0u'}; j < Tc; j++) {
-    let c0 = j * Bc;${f.blocks ? `
-    if (mod_tile(bh, wid.x, j) == 0u) {
-      continue; // the block mask leaves the tile empty (uniform: the table is read-only)
-    }` : ''}
+  ${keyBlockLoopWGSL(p, 'wid.x')}
     workgroupBarrier(); // the previous block's K_j and dS are no longer read
     // Alg. 2 line 6 (V_j), keys past Nk read as 0.
     for (var e = lid; e < Bc * D4; e += WG) {

@@ -22,8 +22,8 @@
  * to the band's, the block mask's empty tiles are skipped, the element rule and the score modifier apply
  * where S is computed, and dropout multiplies P̃ by its 0 or 1/(1 − p) where P̃ meets V_j (l sums P̃ itself).
  */
-import { MASKED_WGSL, rowSoftmaxWGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, keyBlocksWGSL } from './common.js';
-import { keepWGSL, modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
+import { MASKED_WGSL, rowSoftmaxWGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { keepWGSL, keyBlockLoopWGSL, modFlags, modifiersWGSL, scoreWGSL } from './modifiers.js';
 
 export interface ForwardParams {
   D: number;
@@ -113,13 +113,7 @@ ${QUERY_HEAD_WGSL}
   var l = 0.0;
   var poisoned = false; // a NaN logit makes the row's out and L NaN, and no other row's
 
-  // Causal: key blocks entirely above the diagonal are skipped${f.window ? '; a window: those outside the band' : ''}.
-  ${f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(causal)}
-  for (var j = ${f.window ? 'jStart' : '0u'}; j < Tc; j++) {
-    let c0 = j * Bc;${f.blocks ? `
-    if (mod_tile(bh, wid.x, j) == 0u) {
-      continue; // the block mask leaves the tile empty (uniform: the table is read-only)
-    }` : ''}
+  ${keyBlockLoopWGSL(p, 'wid.x')}
     workgroupBarrier(); // the previous block's V_j is no longer read
     // Alg. 1 line 7: K_j
     for (var e = lid; e < Bc * D4; e += WG) {

@@ -16,7 +16,7 @@
  * 'g' bias gradient, 'm' mask, 't' block mask (tile table), 'd' dropout. The host side (bindings, tile
  * tables, the dbias reduction) is src/webgpu/modifiers.ts.
  */
-import { MIX32_WGSL, type StorageType } from './common.js';
+import { MIX32_WGSL, keyBlocksWGSL, type StorageType } from './common.js';
 
 export interface ModFlags {
   window: boolean;
@@ -193,4 +193,21 @@ export function windowQueryBlocksWGSL(rows: string, cols: string): string {
       iEnd = select(0u, min(Tr, u32(last) / ${rows} + 1u), last >= 0);
     }
   }`;
+}
+
+/**
+ * WGSL (indented for a kernel's body) that opens the key-block loop of a workgroup owning query rows
+ * [r0, r0 + Br), tile `ti` of its tile table: the key blocks the band leaves (causal: those up to the
+ * diagonal; with the window flag [jStart, Tc)), `c0` the block's first key, and with the block-mask flag
+ * the empty tiles skipped (uniform control flow: the table is read-only). The caller closes the loop.
+ */
+export function keyBlockLoopWGSL(p: { causal: boolean; mods?: string }, ti: string): string {
+  const f = modFlags(p.mods);
+  return `// Causal: key blocks entirely above the diagonal are skipped${f.window ? '; a window: those outside the band' : ''}.
+  ${f.window ? windowKeyBlocksWGSL() : keyBlocksWGSL(p.causal)}
+  for (var j = ${f.window ? 'jStart' : '0u'}; j < Tc; j++) {
+    let c0 = j * Bc;${f.blocks ? `
+    if (mod_tile(bh, ${ti}, j) == 0u) {
+      continue; // the block mask leaves the tile empty (uniform: the table is read-only)
+    }` : ''}`;
 }
