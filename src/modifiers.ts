@@ -105,6 +105,15 @@ export function rowRange(m: Modifiers, c0: number, c1: number, Nq: number, Nk: n
   return hi > lo ? [lo, hi] : [0, 0];
 }
 
+/**
+ * How many keys the Nq query rows of a sequence of Nk keys see at most, under the band: all Nk, or with a
+ * window's left bound the left + Nq it shows (the decode schedules split only those keys).
+ */
+export function keysSeen(m: Pick<Modifiers, 'band'> | undefined, Nq: number, Nk: number): number {
+  const [lo, hi] = keyRange(m ?? {}, 0, Nq, Nq, Nk);
+  return hi - lo;
+}
+
 export const EMPTY = 0;
 export const FULL = 1;
 export const PARTIAL = 2;

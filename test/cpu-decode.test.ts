@@ -15,7 +15,7 @@ import { runJob, sharedBuffer, threadsFor, whole } from '../src/cpu/pool.js';
 import { checkForward } from '../src/problem.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
-import { assertWithinRule, maxError, randomTensor } from './util.js';
+import { assertWithinRule, maxError, randomTensor, rows } from './util.js';
 
 type Storage = Float32Array | Uint16Array;
 
@@ -26,12 +26,6 @@ function shared<T extends Storage | Int32Array>(a: T): T {
   return copy as unknown as T;
 }
 
-/** Rows [from, to) of batch row b of a (B, N, heads, D) tensor, as (1, to − from, heads, D). */
-function rows(t: Tensor, b: number, from: number, to: number): Tensor {
-  const [, N, heads, D] = t.shape;
-  const w = heads * D;
-  return { data: t.data.slice((b * N + from) * w, (b * N + to) * w) as Tensor['data'], dtype: t.dtype, shape: [1, to - from, heads, D] };
-}
 
 /**
  * Check batch row b of (out, lse) against attention of its queries over `k` and `v` (1, L, Hkv, D):

@@ -16,22 +16,9 @@ import { defaultGpu } from '../src/webgpu/device.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
-import { assertWithinRule, maxError, randomTensor } from './util.js';
+import { assertWithinRule, concat, maxError, randomTensor, rows } from './util.js';
 
-/** Rows [from, to) of batch row b of a (B, N, heads, D) tensor, as a (1, to − from, heads, D) tensor. */
-function rows(t: Tensor, b: number, from: number, to: number): Tensor {
-  const [, N, heads, D] = t.shape;
-  const w = heads * D;
-  return { data: t.data.slice((b * N + from) * w, (b * N + to) * w) as Tensor['data'], dtype: t.dtype, shape: [1, to - from, heads, D] };
-}
 
-function concat(a: Tensor | undefined, b: Tensor): Tensor {
-  if (!a) return b;
-  const data = new (b.data.constructor as Float32ArrayConstructor)(a.data.length + b.data.length);
-  data.set(a.data as Float32Array);
-  data.set(b.data as Float32Array, a.data.length);
-  return { data: data as unknown as Tensor['data'], dtype: b.dtype, shape: [1, a.shape[1] + b.shape[1], b.shape[2], b.shape[3]] };
-}
 
 interface Model {
   backend: 'cpu' | 'webgpu';

@@ -98,3 +98,19 @@ export function webgpuSkipMessage(reason: string): string {
     'set XDG_RUNTIME_DIR if it is not set (export XDG_RUNTIME_DIR=/tmp), then npm test again'
   );
 }
+
+/** Rows [from, to) of batch row b of a BNHD tensor, as a (1, to − from, heads, D) tensor. */
+export function rows(t: Tensor, b: number, from: number, to: number): Tensor {
+  const [, N, heads, D] = t.shape;
+  const w = heads * D;
+  return { data: t.data.slice((b * N + from) * w, (b * N + to) * w) as Tensor['data'], dtype: t.dtype, shape: [1, to - from, heads, D] };
+}
+
+/** b's rows appended to a's along N (both (1, N, heads, D)); b itself when there is no a. */
+export function concat(a: Tensor | undefined, b: Tensor): Tensor {
+  if (!a) return b;
+  const data = new (b.data.constructor as Float32ArrayConstructor)(a.data.length + b.data.length);
+  data.set(a.data as Float32Array);
+  data.set(b.data as Float32Array, a.data.length);
+  return { data: data as unknown as Tensor['data'], dtype: b.dtype, shape: [1, a.shape[1] + b.shape[1], b.shape[2], b.shape[3]] };
+}

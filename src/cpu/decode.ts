@@ -62,12 +62,6 @@ export function decodeModifiers(m: Modifiers, causal: boolean): DecodeModifiers 
   return hasModifiers(m, causal) ? { ...(m.band && { band: m.band }), ...(m.alibi && { alibi: m.alibi }), ...(m.softcap !== undefined && { softcap: m.softcap }) } : undefined;
 }
 
-/** The keys a split plan covers for sequences of at most Nk keys: all, or the left + Nq a window shows. */
-export function decodeKeys(m: DecodeModifiers | undefined, Nq: number, Nk: number): number {
-  const [lo, hi] = keyRange(m ?? {}, 0, Nq, Nq, Nk);
-  return hi - lo;
-}
-
 const CAUSAL: Band = { left: -1, right: 0 };
 
 export interface DecodeShape {

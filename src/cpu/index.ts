@@ -12,11 +12,11 @@
 import { OutOfMemoryError } from '../errors.js';
 import { encodeF16, decodeF16, f16ToNumber } from '../f16.js';
 import type { MemoryTracker } from '../memory.js';
-import { at } from '../modifiers.js';
+import { at, keysSeen } from '../modifiers.js';
 import { problemStrides, type Problem } from '../problem.js';
 import { biasValues } from '../reference/standard.js';
 import type { Tensor } from '../tensor.js';
-import { DECODE_MAX_QUERIES, decodeKeys, decodeModifiers, decodeRows, decodeRuns, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeModifiers, type DecodeShape } from './decode.js';
+import { DECODE_MAX_QUERIES, decodeModifiers, decodeRows, decodeRuns, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeModifiers, type DecodeShape } from './decode.js';
 import { backwardTasks, forwardTasks, reduceDq } from './flash.js';
 import { cpuShape, scratchLength, type CpuShape, type Job, type Kernel, type Region } from './job.js';
 import { Arena, runJob, threadsFor } from './pool.js';
@@ -257,7 +257,7 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
   const threads = await threadsFor(keys * H * Nq * D);
   const Bc = decodeTile(D);
   const { R, rowChunks } = decodeRows((H / Hkv) * Nq);
-  const { splits, chunk } = decodeSplits(B * Hkv * rowChunks, decodeKeys(c.mods, Nq, longest), Bc, threads);
+  const { splits, chunk } = decodeSplits(B * Hkv * rowChunks, keysSeen(c.mods, Nq, longest), Bc, threads);
   const s: DecodeShape = {
     B, H, Hkv, Nq, D, causal: c.causal, scale: c.scale,
     qBatch: c.qStrides.batch, qRow: c.qStrides.row, qHead: c.qStrides.head,

@@ -13,13 +13,14 @@
  * reported by the next call on the cache. With the caller's encoder (CacheCallOptions.encoder) the step
  * is recorded there and neither submitted nor checked: the caller does both (a model's decode step).
  */
+import { keysSeen } from '../modifiers.js';
 import { NotSupportedError, ValueError } from '../errors.js';
 import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
 import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
 import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
 import { GpuBuffers } from './buffers.js';
-import { decodeChoice, decodeKeys, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeKernels, type DecodeScratch } from './decode.js';
+import { decodeChoice, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, flatGroups, splitPlan, type DecodeKernels, type DecodeScratch } from './decode.js';
 import type { Gpu } from './device.js';
 import { appendWGSL } from './kernels/append.js';
 import { decodeSizesBytes, type DecodeSizes } from './kernels/decode.js';
@@ -112,7 +113,7 @@ export class WebgpuCacheStore implements CacheStore {
         const choice = decodeChoice(shape, this.gpu, this.kernels)!;
         const { R, block } = decodeShape(choice);
         const rowChunks = Math.ceil(((H / Hkv) * Nq) / R);
-        const plan = splitPlan(B, Hkv, rowChunks, decodeKeys(s.mods, Nq, longest), block);
+        const plan = splitPlan(B, Hkv, rowChunks, keysSeen(s.mods, Nq, longest), block);
         const q = { batch: Nq * H * D, row: H * D, head: D };
         const sizes = decodeSizes({ B, H, Hkv, Nq, Nk: longest, q, keys: this.keys(), scale: s.scale }, R, plan);
         const pipes = await decodePipelines(this.gpu, choice, plan.splits > 1);

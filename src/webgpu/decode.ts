@@ -3,7 +3,6 @@
  * workgroups, and the encoding of its dispatches with what a decode step needs kept between calls (the
  * partials of the splits, uniform buffers, bind groups), so that a warmed-up call creates nothing.
  */
-import { keyRange, type Modifiers } from '../modifiers.js';
 import { modsOf } from './modifiers.js';
 import type { Problem } from '../problem.js';
 import { problemStrides } from '../problem.js';
@@ -136,15 +135,6 @@ export function decodeChoice(s: DecodeShape, gpu: Gpu, kernels: DecodeKernels = 
 export function decodeMods(p: Problem): string | undefined {
   const mods = modsOf(p);
   return [...mods].every((f) => DECODE_MOD_FLAGS.includes(f)) ? mods : undefined;
-}
-
-/**
- * Keys the split plan covers for sequences of at most `Nk` keys: all of them, or with a window's left
- * bound the left + Nq that some query sees (the kernels start each sequence's splits at its window).
- */
-export function decodeKeys(m: Pick<Modifiers, 'band'>, Nq: number, Nk: number): number {
-  const [lo, hi] = keyRange(m, 0, Nq, Nq, Nk);
-  return hi - lo;
 }
 
 /** Whether forward() runs a problem on the decode schedule: few queries, flash, variants it runs, and a kernel that fits. */

@@ -5,6 +5,7 @@
  * and error scopes are call.ts's Call. Every buffer it makes goes through GpuBuffers, which counts it in
  * the call's MemoryTracker.
  */
+import { keysSeen } from '../modifiers.js';
 import { problemStrides, type Problem } from '../problem.js';
 import type { AnyTensor } from '../tensor.js';
 import { Call, gpuFor, sizesOf } from './call.js';
@@ -14,7 +15,7 @@ import { sizesBytes } from './kernels/common.js';
 import { preprocessWGSL } from './kernels/backward.js';
 import { absmaxWGSL, splitCountBytes, splitGroups, splitWGSL } from './kernels/split.js';
 import { dispatch, pipeline } from './pipelines.js';
-import { decodeFits, decodeKeys, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
+import { decodeFits, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
 import { decodeSizesBytes } from './kernels/decode.js';
 import { modBindGroup, modBuffers } from './modifiers.js';
 import { reduceBiasGrad } from './bias-grad.js';
@@ -72,7 +73,7 @@ export async function webgpuDecodeForward(p: Problem, gpu: Gpu, choice: DecodeCh
     const { q: sq, kv: sk } = problemStrides(p);
     const { R, block } = decodeShape(choice);
     const rowChunks = Math.ceil(((p.H / p.Hkv) * p.Nq) / R);
-    const plan = splitPlan(p.B, p.Hkv, rowChunks, decodeKeys(p.mods, p.Nq, p.Nk), block);
+    const plan = splitPlan(p.B, p.Hkv, rowChunks, keysSeen(p.mods, p.Nq, p.Nk), block);
     const keys = { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: p.Nk, maxPages: 1 };
     const sizes = decodeSizes({ B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, Nk: p.Nk, q: sq, keys, scale: p.scale }, R, plan);
     const pipes = await decodePipelines(gpu, choice, plan.splits > 1);
