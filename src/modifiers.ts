@@ -165,13 +165,8 @@ export function keeps(m: Modifiers, b: number, h: number, i: number, j: number, 
   return true;
 }
 
-/** Does the call change scores (soft-cap, ALiBi, bias)? */
-export function modifiesScores(m: Modifiers): boolean {
-  return m.softcap !== undefined || m.alibi !== undefined || m.bias !== undefined;
-}
-
 /** Does the call drop elements per element (band, mask, block mask)? */
-export function masksElements(m: Modifiers): boolean {
+function masksElements(m: Modifiers): boolean {
   return m.band !== undefined || m.mask !== undefined || m.blockMask !== undefined;
 }
 
