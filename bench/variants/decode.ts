@@ -5,8 +5,9 @@
  * workgroup size and split target, each validated against the float64 reference (on one batch row and
  * the first key/value head's group) before it is timed. Prints K/V bytes read per second, and the host's
  * wall time per call over 100 back-to-back calls against their GPU time.
- * Run: node dist/bench/variants/decode.js [--sweep | --sweep-all] (--sweep: the subgroup-matrix kernel over its
- * split targets and the shipped subgroup kernel; --sweep-all: the subgroup kernel over T, U and R too)
+ * Run: node dist/bench/variants/decode.js [--sweep | --sweep-all] (--sweep: the shipped kernel over split
+ * targets; --sweep-all: also the subgroup kernel over T, U and R, the subgroup-matrix kernel over its
+ * warps, and the portable kernel)
  */
 import { createKVCache, forward, type GpuTensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
@@ -146,10 +147,10 @@ for (const c of CASES) {
     const sub = decodeFits(p, gpu, 'subgroup')!;
     const matrix = decodeFits(p, gpu, 'matrix');
     const choices: DecodeChoice[] = [];
-    if (matrix?.kernel === 'decodeMatrix') for (const W of [1, 2, 4]) if (W <= matrix.params.W) choices.push({ kernel: 'decodeMatrix', params: { ...matrix.params, W } });
+    if (sweepAll && matrix?.kernel === 'decodeMatrix') for (const W of [1, 2, 4]) if (W <= matrix.params.W) choices.push({ kernel: 'decodeMatrix', params: { ...matrix.params, W } });
     if (sub.kernel === 'decodeSubgroup') {
-      if (!sweepAll) choices.push(sub);
-      else for (const T of [8, 16, 32]) for (const U of [4, 8]) for (const R of [1, 2, 4]) if (R <= sub.params.R) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, R, NG: 128 / T } });
+      choices.push(sub);
+      if (sweepAll) for (const T of [8, 16, 32]) for (const U of [4, 8]) for (const R of [1, 2, 4]) if (R <= sub.params.R) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, R, NG: 128 / T } });
     }
     if (sweepAll) for (const WG of [128]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
     for (const choice of choices) {
