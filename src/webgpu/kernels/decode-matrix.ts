@@ -76,7 +76,7 @@ export function decodeMatrixWGSL(p: DecodeMatrixParams, workgroupLimit: number):
   const D4 = D / 4;
   const WG = W * SGS;
   const mods = decodeModsWGSL({ dtype: 'f16', mods: p.mods });
-  const { outputs, extra, keyBase } = decodeBindingsWGSL({ dtype: 'f16', cache: p.cache, paged: p.paged, split });
+  const { outputs, extra, rows } = decodeBindingsWGSL({ dtype: 'f16', cache: p.cache, paged: p.paged, split });
   // Each invocation's share of a tile's K and V rows (16 keys × D4 vec4s): LOADS vec4s of each.
   const LOADS = (FRAGMENT * D4) / SGS;
   const tileLoads = lines(
@@ -153,17 +153,8 @@ var<workgroup> T: array<f16, ${halves}>;
 
 ${NAN_WGSL}
 
-var<private> slot: u32;
-var<private> hk: u32;
-var<private> row0: u32;
 var<private> lane: u32;
-
-fn ok_row(r: u32) -> bool { return row0 + r < (u.H / u.Hkv) * u.Nq; }
-fn head_of(r: u32) -> u32 { return hk * (u.H / u.Hkv) + (row0 + r) / u.Nq; }
-fn query_of(r: u32) -> u32 { return (row0 + r) % u.Nq; }
-fn key_base(key: u32) -> u32 {
-  ${keyBase}
-}
+${rows}
 
 ${lines(LOADS, (i) => `var<private> kr${i}: vec4<f16>;\nvar<private> vr${i}: vec4<f16>;`)}
 
