@@ -1,9 +1,11 @@
 // The library in a browser: Debian's Chromium, headless, driven by playwright-core, loads dist/src/index.js
 // as an ES module from a static server on 127.0.0.1 (a secure context, so navigator.gpu exists) and runs
 // forward and backward there, flash and standard, on the webgpu backend (SwiftShader, f32), the cpu
-// backend (inline: no worker threads in a page) and the float64 reference. The numbers come back to Node
-// and are held to the one error rule of util.ts. Without Chromium or playwright-core the test is skipped
-// with the reason; with FLASHATTN_REQUIRE_BROWSER=1 (CI) it fails instead.
+// backend and the float64 reference. The numbers come back to Node and are held to the one error rule of
+// util.ts. The first page is not cross-origin isolated: the cpu backend runs on the page's own thread and
+// cpuThreads() says so. The second is (the server sends COOP and COEP): the cpu backend runs on Web
+// Workers, its WebAssembly forward included. Without Chromium or playwright-core the tests are skipped
+// with the reason; with FLASHATTN_REQUIRE_BROWSER=1 (CI) they fail instead.
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
@@ -11,7 +13,7 @@ import type { AddressInfo } from 'node:net';
 import { extname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
-import type { Browser } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
@@ -35,17 +37,24 @@ if (skip && process.env.FLASHATTN_REQUIRE_BROWSER === '1') throw new Error(`FLAS
 const TYPES: Record<string, string> = { '.js': 'text/javascript', '.map': 'application/json', '.html': 'text/html' };
 const PAGE = '<!doctype html><meta charset="utf-8"><title>flashattn in a browser</title>';
 
-/** Serves PAGE at / and dist/ under /dist/, nothing else; records what it could not serve, for the error message. */
-async function serve(missing: string[]): Promise<{ server: Server; origin: string }> {
+/** The headers that make a page cross-origin isolated (crossOriginIsolated: SharedArrayBuffer, and so the cpu backend's Web Workers). */
+const ISOLATION = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
+
+/**
+ * Serves PAGE at / and dist/ under /dist/, nothing else, with ISOLATION's headers where `isolated`; records
+ * what it could not serve, for the error message.
+ */
+async function serve(missing: string[], isolated: boolean): Promise<{ server: Server; origin: string }> {
+  const headers = isolated ? ISOLATION : {};
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
-    if (path === '/') return void res.writeHead(200, { 'content-type': TYPES['.html'] }).end(PAGE);
+    if (path === '/') return void res.writeHead(200, { 'content-type': TYPES['.html'], ...headers }).end(PAGE);
     if (path === '/favicon.ico') return void res.writeHead(204).end();
     const file = normalize(join(dist, path.replace(/^\/dist\//, '/')));
     try {
       if (!path.startsWith('/dist/') || !file.startsWith(dist)) throw new Error('outside dist/');
       const body = await readFile(file);
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' }).end(body);
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', ...headers }).end(body);
     } catch {
       missing.push(path);
       res.writeHead(404).end();
@@ -107,7 +116,69 @@ async function inPage(a: PageArgs) {
     reference: await run('reference', 'standard'),
     webgpu: { flash: await run('webgpu', 'flash'), standard: await run('webgpu', 'standard') },
     cpu: { flash: await run('cpu', 'flash'), standard: await run('cpu', 'standard') },
+    isolated: (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated,
+    threads: await lib.cpuThreads(),
   };
+}
+
+interface WorkerPageArgs {
+  index: string;
+  wasm: string;
+  shapes: { q: number[]; kv: number[] };
+  data: { q: number[]; k: number[]; v: number[]; dout: number[] };
+  causal: boolean;
+}
+
+/**
+ * Runs in the cross-origin isolated page: the cpu backend's threads, forward and backward, flash and
+ * standard, and the flash forward once more on the JavaScript kernel (setCpuKernels('js'), which a job
+ * carries to the workers), so that Node can tell that the default run took the WebAssembly one.
+ */
+async function inWorkerPage(a: WorkerPageArgs) {
+  const lib = (await import(a.index)) as typeof import('../src/index.js');
+  const wasm = (await import(a.wasm)) as typeof import('../src/cpu/wasm/index.js');
+  const t = (x: number[], shape: number[]) => lib.tensor(Float32Array.from(x), shape, 'f32');
+  const [q, k, v, dout] = [t(a.data.q, a.shapes.q), t(a.data.k, a.shapes.kv), t(a.data.v, a.shapes.kv), t(a.data.dout, a.shapes.q)];
+  const threads = await lib.cpuThreads();
+  const list = (x: { data: ArrayLike<number> }) => Array.from(x.data);
+  const run = async (algorithm: 'flash' | 'standard') => {
+    const options = { causal: a.causal, backend: 'cpu' as const, algorithm };
+    const t0 = performance.now();
+    const f = await lib.forward(q, k, v, options);
+    const g = await lib.backward(dout, q, k, v, f.out, f.lse, options);
+    const ms = performance.now() - t0;
+    return { out: list(f.out), lse: list(f.lse), dq: list(g.dq), dk: list(g.dk), dv: list(g.dv), backend: [f.backend, g.backend], ms };
+  };
+  const flash = await run('flash');
+  const standard = await run('standard');
+  wasm.setCpuKernels('js');
+  const jsOut = list((await lib.forward(q, k, v, { causal: a.causal, backend: 'cpu' })).out);
+  wasm.setCpuKernels('wasm');
+  return { isolated: (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated, threads, flash, standard, jsOut };
+}
+
+/** A page of `origin` in a fresh Chromium, handed to `use`; page errors and files not served go into the error of a failure. */
+async function withPage<T>(isolated: boolean, use: (page: Page, origin: string) => Promise<T>): Promise<T> {
+  const { chromium } = await import('playwright-core');
+  const missing: string[] = [];
+  const pageErrors: string[] = [];
+  const { server, origin } = await serve(missing, isolated);
+  let browser: Browser | undefined;
+  try {
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 30_000 });
+    const page = await browser.newPage();
+    page.on('pageerror', (e) => pageErrors.push(e.message));
+    page.on('console', (m) => m.type() === 'error' && pageErrors.push(m.text()));
+    await page.goto(`${origin}/`, { timeout: 10_000 });
+    return await use(page, origin).catch((e: Error) => {
+      const more = [missing.length ? `not served: ${missing.join(', ')}` : '', pageErrors.length ? `page errors: ${pageErrors.join('; ')}` : ''];
+      throw new Error([e.message, ...more].filter((s) => s).join('\n'));
+    });
+  } finally {
+    await browser?.close().catch(() => undefined);
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
 }
 
 /** `promise`, or an error saying what took longer than `ms`. */
@@ -118,35 +189,15 @@ function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
 }
 
 test(skip ?? `Chromium: forward and backward through navigator.gpu (SwiftShader), the cpu backend and the reference, B=${c.B} H=${c.H} Nq=${c.Nq} Nk=${c.Nk} D=${c.D} causal`, { skip, timeout: PAGE_MS + 30_000 }, async (t) => {
-  const { chromium } = await import('playwright-core');
   const { q, k, v, dout } = inputs(c, 'f32', 'BNHD');
-  const missing: string[] = [];
-  const pageErrors: string[] = [];
-  const { server, origin } = await serve(missing);
-  let browser: Browser | undefined;
-  let got: Awaited<ReturnType<typeof inPage>>;
-  try {
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 30_000 });
-    const page = await browser.newPage();
-    page.on('pageerror', (e) => pageErrors.push(e.message));
-    page.on('console', (m) => m.type() === 'error' && pageErrors.push(m.text()));
-    await page.goto(`${origin}/`, { timeout: 10_000 });
-    const args: PageArgs = {
-      index: '/dist/src/index.js',
-      device: '/dist/src/webgpu/device.js',
-      shapes: { q: [...q.shape], kv: [...k.shape] },
-      data: { q: Array.from(q.data), k: Array.from(k.data), v: Array.from(v.data), dout: Array.from(dout.data) },
-      causal,
-    };
-    got = await within(PAGE_MS, 'the page', page.evaluate(inPage, args)).catch((e: Error) => {
-      const more = [missing.length ? `not served: ${missing.join(', ')}` : '', pageErrors.length ? `page errors: ${pageErrors.join('; ')}` : ''];
-      throw new Error([e.message, ...more].filter((s) => s).join('\n'));
-    });
-  } finally {
-    await browser?.close().catch(() => undefined);
-    server.closeAllConnections();
-    await new Promise((resolve) => server.close(resolve));
-  }
+  const args: PageArgs = {
+    index: '/dist/src/index.js',
+    device: '/dist/src/webgpu/device.js',
+    shapes: { q: [...q.shape], kv: [...k.shape] },
+    data: { q: Array.from(q.data), k: Array.from(k.data), v: Array.from(v.data), dout: Array.from(dout.data) },
+    causal,
+  };
+  const got = await withPage(false, (page) => within(PAGE_MS, 'the page', page.evaluate(inPage, args)));
   t.diagnostic(`${got.source}: ${got.description} (software ${got.software}, isFallbackAdapter ${got.fallback}, shader-f16 ${got.f16})`);
   const ms = (r: Run) => r.ms.toFixed(0);
   t.diagnostic(
@@ -160,6 +211,11 @@ test(skip ?? `Chromium: forward and backward through navigator.gpu (SwiftShader)
     for (const r of [got[backend].flash, got[backend].standard]) assert.deepEqual(r.backend, [backend, backend], 'the backend that ran forward and backward');
   }
   assert.deepEqual(got.reference.backend, ['reference', 'reference']);
+  t.diagnostic(`cpu threads without cross-origin isolation: ${JSON.stringify(got.threads)}`);
+  assert.equal(got.isolated, false, 'the page is not cross-origin isolated');
+  assert.equal(got.threads.threads, 1, 'the cpu backend runs on the page’s thread');
+  assert.equal(got.threads.workers, 'none');
+  assert.match(got.threads.reason ?? '', /not cross-origin isolated/, 'and says why');
 
   // The page's oracle is the float64 reference on the f32 inputs in f64, as test/spec.ts builds it; it
   // must agree with the same oracle computed here in Node.
@@ -180,4 +236,46 @@ test(skip ?? `Chromium: forward and backward through navigator.gpu (SwiftShader)
     assertWithinRule(`${label} lse`, err(flash, 'lse'), err(standard, 'lse'), 2);
     for (const g of ['dq', 'dk', 'dv'] as const) assertWithinRule(`${label} ${g}`, err(flash, g), err(standard, g), 3);
   }
+});
+
+/**
+ * Large enough that the cpu backend splits it over its workers (B·H·Nq·Nk·D = 4.8M multiply-adds, past
+ * pool.ts's INLINE_WORK), with tails in every direction (tiles of 128 rows at D = 40).
+ */
+const w: Case = { B: 1, H: 2, Hkv: 2, Nq: 200, Nk: 300, D: 40 };
+
+test(skip ?? `Chromium, cross-origin isolated: the cpu backend on Web Workers (WebAssembly forward), B=${w.B} H=${w.H} Nq=${w.Nq} Nk=${w.Nk} D=${w.D} causal`, { skip, timeout: PAGE_MS + 30_000 }, async (t) => {
+  const { q, k, v, dout } = inputs(w, 'f32', 'BNHD', 5);
+  const args: WorkerPageArgs = {
+    index: '/dist/src/index.js',
+    wasm: '/dist/src/cpu/wasm/index.js',
+    shapes: { q: [...q.shape], kv: [...k.shape] },
+    data: { q: Array.from(q.data), k: Array.from(k.data), v: Array.from(v.data), dout: Array.from(dout.data) },
+    causal,
+  };
+  const got = await withPage(true, (page) => within(PAGE_MS, 'the isolated page', page.evaluate(inWorkerPage, args)));
+  t.diagnostic(`cpu threads in the isolated page: ${JSON.stringify(got.threads)}; forward+backward ms: flash ${got.flash.ms.toFixed(0)}, standard ${got.standard.ms.toFixed(0)}`);
+  assert.equal(got.isolated, true, 'the page is cross-origin isolated');
+  assert.equal(got.threads.workers, 'web-workers');
+  assert.ok(got.threads.threads > 1, `the cpu backend has more than one thread: ${got.threads.threads}`);
+  assert.notEqual(got.threads.wasm, 'none', 'the workers have WebAssembly SIMD');
+  for (const r of [got.flash, got.standard]) assert.deepEqual(r.backend, ['cpu', 'cpu']);
+
+  const p = checkForward(q, k, v, { causal });
+  const [Q, K, V, dO] = [toF64(q), toF64(k), toF64(v), toF64(dout)];
+  const { out, lse } = standardForward(p, Q, K, V);
+  const oracle = { out, lse, ...standardBackward(p, dO, Q, K, V) };
+  const err = (r: Run, x: 'out' | 'lse' | 'dq' | 'dk' | 'dv') => maxError(Float64Array.from(r[x]), oracle[x]);
+  const label = `browser cpu on Web Workers f32 causal Nq=${w.Nq} Nk=${w.Nk} D=${w.D}`;
+  assertWithinRule(`${label} out`, err(got.flash, 'out'), err(got.standard, 'out'), 2);
+  assertWithinRule(`${label} lse`, err(got.flash, 'lse'), err(got.standard, 'lse'), 2);
+  for (const g of ['dq', 'dk', 'dv'] as const) assertWithinRule(`${label} ${g}`, err(got.flash, g), err(got.standard, g), 3);
+  // The job ran on the workers alone (the page's thread runs no task of a pool's job), so an out that is
+  // not the JavaScript kernel's is the WebAssembly kernel's, run in the workers: where WebAssembly could
+  // not run there, they would have fallen back to the JavaScript kernel, bit for bit.
+  assert.ok(
+    got.flash.out.some((x, i) => x !== got.jsOut[i]),
+    'the flash forward in the workers is the WebAssembly kernel, not the JavaScript one',
+  );
+  assertWithinRule(`${label} out (JavaScript kernel)`, maxError(Float64Array.from(got.jsOut), oracle.out), err(got.standard, 'out'), 2);
 });

@@ -223,6 +223,8 @@ function spawn(c) {
   return { next, ask: (m) => (p.send(m), next()), kill: () => p.kill() };
 }
 
+/** An error's last clause (onnxruntime's put the source file and function first; the JSON keeps it whole). */
+const brief = (message) => message.split(/\)\s+/).pop();
 const pct = (x) => (Number.isFinite(x) ? `${Math.round(x * 100)}%` : '');
 const fmt = (x, digits = 1) => (x === undefined || x === null ? '' : x.toFixed(digits));
 
@@ -233,7 +235,7 @@ function table(results) {
   ];
   for (const r of results) {
     const head = `| ${r.peer} | ${r.N} | ${r.causal ? 'yes' : 'no'} |`;
-    if (r.failed) lines.push(`${head} fails: ${r.failed.replace(/\|/g, '\\|')} | | | | | | |`);
+    if (r.failed) lines.push(`${head} fails: ${brief(r.failed).replace(/\|/g, '\\|')} | | | | | | |`);
     else
       lines.push(
         `${head} ${fmt(r.ms)} | ${fmt(r.minMs)}–${fmt(r.maxMs)} | ${fmt(r.gflops)} | ${fmt(r.cpuPerWall, 2)} | ${pct(median(r.others))} (${pct(Math.max(...r.others))}) | ${fmt(r.growth / 1e6, 0)} MB |`,
