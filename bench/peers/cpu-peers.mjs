@@ -41,17 +41,6 @@ const arg = (name, fallback) => {
   return i >= 0 ? args[i + 1] : fallback;
 };
 
-/** Busy jiffies of the whole machine (Linux), or undefined. */
-function busy() {
-  try {
-    const [, ...f] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
-    const n = f.map(Number);
-    return n.reduce((a, b) => a + b, 0) - n[3] - n[4]; // less idle and iowait
-  } catch {
-    return undefined;
-  }
-}
-
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -129,6 +118,7 @@ async function child(c) {
   const send = (m) => new Promise((ok) => process.send(m, ok));
   try {
     const { randomTensor } = await import(pathToFileURL(resolve(root, 'dist/test/util.js')).href);
+    const { timedCall } = await import(pathToFileURL(resolve(root, 'dist/bench/load.js')).href);
     const shape = [1, c.N, c.H, c.D];
     const [q, k, v] = [1, 2, 3].map((seed) => randomTensor('f32', shape, seed).data);
     const { detail, call } = await peerCall(c.peer, c, q, k, v);
@@ -152,17 +142,8 @@ async function child(c) {
     await send({ ready: true, detail, error, firstMs, rssBefore });
     process.on('message', async (m) => {
       if (m === 'sample') {
-        const b0 = busy();
-        const c0 = process.cpuUsage();
-        const t = performance.now();
-        await call();
-        const ms = performance.now() - t;
-        const u = process.cpuUsage(c0);
-        const b1 = busy();
-        const own = (u.user + u.system) / 1000;
-        // jiffies are 10 ms: a short call's share is coarse, hence the clamp
-        const others = b0 === undefined || b1 === undefined ? null : Math.min(1, Math.max(0, ((b1 - b0) * 10 - own) / (ms * availableParallelism())));
-        await send({ ms, cpuPerWall: own / ms, others });
+        const { ms, ownMs, others } = await timedCall(call);
+        await send({ ms, cpuPerWall: ownMs / ms, others: others ?? null });
       } else if (m === 'finish') {
         const peak = process.resourceUsage().maxRSS * 1024;
         await send({ peakRss: peak, growth: peak - rssBefore });

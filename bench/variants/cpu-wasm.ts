@@ -7,11 +7,11 @@
  * Run: node dist/bench/variants/cpu-wasm.js [--n 1024,4096] [--heads 8] [--dim 64] [--repeats 3]
  *   (node --experimental-wasm-relaxed-simd ... on Node 20 for the relaxed-SIMD module)
  */
-import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { forward, type Tensor } from '../../src/index.js';
 import { setCpuKernels, wasmSupport } from '../../src/cpu/wasm/index.js';
 import { randomTensor } from '../../test/util.js';
+import { timedCall } from '../load.js';
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -23,28 +23,8 @@ const H = Number(arg('heads', '8'));
 const D = Number(arg('dim', '64'));
 const repeats = Number(arg('repeats', '3'));
 
-/** Busy jiffies of the whole machine (Linux), or undefined. */
-function busy(): number | undefined {
-  try {
-    const [, ...f] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
-    const n = f.map(Number);
-    return n.reduce((a, b) => a + b, 0) - n[3] - n[4]; // less idle and iowait
-  } catch {
-    return undefined;
-  }
-}
-
 async function sample(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise<{ ms: number; others: number | undefined }> {
-  const b0 = busy();
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  await forward(q, k, v, { backend: 'cpu', causal });
-  const ms = performance.now() - t0;
-  const c = process.cpuUsage(c0);
-  const b1 = busy();
-  const own = (c.user + c.system) / 1000; // ms
-  const others = b0 === undefined || b1 === undefined ? undefined : Math.max(0, ((b1 - b0) * 10 - own) / (ms * availableParallelism()));
-  return { ms, others };
+  return timedCall(() => forward(q, k, v, { backend: 'cpu', causal }));
 }
 
 const support = wasmSupport();
