@@ -4,7 +4,8 @@
 // backend and the float64 reference. The numbers come back to Node and are held to the one error rule of
 // util.ts. The first page is not cross-origin isolated: the cpu backend runs on the page's own thread and
 // cpuThreads() says so. The second is (the server sends COOP and COEP): the cpu backend runs on Web
-// Workers, its WebAssembly forward included. Without Chromium or playwright-core the tests are skipped
+// Workers, its WebAssembly forward included. A third, isolated but without the worker script, shows the
+// fallback: one thread, and the reason. Without Chromium or playwright-core the tests are skipped
 // with the reason; with FLASHATTN_REQUIRE_BROWSER=1 (CI) they fail instead.
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -40,12 +41,15 @@ const PAGE = '<!doctype html><meta charset="utf-8"><title>flashattn in a browser
 /** The headers that make a page cross-origin isolated (crossOriginIsolated: SharedArrayBuffer, and so the cpu backend's Web Workers). */
 const ISOLATION = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
 
+/** How the server serves the page: cross-origin isolated or not, and whether it withholds the cpu backend's worker script. */
+type Serving = 'plain' | 'isolated' | 'isolated, no worker.js';
+
 /**
- * Serves PAGE at / and dist/ under /dist/, nothing else, with ISOLATION's headers where `isolated`; records
- * what it could not serve, for the error message.
+ * Serves PAGE at / and dist/ under /dist/, nothing else, with ISOLATION's headers where the page is to be
+ * isolated; records what it could not serve, for the error message.
  */
-async function serve(missing: string[], isolated: boolean): Promise<{ server: Server; origin: string }> {
-  const headers = isolated ? ISOLATION : {};
+async function serve(missing: string[], serving: Serving): Promise<{ server: Server; origin: string }> {
+  const headers = serving === 'plain' ? {} : ISOLATION;
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
     if (path === '/') return void res.writeHead(200, { 'content-type': TYPES['.html'], ...headers }).end(PAGE);
@@ -53,6 +57,7 @@ async function serve(missing: string[], isolated: boolean): Promise<{ server: Se
     const file = normalize(join(dist, path.replace(/^\/dist\//, '/')));
     try {
       if (!path.startsWith('/dist/') || !file.startsWith(dist)) throw new Error('outside dist/');
+      if (serving === 'isolated, no worker.js' && path.endsWith('/cpu/worker.js')) throw new Error('withheld');
       const body = await readFile(file);
       res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', ...headers }).end(body);
     } catch {
@@ -158,11 +163,11 @@ async function inWorkerPage(a: WorkerPageArgs) {
 }
 
 /** A page of `origin` in a fresh Chromium, handed to `use`; page errors and files not served go into the error of a failure. */
-async function withPage<T>(isolated: boolean, use: (page: Page, origin: string) => Promise<T>): Promise<T> {
+async function withPage<T>(serving: Serving, use: (page: Page, origin: string) => Promise<T>): Promise<T> {
   const { chromium } = await import('playwright-core');
   const missing: string[] = [];
   const pageErrors: string[] = [];
-  const { server, origin } = await serve(missing, isolated);
+  const { server, origin } = await serve(missing, serving);
   let browser: Browser | undefined;
   try {
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 30_000 });
@@ -197,7 +202,7 @@ test(skip ?? `Chromium: forward and backward through navigator.gpu (SwiftShader)
     data: { q: Array.from(q.data), k: Array.from(k.data), v: Array.from(v.data), dout: Array.from(dout.data) },
     causal,
   };
-  const got = await withPage(false, (page) => within(PAGE_MS, 'the page', page.evaluate(inPage, args)));
+  const got = await withPage('plain', (page) => within(PAGE_MS, 'the page', page.evaluate(inPage, args)));
   t.diagnostic(`${got.source}: ${got.description} (software ${got.software}, isFallbackAdapter ${got.fallback}, shader-f16 ${got.f16})`);
   const ms = (r: Run) => r.ms.toFixed(0);
   t.diagnostic(
@@ -253,7 +258,7 @@ test(skip ?? `Chromium, cross-origin isolated: the cpu backend on Web Workers (W
     data: { q: Array.from(q.data), k: Array.from(k.data), v: Array.from(v.data), dout: Array.from(dout.data) },
     causal,
   };
-  const got = await withPage(true, (page) => within(PAGE_MS, 'the isolated page', page.evaluate(inWorkerPage, args)));
+  const got = await withPage('isolated', (page) => within(PAGE_MS, 'the isolated page', page.evaluate(inWorkerPage, args)));
   t.diagnostic(`cpu threads in the isolated page: ${JSON.stringify(got.threads)}; forward+backward ms: flash ${got.flash.ms.toFixed(0)}, standard ${got.standard.ms.toFixed(0)}`);
   assert.equal(got.isolated, true, 'the page is cross-origin isolated');
   assert.equal(got.threads.workers, 'web-workers');
@@ -278,4 +283,29 @@ test(skip ?? `Chromium, cross-origin isolated: the cpu backend on Web Workers (W
     'the flash forward in the workers is the WebAssembly kernel, not the JavaScript one',
   );
   assertWithinRule(`${label} out (JavaScript kernel)`, maxError(Float64Array.from(got.jsOut), oracle.out), err(got.standard, 'out'), 2);
+});
+
+test(skip ?? 'Chromium, cross-origin isolated, worker.js not served: the cpu backend says its Web Workers did not start and runs on the page’s thread', { skip, timeout: 60_000 }, async (t) => {
+  const { q, k, v } = inputs(c, 'f32', 'BNHD');
+  const args = { index: '/dist/src/index.js', shapes: { q: [...q.shape], kv: [...k.shape] }, q: Array.from(q.data), k: Array.from(k.data), v: Array.from(v.data) };
+  const got = await withPage('isolated, no worker.js', (page) =>
+    within(
+      30_000 + 10_000,
+      'the page without worker.js',
+      page.evaluate(async (a) => {
+        const lib = (await import(a.index)) as typeof import('../src/index.js');
+        const t = (x: number[], shape: number[]) => lib.tensor(Float32Array.from(x), shape, 'f32');
+        const threads = await lib.cpuThreads();
+        const f = await lib.forward(t(a.q, a.shapes.q), t(a.k, a.shapes.kv), t(a.v, a.shapes.kv), { backend: 'cpu', causal: true });
+        return { threads, out: Array.from(f.out.data) };
+      }, args),
+    ),
+  );
+  t.diagnostic(`cpu threads without worker.js: ${JSON.stringify(got.threads)}`);
+  assert.equal(got.threads.threads, 1);
+  assert.equal(got.threads.workers, 'none');
+  assert.match(got.threads.reason ?? '', /Web Workers did not start/);
+  const p = checkForward(q, k, v, { causal });
+  const ref = standardForward(p, toF64(q), toF64(k), toF64(v)).out;
+  assert.ok(maxError(Float64Array.from(got.out), ref) < 1e-5, 'and the forward still runs, on the page’s thread');
 });
