@@ -13,7 +13,11 @@
  * wall-clock time (≈ the threads it kept busy). At the end each child gives its peak resident set
  * (getrusage maxRSS) less its resident set before the first call: the memory growth of the calls.
  *
- * GFLOP/s = 4·B·H·N²·D per forward / median time (and / the fastest sample's), halved when causal. onnxruntime-web at N = 4096 stops
+ * GFLOP/s = 4·B·H·N²·D per forward / median time (and / the fastest sample's), halved when causal.
+ * GFLOP per CPU-second = the same FLOPs / the process's CPU time (median over the samples): what a core
+ * does while the case has it, which other work on the machine disturbs far less than the wall-clock rate
+ * (times the cores it would keep busy alone, it estimates the rate on a quiet machine; spinning threads
+ * count against it). onnxruntime-web at N = 4096 stops
  * with "Integer overflow" (its MultiHeadAttention on the cpu materialises the B·H·N×N scores; 8·4096² f32
  * are 512 MiB): the script records the error and goes on.
  *
@@ -216,15 +220,15 @@ const fmt = (x, digits = 1) => (x === undefined || x === null ? '' : x.toFixed(d
 
 function table(results) {
   const lines = [
-    '| peer | N | causal | median ms | min–max ms | GFLOP/s, median (best) | CPU time / wall | others\' CPU share, median (max) | peak memory growth (RSS) |',
-    '|---|---|---|---|---|---|---|---|---|',
+    '| peer | N | causal | median ms | min–max ms | GFLOP/s, median (best) | GFLOP per CPU-second | CPU time / wall | others\' CPU share, median (max) | peak memory growth (RSS) |',
+    '|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
     const head = `| ${r.peer} | ${r.N} | ${r.causal ? 'yes' : 'no'} |`;
-    if (r.failed) lines.push(`${head} fails: ${brief(r.failed).replace(/\|/g, '\\|')} | | | | | | |`);
+    if (r.failed) lines.push(`${head} fails: ${brief(r.failed).replace(/\|/g, '\\|')} | | | | | | | |`);
     else
       lines.push(
-        `${head} ${fmt(r.ms)} | ${fmt(r.minMs)}–${fmt(r.maxMs)} | ${fmt(r.gflops)} (${fmt(r.bestGflops)}) | ${fmt(r.cpuPerWall, 2)} | ${pct(median(r.others))} (${pct(Math.max(...r.others))}) | ${fmt(r.growth / 1e6, 0)} MB |`,
+        `${head} ${fmt(r.ms)} | ${fmt(r.minMs)}–${fmt(r.maxMs)} | ${fmt(r.gflops)} (${fmt(r.bestGflops)}) | ${fmt(r.gflopsPerCpuSecond)} | ${fmt(r.cpuPerWall, 2)} | ${pct(median(r.others))} (${pct(Math.max(...r.others))}) | ${fmt(r.growth / 1e6, 0)} MB |`,
       );
   }
   return lines.join('\n');
@@ -284,6 +288,7 @@ async function parent() {
     r.gflops = r.flops / r.ms / 1e6;
     r.bestGflops = r.flops / r.minMs / 1e6; // on a shared machine, the least disturbed sample
     r.cpuPerWall = median(r.cpuPerWallSamples);
+    r.gflopsPerCpuSecond = median(r.times.map((ms, i) => r.flops / (ms * r.cpuPerWallSamples[i]) / 1e6));
   }
   env.loadavgAfter = loadavg().map((x) => +x.toFixed(2));
   const md = [
@@ -291,7 +296,8 @@ async function parent() {
     '',
     `${env.cpu}, ${env.cores} cores, ${env.memoryGiB} GiB; Node ${env.node}; flashattn ${env.flashattn}; onnxruntime-node ${env['onnxruntime-node']}; onnxruntime-web ${env['onnxruntime-web']}.`,
     `Load average ${env.loadavg.join(' ')} before, ${env.loadavgAfter.join(' ')} after. \`${command}\`, ${env.date}.`,
-    `Forward, B=1 H=${H} D=${D} f32 (BNHD), ${samples} samples per case, the cases in turn; GFLOP/s = 4·N²·D·H / median time (best: / the fastest sample's), halved when causal.`,
+    `Forward, B=1 H=${H} D=${D} f32 (BNHD), ${samples} samples per case, the cases in turn; GFLOP/s = 4·N²·D·H / median time (best: / the fastest sample's), halved when causal;`,
+    'GFLOP per CPU-second: the same FLOPs / the process\'s CPU time (median over the samples), far less disturbed by other work than GFLOP/s.',
     'Peak memory growth: the child process\'s peak resident set less its resident set before the first call (inputs and session made).',
     '',
     table(results),
