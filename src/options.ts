@@ -96,8 +96,10 @@ export interface AttentionOptions {
    * skipped as causal skips the blocks above the diagonal). Shape (B or 1, H or 1, ⌈Nq/rows⌉, ⌈Nk/cols⌉).
    * Packed sequences: (S or 1, H or 1, ⌈max nq/rows⌉, ⌈max nk/cols⌉), each sequence's blocks counted from
    * its own first query and key.
-   * On webgpu the tile tables made from a block mask are kept between calls for the same array (checked
-   * against a copy of its contents on each call, so changing the array in place is safe).
+   * On webgpu, what a call makes from the block mask and mask arrays (tile tables; their bits and tables on
+   * the device, from the second call with the same contents on) is kept for later calls with the same
+   * array while the caller keeps it: each call compares the array with a copy of the contents these were
+   * made from, so an array changed in place is seen (the call after the change makes them again).
    */
   blockMask?: BlockMaskTensor;
   /**
