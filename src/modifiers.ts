@@ -119,6 +119,12 @@ export const FULL = 1;
 export const PARTIAL = 2;
 export type TileClass = typeof EMPTY | typeof FULL | typeof PARTIAL;
 
+/** The index of a dense tensor of `shape` (each axis its size or 1) broadcast over (B, H, Nq, Nk). */
+export function broadcastIndex(shape: readonly [number, number, number, number]): Broadcast {
+  const dense = [shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3], 1];
+  return { shape, strides: dense.map((d, i) => (shape[i] === 1 ? 0 : d)) as unknown as Broadcast['strides'] };
+}
+
 /** Offset of (b, h, i, j) in a broadcast tensor. */
 export function at(x: Broadcast, b: number, h: number, i: number, j: number): number {
   const s = x.strides;

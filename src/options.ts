@@ -50,7 +50,11 @@ export interface AttentionOptions {
    * sequences' rows in the packed q, (1, totalQ, H, D), and in the packed k and v, (1, totalK, Hkv, D)
    * (axes per the layout). Sequence s: query rows cuSeqlensQ[s] .. cuSeqlensQ[s+1]−1, which see only key
    * rows cuSeqlensK[s] .. cuSeqlensK[s+1]−1; causal is per sequence. Runs one sub-problem per sequence
-   * (src/varlen.ts).
+   * (src/varlen.ts). The variants take the sequences as a batch padded to the longest one would: sequence s
+   * is batch row s of max nq queries and max nk keys (the longest sequence's lengths), so alibiSlopes are H
+   * or S·H, and bias, mask and blockMask are broadcast over (S, H, max nq, max nk), indexed by (sequence,
+   * head, row within the sequence, key within the sequence): sequence s reads the (nq, nk) corner of its
+   * row and nothing past its own lengths (dbias is 0 there).
    */
   cuSeqlensQ?: Int32Array;
   cuSeqlensK?: Int32Array;
@@ -65,24 +69,37 @@ export interface AttentionOptions {
    * most 0. Key blocks outside every row's window are skipped.
    */
   window?: readonly [number, number];
-  /** ALiBi: H slopes (or B·H, per batch and head), f32; adds −slope·|i + Nk − Nq − j| to the score. */
+  /**
+   * ALiBi: H slopes (or B·H, per batch and head; packed sequences: S·H, per sequence and head), f32; adds
+   * −slope·|i + Nk − Nq − j| to the score.
+   */
   alibiSlopes?: Float32Array;
   /** Soft-capping of the scaled score, before any bias or mask: S ← softcap·tanh(S / softcap); 0 or undefined: off. */
   softcap?: number;
   /**
    * Additive bias on the scores, shape (B or 1, H or 1, Nq or 1, Nk or 1), f32 or f16 (f64 on the reference
    * backend), typed array or GPUBuffer as q is. backward() returns its gradient as `dbias` (the bias's own
-   * shape, f32) when `biasGrad` is true.
+   * shape, f32) when `biasGrad` is true. Packed sequences (cuSeqlensQ/K): shape (S or 1, H or 1, max nq
+   * or 1, max nk or 1), element (s, h, i, j) the bias of sequence s's own query i and key j.
    */
   bias?: AnyTensor;
   /** backward(): also return dbias, the gradient of the bias reduced to its shape. Default false. */
   biasGrad?: boolean;
-  /** Boolean mask, 1 (nonzero) = keep, shape (B or 1, H or 1, Nq or 1, Nk or 1), a Uint8Array. */
+  /**
+   * Boolean mask, 1 (nonzero) = keep, shape (B or 1, H or 1, Nq or 1, Nk or 1), a Uint8Array. Packed
+   * sequences: (S or 1, H or 1, max nq or 1, max nk or 1), indexed within each sequence, as the bias.
+   */
   mask?: MaskTensor;
   /**
    * Block-sparse attention (FlashAttention, section 3.3): the score matrix is cut into blocks of
    * blockSize = [rows, cols], and only blocks whose entry is nonzero are computed at all (the others are
    * skipped as causal skips the blocks above the diagonal). Shape (B or 1, H or 1, ⌈Nq/rows⌉, ⌈Nk/cols⌉).
+   * Packed sequences: (S or 1, H or 1, ⌈max nq/rows⌉, ⌈max nk/cols⌉), each sequence's blocks counted from
+   * its own first query and key.
+   * On webgpu, what a call makes from the block mask and mask arrays (tile tables; their bits and tables on
+   * the device, from the second call with the same contents on) is kept for later calls with the same
+   * array while the caller keeps it: each call compares the array with a copy of the contents these were
+   * made from, so an array changed in place is seen (the call after the change makes them again).
    */
   blockMask?: BlockMaskTensor;
   /**

@@ -2,8 +2,8 @@
  * Argument checking for forward() and backward(): every argument is checked before any work starts,
  * and the result is a Problem, the sizes and settings every backend computes from.
  */
-import { DTypeError, NotSupportedError, ShapeError, ValueError, describe } from './errors.js';
-import { bandOf, type Broadcast, type Modifiers } from './modifiers.js';
+import { DTypeError, ShapeError, ValueError, describe } from './errors.js';
+import { bandOf, broadcastIndex, type Broadcast, type Modifiers } from './modifiers.js';
 import { MemoryTracker, memory as defaultMemory } from './memory.js';
 import {
   ALGORITHMS,
@@ -169,21 +169,32 @@ export function checkForward(q: unknown, k: unknown, v: unknown, options: unknow
   sameShape('v', V, K.shape, 'the shape of k');
   const settings = checkOptions(options, dq.D);
   const cuSeqlens = checkCuSeqlens(options as AttentionOptions | undefined, Q, K, layout);
-  const mods = checkModifiers((options ?? {}) as AttentionOptions, { B: dq.B, H: dq.H, Nq: dq.N, Nk: dk.N }, settings.causal, onGpu, Q.dtype, cuSeqlens !== undefined);
+  // Packed sequences take their variants as a padded batch would: sequence s as batch row s of
+  // maxNq queries and maxNk keys (src/varlen.ts cuts out each sequence's part).
+  const dims = cuSeqlens ? { B: cuSeqlens.q.length - 1, H: dq.H, Nq: longest(cuSeqlens.q), Nk: longest(cuSeqlens.k) } : { B: dq.B, H: dq.H, Nq: dq.N, Nk: dk.N };
+  const mods = checkModifiers((options ?? {}) as AttentionOptions, dims, settings.causal, onGpu, Q.dtype, cuSeqlens !== undefined);
   return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, onGpu, ...settings, mods, ...(cuSeqlens && { cuSeqlens }) };
 }
 
-/** A shape broadcastable to (B, H, Nq, Nk) (each axis its size or 1), as element strides of a dense tensor. */
-function broadcast(name: string, shape: unknown, full: readonly [number, number, number, number]): Broadcast {
-  const axes = '(B or 1, H or 1, Nq or 1, Nk or 1)';
+/** The longest sequence of packed offsets. */
+function longest(offsets: Int32Array): number {
+  let n = 0;
+  for (let s = 1; s < offsets.length; s++) n = Math.max(n, offsets[s] - offsets[s - 1]);
+  return n;
+}
+
+/**
+ * A shape broadcastable to `full` (each axis its size or 1; a size-0 axis, a packed call's longest
+ * sequence without queries or keys, takes 1), as element strides of a dense tensor. `axes` names them.
+ */
+function broadcast(name: string, shape: unknown, full: readonly [number, number, number, number], axes: string): Broadcast {
   if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((s) => Number.isSafeInteger(s))) {
     throw new ShapeError(name, `4 dimensions ${axes} = (${full.join(', ')})`, describe(shape));
   }
   shape.forEach((s: number, i) => {
-    if (s !== 1 && s !== full[i]) throw new ShapeError(name, `a shape broadcastable to [${full.join(', ')}] ${axes}`, `[${shape.join(', ')}]`);
+    if (s < 1 || (s !== 1 && s !== full[i])) throw new ShapeError(name, `a shape broadcastable to [${full.join(', ')}] ${axes}`, `[${shape.join(', ')}]`);
   });
-  const dense = [shape[1] * shape[2] * shape[3], shape[2] * shape[3], shape[3], 1];
-  return { shape: shape as unknown as Broadcast['shape'], strides: dense.map((d, i) => (shape[i] === 1 ? 0 : d)) as unknown as Broadcast['strides'] };
+  return broadcastIndex(shape as unknown as Broadcast['shape']);
 }
 
 function checkMaskData(name: string, x: unknown, index: Broadcast): Uint8Array {
@@ -208,6 +219,9 @@ export function checkModifiers(
 ): Modifiers {
   const { B, H, Nq, Nk } = dims;
   const full = [B, H, Nq, Nk] as const;
+  // Packed sequences: (sequence, head, row within the sequence, key within the sequence).
+  const [b, nq, nk] = packed ? ['S', 'max nq', 'max nk'] : ['B', 'Nq', 'Nk'];
+  const axes = `(${b} or 1, H or 1, ${nq} or 1, ${nk} or 1)`;
   const m: Modifiers = {};
   let window: [number, number] | undefined;
   if (o.window !== undefined) {
@@ -222,7 +236,7 @@ export function checkModifiers(
   if (o.alibiSlopes !== undefined) {
     const a = o.alibiSlopes as unknown;
     if (!(a instanceof Float32Array)) throw new DTypeError('options.alibiSlopes', 'a Float32Array', describe(a));
-    if (a.length !== H && a.length !== B * H) throw new ShapeError('options.alibiSlopes', `${H} (H) or ${B * H} (B·H) slopes`, `${a.length}`);
+    if (a.length !== H && a.length !== B * H) throw new ShapeError('options.alibiSlopes', `${H} (H) or ${B * H} (${b}·H) slopes`, `${a.length}`);
     if (!a.every(Number.isFinite)) throw new ValueError('options.alibiSlopes', 'finite slopes', 'a non-finite slope');
     const slopes = new Float32Array(B * H);
     for (let b = 0; b < B; b++) slopes.set(a.length === H ? a : a.subarray(b * H, (b + 1) * H), b * H);
@@ -239,7 +253,7 @@ export function checkModifiers(
   if (o.bias !== undefined) {
     const t = o.bias as unknown;
     if (typeof t !== 'object' || t === null) throw new ValueError('options.bias', 'a tensor { data, dtype, shape }', describe(t));
-    const index = broadcast('options.bias.shape', (t as AnyTensor).shape, full);
+    const index = broadcast('options.bias.shape', (t as AnyTensor).shape, full, axes);
     const bias = checkTensor('options.bias', t, 4);
     sameKind('options.bias', bias, onGpu);
     const allowed = dtype === 'f64' ? ['f64'] : ['f32', 'f16'];
@@ -249,7 +263,7 @@ export function checkModifiers(
   if (o.mask !== undefined) {
     const t = o.mask as unknown;
     if (typeof t !== 'object' || t === null) throw new ValueError('options.mask', 'a mask { data: Uint8Array, shape }', describe(t));
-    const index = broadcast('options.mask.shape', (t as { shape?: unknown }).shape, full);
+    const index = broadcast('options.mask.shape', (t as { shape?: unknown }).shape, full, axes);
     m.mask = { data: checkMaskData('options.mask', t, index), index };
   }
   if (o.blockMask !== undefined) {
@@ -260,7 +274,8 @@ export function checkModifiers(
       throw new ValueError('options.blockMask.blockSize', '[rows, cols], positive integers', describe(size));
     }
     const [rows, cols] = size as [number, number];
-    const index = broadcast('options.blockMask.shape', (t as { shape?: unknown }).shape, [B, H, Math.ceil(Nq / rows), Math.ceil(Nk / cols)]);
+    const blocks = `(${b} or 1, H or 1, ⌈${nq}/rows⌉ or 1, ⌈${nk}/cols⌉ or 1)`;
+    const index = broadcast('options.blockMask.shape', (t as { shape?: unknown }).shape, [B, H, Math.ceil(Nq / rows), Math.ceil(Nk / cols)], blocks);
     m.blockMask = { data: checkMaskData('options.blockMask', t, index), rows, cols, index };
   }
   if (o.dropout !== undefined) {
@@ -271,11 +286,6 @@ export function checkModifiers(
       throw new ValueError('options.dropout.seed', 'an integer in [0, 2^32)', describe(d.seed));
     }
     if (d.p > 0) m.dropout = { p: d.p, seed: d.seed as number, threshold: Math.round(d.p * 2 ** 24), scale: 1 / (1 - d.p) };
-  }
-  if (packed) {
-    for (const key of ['bias', 'mask', 'blockMask'] as const) {
-      if (m[key]) throw new NotSupportedError(`options.${key}`, `options.${key} with packed sequences (cuSeqlensQ/K)`, 'undefined', 'a tensor');
-    }
   }
   return m;
 }

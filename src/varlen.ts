@@ -4,10 +4,13 @@
  * likewise with totalK rows and Hkv heads; sequence s owns query rows cuSeqlensQ[s] .. cuSeqlensQ[s+1]−1
  * and key rows cuSeqlensK[s] .. cuSeqlensK[s+1]−1, its queries see only its keys, and causal is per
  * sequence, bottom-right aligned.
- * The variants that packed sequences take (problem.ts refuses bias, mask and block mask) hold per sequence
- * as they do per batch row: window and ALiBi distances are the sequence's own (bottom-right aligned), and
- * dropout's hash takes sequence s as batch row s (Modifiers' dropout.headOffset), so sequences draw
- * different masks.
+ * The variants hold per sequence as they do per batch row, as if the sequences were a batch padded to the
+ * longest one: window and ALiBi distances are the sequence's own (bottom-right aligned); alibiSlopes are H
+ * or S·H (sequence s's H at s·H); bias, mask and block mask are broadcast over (S, H, max nq, max nk) (the
+ * block mask over blocks of that), indexed by (sequence, head, row within the sequence, key within the
+ * sequence), so sequence s reads the (1, H, nq, nk) corner of batch row s and nothing past its own lengths;
+ * dbias is summed in the same shape (0 where no sequence reads); dropout's hash takes sequence s as batch
+ * row s (Modifiers' dropout.headOffset), so sequences draw different masks.
  *
  * How it runs today: one sub-problem per sequence on the backend's own forward or backward, above the
  * backends. A sequence's rows are one run of elements in 'BNHD' and one run per head in 'BHND' (lse,
@@ -21,9 +24,11 @@
  * together instead of one after the other.
  */
 import { NotSupportedError, ValueError } from './errors.js';
+import { broadcastIndex, type Broadcast, type Modifiers } from './modifiers.js';
 import type { Problem } from './problem.js';
-import { BYTES_PER_ELEMENT, type AnyTensor, type DType, type GpuTensor, type Tensor, type TensorData } from './tensor.js';
+import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type DType, type GpuTensor, type Tensor, type TensorData } from './tensor.js';
 import { Call, gpuFor } from './webgpu/index.js';
+import { addPart, gatherPart, partRow, type Part } from './webgpu/parts.js';
 
 /** A backend's forward on one problem, as api.ts runs it. */
 export type RunForward = (p: Problem, q: AnyTensor, k: AnyTensor, v: AnyTensor) => Promise<{ out: AnyTensor; lse: AnyTensor }>;
@@ -37,7 +42,7 @@ export type RunBackward = (
   v: AnyTensor,
   out: AnyTensor,
   lse: AnyTensor,
-) => Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor }>;
+) => Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor; dbias?: AnyTensor }>;
 
 /** Whose rows a packed tensor holds: the queries' (q, out, dout, dq), the keys' (k, v, dk, dv), or lse's (1, H, totalQ). */
 type Kind = 'q' | 'k' | 'lse';
@@ -58,7 +63,10 @@ interface Sequence {
   k1: number;
 }
 
-/** A backend's call on one sequence's slices (in the order of the inputs), giving its results (in the order of the outputs). */
+/**
+ * A backend's call on one sequence's slices (in the order of the inputs), giving its results (in the order
+ * of the outputs, then the sequence's dbias when the call asks for it).
+ */
 type Step<T extends AnyTensor> = (sub: Problem, slices: T[]) => Promise<T[]>;
 
 /** forward() over packed sequences: out like q, lse (1, H, totalQ); `run` is the backend's forward. */
@@ -72,7 +80,7 @@ export async function varlenForward(p: Problem, q: AnyTensor, k: AnyTensor, v: A
     { kind: 'q', dtype: p.dtype, name: 'out' },
     { kind: 'lse', dtype: lseType(p), name: 'lse' },
   ];
-  const [out, lse] = await perSequence(p, [q, k, v], inputs, outputs, async (sub, [qs, ks, vs]) => {
+  const { packed: [out, lse] } = await perSequence(p, [q, k, v], inputs, outputs, async (sub, [qs, ks, vs]) => {
     const r = await run(sub, qs, ks, vs);
     return [r.out, r.lse];
   });
@@ -89,7 +97,7 @@ export async function varlenBackward(
   out: AnyTensor,
   lse: AnyTensor,
   run: RunBackward,
-): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor }> {
+): Promise<{ dq: AnyTensor; dk: AnyTensor; dv: AnyTensor; dbias?: AnyTensor }> {
   const inputs: Packed[] = [
     { kind: 'q', dtype: p.dtype, name: 'dout' },
     { kind: 'q', dtype: p.dtype, name: 'q' },
@@ -103,18 +111,24 @@ export async function varlenBackward(
     { kind: 'k', dtype: p.dtype, name: 'dk' },
     { kind: 'k', dtype: p.dtype, name: 'dv' },
   ];
-  const [dq, dk, dv] = await perSequence(p, [dout, q, k, v, out, lse], inputs, outputs, async (sub, [dO, qs, ks, vs, O, L]) => {
+  const { packed: [dq, dk, dv], dbias } = await perSequence(p, [dout, q, k, v, out, lse], inputs, outputs, async (sub, [dO, qs, ks, vs, O, L]) => {
     const r = await run(sub, dO, qs, ks, vs, O, L);
-    return [r.dq, r.dk, r.dv];
+    return r.dbias ? [r.dq, r.dk, r.dv, r.dbias] : [r.dq, r.dk, r.dv];
   });
-  return { dq, dk, dv };
+  return { dq, dk, dv, ...(dbias && { dbias }) };
 }
 
 function lseType(p: Problem): DType {
   return p.dtype === 'f64' ? 'f64' : 'f32';
 }
 
-function perSequence(p: Problem, tensors: AnyTensor[], inputs: Packed[], outputs: Packed[], step: Step<AnyTensor>): Promise<AnyTensor[]> {
+/** The packed outputs, and dbias (the bias's shape) where the backward asks for it. */
+interface Results<T extends AnyTensor> {
+  packed: T[];
+  dbias?: T;
+}
+
+function perSequence(p: Problem, tensors: AnyTensor[], inputs: Packed[], outputs: Packed[], step: Step<AnyTensor>): Promise<Results<AnyTensor>> {
   if (p.onGpu) {
     checkDeviceTensors(p, tensors as GpuTensor[], inputs);
     return onDevice(p, tensors as GpuTensor[], inputs, outputs, step as Step<GpuTensor>);
@@ -132,11 +146,74 @@ function hasWork(seq: Sequence): boolean {
   return seq.q1 > seq.q0 && seq.k1 > seq.k0;
 }
 
-/** The problem of one sequence: batch 1, its own Nq and Nk, nothing packed; dropout's heads those of batch row s. */
+/**
+ * The problem of one sequence: batch 1, its own Nq and Nk, nothing packed; its variants those of batch row
+ * s (dropout's heads s·H + h, ALiBi's slopes, and its parts of bias, mask and block mask: copies on the
+ * host; a GPUBuffer bias keeps the packed buffer here, and onDevice puts its part in its place).
+ */
 function subProblem(p: Problem, seq: Sequence): Problem {
-  const d = p.mods.dropout;
-  const mods = d ? { ...p.mods, dropout: { ...d, headOffset: seq.s * p.H } } : p.mods;
-  return { ...p, cuSeqlens: undefined, B: 1, Nq: seq.q1 - seq.q0, Nk: seq.k1 - seq.k0, mods };
+  const m = p.mods;
+  const [nq, nk] = [seq.q1 - seq.q0, seq.k1 - seq.k0];
+  const mods: Modifiers = { ...m };
+  if (m.dropout) mods.dropout = { ...m.dropout, headOffset: seq.s * p.H };
+  if (m.alibi) mods.alibi = { H: m.alibi.H, slopes: m.alibi.slopes.subarray(seq.s * p.H, (seq.s + 1) * p.H) };
+  if (m.bias) {
+    const { index, part } = partOf(m.bias.index, seq.s, nq, nk);
+    const data = isGpuBuffer(m.bias.data) ? m.bias.data : cut(m.bias.data, part);
+    mods.bias = { ...m.bias, data, index };
+  }
+  if (m.mask) {
+    const { index, part } = partOf(m.mask.index, seq.s, nq, nk);
+    mods.mask = { data: cut(m.mask.data, part), index };
+  }
+  if (m.blockMask) {
+    const bm = m.blockMask;
+    const { index, part } = partOf(bm.index, seq.s, Math.ceil(nq / bm.rows), Math.ceil(nk / bm.cols));
+    mods.blockMask = { ...bm, data: cut(bm.data, part), index };
+  }
+  return { ...p, cuSeqlens: undefined, B: 1, Nq: nq, Nk: nk, mods };
+}
+
+/**
+ * Sequence s's part of a tensor broadcast over (S, H, rows, cols) (each axis its size or 1): the dense
+ * (1, H or 1, nq or 1, nk or 1) block of batch row s (row 0 where it broadcasts over S) that its first nq
+ * rows and nk columns index, and where its rows lie in the packed tensor.
+ */
+function partOf(index: Broadcast, s: number, nq: number, nk: number): { index: Broadcast; part: Part } {
+  const [, Hs, rows, cols] = index.shape;
+  const shape = [1, Hs, rows === 1 ? 1 : nq, cols === 1 ? 1 : nk] as const;
+  const [sb, sh, si] = index.strides;
+  return { index: broadcastIndex(shape), part: { base: s * sb, headStride: sh, rowStride: si, nq: shape[2], cols: shape[3], elements: Hs * shape[2] * shape[3] } };
+}
+
+/** A part of a host array, copied out dense. */
+function cut<T extends TensorData | Uint8Array>(data: T, part: Part): T {
+  const out = new (data.constructor as new (n: number) => T)(part.elements);
+  for (let r = 0; r < part.elements / part.cols; r++) {
+    const from = partRow(part, r);
+    out.set(data.subarray(from, from + part.cols) as never, r * part.cols);
+  }
+  return out;
+}
+
+/** dbias (host) += a sequence's dbias, its part's dense block. */
+function addCut(dbias: Float32Array | Float64Array, part: Part, block: TensorData): void {
+  for (let r = 0; r < part.elements / part.cols; r++) {
+    const to = partRow(part, r);
+    for (let c = 0; c < part.cols; c++) dbias[to + c] += block[r * part.cols + c];
+  }
+}
+
+/** Bytes of a sequence's host copies of bias, mask and block mask (counted while it runs). */
+function cutBytes(p: Problem, sub: Problem): number {
+  const datas = [sub.mods.bias?.data, sub.mods.mask?.data, sub.mods.blockMask?.data];
+  const own = [p.mods.bias?.data, p.mods.mask?.data, p.mods.blockMask?.data];
+  return datas.reduce((n: number, d, i) => n + (d && d !== own[i] && !isGpuBuffer(d) ? d.byteLength : 0), 0);
+}
+
+/** The part of the bias sequence `seq` reads. */
+function biasPart(p: Problem, seq: Sequence): Part {
+  return partOf(p.mods.bias!.index, seq.s, seq.q1 - seq.q0, seq.k1 - seq.k0).part;
 }
 
 /** A sequence's rows [a, b) in a tensor of `kind`. */
@@ -183,10 +260,11 @@ function zeros(dtype: DType, n: number): TensorData {
 
 /**
  * Typed arrays: the packed outputs are made on the host, each sequence's slices are views (a copy where
- * its rows are one run per head), and its results are copied in. Counted in the call's tracker: the
+ * its rows are one run per head; its parts of bias, mask and block mask copies), and its results are
+ * copied in (its dbias added in). Counted in the call's tracker: the
  * outputs until they are the caller's, copies and each sequence's results while they live.
  */
-async function onHost(p: Problem, tensors: Tensor[], inputs: Packed[], outputs: Packed[], step: Step<Tensor>): Promise<Tensor[]> {
+async function onHost(p: Problem, tensors: Tensor[], inputs: Packed[], outputs: Packed[], step: Step<Tensor>): Promise<Results<Tensor>> {
   let counted = 0;
   try {
     const packed = outputs.map((o): Tensor => {
@@ -196,9 +274,11 @@ async function onHost(p: Problem, tensors: Tensor[], inputs: Packed[], outputs: 
       if (o.kind === 'lse') data.fill(-Infinity);
       return { data, dtype: o.dtype, shape: shapeOf(p, o.kind) };
     });
+    const dbias = wantsBiasGrad(p, outputs) ? biasGradOutput(p) : undefined;
+    if (dbias) counted += p.memory.allocate(dbias.data.byteLength);
     for (const seq of sequences(p).filter(hasWork)) {
       const sub = subProblem(p, seq);
-      let live = 0;
+      let live = p.memory.allocate(cutBytes(p, sub));
       try {
         const slices = tensors.map((t, i): Tensor => {
           const r = runs(p, inputs[i].kind, rowsOf(seq, inputs[i].kind));
@@ -216,6 +296,7 @@ async function onHost(p: Problem, tensors: Tensor[], inputs: Packed[], outputs: 
         const results = await step(sub, slices);
         results.forEach((result, j) => {
           live += p.memory.allocate(result.data.byteLength); // the sequence's results, ours until copied
+          if (j === outputs.length) return addCut(dbias!.data as Float32Array | Float64Array, biasPart(p, seq), result.data);
           let at = 0;
           for (const { at: to, length } of runs(p, outputs[j].kind, rowsOf(seq, outputs[j].kind))) {
             packed[j].data.set(result.data.subarray(at, at + length), to);
@@ -226,10 +307,22 @@ async function onHost(p: Problem, tensors: Tensor[], inputs: Packed[], outputs: 
         p.memory.release(live);
       }
     }
-    return packed;
+    return { packed, ...(dbias && { dbias }) };
   } finally {
     p.memory.release(counted); // the outputs are the caller's from here on
   }
+}
+
+/** Does this call (a backward's: outputs dq, dk, dv) return dbias? */
+function wantsBiasGrad(p: Problem, outputs: Packed[]): boolean {
+  return p.mods.bias?.grad === true && outputs[0].name === 'dq';
+}
+
+/** The packed dbias on the host: zeros of the bias's shape, f32 (f64 for f64 inputs). */
+function biasGradOutput(p: Problem): Tensor {
+  const shape = [...p.mods.bias!.index.shape];
+  const dtype = lseType(p);
+  return { data: zeros(dtype, shape.reduce((a, b) => a * b, 1)), dtype, shape };
 }
 
 /**
@@ -272,16 +365,20 @@ function copyRuns(enc: GPUCommandEncoder, direction: 'gather' | 'scatter', packe
 /**
  * GPUBuffers (webgpu, zero-copy): the packed outputs are made on the device (new buffers hold zeros; lse's
  * rows of sequences without keys are written −∞) and handed to the caller. Per sequence, one submission
- * copies its slices out of the packed inputs, the backend runs on them, and one submission copies its
- * results into the packed outputs; each is a Call, so its buffers are counted and device errors become
+ * copies its slices (and its part of a bias, webgpu/parts.ts) out of the packed inputs, the backend runs on
+ * them, and one submission copies its results into the packed outputs (and adds its dbias into the
+ * packed dbias); each is a Call, so its buffers are counted and device errors become
  * typed ones. One sequence's slices and results are live at a time.
  */
-async function onDevice(p: Problem, tensors: GpuTensor[], inputs: Packed[], outputs: Packed[], step: Step<GpuTensor>): Promise<GpuTensor[]> {
+async function onDevice(p: Problem, tensors: GpuTensor[], inputs: Packed[], outputs: Packed[], step: Step<GpuTensor>): Promise<Results<GpuTensor>> {
   const gpu = await gpuFor(p);
   const all = sequences(p);
   const call = new Call(p, gpu);
+  const bias = p.mods.bias;
   try {
     const packed = outputs.map((o) => call.output(elementsOf(p, o.kind), o.name, argumentOf(o.kind), o.dtype));
+    const biasShape = bias ? [...bias.index.shape] : [];
+    const dbias = wantsBiasGrad(p, outputs) ? call.output(biasShape.reduce((a, b) => a * b, 1), 'dbias', 'q', 'f32') : undefined;
     await call.submit(async () => {
       outputs.forEach((o, j) => {
         if (o.kind !== 'lse') return;
@@ -291,30 +388,46 @@ async function onDevice(p: Problem, tensors: GpuTensor[], inputs: Packed[], outp
       });
     });
     for (const seq of all.filter(hasWork)) {
-      const sub = subProblem(p, seq);
-      const cut = new Call(sub, gpu);
+      const plain = subProblem(p, seq);
+      const cut = new Call(plain, gpu);
       let collect: Call | undefined;
       try {
-        const slices = tensors.map((t, i) => {
-          const { kind, name } = inputs[i];
-          const data = cut.buffers.create(elementsOf(sub, kind) * BYTES_PER_ELEMENT[t.dtype], `${name} of sequence ${seq.s}`, argumentOf(kind));
-          return { data, dtype: t.dtype, shape: shapeOf(sub, kind) };
-        });
-        await cut.submit(async (enc) => {
-          tensors.forEach((t, i) => copyRuns(enc, 'gather', t.data, slices[i].data, runs(p, inputs[i].kind, rowsOf(seq, inputs[i].kind)), BYTES_PER_ELEMENT[t.dtype]));
-        });
-        const results = await step(sub, slices);
-        collect = new Call(sub, gpu);
-        for (const r of results) collect.buffers.adopt(r.data);
-        await collect.submit(async (enc) => {
-          results.forEach((r, j) => copyRuns(enc, 'scatter', packed[j], r.data, runs(p, outputs[j].kind, rowsOf(seq, outputs[j].kind)), BYTES_PER_ELEMENT[r.dtype]));
-        });
+        const live = p.memory.allocate(cutBytes(p, plain));
+        let sub = plain;
+        try {
+          const slices = tensors.map((t, i) => {
+            const { kind, name } = inputs[i];
+            const data = cut.buffers.create(elementsOf(sub, kind) * BYTES_PER_ELEMENT[t.dtype], `${name} of sequence ${seq.s}`, argumentOf(kind));
+            return { data, dtype: t.dtype, shape: shapeOf(sub, kind) };
+          });
+          await cut.submit(async (enc) => {
+            tensors.forEach((t, i) => copyRuns(enc, 'gather', t.data, slices[i].data, runs(p, inputs[i].kind, rowsOf(seq, inputs[i].kind)), BYTES_PER_ELEMENT[t.dtype]));
+            if (!bias) return;
+            const part = await gatherPart(cut, enc, bias.data as GPUBuffer, bias.dtype as 'f32' | 'f16', biasPart(p, seq), `bias of sequence ${seq.s}`);
+            sub = { ...plain, mods: { ...plain.mods, bias: { ...plain.mods.bias!, data: part } } };
+          });
+          const results = await step(sub, slices);
+          collect = new Call(sub, gpu);
+          for (const r of results) collect.buffers.adopt(r.data);
+          await collect.submit(async (enc) => {
+            for (const [j, r] of results.entries()) {
+              if (j === outputs.length) await addPart(collect!, enc, dbias!, biasPart(p, seq), r.data);
+              else copyRuns(enc, 'scatter', packed[j], r.data, runs(p, outputs[j].kind, rowsOf(seq, outputs[j].kind)), BYTES_PER_ELEMENT[r.dtype]);
+            }
+          });
+        } finally {
+          p.memory.release(live);
+        }
       } finally {
         collect?.dispose();
         cut.dispose();
       }
     }
-    return packed.map((data, j) => ({ data: call.buffers.handOver(data), dtype: outputs[j].dtype as GpuTensor['dtype'], shape: shapeOf(p, outputs[j].kind) }));
+    const handOver = (data: GPUBuffer, dtype: DType, shape: number[]): GpuTensor => ({ data: call.buffers.handOver(data), dtype: dtype as GpuTensor['dtype'], shape });
+    return {
+      packed: packed.map((data, j) => handOver(data, outputs[j].dtype, shapeOf(p, outputs[j].kind))),
+      ...(dbias && { dbias: handOver(dbias, 'f32', biasShape) }),
+    };
   } finally {
     call.dispose();
   }

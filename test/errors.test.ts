@@ -109,6 +109,25 @@ describe('forward: bad options', () => {
   for (const [name, call, kind, argument, ...mentions] of variants) test(name, () => rejects(call, kind, argument, ...mentions));
 });
 
+describe('packed sequences: variants of the wrong shape', () => {
+  // Two sequences of 3 and 5 queries (and 2 and 6 keys) in q (1, 8, 4, 3), k and v (1, 8, 2, 3): bias and
+  // masks broadcast over (S, H, max nq, max nk) = (2, 4, 5, 6), the block mask over its blocks.
+  const q = tensor(new Float32Array(8 * 4 * 3), [1, 8, 4, 3]);
+  const kv = tensor(new Float32Array(8 * 2 * 3), [1, 8, 2, 3]);
+  const packed = { cuSeqlensQ: new Int32Array([0, 3, 8]), cuSeqlensK: new Int32Array([0, 2, 8]) };
+  const opt = (o: unknown) => () => forward(q, kv, kv, { ...packed, ...(o as object) });
+  const bias = (shape: number[]) => ({ data: new Float32Array(shape.reduce((a, b) => a * b, 1)), dtype: 'f32', shape });
+  const mask = (shape: number[]) => ({ data: new Uint8Array(shape.reduce((a, b) => a * b, 1)), shape });
+  const cases: [string, () => Promise<unknown>, ErrorClass, string, ...string[]][] = [
+    ['bias over the packed rows (totalQ, totalK)', opt({ bias: bias([1, 4, 8, 8]) }), ShapeError, 'options.bias.shape', '[2, 4, 5, 6]', 'max nq'],
+    ['bias of another sequence count', opt({ bias: bias([3, 4, 5, 6]) }), ShapeError, 'options.bias.shape', '(S or 1'],
+    ['mask over the packed rows', opt({ mask: mask([1, 1, 8, 8]) }), ShapeError, 'options.mask.shape', '[2, 4, 5, 6]'],
+    ['blockMask of the packed block count', opt({ blockMask: { ...mask([1, 1, 4, 4]), blockSize: [2, 2] } }), ShapeError, 'options.blockMask.shape', '[2, 4, 3, 3]'],
+    ['alibiSlopes neither H nor S·H', opt({ alibiSlopes: new Float32Array(6) }), ShapeError, 'options.alibiSlopes', '4 (H) or 8 (S·H)'],
+  ];
+  for (const [name, call, kind, argument, ...mentions] of cases) test(name, () => rejects(call, kind, argument, ...mentions));
+});
+
 describe('backward: bad tensors', () => {
   const { q, k, v, dout } = good;
   const cases: [string, () => Promise<unknown>, ErrorClass, string, ...string[]][] = [

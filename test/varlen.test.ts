@@ -67,12 +67,14 @@ interface Results {
   dq: Float64Array;
   dk: Float64Array;
   dv: Float64Array;
+  dbias?: Float64Array;
 }
 
 /**
  * The float64 oracle, one standard attention per sequence on its rows (BNHD), written into packed
  * results: rows of a sequence without keys are out 0, lse −∞ and dq 0; keys of one without queries dk, dv 0.
- * `variants` hold per sequence; dropout draws sequence s's masks as batch row s's (heads s·H + h).
+ * `variants` hold per sequence (sequenceOptions cuts bias, mask and block mask by hand); dropout draws
+ * sequence s's masks as batch row s's (heads s·H + h); dbias sums each sequence's into the packed shape.
  */
 function oracle({ H, Hkv, D }: Heads, t: Packed, layout: Layout, causal: boolean, variants: AttentionOptions = {}): Results {
   const [Q, K, V, dO] = [t.q, t.k, t.v, t.dout].map((x) => bnhd(x, layout));
@@ -82,13 +84,16 @@ function oracle({ H, Hkv, D }: Heads, t: Packed, layout: Layout, causal: boolean
     dq: new Float64Array(Q.length),
     dk: new Float64Array(K.length),
     dv: new Float64Array(K.length),
+    ...(variants.biasGrad && { dbias: new Float64Array(variants.bias!.shape.reduce((a, b) => a * b, 1)) }),
   };
   for (let s = 0; s < SEQ_Q.length; s++) {
     const [q0, nq, k0, nk] = [cuSeqlensQ[s], SEQ_Q[s], cuSeqlensK[s], SEQ_K[s]];
     if (nq === 0 || nk === 0) continue;
     const rows = (x: Float64Array, at: number, n: number, h: number) => x.slice(at * h * D, (at + n) * h * D);
     const [Qs, Ks, Vs, dOs] = [rows(Q, q0, nq, H), rows(K, k0, nk, Hkv), rows(V, k0, nk, Hkv), rows(dO, q0, nq, H)];
-    const p = checkForward(tensor(Qs, [1, nq, H, D]), tensor(Ks, [1, nk, Hkv, D]), tensor(Vs, [1, nk, Hkv, D]), { ...variants, causal });
+    const own = sequenceOptions(variants, s, H, nq, nk);
+    if (own.bias) own.bias = tensor(toF64(own.bias as Tensor), own.bias.shape); // the oracle's bias in f64, as its inputs
+    const p = checkForward(tensor(Qs, [1, nq, H, D]), tensor(Ks, [1, nk, Hkv, D]), tensor(Vs, [1, nk, Hkv, D]), { ...own, causal });
     if (p.mods.dropout) p.mods.dropout.headOffset = s * H;
     const f = standardForward(p, Qs, Ks, Vs);
     const g = standardBackward(p, dOs, Qs, Ks, Vs);
@@ -97,8 +102,41 @@ function oracle({ H, Hkv, D }: Heads, t: Packed, layout: Layout, causal: boolean
     r.dq.set(g.dq, q0 * H * D);
     r.dk.set(g.dk, k0 * Hkv * D);
     r.dv.set(g.dv, k0 * Hkv * D);
+    if (r.dbias) {
+      const dbias = r.dbias;
+      const [Sb, Hb, Rb, Cb] = variants.bias!.shape;
+      const sub = (g as { dbias?: Float64Array }).dbias!;
+      const [rq, ck] = [Rb === 1 ? 1 : nq, Cb === 1 ? 1 : nk];
+      for (let h = 0; h < Hb; h++) {
+        for (let i = 0; i < rq; i++) for (let j = 0; j < ck; j++) dbias[(((Sb === 1 ? 0 : s) * Hb + h) * Rb + i) * Cb + j] += sub[(h * rq + i) * ck + j];
+      }
+    }
   }
   return r;
+}
+
+/**
+ * Sequence s's own options of a packed call's variants, cut by hand: bias, mask and block mask over
+ * (S, H, max nq, max nk) (blocks of those) give their (1, H, nq, nk) corner of batch row s; S·H ALiBi
+ * slopes give sequence s's H.
+ */
+function sequenceOptions(o: AttentionOptions, s: number, H: number, nq: number, nk: number): AttentionOptions {
+  const corner = <T extends Float32Array | Uint16Array | Uint8Array>(data: T, shape: readonly number[], rows: number, cols: number): { data: T; shape: number[] } => {
+    const [Sb, Hb, Rb, Cb] = shape;
+    const [r, c] = [Rb === 1 ? 1 : rows, Cb === 1 ? 1 : cols];
+    const out = new (data.constructor as new (n: number) => T)(Hb * r * c);
+    for (let h = 0; h < Hb; h++) for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[(h * r + i) * c + j] = data[(((Sb === 1 ? 0 : s) * Hb + h) * Rb + i) * Cb + j];
+    return { data: out, shape: [1, Hb, r, c] };
+  };
+  const x: AttentionOptions = { ...o };
+  if (o.alibiSlopes && o.alibiSlopes.length > H) x.alibiSlopes = o.alibiSlopes.slice(s * H, (s + 1) * H);
+  if (o.bias) x.bias = { ...corner(o.bias.data as Float32Array | Uint16Array, o.bias.shape, nq, nk), dtype: o.bias.dtype } as Tensor;
+  if (o.mask) x.mask = corner(o.mask.data, o.mask.shape, nq, nk);
+  if (o.blockMask) {
+    const [rows, cols] = o.blockMask.blockSize;
+    x.blockMask = { ...corner(o.blockMask.data, o.blockMask.shape, Math.ceil(nq / rows), Math.ceil(nk / cols)), blockSize: [rows, cols] };
+  }
+  return x;
 }
 
 /** Forward and backward over the packed sequences, results back in BNHD as f64. */
@@ -108,13 +146,15 @@ async function packed(t: Packed, layout: Layout, options: AttentionOptions): Pro
   assert.deepEqual(f.out.shape, t.q.shape);
   assert.deepEqual(f.lse.shape, [1, t.q.shape[layout === 'BNHD' ? 2 : 1], totalQ]);
   const g = await backward(t.dout, t.q, t.k, t.v, f.out, f.lse, o);
-  return { out: bnhd(f.out, layout), lse: toF64(f.lse), dq: bnhd(g.dq, layout), dk: bnhd(g.dk, layout), dv: bnhd(g.dv, layout) };
+  if (o.biasGrad) assert.deepEqual(g.dbias?.shape, o.bias?.shape, 'dbias has the bias\'s shape');
+  return { out: bnhd(f.out, layout), lse: toF64(f.lse), dq: bnhd(g.dq, layout), dk: bnhd(g.dk, layout), dv: bnhd(g.dv, layout), ...(g.dbias && { dbias: toF64(g.dbias) }) };
 }
 
 function assertRule(label: string, got: Results, standard: Results, ref: Results): void {
   assertWithinRule(`${label} out`, maxError(got.out, ref.out), maxError(standard.out, ref.out), 2);
   assertWithinRule(`${label} lse`, maxError(got.lse, ref.lse), maxError(standard.lse, ref.lse), 2);
   for (const g of ['dq', 'dk', 'dv'] as const) assertWithinRule(`${label} ${g}`, maxError(got[g], ref[g]), maxError(standard[g], ref[g]), 3);
+  if (ref.dbias) assertWithinRule(`${label} dbias`, maxError(got.dbias!, ref.dbias), maxError(standard.dbias!, ref.dbias), 3);
 }
 
 /** Rows no sequence computes hold exactly what a row that sees no key holds. */
@@ -194,6 +234,66 @@ describe('packed sequences with variants (window, ALiBi, soft-cap, dropout) agai
         const got = await packed(t, layout, { ...variants, causal, backend, algorithm: 'flash' });
         assertRule(`${backend} ${dtype} ${layout}`, got, standard, ref);
         assertEmptyRows(heads, got);
+      });
+    }
+  }
+});
+
+/** The longest sequence's lengths: the padded batch's Nq and Nk, over which packed variants broadcast. */
+const [maxNq, maxNk] = [Math.max(...SEQ_Q), Math.max(...SEQ_K)];
+
+/**
+ * bias, mask and block mask of packed sequences, as a batch padded to the longest sequence would take them:
+ * a full (S, H, max nq, max nk) bias (dbias per sequence), and one broadcast (1, H, 1, max nk) (dbias sums
+ * every sequence's), with a mask, a block mask of 2 × 3 blocks and S·H ALiBi slopes.
+ */
+function biasVariants(dtype: DType, H: number, full: boolean): AttentionOptions {
+  const S = SEQ_Q.length;
+  const keep = (n: number, seed: number, fraction: number) => Uint8Array.from(randomTensor('f32', [n], seed).data as Float32Array, (x) => (x > fraction ? 1 : 0));
+  const biasShape = full ? [S, H, maxNq, maxNk] : [1, H, 1, maxNk];
+  const blocks = [S, 1, Math.ceil(maxNq / 2), Math.ceil(maxNk / 3)];
+  return {
+    bias: randomTensor(dtype, biasShape, 31),
+    biasGrad: true,
+    ...(full
+      ? { alibiSlopes: Float32Array.from({ length: S * H }, (_, e) => 0.05 * (1 + (e % 7))) }
+      : {
+          mask: { data: keep(S * maxNq * maxNk, 32, -0.8), shape: [S, 1, maxNq, maxNk] },
+          blockMask: { data: keep(blocks.reduce((a, b) => a * b, 1), 33, -0.6), shape: blocks, blockSize: [2, 3] },
+        }),
+  };
+}
+
+describe('packed sequences with bias, mask and block mask against the oracle per sequence (forward, backward, dbias)', () => {
+  const cases: (Setting & { full: boolean })[] = [
+    { dtype: 'f32', layout: 'BNHD', causal: true, D: 7, full: true },
+    { dtype: 'f16', layout: 'BHND', causal: false, D: 16, full: false },
+  ];
+  for (const backend of ['reference', ...BACKENDS] as const) {
+    for (const { dtype, layout, causal, D, full } of cases) {
+      const skip = backend === 'webgpu' && dtype === 'f16' && !webgpuF16 ? 'this adapter lacks shader-f16' : undefined;
+      test(`${backend} ${dtype} ${layout} causal=${causal} D=${D} ${full ? 'full bias, ALiBi' : 'broadcast bias, mask, block mask'}`, { skip }, async () => {
+        const heads = { H: 4, Hkv: 2, D };
+        const t = packedInputs(heads, dtype, layout);
+        const variants = biasVariants(dtype, heads.H, full);
+        const ref = oracle(heads, t, layout, causal, variants);
+        const standard = await packed(t, layout, { ...variants, causal, backend: backend === 'webgpu' ? 'webgpu' : 'cpu', algorithm: 'standard' });
+        const got = await packed(t, layout, { ...variants, causal, backend, algorithm: 'flash' });
+        assertRule(`${backend} ${dtype} ${layout}`, got, standard, ref);
+        assertEmptyRows(heads, got);
+        // dbias where no sequence reads (rows and keys past a sequence's own lengths) is exactly 0.
+        if (full) {
+          const [S, H] = [SEQ_Q.length, heads.H];
+          for (let s = 0; s < S; s++) {
+            for (let h = 0; h < H; h++) {
+              for (let i = 0; i < maxNq; i++) {
+                for (let j = 0; j < maxNk; j++) {
+                  if (i >= SEQ_Q[s] || j >= SEQ_K[s]) assert.equal(got.dbias![((s * H + h) * maxNq + i) * maxNk + j], 0, `dbias[${s}, ${h}, ${i}, ${j}]`);
+                }
+              }
+            }
+          }
+        }
       });
     }
   }
@@ -301,6 +401,42 @@ if (BACKENDS.includes('webgpu')) {
         const standard = await packed(t, layout, { causal, backend: 'webgpu', algorithm: 'standard' });
         assertRule(`GPUBuffers ${dtype} ${layout} causal=${causal}`, got, standard, oracle(heads, t, layout, causal));
         assertEmptyRows(heads, got);
+      });
+    }
+
+    // A bias in a GPUBuffer: each sequence's part gathered on the device (an f16 part of an odd count of
+    // halves at (1, 1, max nq, max nk): 5·7 for sequence 0), its dbias added into the packed dbias there.
+    const biasCases = [
+      { dtype: 'f32', layout: 'BNHD', causal: true, D: 7, shape: [SEQ_Q.length, 4, maxNq, maxNk] },
+      { dtype: 'f16', layout: 'BHND', causal: false, D: 16, shape: [1, 1, maxNq, maxNk] },
+    ] as const;
+    for (const { dtype, layout, causal, D, shape } of biasCases) {
+      const skip = dtype === 'f16' && !webgpuF16 ? 'this adapter lacks shader-f16' : undefined;
+      test(`${dtype} ${layout}: a bias [${shape.join(', ')}] in a GPUBuffer, with dbias, within the rule`, { skip }, async () => {
+        const device = await webgpuDevice();
+        const heads = { H: 4, Hkv: 2, D };
+        const t = packedInputs(heads, dtype, layout);
+        const bias = randomTensor(dtype, [...shape], 41);
+        const variants = { bias, biasGrad: true };
+        const memory = new MemoryTracker();
+        const [q, k, v, dout, b] = [t.q, t.k, t.v, t.dout, bias].map((x) => onDevice(device, x));
+        const o = { causal, layout, cuSeqlensQ, cuSeqlensK, memory, bias: b, biasGrad: true };
+        const f = await forward(q, k, v, o);
+        const g = await backward(dout, q, k, v, f.out, f.lse, o);
+        assert.equal(memory.live, 0, 'nothing counted once the outputs are handed over');
+        assert.ok(g.dbias?.data instanceof GPUBuffer, 'dbias is a GPUBuffer');
+        assert.deepEqual(g.dbias.shape, [...shape]);
+        const got = {
+          out: bnhd(await readBack(device, f.out), layout),
+          lse: toF64(await readBack(device, f.lse)),
+          dq: bnhd(await readBack(device, g.dq), layout),
+          dk: bnhd(await readBack(device, g.dk), layout),
+          dv: bnhd(await readBack(device, g.dv), layout),
+          dbias: toF64(await readBack(device, g.dbias)),
+        };
+        [q, k, v, dout, b].forEach((x) => x.data.destroy());
+        const standard = await packed(t, layout, { ...variants, causal, backend: 'webgpu', algorithm: 'standard' });
+        assertRule(`GPUBuffers ${dtype} ${layout} bias`, got, standard, oracle(heads, t, layout, causal, variants));
       });
     }
 

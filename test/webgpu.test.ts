@@ -262,5 +262,31 @@ if (BACKENDS.includes('webgpu')) {
         }
       }
     });
+
+    test('a block mask and a mask changed in place between calls: the next call sees the change (what is kept between calls is checked against the contents)', async () => {
+      const g = { B: 1, H: 2, Hkv: 1, Nq: 40, Nk: 50, D: 8 };
+      const t = inputs(g, 'f32', 'BNHD');
+      const pattern = (n: number, seed: number) => Uint8Array.from({ length: n }, (_, e) => ((e * 7 + seed) % 5 === 0 ? 0 : 1));
+      const blockMask = { data: pattern(2 * 5 * 7, 1), shape: [1, 2, 5, 7], blockSize: [8, 8] as [number, number] };
+      const mask = { data: pattern(40 * 50, 2), shape: [1, 1, 40, 50] };
+      const o: AttentionOptions = { backend: 'webgpu', blockMask, mask };
+      const run = async (options: AttentionOptions) => {
+        const f = await forward(t.q, t.k, t.v, options);
+        const b = await backward(t.dout, t.q, t.k, t.v, f.out, f.lse, options);
+        return [f.out, f.lse, b.dq, b.dk, b.dv].map((x) => toF64(x));
+      };
+      // The same results as fresh arrays with the same contents (never seen: nothing kept), every call.
+      const fresh = () => run({ ...o, blockMask: { ...blockMask, data: blockMask.data.slice() }, mask: { ...mask, data: mask.data.slice() } });
+      for (let call = 0; call < 3; call++) assert.deepEqual(await run(o), await fresh(), `call ${call} with the same arrays`);
+      blockMask.data.set(pattern(blockMask.data.length, 3));
+      assert.deepEqual(await run(o), await fresh(), 'after the block mask changed in place');
+      mask.data.set(pattern(mask.data.length, 4));
+      assert.deepEqual(await run(o), await fresh(), 'after the mask changed in place');
+      const unchanged = await run(o);
+      mask.data[0] ^= 1; // one element: the first row's first key
+      const changed = await run(o);
+      assert.deepEqual(changed, await fresh(), 'after one element of the mask changed');
+      assert.notDeepEqual(changed[0], unchanged[0], 'that element changes out');
+    });
   });
 }

@@ -101,6 +101,11 @@ export class GpuBuffers {
       this.handOver(buffer);
       kept.set(key, buffer);
     }
+    return this.use(buffer);
+  }
+
+  /** Count a buffer kept between calls (not this call's to destroy) in this call's tracker while it runs. */
+  use(buffer: GPUBuffer): GPUBuffer {
     this.borrowed += this.memory.allocate(buffer.size);
     return buffer;
   }

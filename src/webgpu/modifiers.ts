@@ -49,34 +49,98 @@ function stridesOf(x: Broadcast | undefined): number[] {
 }
 
 /**
- * The tile table of a kernel with Br × Bc tiles: 2 bits per (b, h, query tile, key tile), over the axes
- * of B and H the block mask (and mask) do not broadcast; classes as src/modifiers.ts's tileClass (a
- * mask's tile with no kept element is EMPTY too). Each tile's count of kept blocks comes from prefix sums
- * of its (b, h) plane of the block mask, so a table costs O(tiles + blocks), not a scan per tile; and a
- * call with the same block mask (the same array and contents), sizes and tiles as an earlier call (a
- * training loop) takes the table it made then.
+ * A host array of the variants (a block mask's or a mask's bytes) as calls after the first see it: what
+ * was made from it, kept while the caller keeps the array and its contents. Every call compares the array
+ * with a copy of the contents these were made from (once per call, 4 bytes at a time: a caller may change
+ * its array in place between calls; then all of it is made again, the first call after the change paying as
+ * a first call does). Kept: tile tables (host), and per device the bits and tables uploaded (from the
+ * second call with the same contents on, so that an array used once keeps no device memory).
  */
-export function tileTable(p: Problem, Br: number, Bc: number): { words: Uint32Array; strides: number[] } {
-  const m = p.mods;
-  const bm = m.blockMask!;
-  const key = JSON.stringify([Br, Bc, p.B, p.H, p.Nq, p.Nk, m.band ?? null, bm.rows, bm.cols, bm.index.strides]);
-  const cached = m.mask ? undefined : TABLES.get(bm.data)?.find((t) => t.key === key && sameBytes(t.bytes, bm.data));
-  if (cached) return cached.table;
-  const table = makeTileTable(p, Br, Bc);
-  if (!m.mask) {
-    const list = TABLES.get(bm.data) ?? [];
-    TABLES.set(bm.data, [...list.slice(-3), { key, bytes: bm.data.slice(), table }]);
-  }
-  return table;
+interface Kept extends Reused {
+  bytes: Uint8Array;
+  tables: Map<string, Table>;
 }
 
-/** Tile tables by the block mask's array (a few per array: one per kernel of a forward and backward). */
-const TABLES = new WeakMap<Uint8Array, { key: string; bytes: Uint8Array; table: { words: Uint32Array; strides: number[] } }[]>();
+/** Something made for calls that repeat: how many calls found it (1: the call that made it), and its buffers per device. */
+interface Reused {
+  calls: number;
+  buffers: WeakMap<GPUDevice, Map<string, GPUBuffer>>;
+}
+
+/** A kernel's tile table (see tileTable). */
+interface Table extends Reused {
+  words: Uint32Array;
+  strides: number[];
+  /** The mask's Kept it was made with, if the call had a mask. */
+  mask?: Kept;
+}
+
+const KEPT = new WeakMap<Uint8Array, Kept>();
+
+/** Per call (its Modifiers object), the Kept of each array already compared in it. */
+const CHECKED = new WeakMap<Modifiers, Map<Uint8Array, Kept>>();
+
+/** The Kept of `data` for the call of `m`: compared once per call, made anew where the contents changed. */
+function kept(m: Modifiers, data: Uint8Array): Kept {
+  let checked = CHECKED.get(m);
+  if (!checked) CHECKED.set(m, (checked = new Map()));
+  const known = checked.get(data);
+  if (known) return known;
+  let k = KEPT.get(data);
+  if (k && sameBytes(k.bytes, data)) k.calls++;
+  else KEPT.set(data, (k = { bytes: data.slice(), calls: 1, buffers: new WeakMap(), tables: new Map() }));
+  checked.set(data, k);
+  return k;
+}
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
-  for (let e = 0; e < a.length; e++) if (a[e] !== b[e]) return false;
+  const n = b.byteOffset % 4 === 0 ? a.length >>> 2 : 0; // `a` is our copy, aligned
+  const [wa, wb] = [new Uint32Array(a.buffer, a.byteOffset, n), new Uint32Array(b.buffer, b.byteOffset, n)];
+  for (let e = 0; e < n; e++) if (wa[e] !== wb[e]) return false;
+  for (let e = 4 * n; e < a.length; e++) if (a[e] !== b[e]) return false;
   return true;
+}
+
+/**
+ * A storage buffer of `what`, made by `made`: per call for what a call finds for the first time, else
+ * kept on the device with `r` (made once per device), and counted in the call's buffers while it runs.
+ */
+function reusedUpload(buffers: GpuBuffers, r: Reused, key: string, made: () => Uint32Array, what: string, argument: string): GPUBuffer {
+  if (r.calls < 2) return buffers.upload(made(), what, argument);
+  let onDevice = r.buffers.get(buffers.device);
+  if (!onDevice) r.buffers.set(buffers.device, (onDevice = new Map()));
+  let buffer = onDevice.get(key);
+  if (!buffer) {
+    buffer = buffers.handOver(buffers.upload(made(), what, argument));
+    onDevice.set(key, buffer);
+  }
+  return buffers.use(buffer);
+}
+
+/**
+ * The tile table of a kernel with Br × Bc tiles: 2 bits per (b, h, query tile, key tile), over the axes
+ * of B and H the block mask (and mask) do not broadcast; classes as src/modifiers.ts's tileClass (a
+ * mask's tile with no kept element is EMPTY too). Each tile's count of kept blocks comes from prefix sums
+ * of its (b, h) plane of the block mask, so a table costs O(tiles + blocks), not a scan per tile (with a
+ * mask, each partial tile is scanned for a kept element); a call with the same block mask and mask (the
+ * same arrays and contents), sizes and tiles as an earlier call (a training loop) takes the table it made then.
+ */
+export function tileTable(p: Problem, Br: number, Bc: number): Table {
+  const m = p.mods;
+  const bm = m.blockMask!;
+  const k = kept(m, bm.data);
+  // A table made with a mask holds only for the same mask contents: those of the mask's Kept then.
+  const mask = m.mask ? kept(m, m.mask.data) : undefined;
+  const key = JSON.stringify([Br, Bc, p.B, p.H, p.Nq, p.Nk, m.band ?? null, bm.rows, bm.cols, bm.index.strides, m.mask?.index.strides ?? null]);
+  const cached = k.tables.get(key);
+  if (cached && cached.mask === mask) {
+    cached.calls++;
+    return cached;
+  }
+  const table: Table = { ...makeTileTable(p, Br, Bc), mask, calls: 1, buffers: new WeakMap() };
+  k.tables.set(key, table);
+  return table;
 }
 
 function makeTileTable(p: Problem, Br: number, Bc: number): { words: Uint32Array; strides: number[] } {
@@ -181,10 +245,10 @@ export function modBuffers(
     else if (b.dtype === 'f32') out.set(2, buffers.upload(b.data as Float32Array, 'bias', 'options.bias'));
     else out.set(2, buffers.upload(decodeF16(b.data as Uint16Array), 'bias', 'options.bias')); // a host f16 bias is read as f32
   }
-  if (f.mask) out.set(3, buffers.upload(bits(m.mask!.data), 'mask bits', 'options.mask'));
+  if (f.mask) out.set(3, reusedUpload(buffers, kept(m, m.mask!.data), 'bits', () => bits(m.mask!.data), 'mask bits', 'options.mask'));
   if (f.blocks) {
-    if (table) out.set(4, buffers.upload(table.words, 'tile table', 'options.blockMask'));
-    out.set(5, buffers.upload(bits(m.blockMask!.data), 'block mask bits', 'options.blockMask'));
+    if (table) out.set(4, reusedUpload(buffers, table, 'tiles', () => table.words, 'tile table', 'options.blockMask'));
+    out.set(5, reusedUpload(buffers, kept(m, m.blockMask!.data), 'bits', () => bits(m.blockMask!.data), 'block mask bits', 'options.blockMask'));
   }
   if (f.biasGrad && dbias) out.set(6, dbias);
   return out;
