@@ -146,24 +146,36 @@ ${n.map((e) => `      ${guard(e, tiles.map((t, ti) => `${t}[e${e} / D4][e${e} % 
   };
   // S = (scale·Q_i) K_jᵀ and dP = dO_i V_jᵀ, this invocation's TM×TN entries: S in the forwards' order
   // of D (common.ts's S_CHUNK4), dP in order of D.
-  // One step d of both sums, at `indent`; S's terms go to `s(i, j)`.
-  const step = (indent: string, s: (i: number, j: number) => string) => `${range(TM)
-    .map((i) => `${indent}let q${i} = Qi[${rowOf(i)}][d];\n${indent}let o${i} = dOi[${rowOf(i)}][d];`)
-    .join('\n')}
-${range(TN)
-  .map((j) => `${indent}let k${j} = Kj[${keyOf(j)}][d];\n${indent}let v${j} = Vj[${keyOf(j)}][d];`)
-  .join('\n')}
-${grid(TM, TN)
-  .map(([i, j]) => `${indent}${s(i, j)} += dot(q${i}, k${j});\n${indent}dp${i}_${j} += dot(o${i}, v${j});`)
-  .join('\n')}`;
   const scores = `${grid(TM, TN)
     .map(([i, j]) => `    var s${i}_${j} = 0.0;\n    var dp${i}_${j} = 0.0;`)
     .join('\n')}
 ${
   chunkedS(D4, p.plainS)
-    ? chunkedLoopWGSL(D4, bound(D4), '    ', grid(TM, TN).map(([i, j]) => `s${i}_${j}`), step('        ', (i, j) => `s${i}_${j}_part`))
+    ? chunkedLoopWGSL(
+        D4,
+        bound(D4),
+        '    ',
+        grid(TM, TN).map(([i, j]) => `s${i}_${j}`),
+        `${range(TM)
+          .map((i) => `        let q${i} = Qi[${rowOf(i)}][d];\n        let o${i} = dOi[${rowOf(i)}][d];`)
+          .join('\n')}
+${range(TN)
+  .map((j) => `        let k${j} = Kj[${keyOf(j)}][d];\n        let v${j} = Vj[${keyOf(j)}][d];`)
+  .join('\n')}
+${grid(TM, TN)
+  .map(([i, j]) => `        s${i}_${j}_part += dot(q${i}, k${j});\n        dp${i}_${j} += dot(o${i}, v${j});`)
+  .join('\n')}`,
+      )
     : `    for (var d = 0u; d < ${bound(D4)}; d++) {
-${step('      ', (i, j) => `s${i}_${j}`)}
+${range(TM)
+  .map((i) => `      let q${i} = Qi[${rowOf(i)}][d];\n      let o${i} = dOi[${rowOf(i)}][d];`)
+  .join('\n')}
+${range(TN)
+  .map((j) => `      let k${j} = Kj[${keyOf(j)}][d];\n      let v${j} = Vj[${keyOf(j)}][d];`)
+  .join('\n')}
+${grid(TM, TN)
+  .map(([i, j]) => `      s${i}_${j} += dot(q${i}, k${j});\n      dp${i}_${j} += dot(o${i}, v${j});`)
+  .join('\n')}
     }`
 }`;
   // Query row r0 + rowOf(i) sees key c0 + keyOf(j) (sees(L): the row sees some key; a NaN L passes).

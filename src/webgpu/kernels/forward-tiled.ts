@@ -157,12 +157,6 @@ export function forwardTiledWGSL(p: ForwardTiledParams, workgroupLimit: number):
   const keyOf = (j: number) => `${G}u * (cg + ${Math.floor(j / G) * CT}u) + ${j % G}u`;
   const keyRow = (j: number) => `cg + ${(j % G) * BcG + Math.floor(j / G) * CT}u`;
   const colOf = (t: number) => `cg + ${t * CT}u`; // vec4 column of O_i, V_j for its t-th column
-  // One step d of S = Q_i K_jᵀ, at `indent`; its terms go to `s(i, j)`.
-  const scoreStep = (indent: string, s: (i: number, j: number) => string) => `${I.map((i) => `${indent}let q${i} = Qi[${rowOf(i)}][d];`).join('\n')}
-${J.map((j) => `${indent}let k${j} = Kj[${keyRow(j)}][d];`).join('\n')}
-${grid(TM, TN)
-  .map(([i, j]) => `${indent}${s(i, j)} += dot(q${i}, k${j});`)
-  .join('\n')}`;
   const maxOf = (xs: string[]): string => (xs.length === 1 ? xs[0] : `max(${maxOf(xs.slice(0, -1))}, ${xs[xs.length - 1]})`);
   // Copies `rows` rows of D4 vec4s into `tile` (an array of rows), WG invocations at a time; `value(r, d)`
   // is the vec4 for tile row r, column d. Unrolled: straight-line code with every load before the first
@@ -261,9 +255,23 @@ ${grid(TM, TN)
   .join('\n')}
 ${
   chunkedS(D4)
-    ? chunkedLoopWGSL(D4, bound(D4), '    ', grid(TM, TN).map(([i, j]) => `s${i}_${j}`), scoreStep('        ', (i, j) => `s${i}_${j}_part`))
+    ? chunkedLoopWGSL(
+        D4,
+        bound(D4),
+        '    ',
+        grid(TM, TN).map(([i, j]) => `s${i}_${j}`),
+        `${I.map((i) => `        let q${i} = Qi[${rowOf(i)}][d];`).join('\n')}
+${J.map((j) => `        let k${j} = Kj[${keyRow(j)}][d];`).join('\n')}
+${grid(TM, TN)
+  .map(([i, j]) => `        s${i}_${j}_part += dot(q${i}, k${j});`)
+  .join('\n')}`,
+      )
     : `    for (var d = 0u; d < ${bound(D4)}; d++) {
-${scoreStep('      ', (i, j) => `s${i}_${j}`)}
+${I.map((i) => `      let q${i} = Qi[${rowOf(i)}][d];`).join('\n')}
+${J.map((j) => `      let k${j} = Kj[${keyRow(j)}][d];`).join('\n')}
+${grid(TM, TN)
+  .map(([i, j]) => `      s${i}_${j} += dot(q${i}, k${j});`)
+  .join('\n')}
     }`
 }
     // Masked entries are MASKED; each invocation's row max goes to share.
