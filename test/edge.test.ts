@@ -99,11 +99,5 @@ for (const target of TARGETS) {
         await checkInputs(`${target.backend} scale=${scale}`, inputs({ B: 1, H: 2, Hkv: 2, Nq: 45, Nk: 77, D: 19 }, 'f32', 'BNHD'), { scale }, target);
       }
     });
-
-    // Large |scale| at D = 128: the scores' rounding error, which grows with |scale|, is out's largest there;
-    // summed as one running sum over D, the webgpu kernels' out was 2.8× the standard's (lavapipe).
-    test('a large softmax scale, D = 128 (scores summed over D as the standard sums them)', async () => {
-      await checkInputs(`${target.backend} scale=3`, inputs({ B: 1, H: 2, Hkv: 2, Nq: 113, Nk: 300, D: 128 }, 'f32', 'BNHD'), { scale: 3 }, target);
-    });
   });
 }

@@ -11,7 +11,7 @@ import type { AnyTensor } from '../tensor.js';
 import { Call, gpuFor, sizesOf } from './call.js';
 import type { Gpu } from './device.js';
 import { backwardChoice, backwardKernels, backwardParams, backwardTiles, forwardChoice, forwardKernel, forwardTiles, type BackwardChoice, type ForwardChoice } from './families.js';
-import { chunkedS, sizesBytes } from './kernels/common.js';
+import { sizesBytes } from './kernels/common.js';
 import { preprocessWGSL } from './kernels/backward.js';
 import { absmaxWGSL, splitCountBytes, splitGroups, splitWGSL } from './kernels/split.js';
 import { dispatch, pipeline } from './pipelines.js';
@@ -147,7 +147,7 @@ export async function webgpuBackward(
   try {
     const preParams = backwardParams(p, gpu).pre;
     const pre = await pipeline(gpu.device, 'backwardPreprocess', preParams, preprocessWGSL);
-    const choice = plainWhereDecoded(p, gpu, choose(p, gpu));
+    const choice = choose(p, gpu);
     const { kv, q: dqPipe, keys: keysPerGroup, rows: rowsPerGroup } = await backwardKernels(gpu, choice);
     // The variants' bind groups (each kernel its own tile table), and dS for dbias (zeroed at creation: the
     // entries of skipped tiles and dropped elements stay 0).
@@ -175,14 +175,4 @@ export async function webgpuBackward(
   } finally {
     call.dispose();
   }
-}
-
-/**
- * A problem whose forward runs on the decode schedule got its L from kernels that sum S as one running
- * sum over D: its portable or tiled backward sums S so too (kernels/common.ts's chunkedS), so that its
- * P = exp(S − L) is the forward's (one key: P = 1).
- */
-function plainWhereDecoded(p: Problem, gpu: Gpu, choice: BackwardChoice): BackwardChoice {
-  if (choice.kernel === 'matrix' || !chunkedS(Math.ceil(p.D / 4)) || !decodeFits(p, gpu)) return choice;
-  return { ...choice, kv: { ...choice.kv, plainS: true }, q: { ...choice.q, plainS: true } } as BackwardChoice;
 }

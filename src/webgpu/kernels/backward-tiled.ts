@@ -5,9 +5,8 @@
  * and a dQ kernel that recomputes S and dP; no two workgroups write the same element (deterministic, no
  * float atomics). Masks, tails, causal block skipping, grouped-query heads, rows that see no key and NaN
  * as the portable kernels (backward.ts), whose arithmetic each kernel repeats entry by entry:
- *   - S is recomputed as the forwards compute it, s += dot(scale·q, k) over vec4s in the order of D of
- *     common.ts's S_CHUNK4 (Q_i is staged with the scale folded in), so that P = exp(S − L) is the
- *     forward's P (one key: P = 1);
+ *   - S is recomputed as the forwards compute it, s += dot(scale·q, k) over vec4s in order of D (Q_i is
+ *     staged with the scale folded in), so that P = exp(S − L) is the forward's P (one key: P = 1);
  *   - dP = dO_i V_jᵀ is summed vec4 by vec4 in order of D, as the preprocess sums D (one key: dP − D = 0);
  *   - the accumulators are two-level: a block's partial sum (in the portable kernels' order), then added
  *     to the accumulator.
@@ -56,7 +55,7 @@
  * or keys run to constant bounds with `unroll` (GPU compilers unroll them), else to opaque() bounds
  * (software adapters). With D % 4 == 0 storage is read and written as vec4s.
  */
-import { MASKED_WGSL, NAN_TESTS_WGSL, OPAQUE_WGSL, chunkedLoopWGSL, chunkedS, QUERY_HEAD_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, firstQueryBlockWGSL, keyBlocksWGSL, type StorageType } from './common.js';
+import { MASKED_WGSL, NAN_TESTS_WGSL, OPAQUE_WGSL, QUERY_HEAD_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, firstQueryBlockWGSL, keyBlocksWGSL, type StorageType } from './common.js';
 import { rowStatsWGSL } from './backward.js';
 import { forwardTiledProblem, loadRow, storeRow4, variants } from './forward-tiled.js';
 import { grid, range } from './matrix.js';
@@ -79,8 +78,6 @@ export interface BackwardTiledParams {
   causal: boolean;
   /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
   mods?: string;
-  /** S as one running sum over D (common.ts's chunkedS): L came from the decode kernels. */
-  plainS?: boolean;
 }
 
 export type BackwardTiledTiles = Pick<BackwardTiledParams, 'Br' | 'Bc' | 'TM' | 'TN'>;
@@ -144,29 +141,11 @@ ${n.map((e) => `      let e${e} = lid + ${e * WG}u;\n${tiles.map((t, ti) => `   
 ${n.map((e) => `      ${guard(e, tiles.map((t, ti) => `${t}[e${e} / D4][e${e} % D4] = x${ti}_${e};`).join(' '))}`).join('\n')}
     }`;
   };
-  // S = (scale·Q_i) K_jᵀ and dP = dO_i V_jᵀ, this invocation's TM×TN entries: S in the forwards' order
-  // of D (common.ts's S_CHUNK4), dP in order of D.
+  // S = (scale·Q_i) K_jᵀ and dP = dO_i V_jᵀ, this invocation's TM×TN entries, in order of D.
   const scores = `${grid(TM, TN)
     .map(([i, j]) => `    var s${i}_${j} = 0.0;\n    var dp${i}_${j} = 0.0;`)
     .join('\n')}
-${
-  chunkedS(D4, p.plainS)
-    ? chunkedLoopWGSL(
-        D4,
-        bound(D4),
-        '    ',
-        grid(TM, TN).map(([i, j]) => `s${i}_${j}`),
-        `${range(TM)
-          .map((i) => `        let q${i} = Qi[${rowOf(i)}][d];\n        let o${i} = dOi[${rowOf(i)}][d];`)
-          .join('\n')}
-${range(TN)
-  .map((j) => `        let k${j} = Kj[${keyOf(j)}][d];\n        let v${j} = Vj[${keyOf(j)}][d];`)
-  .join('\n')}
-${grid(TM, TN)
-  .map(([i, j]) => `        s${i}_${j}_part += dot(q${i}, k${j});\n        dp${i}_${j} += dot(o${i}, v${j});`)
-  .join('\n')}`,
-      )
-    : `    for (var d = 0u; d < ${bound(D4)}; d++) {
+    for (var d = 0u; d < ${bound(D4)}; d++) {
 ${range(TM)
   .map((i) => `      let q${i} = Qi[${rowOf(i)}][d];\n      let o${i} = dOi[${rowOf(i)}][d];`)
   .join('\n')}
@@ -176,8 +155,7 @@ ${range(TN)
 ${grid(TM, TN)
   .map(([i, j]) => `      s${i}_${j} += dot(q${i}, k${j});\n      dp${i}_${j} += dot(o${i}, v${j});`)
   .join('\n')}
-    }`
-}`;
+    }`;
   // Query row r0 + rowOf(i) sees key c0 + keyOf(j) (sees(L): the row sees some key; a NaN L passes).
   const visible = (i: number, j: number) => `c0 + ${keyOf(j)} < u.Nk && sees(L${i})${mods.keep(`r0 + ${rowOf(i)}`, `c0 + ${keyOf(j)}`)}`;
   // The score modifier of entry (i, j): `let sg = vec2(modified score, soft-cap's derivative)`, when any.

@@ -39,7 +39,7 @@
  * skips it, dS needs it) and scales dV_j by 1/(1 − p) once, at the write. The dK/dV kernel writes dS
  * (before the soft-cap's derivative) to dbias where the bias's gradient is asked for.
  */
-import { MASKED_WGSL, NAN_TESTS_WGSL, chunkedLoopWGSL, chunkedS, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, firstQueryBlockWGSL } from './common.js';
+import { MASKED_WGSL, NAN_TESTS_WGSL, QUERY_HEAD_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType, firstQueryBlockWGSL } from './common.js';
 import { loadVec4 } from './forward.js';
 import { keepWGSL, keyBlockLoopWGSL, modFlags, modifiersWGSL, type ModFlags, scoreWGSL, windowQueryBlocksWGSL } from './modifiers.js';
 
@@ -63,8 +63,6 @@ export interface BackwardParams {
   causal: boolean;
   /** The variants beyond causal (kernels/modifiers.ts's flags); absent for plain and causal calls. */
   mods?: string;
-  /** S as one running sum over D (common.ts's chunkedS): L came from the decode kernels. */
-  plainS?: boolean;
 }
 
 export function backwardKVWorkgroupBytes(p: Pick<BackwardParams, 'D' | 'Br' | 'Bc'>): number {
@@ -172,7 +170,7 @@ export function rowStatsWGSL(): string {
  * dS = P ∘ (dP − D_i), written to dbias where asked, then times the soft-cap's derivative (from the score,
  * recomputed as the P step computed it).
  */
-function kvDsWGSL(f: ModFlags, D4: number, plainS: boolean | undefined): string {
+function kvDsWGSL(f: ModFlags): string {
   return `let t = T[e];
         if (nonzero(t)) {
           let r = e / Bc;
@@ -187,9 +185,9 @@ function kvDsWGSL(f: ModFlags, D4: number, plainS: boolean | undefined): string 
           var ds = pe * (select(0.0, mu.dropScale, t > 0.0) * dp - Drow[r]);` : `var ds = t * (dp - Drow[r]);`}${f.biasGrad ? `
           dbias[(bh * u.Nq + row) * u.Nk + key] = ds;` : ''}${f.softcap ? `
           var s = 0.0;
-${chunkedS(D4, plainS) ? chunkedLoopWGSL(D4, 'd4', '          ', ['s'], '              s_part += dot(Qi[r * D4 + d], Kj[c * D4 + d]);') : `          for (var d = 0u; d < d4; d++) {
+          for (var d = 0u; d < d4; d++) {
             s += dot(Qi[r * D4 + d], Kj[c * D4 + d]);
-          }`}
+          }
           ds *= mod_score2(bh, row, key, s).y;` : ''}
           T[e] = ds;
         }`;
@@ -294,9 +292,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         let row = r0 + r;` : ''}
         if (key < u.Nk && sees(L)${mods ? keepWGSL(p, 'bh', 'row', 'key') : causal ? ' && visible(r0 + r, key)' : ''}) {
           var s = 0.0;
-${chunkedS(D4, p.plainS) ? chunkedLoopWGSL(D4, 'd4', '          ', ['s'], '              s_part += dot(Qi[r * D4 + d], Kj[c * D4 + d]);') : `          for (var d = 0u; d < d4; d++) {
+          for (var d = 0u; d < d4; d++) {
             s += dot(Qi[r * D4 + d], Kj[c * D4 + d]);
-          }`}
+          }
           pe = exp(${mods ? scoreWGSL(p, 'bh', 'row', 'key', 's') : 's'} - L);${f.dropout ? `
           pe = select(-pe, pe, mod_drop(bh, row, key) != 0.0); // dropped: −P` : ''}
         }
@@ -317,7 +315,7 @@ ${chunkedS(D4, p.plainS) ? chunkedLoopWGSL(D4, 'd4', '          ', ['s'], '     
       workgroupBarrier();
       // Alg. 2 lines 13-14: dP = dO_i V_jᵀ, dS = P ∘ (dP − D), in place.
       for (var e = lid; e < Br * Bc; e += WG) {
-        ${mods ? kvDsWGSL(f, D4, p.plainS) : `let pe = T[e];
+        ${mods ? kvDsWGSL(f) : `let pe = T[e];
         if (nonzero(pe)) {
           let r = e / Bc;
           let c = e % Bc;
@@ -452,9 +450,9 @@ ${QUERY_HEAD_WGSL}
       let row = r0 + r;` : ''}
       if (key < u.Nk && sees(L)${mods ? keepWGSL(p, 'bh', 'row', 'key') : causal ? ' && visible(r0 + r, key)' : ''}) {
         var s = 0.0;
-${chunkedS(D4, p.plainS) ? chunkedLoopWGSL(D4, 'd4', '        ', ['s'], '            s_part += dot(Qi[r * D4 + d], KV[c * D4 + d]);') : `        for (var d = 0u; d < d4; d++) {
+        for (var d = 0u; d < d4; d++) {
           s += dot(Qi[r * D4 + d], KV[c * D4 + d]);
-        }`}
+        }
         ${mods ? `let sg = ${scores ? 'mod_score2(bh, row, key, s)' : 'vec2<f32>(s, 1.0)'}; // (modified score, soft-cap derivative)
         ds = exp(sg.x - L) * (T[e]${f.dropout ? ' * mod_drop(bh, row, key)' : ''} - Drow[r]) * sg.y;` : 'ds = exp(s - L) * (T[e] - Drow[r]);'}
       }

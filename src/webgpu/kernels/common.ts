@@ -55,43 +55,6 @@ export const QUERY_HEAD_WGSL = `  let bh = wid.y;
 export const NEG_INF_BITS = '0xff800000u';
 
 /**
- * The order in which the flash kernels sum S = (scale·Q_i) K_jᵀ over D: in chunks of S_CHUNK4 vec4s (32
- * values), each chunk's partial sum apart, then the chunk sums in order, as the standard attention's
- * matmul (kernels/standard.ts) sums over K in blocks. A running sum over all of D = 128 carried 2–3× the
- * standard's rounding error into out, lse and dk at |scale| ≥ 3 on lavapipe (the scores' error grows with
- * |scale|, and at such scales it is out's largest; bench/variants/probe-scale.ts). Every kernel of the
- * forward and backward sums S in this order, so that the backward's P = exp(S − L) is the forward's; for
- * D4 ≤ S_CHUNK4 + 1 (D ≤ 36) it is the plain running sum, and the kernels keep their plain loop there.
- * The decode kernels (few queries) sum as one running sum: a backward of a problem whose forward ran
- * there sums so too (its params' `plainS`, set by webgpu/index.ts).
- */
-export const S_CHUNK4 = 8;
-
-/**
- * Does S sum over D in chunks (else the plain running sum, which equals it for D4 ≤ S_CHUNK4 + 1)?
- * `plainS`: a backward whose L came from the decode kernels, which sum S as one running sum.
- */
-export function chunkedS(D4: number, plainS?: boolean): boolean {
-  return D4 > S_CHUNK4 + 1 && !plainS;
-}
-
-/**
- * WGSL: the chunked loop over d in [0, D4) (`bound`: the loop bound's expression) at `indent`. `body`
- * (indented by indent + 4) adds its terms of d into `<acc>_part` for each accumulator in `sums`, which
- * take each chunk's partial sum; other statements of `body` run once per d, in order.
- */
-export function chunkedLoopWGSL(D4: number, bound: string, indent: string, sums: string[], body: string): string {
-  const end = D4 % S_CHUNK4 === 0 ? `d0 + ${S_CHUNK4}u` : `min(d0 + ${S_CHUNK4}u, ${bound})`;
-  return `${indent}for (var d0 = 0u; d0 < ${bound}; d0 += ${S_CHUNK4}u) {
-${sums.map((a) => `${indent}  var ${a}_part = 0.0;`).join('\n')}
-${indent}  for (var d = d0; d < ${end}; d++) {
-${body}
-${indent}  }
-${sums.map((a) => `${indent}  ${a} += ${a}_part;`).join('\n')}
-${indent}}`;
-}
-
-/**
  * `opaque(n)` is n, in a form the shader compiler cannot fold (B is never 0). Inner loops run to
  * opaque(D4) or opaque(Bc) so that lavapipe's LLVM does not unroll them completely: fully unrolled, one
  * pipeline took 8-14 s to compile there, against about 1 s; GPU drivers still unroll what pays.

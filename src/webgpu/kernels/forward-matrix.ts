@@ -68,7 +68,7 @@
  * tensor cores made this kernel 1.18× (D = 128, N = 4096) to 1.35× (causal) the one before; staging K_j,
  * V_j as whole fragments (subgroupMatrixLoad from storage, subgroupMatrixStore) was 2.3× slower.
  */
-import { MASKED_WGSL, NAN_WGSL, chunkedLoopWGSL, chunkedS, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, type StorageType } from './common.js';
+import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, keyBlocksWGSL, type StorageType } from './common.js';
 import { FRAGMENT, LEFT, LOG2E_WGSL, MATRIX_ENABLES, RESULT, RIGHT, combine, grid, BAND_FULL_WGSL, blockLoopWGSL, hasFullBlocks, kvStaging, matrixKeepWGSL, range, tileWalkWGSL, warpRowsWGSL } from './matrix.js';
 import { modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
 import { SPLIT_EXPONENT_WGSL, SPLIT_HIGH_WGSL } from './split.js';
@@ -436,20 +436,15 @@ ${split ? '  let l = l32 * PSCALE; // what O_i is made of: P̃·2^7' : lOnes ? r
   if (part == 0u) {
 ${
   split
-    ? `    // The f32 kernels' backward recomputes S = Σ dot(scale·q, k) over vec4s in the order of common.ts's
-    // S_CHUNK4, and P = exp(S − L): at logits of 1e4 the split's score is off by more than P can bear (a
-    // one-hot row's P must come out 1). So L takes the score of key km as those kernels compute it, from
-    // the f32 inputs.
+    ? `    // The f32 kernels' backward recomputes S = Σ dot(scale·q, k) over vec4s in order of D, and P =
+    // exp(S − L): at logits of 1e4 the split's score is off by more than P can bear (a one-hot row's P
+    // must come out 1). So L takes the score of key km as those kernels compute it, from the f32 inputs.
     var se = 0.0;
     let qr = (qo + row * u.qRow) / 4u;
     let kc = (ko + km * u.kvRow) / 4u;
-${
-  chunkedS(D / 4)
-    ? chunkedLoopWGSL(D / 4, `${D / 4}u`, '    ', ['se'], '        se_part += dot(q32[qr + d] * u.scale, k32[kc + d]);')
-    : `    for (var d4 = 0u; d4 < ${D / 4}u; d4++) {
+    for (var d4 = 0u; d4 < ${D / 4}u; d4++) {
       se += dot(q32[qr + d4] * u.scale, k32[kc + d4]);
-    }`
-}
+    }
     let L = ${scores ? 'mod_score(bh, row, km, se)' : 'se'} + log(l32);`
     : `    let L = sm${scores ? '' : ' * u.scale'} + log(l32);`
 }

@@ -16,9 +16,8 @@
  * tile row w·Bc/G + g: the invocations of a warp then read consecutive rows, without bank conflicts.
  * Per key block:
  *   1. S = Q_i K_jᵀ: per vec4 of D, TM + TN vec4 loads feed TM·TN dot products (4·TM·TN multiply-adds),
- *      summed as the backward (backward.ts) recomputes S, s += dot(scale·q, k) in the order of D of
- *      common.ts's S_CHUNK4, so that P = exp(S − L) there is exactly what it was here (one key: P = 1,
- *      dV = dO exactly);
+ *      summed as the backward (backward.ts) recomputes S, s += dot(scale·q, k) in order of D, so that
+ *      P = exp(S − L) there is exactly what it was here (one key: P = 1, dV = dO exactly);
  *   2. the row max over the CT invocations that share a row, through workgroup memory; each of them
  *      computes the same m, rescales its own O and l by e^(m_old − m), and writes its P̃ = exp(S − m);
  *   3. O += P̃ V_j: per G keys, TM loads of P̃ (vecG) and G·TDV vec4 loads of V_j feed 4·G·TM·TDV
@@ -42,7 +41,7 @@
  * as vec4s. The tiles are arrays of rows, indexed [row][column]: the bounds clamps that robustness adds to
  * every index then apply to the row (loop-invariant) and to a column that unrolled loops make constant.
  */
-import { MASKED_WGSL, QUERY_HEAD_WGSL, chunkedLoopWGSL, chunkedS, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, keyBlocksWGSL, type StorageType } from './common.js';
+import { MASKED_WGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, keyBlocksWGSL, type StorageType } from './common.js';
 import { loadVec4 } from './forward.js';
 import { grid, range } from './matrix.js';
 import { keepWGSL, modFlags, modifiersWGSL, scoreWGSL, windowKeyBlocksWGSL } from './modifiers.js';
@@ -253,27 +252,13 @@ ${
 ${grid(TM, TN)
   .map(([i, j]) => `    var s${i}_${j} = 0.0;`)
   .join('\n')}
-${
-  chunkedS(D4)
-    ? chunkedLoopWGSL(
-        D4,
-        bound(D4),
-        '    ',
-        grid(TM, TN).map(([i, j]) => `s${i}_${j}`),
-        `${I.map((i) => `        let q${i} = Qi[${rowOf(i)}][d];`).join('\n')}
-${J.map((j) => `        let k${j} = Kj[${keyRow(j)}][d];`).join('\n')}
-${grid(TM, TN)
-  .map(([i, j]) => `        s${i}_${j}_part += dot(q${i}, k${j});`)
-  .join('\n')}`,
-      )
-    : `    for (var d = 0u; d < ${bound(D4)}; d++) {
+    for (var d = 0u; d < ${bound(D4)}; d++) {
 ${I.map((i) => `      let q${i} = Qi[${rowOf(i)}][d];`).join('\n')}
 ${J.map((j) => `      let k${j} = Kj[${keyRow(j)}][d];`).join('\n')}
 ${grid(TM, TN)
   .map(([i, j]) => `      s${i}_${j} += dot(q${i}, k${j});`)
   .join('\n')}
-    }`
-}
+    }
     // Masked entries are MASKED; each invocation's row max goes to share.
 ${I.map(
   (i) => `${J.map((j) => `    s${i}_${j} = select(MASKED, ${score(i, j)}, ${visible(i, j)});`).join('\n')}

@@ -22,7 +22,7 @@
  * to the band's, the block mask's empty tiles are skipped, the element rule and the score modifier apply
  * where S is computed, and dropout multiplies P̃ by its 0 or 1/(1 − p) where P̃ meets V_j (l sums P̃ itself).
  */
-import { MASKED_WGSL, chunkedLoopWGSL, chunkedS, rowSoftmaxWGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
+import { MASKED_WGSL, rowSoftmaxWGSL, QUERY_HEAD_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, SIZES_WGSL, VISIBLE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
 import { keepWGSL, keyBlockLoopWGSL, modFlags, modifiersWGSL, scoreWGSL } from './modifiers.js';
 
 export interface ForwardParams {
@@ -126,9 +126,9 @@ ${QUERY_HEAD_WGSL}
       let r = e / Bc;
       let c = e % Bc;
       var s = 0.0;
-${chunkedS(D4) ? chunkedLoopWGSL(D4, 'd4', '      ', ['s'], '          s_part += dot(Qi[r * D4 + d], KV[c * D4 + d]);') : `      for (var d = 0u; d < d4; d++) {
+      for (var d = 0u; d < d4; d++) {
         s += dot(Qi[r * D4 + d], KV[c * D4 + d]);
-      }`}
+      }
       let key = c0 + c;
       ${mods ? `let row = r0 + r;
       var x = MASKED;
