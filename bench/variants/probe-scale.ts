@@ -29,6 +29,9 @@
  *     the backward's P = exp(S − L) must be the forward's, else dv's error grew to 5–9×): out 0.52–1.23×,
  *     lse 0.60–1.17×, dq ≤ 1.45×, dk ≤ 1.25×, dv ≤ 1.41× over the same 12 cases; D = 64: out ≤ 1.55×,
  *     lse ≤ 1.05×, dq, dk ≤ 1.69×, dv ≤ 1.08× (before: out up to 1.96×).
+ * The chunked sum was then reverted: on an H200 it made the register-tiled f32 kernels 6–36 % slower
+ * (bench/results/2026-12-04-h200-evening.md), and the plain kernels may not get slower. The kernels sum
+ * S in one running sum again, and this probe measures that (the figures "before" above).
  */
 import { backward, forward, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
