@@ -1,15 +1,16 @@
 /**
  * Lab notebook: the cpu backend's flash forward in WebAssembly SIMD (src/cpu/wasm) against flash.ts's
  * JavaScript kernel, through forward() (the worker pool, every core), in GFLOP/s (4·B·H·Nq·Nk·D a
- * forward, half of it causal). The two kernels' samples alternate in one process (setCpuKernels), so a
+ * forward, half of it causal); with --backward, the backward through backward() instead (2.5 times the
+ * forward's FLOPs, out and lse from one forward beforehand). The two kernels' samples alternate in one process (setCpuKernels), so a
  * machine shared with other work disturbs both alike; each sample also gives the share of the machine's
  * CPU time that other processes took meanwhile (/proc/stat against this process's own, on Linux).
- * Run: node dist/bench/variants/cpu-wasm.js [--n 1024,4096] [--heads 8] [--dim 64] [--repeats 3]
+ * Run: node dist/bench/variants/cpu-wasm.js [--n 1024,4096] [--heads 8] [--dim 64] [--repeats 3] [--backward]
  *   (node --experimental-wasm-relaxed-simd ... on Node 20 for the relaxed-SIMD module)
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { forward, type Tensor } from '../../src/index.js';
+import { backward, forward, type Tensor } from '../../src/index.js';
 import { setCpuKernels, wasmSupport } from '../../src/cpu/wasm/index.js';
 import { randomTensor } from '../../test/util.js';
 
@@ -22,6 +23,7 @@ const Ns = arg('n', '1024,4096').split(',').map(Number);
 const H = Number(arg('heads', '8'));
 const D = Number(arg('dim', '64'));
 const repeats = Number(arg('repeats', '3'));
+const isBackward = process.argv.includes('--backward');
 
 /** Busy jiffies of the whole machine (Linux), or undefined. */
 function busy(): number | undefined {
@@ -34,11 +36,22 @@ function busy(): number | undefined {
   }
 }
 
-async function sample(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise<{ ms: number; others: number | undefined }> {
+/** The call timed: forward(), or with --backward backward() on saved out and lse. */
+type Call = () => Promise<unknown>;
+
+async function call(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise<Call> {
+  const options = { backend: 'cpu' as const, causal };
+  if (!isBackward) return () => forward(q, k, v, options);
+  const dout = randomTensor('f32', q.shape as number[], 4);
+  const { out, lse } = await forward(q, k, v, options);
+  return () => backward(dout, q, k, v, out, lse, options);
+}
+
+async function sample(run: Call): Promise<{ ms: number; others: number | undefined }> {
   const b0 = busy();
   const c0 = process.cpuUsage();
   const t0 = performance.now();
-  await forward(q, k, v, { backend: 'cpu', causal });
+  await run();
   const ms = performance.now() - t0;
   const c = process.cpuUsage(c0);
   const b1 = busy();
@@ -48,23 +61,24 @@ async function sample(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise
 }
 
 const support = wasmSupport();
-process.stdout.write(`WebAssembly: ${support}; ${availableParallelism()} cores; B=1 H=${H} D=${D} f32\n`);
+process.stdout.write(`${isBackward ? 'backward' : 'forward'}; WebAssembly: ${support}; ${availableParallelism()} cores; B=1 H=${H} D=${D} f32; Node ${process.version}\n`);
 for (const N of Ns) {
   const shape = [1, N, H, D];
   const q = randomTensor('f32', shape, 1);
   const k = randomTensor('f32', shape, 2);
   const v = randomTensor('f32', shape, 3);
   for (const causal of [false, true]) {
-    const flops = 4 * H * N * N * D * (causal ? 0.5 : 1);
+    const flops = 4 * H * N * N * D * (causal ? 0.5 : 1) * (isBackward ? 2.5 : 1);
+    const run = await call(q, k, v, causal);
     const runs: Record<'wasm' | 'js', { ms: number; others: number | undefined }[]> = { wasm: [], js: [] };
     for (const kernels of ['wasm', 'js'] as const) {
       setCpuKernels(kernels);
-      await forward(q, k, v, { backend: 'cpu', causal }); // warm-up: workers, modules, JIT
+      await run(); // warm-up: workers, modules, JIT
     }
     for (let r = 0; r < repeats; r++) {
       for (const kernels of ['wasm', 'js'] as const) {
         setCpuKernels(kernels);
-        runs[kernels].push(await sample(q, k, v, causal));
+        runs[kernels].push(await sample(run));
       }
     }
     setCpuKernels('wasm');

@@ -18,7 +18,7 @@
  *                        sees). Sums of CHUNK rows in f32, then added to Y in f64.
  * Scores, P, dP and dS are f32 in Sᵀ panels (4 rows of one key in one f32x4, key-major, as the forward's);
  * dQ, dK_j and dV_j accumulate in f64.
- * Memory (bytes): Sᵀ/P (Br/4 panels of Bc×4 f32) | dPᵀ/dS (the same) | dK_j, dV_j (Bc×Dp f64 each) |
+ * Memory (bytes): Sᵀ/P (Br/4 panels of Bc×4 f32 and 64 bytes) | dPᵀ/dS (the same) | dK_j, dV_j (Bc×Dp f64 each) |
  * N (Br i32) | from `bytes` on, rows where backward.ts puts them: K_j (f64 and f32), V_j (f32), and for
  * the query rows Q (f64, times the scale, and f32), dO (f32), dQ (f64), L and D (f32).
  */
@@ -33,6 +33,8 @@ export interface BackwardLayout {
   ldq: number;
   Br: number;
   Bc: number;
+  /** Bytes from one Sᵀ panel to the next: Bc·16 and a cache line, so that the panels atb walks down do not share cache sets. */
+  panelB: number;
   S: number;
   dP: number;
   dK: number;
@@ -50,12 +52,13 @@ export function backwardLayout(Dp: number, Br: number, Bc: number): BackwardLayo
   };
   const ld = Dp % 16 === 0 ? Dp + 4 : Dp;
   const ldq = Dp % 8 === 0 ? Dp + 2 : Dp;
-  const S = take(Bc * Br * 4);
-  const dP = take(Bc * Br * 4);
+  const panelB = Bc * 16 + 64;
+  const S = take((Br / 4) * panelB);
+  const dP = take((Br / 4) * panelB);
   const dK = take(Bc * Dp * 8);
   const dV = take(Bc * Dp * 8);
   const N = take(Br * 4);
-  return { Dp, ld, ldq, Br, Bc, S, dP, dK, dV, N, bytes: at };
+  return { Dp, ld, ldq, Br, Bc, panelB, S, dP, dK, dV, N, bytes: at };
 }
 
 /** block { loop { if any of exits() break; body(); continue } }: each exit pushes an i32. */
@@ -71,10 +74,9 @@ function until(f: Fn, exits: (() => void)[], body: () => void): void {
 
 /** The module's bytes: `relaxed` uses f32x4.relaxed_madd for the f32 products, else mul then add. */
 export function backwardModule(lay: BackwardLayout, relaxed: boolean): Uint8Array {
-  const { Dp, Bc } = lay;
+  const { Dp, Bc, panelB } = lay;
   const rowB = lay.ld * 4; // bytes from one f32 row to the next
-  const panelB = Bc * 16; // bytes of a panel of Sᵀ: 4 rows × Bc keys, key-major
-  const g: TileGeometry = { Dp, Bc, rowQB: lay.ldq * 8, rowB };
+  const g: TileGeometry = { Dp, rowQB: lay.ldq * 8, rowB, panelB };
 
   // ---- scores(rows4, cols2, kb, qb) ----
   const scores = new Fn('scores', [i32, i32, i32, i32], []);

@@ -80,14 +80,15 @@ export function vexp(f: Fn, k: ExpConsts, x: Local, xc: Local, n: Local, r: Loca
   f.get(x).get(k.lo).simd(simd.f32x4_lt).simd(simd.v128_andnot);
 }
 
-/** Where a tile product finds its operands: Dp, Bc (keys per Sᵀ panel), constant byte offsets, the row strides. */
+/** Where a tile product finds its operands: Dp and the strides of rows and Sᵀ panels, in bytes. */
 export interface TileGeometry {
   Dp: number;
-  Bc: number;
   /** Bytes from one f64 row of Q or K to the next (qk). */
   rowQB: number;
   /** Bytes from one f32 row of V to the next (pv). */
   rowB: number;
+  /** Bytes from one Sᵀ panel to the next: Bc·16, or more where a power-of-two stride would make panels share cache sets. */
+  panelB: number;
 }
 
 /**
@@ -96,8 +97,7 @@ export interface TileGeometry {
  * to f32 once). Q's rows are at byte Q, plus the value of local qb where given.
  */
 export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, rows4: Local, cols2: Local, kb: Local, qb?: Local): void {
-  const { Dp, rowQB } = g;
-  const panelB = g.Bc * 16;
+  const { Dp, rowQB, panelB } = g;
   const r = f.local(i32); // byte offset of row r in Q
   const c = f.local(i32); // byte address of key c
   const x = f.local(i32);
@@ -152,7 +152,7 @@ export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, row
  * row), O's rows are first multiplied by it (the online softmax's rescale).
  */
 export function emitPV(f: Fn, g: TileGeometry, at: { S: number; O: number; N: number; alpha?: number }, relaxed: boolean, rows4: Local, vb: Local, obase?: Local): void {
-  const { Dp, Bc, rowB } = g;
+  const { Dp, rowB } = g;
   const r = f.local(i32);
   const c = f.local(i32);
   const xb = f.local(i32); // byte offset of the column chunk in a V row
@@ -219,7 +219,7 @@ export function emitPV(f: Fn, g: TileGeometry, at: { S: number; O: number; N: nu
       f.get(cs).i32(CHUNK).op(op.i32add).tee(ce).get(end).get(ce).get(end).op(op.i32lt_s).op(op.select).set(ce);
       // pa: byte offset of Sᵀ[c][r]; va: byte offset of V[c][xb]
       f.for(c, () => f.get(cs), () => f.get(ce), 1, () => {
-        f.get(r).i32(Bc * 4).op(op.i32mul).get(c).i32(4).op(op.i32shl).op(op.i32add).set(pa);
+        f.get(r).i32(g.panelB / 4).op(op.i32mul).get(c).i32(4).op(op.i32shl).op(op.i32add).set(pa); // r is a multiple of 4
         f.get(c).i32(rowB).op(op.i32mul).get(xb).op(op.i32add).get(vb).op(op.i32add).set(va);
         rowsIn.forEach((i, k) => f.get(pa).memSimd(simd.load32_splat, at.S + 4 * i, 2).set(pvv[k]));
         for (let j = 0; j < w; j++) f.get(va).memSimd(simd.load, 16 * j, 4).set(vv[j]);

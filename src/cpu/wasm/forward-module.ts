@@ -65,7 +65,7 @@ export function forwardLayout(Dp: number, Br: number, Bc: number): ForwardLayout
 /** The module's bytes: `relaxed` uses f32x4.relaxed_madd for pv's products, else mul then add. */
 export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array {
   const { Bc } = lay;
-  const g: TileGeometry = { Dp: lay.Dp, Bc, rowQB: lay.ldq * 8, rowB: lay.ld * 4 };
+  const g: TileGeometry = { Dp: lay.Dp, rowQB: lay.ldq * 8, rowB: lay.ld * 4, panelB: Bc * 16 };
 
   // ---- qk(rows4, cols2, kb) ----
   const qk = new Fn('qk', [i32, i32, i32], []);
