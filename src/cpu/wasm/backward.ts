@@ -66,9 +66,10 @@ function zones(lay: BackwardLayout, R: number): Zones {
 
 /**
  * The task function of the WebAssembly backward for a job's shape and arrays, or undefined where it
- * cannot run here (no SIMD, or no module could be made): the caller runs flash.ts's then.
+ * cannot run here (no SIMD, or no module could be made): the caller runs flash.ts's then. A task keeps
+ * its group's query rows whole where they take at most `headBytes` (tests pass less to run the other way).
  */
-export function wasmBackward(s: CpuShape, a: BackwardArrays): ((t: number) => void) | undefined {
+export function wasmBackward(s: CpuShape, a: BackwardArrays, headBytes = HEAD_BYTES): ((t: number) => void) | undefined {
   if (wasmSupport() === 'none') return undefined;
   const Dp = Math.ceil(s.D / 4) * 4;
   const bw = backwardInstance(Dp, s.Br, s.Bc);
@@ -76,7 +77,7 @@ export function wasmBackward(s: CpuShape, a: BackwardArrays): ((t: number) => vo
   const { lay } = bw;
   // The query rows of a group's heads, 4 rows more for the last block's padding to a multiple of 4.
   const groupRows = Math.ceil(((s.H / s.Hkv) * s.Nq) / 4) * 4 + 4;
-  const whole = zones(lay, groupRows).end <= HEAD_BYTES;
+  const whole = zones(lay, groupRows).end <= headBytes;
   const z = zones(lay, whole ? groupRows : s.Br);
   if (!reserve(bw.w, z.end)) return undefined;
   return (t) => backwardTaskWasm(s, a, t, bw, z, whole);
