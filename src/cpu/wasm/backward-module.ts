@@ -6,21 +6,22 @@
  *
  *   scores(rows4, cols2, kb, qb) Sᵀ = (Q_i K_jᵀ)ᵀ from f64 rows (Q times the scale), each score rounded to
  *                        f32 once: the forward's own S (emit.ts's emitQK), so P's largest value stays 1.
- *   dp(rows4, cols2, vb, ob)     dPᵀ = (dO_i V_jᵀ)ᵀ in f32: 4 rows × 2 keys a time, 8 f32x4 accumulators
- *                        along D, summed across lanes at the end.
- *   ds(rows4, cols, lb, db, scale) P = exp(S − L) and dS = scale · P ∘ (dP − D) (Alg. 2 lines 11, 14), in
- *                        place of Sᵀ and dPᵀ; both 0 at keys a row does not see (c ≥ N[r]).
+ *   dp(rows4, cols2, vb, ob, db) (dP − D)ᵀ the same way from f64 rows of dO_i and V_j, each row's D
+ *                        (f64) subtracted before the rounding: where P is one-hot, dP and D agree to the
+ *                        last bits and their difference is small; an f32 dP would leave its rounding there.
+ *   ds(rows4, cols, lb, scale)   P = exp(S − L) and dS = scale · P ∘ (dP − D) (Alg. 2 lines 11, 14), in
+ *                        place of Sᵀ and (dP − D)ᵀ; both 0 at keys a row does not see (c ≥ N[r]).
  *   dq(rows4, kb, qb)            dQ_i += dS K_j (line 15): emit.ts's emitPV over f32 K rows into f64 rows.
  *   atb(rows, cols, pb, xb, ob)  Y += Xᵀ-weighted rows, Y_c += Σ_r A[r][c] X_r (lines 12, 16: dV_j += Pᵀ dO_i,
  *                        dK_j += dSᵀ Q_i): 4 keys × 8 columns a time, the rows that see all 4 keys in
  *                        quads, the others one by one with each key tested, so a pair (r, c) that row r
  *                        does not see is never multiplied (a NaN in Q_r or dO_r reaches only the keys r
  *                        sees). Sums of CHUNK rows in f32, then added to Y in f64.
- * Scores, P, dP and dS are f32 in Sᵀ panels (4 rows of one key in one f32x4, key-major, as the forward's);
+ * Scores, P, dP − D and dS are f32 in Sᵀ panels (4 rows of one key in one f32x4, key-major, as the forward's);
  * dQ, dK_j and dV_j accumulate in f64.
  * Memory (bytes): Sᵀ/P (Br/4 panels of Bc×4 f32 and 64 bytes) | dPᵀ/dS (the same) | dK_j, dV_j (Bc×Dp f64 each) |
- * N (Br i32) | from `bytes` on, rows where backward.ts puts them: K_j (f64 and f32), V_j (f32), and for
- * the query rows Q (f64, times the scale, and f32), dO (f32), dQ (f64), L and D (f32).
+ * N (Br i32) | from `bytes` on, rows where backward.ts puts them: K_j (f64 and f32), V_j (f64 and f32), and for
+ * the query rows Q (f64, times the scale, and f32), dO (f64 and f32), dQ (f64), L (f32) and D (f64).
  */
 import { assemble, f32, Fn, i32, op, simd, v128, type Local } from './asm.js';
 import { CHUNK, emitPV, emitQK, expConsts, lanes, madd, vexp, zero, type TileGeometry } from './emit.js';
@@ -82,58 +83,23 @@ export function backwardModule(lay: BackwardLayout, relaxed: boolean): Uint8Arra
   const scores = new Fn('scores', [i32, i32, i32, i32], []);
   emitQK(scores, g, { Q: 0, S: lay.S }, ...(scores.params as [Local, Local, Local, Local]));
 
-  // ---- dp(rows4, cols2, vb, ob) ----
-  const dp = new Fn('dp', [i32, i32, i32, i32], []);
+  // ---- dp(rows4, cols2, vb, ob, db) ----
+  const dp = new Fn('dp', [i32, i32, i32, i32, i32], []);
   {
-    const f = dp;
-    const [rows4, cols2, vb, ob] = f.params;
-    const r = f.local(i32); // row index
-    const c = f.local(i32); // key index
-    const x = f.local(i32);
-    const oa = f.local(i32);
-    const va = f.local(i32);
-    const sa = f.local(i32);
-    const acc = Array.from({ length: 8 }, () => f.local(v128)); // acc[2i + j]: row i, key j
-    const ov = Array.from({ length: 4 }, () => f.local(v128));
-    const vv = Array.from({ length: 2 }, () => f.local(v128));
-    const t0 = f.local(v128);
-    const t1 = f.local(v128);
-    f.for(r, () => f.i32(0), () => f.get(rows4), 4, () => {
-      f.for(c, () => f.i32(0), () => f.get(cols2), 2, () => {
-        for (const a of acc) zero(f, a);
-        f.for(x, () => f.i32(0), () => f.i32(Dp * 4), 16, () => {
-          f.get(r).i32(rowB).op(op.i32mul).get(ob).op(op.i32add).get(x).op(op.i32add).set(oa);
-          f.get(c).i32(rowB).op(op.i32mul).get(vb).op(op.i32add).get(x).op(op.i32add).set(va);
-          for (let i = 0; i < 4; i++) f.get(oa).memSimd(simd.load, i * rowB, 2).set(ov[i]);
-          for (let j = 0; j < 2; j++) f.get(va).memSimd(simd.load, j * rowB, 2).set(vv[j]);
-          for (let i = 0; i < 4; i++) for (let j = 0; j < 2; j++) madd(f, relaxed, acc[2 * i + j], () => f.get(ov[i]), () => f.get(vv[j]));
-        });
-        // dPᵀ address of (key c, rows r..r+3): panel r / 4, key c
-        f.get(r).i32(2).op(0x76 /* i32.shr_u */).i32(panelB).op(op.i32mul).get(c).i32(4).op(op.i32shl).op(op.i32add).set(sa);
-        for (let j = 0; j < 2; j++) {
-          // [Σ row 0, Σ row 1, Σ row 2, Σ row 3] of key j: pairs of lanes, then pairs of pairs
-          const [a, b, cc, d] = [acc[j], acc[2 + j], acc[4 + j], acc[6 + j]];
-          f.get(a).get(b).simd(simd.shuffle, ...lanes(0, 1, 4, 5)).get(a).get(b).simd(simd.shuffle, ...lanes(2, 3, 6, 7)).simd(simd.f32x4_add).set(t0);
-          f.get(cc).get(d).simd(simd.shuffle, ...lanes(0, 1, 4, 5)).get(cc).get(d).simd(simd.shuffle, ...lanes(2, 3, 6, 7)).simd(simd.f32x4_add).set(t1);
-          f.get(sa);
-          f.get(t0).get(t1).simd(simd.shuffle, ...lanes(0, 2, 4, 6)).get(t0).get(t1).simd(simd.shuffle, ...lanes(1, 3, 5, 7)).simd(simd.f32x4_add);
-          f.memSimd(simd.store, lay.dP + j * 16, 4);
-        }
-      });
-    });
+    const [rows4, cols2, vb, ob, db] = dp.params;
+    emitQK(dp, g, { Q: 0, S: lay.dP }, rows4, cols2, vb, ob, db);
   }
 
-  // ---- ds(rows4, cols, lb, db, scale) ----
-  const ds = new Fn('ds', [i32, i32, i32, i32, f32], []);
+  // ---- ds(rows4, cols, lb, scale) ----
+  const ds = new Fn('ds', [i32, i32, i32, f32], []);
   {
     const f = ds;
-    const [rows4, cols, lb, db, scale] = f.params;
+    const [rows4, cols, lb, scale] = f.params;
     const r = f.local(i32);
     const c = f.local(i32);
     const pa = f.local(i32);
     const nv = f.local(v128);
     const lv = f.local(v128);
-    const dv = f.local(v128);
     const sc = f.local(v128);
     const seen = f.local(v128);
     const p = f.local(v128);
@@ -146,7 +112,6 @@ export function backwardModule(lay: BackwardLayout, relaxed: boolean): Uint8Arra
     f.for(r, () => f.i32(0), () => f.get(rows4), 4, () => {
       f.get(r).i32(2).op(op.i32shl).memSimd(simd.load, lay.N, 4).set(nv);
       f.get(r).i32(2).op(op.i32shl).get(lb).op(op.i32add).memSimd(simd.load, 0, 2).set(lv);
-      f.get(r).i32(2).op(op.i32shl).get(db).op(op.i32add).memSimd(simd.load, 0, 2).set(dv);
       f.for(c, () => f.i32(0), () => f.get(cols), 1, () => {
         f.get(r).i32(2).op(0x76).i32(panelB).op(op.i32mul).get(c).i32(4).op(op.i32shl).op(op.i32add).set(pa);
         f.get(nv).get(c).simd(simd.i32x4_splat).simd(simd.i32x4_gt_s).set(seen);
@@ -158,7 +123,7 @@ export function backwardModule(lay: BackwardLayout, relaxed: boolean): Uint8Arra
         f.memSimd(simd.store, lay.S, 4);
         // line 14: dS = scale · P ∘ (dP − D)
         f.get(pa);
-        f.get(sc).get(p).get(pa).memSimd(simd.load, lay.dP, 4).get(dv).simd(simd.f32x4_sub).simd(simd.f32x4_mul).simd(simd.f32x4_mul);
+        f.get(sc).get(p).get(pa).memSimd(simd.load, lay.dP, 4).simd(simd.f32x4_mul).simd(simd.f32x4_mul);
         f.get(seen).simd(simd.v128_and);
         f.memSimd(simd.store, lay.dP, 4);
       });

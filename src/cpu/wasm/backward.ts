@@ -2,8 +2,8 @@
  * The cpu backward in WebAssembly SIMD: backwardTask of flash.ts (one task per run of key blocks of a
  * key/value head, FlashAttention-2's Algorithm 2), with the tiles' arithmetic in the generated module of
  * backward-module.ts. Each thread instantiates a module for (Dp, Br, Bc) once, with a memory of its own.
- * A task copies the query-side rows of its group's heads into it once (Q times the scale in f64 and Q in
- * f32, dO, L, and D = rowsum(dO ∘ O) computed here, Alg. 2 line 4; HEAD_BYTES at most: past that, one query
+ * A task copies the query-side rows of its group's heads into it once (Q times the scale and dO in f64
+ * and in f32, L, and D = rowsum(dO ∘ O) computed here, Alg. 2 line 4; HEAD_BYTES at most: past that, one query
  * block at a time), then for each K_j, V_j (copied in, f64 and f32) streams the query blocks that see it
  * (causal: blocks above the diagonal are skipped) and runs scores, dp, ds, dq and atb (twice: dV_j, dK_j).
  * dK_j and dV_j (f64) are written once per key block; dQ (f64) into the task's own partial, as flash.ts
@@ -22,8 +22,8 @@ interface Backward {
   w: Instance;
   lay: BackwardLayout;
   scores: (rows4: number, cols2: number, kb: number, qb: number) => void;
-  dp: (rows4: number, cols2: number, vb: number, ob: number) => void;
-  ds: (rows4: number, cols: number, lb: number, db: number, scale: number) => void;
+  dp: (rows4: number, cols2: number, vb: number, ob: number, db: number) => void;
+  ds: (rows4: number, cols: number, lb: number, scale: number) => void;
   dq: (rows4: number, kb: number, qb: number) => void;
   atb: (rows: number, cols: number, pb: number, xb: number, ob: number) => void;
 }
@@ -36,32 +36,39 @@ function backwardInstance(Dp: number, Br: number, Bc: number): Backward | undefi
   return { w, lay, scores: e.scores, dp: e.dp, ds: e.ds, dq: e.dq, atb: e.atb };
 }
 
-/** Byte offsets of the rows backward.ts places from the layout's `bytes` on: K_j, V_j, then R query rows. */
+/**
+ * Byte offsets of the rows backward.ts places from the layout's `bytes` on: K_j and V_j (f64, then f32),
+ * then R query rows: Q (times the scale) and dO in f64, dQ and D (f64), Q and dO in f32, L (f32).
+ */
 interface Zones {
   Kd: number;
+  Vd: number;
   Kf: number;
   V: number;
   Qd: number;
+  dOd: number;
+  dQ: number;
+  D: number;
   Qf: number;
   dO: number;
-  dQ: number;
   L: number;
-  D: number;
   end: number;
 }
 
 function zones(lay: BackwardLayout, R: number): Zones {
   const { Bc, Dp, ld, ldq } = lay;
   const Kd = lay.bytes;
-  const Kf = Kd + Bc * ldq * 8;
+  const Vd = Kd + Bc * ldq * 8;
+  const Kf = Vd + Bc * ldq * 8;
   const V = Kf + Bc * ld * 4;
   const Qd = V + Bc * ld * 4;
-  const Qf = Qd + R * ldq * 8;
+  const dOd = Qd + R * ldq * 8;
+  const dQ = dOd + R * ldq * 8;
+  const D = dQ + R * Dp * 8;
+  const Qf = D + R * 8;
   const dO = Qf + R * ld * 4;
-  const dQ = dO + R * ld * 4;
-  const L = dQ + R * Dp * 8;
-  const D = L + R * 4;
-  return { Kd, Kf, V, Qd, Qf, dO, dQ, L, D, end: D + R * 4 };
+  const L = dO + R * ld * 4;
+  return { Kd, Vd, Kf, V, Qd, dOd, dQ, D, Qf, dO, L, end: L + R * 4 };
 }
 
 /**
@@ -85,7 +92,7 @@ export function wasmBackward(s: CpuShape, a: BackwardArrays, headBytes = HEAD_BY
 
 /**
  * Query rows [r0, r0 + rows) of head h into the module's rows from `at` on (zones z): Q times the scale
- * (f64) and Q (f32), dO (f32), L, and D = rowsum(dO ∘ O) (Alg. 2 line 4, in f64).
+ * (f64) and Q (f32), dO (f64 and f32), L, and D = rowsum(dO ∘ O) (Alg. 2 line 4, in f64).
  */
 function loadQueries(s: CpuShape, a: BackwardArrays, w: Instance, lay: BackwardLayout, z: Zones, b: number, h: number, r0: number, rows: number, at: number): void {
   const { H, Nq, D, qRow, scale } = s;
@@ -100,13 +107,14 @@ function loadQueries(s: CpuShape, a: BackwardArrays, w: Instance, lay: BackwardL
     for (let x = 0; x < D; x++) F64[d + x] = q[so + x] * scale;
   }
   copyRows(F, z.Qf / 4 + at * ld, ld, q, qo, qRow, rows, D);
+  copyRows(F64, z.dOd / 8 + at * ldq, ldq, dout, qo, qRow, rows, D);
   copyRows(F, z.dO / 4 + at * ld, ld, dout, qo, qRow, rows, D);
   F.set(lse.subarray((b * H + h) * Nq + r0, (b * H + h) * Nq + r0 + rows), z.L / 4 + at);
   for (let r = 0; r < rows; r++) {
     const o = qo + r * qRow;
     let sum = 0;
     for (let x = 0; x < D; x++) sum += dout[o + x] * out[o + x];
-    F[z.D / 4 + at + r] = sum;
+    F64[z.D / 8 + at + r] = sum;
   }
 }
 
@@ -130,9 +138,7 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
   /** Zero the query zones (padding columns, dQ) before rows are copied in. */
   const clearQueries = () => {
     F64.fill(0, z.Qd / 8, z.Qf / 8);
-    F.fill(0, z.Qf / 4, z.dQ / 4);
-    F64.fill(0, z.dQ / 8, z.L / 8);
-    F.fill(0, z.L / 4, z.end / 4);
+    F.fill(0, z.Qf / 4, z.end / 4);
   };
   /** dQ rows of the module from `at` into the task's partial at query rows [r0, r0 + rows) of head h (add: += ). */
   const storeDq = (h: number, r0: number, rows: number, at: number, add: boolean) => {
@@ -159,6 +165,7 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
     F64.fill(0, z.Kd / 8, z.Kf / 8);
     F.fill(0, z.Kf / 4, z.Qd / 4);
     copyRows(F64, z.Kd / 8, ldq, k, ko + c0 * kvRow, kvRow, cols, D);
+    copyRows(F64, z.Vd / 8, ldq, v, ko + c0 * kvRow, kvRow, cols, D);
     copyRows(F, z.Kf / 4, ld, k, ko + c0 * kvRow, kvRow, cols, D);
     copyRows(F, z.V / 4, ld, v, ko + c0 * kvRow, kvRow, cols, D);
     F64.fill(0, lay.dK / 8, lay.dK / 8 + Bc * Dp);
@@ -181,8 +188,8 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
         }
         // Alg. 2 lines 9-16.
         bw.scores(rows4, cols2, z.Kd, z.Qd + at * ldq * 8);
-        bw.dp(rows4, cols2, z.V, z.dO + at * ld * 4);
-        bw.ds(rows4, cols, z.L + at * 4, z.D + at * 4, scale);
+        bw.dp(rows4, cols2, z.Vd, z.dOd + at * ldq * 8, z.D + at * 8);
+        bw.ds(rows4, cols, z.L + at * 4, scale);
         bw.dq(rows4, z.Kf, z.dQ + at * Dp * 8);
         bw.atb(rows, cols, lay.S, z.dO + at * ld * 4, lay.dV);
         bw.atb(rows, cols, lay.dP, z.Qf + at * ld * 4, lay.dK);

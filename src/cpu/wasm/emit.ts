@@ -94,9 +94,10 @@ export interface TileGeometry {
 /**
  * Sᵀ (panels at byte S) of rows [0, rows4) against keys [kb, kb + cols2 rows): 4 query rows × 2 keys a
  * time, 8 f64x2 accumulators along D (products of f32 inputs are exact in f64, and each score is rounded
- * to f32 once). Q's rows are at byte Q, plus the value of local qb where given.
+ * to f32 once). Q's rows are at byte Q, plus the value of local qb where given. With `minus` (the byte
+ * address of one f64 per row), each row's value is subtracted before the rounding (the backward's dP − D).
  */
-export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, rows4: Local, cols2: Local, kb: Local, qb?: Local): void {
+export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, rows4: Local, cols2: Local, kb: Local, qb?: Local, minus?: Local): void {
   const { Dp, rowQB, panelB } = g;
   const r = f.local(i32); // byte offset of row r in Q
   const c = f.local(i32); // byte address of key c
@@ -109,6 +110,7 @@ export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, row
   const kv = Array.from({ length: 2 }, () => f.local(v128));
   const t0 = f.local(v128);
   const t1 = f.local(v128);
+  const ma = minus && f.local(i32);
   f.for(r, () => f.i32(0), () => f.get(rows4).i32(rowQB).op(op.i32mul), 4 * rowQB, () => {
     f.for(c, () => f.get(kb), () => f.get(kb).get(cols2).i32(rowQB).op(op.i32mul).op(op.i32add), 2 * rowQB, () => {
       for (const a of acc) zero(f, a);
@@ -128,12 +130,19 @@ export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, row
       // Sᵀ address of (key c, rows r..r+3): panel r / 4, key c
       f.get(r).i32(4 * rowQB).op(0x6d /* i32.div_s */).i32(panelB).op(op.i32mul);
       f.get(c).get(kb).op(op.i32sub).i32(rowQB).op(0x6d).i32(16).op(op.i32mul).op(op.i32add).set(sa);
+      if (ma) f.get(r).i32(rowQB).op(0x6d).i32(3).op(op.i32shl).get(minus!).op(op.i32add).set(ma);
+      /** Less the rows' values (rows 2h, 2h + 1), where asked. */
+      const less = (h: number) => {
+        if (ma) f.get(ma).memSimd(simd.load, 16 * h, 3).simd(simd.f64x2_sub);
+      };
       for (let j = 0; j < 2; j++) {
         // [Σ row 0, Σ row 1] and [Σ row 2, Σ row 3] for key j in f64, each rounded to f32 once
         const [a, b, cc, d] = [acc[j], acc[2 + j], acc[4 + j], acc[6 + j]];
         f.get(a).get(b).simd(simd.shuffle, ...lanes(0, 1, 4, 5)).get(a).get(b).simd(simd.shuffle, ...lanes(2, 3, 6, 7)).simd(simd.f64x2_add);
+        less(0);
         f.simd(simd.f32x4_demote_f64x2_zero).set(t0);
         f.get(cc).get(d).simd(simd.shuffle, ...lanes(0, 1, 4, 5)).get(cc).get(d).simd(simd.shuffle, ...lanes(2, 3, 6, 7)).simd(simd.f64x2_add);
+        less(1);
         f.simd(simd.f32x4_demote_f64x2_zero).set(t1);
         f.get(sa);
         f.get(t0).get(t1).simd(simd.shuffle, ...lanes(0, 1, 4, 5));
