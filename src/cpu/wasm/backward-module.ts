@@ -24,13 +24,12 @@
  * the query rows Q (f64, times the scale, and f32), dO (f64 and f32), dQ (f64), L (f32) and D (f64).
  */
 import { assemble, f32, Fn, i32, op, simd, v128, type Local } from './asm.js';
-import { CHUNK, emitPV, emitQK, expConsts, lanes, madd, vexp, zero, type TileGeometry } from './emit.js';
+import { CHUNK, emitPV, emitQK, expConsts, layoutOf, lanes, madd, vexp, zero, type TileGeometry } from './emit.js';
 
 export interface BackwardLayout {
   Dp: number;
-  /** Row stride of the f32 rows in elements: Dp, or Dp + 4 where Dp·4 bytes is a multiple of 64 (rows a power of two apart share cache sets). */
+  /** Row strides of the f32 and the f64 rows in elements (emit.ts's layoutOf). */
   ld: number;
-  /** Row stride of the f64 rows (Q, K) in elements: Dp, or Dp + 2 where Dp·8 bytes is a multiple of 64. */
   ldq: number;
   Br: number;
   Bc: number;
@@ -45,21 +44,14 @@ export interface BackwardLayout {
 }
 
 export function backwardLayout(Dp: number, Br: number, Bc: number): BackwardLayout {
-  let at = 0;
-  const take = (bytes: number) => {
-    const o = at;
-    at += Math.ceil(bytes / 16) * 16;
-    return o;
-  };
-  const ld = Dp % 16 === 0 ? Dp + 4 : Dp;
-  const ldq = Dp % 8 === 0 ? Dp + 2 : Dp;
+  const { ld, ldq, take, at } = layoutOf(Dp);
   const panelB = Bc * 16 + 64;
   const S = take((Br / 4) * panelB);
   const dP = take((Br / 4) * panelB);
   const dK = take(Bc * Dp * 8);
   const dV = take(Bc * Dp * 8);
   const N = take(Br * 4);
-  return { Dp, ld, ldq, Br, Bc, panelB, S, dP, dK, dV, N, bytes: at };
+  return { Dp, ld, ldq, Br, Bc, panelB, S, dP, dK, dV, N, bytes: at() };
 }
 
 /** block { loop { if any of exits() break; body(); continue } }: each exit pushes an i32. */

@@ -12,7 +12,7 @@
  * gradients; a pair (row, key) the row does not see is never multiplied, so a NaN stays in its row's dQ
  * and in dK, dV of the keys that row sees. Calls with variants beyond causal run flash.ts's kernel.
  */
-import type { BackwardArrays } from '../flash.js';
+import { backwardTaskOf, type BackwardArrays } from '../flash.js';
 import type { CpuShape } from '../job.js';
 import { backwardLayout, backwardModule, type BackwardLayout } from './backward-module.js';
 import { copyRows, HEAD_BYTES, instance, reserve, wasmSupport, type Instance } from './instance.js';
@@ -119,21 +119,15 @@ function loadQueries(s: CpuShape, a: BackwardArrays, w: Instance, lay: BackwardL
 }
 
 function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backward, z: Zones, whole: boolean): void {
-  const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, kvRow, chunks } = s;
+  const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, kvRow } = s;
   const { k, v, dqPartial, dk, dv } = a;
   const { lay } = bw;
   const { f32: F, f64: F64, i32: I } = bw.w;
   const { Dp, ld, ldq } = lay;
   const G = H / Hkv;
-  const Tc = Math.ceil(Nk / Bc);
-  const chunk = t % chunks;
-  const bk = Math.floor(t / chunks);
-  const b = Math.floor(bk / Hkv);
-  const hkv = bk % Hkv;
+  const { b, hkv, chunk, jStart, jEnd } = backwardTaskOf(s, t);
   const ko = b * s.kvBatch + hkv * s.kvHead;
   const offset = Nk - Nq; // causal: row r sees keys c <= r + offset
-  const jStart = Math.floor((chunk * Tc) / chunks);
-  const jEnd = Math.floor(((chunk + 1) * Tc) / chunks);
   const N = lay.N / 4;
   /** Zero the query zones (padding columns, dQ) before rows are copied in. */
   const clearQueries = () => {

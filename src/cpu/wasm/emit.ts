@@ -8,6 +8,27 @@
  */
 import { Fn, i32, op, simd, v128, type Local } from './asm.js';
 
+/**
+ * The start of a module's layout: the row strides for padded head dim Dp, and `take`, which hands out
+ * regions in order, each 16-byte aligned; `at()` is the bytes taken so far.
+ */
+export function layoutOf(Dp: number) {
+  let at = 0;
+  const take = (bytes: number) => {
+    const o = at;
+    at += Math.ceil(bytes / 16) * 16;
+    return o;
+  };
+  return {
+    /** Row stride of f32 rows in elements: Dp, or Dp + 4 where Dp·4 bytes is a multiple of 64 (rows a power of two apart share cache sets). */
+    ld: Dp % 16 === 0 ? Dp + 4 : Dp,
+    /** Row stride of f64 rows in elements: Dp, or Dp + 2 where Dp·8 bytes is a multiple of 64. */
+    ldq: Dp % 8 === 0 ? Dp + 2 : Dp,
+    take,
+    at: () => at,
+  };
+}
+
 /** The byte indices of an i8x16.shuffle that picks f32 lanes (0-3 of the first operand, 4-7 of the second). */
 export function lanes(...l: number[]): number[] {
   return l.flatMap((x) => [4 * x, 4 * x + 1, 4 * x + 2, 4 * x + 3]);

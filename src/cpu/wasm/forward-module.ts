@@ -21,7 +21,7 @@
  * (ldq f64 each) and V rows (ld f32 each) where forward.ts puts them.
  */
 import { assemble, f32, f64, Fn, i32, op, simd, v128, type Local } from './asm.js';
-import { emitPV, emitQK, expConsts, lanes, splatF32, vexp, zero, type TileGeometry } from './emit.js';
+import { emitPV, emitQK, expConsts, layoutOf, lanes, splatF32, vexp, zero, type TileGeometry } from './emit.js';
 
 export interface ForwardLayout {
   Dp: number;
@@ -43,14 +43,7 @@ export interface ForwardLayout {
 }
 
 export function forwardLayout(Dp: number, Br: number, Bc: number): ForwardLayout {
-  let at = 0;
-  const take = (bytes: number) => {
-    const o = at;
-    at += Math.ceil(bytes / 16) * 16;
-    return o;
-  };
-  const ld = Dp % 16 === 0 ? Dp + 4 : Dp;
-  const ldq = Dp % 8 === 0 ? Dp + 2 : Dp;
+  const { ld, ldq, take, at } = layoutOf(Dp);
   const Q = take(Br * ldq * 8);
   const S = take(Bc * Br * 4);
   const O = take(Br * Dp * 8);
@@ -59,7 +52,7 @@ export function forwardLayout(Dp: number, Br: number, Bc: number): ForwardLayout
   const A = take(Br * 8);
   const N = take(Br * 4);
   const T = take(16);
-  return { Dp, ld, ldq, Br, Bc, Q, S, O, M, L, A, N, T, bytes: at };
+  return { Dp, ld, ldq, Br, Bc, Q, S, O, M, L, A, N, T, bytes: at() };
 }
 
 /** The module's bytes: `relaxed` uses f32x4.relaxed_madd for pv's products, else mul then add. */
