@@ -137,7 +137,6 @@ export function backwardModule(lay: BackwardLayout, relaxed: boolean): Uint8Arra
     const xo = f.local(i32); // byte offset of the column chunk in an f32 row
     const r = f.local(i32);
     const cs = f.local(i32);
-    const ce = f.local(i32);
     const end = f.local(i32);
     const n = f.local(i32);
     const pa = f.local(i32);
