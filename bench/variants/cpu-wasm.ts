@@ -4,7 +4,8 @@
  * forward, half of it causal); with --backward, the backward through backward() instead (2.5 times the
  * forward's FLOPs, out and lse from one forward beforehand). The two kernels' samples alternate in one process (setCpuKernels), so a
  * machine shared with other work disturbs both alike; each sample also gives the share of the machine's
- * CPU time that other processes took meanwhile (/proc/stat against this process's own, on Linux).
+ * CPU time that other processes took meanwhile (/proc/stat against this process's own, on Linux), and the
+ * best sample's FLOPs per second of CPU time this process got (per core: what one core did while it ran).
  * Run: node dist/bench/variants/cpu-wasm.js [--n 1024,4096] [--heads 8] [--dim 64] [--repeats 3] [--backward]
  *   (node --experimental-wasm-relaxed-simd ... on Node 20 for the relaxed-SIMD module)
  */
@@ -47,7 +48,14 @@ async function call(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise<C
   return () => backward(dout, q, k, v, out, lse, options);
 }
 
-async function sample(run: Call): Promise<{ ms: number; others: number | undefined }> {
+interface Sample {
+  ms: number;
+  /** This process's CPU time (ms). */
+  own: number;
+  others: number | undefined;
+}
+
+async function sample(run: Call): Promise<Sample> {
   const b0 = busy();
   const c0 = process.cpuUsage();
   const t0 = performance.now();
@@ -57,7 +65,7 @@ async function sample(run: Call): Promise<{ ms: number; others: number | undefin
   const b1 = busy();
   const own = (c.user + c.system) / 1000; // ms
   const others = b0 === undefined || b1 === undefined ? undefined : Math.max(0, ((b1 - b0) * 10 - own) / (ms * availableParallelism()));
-  return { ms, others };
+  return { ms, own, others };
 }
 
 const support = wasmSupport();
@@ -70,7 +78,7 @@ for (const N of Ns) {
   for (const causal of [false, true]) {
     const flops = 4 * H * N * N * D * (causal ? 0.5 : 1) * (isBackward ? 2.5 : 1);
     const run = await call(q, k, v, causal);
-    const runs: Record<'wasm' | 'js', { ms: number; others: number | undefined }[]> = { wasm: [], js: [] };
+    const runs: Record<'wasm' | 'js', Sample[]> = { wasm: [], js: [] };
     for (const kernels of ['wasm', 'js'] as const) {
       setCpuKernels(kernels);
       await run(); // warm-up: workers, modules, JIT
@@ -85,10 +93,11 @@ for (const N of Ns) {
     for (const kernels of ['wasm', 'js'] as const) {
       const s = runs[kernels].map((x) => x.ms).sort((a, b) => a - b);
       const best = s[0];
+      const perCore = flops / Math.min(...runs[kernels].map((x) => x.own)) / 1e6;
       const median = s[Math.floor(s.length / 2)];
       const others = runs[kernels].map((x) => (x.others === undefined ? '?' : `${Math.round(100 * x.others)}%`)).join(' ');
       process.stdout.write(
-        `N=${N} causal=${causal} ${kernels.padEnd(4)}  best ${(flops / best / 1e6).toFixed(2)} GFLOP/s (${best.toFixed(0)} ms)  median ${(flops / median / 1e6).toFixed(2)} GFLOP/s  others' CPU share: ${others}\n`,
+        `N=${N} causal=${causal} ${kernels.padEnd(4)}  best ${(flops / best / 1e6).toFixed(2)} GFLOP/s (${best.toFixed(0)} ms)  median ${(flops / median / 1e6).toFixed(2)} GFLOP/s  others' CPU share: ${others}  per core of CPU time: ${perCore.toFixed(2)} GFLOP/s\n`,
       );
     }
   }
