@@ -24,7 +24,7 @@
  * the query rows Q (f64, times the scale, and f32), dO (f64 and f32), dQ (f64), L (f32) and D (f64).
  */
 import { assemble, f32, Fn, i32, op, simd, v128, type Local } from './asm.js';
-import { CHUNK, emitPV, emitQK, expConsts, layoutOf, lanes, madd, vexp, zero, type TileGeometry } from './emit.js';
+import { addToF64, CHUNK, emitPV, emitQK, expConsts, layoutOf, madd, vexp, zero, type TileGeometry } from './emit.js';
 
 export interface BackwardLayout {
   Dp: number;
@@ -160,20 +160,7 @@ export function backwardModule(lay: BackwardLayout, relaxed: boolean): Uint8Arra
     /** Y rows c..c+3 (f64) += the accumulators, at column chunk xo. */
     const flush = (w: number) => {
       f.get(c).i32(Dp * 8).op(op.i32mul).get(xo).i32(1).op(op.i32shl).op(op.i32add).get(ob).op(op.i32add).set(ya);
-      for (let k = 0; k < 4; k++) {
-        for (let j = 0; j < w; j++) {
-          const a = acc[2 * k + j];
-          for (let h = 0; h < 2; h++) {
-            const off = k * Dp * 8 + j * 32 + h * 16;
-            f.get(ya);
-            f.get(ya).memSimd(simd.load, off, 4);
-            if (h === 0) f.get(a);
-            else f.get(a).get(a).simd(simd.shuffle, ...lanes(2, 3, 0, 1));
-            f.simd(simd.f64x2_promote_low_f32x4).simd(simd.f64x2_add);
-            f.memSimd(simd.store, off, 4);
-          }
-        }
-      }
+      for (let k = 0; k < 4; k++) for (let j = 0; j < w; j++) addToF64(f, ya, k * Dp * 8 + j * 32, acc[2 * k + j]);
     };
     /** Rows [from, to) in runs of CHUNK, each row's keys tested or (all) not. */
     const range = (w: number, from: Local, to: Local, all: boolean) => {

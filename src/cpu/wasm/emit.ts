@@ -54,6 +54,18 @@ export function madd(f: Fn, relaxed: boolean, acc: Local, a: () => void, b: () =
   }
 }
 
+/** The 2 f64x2 at byte p + off += the f32x4 in local a, widened (a flush of f32 partial sums into f64). */
+export function addToF64(f: Fn, p: Local, off: number, a: Local): void {
+  for (let h = 0; h < 2; h++) {
+    f.get(p);
+    f.get(p).memSimd(simd.load, off + h * 16, 4);
+    if (h === 0) f.get(a);
+    else f.get(a).get(a).simd(simd.shuffle, ...lanes(2, 3, 0, 1));
+    f.simd(simd.f64x2_promote_low_f32x4).simd(simd.f64x2_add);
+    f.memSimd(simd.store, off + h * 16, 4);
+  }
+}
+
 /** Sums of f32 products are added into f64 after this many terms (pv's keys, the backward's rows). */
 export const CHUNK = 32;
 
@@ -221,18 +233,7 @@ export function emitPV(f: Fn, g: TileGeometry, at: { S: number; O: number; N: nu
   const flush = (rowsIn: number[], w: number) => {
     rowOfO();
     rowsIn.forEach((i, k) => {
-      for (let j = 0; j < w; j++) {
-        const a = acc[2 * k + j];
-        for (let h = 0; h < 2; h++) {
-          const off = at.O + i * Dp * 8 + j * 32 + h * 16;
-          f.get(ob);
-          f.get(ob).memSimd(simd.load, off, 4);
-          if (h === 0) f.get(a);
-          else f.get(a).get(a).simd(simd.shuffle, ...lanes(2, 3, 0, 1));
-          f.simd(simd.f64x2_promote_low_f32x4).simd(simd.f64x2_add);
-          f.memSimd(simd.store, off, 4);
-        }
-      }
+      for (let j = 0; j < w; j++) addToF64(f, ob, at.O + i * Dp * 8 + j * 32, acc[2 * k + j]);
     });
   };
 
