@@ -14,6 +14,7 @@ export {
   ShapeError,
   ValueError,
 } from './errors.js';
+export { cpuThreads, type CpuThreads } from './cpu/pool.js';
 export { decodeF16, encodeF16, f16ToNumber, numberToF16, roundToF16 } from './f16.js';
 export { attentionFlops } from './flops.js';
 export { MemoryTracker, memory } from './memory.js';

@@ -21,6 +21,7 @@ const CASES: (Case & { dtype: DType; layout: Layout; causal: boolean })[] = [
   { B: 3, H: 3, Hkv: 3, Nq: 16, Nk: 257, D: 7, dtype: 'f32', layout: 'BNHD', causal: true },
   { B: 2, H: 6, Hkv: 2, Nq: 2, Nk: 1, D: 128, dtype: 'f16', layout: 'BHND', causal: true },
   { B: 1, H: 32, Hkv: 1, Nq: 1, Nk: 600, D: 1, dtype: 'f32', layout: 'BNHD', causal: false },
+  { B: 2, H: 16, Hkv: 2, Nq: 3, Nk: 777, D: 96, dtype: 'f16', layout: 'BHND', causal: true },
 ];
 
 describe('decode schedule', () => {
@@ -42,19 +43,22 @@ describe('decode schedule', () => {
         const params = decodeFits(p, gpu);
         assert.ok(params, `decode schedule for ${JSON.stringify(c)}`);
       }
-      assert.equal(splitPlan(1, 1, 1, 3000, 32).splits > 1, true);
+      assert.equal(splitPlan(1, 1, 1, 3000, 32, 1024).splits > 1, true);
     });
 
-    for (const kernels of ['portable', 'subgroup'] as const) {
-      test(`webgpu: the ${kernels} decode kernel, chosen explicitly`, async () => {
+    for (const kernels of ['portable', 'subgroup', 'matrix'] as const) {
+      test(`webgpu: the ${kernels} decode kernel, chosen explicitly`, async (tc) => {
         const gpu = await defaultGpu();
+        if (kernels === 'matrix' && !gpu.matrixF16) return tc.skip('the adapter has no f16 subgroup matrices');
         for (const c of CASES) {
           const t = inputs(c, c.dtype, c.layout);
           const options = { causal: c.causal, layout: c.layout };
           const p = checkForward(t.q, t.k, t.v, options);
           const choice = decodeFits(p, gpu, kernels)!;
-          // The subgroup kernel needs vec4 rows and a fixed subgroup size: D = 7 runs the portable one.
-          const expected = kernels === 'subgroup' && c.D % 4 === 0 && gpu.subgroupSize !== undefined ? 'decodeSubgroup' : 'decode';
+          // The subgroup kernel needs vec4 rows and a fixed subgroup size: D = 7 runs the portable one;
+          // the subgroup-matrix kernel f16, D % 16 == 0 and more than one row per key/value head.
+          const matrix = c.dtype === 'f16' && c.D % 16 === 0 && (c.H / c.Hkv) * c.Nq > 1;
+          const expected = kernels === 'subgroup' && c.D % 4 === 0 && gpu.subgroupSize !== undefined ? 'decodeSubgroup' : kernels === 'matrix' && matrix ? 'decodeMatrix' : 'decode';
           assert.equal(choice.kernel, expected);
           const got = await webgpuDecodeForward(p, gpu, choice, t.q, t.k, t.v);
           const oracle = standardForward(p, toF64(t.q), toF64(t.k), toF64(t.v));

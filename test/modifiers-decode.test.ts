@@ -99,7 +99,14 @@ function checkAgainstOracle(label: string, p: Problem, q: Tensor, k: Tensor, v: 
 
 /** The decode route of forward() on one backend: the cpu decode kernel, or a webgpu decode kernel forced. */
 type Route = { backend: 'cpu' } | { backend: 'webgpu'; kernels: DecodeKernels };
-const ROUTES: Route[] = BACKENDS.flatMap((b): Route[] => (b === 'webgpu' ? [{ backend: 'webgpu', kernels: 'portable' }, { backend: 'webgpu', kernels: 'subgroup' }] : [{ backend: 'cpu' }]));
+const ROUTES: Route[] = BACKENDS.flatMap((b): Route[] =>
+  b === 'webgpu' ? [{ backend: 'webgpu', kernels: 'portable' }, { backend: 'webgpu', kernels: 'subgroup' }, { backend: 'webgpu', kernels: 'matrix' }] : [{ backend: 'cpu' }],
+);
+const NO_MATRICES = 'the adapter has no f16 subgroup matrices (the subgroup-matrix decode kernel runs on GPUs that list them)';
+/** The matrix route on an adapter without f16 subgroup matrices (lavapipe): nothing of its own to run. */
+async function withoutMatrices(r: Route): Promise<boolean> {
+  return r.backend === 'webgpu' && r.kernels === 'matrix' && !(await defaultGpu()).matrixF16;
+}
 const routeName = (r: Route) => (r.backend === 'cpu' ? 'cpu' : `webgpu (${r.kernels} kernel)`);
 
 /** forward() on the decode route (asserting that the call takes it). */
@@ -112,6 +119,7 @@ async function decodeForward(r: Route, p: Problem, q: Tensor, k: Tensor, v: Tens
   const choice = decodeFits(p, gpu, r.kernels);
   assert.ok(choice, 'a webgpu decode kernel takes the call');
   if (r.kernels === 'subgroup' && p.D % 4 === 0 && gpu.subgroupSize !== undefined) assert.equal(choice.kernel, 'decodeSubgroup');
+  if (r.kernels === 'matrix' && p.dtype === 'f16' && p.D % 16 === 0 && (p.H / p.Hkv) * p.Nq > 1) assert.equal(choice.kernel, 'decodeMatrix');
   return (await webgpuDecodeForward(p, gpu, choice, q, k, v)) as { out: Tensor; lse: Tensor };
 }
 
@@ -124,7 +132,8 @@ describe('decode schedule with variants', () => {
   reportWebgpuSkip();
   for (const route of ROUTES) {
     for (const c of CASES) {
-      test(`${routeName(route)} ${c.dtype} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D}: each variant set against the oracle`, async () => {
+      test(`${routeName(route)} ${c.dtype} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D}: each variant set against the oracle`, async (t) => {
+        if (await withoutMatrices(route)) return t.skip(NO_MATRICES);
         const { q, k, v } = inputs(c, c.dtype, 'BNHD');
         for (const [name, variants] of Object.entries(variantSets(c.B, c.H))) {
           const p = checkForward(q, k, v, variants);
@@ -134,21 +143,25 @@ describe('decode schedule with variants', () => {
       });
     }
 
-    test(`${routeName(route)}: keys before every query's window are never read (NaN there changes nothing), split over the window`, async () => {
+    test(`${routeName(route)}: keys before every query's window are never read (NaN there changes nothing), split over the window`, async (t) => {
+      if (await withoutMatrices(route)) return t.skip(NO_MATRICES);
       const c: Case = { B: 2, H: 4, Hkv: 2, Nq: 4, Nk: 3000, D: 16 };
-      const { q, k, v } = inputs(c, 'f32', 'BNHD');
+      // f16 for the subgroup-matrix kernel (f16 only), whose tiles of 16 keys start at the window's start.
+      const dtype = route.backend === 'webgpu' && route.kernels === 'matrix' ? 'f16' : 'f32';
+      const NAN = dtype === 'f16' ? 0x7e00 : NaN;
+      const { q, k, v } = inputs(c, dtype, 'BNHD');
       const left = 100;
       const options: Variants = { window: [left, -1], causal: true, softcap: 3 };
       const p = checkForward(q, k, v, options);
       const clean = await decodeForward(route, p, q, k, v);
       checkAgainstOracle(`${routeName(route)} window ${left}`, p, q, k, v, clean.out, clean.lse);
       // No query sees a key before Nk − Nq − left.
-      const [kn, vn] = [k.data.slice() as Float32Array, v.data.slice() as Float32Array];
-      kn.fill(NaN, 0, (c.Nk - c.Nq - left) * c.Hkv * c.D);
-      vn.fill(NaN, 0, (c.Nk - c.Nq - left) * c.Hkv * c.D);
+      const [kn, vn] = [k.data.slice() as Float32Array | Uint16Array, v.data.slice() as Float32Array | Uint16Array];
+      kn.fill(NAN, 0, (c.Nk - c.Nq - left) * c.Hkv * c.D);
+      vn.fill(NAN, 0, (c.Nk - c.Nq - left) * c.Hkv * c.D);
       for (let b = 1; b < c.B; b++) {
-        kn.fill(NaN, b * c.Nk * c.Hkv * c.D, (b * c.Nk + c.Nk - c.Nq - left) * c.Hkv * c.D);
-        vn.fill(NaN, b * c.Nk * c.Hkv * c.D, (b * c.Nk + c.Nk - c.Nq - left) * c.Hkv * c.D);
+        kn.fill(NAN, b * c.Nk * c.Hkv * c.D, (b * c.Nk + c.Nk - c.Nq - left) * c.Hkv * c.D);
+        vn.fill(NAN, b * c.Nk * c.Hkv * c.D, (b * c.Nk + c.Nk - c.Nq - left) * c.Hkv * c.D);
       }
       const poisoned = await decodeForward(route, p, q, { ...k, data: kn }, { ...v, data: vn });
       assert.deepEqual(Array.from(poisoned.out.data), Array.from(clean.out.data), 'out as without the NaNs');
@@ -206,13 +219,14 @@ function row(t: Tensor, b: number): Tensor {
 
 describe('KV cache with variants', () => {
   reportWebgpuSkip();
-  const runs = BACKENDS.flatMap((backend) => (backend === 'webgpu' ? [['webgpu', 'portable'], ['webgpu', 'subgroup']] : [['cpu', 'auto']]) as ['cpu' | 'webgpu', DecodeKernels][]);
+  const runs = BACKENDS.flatMap((backend) => (backend === 'webgpu' ? [['webgpu', 'portable'], ['webgpu', 'subgroup'], ['webgpu', 'matrix']] : [['cpu', 'auto']]) as ['cpu' | 'webgpu', DecodeKernels][]);
   for (const [backend, kernels] of runs) {
     for (const [dtype, D, pageSize] of [
       ['f32', 32, undefined],
       ['f16', 64, 16],
     ] as const) {
-      test(`${backend}${backend === 'webgpu' ? ` (${kernels} kernel)` : ''} ${dtype} D=${D} ${pageSize ? `paged (${pageSize} tokens a page)` : 'contiguous'}: slots of different lengths, Nq = 1 and 4, each variant set`, async () => {
+      test(`${backend}${backend === 'webgpu' ? ` (${kernels} kernel)` : ''} ${dtype} D=${D} ${pageSize ? `paged (${pageSize} tokens a page)` : 'contiguous'}: slots of different lengths, Nq = 1 and 4, each variant set`, async (t) => {
+        if (await withoutMatrices({ backend, kernels })) return t.skip(NO_MATRICES);
         const [H, Hkv] = [6, 2];
         const config = { batch: 3, kvHeads: Hkv, headDim: D, maxLength: 200, dtype, backend, pageSize };
         const g = cacheGeometry(config);

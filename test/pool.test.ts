@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import { forward, MemoryTracker, type ForwardResult } from '../src/index.js';
-import { releaseIdle, workerExecArgv, workspaceBytes } from '../src/cpu/pool.js';
+import { cpuThreads, releaseIdle, workerExecArgv, workspaceBytes } from '../src/cpu/pool.js';
+import { wasmSupport } from '../src/cpu/wasm/index.js';
 import { inputs } from './util.js';
 
 const NO_POOL = availableParallelism() < 2 ? 'one core: the cpu backend runs inline, without workers' : undefined;
@@ -66,4 +67,9 @@ test('workers do not inherit the options of the entry point (node -e CODE, --inp
   assert.deepEqual(workerExecArgv(['--input-type=module', '-e', 'code', '--max-old-space-size=100']), ['--max-old-space-size=100']);
   assert.deepEqual(workerExecArgv(['--eval', 'x', '--input-type', 'module', '--enable-source-maps']), ['--enable-source-maps']);
   assert.deepEqual(workerExecArgv(['--print=1']), []);
+});
+
+test('cpuThreads() reports the worker threads, one per core, and the WebAssembly they run', { skip: NO_POOL }, async () => {
+  const t = await cpuThreads();
+  assert.deepEqual(t, { threads: Math.min(availableParallelism(), 16), workers: 'worker_threads', wasm: wasmSupport() });
 });

@@ -1,7 +1,7 @@
 /**
  * A one-node ONNX model: com.microsoft GroupQueryAttention, f16, for onnxruntime-decode.mjs. Written with
  * a few lines of protobuf encoding (the ONNX schema's field numbers) instead of a dependency: the graph is
- * one node, its inputs and outputs.
+ * one node, its inputs and outputs. onnx-mha.mjs builds its MultiHeadAttention model from the same pieces.
  *
  * Inputs: query (B, S, H·D), key and value (B, S, Hkv·D) (the S new tokens), past_key and past_value
  * (B, Hkv, P, D), seqlens_k (B) int32 (total length − 1), total_sequence_length () int32. Outputs:
@@ -28,22 +28,23 @@ function varint(n) {
 }
 
 const tag = (field, wire) => varint((field << 3) | wire);
-const int = (field, n) => [...tag(field, VARINT), ...varint(n)];
-const bytes = (field, b) => [...tag(field, LEN), ...varint(b.length), ...b];
-const str = (field, s) => bytes(field, [...new TextEncoder().encode(s)]);
+export const int = (field, n) => [...tag(field, VARINT), ...varint(n)];
+export const bytes = (field, b) => [...tag(field, LEN), ...varint(b.length), ...b];
+export const str = (field, s) => bytes(field, [...new TextEncoder().encode(s)]);
 const float = (field, x) => [...tag(field, I32), ...new Uint8Array(Float32Array.of(x).buffer)];
 
 /** ONNX TensorProto.DataType */
 export const FLOAT16 = 10;
 export const INT32 = 6;
+export const FLOAT = 1;
 
 // AttributeProto: name 1, f 2, i 3, type 20 (FLOAT 1, INT 2).
-const intAttr = (name, i) => [...str(1, name), ...int(3, i), ...int(20, 2)];
-const floatAttr = (name, f) => [...str(1, name), ...float(2, f), ...int(20, 1)];
+export const intAttr = (name, i) => [...str(1, name), ...int(3, i), ...int(20, 2)];
+export const floatAttr = (name, f) => [...str(1, name), ...float(2, f), ...int(20, 1)];
 
 // ValueInfoProto: name 1, type 2; TypeProto: tensor_type 1; Tensor: elem_type 1, shape 2;
 // TensorShapeProto: dim 1; Dimension: dim_value 1, dim_param 2.
-function valueInfo(name, elemType, dims) {
+export function valueInfo(name, elemType, dims) {
   const shape = dims.flatMap((d) => bytes(1, typeof d === 'string' ? str(2, d) : int(1, d)));
   return [...str(1, name), ...bytes(2, bytes(1, [...int(1, elemType), ...bytes(2, shape)]))];
 }
@@ -78,6 +79,11 @@ export function gqaModel({ H, Hkv, D, scale }) {
     ...bytes(12, valueInfo('present_key', FLOAT16, ['B', Hkv, 'T', D])),
     ...bytes(12, valueInfo('present_value', FLOAT16, ['B', Hkv, 'T', D])),
   ];
+  return modelOf(graph);
+}
+
+/** A ModelProto's bytes around a graph's: ai.onnx opset 21, com.microsoft 1. */
+export function modelOf(graph) {
   // ModelProto: ir_version 1, producer_name 2, graph 7, opset_import 8 (OperatorSetIdProto: domain 1, version 2).
   const model = [
     ...int(1, 10),

@@ -2,18 +2,19 @@
  * Lab notebook: the cpu backend's flash forward in WebAssembly SIMD (src/cpu/wasm) against flash.ts's
  * JavaScript kernel, through forward() (the worker pool, every core), in GFLOP/s (4·B·H·Nq·Nk·D a
  * forward, half of it causal); with --backward, the backward through backward() instead (2.5 times the
- * forward's FLOPs, out and lse from one forward beforehand). The two kernels' samples alternate in one process (setCpuKernels), so a
- * machine shared with other work disturbs both alike; each sample also gives the share of the machine's
- * CPU time that other processes took meanwhile (/proc/stat against this process's own, on Linux), and the
- * best sample's FLOPs per second of CPU time this process got (per core: what one core did while it ran).
+ * forward's FLOPs, out and lse from one forward beforehand). The two kernels' samples alternate in one
+ * process (setCpuKernels), so a machine shared with other work disturbs both alike; each sample also
+ * gives the share of the machine's CPU time that other processes took meanwhile (/proc/stat against this
+ * process's own, on Linux), and the best sample's FLOPs per second of CPU time this process got (per
+ * core: what one core did while it ran).
  * Run: node dist/bench/variants/cpu-wasm.js [--n 1024,4096] [--heads 8] [--dim 64] [--repeats 3] [--backward]
  *   (node --experimental-wasm-relaxed-simd ... on Node 20 for the relaxed-SIMD module)
  */
-import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { backward, forward, type Tensor } from '../../src/index.js';
 import { setCpuKernels, wasmSupport } from '../../src/cpu/wasm/index.js';
 import { randomTensor } from '../../test/util.js';
+import { timedCall } from '../load.js';
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -26,21 +27,8 @@ const D = Number(arg('dim', '64'));
 const repeats = Number(arg('repeats', '3'));
 const isBackward = process.argv.includes('--backward');
 
-/** Busy jiffies of the whole machine (Linux), or undefined. */
-function busy(): number | undefined {
-  try {
-    const [, ...f] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
-    const n = f.map(Number);
-    return n.reduce((a, b) => a + b, 0) - n[3] - n[4]; // less idle and iowait
-  } catch {
-    return undefined;
-  }
-}
-
 /** The call timed: forward(), or with --backward backward() on saved out and lse. */
-type Call = () => Promise<unknown>;
-
-async function call(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise<Call> {
+async function call(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise<() => Promise<unknown>> {
   const options = { backend: 'cpu' as const, causal };
   if (!isBackward) return () => forward(q, k, v, options);
   const dout = randomTensor('f32', q.shape as number[], 4);
@@ -48,25 +36,7 @@ async function call(q: Tensor, k: Tensor, v: Tensor, causal: boolean): Promise<C
   return () => backward(dout, q, k, v, out, lse, options);
 }
 
-interface Sample {
-  ms: number;
-  /** This process's CPU time (ms). */
-  own: number;
-  others: number | undefined;
-}
-
-async function sample(run: Call): Promise<Sample> {
-  const b0 = busy();
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  await run();
-  const ms = performance.now() - t0;
-  const c = process.cpuUsage(c0);
-  const b1 = busy();
-  const own = (c.user + c.system) / 1000; // ms
-  const others = b0 === undefined || b1 === undefined ? undefined : Math.max(0, ((b1 - b0) * 10 - own) / (ms * availableParallelism()));
-  return { ms, own, others };
-}
+type Sample = Awaited<ReturnType<typeof timedCall>>;
 
 const support = wasmSupport();
 process.stdout.write(`${isBackward ? 'backward' : 'forward'}; WebAssembly: ${support}; ${availableParallelism()} cores; B=1 H=${H} D=${D} f32; Node ${process.version}\n`);
@@ -86,14 +56,14 @@ for (const N of Ns) {
     for (let r = 0; r < repeats; r++) {
       for (const kernels of ['wasm', 'js'] as const) {
         setCpuKernels(kernels);
-        runs[kernels].push(await sample(run));
+        runs[kernels].push(await timedCall(run));
       }
     }
     setCpuKernels('wasm');
     for (const kernels of ['wasm', 'js'] as const) {
       const s = runs[kernels].map((x) => x.ms).sort((a, b) => a - b);
       const best = s[0];
-      const perCore = flops / Math.min(...runs[kernels].map((x) => x.own)) / 1e6;
+      const perCore = flops / Math.min(...runs[kernels].map((x) => x.ownMs)) / 1e6;
       const median = s[Math.floor(s.length / 2)];
       const others = runs[kernels].map((x) => (x.others === undefined ? '?' : `${Math.round(100 * x.others)}%`)).join(' ');
       process.stdout.write(

@@ -5,7 +5,9 @@
  * workgroup size and split target, each validated against the float64 reference (on one batch row and
  * the first key/value head's group) before it is timed. Prints K/V bytes read per second, and the host's
  * wall time per call over 100 back-to-back calls against their GPU time.
- * Run: node dist/bench/variants/decode.js [--sweep]
+ * Run: node dist/bench/variants/decode.js [--sweep | --sweep-all] (--sweep: the shipped kernel over split
+ * targets; --sweep-all: also the subgroup kernel over T, U and R, the subgroup-matrix kernel over its
+ * warps, and the portable kernel)
  */
 import { createKVCache, forward, type GpuTensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
@@ -24,7 +26,8 @@ const CASES = [
   { B: 8, H: 32, Hkv: 8, Nk: 4096, D: 64 },
 ];
 const CALLS = 100;
-const sweep = process.argv.includes('--sweep');
+const sweepAll = process.argv.includes('--sweep-all');
+const sweep = sweepAll || process.argv.includes('--sweep');
 
 /** n f16 values: 2^20 seeded normal ones, repeated (drawing hundreds of millions in JavaScript takes minutes). */
 function tiled(n: number, seed: number): Uint16Array {
@@ -141,20 +144,24 @@ for (const c of CASES) {
     const lse = gpu.device.createBuffer({ size: B * H * 4, usage: GPUBufferUsage.STORAGE });
     const { q: sq, kv: sk } = problemStrides(p);
     const portable = decodeFits(p, gpu, 'portable')!;
-    const sub = decodeFits(p, gpu)!;
+    const sub = decodeFits(p, gpu, 'subgroup')!;
+    const matrix = decodeFits(p, gpu, 'matrix');
     const choices: DecodeChoice[] = [];
+    if (sweepAll && matrix?.kernel === 'decodeMatrix') for (const W of [1, 2, 4]) if (W <= matrix.params.W) choices.push({ kernel: 'decodeMatrix', params: { ...matrix.params, W } });
     if (sub.kernel === 'decodeSubgroup') {
-      for (const T of [8, 16, 32]) for (const U of [4, 8]) for (const R of [1, 2, 4]) if (R <= sub.params.R) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, R, NG: 128 / T } });
+      choices.push(sub);
+      if (sweepAll) for (const T of [8, 16, 32]) for (const U of [4, 8]) for (const R of [1, 2, 4]) if (R <= sub.params.R) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, R, NG: 128 / T } });
     }
-    for (const WG of [128]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
+    if (sweepAll) for (const WG of [128]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
     for (const choice of choices) {
-      for (const target of [1024, 2048]) {
+      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : [1024, 2048];
+      for (const target of targets) {
         const { R, block } = decodeShape(choice);
         const rowChunks = Math.ceil(G / R);
         if (choice.kernel === 'decode' && target > 1024) continue;
         const plan = splitPlan(B, Hkv, rowChunks, Nk, block, target);
         const sizes = decodeSizes({ B, H, Hkv, Nq: 1, Nk, q: sq, keys: { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: Nk, maxPages: 1 }, scale: p.scale }, R, plan);
-        const label = `${choice.kernel} ${Object.entries(choice.params).filter(([key]) => ['T', 'U', 'NG', 'R', 'Bc', 'WG'].includes(key)).map(([key, x]) => `${key}=${x}`).join(' ')} splits=${plan.splits}`;
+        const label = `${choice.kernel} ${Object.entries(choice.params).filter(([key]) => ['T', 'U', 'NG', 'R', 'Bc', 'WG', 'W'].includes(key)).map(([key, x]) => `${key}=${x}`).join(' ')} splits=${plan.splits}`;
         let pipes;
         try {
           pipes = await decodePipelines(gpu, choice, plan.splits > 1);

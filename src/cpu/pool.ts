@@ -1,7 +1,9 @@
 /**
- * The worker pool: one worker thread per core (Node's worker_threads), created on first use and kept
- * for later calls. Workers are unref'd between jobs, so an idle pool never keeps a process alive.
- * Where worker threads are unavailable (a browser without them, or a single core) jobs run inline.
+ * The worker pool: one worker thread per core (Node's worker_threads; in a cross-origin isolated browser
+ * page, module Web Workers: web-workers.ts), created on first use and kept for later calls. Workers are
+ * unref'd between jobs, so an idle pool never keeps a process alive. Where workers are unavailable (a page
+ * that is not cross-origin isolated, a runtime without them, or a single core) jobs run inline, on the
+ * calling thread; `cpuThreads` says which, and why.
  *
  * Memory. A worker keeps every SharedArrayBuffer it was sent until its own garbage collector runs, and
  * its few allocations seldom make it run (V8 does not count shared memory towards a collection): with
@@ -11,9 +13,9 @@
  * IDLE_RELEASE_MS without a call the workspace is dropped and the workers are ended, which frees what
  * they held; the next call starts them again (about 0.3 s on 2 cores).
  */
-import type { Worker as NodeWorker } from 'node:worker_threads';
 import type { Job, Region } from './job.js';
 import { runTasks } from './run.js';
+import { wasmSupport } from './wasm/index.js';
 import type { WorkerReply, WorkerRequest } from './worker.js';
 
 /** A buffer the workers can share; a plain ArrayBuffer where SharedArrayBuffer is unavailable. */
@@ -26,12 +28,37 @@ export function whole(buffer: ArrayBufferLike): Region {
   return { buffer, byteOffset: 0, byteLength: buffer.byteLength };
 }
 
+/** What the pool uses of a worker: a subset of Node's worker_threads Worker, which web-workers.ts gives a Web Worker. */
+export interface PoolWorker {
+  on<T>(event: 'message' | 'error', listener: (value: T) => void): void;
+  once<T>(event: 'message' | 'error', listener: (value: T) => void): void;
+  off<T>(event: 'message' | 'error', listener: (value: T) => void): void;
+  postMessage(message: WorkerRequest): void;
+  ref(): void;
+  unref(): void;
+  terminate(): unknown;
+}
+
+/** The cpu backend's threads: how many, on what, and why only one where that is so. */
+export interface CpuThreads {
+  /** Threads a large call is split over (1: the calling thread alone). */
+  threads: number;
+  /** 'worker_threads' (Node), 'web-workers' (a cross-origin isolated page), or 'none'. */
+  workers: 'worker_threads' | 'web-workers' | 'none';
+  /** Why there are no workers, where there are none. */
+  reason?: string;
+  /** The WebAssembly SIMD the threads run the forward in ('none': its JavaScript kernel), as the workers found it. */
+  wasm: 'relaxed' | 'simd' | 'none';
+}
+
+let threadsStatus: CpuThreads = { threads: 1, workers: 'none', reason: 'not started yet', wasm: 'none' };
+
 class Pool {
   private queue: Promise<unknown> = Promise.resolve();
   /** The first error a worker raised outside a job (one that could not start, say). */
   private broken: Error | undefined;
 
-  constructor(private readonly workers: NodeWorker[]) {
+  constructor(private readonly workers: PoolWorker[]) {
     for (const w of workers) w.on('error', (e: Error) => (this.broken ??= e));
   }
 
@@ -86,23 +113,42 @@ class Pool {
 
 let pool: Promise<Pool | undefined> | undefined;
 
+/** The pool, or undefined where jobs run inline; threadsStatus says which, and why. */
 async function createPool(): Promise<Pool | undefined> {
-  if (typeof SharedArrayBuffer !== 'function') return undefined;
+  const none = (reason: string) => ((threadsStatus = { threads: 1, workers: 'none', reason, wasm: wasmSupport() }), undefined);
+  if (!(typeof process === 'object' && process.versions?.node)) {
+    const { webWorkers } = await import('./web-workers.js');
+    const w = await webWorkers();
+    if (!w.workers) return none(w.reason);
+    threadsStatus = { threads: w.workers.length, workers: 'web-workers', wasm: w.wasm };
+    return new Pool(w.workers);
+  }
+  if (typeof SharedArrayBuffer !== 'function') return none('SharedArrayBuffer is unavailable');
   try {
     const { Worker } = await import('node:worker_threads');
     const { availableParallelism } = await import('node:os');
     const n = Math.min(availableParallelism(), 16);
-    if (n < 2) return undefined;
+    if (n < 2) return none('one core');
     const url = new URL('./worker.js', import.meta.url);
     const workers = Array.from({ length: n }, () => {
       const w = new Worker(url, { execArgv: workerExecArgv(process.execArgv) });
       w.unref();
       return w;
     });
+    threadsStatus = { threads: n, workers: 'worker_threads', wasm: wasmSupport() }; // the workers' engine is this one
     return new Pool(workers);
-  } catch {
-    return undefined; // no worker threads here: run inline
+  } catch (e) {
+    return none(`no worker threads here (${e instanceof Error ? e.message : String(e)})`);
   }
+}
+
+/**
+ * The cpu backend's threads (starting its workers if they are not running): in Node, worker threads, one
+ * per core; in a browser, Web Workers where the page is cross-origin isolated, else 1 thread and the reason.
+ */
+export async function cpuThreads(): Promise<CpuThreads> {
+  await (pool ??= createPool());
+  return { ...threadsStatus };
 }
 
 /**

@@ -111,9 +111,9 @@ export class WebgpuCacheStore implements CacheStore {
         const mods = modsOf(problem);
         const shape = { D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true, ...(mods && { mods }) };
         const choice = decodeChoice(shape, this.gpu, this.kernels)!;
-        const { R, block } = decodeShape(choice);
+        const { R, block, target } = decodeShape(choice);
         const rowChunks = Math.ceil(((H / Hkv) * Nq) / R);
-        const plan = splitPlan(B, Hkv, rowChunks, keysSeen(s.mods, Nq, longest), block);
+        const plan = splitPlan(B, Hkv, rowChunks, keysSeen(s.mods, Nq, longest), block, target);
         const q = { batch: Nq * H * D, row: H * D, head: D };
         const sizes = decodeSizes({ B, H, Hkv, Nq, Nk: longest, q, keys: this.keys(), scale: s.scale }, R, plan);
         const pipes = await decodePipelines(this.gpu, choice, plan.splits > 1);

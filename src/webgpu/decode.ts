@@ -9,6 +9,7 @@ import { problemStrides } from '../problem.js';
 import type { Gpu } from './device.js';
 import { DECODE_MOD_FLAGS, decodeWGSL, decodeWorkgroupBytes, mergeWGSL, type DecodeParams, type DecodeSizes } from './kernels/decode.js';
 import { decodeSubgroupWGSL, decodeSubgroupWorkgroupBytes, type DecodeSubgroupParams } from './kernels/decode-subgroup.js';
+import { DECODE_MATRIX_ROWS, decodeMatrixWGSL, decodeMatrixWorkgroupBytes, type DecodeMatrixParams } from './kernels/decode-matrix.js';
 import type { StorageType } from './kernels/common.js';
 import { pipeline } from './pipelines.js';
 
@@ -25,10 +26,11 @@ const DECODE_MAX_ROWS = 16;
 const DECODE_BLOCKS = [16, 8, 4, 2, 1];
 
 /**
- * Workgroups a decode dispatch aims for: enough to keep every SM of a large GPU (132 on an H200) busy
- * with several workgroups each, so that loads of one overlap the arithmetic of another.
+ * Invocations a decode dispatch aims for (1024 workgroups of 128): enough to keep every SM of a large
+ * GPU (132 on an H200) busy with several workgroups each, so that loads of one overlap the arithmetic
+ * of another.
  */
-const DECODE_TARGET_WORKGROUPS = 1024;
+const DECODE_TARGET_INVOCATIONS = 131072;
 
 /** Fewest key blocks a split gets: fewer would spend more on the partials and the merge than they save. */
 const DECODE_MIN_BLOCKS_PER_SPLIT = 4;
@@ -57,13 +59,21 @@ function invocations(gpu: Gpu): number {
 
 /** A decode kernel and its configuration (without `split`, which each call sets). */
 export type DecodeChoice =
+  | { kernel: 'decodeMatrix'; params: Omit<DecodeMatrixParams, 'split'> }
   | { kernel: 'decodeSubgroup'; params: Omit<DecodeSubgroupParams, 'split'> }
   | { kernel: 'decode'; params: Omit<DecodeParams, 'split'> };
 
-/** Query rows per workgroup, threads per workgroup, and the keys a split's length is a multiple of. */
-export function decodeShape(c: DecodeChoice): { R: number; WG: number; block: number } {
-  if (c.kernel === 'decode') return { R: c.params.R, WG: c.params.WG, block: c.params.Bc };
-  return { R: c.params.R, WG: c.params.T * c.params.NG, block: c.params.NG * c.params.U };
+/**
+ * Query rows per workgroup, threads per workgroup, the keys a split's length is a multiple of, and the
+ * workgroups a dispatch aims for (splitPlan's target: DECODE_TARGET_INVOCATIONS over WG).
+ */
+export function decodeShape(c: DecodeChoice): { R: number; WG: number; block: number; target: number } {
+  if (c.kernel === 'decodeMatrix') {
+    // Each warp of a workgroup takes a split of its own: the target counts warps.
+    return { R: DECODE_MATRIX_ROWS, WG: c.params.W * c.params.SGS, block: DECODE_MATRIX_ROWS, target: DECODE_TARGET_INVOCATIONS / c.params.SGS };
+  }
+  const shape = c.kernel === 'decode' ? { R: c.params.R, WG: c.params.WG, block: c.params.Bc } : { R: c.params.R, WG: c.params.T * c.params.NG, block: c.params.NG * c.params.U };
+  return { ...shape, target: Math.max(1, Math.round(DECODE_TARGET_INVOCATIONS / shape.WG)) };
 }
 
 /** Most floats of q, O and the loaded K/V rows one invocation of the subgroup kernel holds. */
@@ -99,11 +109,28 @@ function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
 }
 
 /**
+ * The subgroup-matrix kernel's configuration, where the adapter has f16→f32 16×16×16 subgroup matrices:
+ * f16, D a multiple of 16, vec4 K/V rows, and more than one query row per key/value head (G·Nq ≥ 2:
+ * with one row, 15 of a fragment's 16 rows are padding).
+ */
+function matrixChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
+  const SGS = gpu.subgroupSize;
+  if (!gpu.matrixF16 || SGS === undefined || SGS % 16 !== 0 || s.dtype !== 'f16' || s.D % 16 !== 0 || !s.aligned || s.G * s.Nq < 2) return undefined;
+  // Warps per workgroup: the most of 4, 2, 1 whose tiles fit (a warp alone per workgroup ran at a quarter
+  // of the speed on an H200: as if one workgroup of this kernel ran per SM at a time).
+  const W = [4, 2, 1].find((W) => W * SGS <= invocations(gpu) && decodeMatrixWorkgroupBytes({ D: s.D, W }) <= gpu.limits.maxComputeWorkgroupStorageSize);
+  if (W === undefined) return undefined;
+  return { kernel: 'decodeMatrix', params: { D: s.D, dtype: 'f16', SGS, W, causal: s.causal, cache: s.cache, paged: s.paged, ...(s.mods && { mods: s.mods }) } };
+}
+
+/**
  * Which decode kernels a call may run: 'auto' the subgroup kernel on GPUs and the portable one on
  * software adapters (in Chromium's SwiftShader the subgroup kernel's pages stopped answering; lavapipe
- * runs it, and the tests force it there: 'subgroup'), 'portable' the portable kernel only.
+ * runs it, and the tests force it there: 'subgroup'); 'subgroup' and 'matrix' that kernel where it
+ * applies (else the portable one; the subgroup-matrix kernel is correct but slower than the subgroup
+ * one on an H200, so only tests and measurements ask for it), 'portable' the portable kernel only.
  */
-export type DecodeKernels = 'auto' | 'subgroup' | 'portable';
+export type DecodeKernels = 'auto' | 'matrix' | 'subgroup' | 'portable';
 
 /**
  * The decode kernel for a shape on a device: the subgroup kernel where it applies (kernels/decode-subgroup.ts)
@@ -111,6 +138,8 @@ export type DecodeKernels = 'auto' | 'subgroup' | 'portable';
  * either fits the device.
  */
 export function decodeChoice(s: DecodeShape, gpu: Gpu, kernels: DecodeKernels = 'auto'): DecodeChoice | undefined {
+  const matrix = kernels === 'matrix' ? matrixChoice(s, gpu) : undefined;
+  if (matrix) return matrix;
   const sub = kernels === 'subgroup' || (kernels === 'auto' && !gpu.software) ? subgroupChoice(s, gpu) : undefined;
   if (sub) return sub;
   const WG = invocations(gpu);
@@ -152,7 +181,7 @@ export function decodeFits(p: Problem, gpu: Gpu, kernels: DecodeKernels = 'auto'
  * How the keys of a call are split: `splits` splits of `chunk` keys (a multiple of Bc) per sequence, so
  * that B·Hkv·rowChunks·splits approaches the target, each split at least a few blocks long.
  */
-export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number, target = DECODE_TARGET_WORKGROUPS): { splits: number; chunk: number } {
+export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number, target: number): { splits: number; chunk: number } {
   const blocks = Math.max(1, Math.ceil(Nk / Bc));
   const wanted = Math.max(1, Math.min(DECODE_MAX_SPLITS, Math.floor(target / (B * Hkv * rowChunks))));
   const perSplit = Math.max(DECODE_MIN_BLOCKS_PER_SPLIT, Math.ceil(blocks / wanted));
@@ -281,15 +310,26 @@ export function decodeScratch(device: GPUDevice): DecodeScratch {
 }
 
 /** The pipelines of a decode call: the kernel (split or not) and, split, the merge. */
-export async function decodePipelines(gpu: Gpu, choice: DecodeChoice, split: boolean): Promise<{ decode: GPUComputePipeline; merge?: GPUComputePipeline }> {
+export interface DecodePipelines {
+  decode: GPUComputePipeline;
+  /** The merge kernel, where the keys are split. */
+  merge?: GPUComputePipeline;
+  /** Splits one workgroup of the decode kernel takes (the subgroup-matrix kernel: one per warp). */
+  splitsPerGroup: number;
+}
+
+export async function decodePipelines(gpu: Gpu, choice: DecodeChoice, split: boolean): Promise<DecodePipelines> {
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   const decode =
     choice.kernel === 'decode'
       ? await pipeline(gpu.device, 'decode', { ...choice.params, split }, (x) => decodeWGSL(x, limit))
-      : await pipeline(gpu.device, 'decodeSubgroup', { ...choice.params, split }, (x) => decodeSubgroupWGSL(x, limit));
-  if (!split) return { decode };
+      : choice.kernel === 'decodeMatrix'
+        ? await pipeline(gpu.device, 'decodeMatrix', { ...choice.params, split }, (x) => decodeMatrixWGSL(x, limit))
+        : await pipeline(gpu.device, 'decodeSubgroup', { ...choice.params, split }, (x) => decodeSubgroupWGSL(x, limit));
+  const splitsPerGroup = choice.kernel === 'decodeMatrix' ? choice.params.W : 1;
+  if (!split) return { decode, splitsPerGroup };
   const mp = { D: choice.params.D, dtype: choice.params.dtype, WG: 64 };
-  return { decode, merge: await pipeline(gpu.device, 'decodeMerge', mp, mergeWGSL) };
+  return { decode, merge: await pipeline(gpu.device, 'decodeMerge', mp, mergeWGSL), splitsPerGroup };
 }
 
 /** Dispatch sizes for `n` invocations of WG in a flat 1-D index folded over x ≤ 65535 and y. */
@@ -307,7 +347,7 @@ export function flatGroups(n: number, WG: number): [number, number] {
 export function encodeDecode(
   enc: GPUCommandEncoder,
   scratch: DecodeScratch,
-  pipes: { decode: GPUComputePipeline; merge?: GPUComputePipeline },
+  pipes: DecodePipelines,
   D: number,
   sizes: DecodeSizes,
   uniform: GPUBuffer,
@@ -317,7 +357,7 @@ export function encodeDecode(
 ): void {
   const extra = [bufs.seqs, bufs.table].filter((b): b is GPUBuffer => b !== undefined);
   const pass = enc.beginComputePass();
-  const grid: [number, number, number] = [sizes.splits, sizes.Hkv * sizes.rowChunks, sizes.B];
+  const grid: [number, number, number] = [Math.ceil(sizes.splits / pipes.splitsPerGroup), sizes.Hkv * sizes.rowChunks, sizes.B];
   if (!pipes.merge) {
     pass.setPipeline(pipes.decode);
     pass.setBindGroup(0, scratch.bindGroup(pipes.decode, [uniform, bufs.q, bufs.k, bufs.v, bufs.out, bufs.lse, ...extra], keep));

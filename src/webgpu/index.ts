@@ -71,9 +71,9 @@ export async function webgpuDecodeForward(p: Problem, gpu: Gpu, choice: DecodeCh
   let counted = 0;
   try {
     const { q: sq, kv: sk } = problemStrides(p);
-    const { R, block } = decodeShape(choice);
+    const { R, block, target } = decodeShape(choice);
     const rowChunks = Math.ceil(((p.H / p.Hkv) * p.Nq) / R);
-    const plan = splitPlan(p.B, p.Hkv, rowChunks, keysSeen(p.mods, p.Nq, p.Nk), block);
+    const plan = splitPlan(p.B, p.Hkv, rowChunks, keysSeen(p.mods, p.Nq, p.Nk), block, target);
     const keys = { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: p.Nk, maxPages: 1 };
     const sizes = decodeSizes({ B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, Nk: p.Nk, q: sq, keys, scale: p.scale }, R, plan);
     const pipes = await decodePipelines(gpu, choice, plan.splits > 1);

@@ -96,7 +96,7 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   const stashGroup = rows
     .map((r) => [`if (lane == 0u) { Ml[(grp * R + ${r}u) * 2u] = m${r}; Ml[(grp * R + ${r}u) * 2u + 1u] = select(l${r}, nan(), poisoned${r}); }`, ...vs.map((v) => `Og[(grp * R + ${r}u) * D4 + lane * ${VPT}u + ${v}u] = o${r}_${v};`)].join('\n  '))
     .join('\n  ');
-  const { outputs, extra, keyBase } = decodeBindingsWGSL(p);
+  const { outputs, extra, rows: rowsWGSL } = decodeBindingsWGSL(p);
   const lseBits = `select(select(bitcast<u32>(M + log(L)), ${NEG_INF_BITS}, L == 0.0), bitcast<u32>(nan()), poisoned)`;
   const write = split
     ? `let part = ((b * u.H + head_of(r)) * u.Nq + query_of(r)) * u.splits + s;
@@ -125,16 +125,7 @@ var<workgroup> Og: array<vec4<f32>, ${NG * R * D4}>; // (group, row, D4): the gr
 ${OPAQUE_WGSL}
 ${NAN_WGSL}
 
-var<private> slot: u32;
-var<private> hk: u32;
-var<private> row0: u32;
-
-fn ok_row(r: u32) -> bool { return row0 + r < (u.H / u.Hkv) * u.Nq; }
-fn head_of(r: u32) -> u32 { return hk * (u.H / u.Hkv) + (row0 + r) / u.Nq; }
-fn query_of(r: u32) -> u32 { return (row0 + r) % u.Nq; }
-fn key_base(key: u32) -> u32 {
-  ${keyBase}
-}
+${rowsWGSL}
 /** vec4 d4 of query row r (the rows of this workgroup), as f32. */
 fn load_q(r: u32, d4: u32) -> vec4<f32> {
   let at = bIndex * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead + 4u * d4;

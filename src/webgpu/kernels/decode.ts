@@ -118,11 +118,12 @@ function loadRow(name: string, vec: boolean): string {
 }
 
 /**
- * What both decode kernels declare alike: the outputs (partials, or out and lse), the cache's bindings
- * (each batch row's slot and length; the block table), and the body of key_base(key), the element offset
- * of key `key` of kv head hk in the current slot.
+ * What the decode kernels declare alike: the outputs (partials, or out and lse), the cache's bindings
+ * (each batch row's slot and length; the block table), and `rows`: the workgroup's slot, key/value head
+ * hk and first row row0 (private variables each kernel sets), its rows' heads and queries, and
+ * key_base(key), the element offset of key `key` of kv head hk in the current slot.
  */
-export function decodeBindingsWGSL(p: Pick<DecodeParams, 'dtype' | 'cache' | 'paged' | 'split'>): { outputs: string; extra: string; keyBase: string } {
+export function decodeBindingsWGSL(p: Pick<DecodeParams, 'dtype' | 'cache' | 'paged' | 'split'>): { outputs: string; extra: string; rows: string } {
   const { dtype, cache, paged, split } = p;
   const outputs = split
     ? `@group(0) @binding(4) var<storage, read_write> opart: array<vec4<f32>>; // (B·H·Nq, splits, D4)
@@ -137,7 +138,20 @@ export function decodeBindingsWGSL(p: Pick<DecodeParams, 'dtype' | 'cache' | 'pa
     ? `let page = u32(table[slot * u.maxPages + key / u.pageSize]);
   return page * u.kvPage + (key % u.pageSize) * u.kvRow + hk * u.kvHead;`
     : `return slot * u.kvPage + key * u.kvRow + hk * u.kvHead;`;
-  return { outputs, extra, keyBase };
+  const rows = `var<private> slot: u32;
+var<private> hk: u32;
+var<private> row0: u32; // the first of the G·Nq rows of (b, hk) this workgroup owns
+
+/** Row r of the workgroup is query row row0 + r of the group: head hk·G + (row0 + r) / Nq, query (row0 + r) % Nq. */
+fn ok_row(r: u32) -> bool { return row0 + r < (u.H / u.Hkv) * u.Nq; }
+fn head_of(r: u32) -> u32 { return hk * (u.H / u.Hkv) + (row0 + r) / u.Nq; }
+fn query_of(r: u32) -> u32 { return (row0 + r) % u.Nq; }
+
+/** Element offset of key \`key\` (head hk) of the current slot. */
+fn key_base(key: u32) -> u32 {
+  ${keyBase}
+}`;
+  return { outputs, extra, rows };
 }
 
 /** The variants' flags the decode kernels run (the others go to the prefill kernels). */
@@ -212,7 +226,7 @@ export function decodeWGSL(p: DecodeParams, workgroupLimit: number): string {
   const d4Bound = unroll ? 'D4' : 'd4n';
   const bcBound = unroll ? 'Bc' : 'bc';
   const kvType = vec ? `vec4<${dtype}>` : dtype;
-  const { outputs, extra, keyBase } = decodeBindingsWGSL(p);
+  const { outputs, extra, rows } = decodeBindingsWGSL(p);
   const mods = decodeModsWGSL(p);
   const write = split
     ? `  // The split's partial: O / l and L (−∞ for a split that saw no key: its weight in the merge is 0).
@@ -272,19 +286,7 @@ ${loadRow('v', vec)}
 
 ${registers}
 var<private> me: u32; // local_invocation_index
-var<private> slot: u32;
-var<private> hk: u32;
-var<private> row0: u32; // the first of the G·Nq rows of (b, hk) this workgroup owns
-
-/** Row r of the workgroup is query row row0 + r of the group: head hk·G + (row0 + r) / Nq, query (row0 + r) % Nq. */
-fn ok_row(r: u32) -> bool { return row0 + r < (u.H / u.Hkv) * u.Nq; }
-fn head_of(r: u32) -> u32 { return hk * (u.H / u.Hkv) + (row0 + r) / u.Nq; }
-fn query_of(r: u32) -> u32 { return (row0 + r) % u.Nq; }
-
-/** Element offset of key \`key\` (head hk) of the current slot. */
-fn key_base(key: u32) -> u32 {
-  ${keyBase}
-}
+${rows}
 
 /** Issue this thread's loads of the block at key c0 (K_j and V_j into registers). */
 fn fetch(c0: u32, keyEnd: u32) {
