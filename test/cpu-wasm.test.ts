@@ -1,16 +1,17 @@
-// The cpu backend's WebAssembly forward (src/cpu/wasm): against the float64 oracle under the error rule
-// of util.ts (the cpu's standard attention as yardstick, as spec.ts does) on a spread of shapes, through
-// the normal path (worker threads for the larger cases, inline for the small); beside flash.ts's
-// JavaScript kernel on the same inputs; and the semantics the JavaScript kernel has at the edges.
+// The cpu backend's WebAssembly forward and backward (src/cpu/wasm): against the float64 oracle under the
+// error rule of util.ts (the cpu's standard attention as yardstick, as spec.ts does) on a spread of
+// shapes, through the normal path (worker threads for the larger cases, inline for the small); beside
+// flash.ts's JavaScript kernels on the same inputs; and the semantics the JavaScript kernels have at the
+// edges (NaN, rows that see no key).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { forward, type DType, type Layout, type Tensor } from '../src/index.js';
+import { backward, forward, type DType, type Layout, type Tensor } from '../src/index.js';
 import { checkForward } from '../src/problem.js';
-import { standardForward } from '../src/reference/index.js';
+import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
-import { forwardTask, forwardTasks } from '../src/cpu/flash.js';
+import { backwardTask, backwardTasks, forwardTask, forwardTasks, reduceDq, type BackwardArrays } from '../src/cpu/flash.js';
 import { scratchLength, tileSizes, type CpuShape } from '../src/cpu/job.js';
-import { setCpuKernels, setWasmVariant, wasmForward, wasmSupport } from '../src/cpu/wasm/index.js';
+import { setCpuKernels, setWasmVariant, wasmBackward, wasmForward, wasmSupport } from '../src/cpu/wasm/index.js';
 import { bnhd } from './spec.js';
 import { assertWithinRule, inputs, maxError, type Case } from './util.js';
 
@@ -37,53 +38,59 @@ const CASES: Spec[] = [
 
 const label = (c: Spec) => `${c.dtype} ${c.layout} causal=${c.causal} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D}`;
 
-async function runForward(c: Spec, t: { q: Tensor; k: Tensor; v: Tensor }, algorithm: 'flash' | 'standard') {
-  const f = await forward(t.q, t.k, t.v, { causal: c.causal, layout: c.layout, backend: 'cpu', algorithm });
-  return { out: bnhd(f.out, c.layout), lse: toF64(f.lse) };
+async function run(c: Spec, t: { q: Tensor; k: Tensor; v: Tensor; dout: Tensor }, algorithm: 'flash' | 'standard') {
+  const options = { causal: c.causal, layout: c.layout, backend: 'cpu', algorithm } as const;
+  const f = await forward(t.q, t.k, t.v, options);
+  const g = await backward(t.dout, t.q, t.k, t.v, f.out, f.lse, options);
+  return { out: bnhd(f.out, c.layout), lse: toF64(f.lse), dq: bnhd(g.dq, c.layout), dk: bnhd(g.dk, c.layout), dv: bnhd(g.dv, c.layout) };
 }
 
-describe('cpu WebAssembly forward', () => {
-  test('the runtime has WebAssembly SIMD, so the cpu forward runs it', () => {
+const OUTPUTS = [['out', 2], ['lse', 2], ['dq', 3], ['dk', 3], ['dv', 3]] as const;
+
+describe('cpu WebAssembly forward and backward', () => {
+  test('the runtime has WebAssembly SIMD, so the cpu forward and backward run it', () => {
     assert.notEqual(wasmSupport(), 'none');
   });
 
   for (const c of CASES) {
-    test(`against the float64 oracle, and beside the JavaScript kernel: ${label(c)}`, async () => {
+    test(`against the float64 oracle, and beside the JavaScript kernels: ${label(c)}`, async () => {
       const t = inputs(c, c.dtype, c.layout);
       const base = inputs(c, c.dtype, 'BNHD');
       const p = checkForward(base.q, base.k, base.v, { causal: c.causal });
-      const oracle = standardForward(p, toF64(base.q), toF64(base.k), toF64(base.v));
-      const standard = await runForward(c, t, 'standard');
-      const got = await runForward(c, t, 'flash');
+      const [Q, K, V, dO] = [toF64(base.q), toF64(base.k), toF64(base.v), toF64(base.dout)];
+      const oracle = { ...standardForward(p, Q, K, V), ...standardBackward(p, dO, Q, K, V) };
+      const standard = await run(c, t, 'standard');
+      const got = await run(c, t, 'flash');
       setCpuKernels('js');
       let js;
       try {
-        js = await runForward(c, t, 'flash');
+        js = await run(c, t, 'flash');
       } finally {
         setCpuKernels('wasm');
       }
       // The two kernels round differently (f32 products against f64): results that differ show both ran.
-      if (c.Nk > 1) assert.ok(maxError(got.out, js.out) > 0, 'the WebAssembly and JavaScript kernels gave identical results');
+      if (c.Nk > 1) {
+        for (const k of ['out', 'dq', 'dk', 'dv'] as const) assert.ok(maxError(got[k], js[k]) > 0, `the WebAssembly and JavaScript kernels gave identical ${k}`);
+      }
       if (process.env.FLASHATTN_TEST_VERBOSE === '1') {
-        const e = (r: typeof got, k: 'out' | 'lse') => `${maxError(r[k], oracle[k]).toExponential(2)}`;
-        process.stderr.write(`${label(c)}: out ${e(got, 'out')} js ${e(js, 'out')} std ${e(standard, 'out')}; lse ${e(got, 'lse')} js ${e(js, 'lse')} std ${e(standard, 'lse')}\n`);
+        const e = (r: typeof got, k: (typeof OUTPUTS)[number][0]) => `${maxError(r[k], oracle[k]).toExponential(2)}`;
+        process.stderr.write(`${label(c)}: ${OUTPUTS.map(([k]) => `${k} ${e(got, k)} js ${e(js, k)} std ${e(standard, k)}`).join('; ')}\n`);
       }
       for (const [name, r] of [['wasm', got], ['js', js]] as const) {
-        assertWithinRule(`${name} ${label(c)} out`, maxError(r.out, oracle.out), maxError(standard.out, oracle.out), 2);
-        assertWithinRule(`${name} ${label(c)} lse`, maxError(r.lse, oracle.lse), maxError(standard.lse, oracle.lse), 2);
+        for (const [k, factor] of OUTPUTS) assertWithinRule(`${name} ${label(c)} ${k}`, maxError(r[k], oracle[k]), maxError(standard[k], oracle[k]), factor);
       }
     });
   }
 });
 
 /** A job shape for direct calls of the task functions (BNHD). */
-function shapeOf(c: Case, causal: boolean): CpuShape {
+function shapeOf(c: Case, causal: boolean, chunks = 1): CpuShape {
   const { Br, Bc } = tileSizes(c.D);
   return {
     B: c.B, H: c.H, Hkv: c.Hkv, Nq: c.Nq, Nk: c.Nk, D: c.D, causal, scale: 1 / Math.sqrt(c.D),
     qBatch: c.Nq * c.H * c.D, qRow: c.H * c.D, qHead: c.D,
     kvBatch: c.Nk * c.Hkv * c.D, kvRow: c.Hkv * c.D, kvHead: c.D,
-    Br, Bc, chunks: 1, f16Scores: false,
+    Br, Bc, chunks, f16Scores: false,
   };
 }
 
@@ -165,5 +172,128 @@ describe('cpu WebAssembly forward, task by task beside flash.ts', () => {
         if (blind) for (let x = 0; x < c.D; x++) assert.equal(wasm.out[(n * c.H + h) * c.D + x], 0);
       }
     }
+  });
+});
+
+/**
+ * Both backward kernels' task functions over all tasks on the same inputs (out and lse from flash.ts's
+ * forward), dq reduced over the chunks; `headBytes` below a group's query rows makes the WebAssembly
+ * kernel copy them one block at a time.
+ */
+function bothBackward(c: Case, causal: boolean, t: { q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array }, chunks = 1, headBytes?: number) {
+  const s = shapeOf(c, causal, chunks);
+  const { q, k, v, dout } = t;
+  const fwd = { q, k, v, out: new Float32Array(q.length), lse: new Float32Array(c.B * c.H * c.Nq) };
+  const scratch = new Float64Array(Math.max(scratchLength('flashForward', s), scratchLength('flashBackward', s)));
+  for (let i = 0; i < forwardTasks(s); i++) forwardTask(s, fwd, i, scratch);
+  const arrays = (): BackwardArrays => ({
+    ...fwd, dout, dqPartial: new Float64Array(chunks * q.length), dk: new Float32Array(k.length), dv: new Float32Array(v.length),
+  });
+  const grads = (a: BackwardArrays) => {
+    const dq = new Float32Array(q.length);
+    reduceDq(s, a.dqPartial, dq);
+    return { dq, dk: a.dk, dv: a.dv };
+  };
+  const js = arrays();
+  for (let i = 0; i < backwardTasks(s); i++) backwardTask(s, js, i, scratch);
+  const wasm = arrays();
+  const task = wasmBackward(s, wasm, headBytes);
+  assert.ok(task, 'the WebAssembly kernel runs here');
+  for (let i = 0; i < backwardTasks(s); i++) task(i);
+  return { js: grads(js), wasm: grads(wasm), lse: fwd.lse };
+}
+
+const GRADS = ['dq', 'dk', 'dv'] as const;
+
+/** max |wasm − js| / max |js| over the three gradients. */
+function relativeGap(r: ReturnType<typeof bothBackward>): number {
+  const largest = (a: Float32Array) => a.reduce((m, x) => Math.max(m, Math.abs(x)), 1e-30);
+  return Math.max(...GRADS.map((g) => maxError(Float64Array.from(r.wasm[g]), Float64Array.from(r.js[g])) / largest(r.js[g])));
+}
+
+describe('cpu WebAssembly backward, task by task beside flash.ts', () => {
+  const variants = wasmSupport() === 'relaxed' ? (['relaxed', 'simd'] as const) : (['simd'] as const);
+  for (const variant of variants) {
+    test(`${variant}: the same gradients as the JavaScript kernel within f32 rounding, every D from 1 to 20 and some larger, GQA, Nq ≠ Nk`, () => {
+      setWasmVariant(variant);
+      try {
+        for (const D of [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 17, 20, 33, 100, 256]) {
+          for (const causal of [false, true]) {
+            const c: Case = { B: 2, H: 4, Hkv: 2, Nq: 37 + D, Nk: (70 - D / 4) | 0, D };
+            const t = inputs(c, 'f32', 'BNHD', D);
+            const r = bothBackward(c, causal, { q: f32(t.q), k: f32(t.k), v: f32(t.v), dout: f32(t.dout) }, 2);
+            const gap = relativeGap(r);
+            assert.ok(gap < 1e-5, `D=${D} causal=${causal}: gradients differ by ${gap} of their largest`);
+          }
+        }
+      } finally {
+        setWasmVariant(undefined);
+      }
+    });
+  }
+
+  test('query rows copied one block at a time give the gradients of the whole copy', () => {
+    for (const causal of [false, true]) {
+      const c: Case = { B: 1, H: 2, Hkv: 1, Nq: 300, Nk: 170, D: 24 };
+      const t = inputs(c, 'f32', 'BNHD', 7);
+      const arrays = { q: f32(t.q), k: f32(t.k), v: f32(t.v), dout: f32(t.dout) };
+      const whole = bothBackward(c, causal, arrays);
+      const blocks = bothBackward(c, causal, arrays, 1, 0);
+      for (const g of GRADS) assert.deepEqual(blocks.wasm[g], whole.wasm[g], `causal=${causal} ${g}`);
+      assert.ok(relativeGap(blocks) < 1e-5);
+    }
+  });
+
+  test("a NaN in one query row stays in that row's dq and in dk, dv of the keys that row sees; as the JavaScript kernel", () => {
+    const c: Case = { B: 1, H: 1, Hkv: 1, Nq: 40, Nk: 40, D: 8 };
+    const t = inputs(c, 'f32', 'BNHD');
+    for (const input of ['q', 'dout'] as const) {
+      const arrays = { q: f32(t.q), k: f32(t.k), v: f32(t.v), dout: f32(t.dout) };
+      arrays[input][5 * 8 + 3] = NaN; // query row 5
+      for (const causal of [false, true]) {
+        const { js, wasm } = bothBackward(c, causal, arrays);
+        for (let n = 0; n < c.Nq; n++) {
+          for (let x = 0; x < c.D; x++) {
+            const i = n * c.D + x;
+            // either NaN makes row 5's dS NaN (through P or dP): dQ of row 5, dK of the keys it sees; dV = Pᵀ dO
+            // of those keys, every column where P is NaN (q), column 3 where only dO is (dout)
+            assert.equal(Number.isNaN(wasm.dq[i]), n === 5, `${input} causal=${causal} dq row ${n}`);
+            const seen = !causal || n <= 5; // key n is seen by row 5
+            assert.equal(Number.isNaN(wasm.dk[i]), seen, `${input} causal=${causal} dk key ${n}`);
+            assert.equal(Number.isNaN(wasm.dv[i]), seen && (input === 'q' || x === 3), `${input} causal=${causal} dv key ${n}`);
+            for (const g of GRADS) assert.equal(Number.isNaN(wasm[g][i]), Number.isNaN(js[g][i]), `${input} causal=${causal} ${g}[${i}]: as the JavaScript kernel`);
+          }
+        }
+      }
+    }
+  });
+
+  test('a NaN in a key or value row reaches only the rows that see it; as the JavaScript kernel', () => {
+    const c: Case = { B: 1, H: 2, Hkv: 1, Nq: 33, Nk: 41, D: 12 };
+    const t = inputs(c, 'f32', 'BNHD', 3);
+    for (const input of ['k', 'v'] as const) {
+      const arrays = { q: f32(t.q), k: f32(t.k), v: f32(t.v), dout: f32(t.dout) };
+      arrays[input][20 * 12 + 1] = NaN; // key 20: causal rows 12.. see it (Nk − Nq = 8)
+      const { js, wasm } = bothBackward(c, true, arrays);
+      for (let n = 0; n < c.Nq; n++) {
+        for (let h = 0; h < c.H; h++) assert.equal(Number.isNaN(wasm.dq[(n * c.H + h) * 12]), n >= 12, `${input} dq row ${n} head ${h}`);
+      }
+      for (const g of GRADS) {
+        for (let i = 0; i < wasm[g].length; i++) assert.equal(Number.isNaN(wasm[g][i]), Number.isNaN(js[g][i]), `${input} ${g}[${i}]: as the JavaScript kernel`);
+      }
+    }
+  });
+
+  test('causal with Nq > Nk: rows that see no key give zero dq, and nothing to dk, dv', () => {
+    const c: Case = { B: 1, H: 2, Hkv: 2, Nq: 150, Nk: 70, D: 24 };
+    const t = inputs(c, 'f32', 'BNHD');
+    const r = bothBackward(c, true, { q: f32(t.q), k: f32(t.k), v: f32(t.v), dout: f32(t.dout) });
+    for (let h = 0; h < c.H; h++) {
+      for (let n = 0; n < c.Nq - c.Nk; n++) {
+        assert.equal(r.lse[h * c.Nq + n], -Infinity);
+        for (let x = 0; x < c.D; x++) assert.equal(r.wasm.dq[(n * c.H + h) * c.D + x], 0, `head ${h} row ${n}`);
+      }
+    }
+    assert.ok(relativeGap(r) < 1e-5);
   });
 });

@@ -101,6 +101,23 @@ export function backwardTasks(s: CpuShape): number {
   return s.B * s.Hkv * s.chunks;
 }
 
+/**
+ * Backward task t: key/value head hkv of batch row b, and its share [jStart, jEnd) of the Tc key blocks
+ * (chunk `chunk` of s.chunks, in order), whose dQ goes into partial `chunk`.
+ */
+export function backwardTaskOf(s: CpuShape, t: number): { b: number; hkv: number; chunk: number; jStart: number; jEnd: number } {
+  const Tc = Math.ceil(s.Nk / s.Bc);
+  const chunk = t % s.chunks;
+  const bk = Math.floor(t / s.chunks);
+  return {
+    b: Math.floor(bk / s.Hkv),
+    hkv: bk % s.Hkv,
+    chunk,
+    jStart: Math.floor((chunk * Tc) / s.chunks),
+    jEnd: Math.floor(((chunk + 1) * Tc) / s.chunks),
+  };
+}
+
 /** The key blocks [jStart, jEnd) that query rows [r0, r0 + rows) can see. */
 function keyBlocks(s: CpuShape, r0: number, rows: number): number {
   const Tc = Math.ceil(s.Nk / s.Bc);
@@ -384,19 +401,12 @@ export function forwardTask(s: CpuShape, a: ForwardArrays, t: number, scratch: F
 }
 
 export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch: Float64Array): void {
-  const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow, chunks } = s;
+  const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow } = s;
   const { q, k, v, out, dout, lse, dqPartial, dk, dv } = a;
   const G = H / Hkv; // query heads per key/value head
-  const Tc = Math.ceil(Nk / Bc);
-  const chunk = t % chunks;
-  const bk = Math.floor(t / chunks);
-  const b = Math.floor(bk / Hkv);
-  const hkv = bk % Hkv;
+  const { b, hkv, chunk, jStart, jEnd } = backwardTaskOf(s, t);
   const ko = b * s.kvBatch + hkv * s.kvHead;
   const offset = Nk - Nq; // causal: row r sees keys c <= r + offset
-  // This task's key blocks: an even share of the Tc blocks, in order.
-  const jStart = Math.floor((chunk * Tc) / chunks);
-  const jEnd = Math.floor(((chunk + 1) * Tc) / chunks);
 
   let at = 0;
   const take = (n: number) => scratch.subarray(at, (at += n));

@@ -37,7 +37,7 @@ export interface CpuShape {
   chunks: number;
   /** The standard algorithm stores S and P in f16 (as 16-bit storage) when the inputs are f16. */
   f16Scores: boolean;
-  /** The flash forward runs flash.ts's JavaScript kernel, not the WebAssembly one (setCpuKernels('js')). */
+  /** The flash forward and backward run flash.ts's JavaScript kernels, not the WebAssembly ones (setCpuKernels('js')). */
   js?: boolean;
   /** The variants, only where the call has any beyond causal: without them the kernels run their plain loops. */
   mods?: CpuMods;

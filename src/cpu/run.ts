@@ -5,7 +5,7 @@
 import { decodeTask, type DecodeArrays } from './decode.js';
 import { backwardTask, forwardTask, type BackwardArrays, type ForwardArrays } from './flash.js';
 import { views, type Job } from './job.js';
-import { wasmForward } from './wasm/index.js';
+import { wasmBackward, wasmForward } from './wasm/index.js';
 import { linearTask, type LinearArrays } from './linear.js';
 import { standardBackwardTask, standardForwardTask, type StandardBackwardArrays, type StandardForwardArrays } from './standard.js';
 
@@ -21,8 +21,13 @@ function taskOf(job: Job, scratch: Float64Array): (t: number) => void {
     return (t) => decodeTask(s, a as unknown as DecodeArrays, t, scratch);
   }
   const s = job.shape;
-  // The WebAssembly forward where it runs (a shape with variants beyond causal carries mods: flash.ts's).
-  const wasm = job.kernel === 'flashForward' && !s.js && !('mods' in s && s.mods) && wasmForward(s, a as unknown as ForwardArrays);
+  // The WebAssembly kernels where they run (a shape with variants beyond causal carries mods: flash.ts's).
+  const plain = !s.js && !('mods' in s && s.mods);
+  const wasm =
+    plain &&
+    (job.kernel === 'flashForward'
+      ? wasmForward(s, a as unknown as ForwardArrays)
+      : job.kernel === 'flashBackward' && wasmBackward(s, a as unknown as BackwardArrays));
   if (wasm) return wasm;
   return {
     flashForward: (t: number) => forwardTask(s, a as unknown as ForwardArrays, t, scratch),

@@ -317,6 +317,7 @@ export const simd = {
   v128_or: 0x50,
   i32x4_sub: 0xb1,
   f64x2_add: 0xf0,
+  f64x2_sub: 0xf1,
   f64x2_mul: 0xf2,
   i32x4_trunc_sat_f32x4_s: 0xf8,
   f32x4_relaxed_madd: 0x105,

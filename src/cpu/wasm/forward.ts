@@ -11,134 +11,53 @@
  */
 import type { ForwardArrays } from '../flash.js';
 import type { CpuShape } from '../job.js';
-import { forwardLayout, forwardModule, relaxedProbe, simdProbe, type ForwardLayout } from './forward-module.js';
+import { forwardLayout, forwardModule, type ForwardLayout } from './forward-module.js';
+import { copyRows, HEAD_BYTES, instance, reserve, wasmSupport, type Instance } from './instance.js';
 
-interface WasmApi {
-  validate(bytes: Uint8Array): boolean;
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
-}
-
-const wasm = (globalThis as unknown as { WebAssembly?: WasmApi }).WebAssembly;
-
-/** What this runtime runs: 'relaxed' (SIMD with fused multiply-add), 'simd', or 'none'. */
-let support: 'relaxed' | 'simd' | 'none' | undefined;
-
-export function wasmSupport(): 'relaxed' | 'simd' | 'none' {
-  if (support === undefined) {
-    try {
-      support = !wasm ? 'none' : wasm.validate(relaxedProbe()) ? 'relaxed' : wasm.validate(simdProbe()) ? 'simd' : 'none';
-    } catch {
-      support = 'none';
-    }
-  }
-  return support;
-}
-
-/** Which instruction set the kernels use: the best the runtime has, or a lower one (tests compare them). */
-let wanted: 'relaxed' | 'simd' | undefined;
-
-/** Use plain SIMD even where relaxed SIMD is available (for tests and measurements); undefined: the best. */
-export function setWasmVariant(v: 'relaxed' | 'simd' | undefined): void {
-  wanted = v;
-  instances.clear();
-}
-
-interface Instance {
+/** This thread's forward module for (Dp, Br, Bc), with its layout and functions. */
+interface Forward {
+  w: Instance;
   lay: ForwardLayout;
-  mem: { buffer: ArrayBuffer; grow(pages: number): number };
   qk: (rows4: number, cols2: number, kb: number) => void;
   softmax: (rows4: number, cols: number) => void;
   pv: (rows4: number, vb: number) => void;
-  f32: Float32Array;
-  f64: Float64Array;
-  i32: Int32Array;
-  /** The job whose K and V rows the memory holds now (see wasmForward). */
-  owner?: object;
 }
 
-const instances = new Map<string, Instance | null>();
-
-function instance(Dp: number, Br: number, Bc: number): Instance | null {
-  const relaxed = wasmSupport() === 'relaxed' && wanted !== 'simd';
-  const key = `${Dp} ${Br} ${Bc} ${relaxed}`;
-  let inst = instances.get(key);
-  if (inst !== undefined) return inst;
-  try {
-    const lay = forwardLayout(Dp, Br, Bc);
-    const module = new wasm!.Module(forwardModule(lay, relaxed));
-    const { exports: e } = new wasm!.Instance(module, { m: { exp: Math.exp } });
-    const mem = e.mem as Instance['mem'];
-    inst = {
-      lay,
-      mem,
-      qk: e.qk as Instance['qk'],
-      softmax: e.softmax as Instance['softmax'],
-      pv: e.pv as Instance['pv'],
-      f32: new Float32Array(mem.buffer),
-      f64: new Float64Array(mem.buffer),
-      i32: new Int32Array(mem.buffer),
-    };
-  } catch {
-    inst = null; // e.g. a browser's main thread, which compiles only small modules synchronously
-  }
-  instances.set(key, inst);
-  return inst;
-}
-
-/** Grow the instance's memory to at least `bytes` (views renewed); false where it cannot grow. */
-function reserve(w: Instance, bytes: number): boolean {
-  const have = w.mem.buffer.byteLength;
-  if (have >= bytes) return true;
-  try {
-    w.mem.grow(Math.ceil((bytes - have) / 65536));
-  } catch {
-    return false;
-  }
-  w.f32 = new Float32Array(w.mem.buffer);
-  w.f64 = new Float64Array(w.mem.buffer);
-  w.i32 = new Int32Array(w.mem.buffer);
-  return true;
-}
-
-/** The most bytes of K and V rows a thread keeps in its module's memory: a whole head where it fits. */
-const KV_BYTES = 64 * 2 ** 20;
-
-/** Copy `rows` rows of D elements from `src` (row stride `stride`) into `dst` at `at` with row stride ld. */
-function copyRows(dst: Float32Array | Float64Array, at: number, ld: number, src: Float32Array, o: number, stride: number, rows: number, D: number): void {
-  if (stride === D && D === ld) {
-    dst.set(src.subarray(o, o + rows * D), at);
-    return;
-  }
-  // a subarray and a set per row: 4× faster than an element loop from shared memory (V8, Node 20)
-  for (let r = 0; r < rows; r++) dst.set(src.subarray(o + r * stride, o + r * stride + D), at + r * ld);
+function forwardInstance(Dp: number, Br: number, Bc: number): Forward | undefined {
+  const lay = forwardLayout(Dp, Br, Bc);
+  const w = instance(`forward ${Dp} ${Br} ${Bc}`, (relaxed) => forwardModule(lay, relaxed));
+  if (!w) return undefined;
+  const e = w.exports as Pick<Forward, 'qk' | 'softmax' | 'pv'>;
+  return { w, lay, qk: e.qk, softmax: e.softmax, pv: e.pv };
 }
 
 /**
  * The task function of the WebAssembly forward for a job's shape and arrays, or undefined where it
  * cannot run here (no SIMD, or no module could be made): the caller runs flash.ts's then. Tasks go head
  * by head (the query blocks of a head, the last first), and a thread keeps the K and V of the head it
- * last ran in its module's memory (KV_BYTES at most: past that, one block at a time), so consecutive
+ * last ran in its module's memory (HEAD_BYTES at most: past that, one block at a time), so consecutive
  * tasks of one head copy them once.
  */
 export function wasmForward(s: CpuShape, a: ForwardArrays): ((t: number) => void) | undefined {
   if (wasmSupport() === 'none') return undefined;
   const Dp = Math.ceil(s.D / 4) * 4;
-  const w = instance(Dp, s.Br, s.Bc);
-  if (!w) return undefined;
-  const rowBytes = w.lay.ldq * 8 + w.lay.ld * 4; // a K row (f64) and a V row (f32)
-  const whole = s.Nk * rowBytes <= KV_BYTES;
+  const fw = forwardInstance(Dp, s.Br, s.Bc);
+  if (!fw) return undefined;
+  const { lay } = fw;
+  const rowBytes = lay.ldq * 8 + lay.ld * 4; // a K row (f64) and a V row (f32)
+  const whole = s.Nk * rowBytes <= HEAD_BYTES;
   const window = whole ? s.Nk : s.Bc; // K and V rows the memory holds
   // one K row more: qk reads keys in pairs, so an odd count reads (and masks) the row past the last
-  if (!reserve(w, w.lay.bytes + window * rowBytes + w.lay.ldq * 8)) return undefined;
+  if (!reserve(fw.w, lay.bytes + window * rowBytes + lay.ldq * 8)) return undefined;
   const kv = { held: -1 }; // the key/value head (b · Hkv + hkv) whose K and V are in memory, whole
-  return (t) => forwardTaskWasm(s, a, t, w, whole, window, kv);
+  return (t) => forwardTaskWasm(s, a, t, fw, whole, window, kv);
 }
 
-function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, w: Instance, whole: boolean, window: number, kv: { held: number }): void {
+function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, fw: Forward, whole: boolean, window: number, kv: { held: number }): void {
   const { H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow } = s;
   const { q, k, v, out, lse } = a;
-  const { lay, f32: F, f64: F64, i32: I } = w;
+  const { lay } = fw;
+  const { f32: F, f64: F64, i32: I } = fw.w;
   const { Dp, ld, ldq } = lay;
   const Tr = Math.ceil(Nq / Br);
   // Head by head; in each, the query blocks with the most key blocks first.
@@ -176,14 +95,14 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, w: Instance, 
   const lastKey = r0 + rows - 1 + offset;
   const jEnd = causal ? Math.max(0, Math.min(Tc, Math.floor(lastKey / Bc) + 1)) : Tc;
   const head = b * Hkv + hkv;
-  if (whole && (w.owner !== kv || kv.held !== head)) {
+  if (whole && (fw.w.owner !== kv || kv.held !== head)) {
     // the head's K and V, the padding columns (D to Dp) zero
     F64.fill(0, K, K + window * ldq);
     F.fill(0, V, V + window * ld);
     copyRows(F64, K, ldq, k, ko, kvRow, Nk, D);
     copyRows(F, V, ld, v, ko, kvRow, Nk, D);
     kv.held = head;
-    w.owner = kv;
+    fw.w.owner = kv;
   }
   if (!whole) {
     F64.fill(0, K, K + window * ldq);
@@ -202,9 +121,9 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, w: Instance, 
       I[N + r] = r >= rows ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
     }
     // qk reads K rows up to an even count: past Nk, the row after the head's last (V's first rows, or zero) is read and masked
-    w.qk(rows4, cols + (cols & 1), (K + at * ldq) * 8);
-    w.softmax(rows4, cols);
-    w.pv(rows4, (V + at * ld) * 4);
+    fw.qk(rows4, cols + (cols & 1), (K + at * ldq) * 8);
+    fw.softmax(rows4, cols);
+    fw.pv(rows4, (V + at * ld) * 4);
   }
 
   // O_i = O_i / l, L_i = m + log l (a row that saw no key: O = 0, L = −∞).

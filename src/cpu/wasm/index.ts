@@ -1,10 +1,12 @@
 /**
- * The cpu backend's WebAssembly kernels (issue 19): the forward of flash.ts in 128-bit SIMD, with the
+ * The cpu backend's WebAssembly kernels (issue 19): the forward and the backward of flash.ts in 128-bit SIMD, with the
  * fused multiply-add of relaxed SIMD where the runtime has it (chosen at run time, see wasmSupport).
  * Where WebAssembly SIMD is unavailable, or a call has variants beyond causal, the JavaScript kernels
  * of flash.ts run. setCpuKernels('js') makes every call take them (tests and measurements compare the two).
  */
-export { setWasmVariant, wasmForward, wasmSupport } from './forward.js';
+export { wasmBackward } from './backward.js';
+export { wasmForward } from './forward.js';
+export { setWasmVariant, wasmSupport } from './instance.js';
 
 let kernels: 'wasm' | 'js' = 'wasm';
 
