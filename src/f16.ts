@@ -50,32 +50,20 @@ function f32BitsToF16(bits: number): number {
   return sign | h;
 }
 
-function roundHalfEven(q: number): number {
-  const f = Math.floor(q);
-  const d = q - f;
-  return d > 0.5 ? f + 1 : d < 0.5 ? f : f + (f & 1);
-}
-
 /**
- * number -> f16 bits, round to nearest even. Values that are f32 take the bit path; other f64 values are
- * rounded once, directly (going through f32 first would round twice and can miss a tie).
+ * number -> f16 bits, round to nearest even. Values that are f32 take the bit path directly. Other f64
+ * values are first rounded to f32 *to odd* (toward zero, then the last bit set), which the bit path then
+ * rounds to nearest even exactly: rounding to odd at p bits and then to nearest at q ≤ p − 2 bits equals
+ * rounding to nearest at q bits once (Boldo and Melquiond, "When double rounding is odd", 2005; f32 has
+ * 24 bits, f16 11, and f32's range holds f16's with room to spare). Rounding to nearest in f32 first
+ * would round twice and could miss a tie.
  */
 export function numberToF16(x: number): number {
   f32[0] = x;
-  if (f32[0] === x || x !== x) return f32BitsToF16(u32[0]);
-  const sign = x < 0 ? 0x8000 : 0;
-  const a = Math.abs(x);
-  if (a >= 65520) return sign | 0x7c00; // 65520 is the midpoint between 65504 and 2^16: ties to even -> Inf
-  if (a < 2 ** -14) return sign | roundHalfEven(a * 2 ** 24); // subnormal (1024 carries into the smallest normal)
-  let e = Math.floor(Math.log2(a));
-  if (2 ** e > a) e--;
-  else if (2 ** (e + 1) <= a) e++;
-  let n = roundHalfEven(a * 2 ** (10 - e)); // exact scaling: n in [1024, 2048]
-  if (n === 2048) {
-    e++;
-    n = 1024;
-  }
-  return sign | ((e + 15) << 10) | (n - 1024);
+  const y = f32[0];
+  if (y === x || x !== x) return f32BitsToF16(u32[0]);
+  if (Math.abs(y) > Math.abs(x)) u32[0]--; // rounded away from zero: step back to the f32 below |x|
+  return f32BitsToF16(u32[0] | 1);
 }
 
 /** Round a number to the nearest f16 value (as a number). */

@@ -6,7 +6,7 @@ import { backward, forward, type AttentionOptions, type DType, type Layout, type
 import { encodeF16 } from '../src/f16.js';
 import { mix32 } from '../src/modifiers.js';
 import { checkForward } from '../src/problem.js';
-import { standardBackward, standardForward } from '../src/reference/index.js';
+import { standardForwardBackward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { bnhd } from './spec.js';
 import { inputs, randn, type Case } from './util.js';
@@ -84,6 +84,6 @@ export function oracleOf(c: Case, dtype: DType, mods: Mods): ModResults {
   const f64 = (t: Tensor): Tensor => ({ data: toF64(t), dtype: 'f64', shape: t.shape });
   const p = checkForward(f64(q), f64(k), f64(v), { ...mods, ...(bias && { bias }) });
   const [Q, K, V, dO] = [toF64(q), toF64(k), toF64(v), toF64(dout)];
-  return { ...standardForward(p, Q, K, V), ...standardBackward(p, dO, Q, K, V) };
+  return standardForwardBackward(p, dO, Q, K, V);
 }
 

@@ -13,7 +13,7 @@ import { standardBackward, standardForward } from './standard.js';
 
 export { algorithm1, blockSizes, keyBlockRange, type BlockSizes } from './algorithm1.js';
 export { algorithm2, queryBlockRange } from './algorithm2.js';
-export { heads, standardBackward, standardForward, visible, type Heads } from './standard.js';
+export { heads, standardBackward, standardForward, standardForwardBackward, visible, type Heads } from './standard.js';
 
 export function referenceForward(p: Problem, q: Tensor, k: Tensor, v: Tensor): { out: Tensor; lse: Tensor } {
   const [Q, K, V] = [toF64(q), toF64(k), toF64(v)];

@@ -61,17 +61,62 @@ export function visible(p: Problem, i: number, j: number): boolean {
 }
 
 /**
- * C (m×n) = A (m×k) · Bᵀ with B (n×k): every entry is the dot product of two contiguous rows. Rows of B
- * are visited in blocks that stay in cache while every row of A passes them.
+ * C (m×n) = alpha · A (m×k) · Bᵀ with B (n×k): entry (i, j) is alpha · dot(row i of A, row j of B), summed
+ * as `dot` sums it. Rows of B are visited in blocks that stay in cache while every row of A passes them;
+ * within a block, entries go two rows by two columns at a time (dot2x2), so each element loaded feeds two
+ * products. Tails (an odd row or column) take `dot` itself.
  */
 function gemmNT(A: Float64Array, B: Float64Array, m: number, n: number, k: number, alpha = 1): Float64Array {
   const C = new Float64Array(m * n);
   for (let j0 = 0; j0 < n; j0 += 64) {
-    for (let i = 0; i < m; i++) {
-      for (let j = j0; j < Math.min(j0 + 64, n); j++) C[i * n + j] = alpha * dot(A, i * k, B, j * k, k);
+    const j1 = Math.min(j0 + 64, n);
+    let i = 0;
+    for (; i + 2 <= m; i += 2) {
+      let j = j0;
+      for (; j + 2 <= j1; j += 2) dot2x2(C, i * n + j, n, A, i * k, B, j * k, k, alpha);
+      for (; j < j1; j++) {
+        C[i * n + j] = alpha * dot(A, i * k, B, j * k, k);
+        C[(i + 1) * n + j] = alpha * dot(A, (i + 1) * k, B, j * k, k);
+      }
     }
+    for (; i < m; i++) for (let j = j0; j < j1; j++) C[i * n + j] = alpha * dot(A, i * k, B, j * k, k);
   }
   return C;
+}
+
+/**
+ * Four entries of gemmNT at once: C[c], C[c + 1], C[c + ldc], C[c + ldc + 1] = alpha · the dot products of
+ * rows (a, a + k) of A with rows (b, b + k) of B. Each entry keeps dot's own four partial sums, added in
+ * dot's order, so the values are exactly dot's; only the loads are shared.
+ */
+function dot2x2(C: Float64Array, c: number, ldc: number, A: Float64Array, a: number, B: Float64Array, b: number, k: number, alpha: number): void {
+  const a1 = a + k;
+  const b1 = b + k;
+  let p0 = 0, p1 = 0, p2 = 0, p3 = 0; // row a · row b
+  let q0 = 0, q1 = 0, q2 = 0, q3 = 0; // row a · row b1
+  let r0 = 0, r1 = 0, r2 = 0, r3 = 0; // row a1 · row b
+  let t0 = 0, t1 = 0, t2 = 0, t3 = 0; // row a1 · row b1
+  let d = 0;
+  for (; d + 4 <= k; d += 4) {
+    const x0 = A[a + d], x1 = A[a + d + 1], x2 = A[a + d + 2], x3 = A[a + d + 3];
+    const y0 = B[b + d], y1 = B[b + d + 1], y2 = B[b + d + 2], y3 = B[b + d + 3];
+    p0 += x0 * y0; p1 += x1 * y1; p2 += x2 * y2; p3 += x3 * y3;
+    const z0 = B[b1 + d], z1 = B[b1 + d + 1], z2 = B[b1 + d + 2], z3 = B[b1 + d + 3];
+    q0 += x0 * z0; q1 += x1 * z1; q2 += x2 * z2; q3 += x3 * z3;
+    const w0 = A[a1 + d], w1 = A[a1 + d + 1], w2 = A[a1 + d + 2], w3 = A[a1 + d + 3];
+    r0 += w0 * y0; r1 += w1 * y1; r2 += w2 * y2; r3 += w3 * y3;
+    t0 += w0 * z0; t1 += w1 * z1; t2 += w2 * z2; t3 += w3 * z3;
+  }
+  for (; d < k; d++) {
+    p0 += A[a + d] * B[b + d];
+    q0 += A[a + d] * B[b1 + d];
+    r0 += A[a1 + d] * B[b + d];
+    t0 += A[a1 + d] * B[b1 + d];
+  }
+  C[c] = alpha * (p0 + p1 + (p2 + p3));
+  C[c + 1] = alpha * (q0 + q1 + (q2 + q3));
+  C[c + ldc] = alpha * (r0 + r1 + (r2 + r3));
+  C[c + ldc + 1] = alpha * (t0 + t1 + (t2 + t3));
 }
 
 /** The transpose of an (m×n) matrix. */
@@ -157,20 +202,8 @@ function times(A: Float64Array, B: Float64Array): Float64Array {
 
 /** (B, Nq, H, D) q, (B, Nk, Hkv, D) k, v -> out like q, lse (B, H, Nq); all float64. */
 export function standardForward(p: Problem, q: Float64Array, k: Float64Array, v: Float64Array): { out: Float64Array; lse: Float64Array } {
-  const { B, H, Nq, Nk, D } = p;
-  const hd = heads(p);
-  const out = new Float64Array(q.length);
-  const lse = new Float64Array(B * H * Nq);
-  const bias = biasValues(p.mods);
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      const { qo, V, P, L } = head(p, hd, q, k, v, b, h, bias);
-      const Z = dropoutOf(p, b, h);
-      addRows(out, qo, hd.qRow, Nq, D, gemmNT(Z ? times(P, Z) : P, transpose(V, Nk, D), Nq, D, Nk)); // O = (P ∘ Z) V
-      lse.set(L, (b * H + h) * Nq);
-    }
-  }
-  return { out, lse };
+  const { out, lse } = standard(p, q, k, v, { forward: true });
+  return { out: out!, lse: lse! };
 }
 
 /** The exact gradient of sum(out ∘ dout) with respect to q, k, v (and the bias when asked); all float64. */
@@ -181,19 +214,49 @@ export function standardBackward(
   k: Float64Array,
   v: Float64Array,
 ): { dq: Float64Array; dk: Float64Array; dv: Float64Array; dbias?: Float64Array } {
+  const { dq, dk, dv, dbias } = standard(p, q, k, v, { forward: false, dout });
+  return { dq: dq!, dk: dk!, dv: dv!, ...(dbias && { dbias }) };
+}
+
+/**
+ * standardForward and standardBackward in one pass: each head's P is computed once and serves both (the
+ * same values as the two calls give, at one matrix product and one softmax less per head).
+ */
+export function standardForwardBackward(
+  p: Problem,
+  dout: Float64Array,
+  q: Float64Array,
+  k: Float64Array,
+  v: Float64Array,
+): { out: Float64Array; lse: Float64Array; dq: Float64Array; dk: Float64Array; dv: Float64Array; dbias?: Float64Array } {
+  const { out, lse, dq, dk, dv, dbias } = standard(p, q, k, v, { forward: true, dout });
+  return { out: out!, lse: lse!, dq: dq!, dk: dk!, dv: dv!, ...(dbias && { dbias }) };
+}
+
+/** Per head: P (and L) from head(); then the forward's O = (P ∘ Z) V and L when asked, the gradient when dout is given. */
+function standard(p: Problem, q: Float64Array, k: Float64Array, v: Float64Array, want: { forward: boolean; dout?: Float64Array }) {
   const { B, H, Nq, Nk, D, scale } = p;
+  const { forward, dout } = want;
   const hd = heads(p);
-  const dq = new Float64Array(q.length);
-  const dk = new Float64Array(k.length);
-  const dv = new Float64Array(v.length);
+  const out = forward ? new Float64Array(q.length) : undefined;
+  const lse = forward ? new Float64Array(B * H * Nq) : undefined;
+  const dq = dout && new Float64Array(q.length);
+  const dk = dout && new Float64Array(k.length);
+  const dv = dout && new Float64Array(v.length);
   const bias = biasValues(p.mods);
-  const biasIndex = p.mods.bias?.grad ? p.mods.bias.index : undefined;
+  const biasIndex = dout && p.mods.bias?.grad ? p.mods.bias.index : undefined;
   const dbias = biasIndex && new Float64Array(biasIndex.shape.reduce((a, c) => a * c, 1));
-  const dcap = new Float64Array(Nq * Nk);
+  const dcap = dout && new Float64Array(Nq * Nk);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      const { qo, ko, Q, K, V, P } = head(p, hd, q, k, v, b, h, bias, dcap);
+      const { qo, ko, Q, K, V, P, L } = head(p, hd, q, k, v, b, h, bias, dcap);
       const Z = dropoutOf(p, b, h);
+      const PZ = Z ? times(P, Z) : P;
+      if (out && lse) {
+        addRows(out, qo, hd.qRow, Nq, D, gemmNT(PZ, transpose(V, Nk, D), Nq, D, Nk)); // O = (P ∘ Z) V
+        lse.set(L, (b * H + h) * Nq);
+      }
+      if (!(dout && dq && dk && dv && dcap)) continue;
       const dO = rowsOf(dout, qo, hd.qRow, Nq, D);
       const dS = gemmNT(dO, V, Nq, Nk, D); // dP = dO Vᵀ (∘ Z), turned into dS in place
       if (Z) for (let e = 0; e < dS.length; e++) dS[e] *= Z[e];
@@ -207,10 +270,10 @@ export function standardBackward(
         for (let i = 0; i < Nq; i++) for (let j = 0; j < Nk; j++) dbias[b * s0 + h * s1 + i * s2 + j * s3] += dS[i * Nk + j];
       }
       for (let e = 0; e < dS.length; e++) dS[e] *= dcap[e]; // the soft-cap's derivative (1 without one)
-      addRows(dv, ko, hd.kvRow, Nk, D, gemmNT(transpose(Z ? times(P, Z) : P, Nq, Nk), transpose(dO, Nq, D), Nk, D, Nq)); // dV = (P ∘ Z)ᵀ dO
+      addRows(dv, ko, hd.kvRow, Nk, D, gemmNT(transpose(PZ, Nq, Nk), transpose(dO, Nq, D), Nk, D, Nq)); // dV = (P ∘ Z)ᵀ dO
       addRows(dq, qo, hd.qRow, Nq, D, gemmNT(dS, transpose(K, Nk, D), Nq, D, Nk, scale)); // dQ = scale dS K
       addRows(dk, ko, hd.kvRow, Nk, D, gemmNT(transpose(dS, Nq, Nk), transpose(Q, Nq, D), Nk, D, Nq, scale)); // dK = scale dSᵀ Q
     }
   }
-  return { dq, dk, dv, ...(dbias && { dbias }) };
+  return { out, lse, dq, dk, dv, dbias };
 }
