@@ -133,9 +133,10 @@ function matrixChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
 export type DecodeKernels = 'auto' | 'matrix' | 'subgroup' | 'portable';
 
 /**
- * The decode kernel for a shape on a device: the subgroup kernel where it applies (kernels/decode-subgroup.ts)
- * and `kernels` allows it, else the portable one (kernels/decode.ts), or undefined where no block of
- * either fits the device.
+ * The decode kernel for a shape on a device: the subgroup-matrix kernel (kernels/decode-matrix.ts) where
+ * `kernels` is 'matrix' and it applies, the subgroup kernel (kernels/decode-subgroup.ts) where it applies
+ * and `kernels` allows it, else the portable one (kernels/decode.ts), or undefined where no block of the
+ * portable kernel fits the device.
  */
 export function decodeChoice(s: DecodeShape, gpu: Gpu, kernels: DecodeKernels = 'auto'): DecodeChoice | undefined {
   const matrix = kernels === 'matrix' ? matrixChoice(s, gpu) : undefined;

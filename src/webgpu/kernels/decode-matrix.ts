@@ -62,9 +62,13 @@ const TAU = 6;
 /** f32 of F per warp: S [key][row] (and fragments on their way), then e^(m_old − m) per row. */
 const F_WARP = FRAGMENT * FRAGMENT + FRAGMENT;
 
+/** f16 of T: Q and the ones, shared, then per warp a tile's K and V and P̃. */
+function tHalves(p: Pick<DecodeMatrixParams, 'D' | 'W'>): number {
+  return FRAGMENT * p.D + FRAGMENT * FRAGMENT + p.W * (2 * FRAGMENT * p.D + FRAGMENT * FRAGMENT);
+}
+
 export function decodeMatrixWorkgroupBytes(p: Pick<DecodeMatrixParams, 'D' | 'W'>): number {
-  const halves = FRAGMENT * p.D + FRAGMENT * FRAGMENT + p.W * (2 * FRAGMENT * p.D + FRAGMENT * FRAGMENT);
-  return 2 * halves + 4 * (p.W * (F_WARP + FRAGMENT) + 2);
+  return 2 * tHalves(p) + 4 * (p.W * (F_WARP + FRAGMENT) + 2);
 }
 
 export function decodeMatrixWGSL(p: DecodeMatrixParams, workgroupLimit: number): string {
@@ -111,17 +115,16 @@ ${body}${reload ? `\n    workgroupBarrier();\n    ${frag} = subgroupMatrixLoad<$
         let x = select(vec4<f32>(F[FW + (4u * e4) * 16u + rr], F[FW + (4u * e4 + 1u) * 16u + rr], F[FW + (4u * e4 + 2u) * 16u + rr], F[FW + (4u * e4 + 3u) * 16u + rr]) / Lr, vec4<f32>(0.0), Lr == 0.0);
         ${
           split
-            ? `let part = ((b * u.H + head_of(rr)) * u.Nq + query_of(rr)) * u.splits + s;
+            ? `let part = lse_row(b, rr) * u.splits + s;
         opart[part * ${D4}u + ${c * 4}u + e4] = x;`
-            : `let at = b * u.qBatch + query_of(rr) * u.qRow + head_of(rr) * u.qHead + ${c * FRAGMENT}u + 4u * e4;
+            : `let at = q_row(b, rr) + ${c * FRAGMENT}u + 4u * e4;
         o[at] = f16(x.x); o[at + 1u] = f16(x.y); o[at + 2u] = f16(x.z); o[at + 3u] = f16(x.w);`
         }
       }
     }`;
   const lseWrite = split
-    ? `lpart[((b * u.H + head_of(r)) * u.Nq + query_of(r)) * u.splits + s] = ${lseBits};`
-    : `lse[(b * u.H + head_of(r)) * u.Nq + query_of(r)] = ${lseBits};`;
-  const halves = FRAGMENT * D + FRAGMENT * FRAGMENT + W * (2 * FRAGMENT * D + FRAGMENT * FRAGMENT);
+    ? `lpart[lse_row(b, r) * u.splits + s] = ${lseBits};`
+    : `lse[lse_row(b, r)] = ${lseBits};`;
   return `${MATRIX_ENABLES}
 diagnostic(off, chromium.subgroup_matrix_uniformity);
 ${DECODE_SIZES_WGSL}
@@ -149,7 +152,7 @@ var<workgroup> Lrow: array<f32, ${W * FRAGMENT}>;
 var<workgroup> wlen: u32;
 // The f16 array declared last: on an H100 a workgroup variable declared after an f16 array was seen to
 // alias that array's first words (forward-matrix.ts); here on an H200 F did, until it came first.
-var<workgroup> T: array<f16, ${halves}>;
+var<workgroup> T: array<f16, ${tHalves(p)}>;
 
 ${NAN_WGSL}
 
@@ -182,7 +185,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     let rr = e / D;
     var x = 0.0h;
     if (ok_row(rr)) {
-      x = q[b * u.qBatch + query_of(rr) * u.qRow + head_of(rr) * u.qHead + e % D];
+      x = q[q_row(b, rr) + e % D];
     }
     T[QT + e] = x;
   }

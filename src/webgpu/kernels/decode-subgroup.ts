@@ -99,11 +99,11 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   const { outputs, extra, rows: rowsWGSL } = decodeBindingsWGSL(p);
   const lseBits = `select(select(bitcast<u32>(M + log(L)), ${NEG_INF_BITS}, L == 0.0), bitcast<u32>(nan()), poisoned)`;
   const write = split
-    ? `let part = ((b * u.H + head_of(r)) * u.Nq + query_of(r)) * u.splits + s;
+    ? `let part = lse_row(b, r) * u.splits + s;
       if (d4 == 0u) { lpart[part] = ${lseBits}; }
       opart[part * D4 + d4] = x;`
-    : `if (d4 == 0u) { lse[(b * u.H + head_of(r)) * u.Nq + query_of(r)] = ${lseBits}; }
-      let at = b * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead + 4u * d4;
+    : `if (d4 == 0u) { lse[lse_row(b, r)] = ${lseBits}; }
+      let at = q_row(b, r) + 4u * d4;
       o[at] = ${dtype}(x.x); o[at + 1u] = ${dtype}(x.y); o[at + 2u] = ${dtype}(x.z); o[at + 3u] = ${dtype}(x.w);`;
   return `${enables(dtype)}enable subgroups;
 ${DECODE_SIZES_WGSL}
@@ -128,7 +128,7 @@ ${NAN_WGSL}
 ${rowsWGSL}
 /** vec4 d4 of query row r (the rows of this workgroup), as f32. */
 fn load_q(r: u32, d4: u32) -> vec4<f32> {
-  let at = bIndex * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead + 4u * d4;
+  let at = q_row(bIndex, r) + 4u * d4;
   let last = arrayLength(&q) - 1u;
   return vec4<f32>(f32(q[min(at, last)]), f32(q[min(at + 1u, last)]), f32(q[min(at + 2u, last)]), f32(q[min(at + 3u, last)]));
 }

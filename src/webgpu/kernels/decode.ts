@@ -146,6 +146,10 @@ var<private> row0: u32; // the first of the G·Nq rows of (b, hk) this workgroup
 fn ok_row(r: u32) -> bool { return row0 + r < (u.H / u.Hkv) * u.Nq; }
 fn head_of(r: u32) -> u32 { return hk * (u.H / u.Hkv) + (row0 + r) / u.Nq; }
 fn query_of(r: u32) -> u32 { return (row0 + r) % u.Nq; }
+/** Row r's index in lse (B, H, Nq) of batch row b; times u.splits, its first partial. */
+fn lse_row(b: u32, r: u32) -> u32 { return (b * u.H + head_of(r)) * u.Nq + query_of(r); }
+/** Element offset of row r's query in q of batch row b (out has q's layout). */
+fn q_row(b: u32, r: u32) -> u32 { return b * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead; }
 
 /** Element offset of key \`key\` (head hk) of the current slot. */
 fn key_base(key: u32) -> u32 {
@@ -231,26 +235,26 @@ export function decodeWGSL(p: DecodeParams, workgroupLimit: number): string {
   const write = split
     ? `  // The split's partial: O / l and L (−∞ for a split that saw no key: its weight in the merge is 0).
   if (lid < R && ok_row(lid)) {
-    let part = (((b * u.H + head_of(lid)) * u.Nq + query_of(lid)) * u.splits + s);
+    let part = lse_row(b, lid) * u.splits + s;
     lpart[part] = select(select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
   }
   for (var e = lid; e < R * D4; e += WG) {
     let r = e / D4;
     if (ok_row(r)) {
       let lr = lrow[r];
-      let part = (((b * u.H + head_of(r)) * u.Nq + query_of(r)) * u.splits + s);
+      let part = lse_row(b, r) * u.splits + s;
       opart[part * D4 + e % D4] = select(Os[e] / lr, vec4<f32>(0.0), lr == 0.0 && !is_nan(lr));
     }
   }`
     : `  if (lid < R && ok_row(lid)) {
-    lse[(b * u.H + head_of(lid)) * u.Nq + query_of(lid)] = select(select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
+    lse[lse_row(b, lid)] = select(select(bitcast<u32>(m + log(l)), ${NEG_INF_BITS}, l == 0.0), bitcast<u32>(nan()), poisoned);
   }
   for (var e = lid; e < R * D4; e += WG) {
     let r = e / D4;
     if (ok_row(r)) {
       let lr = lrow[r];
       let x = select(Os[e] / lr, vec4<f32>(0.0), lr == 0.0 && !is_nan(lr));
-      let at = b * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead + 4u * (e % D4);
+      let at = q_row(b, r) + 4u * (e % D4);
       ${['x', 'y', 'z', 'w'].map((c, t) => (t === 0 ? `o[at] = ${dtype}(x.x);` : `if (4u * (e % D4) + ${t}u < D) { o[at + ${t}u] = ${dtype}(x.${c}); }`)).join('\n      ')}
     }
   }`;
@@ -317,7 +321,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     let d4 = e % D4;
     var x = vec4<f32>(0.0);
     if (ok_row(r)) {
-      let at = b * u.qBatch + query_of(r) * u.qRow + head_of(r) * u.qHead + 4u * d4;
+      let at = q_row(b, r) + 4u * d4;
       x = vec4<f32>(${[0, 1, 2, 3].map((t) => `select(0.0, f32(q[min(at + ${t}u, arrayLength(&q) - 1u)]), 4u * d4 + ${t}u < D)`).join(', ')});
     }
     Qs[e] = x * u.scale;
