@@ -5,9 +5,12 @@
  * workgroup size and split target, each validated against the float64 reference (on one batch row and
  * the first key/value head's group) before it is timed. Prints K/V bytes read per second, and the host's
  * wall time per call over 100 back-to-back calls against their GPU time.
- * Run: node dist/bench/variants/decode.js [--sweep | --sweep-all] (--sweep: the shipped kernel over split
- * targets; --sweep-all: also the subgroup kernel over T, U and R, the subgroup-matrix kernel over its
- * warps, and the portable kernel)
+ * Run: node dist/bench/variants/decode.js [--sweep | --sweep-all | --sweep-scatter | --sweep-tune] (--sweep: the shipped
+ * kernel over split targets; --sweep-all: also the subgroup kernel over T, U and R, the subgroup-matrix
+ * kernel over its warps, and the portable kernel; --sweep-scatter: the subgroup kernel with its scores
+ * all-reduced (T = U = 8, R = 2) and reduce-scattered (T = U = 16, R = 4), with 8- and 16-byte loads,
+ * over split targets of 128 to 1024 workgroups; --sweep-tune: the shipped choice with half and twice its
+ * workgroup size, over 16K to 48K invocations a dispatch)
  */
 import { createKVCache, forward, type GpuTensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
@@ -27,7 +30,9 @@ const CASES = [
 ];
 const CALLS = 100;
 const sweepAll = process.argv.includes('--sweep-all');
-const sweep = sweepAll || process.argv.includes('--sweep');
+const sweepScatter = process.argv.includes('--sweep-scatter');
+const sweepTune = process.argv.includes('--sweep-tune');
+const sweep = sweepAll || sweepScatter || sweepTune || process.argv.includes('--sweep');
 
 /** n f16 values: 2^20 seeded normal ones, repeated (drawing hundreds of millions in JavaScript takes minutes). */
 function tiled(n: number, seed: number): Uint16Array {
@@ -150,18 +155,27 @@ for (const c of CASES) {
     if (sweepAll && matrix?.kernel === 'decodeMatrix') for (const W of [1, 2, 4]) if (W <= matrix.params.W) choices.push({ kernel: 'decodeMatrix', params: { ...matrix.params, W } });
     if (sub.kernel === 'decodeSubgroup') {
       choices.push(sub);
-      if (sweepAll) for (const T of [8, 16, 32]) for (const U of [4, 8]) for (const R of [1, 2, 4]) if (R <= sub.params.R) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, R, NG: 128 / T } });
+      if (sweepAll) for (const T of [8, 16, 32]) for (const U of [4, 8]) for (const R of [1, 2, 4]) if (R <= sub.params.R) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, R, NG: 128 / T, scatter: false, wide: false } });
+      // The reduce-scattered scores (U = T = 16, R = 4) against the all-reduced ones (T = U = 8, R = 2), 8- and 16-byte loads.
+      if (sweepScatter) {
+        for (const wide of [false, true]) {
+          if (G >= 4) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T: 16, U: 16, R: 4, NG: 8, scatter: true, wide } });
+          choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T: 8, U: 8, R: Math.min(2, G), NG: 16, scatter: false, wide } });
+        }
+      }
     }
+    // Around the shipped choice: workgroups of 64 to 256 invocations, 16K to 48K invocations a dispatch.
+    if (sweepTune && sub.kernel === 'decodeSubgroup') for (const f of [0.5, 2]) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, NG: sub.params.NG * f } });
     if (sweepAll) for (const WG of [128]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
     for (const choice of choices) {
-      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : [1024, 2048];
+      const { R, block, WG } = decodeShape(choice);
+      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : sweepScatter ? [128, 256, 512, 1024] : sweepTune ? [16384, 24576, 32768, 49152].map((n) => n / WG) : [1024, 2048];
       for (const target of targets) {
-        const { R, block } = decodeShape(choice);
         const rowChunks = Math.ceil(G / R);
         if (choice.kernel === 'decode' && target > 1024) continue;
         const plan = splitPlan(B, Hkv, rowChunks, Nk, block, target);
         const sizes = decodeSizes({ B, H, Hkv, Nq: 1, Nk, q: sq, keys: { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: Nk, maxPages: 1 }, scale: p.scale }, R, plan);
-        const label = `${choice.kernel} ${Object.entries(choice.params).filter(([key]) => ['T', 'U', 'NG', 'R', 'Bc', 'WG', 'W'].includes(key)).map(([key, x]) => `${key}=${x}`).join(' ')} splits=${plan.splits}`;
+        const label = `${choice.kernel} ${Object.entries(choice.params).filter(([key]) => ['T', 'U', 'NG', 'R', 'Bc', 'WG', 'W', 'scatter', 'wide'].includes(key)).map(([key, x]) => `${key}=${x}`).join(' ')} splits=${plan.splits}`;
         let pipes;
         try {
           pipes = await decodePipelines(gpu, choice, plan.splits > 1);

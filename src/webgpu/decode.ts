@@ -26,11 +26,32 @@ const DECODE_MAX_ROWS = 16;
 const DECODE_BLOCKS = [16, 8, 4, 2, 1];
 
 /**
- * Invocations a decode dispatch aims for (1024 workgroups of 128): enough to keep every SM of a large
- * GPU (132 on an H200) busy with several workgroups each, so that loads of one overlap the arithmetic
- * of another.
+ * Invocations a dispatch of the portable and subgroup-matrix kernels aims for (1024 workgroups of 128):
+ * enough to keep every SM of a large GPU (132 on an H200) busy with several workgroups each, so that
+ * loads of one overlap the arithmetic of another.
  */
 const DECODE_TARGET_INVOCATIONS = 131072;
+
+/**
+ * Invocations a dispatch of the reduce-scattered subgroup kernel aims for where its splits come out long
+ * (LONG_SPLIT keys or more): 128 workgroups of 256, about one a multiprocessor of a large GPU. On an H200,
+ * long problems read faster in fewer and longer splits, as long as the workgroups make one even wave:
+ * B = 8, Hkv = 8, Nk = 32768 (GQA 4:1) at 3.18 TB/s with 128 workgroups of 256 against 2.65 with 192;
+ * with workgroups of 128: 3.13 with 256, 3.05 with 512, 2.98 with 1024, 2.66 with 384; B = 1, Nk =
+ * 131072 at 2.76 against 2.33 and 1.99 (bench/results/2026-12-04-h200-decode-scatter.md). Shorter
+ * problems keep the usual target: with 128 workgroups, B = 8, Nk = 4096 read at 0.84 TB/s against 1.26.
+ */
+const LONG_SPLIT_INVOCATIONS = 32768;
+
+/** Keys a split must have for LONG_SPLIT_INVOCATIONS' plan to be taken. */
+const LONG_SPLIT = 4096;
+
+/**
+ * Fewest keys a split of the subgroup kernel gets: 4 blocks of its 16 groups of 8 keys, as tuned before
+ * the reduce-scattered kernel's groups took 16 keys at a time (a minimum of 4 of those blocks left B = 1,
+ * Nk = 4096 with 32 workgroups, at half the speed).
+ */
+const SUBGROUP_MIN_KEYS = 512;
 
 /** Fewest key blocks a split gets: fewer would spend more on the partials and the merge than they save. */
 const DECODE_MIN_BLOCKS_PER_SPLIT = 4;
@@ -49,12 +70,14 @@ export interface DecodeShape {
   paged: boolean;
   /** Element strides of K and V rows, heads and pages are multiples of 4. */
   aligned: boolean;
+  /** ... and of 8 (f16 rows load 16 bytes at a time). */
+  aligned8?: boolean;
   /** The variants' flags (modsOf; DECODE_MOD_FLAGS only), when the call has some. */
   mods?: string;
 }
 
-function invocations(gpu: Gpu): number {
-  return Math.min(128, gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX);
+function invocations(gpu: Gpu, most = 128): number {
+  return Math.min(most, gpu.limits.maxComputeInvocationsPerWorkgroup, gpu.limits.maxComputeWorkgroupSizeX);
 }
 
 /** A decode kernel and its configuration (without `split`, which each call sets). */
@@ -65,7 +88,7 @@ export type DecodeChoice =
 
 /**
  * Query rows per workgroup, threads per workgroup, the keys a split's length is a multiple of, and the
- * workgroups a dispatch aims for (splitPlan's target: DECODE_TARGET_INVOCATIONS over WG).
+ * workgroups a dispatch aims for (splitPlan's target: the kernel's target invocations over WG).
  */
 export function decodeShape(c: DecodeChoice): { R: number; WG: number; block: number; target: number } {
   if (c.kernel === 'decodeMatrix') {
@@ -76,36 +99,66 @@ export function decodeShape(c: DecodeChoice): { R: number; WG: number; block: nu
   return { ...shape, target: Math.max(1, Math.round(DECODE_TARGET_INVOCATIONS / shape.WG)) };
 }
 
+/**
+ * The split plan of a call: decodeShape's, or for the reduce-scattered subgroup kernel the plan of
+ * LONG_SPLIT_INVOCATIONS where its splits are LONG_SPLIT keys or longer.
+ */
+export function decodePlan(c: DecodeChoice, B: number, Hkv: number, rows: number, Nk: number): { R: number; rowChunks: number; splits: number; chunk: number } {
+  const { R, WG, block, target } = decodeShape(c);
+  const rowChunks = Math.ceil(rows / R);
+  if (c.kernel === 'decodeSubgroup' && c.params.scatter) {
+    const long = splitPlan(B, Hkv, rowChunks, Nk, block, Math.max(1, Math.round(LONG_SPLIT_INVOCATIONS / WG)));
+    if (long.chunk >= LONG_SPLIT) return { R, rowChunks, ...long };
+  }
+  // The subgroup kernel's splits: at least SUBGROUP_MIN_KEYS keys, whatever keys a group takes at a time.
+  const minBlocks = c.kernel === 'decodeSubgroup' ? Math.ceil(SUBGROUP_MIN_KEYS / block) : DECODE_MIN_BLOCKS_PER_SPLIT;
+  return { R, rowChunks, ...splitPlan(B, Hkv, rowChunks, Nk, block, target, minBlocks) };
+}
+
 /** Most floats of q, O and the loaded K/V rows one invocation of the subgroup kernel holds. */
 const SUBGROUP_REGISTERS = 320;
 
 /**
  * The subgroup kernel's configuration, where the device has subgroups of one fixed size and K/V rows
- * load as vec4s. From the H200 sweep (bench/variants/decode.ts; bench/results/2026-12-04-h200-decode.md),
- * f16, D = 128: R = 2 rows a workgroup (GQA 4:1: 2.6 TB/s at B = 8, Nk = 32768, against 1.8–2.2 with
- * R = 4 and 1.6–2.0 with R = 1, which reads K and V four times over from L2), U = 8 keys at a time (4:
- * 2.1), T = 8 lanes a key (16: 2.5, 32: 1.8), 16 groups (128 threads); MHA (R = 1) 4.35 TB/s at B = 32,
- * Nk = 4096. T: the fewest of 8, 16, 32 lanes (fewer where D / 4 has no such divisor) whose registers
+ * load as vec4s. From the H200 sweeps (bench/variants/decode.ts; bench/results/2026-12-04-h200-decode.md
+ * and 2026-12-04-h200-decode-scatter.md), f16, D = 128, B = 8, H = 32, Hkv = 8, Nk = 32768:
+ * - a group of 4 or more query rows per key/value head (GQA 4:1): the scores reduce-scattered over
+ *   T = 16 lanes, U = 16 keys at a time, R = 4 rows (K and V read once a group), 16 groups (256
+ *   invocations): 3.18 TB/s; with 8 groups 3.13, against 3.07 for the all-reduced R = 2, T = 8, U = 8
+ *   (which reads K and V twice, the second time from L2), 2.37 for the scatter at T = 8, R = 4, and 1.1
+ *   for the all-reduced R = 4 (4 rows of redundant softmax); at B = 1, Nk = 131072: 2.76, 2.68, 2.67;
+ * - fewer rows (MHA: R = 1): the scores all-reduced, T = 8, U = 8, R ≤ 2 (4.27 TB/s at B = 32, Nk =
+ *   4096, where the scatter read 3.0: its lanes load different keys, and one row does not pay for that);
+ * - f16 rows 16 bytes a load where they are aligned to 8 halves and a lane's vec4s pair up: +10 %
+ *   (2.99 against 2.73 TB/s).
+ * T otherwise: the fewest of 8, 16, 32 lanes (fewer where D / 4 has no such divisor) whose registers
  * (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 320 floats.
  */
 function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
   const SGS = gpu.subgroupSize;
   if (!gpu.subgroups || SGS === undefined || !s.aligned || s.D % 4 !== 0) return undefined;
   const D4 = s.D / 4;
+  const regs = (T: number, R: number, U: number) => 4 * (2 * R + 2 * U) * (D4 / T);
+  const divides = (T: number) => T <= SGS && D4 % T === 0;
+  const wide = (T: number) => s.dtype === 'f16' && s.aligned8 === true && (D4 / T) % 2 === 0;
+  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  const fit = (T: number, R: number, U: number, scatter: boolean, WG: number): DecodeChoice | undefined => {
+    for (let NG = WG / T; NG >= 1; NG /= 2) {
+      const params = { D: s.D, dtype: s.dtype, T, NG, R, U, causal: s.causal, cache: s.cache, paged: s.paged, ...(s.mods && { mods: s.mods }), ...(scatter && { scatter }), ...(wide(T) && { wide: true }) };
+      if (Number.isInteger(NG) && decodeSubgroupWorkgroupBytes(params) <= limit) return { kernel: 'decodeSubgroup', params };
+    }
+    return undefined;
+  };
+  if (s.G * s.Nq >= 4 && divides(16) && regs(16, 4, 16) <= SUBGROUP_REGISTERS) {
+    const scatter = fit(16, 4, 16, true, invocations(gpu, 256));
+    if (scatter) return scatter;
+  }
   const R = Math.min(2, 2 ** Math.ceil(Math.log2(s.G * s.Nq)));
   const U = 8;
-  const divides = (T: number) => T <= SGS && D4 % T === 0;
   const lanes = [8, 16, 32].filter(divides);
   const candidates = lanes.length > 0 ? lanes : [4, 2, 1].filter(divides);
-  const regs = (T: number) => 4 * (2 * R + 2 * U) * (D4 / T);
-  const T = candidates.find((T) => regs(T) <= SUBGROUP_REGISTERS) ?? candidates[candidates.length - 1];
-  const WG = invocations(gpu);
-  const limit = gpu.limits.maxComputeWorkgroupStorageSize;
-  for (let NG = WG / T; NG >= 1; NG /= 2) {
-    const params = { D: s.D, dtype: s.dtype, T, NG, R, U, causal: s.causal, cache: s.cache, paged: s.paged, ...(s.mods && { mods: s.mods }) };
-    if (Number.isInteger(NG) && decodeSubgroupWorkgroupBytes(params) <= limit) return { kernel: 'decodeSubgroup', params };
-  }
-  return undefined;
+  const T = candidates.find((T) => regs(T, R, U) <= SUBGROUP_REGISTERS) ?? candidates[candidates.length - 1];
+  return fit(T, R, U, false, invocations(gpu));
 }
 
 /**
@@ -174,7 +227,8 @@ export function decodeFits(p: Problem, gpu: Gpu, kernels: DecodeKernels = 'auto'
   if (mods === undefined) return undefined;
   const s = problemStrides(p);
   const aligned = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 4 === 0);
-  const shape = { D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned, ...(mods && { mods }) };
+  const aligned8 = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 8 === 0);
+  const shape = { D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned, aligned8, ...(mods && { mods }) };
   return decodeChoice(shape, gpu, kernels);
 }
 
@@ -182,10 +236,10 @@ export function decodeFits(p: Problem, gpu: Gpu, kernels: DecodeKernels = 'auto'
  * How the keys of a call are split: `splits` splits of `chunk` keys (a multiple of Bc) per sequence, so
  * that B·Hkv·rowChunks·splits approaches the target, each split at least a few blocks long.
  */
-export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number, target: number): { splits: number; chunk: number } {
+export function splitPlan(B: number, Hkv: number, rowChunks: number, Nk: number, Bc: number, target: number, minBlocks = DECODE_MIN_BLOCKS_PER_SPLIT): { splits: number; chunk: number } {
   const blocks = Math.max(1, Math.ceil(Nk / Bc));
   const wanted = Math.max(1, Math.min(DECODE_MAX_SPLITS, Math.floor(target / (B * Hkv * rowChunks))));
-  const perSplit = Math.max(DECODE_MIN_BLOCKS_PER_SPLIT, Math.ceil(blocks / wanted));
+  const perSplit = Math.max(minBlocks, Math.ceil(blocks / wanted));
   const splits = Math.ceil(blocks / perSplit);
   return { splits, chunk: perSplit * Bc };
 }

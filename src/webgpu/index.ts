@@ -15,7 +15,7 @@ import { sizesBytes } from './kernels/common.js';
 import { preprocessWGSL } from './kernels/backward.js';
 import { absmaxWGSL, splitCountBytes, splitGroups, splitWGSL } from './kernels/split.js';
 import { dispatch, pipeline } from './pipelines.js';
-import { decodeFits, decodePipelines, decodeScratch, decodeShape, decodeSizes, encodeDecode, splitPlan, type DecodeChoice } from './decode.js';
+import { decodeFits, decodePipelines, decodePlan, decodeScratch, decodeSizes, encodeDecode, type DecodeChoice } from './decode.js';
 import { decodeSizesBytes } from './kernels/decode.js';
 import { modBindGroup, modBuffers } from './modifiers.js';
 import { reduceBiasGrad } from './bias-grad.js';
@@ -71,9 +71,8 @@ export async function webgpuDecodeForward(p: Problem, gpu: Gpu, choice: DecodeCh
   let counted = 0;
   try {
     const { q: sq, kv: sk } = problemStrides(p);
-    const { R, block, target } = decodeShape(choice);
-    const rowChunks = Math.ceil(((p.H / p.Hkv) * p.Nq) / R);
-    const plan = splitPlan(p.B, p.Hkv, rowChunks, keysSeen(p.mods, p.Nq, p.Nk), block, target);
+    const plan = decodePlan(choice, p.B, p.Hkv, (p.H / p.Hkv) * p.Nq, keysSeen(p.mods, p.Nq, p.Nk));
+    const { R } = plan;
     const keys = { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: p.Nk, maxPages: 1 };
     const sizes = decodeSizes({ B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, Nk: p.Nk, q: sq, keys, scale: p.scale }, R, plan);
     const pipes = await decodePipelines(gpu, choice, plan.splits > 1);

@@ -12,7 +12,16 @@
  * its own m, l and O (registers, every lane the same m and l, its own vec4s of O). At the end the NG
  * groups' (m, l, O) are combined through workgroup memory (NG·R·(D4·16 + 8) bytes), once.
  * The variants (`mods`: window, ALiBi, soft-cap) as in decode.ts.
- * Requires D % 4 == 0 and K/V rows at multiples of 4 elements (vec4 loads).
+ *
+ * `scatter` (U = T keys a group at a time): lane t loads key u ^ t into its slot u, so that the T lanes'
+ * partial dot products are summed by a reduce-scatter instead of an all-reduce: at step m (T/2, …, 1)
+ * lane t adds slot u + m of lane t ^ m to its slot u (both hold key u ^ t), and after log2 T steps lane
+ * t holds the whole score of key t: T − 1 shuffles a row instead of U·log2 T, and each lane runs the
+ * softmax for one key instead of every lane for all U. The row max is a max over the T lanes; l is summed
+ * per lane and over the lanes once at the end; for O each lane takes the P̃ of the key in its slot u from
+ * lane t ^ u (T − 1 shuffles a row).
+ * Requires D % 4 == 0 and K/V rows at multiples of 4 elements (vec4 loads); `wide` (f16): 16-byte loads
+ * (vec4<u32>, unpacked), rows at multiples of 8 halves.
  */
 import { MASKED_WGSL, NAN_WGSL, NEG_INF_BITS, OPAQUE_WGSL, checkWorkgroupBytes, enables, type StorageType } from './common.js';
 import { DECODE_SIZES_WGSL, decodeBindingsWGSL, decodeKeepWGSL, decodeModsWGSL, decodeScoreWGSL } from './decode.js';
@@ -34,6 +43,10 @@ export interface DecodeSubgroupParams {
   split: boolean;
   /** The variants' flags, only when the call has some (as DecodeParams.mods). */
   mods?: string;
+  /** Lane t loads key u ^ t into slot u and the scores are reduce-scattered (requires U == T). */
+  scatter?: boolean;
+  /** f16 K/V loaded 16 bytes at a time (requires an even number of vec4s a lane and rows at multiples of 8 halves). */
+  wide?: boolean;
 }
 
 export function decodeSubgroupWorkgroupBytes(p: Pick<DecodeSubgroupParams, 'D' | 'NG' | 'R'>): number {
@@ -43,6 +56,11 @@ export function decodeSubgroupWorkgroupBytes(p: Pick<DecodeSubgroupParams, 'D' |
 export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: number): string {
   const { D, dtype, T, NG, R, U, cache, split } = p;
   checkWorkgroupBytes('decodeSubgroup', decodeSubgroupWorkgroupBytes(p), workgroupLimit);
+  const wide = p.wide === true;
+  if (wide && (dtype !== 'f16' || (D / 4 / T) % 2 !== 0)) throw new Error(`decodeSubgroup: wide loads need f16 and an even number of vec4s a lane (D = ${D}, T = ${T})`);
+  // f16 K/V rows 16 bytes a load (8 halves as vec4<u32>) where wide, else a vec4 of the storage type.
+  const kvType = wide ? 'vec4<u32>' : `vec4<${dtype}>`;
+  if (p.scatter && U !== T) throw new Error(`decodeSubgroup: scatter needs U == T keys a group at a time (U = ${U}, T = ${T})`);
   const D4 = D / 4;
   const VPT = D4 / T;
   const WG = T * NG;
@@ -65,9 +83,25 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
     .map((u) => {
       const key = `key${u}`;
       return [
-        `let ${key} = kb + ${u}u;`,
-        `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 4u + lane * ${VPT}u;`,
-        ...vs.map((v) => `let k${u}_${v} = vec4<f32>(k[base${u} + ${v}u]);\n      let v${u}_${v} = vec4<f32>(vv[base${u} + ${v}u]);`),
+        `let ${key} = kb + ${p.scatter ? `(${u}u ^ lane)` : `${u}u`};`,
+        ...(wide
+          ? [
+              `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 8u + lane * ${VPT / 2}u;`,
+              ...vs
+                .filter((v) => v % 2 === 0)
+                .map((v) =>
+                  ['k', 'v']
+                    .map((x) => {
+                      const w = `${x}w${u}_${v / 2}`;
+                      return `let ${w} = ${x === 'k' ? 'k' : 'vv'}[base${u} + ${v / 2}u];\n      let ${x}${u}_${v} = vec4<f32>(unpack2x16float(${w}.x), unpack2x16float(${w}.y));\n      let ${x}${u}_${v + 1} = vec4<f32>(unpack2x16float(${w}.z), unpack2x16float(${w}.w));`;
+                    })
+                    .join('\n      '),
+                ),
+            ]
+          : [
+              `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 4u + lane * ${VPT}u;`,
+              ...vs.map((v) => `let k${u}_${v} = vec4<f32>(k[base${u} + ${v}u]);\n      let v${u}_${v} = vec4<f32>(vv[base${u} + ${v}u]);`),
+            ]),
       ].join('\n      ');
     })
     .join('\n      ');
@@ -93,6 +127,38 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
       }`;
     })
     .join('\n      ');
+  // scatter: the rows' partial dots, reduce-scattered (slot 0 of lane t: key kb + t), then one key a lane.
+  const xorSteps = (f: (m: number) => string) => {
+    const steps: string[] = [];
+    for (let m = T / 2; m >= 1; m /= 2) steps.push(f(m));
+    return steps;
+  };
+  const perRowScatter = rows
+    .map((r) => {
+      const partials = us.map((u) => `var s${r}_${u} = ${vs.map((v) => `dot(q${r}_${v}, k${u}_${v})`).join(' + ')};`).join('\n        ');
+      const scatter = xorSteps((m) => Array.from({ length: m }, (_, u) => `s${r}_${u} += subgroupShuffleXor(s${r}_${u + m}, ${m}u);`).join(' ')).join('\n        ');
+      return `{
+        ${partials}
+        ${scatter}
+        let s = select(MASKED, ${decodeScoreWGSL(p, 'mine', `s${r}_0`, `_${r}`)}, mine < keyEnd${decodeKeepWGSL(p, `${r}u`, 'mine', `_${r}`)});
+        poisoned${r} = poisoned${r} || is_nan(s);
+        var mx = max(m${r}, s);
+        ${xorSteps((m) => `mx = max(mx, subgroupShuffleXor(mx, ${m}u));`).join(' ')}
+        let a = exp(m${r} - mx);
+        let p = select(exp(s - mx), 0.0, s == MASKED);
+        l${r} = a * l${r} + p;
+        ${us.slice(1).map((u) => `let p${u} = subgroupShuffleXor(p, ${u}u);`).join(' ')}
+        ${vs.map((v) => `o${r}_${v} = a * o${r}_${v} + ${us.map((u) => `${u === 0 ? 'p' : `p${u}`} * v${u}_${v}`).join(' + ')};`).join('\n        ')}
+        m${r} = mx;
+      }`;
+    })
+    .join('\n      ');
+  // scatter: each lane summed l over its own keys, and saw NaNs only in them.
+  const gatherLanes = p.scatter
+    ? rows
+        .map((r) => [`var poison${r} = select(0u, 1u, poisoned${r});`, ...xorSteps((m) => `l${r} += subgroupShuffleXor(l${r}, ${m}u); poison${r} |= subgroupShuffleXor(poison${r}, ${m}u);`), `poisoned${r} = poison${r} != 0u;`].join('\n  '))
+        .join('\n  ')
+    : '';
   const stashGroup = rows
     .map((r) => [`if (lane == 0u) { Ml[(grp * R + ${r}u) * 2u] = m${r}; Ml[(grp * R + ${r}u) * 2u + 1u] = select(l${r}, nan(), poisoned${r}); }`, ...vs.map((v) => `Og[(grp * R + ${r}u) * D4 + lane * ${VPT}u + ${v}u] = o${r}_${v};`)].join('\n  '))
     .join('\n  ');
@@ -109,8 +175,8 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
 ${DECODE_SIZES_WGSL}
 @group(0) @binding(0) var<uniform> u: Sizes;
 @group(0) @binding(1) var<storage, read> q: array<${dtype}>;
-@group(0) @binding(2) var<storage, read> k: array<vec4<${dtype}>>;
-@group(0) @binding(3) var<storage, read> vv: array<vec4<${dtype}>>;
+@group(0) @binding(2) var<storage, read> k: array<${kvType}>;
+@group(0) @binding(3) var<storage, read> vv: array<${kvType}>;
 ${outputs}
 ${extra}
 ${mods.decls ? `${mods.decls}\n` : ''}
@@ -152,13 +218,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 
   // Every group runs the same iterations (keys past the end are masked), so the loop is uniform.
   for (var k0 = keyStart; k0 < keyEnd; k0 += ${NG * U}u) {
-      let kb = k0 + grp * ${U}u;
+      let kb = k0 + grp * ${U}u;${p.scatter ? '\n      let mine = kb + lane;' : ''}
       ${loads}
-      ${perRow}
+      ${p.scatter ? perRowScatter : perRow}
   }
 
   // Combine the NG groups: M = max m_g, L = Σ e^(m_g − M) l_g, O = Σ e^(m_g − M) O_g / L.
-  ${stashGroup}
+  ${gatherLanes ? `${gatherLanes}\n  ` : ''}${stashGroup}
   workgroupBarrier();
   for (var e = lid; e < R * D4; e += ${WG}u) {
     let r = e / D4;
