@@ -55,13 +55,13 @@ export interface BackwardArrays {
 }
 
 /** The variants of one task: the modifiers, those of its full tiles (no element rules), the bias values. */
-interface TaskMods {
+export interface TaskMods {
   m: Modifiers;
   full: Modifiers;
   bias: Float64Array | undefined;
 }
 
-function taskMods(s: CpuShape, a: { bias?: Float64Array; mask?: Uint8Array }): TaskMods | undefined {
+export function taskMods(s: CpuShape, a: { bias?: Float64Array; mask?: Uint8Array }): TaskMods | undefined {
   if (!s.mods) return undefined;
   const m = modifiersOf(s.mods, a.bias, a.mask);
   return { m, full: scoreModifiers(m), bias: a.bias };
@@ -73,7 +73,7 @@ function taskMods(s: CpuShape, a: { bias?: Float64Array; mask?: Uint8Array }): T
  * tile, without element rules), −∞ before the segment; `dcap` (backward) the soft-cap's derivative, 1
  * before it. Returns the end of the segment, the row's n: keys past it are never read (0: none seen).
  */
-function modifySegment(
+export function modifySegment(
   t: TaskMods, tile: TileClass, b: number, h: number, i: number, c0: number, cols: number, Nq: number, Nk: number,
   S: Float64Array, sr: number, dcap?: Float64Array,
 ): number {
