@@ -15,6 +15,8 @@ import { backwardTask, backwardTasks, forwardTask, forwardTasks, reduceDq, type 
 import { cpuShape, scratchLength, tileSizes, type CpuShape } from '../src/cpu/job.js';
 import { backwardLayout, backwardModule } from '../src/cpu/wasm/backward-module.js';
 import { forwardLayout, forwardModule } from '../src/cpu/wasm/forward-module.js';
+import { instance } from '../src/cpu/wasm/instance.js';
+import { modifyRow, type Modifiers } from '../src/modifiers.js';
 import { biasValues } from '../src/reference/standard.js';
 import { setCpuKernels, setWasmVariant, wasmBackward, wasmForward, wasmSupport } from '../src/cpu/wasm/index.js';
 import { bnhd } from './spec.js';
@@ -473,5 +475,45 @@ describe('cpu WebAssembly forward and backward with the variants, task by task b
       }
     }
     assertBeside('NaN key', r, 1e-5);
+  });
+});
+
+describe("cpu WebAssembly: the module's soft-cap and ALiBi (score-mod.ts) beside modifyRow", () => {
+  test('modify gives modifyRow\'s soft-cap, its derivative and ALiBi within a few f32 ulps of the logit, NaN for NaN', () => {
+    const Bc = 64;
+    const lay = backwardLayout(4, 8, Bc, true);
+    const w = instance('test: backward 4 8 64 with soft-cap and ALiBi', () => backwardModule(lay, false, { softcap: true, alibi: true }));
+    assert.ok(w, 'the module instantiates');
+    const F = w.f32;
+    const modify = w.exports.modify as (rows4: number, cols: number, d0: number, cap: number, slope: number) => void;
+    const cap = 2.5;
+    const slope = Math.fround(0.37);
+    // scores over [−40, 40] and near the polynomial's edge |S / cap| = 0.625, one NaN
+    const S = Float32Array.from({ length: 8 * Bc }, (_, e) => Math.fround((e % 3 === 0 ? 0.625 * cap : 40) * Math.sin(e * 0.7311)));
+    S[77] = NaN;
+    const panel = lay.panelB / 4;
+    const idx = (r: number, c: number) => lay.S / 4 + (r >> 2) * panel + 4 * c + (r & 3);
+    for (let r = 0; r < 8; r++) for (let c = 0; c < Bc; c++) F[idx(r, c)] = S[r * Bc + c];
+    const d0 = 5; // r0 + Nk − Nq − c0: row r's diagonal is key d0 + r of the tile
+    modify(8, Bc, d0, cap, slope);
+    const m: Modifiers = { softcap: cap, alibi: { slopes: Float32Array.of(slope), H: 1 } };
+    for (let r = 0; r < 8; r++) {
+      const row = Float64Array.from(S.subarray(r * Bc, (r + 1) * Bc));
+      const dcap = new Float64Array(Bc);
+      // modifyRow's ALiBi distance is |i + Nk − Nq − j|: row i = r, Nk − Nq = d0 and keys from c0 = 0
+      modifyRow(m, 0, 0, r, 0, Bc, row, 0, 1, 1 + d0, undefined, dcap);
+      for (let c = 0; c < Bc; c++) {
+        const got = F[idx(r, c)];
+        const dc = F[lay.dcap / 4 + (r >> 2) * panel + 4 * c + (r & 3)];
+        if (Number.isNaN(row[c])) {
+          assert.ok(Number.isNaN(got) && Number.isNaN(dc), `row ${r} key ${c}: NaN`);
+          continue;
+        }
+        // cap·tanh within 4 ulps of cap in f32, the distance term as f32 rounds it
+        const ulp = 2 ** -23;
+        assert.ok(Math.abs(got - row[c]) <= 4 * ulp * cap + 2 * ulp * Math.abs(row[c]), `row ${r} key ${c}: ${got} against ${row[c]}`);
+        assert.ok(Math.abs(dc - dcap[c]) <= 8 * ulp, `row ${r} key ${c}: derivative ${dc} against ${dcap[c]}`);
+      }
+    }
   });
 });

@@ -73,7 +73,7 @@ export function taskMods(s: CpuShape, a: { bias?: Float64Array; mask?: Uint8Arra
  * tile, without element rules), −∞ before the segment; `dcap` (backward) the soft-cap's derivative, 1
  * before it. Returns the end of the segment, the row's n: keys past it are never read (0: none seen).
  */
-export function modifySegment(
+function modifySegment(
   t: TaskMods, tile: TileClass, b: number, h: number, i: number, c0: number, cols: number, Nq: number, Nk: number,
   S: Float64Array, sr: number, dcap?: Float64Array,
 ): number {

@@ -12,18 +12,21 @@
  * gradients; a pair (row, key) the row does not see is never multiplied, so a NaN stays in its row's dQ
  * and in dK, dV of the keys that row sees. The variants (s.mods) run the same module with flash.ts's hooks
  * around it (variants.ts): query blocks outside the band are never visited and EMPTY tiles skipped; after
- * scores each row's keys are modified and N[r] is the end of its segment; with dropout dp runs with D = 0
- * and dP ∘ Z − D is formed before ds; with dropout, a soft-cap or dbias, ds runs with scale 1 and a hook
- * writes dS for dbias, then the scale and the soft-cap's derivative into dS and Z into P.
+ * scores, soft-cap and ALiBi in the module (its function modify, built only for calls that have them),
+ * then the band's segment, the bias and the element rules in JavaScript, N[r] the end of the row's
+ * segment; with dropout dp runs with D = 0 and dP ∘ Z − D is formed before ds; with dropout, a soft-cap or
+ * dbias, ds runs with scale 1 and a hook writes dS for dbias, then the scale and the soft-cap's derivative
+ * into dS and Z into P.
  */
-import { EMPTY, FULL, rowRange, tileClass, type TileClass } from '../../modifiers.js';
+import { EMPTY, FULL, alibiSlope, rowRange, tileClass, type TileClass } from '../../modifiers.js';
 import { backwardTaskOf, taskMods, type BackwardArrays } from '../flash.js';
 import type { CpuShape } from '../job.js';
 import { backwardLayout, backwardModule, type BackwardLayout } from './backward-module.js';
 import { copyRows, HEAD_BYTES, instance, reserve, wasmSupport, type Instance } from './instance.js';
+import type { ScoreMods } from './score-mod.js';
 import { dPHook, dSHook, needsDSHook, scoreHook, variantRows, type TileMemory, type VariantRows } from './variants.js';
 
-/** This thread's backward module for (Dp, Br, Bc), with its layout and functions. */
+/** This thread's backward module for (Dp, Br, Bc) and the score modifiers, with its layout and functions. */
 interface Backward {
   w: Instance;
   lay: BackwardLayout;
@@ -32,14 +35,16 @@ interface Backward {
   ds: (rows4: number, cols: number, lb: number, scale: number) => void;
   dq: (rows4: number, kb: number, qb: number) => void;
   atb: (rows: number, cols: number, pb: number, xb: number, ob: number) => void;
+  /** With soft-cap or ALiBi: score-mod.ts's modify. */
+  modify?: (rows4: number, cols: number, d0: number, cap: number, slope: number) => void;
 }
 
-function backwardInstance(Dp: number, Br: number, Bc: number): Backward | undefined {
-  const lay = backwardLayout(Dp, Br, Bc);
-  const w = instance(`backward ${Dp} ${Br} ${Bc}`, (relaxed) => backwardModule(lay, relaxed));
+function backwardInstance(Dp: number, Br: number, Bc: number, mods: ScoreMods): Backward | undefined {
+  const lay = backwardLayout(Dp, Br, Bc, mods.softcap);
+  const w = instance(`backward ${Dp} ${Br} ${Bc} ${mods.softcap} ${mods.alibi}`, (relaxed) => backwardModule(lay, relaxed, mods));
   if (!w) return undefined;
-  const e = w.exports as Pick<Backward, 'scores' | 'dp' | 'ds' | 'dq' | 'atb'>;
-  return { w, lay, scores: e.scores, dp: e.dp, ds: e.ds, dq: e.dq, atb: e.atb };
+  const e = w.exports as Pick<Backward, 'scores' | 'dp' | 'ds' | 'dq' | 'atb' | 'modify'>;
+  return { w, lay, scores: e.scores, dp: e.dp, ds: e.ds, dq: e.dq, atb: e.atb, modify: e.modify };
 }
 
 /**
@@ -88,7 +93,9 @@ function zones(lay: BackwardLayout, R: number): Zones {
 export function wasmBackward(s: CpuShape, a: BackwardArrays, headBytes = HEAD_BYTES): ((t: number) => void) | undefined {
   if (wasmSupport() === 'none') return undefined;
   const Dp = Math.ceil(s.D / 4) * 4;
-  const bw = backwardInstance(Dp, s.Br, s.Bc);
+  const mods = taskMods(s, a);
+  const vr = mods && variantRows(mods, s.Br, s.Bc);
+  const bw = backwardInstance(Dp, s.Br, s.Bc, vr?.score ?? { softcap: false, alibi: false });
   if (!bw) return undefined;
   const { lay } = bw;
   // The query rows of a group's heads, 4 rows more for the last block's padding to a multiple of 4.
@@ -96,8 +103,6 @@ export function wasmBackward(s: CpuShape, a: BackwardArrays, headBytes = HEAD_BY
   const whole = zones(lay, groupRows).end <= headBytes;
   const z = zones(lay, whole ? groupRows : s.Br);
   if (!reserve(bw.w, z.end)) return undefined;
-  const mods = taskMods(s, a);
-  const vr = mods && variantRows(mods, s.Br, s.Bc, true);
   return (t) => backwardTaskWasm(s, a, t, bw, z, whole, vr);
 }
 
@@ -145,7 +150,7 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
     F64.fill(0, z.Qd / 8, z.Qf / 8);
     F.fill(0, z.Qf / 4, z.end / 4);
   };
-  const tm: TileMemory | undefined = vr && { F, I, S: lay.S / 4, panel: lay.panelB / 4, N };
+  const tm: TileMemory | undefined = vr && { F, I, S: lay.S / 4, panel: lay.panelB / 4, N, ...(lay.dcap >= 0 && { dcap: lay.dcap / 4 }) };
   const post = vr !== undefined && needsDSHook(vr, a.dS);
   /** dQ rows of the module from `at` into the task's partial at query rows [r0, r0 + rows) of head h (add: += ). */
   const storeDq = (h: number, r0: number, rows: number, at: number, add: boolean) => {
@@ -213,6 +218,7 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
         bw.dp(rows4, cols2, z.Vd, z.dOd + at * ldq * 8, vr?.dropout ? z.zero : z.D + at * 8);
         const ta = vr && { b, h, r0, rows, c0, cols, tile };
         if (vr) {
+          bw.modify?.(rows4, cols, r0 + offset - c0, vr.mods.m.softcap ?? 1, vr.score.alibi ? alibiSlope(vr.mods.m, b, h) : 0);
           scoreHook(vr, tm!, ta!, rows4, Nq, Nk, (r) => F[L0 + r] === -Infinity);
           if (vr.dropout) dPHook(vr, tm!, ta!, lay.dP / 4, b * H + h, F64, z.D / 8 + at);
         }
