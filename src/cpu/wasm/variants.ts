@@ -18,7 +18,7 @@
  * A row's keys are at F[S + (r >> 2)·panel + 4c + (r & 3)] (Sᵀ panels of 4 rows, key-major). A thread
  * allocates its row buffers (Br×Bc f64: a row's logits, dropout's multipliers) once per job.
  */
-import { FULL, bandHi, bandLo, dropoutRow, modifyRow, scoreModifiers, type Modifiers, type TileClass } from '../../modifiers.js';
+import { FULL, at, bandHi, bandLo, dropoutRow, modifyRow, scoreModifiers, type Modifiers, type TileClass } from '../../modifiers.js';
 import type { TaskMods } from '../flash.js';
 import type { ScoreMods } from './score-mod.js';
 
@@ -88,6 +88,8 @@ export function scoreHook(v: VariantRows, m: TileMemory, t: TileAt, rows4: numbe
   const per = t.tile === FULL ? v.perFull : v.perPartial;
   const mods = t.tile === FULL ? v.full : v.partial;
   const row = v.rows;
+  // A bias and nothing else per element: added straight to the panel.
+  const bias = per && mods.mask === undefined && mods.blockMask === undefined ? mods.bias : undefined;
   for (let r = 0; r < rows4; r++) {
     if (r >= t.rows || seesNothing?.(r)) {
       I[N + r] = 0;
@@ -106,7 +108,13 @@ export function scoreHook(v: VariantRows, m: TileMemory, t: TileAt, rows4: numbe
     }
     const p = S + (r >> 2) * panel + (r & 3);
     for (let c = 0; c < lo; c++) F[p + 4 * c] = -Infinity;
-    if (per) {
+    if (per && bias) {
+      // modifyRow's one step here (the bias), on the panel without a copy: the same sum, rounded once
+      const o = at(bias.index, t.b, t.h, i, t.c0);
+      const sj = bias.index.strides[3];
+      const values = v.mods.bias!;
+      for (let c = lo; c < hi; c++) F[p + 4 * c] += values[o + c * sj];
+    } else if (per) {
       for (let c = lo; c < hi; c++) row[c] = F[p + 4 * c];
       modifyRow(mods, t.b, t.h, i, t.c0 + lo, hi - lo, row, lo, Nq, Nk, v.mods.bias);
       for (let c = lo; c < hi; c++) F[p + 4 * c] = row[c];
