@@ -16,7 +16,8 @@
  *   dSHook       backward, after ds ran with scale 1: dS written for dbias where asked, then dS times the
  *                scale and the soft-cap's derivative (the module's dcap panels) for dQ and dK, and P ∘ Z.
  * A row's keys are at F[S + (r >> 2)·panel + 4c + (r & 3)] (Sᵀ panels of 4 rows, key-major). A thread
- * allocates its row buffers (Br×Bc f64: a row's logits, dropout's multipliers) once per job.
+ * allocates its buffers once per job: a row's logits (Bc f64) and, with dropout, the tile's multipliers
+ * (Br×Bc f64, which the backward uses twice).
  */
 import { FULL, at, bandHi, bandLo, dropoutRow, modifyRow, scoreModifiers, type Modifiers, type TileClass } from '../../modifiers.js';
 import type { TaskMods } from '../flash.js';
@@ -46,7 +47,7 @@ export interface TileAt {
   tile: TileClass;
 }
 
-/** The variants of a task as the hooks use them, with a thread's row buffers (Br×Bc f64 each). */
+/** The variants of a task as the hooks use them, with a thread's buffers. */
 export interface VariantRows {
   mods: TaskMods;
   /** What the module's modify does (soft-cap, ALiBi). */
@@ -73,7 +74,7 @@ export function variantRows(mods: TaskMods, Br: number, Bc: number): VariantRows
     mods, score, partial, full, dropout, Bc,
     perPartial: partial.bias !== undefined || partial.mask !== undefined || partial.blockMask !== undefined,
     perFull: full.bias !== undefined,
-    rows: new Float64Array(Br * Bc),
+    rows: new Float64Array(Bc),
     z: new Float64Array(dropout ? Br * Bc : 0),
   };
 }
