@@ -476,6 +476,18 @@ describe('cpu WebAssembly forward and backward with the variants, task by task b
     }
     assertBeside('NaN key', r, 1e-5);
   });
+
+  test('a NaN in a query row and in a dO row, under soft-cap, bias, mask and dropout: NaN exactly where the JavaScript kernel has it', () => {
+    const sets = modifierSets(c, 'f32');
+    const mods: Mods = { ...sets['bias + mask + dropout + causal'], softcap: 2 };
+    const a = arrays();
+    a.q[(7 * c.H + 1) * c.D + 2] = NaN; // query row 7 of head 1
+    a.dout[(30 * c.H + 2) * c.D + 5] = NaN; // dO row 30 of head 2
+    const r = bothWithMods(c, mods, a, 8, 16);
+    assert.ok(Number.isNaN(r.wasm.lse[1 * c.Nq + 7]) && !Number.isNaN(r.wasm.lse[1 * c.Nq + 8]), 'row 7 of head 1 only');
+    assert.ok(r.wasm.dq.some((x) => Number.isNaN(x)) && r.wasm.dk.some((x) => Number.isNaN(x)), 'the NaNs reach the gradients');
+    assertBeside('NaN rows', r, 1e-5);
+  });
 });
 
 describe("cpu WebAssembly: the module's soft-cap and ALiBi (score-mod.ts) beside modifyRow", () => {
