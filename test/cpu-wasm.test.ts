@@ -2,17 +2,25 @@
 // error rule of util.ts (the cpu's standard attention as yardstick, as spec.ts does) on a spread of
 // shapes, through the normal path (worker threads for the larger cases, inline for the small); beside
 // flash.ts's JavaScript kernels on the same inputs; and the semantics the JavaScript kernels have at the
-// edges (NaN, rows that see no key).
+// edges (NaN, rows that see no key). Then the same with the variants (test/modifier-cases.ts's sets), and
+// a check that the generated modules are still the plain kernels' bytes.
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { backward, forward, type DType, type Layout, type Tensor } from '../src/index.js';
 import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
-import { backwardTask, backwardTasks, forwardTask, forwardTasks, reduceDq, type BackwardArrays } from '../src/cpu/flash.js';
-import { scratchLength, tileSizes, type CpuShape } from '../src/cpu/job.js';
+import { backwardTask, backwardTasks, forwardTask, forwardTasks, reduceDq, type BackwardArrays, type ForwardArrays } from '../src/cpu/flash.js';
+import { cpuShape, scratchLength, tileSizes, type CpuShape } from '../src/cpu/job.js';
+import { backwardLayout, backwardModule } from '../src/cpu/wasm/backward-module.js';
+import { forwardLayout, forwardModule } from '../src/cpu/wasm/forward-module.js';
+import { instance } from '../src/cpu/wasm/instance.js';
+import { modifyRow, type Modifiers } from '../src/modifiers.js';
+import { biasValues } from '../src/reference/standard.js';
 import { setCpuKernels, setWasmVariant, wasmBackward, wasmForward, wasmSupport } from '../src/cpu/wasm/index.js';
 import { bnhd } from './spec.js';
+import { modifierSets, oracleOf, runWith, type Mods } from './modifier-cases.js';
 import { assertWithinRule, inputs, maxError, type Case } from './util.js';
 
 interface Spec extends Case {
@@ -295,5 +303,229 @@ describe('cpu WebAssembly backward, task by task beside flash.ts', () => {
       }
     }
     assert.ok(relativeGap(r) < 1e-5);
+  });
+});
+
+/**
+ * The generated modules' bytes (sha-256, first 16 hex digits), as they were before the variants reached the
+ * WebAssembly kernels: the variants run as hooks between the modules' functions, so the plain kernels'
+ * code is the same code.
+ */
+const MODULE_HASHES = `
+4 128 128 false 73c4660229a89a57 cf1aeab25bdcca77
+4 128 128 true 9dc8f3a042762e02 3f126db8b3045e38
+8 128 128 false 70610100d5b92f04 7ca4289c6dc01376
+8 128 128 true a78cb4da3b362c5a 375e59cc2fe6b69b
+24 128 128 false 55c10428678909b3 723dd4efa0838ebe
+24 128 128 true 50506e5d620ff484 957ff672444c6c7b
+60 128 128 false 6eceae3c54fe1d99 7617da5538b06b3f
+60 128 128 true a3250d381b194d73 29e5cf672bc1542b
+64 128 128 false f149632aeb21dcc7 f9178c1579ee2883
+64 128 128 true 806a9857822f3908 497097177405944a
+128 64 64 false a763f153b8734c9f c5cc43085ca5d724
+128 64 64 true a9a4099a023a2fbd 025d73f3dff23e9f
+256 32 32 false ac3d606979b9c7d3 474dff192f8f5978
+256 32 32 true 023a293b261ad1c9 f50e7ffc9b241c3b`;
+
+describe('cpu WebAssembly modules', () => {
+  test('the forward and backward modules are byte for byte those of the plain kernels', () => {
+    const hash = (b: Uint8Array) => createHash('sha256').update(b).digest('hex').slice(0, 16);
+    for (const line of MODULE_HASHES.trim().split('\n')) {
+      const [Dp, Br, Bc, relaxed, fh, bh] = line.split(' ');
+      const [d, r, c] = [Number(Dp), Number(Br), Number(Bc)];
+      assert.equal(hash(forwardModule(forwardLayout(d, r, c), relaxed === 'true')), fh, `forward ${line}`);
+      assert.equal(hash(backwardModule(backwardLayout(d, r, c), relaxed === 'true')), bh, `backward ${line}`);
+    }
+  });
+});
+
+// ---- the variants (src/modifiers.ts) in the WebAssembly kernels ----
+
+/** Cases for the public API: GQA, Nq ≠ Nk both ways, several tiles (64×64 at D = 128, 32×32 at D = 256). */
+const MOD_CASES: { c: Case; dtype: DType; layout: Layout }[] = [
+  { c: { B: 1, H: 2, Hkv: 1, Nq: 200, Nk: 300, D: 128 }, dtype: 'f32', layout: 'BHND' },
+  { c: { B: 2, H: 4, Hkv: 2, Nq: 100, Nk: 70, D: 256 }, dtype: 'f16', layout: 'BNHD' },
+];
+
+describe('cpu WebAssembly forward and backward with the variants, against the float64 oracle and beside the JavaScript kernels', () => {
+  for (const { c, dtype, layout } of MOD_CASES) {
+    for (const [name, mods] of Object.entries(modifierSets(c, dtype))) {
+      test(`${name}: ${dtype} ${layout} B=${c.B} H=${c.H} Hkv=${c.Hkv} Nq=${c.Nq} Nk=${c.Nk} D=${c.D}`, async () => {
+        const oracle = oracleOf(c, dtype, mods);
+        const standard = await runWith(c, dtype, layout, mods, { backend: 'cpu', algorithm: 'standard' });
+        const got = await runWith(c, dtype, layout, mods, { backend: 'cpu', algorithm: 'flash' });
+        setCpuKernels('js');
+        let js;
+        try {
+          js = await runWith(c, dtype, layout, mods, { backend: 'cpu', algorithm: 'flash' });
+        } finally {
+          setCpuKernels('wasm');
+        }
+        // The two kernels round differently (f32 products against f64): results that differ show the WebAssembly ran.
+        for (const k of ['out', 'dq', 'dk', 'dv'] as const) assert.ok(maxError(got[k], js[k]) > 0, `the WebAssembly and JavaScript kernels gave identical ${k}`);
+        for (const [kernel, r] of [['wasm', got], ['js', js]] as const) {
+          for (const x of ['out', 'lse'] as const) assertWithinRule(`${kernel} ${x}`, maxError(r[x], oracle[x]), maxError(standard[x], oracle[x]), 2);
+          for (const x of ['dq', 'dk', 'dv'] as const) assertWithinRule(`${kernel} ${x}`, maxError(r[x], oracle[x]), maxError(standard[x], oracle[x]), 3);
+          assert.equal(r.dbias !== undefined, mods.biasGrad === true, 'dbias exactly when asked');
+          if (r.dbias) assertWithinRule(`${kernel} dbias`, maxError(r.dbias, oracle.dbias!), maxError(standard.dbias!, oracle.dbias!), 3);
+        }
+      });
+    }
+  }
+});
+
+/**
+ * Both kernels' forward and backward task functions over all tasks with the variants `mods`, on the same
+ * f32 inputs (BNHD), with tiles of Br × Bc (small: the band's block ranges and every tile class occur);
+ * the backward of each from its own forward; dq reduced, dS (for dbias) where asked.
+ */
+function bothWithMods(c: Case, mods: Mods, t: { q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array }, Br: number, Bc: number, chunks = 2, headBytes?: number) {
+  const tensor = (data: Float32Array, N: number, H: number): Tensor => ({ data, dtype: 'f32', shape: [c.B, N, H, c.D] });
+  const p = checkForward(tensor(t.q, c.Nq, c.H), tensor(t.k, c.Nk, c.Hkv), tensor(t.v, c.Nk, c.Hkv), mods);
+  const s: CpuShape = { ...cpuShape(p, 2), Br, Bc, chunks };
+  assert.ok(s.mods, 'the shape carries the variants');
+  const extra = { bias: biasValues(p.mods), mask: p.mods.mask?.data };
+  const scratch = new Float64Array(Math.max(scratchLength('flashForward', s), scratchLength('flashBackward', s)));
+  const run = (kernel: 'wasm' | 'js') => {
+    const fwd: ForwardArrays = { q: t.q, k: t.k, v: t.v, out: new Float32Array(t.q.length), lse: new Float32Array(c.B * c.H * c.Nq), ...extra };
+    const ft = kernel === 'wasm' ? wasmForward(s, fwd) : (i: number) => forwardTask(s, fwd, i, scratch);
+    assert.ok(ft, 'the WebAssembly forward runs here');
+    for (let i = 0; i < forwardTasks(s); i++) ft(i);
+    const bwd: BackwardArrays = {
+      ...fwd, dout: t.dout, dqPartial: new Float64Array(chunks * t.q.length), dk: new Float32Array(t.k.length), dv: new Float32Array(t.v.length),
+      ...(p.mods.bias?.grad && { dS: new Float32Array(c.B * c.H * c.Nq * c.Nk) }),
+    };
+    const bt = kernel === 'wasm' ? wasmBackward(s, bwd, headBytes) : (i: number) => backwardTask(s, bwd, i, scratch);
+    assert.ok(bt, 'the WebAssembly backward runs here');
+    for (let i = 0; i < backwardTasks(s); i++) bt(i);
+    const dq = new Float32Array(t.q.length);
+    reduceDq(s, bwd.dqPartial, dq);
+    return { out: fwd.out, lse: fwd.lse, dq, dk: bwd.dk, dv: bwd.dv, dS: bwd.dS };
+  };
+  return { wasm: run('wasm'), js: run('js') };
+}
+
+type Both = ReturnType<typeof bothWithMods>;
+const ALL = ['out', 'lse', 'dq', 'dk', 'dv', 'dS'] as const;
+
+/** max |wasm − js| / max |js| over the outputs (lse: absolute), and whether ±∞ and NaN sit in the same places. */
+function assertBeside(what: string, r: Both, tolerance: number): void {
+  for (const x of ALL) {
+    const a = r.wasm[x];
+    const b = r.js[x];
+    assert.equal(a === undefined, b === undefined, `${what} ${x}`);
+    if (!a || !b) continue;
+    const largest = x === 'lse' ? 1 : b.reduce((m, y) => (Number.isFinite(y) ? Math.max(m, Math.abs(y)) : m), 1e-30);
+    for (let i = 0; i < a.length; i++) {
+      if (a[i] === b[i] || (Number.isNaN(a[i]) && Number.isNaN(b[i]))) continue;
+      assert.ok(Math.abs(a[i] - b[i]) <= tolerance * largest, `${what} ${x}[${i}]: ${a[i]} (WebAssembly) against ${b[i]} (JavaScript)`);
+    }
+  }
+}
+
+describe('cpu WebAssembly forward and backward with the variants, task by task beside flash.ts', () => {
+  const c: Case = { B: 2, H: 4, Hkv: 2, Nq: 67, Nk: 93, D: 24 };
+  const t = inputs(c, 'f32', 'BNHD', 5);
+  const arrays = () => ({ q: f32(t.q), k: f32(t.k), v: f32(t.v), dout: f32(t.dout) });
+  const variants = wasmSupport() === 'relaxed' ? (['relaxed', 'simd'] as const) : (['simd'] as const);
+  for (const [name, mods] of Object.entries(modifierSets(c, 'f32'))) {
+    test(`${name}: the same results within f32 rounding, tiles 8×16 and 12×20, ${variants.join(' and ')}`, () => {
+      for (const variant of variants) {
+        setWasmVariant(variant);
+        try {
+          assertBeside(`${variant} 8×16`, bothWithMods(c, mods, arrays(), 8, 16), 1e-5);
+          assertBeside(`${variant} 12×20, one query block at a time`, bothWithMods(c, mods, arrays(), 12, 20, 3, 0), 1e-5);
+        } finally {
+          setWasmVariant(undefined);
+        }
+      }
+    });
+  }
+
+  test('rows that see no key (a mask that hides every key of some rows): out 0, lse −∞, zero dq; as the JavaScript kernel', () => {
+    const hidden = (i: number) => i % 5 === 2;
+    const mask = { data: Uint8Array.from({ length: c.Nq * c.Nk }, (_, e) => (hidden(Math.floor(e / c.Nk)) ? 0 : 1)), shape: [1, 1, c.Nq, c.Nk] };
+    const r = bothWithMods(c, { mask, softcap: 3, dropout: { p: 0.2, seed: 5 } }, arrays(), 8, 16);
+    for (let b = 0; b < c.B; b++) {
+      for (let h = 0; h < c.H; h++) {
+        for (let i = 0; i < c.Nq; i++) {
+          assert.equal(r.wasm.lse[(b * c.H + h) * c.Nq + i] === -Infinity, hidden(i), `b ${b} h ${h} row ${i} lse`);
+          const o = ((b * c.Nq + i) * c.H + h) * c.D;
+          for (let x = 0; x < c.D; x++) {
+            if (!hidden(i)) continue;
+            assert.equal(r.wasm.out[o + x], 0, `row ${i} out`);
+            assert.equal(r.wasm.dq[o + x], 0, `row ${i} dq`);
+          }
+        }
+      }
+    }
+    assertBeside('hidden rows', r, 1e-5);
+  });
+
+  test('a NaN in a key reaches only the rows whose band and mask keep it; NaN where the JavaScript kernel has it', () => {
+    const mods: Mods = { window: [10, 3], alibiSlopes: Float32Array.of(0.1, 0.2, 0.3, 0.4) };
+    const a = arrays();
+    a.k[(40 * c.Hkv + 1) * c.D + 3] = NaN; // key 40 of kv head 1 (query heads 2, 3): rows 40 − 26 − 3 .. 40 − 26 + 10 see it
+    const r = bothWithMods(c, mods, a, 8, 16);
+    const off = c.Nk - c.Nq;
+    for (let h = 0; h < c.H; h++) {
+      for (let i = 0; i < c.Nq; i++) {
+        const sees = h >= 2 && i + off - 10 <= 40 && 40 <= i + off + 3;
+        assert.equal(Number.isNaN(r.wasm.lse[h * c.Nq + i]), sees, `head ${h} row ${i}`);
+      }
+    }
+    assertBeside('NaN key', r, 1e-5);
+  });
+
+  test('a NaN in a query row and in a dO row, under soft-cap, bias, mask and dropout: NaN exactly where the JavaScript kernel has it', () => {
+    const sets = modifierSets(c, 'f32');
+    const mods: Mods = { ...sets['bias + mask + dropout + causal'], softcap: 2 };
+    const a = arrays();
+    a.q[(7 * c.H + 1) * c.D + 2] = NaN; // query row 7 of head 1
+    a.dout[(30 * c.H + 2) * c.D + 5] = NaN; // dO row 30 of head 2
+    const r = bothWithMods(c, mods, a, 8, 16);
+    assert.ok(Number.isNaN(r.wasm.lse[1 * c.Nq + 7]) && !Number.isNaN(r.wasm.lse[1 * c.Nq + 8]), 'row 7 of head 1 only');
+    assert.ok(r.wasm.dq.some((x) => Number.isNaN(x)) && r.wasm.dk.some((x) => Number.isNaN(x)), 'the NaNs reach the gradients');
+    assertBeside('NaN rows', r, 1e-5);
+  });
+});
+
+describe("cpu WebAssembly: the module's soft-cap and ALiBi (score-mod.ts) beside modifyRow", () => {
+  test('modify gives modifyRow\'s soft-cap, its derivative and ALiBi within a few f32 ulps of the logit, NaN for NaN', () => {
+    const Bc = 64;
+    const lay = backwardLayout(4, 8, Bc, true);
+    const w = instance('test: backward 4 8 64 with soft-cap and ALiBi', () => backwardModule(lay, false, { softcap: true, alibi: true }));
+    assert.ok(w, 'the module instantiates');
+    const F = w.f32;
+    const modify = w.exports.modify as (rows4: number, cols: number, d0: number, cap: number, slope: number) => void;
+    const cap = 2.5;
+    const slope = Math.fround(0.37);
+    // scores over [−40, 40] and near the polynomial's edge |S / cap| = 0.625, one NaN
+    const S = Float32Array.from({ length: 8 * Bc }, (_, e) => Math.fround((e % 3 === 0 ? 0.625 * cap : 40) * Math.sin(e * 0.7311)));
+    S[77] = NaN;
+    const panel = lay.panelB / 4;
+    const idx = (r: number, c: number) => lay.S / 4 + (r >> 2) * panel + 4 * c + (r & 3);
+    for (let r = 0; r < 8; r++) for (let c = 0; c < Bc; c++) F[idx(r, c)] = S[r * Bc + c];
+    const d0 = 5; // r0 + Nk − Nq − c0: row r's diagonal is key d0 + r of the tile
+    modify(8, Bc, d0, cap, slope);
+    const m: Modifiers = { softcap: cap, alibi: { slopes: Float32Array.of(slope), H: 1 } };
+    for (let r = 0; r < 8; r++) {
+      const row = Float64Array.from(S.subarray(r * Bc, (r + 1) * Bc));
+      const dcap = new Float64Array(Bc);
+      // modifyRow's ALiBi distance is |i + Nk − Nq − j|: row i = r, Nk − Nq = d0 and keys from c0 = 0
+      modifyRow(m, 0, 0, r, 0, Bc, row, 0, 1, 1 + d0, undefined, dcap);
+      for (let c = 0; c < Bc; c++) {
+        const got = F[idx(r, c)];
+        const dc = F[lay.dcap / 4 + (r >> 2) * panel + 4 * c + (r & 3)];
+        if (Number.isNaN(row[c])) {
+          assert.ok(Number.isNaN(got) && Number.isNaN(dc), `row ${r} key ${c}: NaN`);
+          continue;
+        }
+        // cap·tanh within 4 ulps of cap in f32, the distance term as f32 rounds it
+        const ulp = 2 ** -23;
+        assert.ok(Math.abs(got - row[c]) <= 4 * ulp * cap + 2 * ulp * Math.abs(row[c]), `row ${r} key ${c}: ${got} against ${row[c]}`);
+        assert.ok(Math.abs(dc - dcap[c]) <= 8 * ulp, `row ${r} key ${c}: derivative ${dc} against ${dcap[c]}`);
+      }
+    }
   });
 });

@@ -55,13 +55,13 @@ export interface BackwardArrays {
 }
 
 /** The variants of one task: the modifiers, those of its full tiles (no element rules), the bias values. */
-interface TaskMods {
+export interface TaskMods {
   m: Modifiers;
   full: Modifiers;
   bias: Float64Array | undefined;
 }
 
-function taskMods(s: CpuShape, a: { bias?: Float64Array; mask?: Uint8Array }): TaskMods | undefined {
+export function taskMods(s: CpuShape, a: { bias?: Float64Array; mask?: Uint8Array }): TaskMods | undefined {
   if (!s.mods) return undefined;
   const m = modifiersOf(s.mods, a.bias, a.mask);
   return { m, full: scoreModifiers(m), bias: a.bias };

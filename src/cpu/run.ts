@@ -21,10 +21,9 @@ function taskOf(job: Job, scratch: Float64Array): (t: number) => void {
     return (t) => decodeTask(s, a as unknown as DecodeArrays, t, scratch);
   }
   const s = job.shape;
-  // The WebAssembly kernels where they run (a shape with variants beyond causal carries mods: flash.ts's).
-  const plain = !s.js && !('mods' in s && s.mods);
+  // The WebAssembly kernels where they run (every variant too), unless setCpuKernels('js') chose flash.ts's.
   const wasm =
-    plain &&
+    !s.js &&
     (job.kernel === 'flashForward'
       ? wasmForward(s, a as unknown as ForwardArrays)
       : job.kernel === 'flashBackward' && wasmBackward(s, a as unknown as BackwardArrays));

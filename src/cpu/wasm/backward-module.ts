@@ -17,6 +17,8 @@
  *                        the rows before them with each key tested, so a pair (r, c) that row r does not
  *                        see is never multiplied (a NaN in Q_r or dO_r reaches only the keys r sees). Sums
  *                        of CHUNK rows in f32, then added to Y in f64.
+ * With soft-cap or ALiBi (a compile-time parameter), a sixth function: score-mod.ts's modify, run between
+ * scores and ds, which with the soft-cap keeps its derivative in panels of its own (dcap).
  * Scores, P, dP − D and dS are f32 in Sᵀ panels (4 rows of one key in one f32x4, key-major, as the forward's);
  * dQ, dK_j and dV_j accumulate in f64.
  * Memory (bytes): Sᵀ/P (Br/4 panels of Bc×4 f32 and 64 bytes) | dPᵀ/dS (the same) | dK_j, dV_j (Bc×Dp f64 each) |
@@ -25,6 +27,7 @@
  */
 import { assemble, f32, Fn, i32, op, simd, v128, type Local } from './asm.js';
 import { addToF64, CHUNK, emitPV, emitQK, expConsts, layoutOf, madd, vexp, zero, type TileGeometry } from './emit.js';
+import { scoreModFn, type ScoreMods } from './score-mod.js';
 
 export interface BackwardLayout {
   Dp: number;
@@ -40,10 +43,12 @@ export interface BackwardLayout {
   dK: number;
   dV: number;
   N: number;
+  /** With the soft-cap: its derivative's panels (as Sᵀ's), else -1. */
+  dcap: number;
   bytes: number;
 }
 
-export function backwardLayout(Dp: number, Br: number, Bc: number): BackwardLayout {
+export function backwardLayout(Dp: number, Br: number, Bc: number, softcap = false): BackwardLayout {
   const { ld, ldq, take, at } = layoutOf(Dp);
   const panelB = Bc * 16 + 64;
   const S = take((Br / 4) * panelB);
@@ -51,7 +56,8 @@ export function backwardLayout(Dp: number, Br: number, Bc: number): BackwardLayo
   const dK = take(Bc * Dp * 8);
   const dV = take(Bc * Dp * 8);
   const N = take(Br * 4);
-  return { Dp, ld, ldq, Br, Bc, panelB, S, dP, dK, dV, N, bytes: at() };
+  const dcap = softcap ? take((Br / 4) * panelB) : -1;
+  return { Dp, ld, ldq, Br, Bc, panelB, S, dP, dK, dV, N, dcap, bytes: at() };
 }
 
 /** block { loop { if any of exits() break; body(); continue } }: each exit pushes an i32. */
@@ -65,8 +71,12 @@ function until(f: Fn, exits: (() => void)[], body: () => void): void {
   f.op(0x0c, 0, 0x0b, 0x0b); // br 0: again; end loop, end block
 }
 
-/** The module's bytes: `relaxed` uses f32x4.relaxed_madd for the f32 products, else mul then add. */
-export function backwardModule(lay: BackwardLayout, relaxed: boolean): Uint8Array {
+/**
+ * The module's bytes: `relaxed` uses f32x4.relaxed_madd for the f32 products, else mul then add; `mods`,
+ * the score modifiers that add the function modify (none: the plain module; the soft-cap needs a layout
+ * with dcap).
+ */
+export function backwardModule(lay: BackwardLayout, relaxed: boolean, mods?: ScoreMods): Uint8Array {
   const { Dp, Bc, panelB } = lay;
   const rowB = lay.ld * 4; // bytes from one f32 row to the next
   const g: TileGeometry = { Dp, rowQB: lay.ldq * 8, rowB, panelB };
@@ -227,6 +237,11 @@ export function backwardModule(lay: BackwardLayout, relaxed: boolean): Uint8Arra
     });
   }
 
+  const fns = [scores, dp, ds, dq, atb];
+  if (mods && (mods.softcap || mods.alibi)) {
+    if (mods.softcap && lay.dcap < 0) throw new Error('backwardModule: the soft-cap needs a layout with dcap (backwardLayout(..., true))');
+    fns.push(scoreModFn(mods, lay.S, panelB, mods.softcap ? lay.dcap : undefined));
+  }
   const pages = Math.ceil(lay.bytes / 65536);
-  return assemble([], [scores, dp, ds, dq, atb], pages);
+  return assemble([], fns, pages);
 }

@@ -10,14 +10,23 @@
  * does (summed over tasks afterwards, in a fixed order: deterministic). Rows are padded with zeros to Dp,
  * a multiple of 4. Semantics are the JavaScript kernel's: a row that sees no key (L = −∞) gives zero
  * gradients; a pair (row, key) the row does not see is never multiplied, so a NaN stays in its row's dQ
- * and in dK, dV of the keys that row sees. Calls with variants beyond causal run flash.ts's kernel.
+ * and in dK, dV of the keys that row sees. The variants (s.mods) run the same module with flash.ts's hooks
+ * around it (variants.ts): query blocks outside the band are never visited and EMPTY tiles skipped; after
+ * scores, soft-cap and ALiBi in the module (its function modify, built only for calls that have them),
+ * then the band's segment, the bias and the element rules in JavaScript, N[r] the end of the row's
+ * segment; with dropout dp runs with D = 0 and dP ∘ Z − D is formed before ds; with dropout, a soft-cap or
+ * dbias, ds runs with scale 1 and a hook writes dS for dbias, then the scale and the soft-cap's derivative
+ * into dS and Z into P.
  */
-import { backwardTaskOf, type BackwardArrays } from '../flash.js';
+import { EMPTY, FULL, alibiSlope, rowRange, tileClass, type TileClass } from '../../modifiers.js';
+import { backwardTaskOf, taskMods, type BackwardArrays } from '../flash.js';
 import type { CpuShape } from '../job.js';
 import { backwardLayout, backwardModule, type BackwardLayout } from './backward-module.js';
 import { copyRows, HEAD_BYTES, instance, reserve, wasmSupport, type Instance } from './instance.js';
+import type { ScoreMods } from './score-mod.js';
+import { dPHook, dSHook, needsDSHook, scoreHook, variantRows, type TileMemory, type VariantRows } from './variants.js';
 
-/** This thread's backward module for (Dp, Br, Bc), with its layout and functions. */
+/** This thread's backward module for (Dp, Br, Bc) and the score modifiers, with its layout and functions. */
 interface Backward {
   w: Instance;
   lay: BackwardLayout;
@@ -26,19 +35,22 @@ interface Backward {
   ds: (rows4: number, cols: number, lb: number, scale: number) => void;
   dq: (rows4: number, kb: number, qb: number) => void;
   atb: (rows: number, cols: number, pb: number, xb: number, ob: number) => void;
+  /** With soft-cap or ALiBi: score-mod.ts's modify. */
+  modify?: (rows4: number, cols: number, d0: number, cap: number, slope: number) => void;
 }
 
-function backwardInstance(Dp: number, Br: number, Bc: number): Backward | undefined {
-  const lay = backwardLayout(Dp, Br, Bc);
-  const w = instance(`backward ${Dp} ${Br} ${Bc}`, (relaxed) => backwardModule(lay, relaxed));
+function backwardInstance(Dp: number, Br: number, Bc: number, mods: ScoreMods): Backward | undefined {
+  const lay = backwardLayout(Dp, Br, Bc, mods.softcap);
+  const w = instance(`backward ${Dp} ${Br} ${Bc} ${mods.softcap} ${mods.alibi}`, (relaxed) => backwardModule(lay, relaxed, mods));
   if (!w) return undefined;
-  const e = w.exports as Pick<Backward, 'scores' | 'dp' | 'ds' | 'dq' | 'atb'>;
-  return { w, lay, scores: e.scores, dp: e.dp, ds: e.ds, dq: e.dq, atb: e.atb };
+  const e = w.exports as Pick<Backward, 'scores' | 'dp' | 'ds' | 'dq' | 'atb' | 'modify'>;
+  return { w, lay, scores: e.scores, dp: e.dp, ds: e.ds, dq: e.dq, atb: e.atb, modify: e.modify };
 }
 
 /**
  * Byte offsets of the rows backward.ts places from the layout's `bytes` on: K_j and V_j (f64, then f32),
- * then R query rows: Q (times the scale) and dO in f64, dQ and D (f64), Q and dO in f32, L (f32).
+ * then R query rows: Q (times the scale) and dO in f64, dQ and D (f64), Q and dO in f32, L (f32); then
+ * Br zeros (f64), the D that dp subtracts under dropout.
  */
 interface Zones {
   Kd: number;
@@ -52,6 +64,7 @@ interface Zones {
   Qf: number;
   dO: number;
   L: number;
+  zero: number;
   end: number;
 }
 
@@ -68,7 +81,8 @@ function zones(lay: BackwardLayout, R: number): Zones {
   const Qf = D + R * 8;
   const dO = Qf + R * ld * 4;
   const L = dO + R * ld * 4;
-  return { Kd, Vd, Kf, V, Qd, dOd, dQ, D, Qf, dO, L, end: L + R * 4 };
+  const zero = Math.ceil((L + R * 4) / 16) * 16;
+  return { Kd, Vd, Kf, V, Qd, dOd, dQ, D, Qf, dO, L, zero, end: zero + lay.Br * 8 };
 }
 
 /**
@@ -79,7 +93,9 @@ function zones(lay: BackwardLayout, R: number): Zones {
 export function wasmBackward(s: CpuShape, a: BackwardArrays, headBytes = HEAD_BYTES): ((t: number) => void) | undefined {
   if (wasmSupport() === 'none') return undefined;
   const Dp = Math.ceil(s.D / 4) * 4;
-  const bw = backwardInstance(Dp, s.Br, s.Bc);
+  const mods = taskMods(s, a);
+  const vr = mods && variantRows(mods, s.Br, s.Bc);
+  const bw = backwardInstance(Dp, s.Br, s.Bc, vr?.score ?? { softcap: false, alibi: false });
   if (!bw) return undefined;
   const { lay } = bw;
   // The query rows of a group's heads, 4 rows more for the last block's padding to a multiple of 4.
@@ -87,7 +103,7 @@ export function wasmBackward(s: CpuShape, a: BackwardArrays, headBytes = HEAD_BY
   const whole = zones(lay, groupRows).end <= headBytes;
   const z = zones(lay, whole ? groupRows : s.Br);
   if (!reserve(bw.w, z.end)) return undefined;
-  return (t) => backwardTaskWasm(s, a, t, bw, z, whole);
+  return (t) => backwardTaskWasm(s, a, t, bw, z, whole, vr);
 }
 
 /**
@@ -118,7 +134,7 @@ function loadQueries(s: CpuShape, a: BackwardArrays, w: Instance, lay: BackwardL
   }
 }
 
-function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backward, z: Zones, whole: boolean): void {
+function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backward, z: Zones, whole: boolean, vr?: VariantRows): void {
   const { B, H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, kvRow } = s;
   const { k, v, dqPartial, dk, dv } = a;
   const { lay } = bw;
@@ -129,11 +145,13 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
   const ko = b * s.kvBatch + hkv * s.kvHead;
   const offset = Nk - Nq; // causal: row r sees keys c <= r + offset
   const N = lay.N / 4;
-  /** Zero the query zones (padding columns, dQ) before rows are copied in. */
+  /** Zero the query zones (padding columns, dQ) before rows are copied in (and the zeros after them). */
   const clearQueries = () => {
     F64.fill(0, z.Qd / 8, z.Qf / 8);
     F.fill(0, z.Qf / 4, z.end / 4);
   };
+  const tm: TileMemory | undefined = vr && { F, I, S: lay.S / 4, panel: lay.panelB / 4, N, ...(lay.dcap >= 0 && { dcap: lay.dcap / 4 }) };
+  const post = vr !== undefined && needsDSHook(vr, a.dS);
   /** dQ rows of the module from `at` into the task's partial at query rows [r0, r0 + rows) of head h (add: += ). */
   const storeDq = (h: number, r0: number, rows: number, at: number, add: boolean) => {
     const dqo = ((chunk * B + b) * H + h) * Nq * D + r0 * D;
@@ -165,25 +183,47 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
     F64.fill(0, lay.dK / 8, lay.dK / 8 + Bc * Dp);
     F64.fill(0, lay.dV / 8, lay.dV / 8 + Bc * Dp);
     // Alg. 2 line 8. Causal: the first query row that sees key c0; query blocks before it are skipped.
-    const rStart = causal ? Math.max(0, Math.floor((c0 - offset) / Br)) * Br : 0;
+    // With the variants, the band's: query blocks that see no key of K_j are never visited.
+    let rStart = causal ? Math.max(0, Math.floor((c0 - offset) / Br)) * Br : 0;
+    let rEnd = Nq;
+    if (vr) {
+      const [lo, hi] = rowRange(vr.mods.m, c0, c0 + cols, Nq, Nk);
+      rStart = Math.floor(lo / Br) * Br;
+      rEnd = hi;
+    }
     for (let g = 0; g < G; g++) {
       const h = hkv * G + g;
-      for (let r0 = rStart; r0 < Nq; r0 += Br) {
+      for (let r0 = rStart; r0 < rEnd; r0 += Br) {
         const rows = Math.min(Br, Nq - r0);
         const rows4 = Math.ceil(rows / 4) * 4;
+        let tile: TileClass = FULL;
+        if (vr) {
+          tile = tileClass(vr.mods.m, b, h, r0, r0 + rows, c0, c0 + cols, Nq, Nk);
+          if (tile === EMPTY) continue;
+        }
         const at = whole ? g * Nq + r0 : 0;
         if (!whole) {
           clearQueries();
           loadQueries(s, a, bw.w, lay, z, b, h, r0, rows, 0);
         }
-        // The keys of K_j each row sees (0: none, or a row that saw no key in the forward, L = −∞).
-        for (let r = 0; r < rows4; r++) {
-          I[N + r] = r >= rows || F[z.L / 4 + at + r] === -Infinity ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
+        const L0 = z.L / 4 + at;
+        if (!vr) {
+          // The keys of K_j each row sees (0: none, or a row that saw no key in the forward, L = −∞).
+          for (let r = 0; r < rows4; r++) {
+            I[N + r] = r >= rows || F[L0 + r] === -Infinity ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
+          }
         }
         // Alg. 2 lines 9-16.
         bw.scores(rows4, cols2, z.Kd, z.Qd + at * ldq * 8);
-        bw.dp(rows4, cols2, z.Vd, z.dOd + at * ldq * 8, z.D + at * 8);
-        bw.ds(rows4, cols, z.L + at * 4, scale);
+        bw.dp(rows4, cols2, z.Vd, z.dOd + at * ldq * 8, vr?.dropout ? z.zero : z.D + at * 8);
+        const ta = vr && { b, h, r0, rows, c0, cols, tile };
+        if (vr) {
+          bw.modify?.(rows4, cols, r0 + offset - c0, vr.mods.m.softcap ?? 1, vr.score.alibi ? alibiSlope(vr.mods.m, b, h) : 0);
+          scoreHook(vr, tm!, ta!, rows4, Nq, Nk, (r) => F[L0 + r] === -Infinity);
+          if (vr.dropout) dPHook(vr, tm!, ta!, lay.dP / 4, b * H + h, F64, z.D / 8 + at);
+        }
+        bw.ds(rows4, cols, z.L + at * 4, post ? 1 : scale);
+        if (post) dSHook(vr!, tm!, ta!, lay.dP / 4, scale, H, Nq, Nk, a.dS);
         bw.dq(rows4, z.Kf, z.dQ + at * Dp * 8);
         bw.atb(rows, cols, lay.S, z.dO + at * ld * 4, lay.dV);
         bw.atb(rows, cols, lay.dP, z.Qf + at * ld * 4, lay.dK);

@@ -16,12 +16,15 @@
  *                        4 rows see the key, then each row alone up to its N[r] (a masked key's V is never
  *                        read, so a NaN there cannot reach a row that does not see it). The products of
  *                        32 keys are summed in f32, then added to O_i, which is f64.
+ * With soft-cap or ALiBi (a compile-time parameter), a fourth function: score-mod.ts's modify, run between
+ * qk and softmax.
  * Memory (bytes): Q (Br×ldq f64, the scale folded in) | Sᵀ (Br/4 panels of Bc×4 f32) | O (Br×Dp f64)
  * | m (Br f32) | l (Br f64) | α (Br f64) | N (Br i32) | 16 bytes of scratch | from `bytes` on, K rows
  * (ldq f64 each) and V rows (ld f32 each) where forward.ts puts them.
  */
 import { assemble, f32, f64, Fn, i32, op, simd, v128, type Local } from './asm.js';
 import { emitPV, emitQK, expConsts, layoutOf, lanes, splatF32, vexp, zero, type TileGeometry } from './emit.js';
+import { scoreModFn, type ScoreMods } from './score-mod.js';
 
 export interface ForwardLayout {
   Dp: number;
@@ -55,8 +58,11 @@ export function forwardLayout(Dp: number, Br: number, Bc: number): ForwardLayout
   return { Dp, ld, ldq, Br, Bc, Q, S, O, M, L, A, N, T, bytes: at() };
 }
 
-/** The module's bytes: `relaxed` uses f32x4.relaxed_madd for pv's products, else mul then add. */
-export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array {
+/**
+ * The module's bytes: `relaxed` uses f32x4.relaxed_madd for pv's products, else mul then add; `mods`, the
+ * score modifiers that add the function modify (none: the plain module).
+ */
+export function forwardModule(lay: ForwardLayout, relaxed: boolean, mods?: ScoreMods): Uint8Array {
   const { Bc } = lay;
   const g: TileGeometry = { Dp: lay.Dp, rowQB: lay.ldq * 8, rowB: lay.ld * 4, panelB: Bc * 16 };
 
@@ -176,8 +182,10 @@ export function forwardModule(lay: ForwardLayout, relaxed: boolean): Uint8Array 
   const pv = new Fn('pv', [i32, i32], []);
   emitPV(pv, g, { S: lay.S, O: lay.O, N: lay.N, alpha: lay.A }, relaxed, ...(pv.params as [Local, Local]));
 
+  const fns = [qk, sm, pv];
+  if (mods && (mods.softcap || mods.alibi)) fns.push(scoreModFn(mods, lay.S, Bc * 16));
   const pages = Math.ceil(lay.bytes / 65536);
-  return assemble([{ module: 'm', field: 'exp', params: [f64], results: [f64] }], [qk, sm, pv], pages);
+  return assemble([{ module: 'm', field: 'exp', params: [f64], results: [f64] }], fns, pages);
 }
 
 /** A module with one relaxed-SIMD instruction, to ask the runtime whether it has relaxed SIMD. */

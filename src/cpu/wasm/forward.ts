@@ -8,27 +8,37 @@
  * never visited, and N[r] gives each row the keys of a block it sees. Results follow the JavaScript
  * kernel's semantics (a row that sees no key: out 0, lse −∞; a NaN poisons only its row) and its
  * scores (S from f64 products, rounded to f32 once); P̃ and the products P̃V are f32, O and l f64.
+ * The variants (s.mods) run flash.ts's hooks around the module's functions (variants.ts): key blocks
+ * outside the band are never visited and EMPTY tiles skipped; after qk, soft-cap and ALiBi in the module
+ * (its function modify, built only for calls that have them), then the band's segment, the bias and the
+ * element rules in JavaScript, N[r] the end of the row's segment; after softmax, dropout scales P̃
+ * before pv.
  */
-import type { ForwardArrays } from '../flash.js';
+import { EMPTY, FULL, alibiSlope, keyRange, tileClass, type TileClass } from '../../modifiers.js';
+import { taskMods, type ForwardArrays } from '../flash.js';
 import type { CpuShape } from '../job.js';
 import { forwardLayout, forwardModule, type ForwardLayout } from './forward-module.js';
 import { copyRows, HEAD_BYTES, instance, reserve, wasmSupport, type Instance } from './instance.js';
+import type { ScoreMods } from './score-mod.js';
+import { dropoutHook, scoreHook, variantRows, type TileMemory, type VariantRows } from './variants.js';
 
-/** This thread's forward module for (Dp, Br, Bc), with its layout and functions. */
+/** This thread's forward module for (Dp, Br, Bc) and the score modifiers, with its layout and functions. */
 interface Forward {
   w: Instance;
   lay: ForwardLayout;
   qk: (rows4: number, cols2: number, kb: number) => void;
   softmax: (rows4: number, cols: number) => void;
   pv: (rows4: number, vb: number) => void;
+  /** With soft-cap or ALiBi: score-mod.ts's modify. */
+  modify?: (rows4: number, cols: number, d0: number, cap: number, slope: number) => void;
 }
 
-function forwardInstance(Dp: number, Br: number, Bc: number): Forward | undefined {
+function forwardInstance(Dp: number, Br: number, Bc: number, mods: ScoreMods): Forward | undefined {
   const lay = forwardLayout(Dp, Br, Bc);
-  const w = instance(`forward ${Dp} ${Br} ${Bc}`, (relaxed) => forwardModule(lay, relaxed));
+  const w = instance(`forward ${Dp} ${Br} ${Bc} ${mods.softcap} ${mods.alibi}`, (relaxed) => forwardModule(lay, relaxed, mods));
   if (!w) return undefined;
-  const e = w.exports as Pick<Forward, 'qk' | 'softmax' | 'pv'>;
-  return { w, lay, qk: e.qk, softmax: e.softmax, pv: e.pv };
+  const e = w.exports as Pick<Forward, 'qk' | 'softmax' | 'pv' | 'modify'>;
+  return { w, lay, qk: e.qk, softmax: e.softmax, pv: e.pv, modify: e.modify };
 }
 
 /**
@@ -41,7 +51,9 @@ function forwardInstance(Dp: number, Br: number, Bc: number): Forward | undefine
 export function wasmForward(s: CpuShape, a: ForwardArrays): ((t: number) => void) | undefined {
   if (wasmSupport() === 'none') return undefined;
   const Dp = Math.ceil(s.D / 4) * 4;
-  const fw = forwardInstance(Dp, s.Br, s.Bc);
+  const mods = taskMods(s, a);
+  const vr = mods && variantRows(mods, s.Br, s.Bc);
+  const fw = forwardInstance(Dp, s.Br, s.Bc, vr?.score ?? { softcap: false, alibi: false });
   if (!fw) return undefined;
   const { lay } = fw;
   const rowBytes = lay.ldq * 8 + lay.ld * 4; // a K row (f64) and a V row (f32)
@@ -50,10 +62,10 @@ export function wasmForward(s: CpuShape, a: ForwardArrays): ((t: number) => void
   // one K row more: qk reads keys in pairs, so an odd count reads (and masks) the row past the last
   if (!reserve(fw.w, lay.bytes + window * rowBytes + lay.ldq * 8)) return undefined;
   const kv = { held: -1 }; // the key/value head (b · Hkv + hkv) whose K and V are in memory, whole
-  return (t) => forwardTaskWasm(s, a, t, fw, whole, window, kv);
+  return (t) => forwardTaskWasm(s, a, t, fw, whole, window, kv, vr);
 }
 
-function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, fw: Forward, whole: boolean, window: number, kv: { held: number }): void {
+function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, fw: Forward, whole: boolean, window: number, kv: { held: number }, vr?: VariantRows): void {
   const { H, Hkv, Nq, Nk, D, Br, Bc, scale, causal, qRow, kvRow } = s;
   const { q, k, v, out, lse } = a;
   const { lay } = fw;
@@ -93,7 +105,15 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, fw: Forward, 
 
   const Tc = Math.ceil(Nk / Bc);
   const lastKey = r0 + rows - 1 + offset;
-  const jEnd = causal ? Math.max(0, Math.min(Tc, Math.floor(lastKey / Bc) + 1)) : Tc;
+  let jStart = 0;
+  let jEnd = causal ? Math.max(0, Math.min(Tc, Math.floor(lastKey / Bc) + 1)) : Tc;
+  if (vr) {
+    // The band: key blocks no row of Q_i sees are never visited.
+    const [lo, hi] = keyRange(vr.mods.m, r0, r0 + rows, Nq, Nk);
+    jStart = Math.floor(lo / Bc);
+    jEnd = Math.ceil(hi / Bc);
+  }
+  const tm: TileMemory | undefined = vr && { F, I, S: lay.S / 4, panel: Bc * 4, N };
   const head = b * Hkv + hkv;
   if (whole && (fw.w.owner !== kv || kv.held !== head)) {
     // the head's K and V, the padding columns (D to Dp) zero
@@ -108,21 +128,34 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, fw: Forward, 
     F64.fill(0, K, K + window * ldq);
     F.fill(0, V, V + window * ld);
   }
-  for (let j = 0; j < jEnd; j++) {
+  for (let j = jStart; j < jEnd; j++) {
     const c0 = j * Bc;
     const cols = Math.min(Bc, Nk - c0);
+    let tile: TileClass = FULL;
+    if (vr) {
+      tile = tileClass(vr.mods.m, b, h, r0, r0 + rows, c0, c0 + cols, Nq, Nk);
+      if (tile === EMPTY) continue;
+    }
     let at = c0;
     if (!whole) {
       copyRows(F64, K, ldq, k, ko + c0 * kvRow, kvRow, cols, D);
       copyRows(F, V, ld, v, ko + c0 * kvRow, kvRow, cols, D);
       at = 0;
     }
-    for (let r = 0; r < rows4; r++) {
-      I[N + r] = r >= rows ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
+    if (!vr) {
+      for (let r = 0; r < rows4; r++) {
+        I[N + r] = r >= rows ? 0 : causal ? Math.max(0, Math.min(cols, r0 + r + offset + 1 - c0)) : cols;
+      }
     }
     // qk reads K rows up to an even count: past Nk, the row after the head's last (V's first rows, or zero) is read and masked
     fw.qk(rows4, cols + (cols & 1), (K + at * ldq) * 8);
+    const ta = vr && { b, h, r0, rows, c0, cols, tile };
+    if (vr) {
+      fw.modify?.(rows4, cols, r0 + offset - c0, vr.mods.m.softcap ?? 1, vr.score.alibi ? alibiSlope(vr.mods.m, b, h) : 0);
+      scoreHook(vr, tm!, ta!, rows4, Nq, Nk);
+    }
     fw.softmax(rows4, cols);
+    if (vr?.dropout) dropoutHook(vr, tm!, ta!, bh);
     fw.pv(rows4, (V + at * ld) * 4);
   }
 

@@ -1,8 +1,9 @@
 /**
  * The cpu backend's WebAssembly kernels (issue 19): the forward and the backward of flash.ts in 128-bit SIMD, with the
- * fused multiply-add of relaxed SIMD where the runtime has it (chosen at run time, see wasmSupport).
- * Where WebAssembly SIMD is unavailable, or a call has variants beyond causal, the JavaScript kernels
- * of flash.ts run. setCpuKernels('js') makes every call take them (tests and measurements compare the two).
+ * fused multiply-add of relaxed SIMD where the runtime has it (chosen at run time, see wasmSupport), every
+ * variant included (score-mod.ts in the modules, variants.ts's hooks between their functions).
+ * Where WebAssembly SIMD is unavailable, the JavaScript kernels of flash.ts run. setCpuKernels('js') makes
+ * every call take them (tests and measurements compare the two).
  */
 export { wasmBackward } from './backward.js';
 export { wasmForward } from './forward.js';
