@@ -94,6 +94,8 @@ export interface DecodeShape {
   chunk: number;
   /** The variants (causal folded into the band), when the call has some beyond causal. */
   mods?: DecodeModifiers;
+  /** Run decodeTask here, not the WebAssembly kernel (setCpuKernels('js')). */
+  js?: boolean;
 }
 
 export interface DecodeArrays {

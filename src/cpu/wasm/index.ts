@@ -1,10 +1,13 @@
 /**
  * The cpu backend's WebAssembly kernels (issue 19): the forward and the backward of flash.ts in 128-bit SIMD, with the
- * fused multiply-add of relaxed SIMD where the runtime has it (chosen at run time, see wasmSupport).
+ * fused multiply-add of relaxed SIMD where the runtime has it (chosen at run time, see wasmSupport), and
+ * the split-KV decode kernel of decode.ts on the forward's tile functions (decode.ts here).
  * Where WebAssembly SIMD is unavailable, or a call has variants beyond causal, the JavaScript kernels
- * of flash.ts run. setCpuKernels('js') makes every call take them (tests and measurements compare the two).
+ * of flash.ts run (the decode kernel runs its variants). setCpuKernels('js') makes every call take the
+ * JavaScript kernels (tests and measurements compare the two).
  */
 export { wasmBackward } from './backward.js';
+export { wasmDecode } from './decode.js';
 export { wasmForward } from './forward.js';
 export { setWasmVariant, wasmSupport } from './instance.js';
 
