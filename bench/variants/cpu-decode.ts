@@ -38,6 +38,7 @@ import { createKVCache, forward, type Tensor } from '../../src/index.js';
 import { cpuDecodeForward, cpuTiledForward } from '../../src/cpu/index.js';
 import { decodeScratch, decodeTasks, decodeTile, mergeDecode, type DecodeShape } from '../../src/cpu/decode.js';
 import { runJob, sharedBuffer, threadsFor, whole } from '../../src/cpu/pool.js';
+import { setCpuKernels } from '../../src/cpu/wasm/index.js';
 import { checkForward } from '../../src/problem.js';
 import { standardForward } from '../../src/reference/index.js';
 import { toF64 } from '../../src/tensor.js';
@@ -51,8 +52,11 @@ function option(name: string, fallback: string): string[] {
 const NK = option('--nk', '4096,32768').map(Number);
 const NQ = option('--nq', '1').map(Number);
 const DTYPES = option('--dtype', 'f32,f16') as ('f32' | 'f16')[];
+const KERNELS = option('--kernels', 'wasm,js') as ('wasm' | 'js')[];
+const PATHS = option('--paths', 'forward decode,forward tiled,forward shared,cache,paged(16)');
 const sweep = process.argv.includes('--sweep');
-const [B, H, Hkv, D] = [1, 8, 2, 64];
+const byCpu = process.argv.includes('--cpu');
+const [B, H, Hkv, D] = option('--shape', '1,8,2,64').map(Number);
 const SAMPLE_MS = 400;
 const REPEATS = 7;
 
@@ -74,10 +78,30 @@ function ownMs(): number {
 
 /**
  * ms per call: the fastest and the median of REPEATS samples, each of back-to-back calls for SAMPLE_MS;
- * a sample during which other processes were busy is dropped and taken again after a pause.
+ * a sample during which other processes were busy is dropped and taken again after a pause. With --cpu,
+ * every sample counts and the figure is this process's CPU time per call (all its threads: the work done,
+ * whatever else shares the machine), wall beside it.
  */
-async function time(run: () => Promise<unknown>): Promise<{ min: number; median: number }> {
+async function time(run: () => Promise<unknown>): Promise<{ min: number; median: number; wall?: number }> {
   for (let i = 0; i < 3; i++) await run();
+  if (byCpu) {
+    const cpu: number[] = [];
+    const wall: number[] = [];
+    for (let i = 0; i < REPEATS; i++) {
+      let calls = 0;
+      const own0 = ownMs();
+      const t0 = performance.now();
+      while (performance.now() - t0 < SAMPLE_MS) {
+        await run();
+        calls++;
+      }
+      wall.push((performance.now() - t0) / calls);
+      cpu.push((ownMs() - own0) / calls);
+    }
+    cpu.sort((a, b) => a - b);
+    wall.sort((a, b) => a - b);
+    return { min: cpu[0], median: cpu[REPEATS >> 1], wall: wall[0] };
+  }
   const samples: number[] = [];
   for (let attempt = 0; samples.length < REPEATS; attempt++) {
     if (attempt >= 40 * REPEATS) throw new Error('the machine was never quiet for a sample');
@@ -153,14 +177,25 @@ for (const dtype of DTYPES) {
         ['cache', () => caches[0].forward(q, undefined, undefined, { causal: Nq > 1 }) as Promise<{ out: Tensor; lse: Tensor }>],
         ['paged(16)', () => caches[1].forward(q, undefined, undefined, { causal: Nq > 1 }) as Promise<{ out: Tensor; lse: Tensor }>],
       ];
-      for (const [label, run] of paths) {
-        const r = await run();
-        const err = relError(r.out, r.lse, ref);
-        if (!(err <= tolerance)) throw new Error(`${label}: relative error ${err} over ${tolerance}`);
-        const t = await time(run);
-        console.log(`${label.padEnd(16)} ${t.min.toFixed(3).padStart(8)} ms (median ${t.median.toFixed(3)})  ${(bytes / t.min / 1e6).toFixed(2).padStart(5)} GB/s  err ${err.toExponential(1)}`);
+      for (const [label, run] of paths.filter(([name]) => PATHS.includes(name))) {
+        for (const kernels of KERNELS) {
+          setCpuKernels(kernels);
+          const r = await run();
+          const err = relError(r.out, r.lse, ref);
+          if (!(err <= tolerance)) throw new Error(`${label} ${kernels}: relative error ${err} over ${tolerance}`);
+          const t = await time(run);
+          const wall = t.wall === undefined ? '' : `  wall ${t.wall.toFixed(3)} ms`;
+          console.log(`${`${label} ${kernels}`.padEnd(21)} ${t.min.toFixed(3).padStart(8)} ms${byCpu ? ' cpu' : ''} (median ${t.median.toFixed(3)})  ${(bytes / t.min / 1e6).toFixed(2).padStart(5)} GB/s${wall}  err ${err.toExponential(1)}`);
+        }
       }
+      setCpuKernels('wasm');
       caches.forEach((c) => c.dispose());
+      if (byCpu) {
+        // What reading K and V costs at the least on one thread: a copy of each into an array of its own.
+        const into = [k, v].map((x) => new (x.data.constructor as Uint16ArrayConstructor)(x.data.length));
+        const t = await time(async () => [k, v].forEach((x, i) => into[i].set(x.data as Uint16Array)));
+        console.log(`${'copy K, V (memcpy)'.padEnd(21)} ${t.min.toFixed(3).padStart(8)} ms cpu (median ${t.median.toFixed(3)})  ${(bytes / t.min / 1e6).toFixed(2).padStart(5)} GB/s`);
+      }
 
       if (sweep && Nq === 1) {
         // The kernel alone on shared K and V: splits of the keys × the key tile, on the pool.

@@ -9,7 +9,8 @@
  * Per tile of Bc keys, in order: the keys' offsets through the block table (table[b·maxPages + ⌊t / pageSize⌋]
  * ·kvPage + (t mod pageSize)·kvRow + hk·kvHead, either layout, paged or not); their K and V rows are
  * copied, raw (f32 or f16 bits), into the staging area (one copy per run of keys adjacent in memory,
- * else per row: the tile is all that is ever copied) and widened by `tile`; N[r] = the keys of the tile
+ * else per row: the tile is all that is ever copied) and widened by `tile`; the next tile's rows are
+ * touched, a line each 64 bytes (touch), so that they arrive while this one computes; N[r] = the keys of the tile
  * row r sees up to its band's right edge (its diagonal at i + length − Nq); qk; with variants, modifyRow
  * on each row's scores (the window's left edge as −∞, ALiBi, the soft-cap); softmax; pv. Then the
  * split's O / l and m + log l go to the partials, as decodeTask writes them.
@@ -20,7 +21,12 @@
  * within 2 ulp); l sums P̃ in f64; P̃ V_j sums the f32 products of 32 keys at a time in f32, then adds
  * them to O in f64; O / l and log l in f64. Where f32 rounding is allowed (P̃ and the 32-key sums) the
  * error stays far under the cpu standard attention's own, which the error rule measures against; the
- * scores are kept exact because decode is bound by reading K and V, not by the products.
+ * scores are kept exact because they cost little here: one thread, D = 128, 4 rows, K and V in cache,
+ * a key took about 180 ns to copy in (two rows: a subarray and a set each), 27 to widen, 48 for qk in
+ * f64, 8 for the softmax and 30 for pv.
+ *
+ * The copy is the cost: the module cannot read the caller's arrays, and a copy per row of one head costs
+ * a call, where memcpy of whole arrays runs at about 11 GB/s here (bench/variants/cpu-decode.ts --cpu).
  */
 import { f16ToNumber } from '../../f16.js';
 import { bandHi, keyRange, modifyRow, type Band } from '../../modifiers.js';
@@ -41,9 +47,12 @@ interface Decode {
   stage: Float32Array | Uint16Array;
   stageK: number;
   stageV: number;
-  /** Element offsets of the tile's keys in k and v, and one row of scores for modifyRow. */
+  /** Element offsets of the tile's keys in k and v, and of the next tile's; one row of scores for modifyRow. */
   keyAt: Uint32Array;
+  nextAt: Uint32Array;
   row: Float64Array;
+  /** The sum of the touched elements (kept, so that the loads are not dropped). */
+  touched: number;
 }
 
 const CAUSAL: Band = { left: -1, right: 0 };
@@ -76,9 +85,35 @@ export function wasmDecode(s: DecodeShape, a: DecodeArrays): ((t: number) => voi
     stageK: lay.stageK / es,
     stageV: lay.stageV / es,
     keyAt: new Uint32Array(s.Bc),
+    nextAt: new Uint32Array(s.Bc),
     row: new Float64Array(s.Bc),
+    touched: 0,
   };
   return (task) => decodeTaskWasm(s, a, task, d);
+}
+
+/** Offsets of the keys [c0, c0 + cols) of batch row b's head in k and v, through the block table. */
+function keyOffsets(s: DecodeShape, a: DecodeArrays, at: Uint32Array, tb: number, head: number, c0: number, cols: number): void {
+  for (let c = 0; c < cols; c++) {
+    const key = c0 + c;
+    const page = Math.floor(key / s.pageSize);
+    at[c] = a.table[tb + page] * s.kvPage + (key - page * s.pageSize) * s.kvRow + head;
+  }
+}
+
+/**
+ * One element of every 64-byte line of the rows (D elements at at[0 .. cols)): independent loads that
+ * bring the next tile's K and V towards the core while this one's products run, where the row-by-row
+ * copies alone wait for memory one row at a time (the kernel took 20 % less CPU time with them, f32,
+ * H = 32, Hkv = 8, D = 128, Nk = 4096 and 32768: bench/variants/cpu-decode.ts).
+ */
+function touch(src: Float32Array | Uint16Array, at: Uint32Array, cols: number, D: number, step: number): number {
+  let sum = 0;
+  for (let c = 0; c < cols; c++) {
+    const o = at[c];
+    for (let x = 0; x < D; x += step) sum += src[o + x];
+  }
+  return sum;
 }
 
 /**
@@ -96,8 +131,8 @@ function stageRows(dst: Float32Array | Uint16Array, to: number, src: Float32Arra
 }
 
 function decodeTaskWasm(s: DecodeShape, a: DecodeArrays, t: number, d: Decode): void {
-  const { H, Hkv, Nq, D, Bc, R, rowChunks, splits, chunk, causal, scale, f16, pageSize, kvPage, kvRow } = s;
-  const { lay, keyAt, row } = d;
+  const { H, Hkv, Nq, D, Bc, R, rowChunks, splits, chunk, causal, scale, f16 } = s;
+  const { lay, row } = d;
   const { fw } = lay;
   const { f32: F, f64: F64, i32: I } = d.w;
   const { Dp, ldq } = fw;
@@ -142,16 +177,20 @@ function decodeTaskWasm(s: DecodeShape, a: DecodeArrays, t: number, d: Decode): 
   F64.fill(0, L, L + rows4);
   F.fill(-Infinity, M, M + rows4);
 
+  let [at, next] = [d.keyAt, d.nextAt];
+  const step = f16 ? 32 : 16; // elements in 64 bytes
+  if (keyStart < keyEnd) keyOffsets(s, a, at, tb, head, keyStart, Math.min(Bc, keyEnd - keyStart));
   for (let c0 = keyStart; c0 < keyEnd; c0 += Bc) {
     const cols = Math.min(Bc, keyEnd - c0);
-    for (let c = 0; c < cols; c++) {
-      const key = c0 + c;
-      const page = Math.floor(key / pageSize);
-      keyAt[c] = a.table[tb + page] * kvPage + (key - page * pageSize) * kvRow + head;
-    }
-    stageRows(d.stage, d.stageK, a.k, keyAt, cols, D, Dp);
-    stageRows(d.stage, d.stageV, a.v, keyAt, cols, D, Dp);
+    stageRows(d.stage, d.stageK, a.k, at, cols, D, Dp);
+    stageRows(d.stage, d.stageV, a.v, at, cols, D, Dp);
     d.tile(cols);
+    if (c0 + Bc < keyEnd) {
+      const n = Math.min(Bc, keyEnd - c0 - Bc);
+      keyOffsets(s, a, next, tb, head, c0 + Bc, n);
+      d.touched += touch(a.k, next, n, D, step) + touch(a.v, next, n, D, step);
+    }
+    [at, next] = [next, at];
     // N[r]: the tile's keys row r sees up to its band's right edge (0 past the task's rows).
     for (let r = 0; r < rows4; r++) I[N + r] = r < rows ? Math.max(0, Math.min(cols, bandHi(band, (row0 + r) % Nq, offset) + 1 - c0)) : 0;
     d.qk(rows4, cols + (cols & 1), lay.K);
