@@ -8,10 +8,11 @@
  * Per task: Q (its rows times the scale, f64) is written into the module's memory, O = 0, l = 0, m = −∞.
  * Per tile of Bc keys, in order: the keys' offsets through the block table (table[b·maxPages + ⌊t / pageSize⌋]
  * ·kvPage + (t mod pageSize)·kvRow + hk·kvHead, either layout, paged or not); their K and V rows are
- * copied, raw (f32 or f16 bits), into the staging area (one copy per run of keys adjacent in memory,
- * else per row: the tile is all that is ever copied) and widened by `tile`; the next tile's rows are
- * touched, a line each 64 bytes (touch), so that they arrive while this one computes; N[r] = the keys of the tile
- * row r sees up to its band's right edge (its diagonal at i + length − Nq); qk; with variants, modifyRow
+ * copied, raw (f32 or f16 bits), into the staging area (one copy per row, or, where rows of one page
+ * lie close, SPAN_MAX_RATIO, one per page with what lies between them; nothing past the tile's rows
+ * is copied) and widened by `tile`; the next tile's rows are touched, a line each 64 bytes (touch), so
+ * that they arrive while this one computes; N[r] = the keys of the tile row r sees up to its band's
+ * right edge (its diagonal at i + length − Nq); qk; with variants, modifyRow
  * on each row's scores (the window's left edge as −∞, ALiBi, the soft-cap); softmax; pv. Then the
  * split's O / l and m + log l go to the partials, as decodeTask writes them.
  *
@@ -26,7 +27,8 @@
  * f64, 8 for the softmax and 30 for pv.
  *
  * The copy is the cost: the module cannot read the caller's arrays, and a copy per row of one head costs
- * a call, where memcpy of whole arrays runs at about 11 GB/s here (bench/variants/cpu-decode.ts --cpu).
+ * a call (about 70 ns), where memcpy of whole arrays runs at about 11 GB/s here (bench/variants/
+ * cpu-decode.ts --cpu).
  */
 import { f16ToNumber } from '../../f16.js';
 import { bandHi, keyRange, modifyRow, type Band } from '../../modifiers.js';
@@ -42,11 +44,14 @@ interface Decode {
   qk: (rows4: number, cols2: number, kb: number) => void;
   softmax: (rows4: number, cols: number) => void;
   pv: (rows4: number, vb: number) => void;
-  tile: (n: number) => void;
-  /** The staging area's view in the storage type (element offsets of K's and V's). */
+  tile: (n: number, kb: number, vb: number, stride: number) => void;
+  /** The staging area's view in the storage type (element offsets of K's and V's), and its rows' stride in elements. */
   stage: Float32Array | Uint16Array;
   stageK: number;
   stageV: number;
+  stride: number;
+  /** Whether runs of rows kvRow apart are copied whole, what lies between them included. */
+  spanned: boolean;
   /** Element offsets of the tile's keys in k and v, and of the next tile's; one row of scores for modifyRow. */
   keyAt: Uint32Array;
   nextAt: Uint32Array;
@@ -65,15 +70,15 @@ export function wasmDecode(s: DecodeShape, a: DecodeArrays): ((t: number) => voi
   if (wasmSupport() === 'none') return undefined;
   const Dp = Math.ceil(s.D / 4) * 4;
   const R4 = Math.ceil(s.R / 4) * 4;
-  const lay = decodeLayout(Dp, R4, s.Bc, s.f16);
+  const es = s.f16 ? 2 : 4;
+  const spanned = s.kvRow <= SPAN_MAX_RATIO * s.D;
+  const stride = spanned ? s.kvRow : Dp;
+  const lay = decodeLayout(s.D, R4, s.Bc, s.f16, s.Bc * stride);
   const w = instance(`decode ${Dp} ${R4} ${s.Bc}`, (relaxed) => forwardModule(lay.fw, relaxed));
   if (!w || !reserve(w, lay.bytes)) return undefined;
-  const t = companion(w, `tile ${s.f16}`, () => decodeTileModule(lay)) as { tile: Decode['tile'] } | null;
+  const t = companion(w, `tile ${s.D} ${s.f16}`, () => decodeTileModule(lay)) as { tile: Decode['tile'] } | null;
   if (!t) return undefined;
-  // K_j, V_j and the staging area zero: columns D to Dp are never written (D may differ from the last job's).
-  new Uint8Array(w.mem.buffer, lay.fw.bytes, lay.bytes - lay.fw.bytes).fill(0);
   const e = w.exports as Pick<Decode, 'qk' | 'softmax' | 'pv'>;
-  const es = s.f16 ? 2 : 4;
   const d: Decode = {
     w,
     lay,
@@ -84,6 +89,8 @@ export function wasmDecode(s: DecodeShape, a: DecodeArrays): ((t: number) => voi
     stage: s.f16 ? new Uint16Array(w.mem.buffer) : new Float32Array(w.mem.buffer),
     stageK: lay.stageK / es,
     stageV: lay.stageV / es,
+    stride,
+    spanned,
     keyAt: new Uint32Array(s.Bc),
     nextAt: new Uint32Array(s.Bc),
     row: new Float64Array(s.Bc),
@@ -117,15 +124,26 @@ function touch(src: Float32Array | Uint16Array, at: Uint32Array, cols: number, D
 }
 
 /**
- * Rows of D elements of src at offsets at[0 .. cols) into dst from `to`, Dp apart: one copy for each run
- * of rows that lie one after the other in src (with D = Dp, as rows of one page in the BHND layout).
+ * Where a tile's rows lie kvRow elements apart (a page of one head in the BNHD layout or the KV cache's
+ * pools) and kvRow is at most this many times D, they are copied as one span, the other heads' elements
+ * between them included: one copy per page instead of one per row, which costs a call. CPU time per
+ * call, paged(16), Nq = 1 (bench/variants/cpu-decode.ts --cpu, alternated runs): Hkv = 2, D = 64 (twice
+ * the bytes read) 25–35 % less with spans, f32 and f16, Nk = 4096 and 32768; Hkv = 4, D = 128 (four
+ * times) 5 % more for f16 and 45 % more for f32.
  */
-function stageRows(dst: Float32Array | Uint16Array, to: number, src: Float32Array | Uint16Array, at: Uint32Array, cols: number, D: number, Dp: number): void {
+const SPAN_MAX_RATIO = 2;
+
+/**
+ * Rows of D elements of src at offsets at[0 .. cols) into dst from `to`, row c at c·stride: with
+ * `spanned`, one copy for each run of rows `stride` apart in src (the span from the first to the end of
+ * the last), else one per row.
+ */
+function stageRows(dst: Float32Array | Uint16Array, to: number, src: Float32Array | Uint16Array, at: Uint32Array, cols: number, D: number, stride: number, spanned: boolean): void {
   for (let c = 0; c < cols; ) {
     let e = c + 1;
-    if (D === Dp) while (e < cols && at[e] === at[e - 1] + D) e++;
+    if (spanned) while (e < cols && at[e] === at[e - 1] + stride) e++;
     // a subarray and a set per run: a per-element loop from shared memory is 4× slower (instance.ts)
-    dst.set(src.subarray(at[c], at[e - 1] + D) as Uint16Array, to + c * Dp);
+    dst.set(src.subarray(at[c], at[e - 1] + D) as Uint16Array, to + c * stride);
     c = e;
   }
 }
@@ -182,9 +200,9 @@ function decodeTaskWasm(s: DecodeShape, a: DecodeArrays, t: number, d: Decode): 
   if (keyStart < keyEnd) keyOffsets(s, a, at, tb, head, keyStart, Math.min(Bc, keyEnd - keyStart));
   for (let c0 = keyStart; c0 < keyEnd; c0 += Bc) {
     const cols = Math.min(Bc, keyEnd - c0);
-    stageRows(d.stage, d.stageK, a.k, at, cols, D, Dp);
-    stageRows(d.stage, d.stageV, a.v, at, cols, D, Dp);
-    d.tile(cols);
+    stageRows(d.stage, d.stageK, a.k, at, cols, D, d.stride, d.spanned);
+    stageRows(d.stage, d.stageV, a.v, at, cols, D, d.stride, d.spanned);
+    d.tile(cols, lay.stageK, lay.stageV, d.stride * (f16 ? 2 : 4));
     if (c0 + Bc < keyEnd) {
       const n = Math.min(Bc, keyEnd - c0 - Bc);
       keyOffsets(s, a, next, tb, head, c0 + Bc, n);
