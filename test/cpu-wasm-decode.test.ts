@@ -1,7 +1,8 @@
 /**
  * The cpu decode kernel in WebAssembly (src/cpu/wasm/decode.ts) on shapes the other decode tests do not
  * reach: Nq from 1 to 16, GQA ratios 1 to 6, D not a multiple of 4, f16 and f32, K and V paged with odd
- * page sizes (pages handed out scrambled) or contiguous per head (one copy per run of keys), several
+ * page sizes (pages handed out scrambled) or contiguous per head, staged row by row (Hkv of 3 and 8) or
+ * as spans of a page (Hkv of 1 and 2, and contiguous), several
  * sequences of different lengths (one empty, one with fewer keys than queries), the window, ALiBi and the
  * soft-cap, a NaN in one query row, rows that see no key. Each case runs the kernel through the pool
  * (inline and on every worker) and is checked row by row against the float64 oracle under the error rule,
