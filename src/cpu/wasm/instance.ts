@@ -1,7 +1,8 @@
 /**
- * What the WebAssembly kernels of forward.ts and backward.ts share on the host side: which instruction
- * set this runtime runs (probed once), one instance per thread of each module a kernel asks for (cached
- * by the module's name and compile-time parameters), its memory grown on demand, and rows copied into it.
+ * What the WebAssembly kernels of forward.ts, backward.ts and decode.ts share on the host side: which
+ * instruction set this runtime runs (probed once), one instance per thread of each module a kernel asks
+ * for (cached by the module's name and compile-time parameters), its memory grown on demand, rows copied
+ * into it, and modules that work on another's memory (companion).
  */
 import { relaxedProbe, simdProbe } from './forward-module.js';
 
