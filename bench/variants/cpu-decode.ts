@@ -11,7 +11,11 @@
  * Times: the fastest of REPEATS samples of back-to-back calls, with the median beside it; on Linux a
  * sample counts only if other processes took under 5 % of the machine's CPU time meanwhile (/proc/stat
  * against this process's own CPU time), since a 2-core machine shared with other work halves the pool.
+ * Each path runs on the WebAssembly decode kernel (src/cpu/wasm/decode.ts) and on decode.ts's JavaScript
+ * one (setCpuKernels, --kernels wasm,js); with --cpu, times are this process's CPU time per call (every
+ * thread) with wall beside, taken whatever else runs, and a memcpy of K and V gives the ceiling.
  * Run: node dist/bench/variants/cpu-decode.js [--nk 4096,32768] [--nq 1] [--dtype f32,f16] [--sweep]
+ *        [--shape B,H,Hkv,D (1,8,2,64)] [--kernels wasm,js] [--paths 'forward decode,cache,…'] [--cpu]
  *
  * Measured 2026-12-04 on the 2-core AMD EPYC VM (Node 20), B = 1, H = 8, Hkv = 2, D = 64, Nq = 1, GB/s
  * of K and V (ms per call); before: main at b6f9fd5 (the cache gathered each slot's K and V and ran the
@@ -31,6 +35,27 @@
  * 2.78 (f16, 4096), 14.6 against 23.9 (f16, 32768). --nq 1,4,8,16,32 (causal, Nk = 4096): decode against
  * tiled, f32 2.35/6.31, 5.92/8.53, 10.9/12.9, 21.3/22.5, 41.3/38.4 ms; f16 2.26/7.33, 7.03/9.88,
  * 11.9/13.0, 24.0/22.1, 52.2/39.2 ms: hence DECODE_MAX_QUERIES (src/cpu/decode.ts).
+ *
+ * 2026-12-04, the WebAssembly decode kernel beside the JavaScript one, the machine loaded by other work
+ * (load average 9–13), so --cpu: CPU ms per call (GB/s of K and V per CPU second), paged(16), B = 1,
+ * H = 32, Hkv = 8, D = 128 (cache and forward shared within 5 % of it; forward decode, which copies the
+ * caller's K and V to shared memory first, 10–25 % more; bench/results/2026-12-04-cpu-wasm-decode.md):
+ *                    f32 Nk=4096    f32 Nk=32768    f16 Nk=4096    f16 Nk=32768
+ *   Nq=1  wasm       18.8 (1.79)    134.0 (2.00)    16.4 (1.03)    134.6 (1.00)
+ *         js         35.9 (0.93)    253.8 (1.06)    37.6 (0.45)    292.8 (0.46)
+ *   Nq=4  wasm       26.5 (1.26)    214.8 (1.25)    25.3 (0.66)    203.4 (0.66)
+ *         js         94.7 (0.35)    767.8 (0.35)   141.5 (0.12)   1084.1 (0.12)
+ * A memcpy of K and V on one thread ran at 8.5–10.9 GB/s, so the kernel reads at a fifth of it (f32) and
+ * a tenth (f16). The cost is the copy into the module's memory, a subarray and a set per row of one head
+ * (about 70 ns each whatever the bytes, so f16 gains nothing from its half size): one thread, K and V in
+ * cache, D = 128, 4 rows, per key 180 ns to copy K and V in, 27 to widen, 48 for qk, 8 softmax, 30 pv.
+ * Tried, in alternated runs: touching each 64-byte line of the next tile's rows before this tile's
+ * products, 20 % less CPU time at Nk = 4096 and 32768 (kept); copying a page's rows as one span with the
+ * other heads' elements between them, 25–35 % less at Hkv = 2, D = 64, but 5 % (f16) and 45 % (f32) more
+ * at Hkv = 4, D = 128 (kept where kvRow ≤ 2·D). Decode against tiled, both in WebAssembly, the default
+ * shape, Nk = 4096, causal, --nq 1,4,8,16,32 (before spans): f32 2.53/4.43, 3.95/4.71, 5.65/7.54,
+ * 9.97/11.04, 20.4/18.2 ms CPU; f16 2.57/6.21, 3.58/6.44, 5.41/8.39, 10.2/11.7, 19.5/20.0: f16 decode
+ * now wins at Nq = 16 too (DECODE_MAX_QUERIES.f16 = 8 came from the JavaScript kernels; not changed).
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
@@ -38,6 +63,7 @@ import { createKVCache, forward, type Tensor } from '../../src/index.js';
 import { cpuDecodeForward, cpuTiledForward } from '../../src/cpu/index.js';
 import { decodeScratch, decodeTasks, decodeTile, mergeDecode, type DecodeShape } from '../../src/cpu/decode.js';
 import { runJob, sharedBuffer, threadsFor, whole } from '../../src/cpu/pool.js';
+import { setCpuKernels } from '../../src/cpu/wasm/index.js';
 import { checkForward } from '../../src/problem.js';
 import { standardForward } from '../../src/reference/index.js';
 import { toF64 } from '../../src/tensor.js';
@@ -51,8 +77,11 @@ function option(name: string, fallback: string): string[] {
 const NK = option('--nk', '4096,32768').map(Number);
 const NQ = option('--nq', '1').map(Number);
 const DTYPES = option('--dtype', 'f32,f16') as ('f32' | 'f16')[];
+const KERNELS = option('--kernels', 'wasm,js') as ('wasm' | 'js')[];
+const PATHS = option('--paths', 'forward decode,forward tiled,forward shared,cache,paged(16)');
 const sweep = process.argv.includes('--sweep');
-const [B, H, Hkv, D] = [1, 8, 2, 64];
+const byCpu = process.argv.includes('--cpu');
+const [B, H, Hkv, D] = option('--shape', '1,8,2,64').map(Number);
 const SAMPLE_MS = 400;
 const REPEATS = 7;
 
@@ -74,10 +103,30 @@ function ownMs(): number {
 
 /**
  * ms per call: the fastest and the median of REPEATS samples, each of back-to-back calls for SAMPLE_MS;
- * a sample during which other processes were busy is dropped and taken again after a pause.
+ * a sample during which other processes were busy is dropped and taken again after a pause. With --cpu,
+ * every sample counts and the figure is this process's CPU time per call (all its threads: the work done,
+ * whatever else shares the machine), wall beside it.
  */
-async function time(run: () => Promise<unknown>): Promise<{ min: number; median: number }> {
+async function time(run: () => Promise<unknown>): Promise<{ min: number; median: number; wall?: number }> {
   for (let i = 0; i < 3; i++) await run();
+  if (byCpu) {
+    const cpu: number[] = [];
+    const wall: number[] = [];
+    for (let i = 0; i < REPEATS; i++) {
+      let calls = 0;
+      const own0 = ownMs();
+      const t0 = performance.now();
+      while (performance.now() - t0 < SAMPLE_MS) {
+        await run();
+        calls++;
+      }
+      wall.push((performance.now() - t0) / calls);
+      cpu.push((ownMs() - own0) / calls);
+    }
+    cpu.sort((a, b) => a - b);
+    wall.sort((a, b) => a - b);
+    return { min: cpu[0], median: cpu[REPEATS >> 1], wall: wall[0] };
+  }
   const samples: number[] = [];
   for (let attempt = 0; samples.length < REPEATS; attempt++) {
     if (attempt >= 40 * REPEATS) throw new Error('the machine was never quiet for a sample');
@@ -153,14 +202,25 @@ for (const dtype of DTYPES) {
         ['cache', () => caches[0].forward(q, undefined, undefined, { causal: Nq > 1 }) as Promise<{ out: Tensor; lse: Tensor }>],
         ['paged(16)', () => caches[1].forward(q, undefined, undefined, { causal: Nq > 1 }) as Promise<{ out: Tensor; lse: Tensor }>],
       ];
-      for (const [label, run] of paths) {
-        const r = await run();
-        const err = relError(r.out, r.lse, ref);
-        if (!(err <= tolerance)) throw new Error(`${label}: relative error ${err} over ${tolerance}`);
-        const t = await time(run);
-        console.log(`${label.padEnd(16)} ${t.min.toFixed(3).padStart(8)} ms (median ${t.median.toFixed(3)})  ${(bytes / t.min / 1e6).toFixed(2).padStart(5)} GB/s  err ${err.toExponential(1)}`);
+      for (const [label, run] of paths.filter(([name]) => PATHS.includes(name))) {
+        for (const kernels of KERNELS) {
+          setCpuKernels(kernels);
+          const r = await run();
+          const err = relError(r.out, r.lse, ref);
+          if (!(err <= tolerance)) throw new Error(`${label} ${kernels}: relative error ${err} over ${tolerance}`);
+          const t = await time(run);
+          const wall = t.wall === undefined ? '' : `  wall ${t.wall.toFixed(3)} ms`;
+          console.log(`${`${label} ${kernels}`.padEnd(21)} ${t.min.toFixed(3).padStart(8)} ms${byCpu ? ' cpu' : ''} (median ${t.median.toFixed(3)})  ${(bytes / t.min / 1e6).toFixed(2).padStart(5)} GB/s${wall}  err ${err.toExponential(1)}`);
+        }
       }
+      setCpuKernels('wasm');
       caches.forEach((c) => c.dispose());
+      if (byCpu) {
+        // What reading K and V costs at the least on one thread: a copy of each into an array of its own.
+        const into = [k, v].map((x) => new (x.data.constructor as Uint16ArrayConstructor)(x.data.length));
+        const t = await time(async () => [k, v].forEach((x, i) => into[i].set(x.data as Uint16Array)));
+        console.log(`${'copy K, V (memcpy)'.padEnd(21)} ${t.min.toFixed(3).padStart(8)} ms cpu (median ${t.median.toFixed(3)})  ${(bytes / t.min / 1e6).toFixed(2).padStart(5)} GB/s`);
+      }
 
       if (sweep && Nq === 1) {
         // The kernel alone on shared K and V: splits of the keys × the key tile, on the pool.

@@ -2,7 +2,9 @@
  * The cpu decode kernel, split-KV (Flash-Decoding): the schedule for few queries per sequence (single-
  * token decode, speculative decoding) against many keys, where the work is reading K and V once and there
  * are too few query blocks to keep every core busy. The same semantics as the webgpu decode kernels
- * (src/webgpu/kernels/decode.ts), with f64 arithmetic as the rest of the cpu backend.
+ * (src/webgpu/kernels/decode.ts), with f64 arithmetic as the rest of the cpu backend. Where the runtime
+ * has WebAssembly SIMD, run.ts runs the same tasks on wasm/decode.ts's kernel instead, which writes the
+ * same partials (mergeDecode serves both).
  *
  * decodeTask: one task owns one key/value head hk of one batch row b, up to R of the G·Nq query rows
  *   that share it (G = H / Hkv query heads, Nq queries each, head-major: row r is head hk·G + ⌊r / Nq⌋,
@@ -94,6 +96,8 @@ export interface DecodeShape {
   chunk: number;
   /** The variants (causal folded into the band), when the call has some beyond causal. */
   mods?: DecodeModifiers;
+  /** Run decodeTask here, not the WebAssembly kernel (setCpuKernels('js')). */
+  js?: boolean;
 }
 
 export interface DecodeArrays {

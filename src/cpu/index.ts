@@ -20,6 +20,7 @@ import { DECODE_MAX_QUERIES, decodeModifiers, decodeRows, decodeRuns, decodeScra
 import { backwardTasks, forwardTasks, reduceDq } from './flash.js';
 import { cpuShape, scratchLength, type CpuShape, type Job, type Kernel, type Region } from './job.js';
 import { Arena, runJob, threadsFor } from './pool.js';
+import { cpuKernels } from './wasm/index.js';
 
 /** The most bytes of one array: 2^32 f16 elements, the longest typed array Node 20's V8 makes. */
 const MAX_ARRAY_BYTES = 2 ** 33;
@@ -262,6 +263,7 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
     B, H, Hkv, Nq, D, causal: c.causal, scale: c.scale,
     qBatch: c.qStrides.batch, qRow: c.qStrides.row, qHead: c.qStrides.head,
     ...c.keys, f16, Bc, R, rowChunks, splits, chunk, ...(c.mods && { mods: c.mods }),
+    ...(cpuKernels() === 'js' && { js: true }),
   };
   const rows = B * H * Nq;
   const inputs = { q: c.q.data as Float32Array | Uint16Array, k: c.k, v: c.v, table: c.table, lengths: c.lengths };

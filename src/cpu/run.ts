@@ -5,7 +5,7 @@
 import { decodeTask, type DecodeArrays } from './decode.js';
 import { backwardTask, forwardTask, type BackwardArrays, type ForwardArrays } from './flash.js';
 import { views, type Job } from './job.js';
-import { wasmBackward, wasmForward } from './wasm/index.js';
+import { wasmBackward, wasmDecode, wasmForward } from './wasm/index.js';
 import { linearTask, type LinearArrays } from './linear.js';
 import { standardBackwardTask, standardForwardTask, type StandardBackwardArrays, type StandardForwardArrays } from './standard.js';
 
@@ -18,7 +18,8 @@ function taskOf(job: Job, scratch: Float64Array): (t: number) => void {
   }
   if (job.kernel === 'decode') {
     const s = job.shape;
-    return (t) => decodeTask(s, a as unknown as DecodeArrays, t, scratch);
+    const wasm = !s.js && wasmDecode(s, a as unknown as DecodeArrays);
+    return wasm || ((t) => decodeTask(s, a as unknown as DecodeArrays, t, scratch));
   }
   const s = job.shape;
   // The WebAssembly kernels where they run (every variant too), unless setCpuKernels('js') chose flash.ts's.

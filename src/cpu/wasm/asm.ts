@@ -181,8 +181,12 @@ export interface Import {
   results: ValType[];
 }
 
-/** A module of `imports` (functions 0..), then `fns` (exported by name), with one exported memory 'mem'. */
-export function assemble(imports: Import[], fns: Fn[], memoryPages: number): Uint8Array {
+/**
+ * A module of `imports` (functions 0..), then `fns` (exported by name), with one exported memory 'mem':
+ * its own of `memoryPages` pages, or, with `memoryFrom`, the memory imported as memoryFrom.mem (at least
+ * that many pages), so that two modules work on one memory.
+ */
+export function assemble(imports: Import[], fns: Fn[], memoryPages: number, memoryFrom?: string): Uint8Array {
   const types: string[] = [];
   const typeOf = (params: ValType[], results: ValType[]) => {
     const key = `${params.join(',')}>${results.join(',')}`;
@@ -212,15 +216,21 @@ export function assemble(imports: Import[], fns: Fn[], memoryPages: number): Uin
   }
   section(1, t);
   // import section
-  if (imports.length) {
+  if (imports.length || memoryFrom !== undefined) {
     const im: number[] = [];
-    uleb(im, imports.length);
+    uleb(im, imports.length + (memoryFrom === undefined ? 0 : 1));
     imports.forEach((x, i) => {
       name(im, x.module);
       name(im, x.field);
       im.push(0x00);
       uleb(im, importTypes[i]);
     });
+    if (memoryFrom !== undefined) {
+      name(im, memoryFrom);
+      name(im, 'mem');
+      im.push(0x02, 0x00);
+      uleb(im, memoryPages);
+    }
     section(2, im);
   }
   // function section
@@ -229,9 +239,11 @@ export function assemble(imports: Import[], fns: Fn[], memoryPages: number): Uin
   for (const ti of fnTypes) uleb(fs, ti);
   section(3, fs);
   // memory section: one memory, min pages, no max
-  const ms: number[] = [1, 0x00];
-  uleb(ms, memoryPages);
-  section(5, ms);
+  if (memoryFrom === undefined) {
+    const ms: number[] = [1, 0x00];
+    uleb(ms, memoryPages);
+    section(5, ms);
+  }
   // export section
   const ex: number[] = [];
   uleb(ex, fns.length + 1);

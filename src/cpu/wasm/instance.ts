@@ -1,7 +1,8 @@
 /**
- * What the WebAssembly kernels of forward.ts and backward.ts share on the host side: which instruction
- * set this runtime runs (probed once), one instance per thread of each module a kernel asks for (cached
- * by the module's name and compile-time parameters), its memory grown on demand, and rows copied into it.
+ * What the WebAssembly kernels of forward.ts, backward.ts and decode.ts share on the host side: which
+ * instruction set this runtime runs (probed once), one instance per thread of each module a kernel asks
+ * for (cached by the module's name and compile-time parameters), its memory grown on demand, rows copied
+ * into it, and modules that work on another's memory (companion).
  */
 import { relaxedProbe, simdProbe } from './forward-module.js';
 
@@ -97,4 +98,24 @@ export function copyRows(dst: Float32Array | Float64Array, at: number, ld: numbe
   }
   // a subarray and a set per row: 4× faster than an element loop from shared memory (V8, Node 20)
   for (let r = 0; r < rows; r++) dst.set(src.subarray(o + r * stride, o + r * stride + D), at + r * ld);
+}
+
+const companions = new WeakMap<Instance, Map<string, Record<string, unknown> | null>>();
+
+/**
+ * The exports of this thread's instance of the module `build()` makes to work on w's memory (it imports
+ * it as m.mem: assemble's memoryFrom 'm'), cached with w under `key`; null where none can be made.
+ */
+export function companion(w: Instance, key: string, build: () => Uint8Array): Record<string, unknown> | null {
+  let made = companions.get(w);
+  if (!made) companions.set(w, (made = new Map()));
+  let e = made.get(key);
+  if (e !== undefined) return e;
+  try {
+    e = new wasm!.Instance(new wasm!.Module(build()), { m: { mem: w.mem } }).exports;
+  } catch {
+    e = null;
+  }
+  made.set(key, e);
+  return e;
 }
