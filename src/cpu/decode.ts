@@ -313,9 +313,15 @@ function accumulate1(O: Float64Array, o: number, P: Float64Array, p: number, v32
 const NO_F32 = new Float32Array(0);
 const NO_F16 = new Uint16Array(0);
 
-export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: Float64Array): void {
-  const { H, Hkv, Nq, D, Bc, R, rowChunks, splits, chunk, causal, scale, f16, pageSize, kvPage, kvRow } = s;
-  const G = H / Hkv;
+/**
+ * What task t owns (decodeTask's and the WebAssembly kernel's alike): batch row b, key/value head hk,
+ * rows row0 .. row0 + rows of the group, the sequence's length, its band, its split and the keys [keyStart,
+ * keyEnd) of its split (none a row of the task cannot see: past the band of its last query, before
+ * that of its first).
+ */
+export function decodeTaskKeys(s: DecodeShape, a: Pick<DecodeArrays, 'lengths'>, t: number) {
+  const { Hkv, Nq, R, rowChunks, splits, chunk, causal } = s;
+  const G = s.H / Hkv;
   const split = t % splits;
   const rest = Math.floor(t / splits);
   const rc = rest % rowChunks;
@@ -325,15 +331,19 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
   const len = a.lengths[b];
   const row0 = rc * R;
   const rows = Math.min(R, G * Nq - row0);
-  const mods = s.mods;
-  const band = mods ? mods.band : causal ? CAUSAL : undefined;
-  const offset = len - Nq; // query i's diagonal: key i + offset
-  // Keys no row of the task sees (past the band of its last query, before that of its first) are never read.
+  const band = s.mods ? s.mods.band : causal ? CAUSAL : undefined;
   let [qFirst, qLast] = [Nq - 1, 0];
   for (let r = row0; r < row0 + rows; r++) [qFirst, qLast] = [Math.min(qFirst, r % Nq), Math.max(qLast, r % Nq)];
   const [lo, hi] = keyRange({ band }, qFirst, qLast + 1, Nq, len);
   const keyStart = lo + split * chunk;
-  const keyEnd = Math.min(hi, keyStart + chunk);
+  return { G, b, hk, len, row0, rows, band, split, keyStart, keyEnd: Math.min(hi, keyStart + chunk) };
+}
+
+export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: Float64Array): void {
+  const { Nq, D, Bc, R, scale, f16, pageSize, kvPage, kvRow } = s;
+  const { G, b, hk, len, row0, rows, band, split, keyStart, keyEnd } = decodeTaskKeys(s, a, t);
+  const mods = s.mods;
+  const offset = len - Nq; // query i's diagonal: key i + offset
   const tb = b * s.maxPages;
   const head = hk * s.kvHead;
   // Both views of each of q, K and V, one of them empty: every load site sees one array type.
@@ -420,7 +430,7 @@ export function decodeTask(s: DecodeShape, a: DecodeArrays, t: number, scratch: 
   for (let r = 0; r < rows; r++) {
     const g = Math.floor((row0 + r) / Nq);
     const i = (row0 + r) % Nq;
-    const part = ((b * H + hk * G + g) * Nq + i) * splits + split;
+    const part = ((b * s.H + hk * G + g) * Nq + i) * s.splits + split;
     const inv = l[r] === 0 ? 0 : 1 / l[r];
     for (let x = 0; x < D; x++) a.opart[part * D + x] = O[r * D + x] * inv;
     a.lpart[part] = l[r] === 0 ? -Infinity : m[r] + Math.log(l[r]);

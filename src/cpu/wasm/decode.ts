@@ -31,8 +31,8 @@
  * cpu-decode.ts --cpu).
  */
 import { f16ToNumber } from '../../f16.js';
-import { bandHi, keyRange, modifyRow, type Band } from '../../modifiers.js';
-import type { DecodeArrays, DecodeShape } from '../decode.js';
+import { bandHi, modifyRow } from '../../modifiers.js';
+import { decodeTaskKeys, type DecodeArrays, type DecodeShape } from '../decode.js';
 import { decodeLayout, decodeTileModule, type DecodeLayout } from './decode-module.js';
 import { forwardModule } from './forward-module.js';
 import { companion, instance, reserve, wasmSupport, type Instance } from './instance.js';
@@ -59,8 +59,6 @@ interface Decode {
   /** The sum of the touched elements (kept, so that the loads are not dropped). */
   touched: number;
 }
-
-const CAUSAL: Band = { left: -1, right: 0 };
 
 /**
  * The task function of the WebAssembly decode kernel for a job's shape and arrays, or undefined where it
@@ -149,31 +147,15 @@ function stageRows(dst: Float32Array | Uint16Array, to: number, src: Float32Arra
 }
 
 function decodeTaskWasm(s: DecodeShape, a: DecodeArrays, t: number, d: Decode): void {
-  const { H, Hkv, Nq, D, Bc, R, rowChunks, splits, chunk, causal, scale, f16 } = s;
+  const { Nq, D, Bc, R, scale, f16 } = s;
   const { lay, row } = d;
   const { fw } = lay;
   const { f32: F, f64: F64, i32: I } = d.w;
   const { Dp, ldq } = fw;
-  // The task's head, rows and keys: decodeTask's.
-  const G = H / Hkv;
-  const split = t % splits;
-  const rest = Math.floor(t / splits);
-  const rc = rest % rowChunks;
-  const bk = Math.floor(rest / rowChunks);
-  const b = Math.floor(bk / Hkv);
-  const hk = bk % Hkv;
-  const len = a.lengths[b];
-  const row0 = rc * R;
-  const rows = Math.min(R, G * Nq - row0);
+  const { G, b, hk, len, row0, rows, band, split, keyStart, keyEnd } = decodeTaskKeys(s, a, t);
   const rows4 = Math.ceil(rows / 4) * 4;
   const mods = s.mods;
-  const band = mods ? mods.band : causal ? CAUSAL : undefined;
   const offset = len - Nq; // query i's diagonal: key i + offset
-  let [qFirst, qLast] = [Nq - 1, 0];
-  for (let r = row0; r < row0 + rows; r++) [qFirst, qLast] = [Math.min(qFirst, r % Nq), Math.max(qLast, r % Nq)];
-  const [lo, hi] = keyRange({ band }, qFirst, qLast + 1, Nq, len);
-  const keyStart = lo + split * chunk;
-  const keyEnd = Math.min(hi, keyStart + chunk);
   const tb = b * s.maxPages;
   const head = hk * s.kvHead;
 
@@ -231,7 +213,7 @@ function decodeTaskWasm(s: DecodeShape, a: DecodeArrays, t: number, d: Decode): 
   for (let r = 0; r < rows; r++) {
     const g = Math.floor((row0 + r) / Nq);
     const i = (row0 + r) % Nq;
-    const part = ((b * H + hk * G + g) * Nq + i) * splits + split;
+    const part = ((b * s.H + hk * G + g) * Nq + i) * s.splits + split;
     const l = F64[L + r];
     const inv = l === 0 ? 0 : 1 / l;
     const src = O + r * Dp;
