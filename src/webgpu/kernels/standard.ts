@@ -10,7 +10,7 @@
  * matmul: C = alpha·op(A)·op(B) (+ C when `accumulate`), per head. One workgroup (WG threads, TY×TX with
  *   TX = 8) owns one BM×BN tile of C of one head (dispatch x: tiles along N, y: tiles along M, z: heads,
  *   grid-strided where a size exceeds the dispatch limit); each invocation owns RM×RN entries of it
- *   (tuning.ts: 2×4 on GPUs, 8×8 on software adapters), rows ty + r·TY and columns tx + c·TX, held in
+ *   (tuning.ts: 8×8 on lavapipe, 2×4 elsewhere), rows ty + r·TY and columns tx + c·TX, held in
  *   2·RM·RN named scalars (no private array: lavapipe's LLVM compiles those slowly). RM and RN change
  *   which invocation sums an entry, not how: every entry is summed in the same order whatever they are. The contraction runs in BK-deep steps: A's BM×BK and B's BK×BN slices
  *   are loaded (widened to f32, zero past the edges) into f32 workgroup tiles, then each invocation does
