@@ -86,7 +86,9 @@ const SUBGROUP_REGISTERS = 320;
  * R = 4 and 1.6–2.0 with R = 1, which reads K and V four times over from L2), U = 8 keys at a time (4:
  * 2.1), T = 8 lanes a key (16: 2.5, 32: 1.8), 16 groups (128 threads); MHA (R = 1) 4.35 TB/s at B = 32,
  * Nk = 4096. T: the fewest of 8, 16, 32 lanes (fewer where D / 4 has no such divisor) whose registers
- * (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 320 floats.
+ * (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 320 floats; where none does, the most lanes
+ * (the fewest registers). On lavapipe with 128-bit vectors (subgroups of 4) f16 D = 96 took T = 1 before,
+ * VPT = 24: its unrolled kernel took lavapipe minutes to compile, against seconds with T = 4.
  */
 function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
   const SGS = gpu.subgroupSize;
@@ -98,7 +100,7 @@ function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
   const lanes = [8, 16, 32].filter(divides);
   const candidates = lanes.length > 0 ? lanes : [4, 2, 1].filter(divides);
   const regs = (T: number) => 4 * (2 * R + 2 * U) * (D4 / T);
-  const T = candidates.find((T) => regs(T) <= SUBGROUP_REGISTERS) ?? candidates[candidates.length - 1];
+  const T = candidates.find((T) => regs(T) <= SUBGROUP_REGISTERS) ?? Math.max(...candidates);
   const WG = invocations(gpu);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
   for (let NG = WG / T; NG >= 1; NG /= 2) {
