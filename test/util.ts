@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { encodeF16, tensor, type DType, type Layout, type Tensor } from '../src/index.js';
 import { mulberry32 } from '../src/cli/random.js';
 import { dimsOf, toF64 } from '../src/tensor.js';
+import './dawn-poll.js'; // Dawn's busy wait becomes a 1 ms timer in every test process (see there)
 
 /** Standard normal values (Box-Muller), seeded. */
 export function randn(n: number, seed: number, scale = 1): Float64Array {

@@ -17,7 +17,7 @@ import { MemoryTracker, type Algorithm, type Precision } from '../index.js';
 import { cpuShape, scratchLength } from '../cpu/job.js';
 import type { Problem } from '../problem.js';
 import type { Gpu } from '../webgpu/device.js';
-import { backwardChoice, backwardTiles, forwardChoice, forwardTiles, workgroupSize } from '../webgpu/index.js';
+import { backwardChoice, backwardTiles, forwardChoice, forwardTiles, standardMatmulRegisters, workgroupSize } from '../webgpu/index.js';
 import { matmulTile } from '../webgpu/kernels/standard.js';
 import type { Case, Io, Pass } from './results.js';
 
@@ -98,7 +98,7 @@ export function webgpuGeometry(c: Case, gpu: Gpu, precision: Precision = 'highes
   const p = problemOf(c, 'flash', 'webgpu', precision);
   const backward = backwardTiles(backwardChoice(p, gpu));
   // A matmul that reads an N×N operand reads it once per BN-wide column tile of its D-wide result.
-  const reads = Math.ceil(c.D / matmulTile({ WG: workgroupSize(gpu) }).BN);
+  const reads = Math.ceil(c.D / matmulTile({ WG: workgroupSize(gpu), ...standardMatmulRegisters(gpu) }).BN);
   return {
     backend: 'webgpu',
     elementBytes: c.dtype === 'f16' ? 2 : 4,

@@ -158,9 +158,9 @@ export function scratchLength(kernel: Kernel, s: CpuShape): number {
       // variants, a row's modified logits, soft-cap derivatives and dropout multipliers
       return 4 * Bc * D + 2 * Br * D + 2 * Br * Bc + Br + (H / Hkv) * Nq + (s.mods ? 3 * Bc : 0);
     case 'standardForward':
-      // four query rows, one output row, four rows of scores, the keys with P ≠ 0; with the variants, a
-      // row's modified logits and dropout multipliers
-      return 5 * D + 5 * s.Nk + (s.mods ? 2 * s.Nk : 0);
+      // four query rows and their output rows, four rows of scores and of the keys with P ≠ 0; with the
+      // variants, a row's modified logits and dropout multipliers
+      return 8 * D + 8 * s.Nk + (s.mods ? 2 * s.Nk : 0);
     case 'standardBackward':
       // D = rowsum(dO ∘ O), dK and dV of the key/value head, four rows of Q, dO, dQ, P and dS; with the
       // variants, a row's modified logits, soft-cap derivatives and dropout multipliers

@@ -77,9 +77,49 @@ function loadRows(dst: Float64Array, src: Float32Array, o: number, stride: numbe
   }
 }
 
-/** T[r·ld + j] = A_r · src row j, for the four packed rows of A and keys j0 <= j < j1; each load feeds four rows. */
+/**
+ * T[r·ld + j] = A_r · src row j, for the four packed rows of A and keys j0 <= j < j1, each dot summed in
+ * order of x; two keys at a time, so each load of A feeds two products and each key element four.
+ */
 function dots4(T: Float64Array, ld: number, A: Float64Array, src: Float32Array, o: number, stride: number, j0: number, j1: number, D: number): void {
-  for (let j = j0; j < j1; j++) {
+  let j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    const kj = o + j * stride;
+    const kk = kj + stride;
+    let s0 = 0;
+    let s1 = 0;
+    let s2 = 0;
+    let s3 = 0;
+    let t0 = 0;
+    let t1 = 0;
+    let t2 = 0;
+    let t3 = 0;
+    for (let x = 0; x < D; x++) {
+      const kx = src[kj + x];
+      const ky = src[kk + x];
+      const a0 = A[x];
+      const a1 = A[D + x];
+      const a2 = A[2 * D + x];
+      const a3 = A[3 * D + x];
+      s0 += a0 * kx;
+      s1 += a1 * kx;
+      s2 += a2 * kx;
+      s3 += a3 * kx;
+      t0 += a0 * ky;
+      t1 += a1 * ky;
+      t2 += a2 * ky;
+      t3 += a3 * ky;
+    }
+    T[j] = s0;
+    T[ld + j] = s1;
+    T[2 * ld + j] = s2;
+    T[3 * ld + j] = s3;
+    T[j + 1] = t0;
+    T[ld + j + 1] = t1;
+    T[2 * ld + j + 1] = t2;
+    T[3 * ld + j + 1] = t3;
+  }
+  for (; j < j1; j++) {
     const kj = o + j * stride;
     let s0 = 0;
     let s1 = 0;
@@ -107,15 +147,18 @@ export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: nu
   const qo = b * s.qBatch + h * s.qHead;
   const ko = b * s.kvBatch + Math.floor(h / (H / Hkv)) * s.kvHead;
   const base = t * Nq * Nk;
-  const Qr = scratch.subarray(0, 4 * D); // four query rows
-  const O = scratch.subarray(4 * D, 5 * D); // one output row, accumulated in f64
-  const T = scratch.subarray(5 * D, 5 * D + 4 * Nk); // the four rows' scores, then each row's exp(S − m)
-  const nz = scratch.subarray(5 * D + 4 * Nk, 5 * D + 5 * Nk); // keys with P ≠ 0
+  let at = 0;
+  const take = (n: number) => scratch.subarray(at, (at += n));
+  const Qr = take(4 * D); // four query rows
+  const O = take(4 * D); // their output rows, accumulated in f64
+  const T = take(4 * Nk); // the four rows' scores, then each row's nonzero P packed to the front
+  const nz = take(4 * Nk); // each row's keys with P ≠ 0
   const mods = taskMods(s, a);
   const extra = mods ? Nk : 0;
-  const Srow = scratch.subarray(5 * D + 5 * Nk, 5 * D + 5 * Nk + extra); // with the variants: a row's modified logits
-  const Z = scratch.subarray(5 * D + 5 * Nk + extra, 5 * D + 5 * Nk + 2 * extra); // and dropout's multipliers
+  const Srow = take(extra); // with the variants: a row's modified logits
+  const Z = take(extra); // and dropout's multipliers
   const dropout = mods?.m.dropout !== undefined;
+  const n = [0, 0, 0, 0];
   for (let i0 = 0; i0 < Nq; i0 += 4) {
     const rows = Math.min(4, Nq - i0);
     // keys the group's last row sees (with the variants, the modifiers drop the rest)
@@ -140,37 +183,71 @@ export function standardForwardTask(s: CpuShape, a: StandardForwardArrays, t: nu
       let l = 0;
       if (m !== -Infinity) for (let j = 0; j < Nk; j++) l += T[tr + j] = Math.exp(get(S, row + j) - m);
       const inv = l === 0 ? 0 : 1 / l;
-      // P, and the keys where it is nonzero (packed to the front of T): only those meet V (dropout: P ∘ Z).
+      // P, and the keys where it is nonzero (packed to the front of the row's T): only those meet V (dropout: P ∘ Z).
       if (dropout) dropoutRow(mods!.m, t, i, 0, Nk, Z, 0);
-      let n = 0;
+      let c = 0;
       for (let j = 0; j < Nk; j++) {
         let p = put(P, row + j, m === -Infinity ? 0 : T[tr + j] * inv);
         if (dropout) p *= Z[j];
         if (p === 0) continue;
-        T[tr + n] = p;
-        nz[n++] = j;
+        T[tr + c] = p;
+        nz[tr + c++] = j;
       }
-      O.fill(0);
-      let c = 0;
-      for (; c + 4 <= n; c += 4) {
+      n[r] = c;
+      lse[t * Nq + i] = l === 0 ? -Infinity : m + Math.log(l);
+    }
+    // O = P V. Each row sums its nonzero terms four at a time in key order, (p0·v0 + p1·v1 + p2·v2 + p3·v3)
+    // added to O; over the keys where all four rows have the same nonzero list, the four rows go together
+    // (the same sums, each V element loaded once for four rows), then each row finishes on its own.
+    O.fill(0);
+    let shared = 0;
+    if (rows === 4) {
+      const most = Math.min(n[0], n[1], n[2], n[3]);
+      while (shared < most && nz[shared] === nz[Nk + shared] && nz[shared] === nz[2 * Nk + shared] && nz[shared] === nz[3 * Nk + shared]) shared++;
+      shared -= shared % 4;
+    }
+    for (let c = 0; c < shared; c += 4) {
+      const v0 = ko + nz[c] * kvRow;
+      const v1 = ko + nz[c + 1] * kvRow;
+      const v2 = ko + nz[c + 2] * kvRow;
+      const v3 = ko + nz[c + 3] * kvRow;
+      const a0 = T[c], a1 = T[c + 1], a2 = T[c + 2], a3 = T[c + 3];
+      const b0 = T[Nk + c], b1 = T[Nk + c + 1], b2 = T[Nk + c + 2], b3 = T[Nk + c + 3];
+      const c0 = T[2 * Nk + c], c1 = T[2 * Nk + c + 1], c2 = T[2 * Nk + c + 2], c3 = T[2 * Nk + c + 3];
+      const d0 = T[3 * Nk + c], d1 = T[3 * Nk + c + 1], d2 = T[3 * Nk + c + 2], d3 = T[3 * Nk + c + 3];
+      for (let d = 0; d < D; d++) {
+        const x0 = v[v0 + d];
+        const x1 = v[v1 + d];
+        const x2 = v[v2 + d];
+        const x3 = v[v3 + d];
+        O[d] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3;
+        O[D + d] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3;
+        O[2 * D + d] += c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3;
+        O[3 * D + d] += d0 * x0 + d1 * x1 + d2 * x2 + d3 * x3;
+      }
+    }
+    for (let r = 0; r < rows; r++) {
+      const tr = r * Nk;
+      const rd = r * D;
+      let c = shared;
+      for (; c + 4 <= n[r]; c += 4) {
         const p0 = T[tr + c];
         const p1 = T[tr + c + 1];
         const p2 = T[tr + c + 2];
         const p3 = T[tr + c + 3];
-        const v0 = ko + nz[c] * kvRow;
-        const v1 = ko + nz[c + 1] * kvRow;
-        const v2 = ko + nz[c + 2] * kvRow;
-        const v3 = ko + nz[c + 3] * kvRow;
-        for (let d = 0; d < D; d++) O[d] += p0 * v[v0 + d] + p1 * v[v1 + d] + p2 * v[v2 + d] + p3 * v[v3 + d];
+        const v0 = ko + nz[tr + c] * kvRow;
+        const v1 = ko + nz[tr + c + 1] * kvRow;
+        const v2 = ko + nz[tr + c + 2] * kvRow;
+        const v3 = ko + nz[tr + c + 3] * kvRow;
+        for (let d = 0; d < D; d++) O[rd + d] += p0 * v[v0 + d] + p1 * v[v1 + d] + p2 * v[v2 + d] + p3 * v[v3 + d];
       }
-      for (; c < n; c++) {
+      for (; c < n[r]; c++) {
         const p0 = T[tr + c];
-        const v0 = ko + nz[c] * kvRow;
-        for (let d = 0; d < D; d++) O[d] += p0 * v[v0 + d];
+        const v0 = ko + nz[tr + c] * kvRow;
+        for (let d = 0; d < D; d++) O[rd + d] += p0 * v[v0 + d];
       }
-      const oi = qo + i * qRow;
-      for (let d = 0; d < D; d++) out[oi + d] = O[d];
-      lse[t * Nq + i] = l === 0 ? -Infinity : m + Math.log(l);
+      const oi = qo + (i0 + r) * qRow;
+      for (let d = 0; d < D; d++) out[oi + d] = O[rd + d];
     }
   }
 }
@@ -264,7 +341,35 @@ export function standardBackwardTask(s: CpuShape, a: StandardBackwardArrays, t: 
       // dV += Pᵀ dO, dK += scale·dSᵀ Q, dQ = scale·dS K: four rows per key where all four see it, then
       // row by row, skipping the entries that are zero (masked keys, rows that see none).
       dQr.fill(0);
-      for (let j = 0; j < (rows === 4 ? least : 0); j++) {
+      const all = rows === 4 ? least : 0;
+      let j = 0;
+      // Two keys at a time: each of dQ's entries takes the first key's term, then the second's, as one
+      // key at a time would add them; each row of dO and Q loaded feeds both keys.
+      for (; j + 2 <= all; j += 2) {
+        const p0 = Ts[j], p1 = Ts[Nk + j], p2 = Ts[2 * Nk + j], p3 = Ts[3 * Nk + j];
+        const s0 = Td[j], s1 = Td[Nk + j], s2 = Td[2 * Nk + j], s3 = Td[3 * Nk + j];
+        const e0 = Ts[j + 1], e1 = Ts[Nk + j + 1], e2 = Ts[2 * Nk + j + 1], e3 = Ts[3 * Nk + j + 1];
+        const f0 = Td[j + 1], f1 = Td[Nk + j + 1], f2 = Td[2 * Nk + j + 1], f3 = Td[3 * Nk + j + 1];
+        const kj = ko + j * kvRow;
+        const kk = kj + kvRow;
+        const o = j * D;
+        const oo = o + D;
+        for (let d = 0; d < D; d++) {
+          const g0 = dOr[d], g1 = dOr[D + d], g2 = dOr[2 * D + d], g3 = dOr[3 * D + d];
+          dV[o + d] += p0 * g0 + p1 * g1 + p2 * g2 + p3 * g3;
+          dV[oo + d] += e0 * g0 + e1 * g1 + e2 * g2 + e3 * g3;
+          const q0 = Qr[d], q1 = Qr[D + d], q2 = Qr[2 * D + d], q3 = Qr[3 * D + d];
+          dK[o + d] += s0 * q0 + s1 * q1 + s2 * q2 + s3 * q3;
+          dK[oo + d] += f0 * q0 + f1 * q1 + f2 * q2 + f3 * q3;
+          const kx = k[kj + d];
+          const ky = k[kk + d];
+          dQr[d] = dQr[d] + s0 * kx + f0 * ky;
+          dQr[D + d] = dQr[D + d] + s1 * kx + f1 * ky;
+          dQr[2 * D + d] = dQr[2 * D + d] + s2 * kx + f2 * ky;
+          dQr[3 * D + d] = dQr[3 * D + d] + s3 * kx + f3 * ky;
+        }
+      }
+      for (; j < all; j++) {
         const p0 = Ts[j], p1 = Ts[Nk + j], p2 = Ts[2 * Nk + j], p3 = Ts[3 * Nk + j];
         const s0 = Td[j], s1 = Td[Nk + j], s2 = Td[2 * Nk + j], s3 = Td[3 * Nk + j];
         const kj = ko + j * kvRow;

@@ -132,7 +132,9 @@ const SUBGROUP_REGISTERS = 320;
  * - f16 rows 16 bytes a load where they are aligned to 8 halves and a lane's vec4s pair up: +10 %
  *   (2.99 against 2.73 TB/s).
  * T otherwise: the fewest of 8, 16, 32 lanes (fewer where D / 4 has no such divisor) whose registers
- * (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 320 floats.
+ * (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 320 floats; where none does, the most lanes
+ * (the fewest registers). On lavapipe with 128-bit vectors (subgroups of 4) f16 D = 96 took T = 1 before,
+ * VPT = 24: its unrolled kernel took lavapipe minutes to compile, against seconds with T = 4.
  */
 function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
   const SGS = gpu.subgroupSize;
@@ -157,7 +159,7 @@ function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
   const U = 8;
   const lanes = [8, 16, 32].filter(divides);
   const candidates = lanes.length > 0 ? lanes : [4, 2, 1].filter(divides);
-  const T = candidates.find((T) => regs(T, R, U) <= SUBGROUP_REGISTERS) ?? candidates[candidates.length - 1];
+  const T = candidates.find((T) => regs(T, R, U) <= SUBGROUP_REGISTERS) ?? Math.max(...candidates);
   return fit(T, R, U, false, invocations(gpu));
 }
 

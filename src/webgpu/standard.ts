@@ -40,6 +40,7 @@ import {
 import { dispatch, pipeline } from './pipelines.js';
 import { modBindGroup, modBuffers, modsParam } from './modifiers.js';
 import { reduceBiasGrad } from './bias-grad.js';
+import { standardMatmulRegisters } from './tuning.js';
 
 /**
  * A chunk of heads: query heads g0 .. g0+c−1 of each of the global kv heads kv0 .. kv0+nkv−1
@@ -130,14 +131,14 @@ class Runner {
     return this.call.buffers.uniform(stepBytes(s), 'step');
   }
 
-  async matmul(params: Omit<MatmulParams, 'WG' | 'BK'>): Promise<GPUComputePipeline> {
-    const full: MatmulParams = { WG: this.WG, BK: 16, ...params };
+  async matmul(params: Omit<MatmulParams, 'WG' | 'BK' | 'RM' | 'RN'>): Promise<GPUComputePipeline> {
+    const full: MatmulParams = { WG: this.WG, BK: 16, ...standardMatmulRegisters(this.gpu), ...params };
     return pipeline(this.gpu.device, 'standardMatmul', full, (x) => matmulWGSL(x, this.gpu.limits.maxComputeWorkgroupStorageSize));
   }
 
   /** Encode C = alpha·op(A)·op(B) over `heads` dispatch heads. */
   runMatmul(enc: GPUCommandEncoder, pipe: GPUComputePipeline, s: Step, heads: number, a: GPUBuffer, b: GPUBuffer, c: GPUBuffer): void {
-    const { BM, BN } = matmulTile({ WG: this.WG });
+    const { BM, BN } = matmulTile({ WG: this.WG, ...standardMatmulRegisters(this.gpu) });
     const max = this.gpu.limits.maxComputeWorkgroupsPerDimension;
     const groups: [number, number, number] = [Math.min(Math.ceil(s.N / BN), max), Math.min(Math.ceil(s.M / BM), max), heads];
     dispatch(enc, this.gpu.device, pipe, [this.sizes, this.step(s), a, b, c], groups);

@@ -8,6 +8,7 @@ import type { BackwardKVMatrixParams, BackwardQMatrixParams } from './kernels/ba
 import type { BackwardTiledTiles } from './kernels/backward-tiled.js';
 import type { ForwardMatrixParams } from './kernels/forward-matrix.js';
 import type { ForwardTiledParams } from './kernels/forward-tiled.js';
+import type { MatmulParams } from './kernels/standard.js';
 
 /** Invocations a workgroup may have (a 1-D one). */
 export function invocationLimit(gpu: Gpu): number {
@@ -131,3 +132,14 @@ export const BACKWARD_TILED_FALLBACK = [
   btiles(4, 8, 1, 1),
   btiles(4, 4, 1, 1),
 ];
+
+/**
+ * The entries of C each invocation of the standard baseline's matmul owns. On lavapipe 8×8: it runs a
+ * workgroup's invocations in SIMD lanes and reads workgroup memory lane by lane, so each value loaded
+ * should feed more products; at B=2, H=3, N=512, D=256 (f32, the webgpu standard forward and backward)
+ * 4.4 CPU s with 2×4, 2.5 with 4×8, 1.8 with 8×8, the same bits each. Chromium's SwiftShader did not
+ * finish test/browser.test.ts's page in 90 s with 8×8 (14 s with 2×4), so it keeps 2×4, as GPUs do.
+ */
+export function standardMatmulRegisters(gpu: Pick<Gpu, 'software' | 'description'>): Pick<MatmulParams, 'RM' | 'RN'> {
+  return gpu.software && /llvmpipe|lavapipe/i.test(gpu.description) ? { RM: 8, RN: 8 } : { RM: 2, RN: 4 };
+}

@@ -9,14 +9,15 @@
  *
  * matmul: C = alpha·op(A)·op(B) (+ C when `accumulate`), per head. One workgroup (WG threads, TY×TX with
  *   TX = 8) owns one BM×BN tile of C of one head (dispatch x: tiles along N, y: tiles along M, z: heads,
- *   grid-strided where a size exceeds the dispatch limit); each invocation owns RM×RN = 2×4 entries of
- *   it, rows ty + r·TY and columns tx + c·TX, held in 2·RM·RN named scalars (no private array: lavapipe's
- *   LLVM compiles those slowly). The contraction runs in BK-deep steps: A's BM×BK and B's BK×BN slices
+ *   grid-strided where a size exceeds the dispatch limit); each invocation owns RM×RN entries of it
+ *   (tuning.ts: 8×8 on lavapipe, 2×4 elsewhere), rows ty + r·TY and columns tx + c·TX, held in
+ *   2·RM·RN named scalars (no private array: lavapipe's LLVM compiles those slowly). RM and RN change
+ *   which invocation sums an entry, not how: every entry is summed in the same order whatever they are. The contraction runs in BK-deep steps: A's BM×BK and B's BK×BN slices
  *   are loaded (widened to f32, zero past the edges) into f32 workgroup tiles, then each invocation does
  *   RM·RN·BK multiply-adds from them into per-step partial sums, which are then added to the entries'
  *   sums (two-level summation: the f32 rounding error grows with BK + K/BK, not K, which matters for
  *   dK and dV, contracted over a whole group's G·Nq rows). Workgroup memory: 4·BK·(BM + BN) bytes
- *   (4 KiB at WG = 128, BK = 16: BM = BN = 32).
+ *   (4 KiB at WG = 128, BK = 16 and 2×4: BM = BN = 32; 12 KiB with 8×8: BM = 128, BN = 64).
  *   A, B and C are addressed through run-time offsets (the `Step` block): head z has a batch index b, a
  *   query head hq and a key/value head hk (see `head()`), and an operand's base is b·batch + hq·qHead +
  *   hk·kHead + z·local; stored row r is at (r / split)·splitStride + (r % split)·ld. So q, k, v, out and
@@ -126,6 +127,9 @@ export interface MatmulParams {
   /** Threads per workgroup (a multiple of 8). */
   WG: number;
   BK: number;
+  /** Rows and columns of C an invocation owns. */
+  RM: number;
+  RN: number;
   tA: StorageType;
   tB: StorageType;
   tC: StorageType;
@@ -136,13 +140,13 @@ export interface MatmulParams {
 }
 
 /** Tile of C a workgroup owns: TY·RM rows by TX·RN columns. */
-export function matmulTile(p: Pick<MatmulParams, 'WG'>): { BM: number; BN: number; TX: number; TY: number; RM: number; RN: number } {
+export function matmulTile(p: Pick<MatmulParams, 'WG' | 'RM' | 'RN'>): { BM: number; BN: number; TX: number; TY: number; RM: number; RN: number } {
   const TX = 8;
   const TY = p.WG / TX;
-  return { BM: TY * 2, BN: TX * 4, TX, TY, RM: 2, RN: 4 };
+  return { BM: TY * p.RM, BN: TX * p.RN, TX, TY, RM: p.RM, RN: p.RN };
 }
 
-export function matmulWorkgroupBytes(p: Pick<MatmulParams, 'WG' | 'BK'>): number {
+export function matmulWorkgroupBytes(p: Pick<MatmulParams, 'WG' | 'BK' | 'RM' | 'RN'>): number {
   const { BM, BN } = matmulTile(p);
   return 4 * p.BK * (BM + BN);
 }
