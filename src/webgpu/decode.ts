@@ -39,7 +39,8 @@ const DECODE_TARGET_INVOCATIONS = 131072;
  * B = 8, Hkv = 8, Nk = 32768 (GQA 4:1) at 3.18 TB/s with 128 workgroups of 256 against 2.65 with 192;
  * with workgroups of 128: 3.13 with 256, 3.05 with 512, 2.98 with 1024, 2.66 with 384; B = 1, Nk =
  * 131072 at 2.76 against 2.33 and 1.99 (bench/results/2026-12-04-h200-decode-scatter.md). Shorter
- * problems keep the usual target: with 128 workgroups, B = 8, Nk = 4096 read at 0.84 TB/s against 1.26.
+ * problems keep the usual target: with 128 workgroups, B = 8, Nk = 4096 read at 0.84 TB/s, where the
+ * plan before the reduce-scattered kernel read 1.26 (the usual target with this kernel: not yet measured).
  */
 const LONG_SPLIT_INVOCATIONS = 32768;
 
@@ -228,8 +229,9 @@ export function decodeFits(p: Problem, gpu: Gpu, kernels: DecodeKernels = 'auto'
   const mods = decodeMods(p);
   if (mods === undefined) return undefined;
   const s = problemStrides(p);
-  const aligned = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 4 === 0);
-  const aligned8 = [s.kv.batch, s.kv.row, s.kv.head].every((x) => x % 8 === 0);
+  const strides = [s.kv.batch, s.kv.row, s.kv.head];
+  const aligned = strides.every((x) => x % 4 === 0);
+  const aligned8 = strides.every((x) => x % 8 === 0);
   const shape = { D: p.D, dtype: p.dtype as StorageType, G: p.H / p.Hkv, Nq: p.Nq, causal: p.causal, cache: false, paged: false, aligned, aligned8, ...(mods && { mods }) };
   return decodeChoice(shape, gpu, kernels);
 }

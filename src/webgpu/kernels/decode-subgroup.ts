@@ -67,11 +67,13 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   const rows = Array.from({ length: R }, (_, r) => r);
   const vs = Array.from({ length: VPT }, (_, v) => v);
   const us = Array.from({ length: U }, (_, u) => u);
-  const shuffles = (x: string) => {
+  // WGSL lines, one for each step m = T/2, …, 1 of a butterfly over a group's T lanes.
+  const xorSteps = (f: (m: number) => string) => {
     const steps: string[] = [];
-    for (let mask = T / 2; mask >= 1; mask /= 2) steps.push(`${x} += subgroupShuffleXor(${x}, ${mask}u);`);
-    return steps.join(' ');
+    for (let m = T / 2; m >= 1; m /= 2) steps.push(f(m));
+    return steps;
   };
+  const shuffles = (x: string) => xorSteps((m) => `${x} += subgroupShuffleXor(${x}, ${m}u);`).join(' ');
   const decl = [
     ...rows.flatMap((r) => vs.map((v) => `var q${r}_${v}: vec4<f32>;\n  var o${r}_${v} = vec4<f32>(0.0);`)),
     ...rows.map((r) => `var m${r} = MASKED;\n  var l${r} = 0.0;`),
@@ -128,11 +130,6 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
     })
     .join('\n      ');
   // scatter: the rows' partial dots, reduce-scattered (slot 0 of lane t: key kb + t), then one key a lane.
-  const xorSteps = (f: (m: number) => string) => {
-    const steps: string[] = [];
-    for (let m = T / 2; m >= 1; m /= 2) steps.push(f(m));
-    return steps;
-  };
   const perRowScatter = rows
     .map((r) => {
       const partials = us.map((u) => `var s${r}_${u} = ${vs.map((v) => `dot(q${r}_${v}, k${u}_${v})`).join(' + ')};`).join('\n        ');
