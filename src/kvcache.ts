@@ -28,7 +28,7 @@ import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from '
 import { MemoryTracker } from './memory.js';
 import type { Modifiers } from './modifiers.js';
 import type { AttentionOptions } from './options.js';
-import { checkModifiers, checkTensor } from './problem.js';
+import { checkModifiers, checkOutput, checkTensor } from './problem.js';
 import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from './tensor.js';
 
 export interface KVCacheConfig {
@@ -308,17 +308,18 @@ export class KVCache {
     });
     const variants = { window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes };
     const mods = attend ? checkModifiers(variants, { B, H, Nq, Nk: Math.max(...lengths) }, o.causal ?? false, onGpu, g.dtype, false) : {};
-    if (g.paged) this.assignPages(slots, lengths);
-    const scale = o.scale ?? 1 / Math.sqrt(g.D);
     if (attend && (o.out || o.lse) && !isGpuBuffer(q!.data)) throw new ValueError(o.out ? 'options.out' : 'options.lse', 'undefined for typed-array q (results come back as typed arrays)', 'a GpuTensor');
-    if (o.out) checkOutput('options.out', o.out, g.dtype, q!.shape);
-    if (o.lse) checkOutput('options.lse', o.lse, 'f32', [B, H, Nq]);
+    const inputs = [q, k, v].filter((t): t is AnyTensor => t !== undefined);
+    if (o.out) checkOutput('options.out', o.out, g.dtype, q!.shape, inputs);
+    if (o.lse) checkOutput('options.lse', o.lse, 'f32', [B, H, Nq], [...inputs, ...(o.out ? [o.out] : [])]);
     if (o.encoder !== undefined) {
       if (!onGpu || (q !== undefined && !isGpuBuffer(q.data)) || (k !== undefined && !isGpuBuffer(k.data))) {
         throw new ValueError('options.encoder', 'undefined except on webgpu with GPUBuffer tensors', 'a command encoder');
       }
       if (typeof o.encoder !== 'object' || o.encoder === null || typeof o.encoder.beginComputePass !== 'function') throw new ValueError('options.encoder', 'a GPUCommandEncoder', describe(o.encoder));
     }
+    if (g.paged) this.assignPages(slots, lengths);
+    const scale = o.scale ?? 1 / Math.sqrt(g.D);
     const step: CacheStep = {
       q: attend ? q : undefined,
       k,
@@ -381,14 +382,4 @@ function checkCacheTensor(name: string, t: unknown, g: CacheGeometry, B: number,
   if (shape[0] !== B) throw new ShapeError(`${name}.shape`, `batch ${B} (one row per slot of options.sequences)`, `[${shape.join(', ')}]`);
   if (shape[3] !== g.D) throw new ShapeError(`${name}.shape`, `head dim ${g.D} as the cache (axes B, N, heads, D)`, `[${shape.join(', ')}]`);
   return t as AnyTensor;
-}
-
-function checkOutput(name: string, t: GpuTensor, dtype: 'f32' | 'f16', shape: readonly number[]): void {
-  if (typeof t !== 'object' || t === null || !isGpuBuffer(t.data)) throw new ValueError(name, 'a GpuTensor', describe(t));
-  if (t.dtype !== dtype) throw new DTypeError(`${name}.dtype`, `'${dtype}'`, describe(t.dtype));
-  if (!Array.isArray(t.shape) || t.shape.length !== shape.length || t.shape.some((x, i) => x !== shape[i])) {
-    throw new ShapeError(`${name}.shape`, `[${shape.join(', ')}]`, describe(t.shape));
-  }
-  const bytes = shape.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[dtype];
-  if (t.data.size < bytes) throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${bytes} bytes`, `${t.data.size} bytes`);
 }

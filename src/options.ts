@@ -2,7 +2,7 @@
  * The options of forward() and backward(), for the whole feature table of the product.
  */
 import type { MemoryTracker } from './memory.js';
-import type { AnyTensor, Layout } from './tensor.js';
+import type { AnyTensor, GpuTensor, Layout } from './tensor.js';
 
 /** 'auto' picks the fastest backend present for the inputs (today: cpu for f32/f16, reference for f64). */
 export type Backend = 'auto' | 'cpu' | 'reference' | 'webgpu';
@@ -45,6 +45,14 @@ export interface AttentionOptions {
   memory?: MemoryTracker;
   /** webgpu: run on this device (the caller's) instead of the library's own. GPUBuffer inputs must belong to it. */
   device?: GPUDevice;
+  /**
+   * forward() on GPUBuffer tensors: write out here (q's shape and dtype, a STORAGE buffer of the same
+   * device, not one of the inputs) instead of a new buffer, and return it as `out`. With `lse` too, a call
+   * makes no buffers for its results (a decode loop's step reuses the same two). backward() ignores both.
+   */
+  out?: GpuTensor;
+  /** forward() on GPUBuffer tensors: write lse here ((B, H, Nq), f32) instead of a new buffer; as `out`. */
+  lse?: GpuTensor;
   /**
    * Packed variable-length sequences, as flash_attn_varlen_func (both or neither): S + 1 offsets of the S
    * sequences' rows in the packed q, (1, totalQ, H, D), and in the packed k and v, (1, totalK, Hkv, D)
@@ -131,6 +139,8 @@ export const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'precision',
   'memory',
   'device',
+  'out',
+  'lse',
   'cuSeqlensQ',
   'cuSeqlensK',
   'window',

@@ -16,7 +16,7 @@ import {
   type Backend,
   type Precision,
 } from './options.js';
-import { BYTES_PER_ELEMENT, dimsOf, strides, type Strides, dtypeOfArray, isGpuBuffer, type AnyTensor, type DType, type Layout, type Tensor, type TensorData } from './tensor.js';
+import { BYTES_PER_ELEMENT, dimsOf, strides, type Strides, dtypeOfArray, isGpuBuffer, type AnyTensor, type DType, type GpuTensor, type Layout, type Tensor, type TensorData } from './tensor.js';
 
 /** Sizes and settings of one attention call. Heads of k and v: Hkv, with H % Hkv == 0 (GQA / MQA). */
 export interface Problem {
@@ -38,6 +38,8 @@ export interface Problem {
   onGpu: boolean;
   /** The caller's device, if it brought one. */
   device?: GPUDevice;
+  /** forward(): the caller's buffers for out and lse (options.out / options.lse, checked), GPUBuffer tensors only. */
+  outputs?: { out?: GPUBuffer; lse?: GPUBuffer };
   /** Packed sequences (options.cuSeqlensQ / cuSeqlensK, checked, copied): B = 1, Nq = totalQ, Nk = totalK. */
   cuSeqlens?: { q: Int32Array; k: Int32Array };
   /** The variants (window, ALiBi, soft-cap, bias, mask, block mask, dropout; causal as a band too). */
@@ -173,7 +175,46 @@ export function checkForward(q: unknown, k: unknown, v: unknown, options: unknow
   // maxNq queries and maxNk keys (src/varlen.ts cuts out each sequence's part).
   const dims = cuSeqlens ? { B: cuSeqlens.q.length - 1, H: dq.H, Nq: longest(cuSeqlens.q), Nk: longest(cuSeqlens.k) } : { B: dq.B, H: dq.H, Nq: dq.N, Nk: dk.N };
   const mods = checkModifiers((options ?? {}) as AttentionOptions, dims, settings.causal, onGpu, Q.dtype, cuSeqlens !== undefined);
-  return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, onGpu, ...settings, mods, ...(cuSeqlens && { cuSeqlens }) };
+  const outputs = checkOutputs(options as AttentionOptions | undefined, Q, [K, V, ...(mods.bias ? [mods.bias] : [])], { B: dq.B, H: dq.H, Nq: dq.N }, cuSeqlens !== undefined);
+  return { B: dq.B, H: dq.H, Hkv: dk.H, Nq: dq.N, Nk: dk.N, D: dq.D, dtype: Q.dtype, onGpu, ...settings, mods, ...(cuSeqlens && { cuSeqlens }), ...(outputs && { outputs }) };
+}
+
+/** GPUBufferUsage.STORAGE and COPY_DST (numbers here: the checks run where WebGPU's globals may not be defined). */
+const STORAGE_USAGE = 0x80;
+const COPY_DST_USAGE = 0x08;
+
+/**
+ * A caller's buffer for a result (forward()'s options.out / options.lse, a KV cache call's): a GpuTensor
+ * of the result's dtype and shape, on a STORAGE buffer large enough, that is none of the call's inputs
+ * (WebGPU does not bind one buffer for reading and writing in one dispatch).
+ */
+export function checkOutput(name: string, t: unknown, dtype: 'f32' | 'f16', shape: readonly number[], inputs: readonly { data: unknown }[] = [], copied = false): GpuTensor {
+  const x = t as Partial<GpuTensor> | null;
+  if (typeof x !== 'object' || x === null || !isGpuBuffer(x.data)) throw new ValueError(name, 'a GpuTensor { data: GPUBuffer, dtype, shape }', describe(t));
+  if (x.dtype !== dtype) throw new DTypeError(`${name}.dtype`, `'${dtype}'`, describe(x.dtype));
+  if (!Array.isArray(x.shape) || x.shape.length !== shape.length || x.shape.some((n, i) => n !== shape[i])) {
+    throw new ShapeError(`${name}.shape`, `[${shape.join(', ')}]`, describe(x.shape));
+  }
+  const bytes = shape.reduce((a, b) => a * b, 1) * BYTES_PER_ELEMENT[dtype];
+  if (x.data.size < bytes) throw new ShapeError(`${name}.data`, `a GPUBuffer of at least ${bytes} bytes`, `${x.data.size} bytes`);
+  if ((x.data.usage & STORAGE_USAGE) === 0) throw new ValueError(`${name}.data`, 'a GPUBuffer made with GPUBufferUsage.STORAGE', `usage ${x.data.usage}`);
+  if (copied && (x.data.usage & COPY_DST_USAGE) === 0) {
+    throw new ValueError(`${name}.data`, 'a GPUBuffer made with GPUBufferUsage.COPY_DST too (packed sequences copy their results there)', `usage ${x.data.usage}`);
+  }
+  if (inputs.some((i) => i.data === x.data)) throw new ValueError(`${name}.data`, 'a buffer that is not one of the inputs (results are not written over them)', 'an input\'s buffer');
+  return x as GpuTensor;
+}
+
+/** forward()'s options.out and options.lse, checked against q's shape; undefined where neither is given. */
+function checkOutputs(o: AttentionOptions | undefined, Q: AnyTensor, inputs: readonly { data: unknown }[], d: { B: number; H: number; Nq: number }, packed: boolean): Problem['outputs'] {
+  if (o?.out === undefined && o?.lse === undefined) return undefined;
+  if (!isGpuBuffer(Q.data)) {
+    throw new ValueError(o.out !== undefined ? 'options.out' : 'options.lse', 'undefined for typed-array q (results come back as typed arrays)', 'a GpuTensor');
+  }
+  const dtype = Q.dtype as 'f32' | 'f16';
+  const out = o.out === undefined ? undefined : checkOutput('options.out', o.out, dtype, Q.shape, [Q, ...inputs], packed);
+  const lse = o.lse === undefined ? undefined : checkOutput('options.lse', o.lse, 'f32', [d.B, d.H, d.Nq], [Q, ...inputs, ...(out ? [out] : [])], packed);
+  return { ...(out && { out: out.data }), ...(lse && { lse: lse.data }) };
 }
 
 /** The longest sequence of packed offsets. */
@@ -337,7 +378,7 @@ export function checkBackward(
   lse: unknown,
   options: unknown,
 ): Problem {
-  const p = checkForward(q, k, v, options);
+  const { outputs: _ignored, ...p } = checkForward(q, k, v, options); // options.out / lse are forward()'s
   const Q = q as AnyTensor;
   const dO = checkTensor('dout', dout, 4);
   const O = checkTensor('out', out, 4);

@@ -171,7 +171,7 @@ function subProblem(p: Problem, seq: Sequence): Problem {
     const { index, part } = partOf(bm.index, seq.s, Math.ceil(nq / bm.rows), Math.ceil(nk / bm.cols));
     mods.blockMask = { ...bm, data: cut(bm.data, part), index };
   }
-  return { ...p, cuSeqlens: undefined, B: 1, Nq: nq, Nk: nk, mods };
+  return { ...p, cuSeqlens: undefined, outputs: undefined, B: 1, Nq: nq, Nk: nk, mods };
 }
 
 /**
@@ -423,9 +423,19 @@ async function onDevice(p: Problem, tensors: GpuTensor[], inputs: Packed[], outp
         cut.dispose();
       }
     }
+    // forward()'s options.out / options.lse: the packed results copied there (the caller's buffers may hold anything).
+    const theirs = outputs.map((o) => (o.name === 'out' || o.name === 'lse' ? p.outputs?.[o.name] : undefined));
+    if (theirs.some((b) => b !== undefined)) {
+      const copy = new Call({ ...p, outputs: undefined }, gpu);
+      try {
+        await copy.submit(async (enc) => theirs.forEach((b, j) => b && enc.copyBufferToBuffer(packed[j], 0, b, 0, elementsOf(p, outputs[j].kind) * BYTES_PER_ELEMENT[outputs[j].dtype])));
+      } finally {
+        copy.dispose();
+      }
+    }
     const handOver = (data: GPUBuffer, dtype: DType, shape: number[]): GpuTensor => ({ data: call.buffers.handOver(data), dtype: dtype as GpuTensor['dtype'], shape });
     return {
-      packed: packed.map((data, j) => handOver(data, outputs[j].dtype, shapeOf(p, outputs[j].kind))),
+      packed: packed.map((data, j) => handOver(theirs[j] ?? data, outputs[j].dtype, shapeOf(p, outputs[j].kind))),
       ...(dbias && { dbias: handOver(dbias, 'f32', biasShape) }),
     };
   } finally {

@@ -49,6 +49,30 @@ export class GpuBuffers {
     return buffer;
   }
 
+  /**
+   * A uniform buffer holding `bytes`, kept on the device for later calls with the same bytes (as a decode
+   * loop's calls of one shape): such a call makes no buffer for its sizes, and binds the same buffers
+   * as the call before, so its bind groups are kept too (webgpu/decode.ts's DecodeScratch). Never
+   * written after it is made, so calls in flight never see each other's sizes. At most KEPT_UNIFORMS
+   * per device (a few words each, not counted); the oldest is dropped, not destroyed (queued work may
+   * still read it).
+   */
+  keptUniform(bytes: ArrayBuffer, what: string): GPUBuffer {
+    let kept = KEPT.get(this.device);
+    if (!kept) KEPT.set(this.device, (kept = new Map()));
+    const key = new Uint32Array(bytes).join(',');
+    let buffer = kept.get(key);
+    if (buffer) {
+      kept.delete(key); // most recently used last
+    } else {
+      buffer = this.device.createBuffer({ size: Math.max(4, Math.ceil(bytes.byteLength / 4) * 4), usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label: what });
+      this.device.queue.writeBuffer(buffer, 0, bytes);
+      if (kept.size >= KEPT_UNIFORMS) kept.delete(kept.keys().next().value!);
+    }
+    kept.set(key, buffer);
+    return buffer;
+  }
+
   /** Read `bytes` of a buffer back (through a counted staging buffer), the result `argument` asked for. */
   async read(buffer: GPUBuffer, bytes: number, argument: string): Promise<ArrayBuffer> {
     const size = Math.ceil(bytes / 4) * 4;
@@ -117,6 +141,10 @@ export class GpuBuffers {
     this.borrowed = 0;
   }
 }
+
+/** Uniform buffers kept per device by their bytes (GpuBuffers.keptUniform). */
+const KEPT = new WeakMap<GPUDevice, Map<string, GPUBuffer>>();
+const KEPT_UNIFORMS = 64;
 
 /**
  * Let the device free the memory of the buffers destroyed so far, before the caller goes on. Dawn frees a

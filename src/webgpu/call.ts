@@ -69,6 +69,14 @@ export class Call {
     return this.buffers.upload(t.data, name);
   }
 
+  /**
+   * forward()'s out or lse: the caller's buffer (options.out / options.lse, checked: problem.ts) or a
+   * new one, as output() makes it.
+   */
+  forwardOutput(which: 'out' | 'lse', elements: number): GPUBuffer {
+    return this.p.outputs?.[which] ?? (which === 'out' ? this.output(elements, 'out', 'q') : this.output(elements, 'lse', 'q', 'f32'));
+  }
+
   /** An output buffer of `elements` in the problem's dtype (lse: f32), sized by the input `argument`. */
   output(elements: number, name: string, argument: 'q' | 'k', dtype: DType = this.p.dtype): GPUBuffer {
     return this.buffers.create(elements * ELEMENT_BYTES[dtype], name, argument);

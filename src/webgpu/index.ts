@@ -46,8 +46,8 @@ export async function webgpuForward(
     const mods = choice.params.mods;
     const group1 = mods ? modBindGroup(gpu.device, pipe, modBuffers(p, mods, call.buffers, { Br, Bc: forwardTiles(choice).Bc })) : undefined;
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
-    const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');
-    const lse = call.output(p.B * p.H * p.Nq, 'lse', 'q', 'f32');
+    const out = call.forwardOutput('out', p.B * p.Nq * p.H * p.D);
+    const lse = call.forwardOutput('lse', p.B * p.H * p.Nq);
     const [nq, nkv] = [p.B * p.Nq * p.H * p.D, p.B * p.Nk * p.Hkv * p.D];
     const split = choice.kernel === 'forwardMatrix' && choice.params.dtype === 'f32' ? await splitInputs(call, [Q, K, V], [nq, nkv, nkv]) : undefined;
     await call.submit(async (enc) => {
@@ -76,11 +76,11 @@ export async function webgpuDecodeForward(p: Problem, gpu: Gpu, choice: DecodeCh
     const keys = { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: p.Nk, maxPages: 1 };
     const sizes = decodeSizes({ B: p.B, H: p.H, Hkv: p.Hkv, Nq: p.Nq, Nk: p.Nk, q: sq, keys, scale: p.scale }, R, plan);
     const pipes = await decodePipelines(gpu, choice, plan.splits > 1);
-    const uniform = call.buffers.uniform(decodeSizesBytes(sizes), 'sizes');
+    const uniform = call.buffers.keptUniform(decodeSizesBytes(sizes), 'decode sizes');
     const mods = choice.params.mods ? { group: modBuffers(p, choice.params.mods, call.buffers), keep: false } : undefined;
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
-    const out = call.output(p.B * p.Nq * p.H * p.D, 'out', 'q');
-    const lse = call.output(p.B * p.H * p.Nq, 'lse', 'q', 'f32');
+    const out = call.forwardOutput('out', p.B * p.Nq * p.H * p.D);
+    const lse = call.forwardOutput('lse', p.B * p.H * p.Nq);
     await call.submit(async (enc) => {
       encodeDecode(enc, scratch, pipes, p.D, sizes, uniform, { q: Q, k: K, v: V, out, lse }, p.onGpu, mods);
       if (pipes.merge) counted = p.memory.allocate(scratch.bytes); // the partials, the device's scratch

@@ -180,8 +180,8 @@ export async function webgpuStandardForward(
     const mods = modsParam(p).mods;
     const group1 = mods ? modBindGroup(gpu.device, softmax, modBuffers(p, mods, call.buffers)) : undefined;
     const [Q, K, V] = [call.input(q, 'q'), call.input(k, 'k'), call.input(v, 'v')];
-    const out = call.output(p.B * Nq * p.H * D, 'out', 'q');
-    const lse = call.output(p.B * p.H * Nq, 'lse', 'q', 'f32');
+    const out = call.forwardOutput('out', p.B * Nq * p.H * D);
+    const lse = call.forwardOutput('lse', p.B * p.H * Nq);
     const matrices = chunks.map((ch) => {
       const nn = ch.nkv * ch.c * Nq * Nk * ELEMENT_BYTES[dt];
       return { S: call.buffers.create(nn, 'S', 'q'), P: call.buffers.create(nn, 'P', 'q') };
