@@ -1,6 +1,7 @@
 /**
  * Lab notebook: the split-KV decode schedule (src/webgpu/kernels/decode.ts) on a GPU, f16, Nq = 1.
- * For each case: the shipped choice through forward() on GPUBuffer tensors and through a contiguous and a
+ * For each case: the shipped choice through forward() on GPUBuffer tensors (new outputs, and the caller's
+ * through options.out / options.lse) and through a contiguous and a
  * paged KV cache (cache.forward with the caller's out and lse), then a sweep of the kernel's block Bc,
  * workgroup size and split target, each validated against the float64 reference (on one batch row and
  * the first key/value head's group) before it is timed. Prints K/V bytes read per second, and the host's
@@ -128,6 +129,15 @@ for (const c of CASES) {
       (x.lse as GpuTensor).data.destroy();
     });
     row('forward() (GPU tensors, new outputs)', c, t, err);
+  }
+  // forward() into the caller's out and lse, as a decode loop calls it.
+  {
+    const out = gpuTensor(gpu, new Uint16Array(B * H * D), [B, 1, H, D]);
+    const lse: GpuTensor = { data: gpu.device.createBuffer({ size: B * H * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC }), dtype: 'f32', shape: [B, H, 1] };
+    await forward(q, k, v, { out, lse });
+    const err = await check(out);
+    const t = await time(gpu, () => forward(q, k, v, { out, lse }));
+    row('forward() (GPU tensors, options.out/lse)', c, t, err);
   }
   // KV caches: filled once, then attention only into the caller's out and lse.
   for (const pageSize of [undefined, 16]) {

@@ -4,8 +4,8 @@
  * little arithmetic per byte, so its measure is the memory bandwidth it reaches: 2·B·Nk·Hkv·D·2 bytes
  * (f16) per call over the time per call.
  *
- * Each case runs three ways (DecodeVariant): forward() on the tensors (GPUBuffers on webgpu, typed arrays
- * on the cpu); a contiguous KV cache and a paged one (DECODE_PAGE_SIZE tokens a page), each filled once
+ * Each case runs three ways (DecodeVariant): forward() on the tensors (GPUBuffers on webgpu, written into
+ * the same out and lse every call through options.out / options.lse; typed arrays on the cpu); a contiguous KV cache and a paged one (DECODE_PAGE_SIZE tokens a page), each filled once
  * with append() and timed on cache.forward(q) into out and lse the caller supplies (on webgpu: nothing
  * created, no wait for the GPU). Each is first validated: its out and lse on the first batch row's first
  * key/value head and the last row's last (with their query heads) against the float64 reference over the same values,
@@ -242,23 +242,23 @@ async function makeRunner(c: DecodeCase, variant: DecodeVariant, x: DecodeInputs
       };
     }
     const [q, k, v] = [x.q, x.k, x.v] as GpuTensor[];
-    // forward() makes out and lse each call and hands them over: destroyed once queued (Dawn frees them after the work).
-    const run = () => forward(q, k, v, { memory });
+    // As a decode loop calls it: the same out and lse every step (options.out / options.lse), so a call makes no buffers.
+    const out: GpuTensor = { data: gpuBuffer(device, c.B * c.H * c.D * 2, 'decode out'), dtype: 'f16', shape: [c.B, 1, c.H, c.D] };
+    const lse: GpuTensor = { data: gpuBuffer(device, c.B * c.H * 4, 'decode lse'), dtype: 'f32', shape: [c.B, c.H, 1] };
+    const run = () => forward(q, k, v, { memory, out, lse });
     return {
-      async call() {
-        const r = await run();
-        r.out.data.destroy();
-        r.lse.data.destroy();
-      },
+      call: run,
       async outputs() {
-        const r = await run();
-        const out = decodeF16(new Uint16Array(await readBack(device, r.out.data, c.B * c.H * c.D * 2)));
-        const lse = new Float32Array(await readBack(device, r.lse.data, c.B * c.H * 4));
-        r.out.data.destroy();
-        r.lse.data.destroy();
-        return { out, lse };
+        await run();
+        return {
+          out: decodeF16(new Uint16Array(await readBack(device, out.data, c.B * c.H * c.D * 2))),
+          lse: new Float32Array(await readBack(device, lse.data, c.B * c.H * 4)),
+        };
       },
-      dispose() {},
+      dispose() {
+        out.data.destroy();
+        lse.data.destroy();
+      },
     };
   }
   const cache: KVCache = await createKVCache({

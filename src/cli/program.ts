@@ -106,7 +106,7 @@ Suites:
            maxStorageBufferBindingSize (listed under the tables). cpu and software adapters: B = ${g.small.B.join(', ')},
            (H, Hkv) = (${g.small.heads[0].join(', ')}), D = ${g.small.D.join(', ')}, Nk = ${g.small.Nk.join(', ')}. --n, --batch and --dim narrow it (Nk,
            one B, one D). Each case runs three ways: ${DECODE_VARIANTS.join(', ')}. forward: forward() on the tensors
-           (GPUBuffers on webgpu; it makes out and lse each call); cache and paged: a contiguous KV cache
+           (GPUBuffers on webgpu, into the same out and lse every call); cache and paged: a contiguous KV cache
            and a paged one (--page-size tokens a page, default ${DECODE_PAGE_SIZE}), filled once with append(), timed on
            cache.forward(q) into out and lse supplied by the caller. Each is validated on the first batch
            row's first key/value head and the last row's last (with their query heads) against the float64

@@ -383,7 +383,7 @@ export function decodeNotes(r: Results): string[] {
   const s = d.settings;
   const clock = r.environment.timer === 'timestamp-query' ? 'GPU timestamps' : r.environment.timer === 'onSubmittedWorkDone' ? 'the wall clock until the queue is idle' : 'the wall clock';
   const notes = [
-    `variants: forward = forward() on the tensors${r.environment.backend === 'webgpu' ? ' (GPUBuffers; it makes out and lse each call)' : ''}; cache = a contiguous KV cache filled once with append(), timed on cache.forward(q)${r.environment.backend === 'webgpu' ? ' into out and lse the caller supplies' : ''}; paged = the same with a paged cache of ${s.pageSize} tokens a page (one append fills each slot's pages in order).`,
+    `variants: forward = forward() on the tensors${r.environment.backend === 'webgpu' ? ' (GPUBuffers, into the same out and lse every call: options.out, options.lse)' : ''}; cache = a contiguous KV cache filled once with append(), timed on cache.forward(q)${r.environment.backend === 'webgpu' ? ' into out and lse the caller supplies' : ''}; paged = the same with a paged cache of ${s.pageSize} tokens a page (one append fills each slot's pages in order).`,
     `median µs and min–max: time per call over ${r.settings.repeats} samples, each ${s.calls} back-to-back calls between two marks (${clock}) / ${s.calls}.`,
     `GB/s: K and V bytes (2·B·Nk·Hkv·D·2) / median time, 10^9 bytes a second; % of peak: of ${s.peakGBps === null ? 'an unknown peak (--peak-bandwidth sets it)' : `${s.peakGBps} GB/s (${s.peakSource})`}.`,
     r.environment.timer === 'wall-clock'
