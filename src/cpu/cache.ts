@@ -3,6 +3,10 @@
  * dtype on buffers the worker threads share, appended row by row through the block table; the attention
  * runs the decode kernel (decode.ts) over every batch row at once, the workers reading each slot's keys
  * in the pools through the block table, with no copy.
+ *
+ * A page holds its tokens head by head, (pages, Hkv, pageSize, D), where the webgpu pools keep
+ * (pages, pageSize, Hkv, D): a head's keys in one page are contiguous, so the WebAssembly decode kernel
+ * stages a tile of them into its memory with one copy instead of one per key (wasm/decode.ts).
  */
 import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
 import { poolElements } from '../kvcache.js';
@@ -31,29 +35,32 @@ export class CpuCacheStore implements CacheStore {
     this.counted = memory.allocate(2 * this.k.byteLength);
   }
 
-  /** Element offset of token `t` of a slot (head 0, d 0) in a pool. */
+  /** Element offset of token `t` of a slot (head 0, d 0) in a pool; head h's row is h · pageSize · D further. */
   private row(table: Int32Array, slot: number, t: number): number {
     const { pageSize, maxPages, Hkv, D } = this.g;
     const page = table[slot * maxPages + Math.floor(t / pageSize)];
-    return (page * pageSize + (t % pageSize)) * Hkv * D;
+    return (page * Hkv * pageSize + (t % pageSize)) * D;
   }
 
   async step(s: CacheStep): Promise<{ out: AnyTensor; lse: AnyTensor } | undefined> {
-    const { Hkv, D } = this.g;
+    const { Hkv, D, pageSize } = this.g;
     const width = Hkv * D;
+    const headStride = pageSize * D;
     if (s.k && s.v) {
       const [k, v] = [s.k.data as Pool, s.v.data as Pool];
       s.slots.forEach((slot, b) => {
         for (let t = 0; t < s.n; t++) {
           const at = this.row(s.table, slot, s.starts[b] + t);
           const from = (b * s.n + t) * width;
-          this.k.set(k.subarray(from, from + width), at);
-          this.v.set(v.subarray(from, from + width), at);
+          for (let h = 0; h < Hkv; h++) {
+            this.k.set(k.subarray(from + h * D, from + (h + 1) * D), at + h * headStride);
+            this.v.set(v.subarray(from + h * D, from + (h + 1) * D), at + h * headStride);
+          }
         }
       });
     }
     if (!s.q) return undefined;
-    const { pageSize, maxPages } = this.g;
+    const { maxPages } = this.g;
     const B = s.slots.length;
     // The block table of the call's rows: row b's pages are those of its slot.
     const table = new Int32Array(B * maxPages);
@@ -70,7 +77,7 @@ export class CpuCacheStore implements CacheStore {
       qStrides: { batch: s.Nq * s.H * D, row: s.H * D, head: D },
       k: this.k,
       v: this.v,
-      keys: { kvPage: pageSize * width, kvRow: width, kvHead: D, pageSize, maxPages },
+      keys: { kvPage: pageSize * width, kvRow: D, kvHead: headStride, pageSize, maxPages },
       table,
       lengths: s.lengths,
       memory: s.memory,
@@ -80,14 +87,17 @@ export class CpuCacheStore implements CacheStore {
 
   /** A slot's first `length` tokens as contiguous (1, length, Hkv, D) tensors. */
   private gather(slot: number, length: number, table: Int32Array): { k: Tensor; v: Tensor } {
-    const { Hkv, D, dtype } = this.g;
+    const { Hkv, D, dtype, pageSize } = this.g;
     const width = Hkv * D;
     const k = dtype === 'f16' ? new Uint16Array(length * width) : new Float32Array(length * width);
     const v = dtype === 'f16' ? new Uint16Array(length * width) : new Float32Array(length * width);
     for (let t = 0; t < length; t++) {
       const at = this.row(table, slot, t);
-      k.set(this.k.subarray(at, at + width), t * width);
-      v.set(this.v.subarray(at, at + width), t * width);
+      for (let h = 0; h < Hkv; h++) {
+        const from = at + h * pageSize * D;
+        k.set(this.k.subarray(from, from + D), t * width + h * D);
+        v.set(this.v.subarray(from, from + D), t * width + h * D);
+      }
     }
     const shape = [1, length, Hkv, D];
     return { k: { data: k, dtype, shape }, v: { data: v, dtype, shape } };
