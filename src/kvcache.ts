@@ -4,8 +4,9 @@
  * the attention of new queries against everything cached.
  *
  * Storage is a pool of pages, each `pageSize` tokens of (Hkv, D) keys and as many values:
- *   k pool, v pool: (pages, pageSize, Hkv, D) in the cache's dtype (as vLLM's and FlashAttention's paged
- *   caches); a block table maps page p of sequence s to its page in the pool.
+ *   k pool, v pool: (pages, pageSize, Hkv, D) in the cache's dtype on webgpu (as vLLM's and
+ *   FlashAttention's paged caches), (pages, Hkv, pageSize, D) on the cpu (a head's keys of a page
+ *   contiguous: cpu/cache.ts); a block table maps page p of sequence s to its page in the pool.
  * A contiguous cache is the same thing with one page per sequence (pageSize = maxLength, page s of
  * sequence s), so one attention schedule serves both; a paged cache (config.pageSize) hands pages out
  * from a shared pool as sequences grow and takes them back on release(), so sequences of very different
