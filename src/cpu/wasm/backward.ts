@@ -5,7 +5,7 @@
  * A task copies the query-side rows of its group's heads into it once (Q times the scale and dO in f64
  * and in f32, L, and D = rowsum(dO ∘ O) computed here, Alg. 2 line 4; HEAD_BYTES at most: past that, one query
  * block at a time), then for each K_j, V_j (copied in, f64 and f32) streams the query blocks that see it
- * (causal: blocks above the diagonal are skipped) and runs scores, dp, ds, dq and atb (twice: dV_j, dK_j).
+ * (causal: blocks above the diagonal are skipped) and runs scores, dp, ds, dq, atbExact (dV_j) and atb (dK_j).
  * dK_j and dV_j (f64) are written once per key block; dQ (f64) into the task's own partial, as flash.ts
  * does (summed over tasks afterwards, in a fixed order: deterministic). Rows are padded with zeros to Dp,
  * a multiple of 4. Semantics are the JavaScript kernel's: a row that sees no key (L = −∞) gives zero
@@ -35,6 +35,8 @@ interface Backward {
   ds: (rows4: number, cols: number, lb: number, scale: number) => void;
   dq: (rows4: number, kb: number, qb: number) => void;
   atb: (rows: number, cols: number, pb: number, xb: number, ob: number) => void;
+  /** atb with its products and sums in f64 (for dV_j: backward-module.ts). */
+  atbExact: (rows: number, cols: number, pb: number, xb: number, ob: number) => void;
   /** With soft-cap or ALiBi: score-mod.ts's modify. */
   modify?: (rows4: number, cols: number, d0: number, cap: number, slope: number) => void;
 }
@@ -43,8 +45,8 @@ function backwardInstance(Dp: number, Br: number, Bc: number, mods: ScoreMods): 
   const lay = backwardLayout(Dp, Br, Bc, mods.softcap);
   const w = instance(`backward ${Dp} ${Br} ${Bc} ${mods.softcap} ${mods.alibi}`, (relaxed) => backwardModule(lay, relaxed, mods));
   if (!w) return undefined;
-  const e = w.exports as Pick<Backward, 'scores' | 'dp' | 'ds' | 'dq' | 'atb' | 'modify'>;
-  return { w, lay, scores: e.scores, dp: e.dp, ds: e.ds, dq: e.dq, atb: e.atb, modify: e.modify };
+  const e = w.exports as Pick<Backward, 'scores' | 'dp' | 'ds' | 'dq' | 'atb' | 'atbExact' | 'modify'>;
+  return { w, lay, scores: e.scores, dp: e.dp, ds: e.ds, dq: e.dq, atb: e.atb, atbExact: e.atbExact, modify: e.modify };
 }
 
 /**
@@ -225,7 +227,7 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
         bw.ds(rows4, cols, z.L + at * 4, post ? 1 : scale);
         if (post) dSHook(vr!, tm!, ta!, lay.dP / 4, scale, H, Nq, Nk, a.dS);
         bw.dq(rows4, z.Kf, z.dQ + at * Dp * 8);
-        bw.atb(rows, cols, lay.S, z.dO + at * ld * 4, lay.dV);
+        bw.atbExact(rows, cols, lay.S, z.dO + at * ld * 4, lay.dV);
         bw.atb(rows, cols, lay.dP, z.Qf + at * ld * 4, lay.dK);
         if (!whole) storeDq(h, r0, rows, 0, true);
       }
