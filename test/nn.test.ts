@@ -112,14 +112,16 @@ for (const { backend, dtype } of TARGETS) {
     const ops = createOps({ backend, dtype, memory: new MemoryTracker() });
 
     // M = B·N rows: tails for every tile (4-row cpu groups, 64 and 128 on webgpu); the second case is large
-    // enough for the cpu worker pool, the third for webgpu's 128×128 tile; the last two are rows few
-    // enough for webgpu's matrix-vector kernel (M ≤ 8: decode) and the cpu's column blocks.
+    // enough for the cpu worker pool, the third for webgpu's 128×128 tile; the last three are rows few
+    // enough for webgpu's matrix-vector kernel (M ≤ 8: decode) and the cpu's column blocks, the last two
+    // for the cpu's rows that read W in place (M ≤ 2, cpu/linear.ts's DIRECT_ROWS).
     const sizes = [
       { x: [2, 19, 45], N: 70 },
       { x: [300, 70], N: 130 },
       { x: [2100, 37], N: 2100 },
       { x: [3, 1, 45], N: 70 },
       { x: [1, 37], N: 2100 },
+      { x: [2, 1, 45], N: 71 },
     ];
     /** GELU, tanh approximation, and the largest |GELU'| (1.13 near v = 1.5), its error's factor. */
     const gelu = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));

@@ -71,12 +71,12 @@ export function linearColumnBlock(M: number, N: number, MB: number, threads: num
   return 4 * Math.ceil(N / (4 * columnBlocks));
 }
 
-/** dst[d + 4k] = src[o + k] for k < K (a row into its lane of a 4-interleaved pack). */
-function packRow(dst: Float64Array, d: number, src: HostData, o: number, K: number): void {
+/** dst[d + step·k] = src[o + k] for k < K (step 4: a row into its lane of a 4-interleaved pack). */
+function packRow(dst: Float64Array, d: number, src: HostData, o: number, K: number, step = 4): void {
   if (src instanceof Uint16Array) {
-    for (let k = 0; k < K; k++) dst[d + 4 * k] = f16ToNumber(src[o + k]);
+    for (let k = 0; k < K; k++) dst[d + step * k] = f16ToNumber(src[o + k]);
   } else {
-    for (let k = 0; k < K; k++) dst[d + 4 * k] = src[o + k];
+    for (let k = 0; k < K; k++) dst[d + step * k] = src[o + k];
   }
 }
 
@@ -109,6 +109,68 @@ function microKernel(xp: Float64Array, ia: number, wp: Float64Array, K: number, 
   tile[12] = c30; tile[13] = c31; tile[14] = c32; tile[15] = c33;
 }
 
+/**
+ * Rows of x up to which a task reads W in place (linearRows) instead of packing it: packing a group of
+ * four W rows costs about what the 4×4 kernel then does with it, which pays only when several rows of x
+ * share it; with one or two (single-token decode) most of the kernel's products would be of zeros.
+ */
+export const DIRECT_ROWS = 2;
+
+/**
+ * y rows m0 .. m0 + rows − 1, columns [n0, n1), with W read where it is: each x row widened to f64 once
+ * (scratch), then four W rows at a time dotted with it, every sum over k in order, in f64, as the
+ * packed kernel sums: the same bits.
+ */
+function linearRows(s: LinearShape, a: LinearArrays, m0: number, rows: number, n0: number, n1: number, scratch: Float64Array): void {
+  const { N, K, activation } = s;
+  const r = s.residual ? a.r : undefined;
+  const x = scratch.subarray(0, K);
+  for (let i = 0; i < rows; i++) {
+    const m = m0 + i;
+    packRow(x, 0, a.x, m * K, K, 1);
+    let n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const d = a.w instanceof Uint16Array ? dot4F16(x, a.w, n * K, K) : dot4F32(x, a.w, n * K, K);
+      for (let j = 0; j < 4; j++) {
+        const e = m * N + n + j;
+        const v = activate(activation, d[j] + at(a.b, n + j));
+        store(a.y, e, r ? v + at(r, e) : v);
+      }
+    }
+    for (; n < n1; n++) {
+      let sum = 0;
+      for (let k = 0, o = n * K; k < K; k++, o++) sum += x[k] * at(a.w, o);
+      const e = m * N + n;
+      const v = activate(activation, sum + at(a.b, n));
+      store(a.y, e, r ? v + at(r, e) : v);
+    }
+  }
+}
+
+const DOT4 = new Float64Array(4);
+
+/** The dot products of x with the four f32 rows of w from element o (K each), in DOT4. */
+function dot4F32(x: Float64Array, w: Float32Array, o: number, K: number): Float64Array {
+  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (let k = 0, o1 = o + K, o2 = o + 2 * K, o3 = o + 3 * K; k < K; k++) {
+    const xk = x[k];
+    s0 += xk * w[o + k]; s1 += xk * w[o1 + k]; s2 += xk * w[o2 + k]; s3 += xk * w[o3 + k];
+  }
+  DOT4[0] = s0; DOT4[1] = s1; DOT4[2] = s2; DOT4[3] = s3;
+  return DOT4;
+}
+
+/** dot4F32 for f16 rows (bits). */
+function dot4F16(x: Float64Array, w: Uint16Array, o: number, K: number): Float64Array {
+  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (let k = 0, o1 = o + K, o2 = o + 2 * K, o3 = o + 3 * K; k < K; k++) {
+    const xk = x[k];
+    s0 += xk * f16ToNumber(w[o + k]); s1 += xk * f16ToNumber(w[o1 + k]); s2 += xk * f16ToNumber(w[o2 + k]); s3 += xk * f16ToNumber(w[o3 + k]);
+  }
+  DOT4[0] = s0; DOT4[1] = s1; DOT4[2] = s2; DOT4[3] = s3;
+  return DOT4;
+}
+
 export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: Float64Array): void {
   const { M, N, K, activation } = s;
   const r = s.residual ? a.r : undefined;
@@ -117,6 +179,7 @@ export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: 
   const n0 = (t % columnBlocks) * s.NB;
   const n1 = Math.min(N, n0 + s.NB);
   const rows = Math.min(s.MB, M - m0);
+  if (rows <= DIRECT_ROWS) return linearRows(s, a, m0, rows, n0, n1, scratch);
   const groups = Math.ceil(rows / 4);
   const xp = scratch.subarray(0, groups * 4 * K);
   const wp = scratch.subarray(s.MB * K, (s.MB + 4) * K);

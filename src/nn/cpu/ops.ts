@@ -12,7 +12,7 @@ import { OutOfMemoryError } from '../../errors.js';
 import { encodeF16 } from '../../f16.js';
 import type { MemoryTracker } from '../../memory.js';
 import type { Region } from '../../cpu/job.js';
-import { Arena, runJob, threadsFor } from '../../cpu/pool.js';
+import { Arena, runJob, sharedBuffer, threadsFor } from '../../cpu/pool.js';
 import { BYTES_PER_ELEMENT, type AnyTensor, type Tensor } from '../../tensor.js';
 import { checkAttention, checkEmbedding, checkLayerNorm, checkLinear, checkSlice, checkTensor, checkWrite, LAYER_NORM_EPS, sizeOf, type AttentionConfig, type LinearOptions, type NnDType, type Ops, type OpsScratch } from '../ops.js';
 import { embeddingRows, layerNormRows, linearColumnBlock, linearRowBlock, linearScratch, linearTasks, type HostData, type LinearShape } from './kernels.js';
@@ -38,6 +38,8 @@ export class CpuOps implements Ops {
   readonly maxBufferBytes: number;
   /** Arrays made here and still counted, with their bytes. */
   private readonly owned = new Map<HostData, number>();
+  /** Arrays of create (weights) on shared memory: linear passes them to the workers without a copy. */
+  private readonly resident = new WeakSet<HostData>();
 
   /** `maxBufferBytes` (tests): a lower limit for the tensors made here (see OpsConfig). */
   constructor(
@@ -52,13 +54,13 @@ export class CpuOps implements Ops {
    * A buffer of `bytes` (at most `limit`), counted, or an OutOfMemoryError naming `argument` and what it
    * was for.
    */
-  private buffer(bytes: number, what: string, argument: string, limit = CPU_MAX_BUFFER_BYTES): ArrayBufferLike {
+  private buffer(bytes: number, what: string, argument: string, limit = CPU_MAX_BUFFER_BYTES, shared = false): ArrayBufferLike {
     if (bytes > limit) {
       const source = limit < CPU_MAX_BUFFER_BYTES ? "the ops' maxBufferBytes" : 'the longest typed array, 2^32 f16 elements';
       throw new OutOfMemoryError(argument, `at most ${limit} bytes per array (${source}) for ${what}`, `${bytes} bytes`);
     }
     try {
-      const buf = new ArrayBuffer(bytes);
+      const buf = shared ? sharedBuffer(bytes) : new ArrayBuffer(bytes);
       void new Uint16Array(buf); // the view with the most elements made here: over the engine's limit is a RangeError too
       this.memory.allocate(bytes);
       return buf;
@@ -68,12 +70,19 @@ export class CpuOps implements Ops {
     }
   }
 
-  /** A counted array of `elements` in the ops' dtype: a tensor, so at most maxBufferBytes. */
-  private array(elements: number, what: string, argument: string): HostData {
+  /**
+   * A counted array of `elements` in the ops' dtype: a tensor, so at most maxBufferBytes. `resident`: on
+   * memory the worker threads share (where there is any), for a tensor that lives as long as the model (a
+   * weight, from create): linear hands it to the workers as it is, where it copies other arrays into the
+   * call's arena (a worker keeps every new shared buffer it is sent until its collector runs, pool.ts: a
+   * weight is the same buffer call after call).
+   */
+  private array(elements: number, what: string, argument: string, resident = false): HostData {
     const bytes = elements * BYTES_PER_ELEMENT[this.dtype];
-    const buf = this.buffer(bytes, what, argument, this.maxBufferBytes);
+    const buf = this.buffer(bytes, what, argument, this.maxBufferBytes, resident);
     const data = this.dtype === 'f16' ? new Uint16Array(buf) : new Float32Array(buf);
     this.owned.set(data, bytes);
+    if (resident && typeof SharedArrayBuffer === 'function' && buf instanceof SharedArrayBuffer) this.resident.add(data);
     return data;
   }
 
@@ -82,7 +91,7 @@ export class CpuOps implements Ops {
   }
 
   async create(shape: readonly number[], fill: (values: Float32Array) => void, what: string, argument: string): Promise<AnyTensor> {
-    const data = this.array(sizeOf(shape), what, argument);
+    const data = this.array(sizeOf(shape), what, argument, true);
     if (data instanceof Float32Array) {
       fill(data);
     } else {
@@ -144,7 +153,9 @@ export class CpuOps implements Ops {
       }
       return this.tensor(y, shape);
     }
-    const sizes = [...arrays.map((a) => a.byteLength), y.byteLength, ...Array<number>(threads).fill(scratchBytes)];
+    // The weights (create's arrays, on shared memory) go to the workers as they are; the rest is copied.
+    const copied = arrays.map((a) => !this.resident.has(a));
+    const sizes = [...arrays.filter((_, i) => copied[i]).map((a) => a.byteLength), y.byteLength, ...Array<number>(threads).fill(scratchBytes)];
     const total = sizes.reduce((a, c) => a + c, 0);
     let arena: Arena;
     try {
@@ -158,6 +169,10 @@ export class CpuOps implements Ops {
     try {
       const buffers: Record<string, Region> = {};
       arrays.forEach((a, i) => {
+        if (!copied[i]) {
+          buffers[names[i]] = regionOf(a);
+          return;
+        }
         buffers[names[i]] = arena.take(a.byteLength);
         viewOf(buffers[names[i]], a).set(a);
       });
