@@ -18,7 +18,7 @@ import { biasValues } from '../reference/standard.js';
 import type { Tensor } from '../tensor.js';
 import { DECODE_MAX_QUERIES, decodeModifiers, decodeRows, decodeRuns, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeModifiers, type DecodeShape } from './decode.js';
 import { backwardTasks, forwardTasks, reduceDq } from './flash.js';
-import { cpuShape, scratchLength, type CpuShape, type Job, type Kernel, type Region } from './job.js';
+import { counterBytes, cpuShape, scratchLength, type CpuShape, type Job, type Kernel, type Region } from './job.js';
 import { Arena, runJob, threadsFor } from './pool.js';
 import { cpuKernels } from './wasm/index.js';
 
@@ -98,9 +98,9 @@ class Buffers {
     return r;
   }
 
-  /** The job's task counter: 4 bytes of the workspace. */
-  counter(): Region {
-    return this.arena.take(4);
+  /** The job's task counters: 4 bytes of the workspace, or one lane's (LANE_BYTES) for each of `lanes` threads. */
+  counter(lanes = 1): Region {
+    return this.arena.take(lanes > 1 ? counterBytes(lanes) : 4);
   }
 
   releaseAll(): void {
@@ -233,7 +233,10 @@ export async function cpuTiledForward(p: Problem, q: Tensor, k: Tensor, v: Tenso
     const t = shape.f16Scores ? '.f16' : '';
     if (standard) Object.assign(buffers, { ['S' + t]: bufs.region('S'), ['P' + t]: bufs.region('P') });
     const tasks = standard ? p.B * p.H : forwardTasks(shape);
-    await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter() } satisfies Job);
+    // The flash forward in lanes: a thread runs the query blocks of a few heads, not of every head, and
+    // copies fewer heads' K and V into its kernel's memory (wasm/forward.ts keeps those of the last head).
+    const lanes = !standard && threads > 1;
+    await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter(lanes ? threads : 1), ...(lanes && { lanes }) } satisfies Job);
     return { out: result(p, bufs.f32('out'), q.shape), lse: lseOf(p, bufs.f32('lse')) };
   } finally {
     bufs.releaseAll();

@@ -13,8 +13,8 @@
  * IDLE_RELEASE_MS without a call the workspace is dropped and the workers are ended, which frees what
  * they held; the next call starts them again (about 0.3 s on 2 cores).
  */
-import type { Job, Region } from './job.js';
-import { runTasks } from './run.js';
+import { counterBytes, type Job, type Region } from './job.js';
+import { resetCounters, runTasks } from './run.js';
 import { wasmSupport } from './wasm/index.js';
 import type { WorkerReply, WorkerRequest } from './worker.js';
 
@@ -80,8 +80,7 @@ class Pool {
 
   private runNow(job: Job): Promise<void> {
     if (this.broken) return Promise.reject(new Error(`cpu worker: ${this.broken.message}`));
-    const counter = new Int32Array(job.counter.buffer, job.counter.byteOffset, 1);
-    Atomics.store(counter, 0, 0);
+    resetCounters(job, this.workers.length);
     return new Promise<void>((resolve, reject) => {
       let pending = this.workers.length;
       let failure: Error | undefined;
@@ -104,7 +103,7 @@ class Pool {
           w.unref();
         });
         w.ref();
-        const request: WorkerRequest = { job, scratch: job.scratch[i] };
+        const request: WorkerRequest = { job, scratch: job.scratch[i], lane: i };
         w.postMessage(request);
       });
     });
@@ -112,6 +111,9 @@ class Pool {
 }
 
 let pool: Promise<Pool | undefined> | undefined;
+
+/** The most workers a pool has (one per core up to this). */
+const MAX_WORKERS = 16;
 
 /** The pool, or undefined where jobs run inline; threadsStatus says which, and why. */
 async function createPool(): Promise<Pool | undefined> {
@@ -127,7 +129,7 @@ async function createPool(): Promise<Pool | undefined> {
   try {
     const { Worker } = await import('node:worker_threads');
     const { availableParallelism } = await import('node:os');
-    const n = Math.min(availableParallelism(), 16);
+    const n = Math.min(availableParallelism(), MAX_WORKERS);
     if (n < 2) return none('one core');
     const url = new URL('./worker.js', import.meta.url);
     const workers = Array.from({ length: n }, () => {
@@ -179,7 +181,8 @@ export async function runJob(job: Job): Promise<void> {
   const p = await (pool ??= createPool());
   if (p && job.scratch.length === p.size && p.size > 1) return p.run(job);
   const s = job.scratch[0];
-  runTasks(job, new Int32Array(1), new Float64Array(s.buffer, s.byteOffset, s.byteLength / 8));
+  resetCounters(job, 1);
+  runTasks(job, 0, 1, new Float64Array(s.buffer, s.byteOffset, s.byteLength / 8));
 }
 
 /** How long the pool may sit idle before its workspace is dropped and its workers are ended. */
@@ -225,7 +228,7 @@ export class Arena {
    * the machine cannot make the buffer.
    */
   static open(sizes: readonly number[]): Arena {
-    const bytes = sizes.reduce((a, b) => a + aligned(b), ALIGN); // ALIGN more: the job's task counter
+    const bytes = sizes.reduce((a, b) => a + aligned(b), counterBytes(MAX_WORKERS)); // and the job's task counters
     if (idle !== undefined) clearTimeout(idle);
     idle = undefined;
     let arena: Arena;
