@@ -114,29 +114,52 @@ function f32Of({ buffer, byteOffset, byteLength }: Region): Float32Array {
   return new Float32Array(buffer, byteOffset, byteLength / 4);
 }
 
-/** A kernel's output (f32 in the workspace) as a tensor of the problem's dtype, in an array of its own. */
-function result(p: Problem, values: Float32Array, shape: readonly number[]): Tensor {
-  // The copy is made while the workspace's is still counted: that is the real peak.
-  const bytes = p.memory.allocate(values.length * (p.dtype === 'f16' ? 2 : 4));
-  // new and set, not slice: V8 slices a view of shared memory element by element (3.5× slower for 2 MB)
-  const data = p.dtype === 'f16' ? encodeF16(values) : copyOf(values);
-  p.memory.release(bytes);
-  return p.dtype === 'f16' ? { data, dtype: 'f16', shape: [...shape] } : { data, dtype: 'f32', shape: [...shape] };
+/**
+ * The arrays of the caller's own that a call's outputs are copied into, made while the workers run the
+ * job (runJob's `meanwhile`), their pages touched: the system maps a new array's pages on first write, 1
+ * to 2 ms for 2 MB on a 2-core VM (more under load), which the calling thread would otherwise spend
+ * after the job, the workers idle. Each is counted in the call's MemoryTracker from then until the call
+ * returns: the workspace is counted too, the real peak.
+ */
+class Outputs {
+  private counted = 0;
+  private readonly arrays = new Map<string, Float32Array | Uint16Array>();
+
+  constructor(private readonly memory: MemoryTracker) {}
+
+  /** An array of `length` elements, f16 (bits) or f32, its pages touched. */
+  make(name: string, length: number, f16: boolean): void {
+    this.counted += this.memory.allocate(length * (f16 ? 2 : 4));
+    const a = f16 ? new Uint16Array(length) : new Float32Array(length);
+    for (let i = 0; i < length; i += 1024) a[i] = 0; // a write a page (4 KiB or more)
+    this.arrays.set(name, a);
+  }
+
+  /** `values` (f32 in the workspace) in the array `name`, made here if `make` did not run. */
+  fill(name: string, values: Float32Array, f16: boolean): Float32Array | Uint16Array {
+    if (!this.arrays.has(name)) this.make(name, values.length, f16);
+    const a = this.arrays.get(name)!;
+    // set, not slice: V8 slices a view of shared memory element by element (3.5× slower for 2 MB)
+    if (a instanceof Uint16Array) encodeF16(values, a);
+    else a.set(values);
+    return a;
+  }
+
+  release(): void {
+    this.memory.release(this.counted);
+    this.counted = 0;
+  }
 }
 
-/** An f32 array of the workspace in an array of its own. */
-function copyOf(values: Float32Array): Float32Array {
-  const data = new Float32Array(values.length);
-  data.set(values);
-  return data;
+/** A kernel's output (f32 in the workspace) as a tensor of the problem's dtype, in an array of its own. */
+function result(p: Problem, outputs: Outputs, name: string, values: Float32Array, shape: readonly number[]): Tensor {
+  const data = outputs.fill(name, values, p.dtype === 'f16');
+  return data instanceof Uint16Array ? { data, dtype: 'f16', shape: [...shape] } : { data, dtype: 'f32', shape: [...shape] };
 }
 
 /** lse (f32 in the workspace) in an array of its own. */
-function lseOf(p: Problem, values: Float32Array): Tensor {
-  const bytes = p.memory.allocate(values.byteLength);
-  const data = copyOf(values);
-  p.memory.release(bytes);
-  return { data, dtype: 'f32', shape: [p.B, p.H, p.Nq] };
+function lseOf(p: Problem, outputs: Outputs, values: Float32Array): Tensor {
+  return { data: outputs.fill('lse', values, false) as Float32Array, dtype: 'f32', shape: [p.B, p.H, p.Nq] };
 }
 
 /** Per-thread scratch entries of a plan: `scratch0`, `scratch1`, ... */
@@ -226,6 +249,7 @@ export async function cpuTiledForward(p: Problem, q: Tensor, k: Tensor, v: Tenso
     ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
+  const outputs = new Outputs(p.memory);
   try {
     // out and lse are not zeroed: every kernel writes each of their elements (each task its query rows, whole).
     const buffers: Record<string, Region> = { q: bufs.stage(q, 'q'), k: bufs.stage(k, 'k'), v: bufs.stage(v, 'v'), out: bufs.filled('out'), lse: bufs.filled('lse') };
@@ -236,9 +260,14 @@ export async function cpuTiledForward(p: Problem, q: Tensor, k: Tensor, v: Tenso
     // The flash forward in lanes: a thread runs the query blocks of a few heads, not of every head, and
     // copies fewer heads' K and V into its kernel's memory (wasm/forward.ts keeps those of the last head).
     const lanes = !standard && threads > 1;
-    await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter(lanes ? threads : 1), ...(lanes && { lanes }) } satisfies Job);
-    return { out: result(p, bufs.f32('out'), q.shape), lse: lseOf(p, bufs.f32('lse')) };
+    const job: Job = { kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter(lanes ? threads : 1), ...(lanes && { lanes }) };
+    await runJob(job, () => {
+      outputs.make('out', q.data.length, p.dtype === 'f16');
+      outputs.make('lse', p.B * p.H * p.Nq, false);
+    });
+    return { out: result(p, outputs, 'out', bufs.f32('out'), q.shape), lse: lseOf(p, outputs, bufs.f32('lse')) };
   } finally {
+    outputs.release();
     bufs.releaseAll();
   }
 }
@@ -406,6 +435,7 @@ export async function cpuBackward(
     ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
+  const outputs = new Outputs(p.memory);
   try {
     f32Of(bufs.filled('lse')).set(lse.data);
     const buffers: Record<string, Region> = {
@@ -429,17 +459,27 @@ export async function cpuBackward(
       buffers.dS = bufs.region('dS');
     }
     const tasks = flash ? backwardTasks(shape) : p.B * p.Hkv;
-    await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter() } satisfies Job);
+    const f16 = p.dtype === 'f16';
+    await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter() } satisfies Job, () => {
+      outputs.make('dq', q.data.length, f16);
+      outputs.make('dk', k.data.length, f16);
+      outputs.make('dv', v.data.length, f16);
+    });
     if (flash) {
       const r = bufs.region('dqPartial');
       reduceDq(shape, new Float64Array(r.buffer, r.byteOffset, r.byteLength / 8), bufs.f32('dq'));
     }
-    const grads = { dq: result(p, bufs.f32('dq'), q.shape), dk: result(p, bufs.f32('dk'), k.shape), dv: result(p, bufs.f32('dv'), v.shape) };
+    const grads = {
+      dq: result(p, outputs, 'dq', bufs.f32('dq'), q.shape),
+      dk: result(p, outputs, 'dk', bufs.f32('dk'), k.shape),
+      dv: result(p, outputs, 'dv', bufs.f32('dv'), v.shape),
+    };
     if (!biasGrad) return grads;
     const r = bufs.region('dS');
     const dS = shape.f16Scores && !flash ? new Uint16Array(r.buffer, r.byteOffset, r.byteLength / 2) : bufs.f32('dS');
     return { ...grads, dbias: reduceDbias(p, dS) };
   } finally {
+    outputs.release();
     bufs.releaseAll();
   }
 }

@@ -67,8 +67,8 @@ class Pool {
   }
 
   /** Run one job on every worker; jobs from concurrent calls wait their turn. */
-  run(job: Job): Promise<void> {
-    const next = this.queue.then(() => this.runNow(job));
+  run(job: Job, meanwhile?: () => void): Promise<void> {
+    const next = this.queue.then(() => this.runNow(job, meanwhile));
     this.queue = next.catch(() => undefined);
     return next;
   }
@@ -78,7 +78,7 @@ class Pool {
     for (const w of this.workers) void w.terminate();
   }
 
-  private runNow(job: Job): Promise<void> {
+  private runNow(job: Job, meanwhile?: () => void): Promise<void> {
     if (this.broken) return Promise.reject(new Error(`cpu worker: ${this.broken.message}`));
     resetCounters(job, this.workers.length);
     return new Promise<void>((resolve, reject) => {
@@ -106,6 +106,12 @@ class Pool {
         const request: WorkerRequest = { job, scratch: job.scratch[i], lane: i };
         w.postMessage(request);
       });
+      // An error here waits for the workers: the job's memory is theirs until they are done.
+      try {
+        meanwhile?.();
+      } catch (e) {
+        failure ??= e instanceof Error ? e : new Error(String(e));
+      }
     });
   }
 }
@@ -176,10 +182,15 @@ export async function threadsFor(work: number): Promise<number> {
   return p && work >= INLINE_WORK ? p.size : 1;
 }
 
-/** Run a job on the pool when it has one scratch region per worker, else inline on this thread. */
-export async function runJob(job: Job): Promise<void> {
+/**
+ * Run a job on the pool when it has one scratch region per worker, else inline on this thread.
+ * `meanwhile` runs on this thread once the workers have the job (inline: before it), for work of the
+ * call's own that needs no result of the job; where it throws, the job's promise rejects when the job is done.
+ */
+export async function runJob(job: Job, meanwhile?: () => void): Promise<void> {
   const p = await (pool ??= createPool());
-  if (p && job.scratch.length === p.size && p.size > 1) return p.run(job);
+  if (p && job.scratch.length === p.size && p.size > 1) return p.run(job, meanwhile);
+  meanwhile?.();
   const s = job.scratch[0];
   resetCounters(job, 1);
   runTasks(job, 0, 1, new Float64Array(s.buffer, s.byteOffset, s.byteLength / 8));
