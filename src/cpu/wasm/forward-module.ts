@@ -82,6 +82,7 @@ export function forwardModule(lay: ForwardLayout, relaxed: boolean, mods?: Score
     const t = f.local(i32);
     const nv = f.local(v128);
     const mx = f.local(v128);
+    const mx2 = f.local(v128);
     const nan = f.local(v128);
     const s = f.local(v128);
     const x = f.local(v128);
@@ -115,17 +116,28 @@ export function forwardModule(lay: ForwardLayout, relaxed: boolean, mods?: Score
       loadN();
       f.get(r).i32(2).op(op.i32shl).memSimd(simd.load, lay.M, 4).set(mx);
       zero(f, nan);
-      // the new running max over the keys each row sees (a NaN among them kept aside: pmax drops it)
-      keys((masked) => {
-        f.get(r).i32(Bc * 4).op(op.i32mul).get(c).i32(4).op(op.i32shl).op(op.i32add).memSimd(simd.load, lay.S, 4);
+      // the new running max over the keys each row sees (a NaN among them kept aside: pmax drops it); over
+      // the keys all 4 rows see, even keys into mx and odd ones into mx2, two chains of pmax, not one (the
+      // same maximum: the order can only change which of equal zeros is kept, and exp(S − m) and m + log l
+      // do not see a zero's sign)
+      const maxOf = (at: number, into: Local, masked: boolean) => {
+        f.get(r).i32(Bc * 4).op(op.i32mul).get(c).i32(4).op(op.i32shl).op(op.i32add).memSimd(simd.load, lay.S + at, 4);
         if (masked) {
           f.get(ninf);
           sees();
           f.simd(simd.v128_bitselect);
         }
         f.tee(s).get(s).simd(simd.f32x4_ne).get(nan).simd(simd.v128_or).set(nan);
-        f.get(mx).get(s).simd(simd.f32x4_pmax).set(mx);
+        f.get(into).get(s).simd(simd.f32x4_pmax).set(into);
+      };
+      f.get(mx).set(mx2);
+      f.for(c, () => f.i32(0), () => f.get(common).i32(1).op(op.i32sub), 2, () => {
+        maxOf(0, mx, false);
+        maxOf(16, mx2, false);
       });
+      f.get(mx).get(mx2).simd(simd.f32x4_pmax).set(mx);
+      f.for(c, () => f.get(common).i32(-2).op(0x71 /* i32.and */), () => f.get(common), 1, () => maxOf(0, mx, false));
+      f.for(c, () => f.get(common), () => f.get(cols), 1, () => maxOf(0, mx, true));
       f.i32(0);
       splatF32(f, NaN);
       f.get(mx).get(nan).simd(simd.v128_bitselect).memSimd(simd.store, lay.T, 4);
