@@ -18,7 +18,7 @@ import { biasValues } from '../reference/standard.js';
 import type { Tensor } from '../tensor.js';
 import { DECODE_MAX_QUERIES, decodeModifiers, decodeRows, decodeRuns, decodeScratch, decodeSplits, decodeTasks, decodeTile, mergeDecode, type DecodeModifiers, type DecodeShape } from './decode.js';
 import { backwardTasks, forwardTasks, reduceDq } from './flash.js';
-import { cpuShape, scratchLength, type CpuShape, type Job, type Kernel, type Region } from './job.js';
+import { counterBytes, cpuShape, scratchLength, type CpuShape, type Job, type Kernel, type Region } from './job.js';
 import { Arena, runJob, threadsFor } from './pool.js';
 import { cpuKernels } from './wasm/index.js';
 
@@ -27,12 +27,15 @@ const MAX_ARRAY_BYTES = 2 ** 33;
 
 /**
  * The arrays of one call: regions of the pool's workspace (pool.ts), planned by name and size before the
- * call starts, each counted in the call's MemoryTracker while the call runs. Outputs are copied out of
- * the workspace into arrays of the caller's own.
+ * call starts, each counted in the call's MemoryTracker while the call runs. A region is zeroed when first
+ * asked for (`region`), except those filled whole before anything reads them (`stage`, `filled`). Outputs
+ * are copied out of the workspace into arrays of the caller's own.
  */
 class Buffers {
   private counted = 0;
   private readonly regions = new Map<string, Region>();
+  /** Regions taken from the workspace unzeroed and not yet zeroed, written or asked for as filled. */
+  private readonly unzeroed = new Set<string>();
   private readonly arena: Arena;
 
   /** Regions for `plan` (name: [bytes, what it is for]), or an OutOfMemoryError naming the one at fault. */
@@ -52,37 +55,52 @@ class Buffers {
       throw new OutOfMemoryError('q', `an allocation this machine can make for the call's ${total} bytes (the largest: ${what}, ${bytes} bytes)`, `${e.message}`);
     }
     for (const [name, [bytes]] of entries) {
-      this.regions.set(name, this.arena.take(bytes));
+      this.regions.set(name, this.arena.take(bytes, false));
+      this.unzeroed.add(name);
       this.counted += this.memory.allocate(bytes);
     }
   }
 
+  /** The region `name`, zeroed the first time it is asked for (unless it was staged or asked for as `filled`). */
   region(name: string): Region {
+    const zero = this.unzeroed.has(name);
+    const r = this.filled(name);
+    if (zero) this.arena.zero(r);
+    return r;
+  }
+
+  /**
+   * The region `name` as the workspace holds it, not zeroed: for a region that is written whole before
+   * anything reads it (a staged input, an output every element of which the kernel writes).
+   */
+  filled(name: string): Region {
     const r = this.regions.get(name);
     if (!r) throw new Error(`cpu: no region '${name}' was planned`);
+    this.unzeroed.delete(name);
     return r;
   }
 
   f32(name: string): Float32Array {
-    const { buffer, byteOffset, byteLength } = this.region(name);
-    return new Float32Array(buffer, byteOffset, byteLength / 4);
+    return f32Of(this.region(name));
   }
 
   has(name: string): boolean {
     return this.regions.has(name);
   }
 
-  /** Input `t` as f32 in the region `name` (f16 is widened). */
+  /** Input `t` as f32 in the region `name` (f16 is widened), which it fills: the region is not zeroed first. */
   stage(t: Tensor, name: string): Region {
-    const view = this.f32(name);
+    const r = this.filled(name);
+    const view = f32Of(r);
+    if (view.length !== t.data.length) throw new Error(`cpu: '${name}' holds ${view.length} elements, not ${t.data.length}`);
     if (t.dtype === 'f16') decodeF16(t.data as Uint16Array, view);
     else view.set(t.data);
-    return this.region(name);
+    return r;
   }
 
-  /** The job's task counter: 4 bytes of the workspace. */
-  counter(): Region {
-    return this.arena.take(4);
+  /** The job's task counters: 4 bytes of the workspace, or one lane's (LANE_BYTES) for each of `lanes` threads. */
+  counter(lanes = 1): Region {
+    return this.arena.take(lanes > 1 ? counterBytes(lanes) : 4);
   }
 
   releaseAll(): void {
@@ -92,21 +110,56 @@ class Buffers {
   }
 }
 
+function f32Of({ buffer, byteOffset, byteLength }: Region): Float32Array {
+  return new Float32Array(buffer, byteOffset, byteLength / 4);
+}
+
+/**
+ * The arrays of the caller's own that a call's outputs are copied into, made while the workers run the
+ * job (runJob's `meanwhile`), their pages touched: the system maps a new array's pages on first write, 1
+ * to 2 ms for 2 MB on a 2-core VM (more under load), which the calling thread would otherwise spend
+ * after the job, the workers idle. Each is counted in the call's MemoryTracker from then until the call
+ * returns: the workspace is counted too, the real peak.
+ */
+class Outputs {
+  private counted = 0;
+  private readonly arrays = new Map<string, Float32Array | Uint16Array>();
+
+  constructor(private readonly memory: MemoryTracker) {}
+
+  /** An array of `length` elements, f16 (bits) or f32, its pages touched. */
+  make(name: string, length: number, f16: boolean): void {
+    this.counted += this.memory.allocate(length * (f16 ? 2 : 4));
+    const a = f16 ? new Uint16Array(length) : new Float32Array(length);
+    for (let i = 0; i < length; i += 1024) a[i] = 0; // a write a page (4 KiB or more)
+    this.arrays.set(name, a);
+  }
+
+  /** `values` (f32 in the workspace) in the array `name`, made here if `make` did not run. */
+  fill(name: string, values: Float32Array, f16: boolean): Float32Array | Uint16Array {
+    if (!this.arrays.has(name)) this.make(name, values.length, f16);
+    const a = this.arrays.get(name)!;
+    // set, not slice: V8 slices a view of shared memory element by element (3.5× slower for 2 MB)
+    if (a instanceof Uint16Array) encodeF16(values, a);
+    else a.set(values);
+    return a;
+  }
+
+  release(): void {
+    this.memory.release(this.counted);
+    this.counted = 0;
+  }
+}
+
 /** A kernel's output (f32 in the workspace) as a tensor of the problem's dtype, in an array of its own. */
-function result(p: Problem, values: Float32Array, shape: readonly number[]): Tensor {
-  // The copy is made while the workspace's is still counted: that is the real peak.
-  const bytes = p.memory.allocate(values.length * (p.dtype === 'f16' ? 2 : 4));
-  const data = p.dtype === 'f16' ? encodeF16(values) : values.slice();
-  p.memory.release(bytes);
-  return p.dtype === 'f16' ? { data, dtype: 'f16', shape: [...shape] } : { data, dtype: 'f32', shape: [...shape] };
+function result(p: Problem, outputs: Outputs, name: string, values: Float32Array, shape: readonly number[]): Tensor {
+  const data = outputs.fill(name, values, p.dtype === 'f16');
+  return data instanceof Uint16Array ? { data, dtype: 'f16', shape: [...shape] } : { data, dtype: 'f32', shape: [...shape] };
 }
 
 /** lse (f32 in the workspace) in an array of its own. */
-function lseOf(p: Problem, values: Float32Array): Tensor {
-  const bytes = p.memory.allocate(values.byteLength);
-  const data = values.slice();
-  p.memory.release(bytes);
-  return { data, dtype: 'f32', shape: [p.B, p.H, p.Nq] };
+function lseOf(p: Problem, outputs: Outputs, values: Float32Array): Tensor {
+  return { data: outputs.fill('lse', values, false) as Float32Array, dtype: 'f32', shape: [p.B, p.H, p.Nq] };
 }
 
 /** Per-thread scratch entries of a plan: `scratch0`, `scratch1`, ... */
@@ -196,15 +249,25 @@ export async function cpuTiledForward(p: Problem, q: Tensor, k: Tensor, v: Tenso
     ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
+  const outputs = new Outputs(p.memory);
   try {
-    const buffers: Record<string, Region> = { q: bufs.stage(q, 'q'), k: bufs.stage(k, 'k'), v: bufs.stage(v, 'v'), out: bufs.region('out'), lse: bufs.region('lse') };
+    // out and lse are not zeroed: every kernel writes each of their elements (each task its query rows, whole).
+    const buffers: Record<string, Region> = { q: bufs.stage(q, 'q'), k: bufs.stage(k, 'k'), v: bufs.stage(v, 'v'), out: bufs.filled('out'), lse: bufs.filled('lse') };
     stageMods(p, bufs, buffers);
     const t = shape.f16Scores ? '.f16' : '';
     if (standard) Object.assign(buffers, { ['S' + t]: bufs.region('S'), ['P' + t]: bufs.region('P') });
     const tasks = standard ? p.B * p.H : forwardTasks(shape);
-    await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter() } satisfies Job);
-    return { out: result(p, bufs.f32('out'), q.shape), lse: lseOf(p, bufs.f32('lse')) };
+    // The flash forward in lanes: a thread runs the query blocks of a few heads, not of every head, and
+    // copies fewer heads' K and V into its kernel's memory (wasm/forward.ts keeps those of the last head).
+    const lanes = !standard && threads > 1;
+    const job: Job = { kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter(lanes ? threads : 1), ...(lanes && { lanes }) };
+    await runJob(job, () => {
+      outputs.make('out', q.data.length, p.dtype === 'f16');
+      outputs.make('lse', p.B * p.H * p.Nq, false);
+    });
+    return { out: result(p, outputs, 'out', bufs.f32('out'), q.shape), lse: lseOf(p, outputs, bufs.f32('lse')) };
   } finally {
+    outputs.release();
     bufs.releaseAll();
   }
 }
@@ -279,7 +342,7 @@ export async function cpuDecode(c: DecodeCall): Promise<{ out: Tensor; lse: Tens
     const region = (name: keyof typeof inputs): Region => {
       const a = inputs[name];
       if (!copied.has(name)) return regionOf(a);
-      const r = bufs.region(name);
+      const r = bufs.filled(name);
       new (a.constructor as Uint16ArrayConstructor)(r.buffer, r.byteOffset, a.length).set(a as Uint16Array);
       return r;
     };
@@ -372,8 +435,9 @@ export async function cpuBackward(
     ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
+  const outputs = new Outputs(p.memory);
   try {
-    bufs.f32('lse').set(lse.data);
+    f32Of(bufs.filled('lse')).set(lse.data);
     const buffers: Record<string, Region> = {
       q: bufs.stage(q, 'q'),
       k: bufs.stage(k, 'k'),
@@ -395,17 +459,27 @@ export async function cpuBackward(
       buffers.dS = bufs.region('dS');
     }
     const tasks = flash ? backwardTasks(shape) : p.B * p.Hkv;
-    await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter() } satisfies Job);
+    const f16 = p.dtype === 'f16';
+    await runJob({ kernel, shape, tasks, buffers, scratch: scratchOf(bufs, threads), counter: bufs.counter() } satisfies Job, () => {
+      outputs.make('dq', q.data.length, f16);
+      outputs.make('dk', k.data.length, f16);
+      outputs.make('dv', v.data.length, f16);
+    });
     if (flash) {
       const r = bufs.region('dqPartial');
       reduceDq(shape, new Float64Array(r.buffer, r.byteOffset, r.byteLength / 8), bufs.f32('dq'));
     }
-    const grads = { dq: result(p, bufs.f32('dq'), q.shape), dk: result(p, bufs.f32('dk'), k.shape), dv: result(p, bufs.f32('dv'), v.shape) };
+    const grads = {
+      dq: result(p, outputs, 'dq', bufs.f32('dq'), q.shape),
+      dk: result(p, outputs, 'dk', bufs.f32('dk'), k.shape),
+      dv: result(p, outputs, 'dv', bufs.f32('dv'), v.shape),
+    };
     if (!biasGrad) return grads;
     const r = bufs.region('dS');
     const dS = shape.f16Scores && !flash ? new Uint16Array(r.buffer, r.byteOffset, r.byteLength / 2) : bufs.f32('dS');
     return { ...grads, dbias: reduceDbias(p, dS) };
   } finally {
+    outputs.release();
     bufs.releaseAll();
   }
 }

@@ -83,8 +83,25 @@ interface JobOf<K extends string, S> {
   buffers: Record<string, Region>;
   /** One scratch region (f64) per worker; the inline path uses the first. */
   scratch: Region[];
-  /** 4 bytes of shared memory: the next task to hand out (run.ts). */
+  /**
+   * Shared memory for the task counters (run.ts): 4 bytes, the next task to hand out; with `lanes`,
+   * LANE_BYTES per worker (counterBytes), one counter each.
+   */
   counter: Region;
+  /**
+   * Hand the tasks out in lanes, one run of consecutive tasks per worker, each worker taking from its own
+   * lane first and then from the lane with the most left (run.ts): for kernels whose consecutive tasks share
+   * data a thread keeps (the forward's K and V of a head).
+   */
+  lanes?: boolean;
+}
+
+/** Bytes from one lane's counter to the next: a cache line each, so that the workers' counters share none. */
+export const LANE_BYTES = 64;
+
+/** Bytes of a job's counter region for `threads` lanes (LANE_BYTES each). */
+export function counterBytes(threads: number): number {
+  return LANE_BYTES * Math.max(1, threads);
 }
 
 export type Job = JobOf<Kernel, CpuShape> | JobOf<'decode', DecodeShape> | JobOf<'linear', LinearShape>;

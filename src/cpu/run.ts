@@ -1,10 +1,12 @@
 /**
  * Running a job's tasks: the same loop in a worker thread and inline on the calling thread. Tasks are
- * handed out through a shared counter (Atomics), so threads that finish early take the next task.
+ * handed out through shared counters (Atomics), so threads that finish early take the next task: one
+ * counter for all, or with job.lanes one per thread, each thread running a run of consecutive tasks of
+ * its own before it helps the others.
  */
 import { decodeTask, type DecodeArrays } from './decode.js';
 import { backwardTask, forwardTask, type BackwardArrays, type ForwardArrays } from './flash.js';
-import { views, type Job } from './job.js';
+import { LANE_BYTES, views, type Job } from './job.js';
 import { wasmBackward, wasmDecode, wasmForward } from './wasm/index.js';
 import { linearTask, type LinearArrays } from './linear.js';
 import { standardBackwardTask, standardForwardTask, type StandardBackwardArrays, type StandardForwardArrays } from './standard.js';
@@ -37,8 +39,44 @@ function taskOf(job: Job, scratch: Float64Array): (t: number) => void {
   }[job.kernel];
 }
 
-/** Run tasks taken from `counter` until none is left, with the given scratch. */
-export function runTasks(job: Job, counter: Int32Array, scratch: Float64Array): void {
+/** The counters of a job's lanes: lane i's at element i · LANE_BYTES / 4 of the counter region. */
+export function laneCounters(job: Job, lanes: number): Int32Array {
+  const c = job.counter;
+  return new Int32Array(c.buffer, c.byteOffset, ((lanes - 1) * LANE_BYTES) / 4 + 1);
+}
+
+/** The first task of lane i of n (the lanes split the tasks into runs of consecutive tasks, as even as can be). */
+export function laneStart(tasks: number, i: number, n: number): number {
+  return Math.floor((i * tasks) / n);
+}
+
+/** Set the counters of a job about to run on `lanes` threads: each lane's at its first task (one lane without job.lanes). */
+export function resetCounters(job: Job, lanes: number): void {
+  const n = job.lanes ? lanes : 1;
+  const c = laneCounters(job, n);
+  for (let i = 0; i < n; i++) Atomics.store(c, (i * LANE_BYTES) / 4, laneStart(job.tasks, i, n));
+}
+
+/**
+ * Run tasks with the given scratch until none is left: without job.lanes, tasks taken in order from one
+ * counter; with them, thread `lane` of `lanes` takes the tasks of its own lane in order, then those of the
+ * lane with the most left (from its front, so the lane's last tasks, the smallest of a causal head, are
+ * still the last), until every lane is empty. The counters are set by resetCounters.
+ */
+export function runTasks(job: Job, lane: number, lanes: number, scratch: Float64Array): void {
   const task = taskOf(job, scratch);
-  for (let t = Atomics.add(counter, 0, 1); t < job.tasks; t = Atomics.add(counter, 0, 1)) task(t);
+  const n = job.lanes ? lanes : 1;
+  const c = laneCounters(job, n);
+  const stride = LANE_BYTES / 4;
+  let i = n > 1 ? lane : 0;
+  while (i >= 0) {
+    const end = laneStart(job.tasks, i + 1, n);
+    for (let t = Atomics.add(c, i * stride, 1); t < end; t = Atomics.add(c, i * stride, 1)) task(t);
+    i = -1;
+    let most = 0;
+    for (let j = 0; j < n; j++) {
+      const left = laneStart(job.tasks, j + 1, n) - Atomics.load(c, j * stride);
+      if (left > most) [i, most] = [j, left];
+    }
+  }
 }

@@ -11,6 +11,8 @@ export interface WorkerRequest {
   job: Job;
   /** This worker's scratch (f64). */
   scratch: Region;
+  /** This worker's lane, of job.scratch.length (run.ts). */
+  lane: number;
 }
 
 export type WorkerReply = { ok: true } | { ok: false; message: string };
@@ -21,10 +23,9 @@ export interface WorkerReady {
   wasm: ReturnType<typeof wasmSupport>;
 }
 
-function run({ job, scratch: s }: WorkerRequest): WorkerReply {
+function run({ job, scratch: s, lane }: WorkerRequest): WorkerReply {
   try {
-    const { counter: c } = job;
-    runTasks(job, new Int32Array(c.buffer, c.byteOffset, 1), new Float64Array(s.buffer, s.byteOffset, s.byteLength / 8));
+    runTasks(job, lane, job.scratch.length, new Float64Array(s.buffer, s.byteOffset, s.byteLength / 8));
     return { ok: true };
   } catch (e) {
     return { ok: false, message: e instanceof Error ? `${e.message}\n${e.stack}` : String(e) };

@@ -145,13 +145,21 @@ export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, row
   const t1 = f.local(v128);
   const ma = minus && f.local(i32);
   f.for(r, () => f.i32(0), () => f.get(rows4).i32(rowQB).op(op.i32mul), 4 * rowQB, () => {
+    // Sᵀ address of (key kb, rows r..r+3): panel r / 4; then 32 bytes (two keys) a pass of the loop below
+    f.get(r).i32(4 * rowQB).op(0x6d /* i32.div_s */).i32(panelB).op(op.i32mul).set(sa);
+    if (ma) f.get(r).i32(rowQB).op(0x6d).i32(3).op(op.i32shl).get(minus!).op(op.i32add).set(ma);
     f.for(c, () => f.get(kb), () => f.get(kb).get(cols2).i32(rowQB).op(op.i32mul).op(op.i32add), 2 * rowQB, () => {
       for (const a of acc) zero(f, a);
-      f.for(x, () => f.i32(0), () => f.i32(Dp * 8), 16, () => {
-        f.get(r).get(x).op(op.i32add);
+      // qa walks Q's row r along D; K's row c is ka = qa + x, x = c − (r + qb) (one add a step, not two)
+      f.get(c).get(r).op(op.i32sub);
+      if (qb) f.get(qb).op(op.i32sub);
+      f.set(x);
+      const q0 = () => {
+        f.get(r);
         if (qb) f.get(qb).op(op.i32add);
-        f.set(qa);
-        f.get(c).get(x).op(op.i32add).set(ka);
+      };
+      f.for(qa, q0, () => { q0(); f.i32(Dp * 8).op(op.i32add); }, 16, () => {
+        f.get(qa).get(x).op(op.i32add).set(ka);
         for (let i = 0; i < 4; i++) f.get(qa).memSimd(simd.load, at.Q + i * rowQB, 4).set(qv[i]);
         for (let j = 0; j < 2; j++) f.get(ka).memSimd(simd.load, j * rowQB, 4).set(kv[j]);
         for (let i = 0; i < 4; i++) {
@@ -160,10 +168,6 @@ export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, row
           }
         }
       });
-      // Sᵀ address of (key c, rows r..r+3): panel r / 4, key c
-      f.get(r).i32(4 * rowQB).op(0x6d /* i32.div_s */).i32(panelB).op(op.i32mul);
-      f.get(c).get(kb).op(op.i32sub).i32(rowQB).op(0x6d).i32(16).op(op.i32mul).op(op.i32add).set(sa);
-      if (ma) f.get(r).i32(rowQB).op(0x6d).i32(3).op(op.i32shl).get(minus!).op(op.i32add).set(ma);
       /** Less the rows' values (rows 2h, 2h + 1), where asked. */
       const less = (h: number) => {
         if (ma) f.get(ma).memSimd(simd.load, 16 * h, 3).simd(simd.f64x2_sub);
@@ -181,6 +185,7 @@ export function emitQK(f: Fn, g: TileGeometry, at: { Q: number; S: number }, row
         f.get(t0).get(t1).simd(simd.shuffle, ...lanes(0, 1, 4, 5));
         f.memSimd(simd.store, at.S + j * 16, 4);
       }
+      f.get(sa).i32(32).op(op.i32add).set(sa);
     });
   });
 }
@@ -203,6 +208,7 @@ export function emitPV(f: Fn, g: TileGeometry, at: { S: number; O: number; N: nu
   const cs = f.local(i32);
   const ce = f.local(i32);
   const pa = f.local(i32);
+  const paEnd = f.local(i32);
   const va = f.local(i32);
   const ob = f.local(i32);
   const acc = Array.from({ length: 8 }, () => f.local(v128)); // acc[2i + j]: row i, columns 4j..4j+3
@@ -248,12 +254,15 @@ export function emitPV(f: Fn, g: TileGeometry, at: { S: number; O: number; N: nu
       for (let k = 0; k < rowsIn.length; k++) for (let j = 0; j < w; j++) zero(f, acc[2 * k + j]);
       // ce = min(cs + CHUNK, end)
       f.get(cs).i32(CHUNK).op(op.i32add).tee(ce).get(end).get(ce).get(end).op(op.i32lt_s).op(op.select).set(ce);
-      // pa: byte offset of Sᵀ[c][r]; va: byte offset of V[c][xb]
-      f.for(c, () => f.get(cs), () => f.get(ce), 1, () => {
-        f.get(r).i32(g.panelB / 4).op(op.i32mul).get(c).i32(4).op(op.i32shl).op(op.i32add).set(pa); // r is a multiple of 4
-        f.get(c).i32(rowB).op(op.i32mul).get(xb).op(op.i32add).get(vb).op(op.i32add).set(va);
+      // pa: byte offset of Sᵀ[c][r], va: byte offset of V[c][xb], from key cs on, each a step along the keys
+      // (added, not multiplied out again each key: fewer instructions in the loop)
+      f.get(r).i32(g.panelB / 4).op(op.i32mul).get(cs).i32(4).op(op.i32shl).op(op.i32add).set(pa); // r is a multiple of 4
+      f.get(cs).i32(rowB).op(op.i32mul).get(xb).op(op.i32add).get(vb).op(op.i32add).set(va);
+      f.get(pa).get(ce).get(cs).op(op.i32sub).i32(4).op(op.i32shl).op(op.i32add).set(paEnd);
+      f.for(pa, () => f.get(pa), () => f.get(paEnd), 16, () => {
         rowsIn.forEach((i, k) => f.get(pa).memSimd(simd.load32_splat, at.S + 4 * i, 2).set(pvv[k]));
         for (let j = 0; j < w; j++) f.get(va).memSimd(simd.load, 16 * j, 4).set(vv[j]);
+        f.get(va).i32(rowB).op(op.i32add).set(va);
         rowsIn.forEach((_, k) => {
           for (let j = 0; j < w; j++) madd(f, relaxed, acc[2 * k + j], () => f.get(pvv[k]), () => f.get(vv[j]));
         });

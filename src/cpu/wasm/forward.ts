@@ -1,10 +1,11 @@
 /**
  * The cpu forward in WebAssembly SIMD: forwardTask of flash.ts (one task per query block of a head,
  * FlashAttention-2 over tiles), with the tiles' arithmetic in the generated module of forward-module.ts.
- * Each thread instantiates a module for (Dp, Br, Bc) once, with a memory of its own; a task copies Q_i
- * (times the scale, f64) and the K (f64) and V (f32) rows of its head from the job's shared arrays into
- * it (rows padded with zeros to Dp, a multiple of 4), runs qk, softmax and pv per key block, and writes
- * O_i = O / l and L_i = m + log l back. The causal cut is flash.ts's: key blocks past the diagonal are
+ * Each thread instantiates a module for (Dp, Br, Bc) once, with a memory of its own; a task copies Q_i's
+ * rows (f32, which the module's load widens to f64 and scales) and the K (f64) and V (f32) rows of its
+ * head from the job's shared arrays into it (rows padded with zeros to Dp, a multiple of 4), runs qk,
+ * softmax and pv per key block, and writes O_i = O / l (the module's store, f32 rows) and
+ * L_i = m + log l back. The causal cut is flash.ts's: key blocks past the diagonal are
  * never visited, and N[r] gives each row the keys of a block it sees. Results follow the JavaScript
  * kernel's semantics (a row that sees no key: out 0, lse −∞; a NaN poisons only its row) and its
  * scores (S from f64 products, rounded to f32 once); P̃ and the products P̃V are f32, O and l f64.
@@ -29,6 +30,8 @@ interface Forward {
   qk: (rows4: number, cols2: number, kb: number) => void;
   softmax: (rows4: number, cols: number) => void;
   pv: (rows4: number, vb: number) => void;
+  load: (rows: number, scale: number) => void;
+  store: (rows4: number) => void;
   /** With soft-cap or ALiBi: score-mod.ts's modify. */
   modify?: (rows4: number, cols: number, d0: number, cap: number, slope: number) => void;
 }
@@ -37,8 +40,8 @@ function forwardInstance(Dp: number, Br: number, Bc: number, mods: ScoreMods): F
   const lay = forwardLayout(Dp, Br, Bc);
   const w = instance(`forward ${Dp} ${Br} ${Bc} ${mods.softcap} ${mods.alibi}`, (relaxed) => forwardModule(lay, relaxed, mods));
   if (!w) return undefined;
-  const e = w.exports as Pick<Forward, 'qk' | 'softmax' | 'pv' | 'modify'>;
-  return { w, lay, qk: e.qk, softmax: e.softmax, pv: e.pv, modify: e.modify };
+  const e = w.exports as Pick<Forward, 'qk' | 'softmax' | 'pv' | 'load' | 'store' | 'modify'>;
+  return { w, lay, qk: e.qk, softmax: e.softmax, pv: e.pv, load: e.load, store: e.store, modify: e.modify };
 }
 
 /**
@@ -70,7 +73,7 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, fw: Forward, 
   const { q, k, v, out, lse } = a;
   const { lay } = fw;
   const { f32: F, f64: F64, i32: I } = fw.w;
-  const { Dp, ld, ldq } = lay;
+  const { ld, ldq } = lay;
   const Tr = Math.ceil(Nq / Br);
   // Head by head; in each, the query blocks with the most key blocks first.
   const bh = Math.floor(t / Tr);
@@ -85,23 +88,19 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, fw: Forward, 
   const rows4 = Math.ceil(rows / 4) * 4;
   const offset = Nk - Nq; // causal: row r sees keys c <= r + offset
 
-  const Q = lay.Q / 8;
-  const O = lay.O / 8;
   const M = lay.M / 4;
   const L = lay.L / 8;
   const N = lay.N / 4;
   const K = lay.bytes / 8; // K rows (f64) from here, then V rows (f32)
   const V = (lay.bytes + window * ldq * 8) / 4;
-  // Q_i times the scale in f64 (rows past the block and columns past D zero), O = 0, l = 0, m = −∞.
-  F64.fill(0, Q, Q + Br * ldq);
+  // Q_i's rows to Fq (its columns past D stay 0), then Q_i = their values times the scale in f64 (rows
+  // past the block 0), O = 0, l = 0, m = −∞ (load).
+  const Fq = lay.Fq / 4;
   for (let r = 0; r < rows; r++) {
     const so = qo + (r0 + r) * qRow;
-    const d = Q + r * ldq;
-    for (let x = 0; x < D; x++) F64[d + x] = q[so + x] * scale;
+    F.set(q.subarray(so, so + D), Fq + r * ld);
   }
-  F64.fill(0, O, O + Br * Dp);
-  F64.fill(0, L, L + Br);
-  F.fill(-Infinity, M, M + Br);
+  fw.load(rows, scale);
 
   const Tc = Math.ceil(Nk / Bc);
   const lastKey = r0 + rows - 1 + offset;
@@ -159,13 +158,12 @@ function forwardTaskWasm(s: CpuShape, a: ForwardArrays, t: number, fw: Forward, 
     fw.pv(rows4, (V + at * ld) * 4);
   }
 
-  // O_i = O_i / l, L_i = m + log l (a row that saw no key: O = 0, L = −∞).
+  // O_i = O_i / l (store, to Fo), L_i = m + log l (a row that saw no key: O = 0, L = −∞).
+  fw.store(rows4);
+  const Fo = lay.Fo / 4;
   for (let r = 0; r < rows; r++) {
     const l = F64[L + r];
-    const inv = l === 0 ? 0 : 1 / l;
-    const dst = qo + (r0 + r) * qRow;
-    const src = O + r * Dp;
-    for (let x = 0; x < D; x++) out[dst + x] = F64[src + x] * inv;
+    out.set(F.subarray(Fo + r * ld, Fo + r * ld + D), qo + (r0 + r) * qRow);
     lse[(b * H + h) * Nq + r0 + r] = l === 0 ? -Infinity : F[M + r] + Math.log(l);
   }
 }

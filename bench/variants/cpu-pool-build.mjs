@@ -1,0 +1,53 @@
+// Lab notebook: one build's cpu forward (or backward) through the public API, on the worker pool, calls
+// back to back (or with a pause between them), in wall time and this process's CPU time (all threads). For a
+// before/after comparison run two builds in turn, A/B/A/B, each in a process of its own:
+//   for r in 1 2; do for d in /tmp/old/dist dist; do node bench/variants/cpu-pool-build.mjs $d 1024; done; done
+//   (an old build: git archive <commit> src test bench tsconfig.json package.json | tar -x -C /tmp/old, then
+//   npx tsc -p /tmp/old; the script loads <dist>/src/index.js and <dist>/test/util.js)
+// Arguments: <dist> <N> [causal 0|1] [samples, 15] [pause ms, 0] [backward 0|1]; B=1 H=8 D=64 f32 BNHD.
+// A first call (workers started, modules compiled) is not counted. GFLOP/s = 4·N²·D·H (10· for the
+// backward) / the median time, halved when causal; GFLOP per CPU-second = the same / the median CPU time.
+// Used for bench/results/2026-12-05-cpu1024.md.
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+const [dist, Ns = '1024', causalS = '0', samplesS = '15', pauseS = '0', bwdS = '0'] = process.argv.slice(2);
+const N = Number(Ns);
+const causal = causalS === '1';
+const samples = Number(samplesS);
+const pause = Number(pauseS);
+const isBackward = bwdS === '1';
+const load = (f) => import(pathToFileURL(resolve(dist, f)).href);
+const lib = await load('src/index.js');
+const { randomTensor } = await load('test/util.js');
+const H = 8;
+const D = 64;
+const shape = [1, N, H, D];
+const [q, k, v, dout] = [1, 2, 3, 4].map((seed) => randomTensor('f32', shape, seed));
+const options = { backend: 'cpu', causal };
+const f = isBackward ? await lib.forward(q, k, v, options) : undefined;
+const call = isBackward ? () => lib.backward(dout, q, k, v, f.out, f.lse, options) : () => lib.forward(q, k, v, options);
+await call();
+const ms = [];
+const cpu = [];
+for (let s = 0; s < samples; s++) {
+  if (pause > 0) await new Promise((ok) => setTimeout(ok, pause));
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  await call();
+  ms.push(performance.now() - t0);
+  const c = process.cpuUsage(c0);
+  cpu.push((c.user + c.system) / 1000);
+}
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const flops = (isBackward ? 10 : 4) * N * N * D * H * (causal ? 0.5 : 1);
+const m = median(ms);
+const c = median(cpu);
+console.log(
+  `${dist} N=${N}${causal ? ' causal' : ''}${isBackward ? ' backward' : ''}: median ${m.toFixed(1)} ms (${Math.min(...ms).toFixed(1)}–${Math.max(...ms).toFixed(1)}), ` +
+    `${(flops / m / 1e6).toFixed(1)} GFLOP/s; CPU ${c.toFixed(1)} ms a call, ${(c / m).toFixed(2)} CPU/wall, ${(flops / c / 1e6).toFixed(1)} GFLOP per CPU-second`,
+);
+process.exit(0);
