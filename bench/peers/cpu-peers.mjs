@@ -8,7 +8,8 @@
  * session, notes its resident memory, then runs one call and checks the output against a float64
  * reference on a few query rows of every head (max|err| / max|ref| ≤ 1e-4; a case that fails is not
  * timed). The parent then asks the children for samples in turn, one call each per round, so a machine
- * shared with other work disturbs every case alike; each sample gives the share of the machine's CPU time
+ * shared with other work disturbs every case alike, each after the machine has gone quiet (settle: the
+ * previous case's thread pools may still spin); each sample gives the share of the machine's CPU time
  * that other processes took meanwhile (/proc/stat, less the child's own) and the child's CPU time per
  * wall-clock time (≈ the threads it kept busy). At the end each child gives its peak resident set
  * (getrusage maxRSS) less its resident set before the first call: the memory growth of the calls.
@@ -28,10 +29,40 @@
  * `--ignore-scripts`: onnxruntime-node's install script fetches CUDA libraries; its cpu binaries ship in the package.
  */
 import { execFileSync, fork } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+
+/** Busy and total jiffies of the whole machine (Linux's /proc/stat), or undefined elsewhere. */
+function machineTicks() {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const total = f.reduce((a, b) => a + b, 0);
+    return { busy: total - f[3] - (f[4] ?? 0), total };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Wait until the machine is quiet before a sample: windows of 50 ms until one in which all processes took
+ * under 10 % of the CPU, at most 1 s (returns the milliseconds waited). The peers' thread pools keep
+ * spinning for a while after a call (onnxruntime's did: 10–20 ms of CPU inside the next case's 55 ms
+ * sample), which would count against whichever case samples next.
+ */
+async function settle() {
+  const t0 = performance.now();
+  while (performance.now() - t0 < 1000) {
+    const a = machineTicks();
+    if (!a) return 0;
+    await sleep(50);
+    const b = machineTicks();
+    if (b.total > a.total && (b.busy - a.busy) / (b.total - a.total) < 0.1) break;
+  }
+  return performance.now() - t0;
+}
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
@@ -271,6 +302,7 @@ async function parent() {
   }
   for (let s = 0; s < samples; s++) {
     for (const { r, child } of live) {
+      r.settleMs = (r.settleMs ?? 0) + (await settle());
       const m = await child.ask('sample');
       r.times.push(m.ms);
       r.cpuPerWallSamples.push(m.cpuPerWall);
@@ -302,7 +334,7 @@ async function parent() {
     '',
     table(results),
     '',
-    ...results.filter((r) => r.detail).map((r) => `- ${r.peer} N=${r.N}${r.causal ? ' causal' : ''}: ${r.detail}; max|err|/max|ref| ${r.validation.toExponential(1)}`),
+    ...results.filter((r) => r.detail).map((r) => `- ${r.peer} N=${r.N}${r.causal ? ' causal' : ''}: ${r.detail}; max|err|/max|ref| ${r.validation.toExponential(1)}; waited ${((r.settleMs ?? 0) / samples).toFixed(0)} ms a sample for a quiet machine`),
     '',
   ].join('\n');
   process.stdout.write(`\n${table(results)}\n`);
