@@ -36,11 +36,14 @@ import { bandHi, hasModifiers, keyRange, modifyRow, type Band, type Modifiers } 
 
 /**
  * Most queries per sequence forward() runs on the decode kernel rather than the tiled one, by storage
- * type: 16 for f32, as the webgpu backend's DECODE_MAX_QUERIES; 8 for f16, where the tiled kernel was
- * 8 % faster at Nq = 16 (B = 1, H = 8, Hkv = 2, D = 64, Nk = 4096 on 2 cores: f32 21.3 against 22.5 ms,
- * f16 24.0 against 22.1; at Nq = 1 2.4 against 6.3 and 2.3 against 7.3; bench/variants/cpu-decode.ts).
+ * type: 16 for both, as the webgpu backend's DECODE_MAX_QUERIES. With both kernels in WebAssembly, on the
+ * 2-core VM quiet (B = 1, H = 8, Hkv = 2, D = 64, Nk = 4096, `node dist/bench/variants/cpu-decode.js --nq
+ * 8,16,32 --paths 'forward decode,forward tiled' --kernels wasm`, 2026-12-05), decode against tiled, the
+ * fastest sample: f16 2.40 / 4.98 ms at Nq = 8, 4.65 / 6.92 at 16, 8.23 / 10.69 at 32; f32 2.43 / 3.48,
+ * 4.61 / 4.82, 8.79 / 8.72. (With the JavaScript kernels f16 had been 8 % slower on decode at Nq = 16,
+ * and its limit 8.)
  */
-export const DECODE_MAX_QUERIES = { f32: 16, f16: 8 } as const;
+export const DECODE_MAX_QUERIES = { f32: 16, f16: 16 } as const;
 
 /** Most query rows of a group one task owns: its O and S stay in a core's cache. */
 const DECODE_MAX_ROWS = 32;
