@@ -113,8 +113,8 @@ for (const { backend, dtype } of TARGETS) {
 
     // M = B·N rows: tails for every tile (4-row cpu groups, 64 and 128 on webgpu); the second case is large
     // enough for the cpu worker pool, the third for webgpu's 128×128 tile; the last three are rows few
-    // enough for webgpu's matrix-vector kernel (M ≤ 8: decode) and the cpu's column blocks, the last two
-    // for the cpu's rows that read W in place (M ≤ 2, cpu/linear.ts's DIRECT_ROWS).
+    // enough for webgpu's matrix-vector kernel (M ≤ 8: decode) and the cpu's column blocks, and for the
+    // cpu's rows that read W in place (M ≤ 8, cpu/linear.ts's DIRECT_ROWS); the last, M = 9, just past it.
     const sizes = [
       { x: [2, 19, 45], N: 70 },
       { x: [300, 70], N: 130 },
@@ -122,6 +122,8 @@ for (const { backend, dtype } of TARGETS) {
       { x: [3, 1, 45], N: 70 },
       { x: [1, 37], N: 2100 },
       { x: [2, 1, 45], N: 71 },
+      { x: [8, 45], N: 77 },
+      { x: [3, 3, 45], N: 77 },
     ];
     /** GELU, tanh approximation, and the largest |GELU'| (1.13 near v = 1.5), its error's factor. */
     const gelu = (v: number) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)));

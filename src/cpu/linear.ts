@@ -111,10 +111,12 @@ function microKernel(xp: Float64Array, ia: number, wp: Float64Array, K: number, 
 
 /**
  * Rows of x up to which a task reads W in place (linearRows) instead of packing it: packing a group of
- * four W rows costs about what the 4×4 kernel then does with it, which pays only when several rows of x
- * share it; with one or two (single-token decode) most of the kernel's products would be of zeros.
+ * four W rows costs about what the 4×4 kernel then does with it, and with one or two rows of x (single-
+ * token decode) most of that kernel's products are of zeros. Measured through the ops on 2 threads (f32,
+ * K = 768, 2026-12-05), in place against packed, ms a call: N = 3072, M = 4: 3.4–3.9 / 4.4–4.8; M = 6: 5.0 /
+ * 7.4; M = 8: 6.2 / 6.9; N = 50257 (GPT-2's logits), M = 4: 50 / 68–71; M = 6: 76 / 102; M = 8: 98 / 100.
  */
-export const DIRECT_ROWS = 2;
+export const DIRECT_ROWS = 8;
 
 /**
  * y rows m0 .. m0 + rows − 1, columns [n0, n1), with W read where it is: each x row widened to f64 once
@@ -124,36 +126,38 @@ export const DIRECT_ROWS = 2;
 function linearRows(s: LinearShape, a: LinearArrays, m0: number, rows: number, n0: number, n1: number, scratch: Float64Array): void {
   const { N, K, activation } = s;
   const r = s.residual ? a.r : undefined;
-  const x = scratch.subarray(0, K);
+  const x = scratch.subarray(0, rows * K);
   const put = (m: number, n: number, sum: number) => {
     const e = m * N + n;
     const v = activate(activation, sum + at(a.b, n));
     store(a.y, e, r ? v + at(r, e) : v);
   };
-  for (let i = 0; i < rows; i++) {
-    const m = m0 + i;
-    packRow(x, 0, a.x, m * K, K, 1);
-    let n = n0;
-    for (; n + 8 <= n1; n += 8) {
-      const d = a.w instanceof Uint16Array ? dot8F16(x, a.w, n * K, K) : dot8F32(x, a.w, n * K, K);
-      for (let j = 0; j < 8; j++) put(m, n + j, d[j]);
+  for (let i = 0; i < rows; i++) packRow(x, i * K, a.x, (m0 + i) * K, K, 1);
+  // Eight W rows at a time against every x row, so that each W row is read from memory once.
+  let n = n0;
+  for (; n + 8 <= n1; n += 8) {
+    for (let i = 0; i < rows; i++) {
+      const d = a.w instanceof Uint16Array ? dot8F16(x, i * K, a.w, n * K, K) : dot8F32(x, i * K, a.w, n * K, K);
+      for (let j = 0; j < 8; j++) put(m0 + i, n + j, d[j]);
     }
-    for (; n < n1; n++) {
+  }
+  for (; n < n1; n++) {
+    for (let i = 0; i < rows; i++) {
       let sum = 0;
-      for (let k = 0, o = n * K; k < K; k++, o++) sum += x[k] * at(a.w, o);
-      put(m, n, sum);
+      for (let k = 0, xo = i * K, o = n * K; k < K; k++, o++) sum += x[xo + k] * at(a.w, o);
+      put(m0 + i, n, sum);
     }
   }
 }
 
 const DOT8 = new Float64Array(8);
 
-/** The dot products of x with the eight f32 rows of w from element o (K each), in DOT8. */
-function dot8F32(x: Float64Array, w: Float32Array, o: number, K: number): Float64Array {
+/** The dot products of x's K elements from xo with the eight f32 rows of w from element o (K each), in DOT8. */
+function dot8F32(x: Float64Array, xo: number, w: Float32Array, o: number, K: number): Float64Array {
   let s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
   const [o1, o2, o3, o4, o5, o6, o7] = [o + K, o + 2 * K, o + 3 * K, o + 4 * K, o + 5 * K, o + 6 * K, o + 7 * K];
   for (let k = 0; k < K; k++) {
-    const xk = x[k];
+    const xk = x[xo + k];
     s0 += xk * w[o + k]; s1 += xk * w[o1 + k]; s2 += xk * w[o2 + k]; s3 += xk * w[o3 + k];
     s4 += xk * w[o4 + k]; s5 += xk * w[o5 + k]; s6 += xk * w[o6 + k]; s7 += xk * w[o7 + k];
   }
@@ -162,11 +166,11 @@ function dot8F32(x: Float64Array, w: Float32Array, o: number, K: number): Float6
 }
 
 /** dot8F32 for f16 rows (bits). */
-function dot8F16(x: Float64Array, w: Uint16Array, o: number, K: number): Float64Array {
+function dot8F16(x: Float64Array, xo: number, w: Uint16Array, o: number, K: number): Float64Array {
   let s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
   const [o1, o2, o3, o4, o5, o6, o7] = [o + K, o + 2 * K, o + 3 * K, o + 4 * K, o + 5 * K, o + 6 * K, o + 7 * K];
   for (let k = 0; k < K; k++) {
-    const xk = x[k];
+    const xk = x[xo + k];
     s0 += xk * f16ToNumber(w[o + k]); s1 += xk * f16ToNumber(w[o1 + k]); s2 += xk * f16ToNumber(w[o2 + k]); s3 += xk * f16ToNumber(w[o3 + k]);
     s4 += xk * f16ToNumber(w[o4 + k]); s5 += xk * f16ToNumber(w[o5 + k]); s6 += xk * f16ToNumber(w[o6 + k]); s7 += xk * f16ToNumber(w[o7 + k]);
   }
