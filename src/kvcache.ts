@@ -29,7 +29,7 @@ import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from '
 import { MemoryTracker } from './memory.js';
 import type { Modifiers } from './modifiers.js';
 import type { AttentionOptions } from './options.js';
-import { checkModifiers, checkOutput, checkTensor } from './problem.js';
+import { checkModifiers, checkOutputs, checkTensor } from './problem.js';
 import { BYTES_PER_ELEMENT, isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from './tensor.js';
 
 export interface KVCacheConfig {
@@ -309,10 +309,7 @@ export class KVCache {
     });
     const variants = { window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes };
     const mods = attend ? checkModifiers(variants, { B, H, Nq, Nk: Math.max(...lengths) }, o.causal ?? false, onGpu, g.dtype, false) : {};
-    if (attend && (o.out || o.lse) && !isGpuBuffer(q!.data)) throw new ValueError(o.out ? 'options.out' : 'options.lse', 'undefined for typed-array q (results come back as typed arrays)', 'a GpuTensor');
-    const inputs = [q, k, v].filter((t): t is AnyTensor => t !== undefined);
-    if (o.out) checkOutput('options.out', o.out, g.dtype, q!.shape, inputs);
-    if (o.lse) checkOutput('options.lse', o.lse, 'f32', [B, H, Nq], [...inputs, ...(o.out ? [o.out] : [])]);
+    if (attend) checkOutputs(o, q!, [k, v].filter((t): t is AnyTensor => t !== undefined), { B, H, Nq }, false);
     if (o.encoder !== undefined) {
       if (!onGpu || (q !== undefined && !isGpuBuffer(q.data)) || (k !== undefined && !isGpuBuffer(k.data))) {
         throw new ValueError('options.encoder', 'undefined except on webgpu with GPUBuffer tensors', 'a command encoder');

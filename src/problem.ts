@@ -188,7 +188,7 @@ const COPY_DST_USAGE = 0x08;
  * of the result's dtype and shape, on a STORAGE buffer large enough, that is none of the call's inputs
  * (WebGPU does not bind one buffer for reading and writing in one dispatch).
  */
-export function checkOutput(name: string, t: unknown, dtype: 'f32' | 'f16', shape: readonly number[], inputs: readonly { data: unknown }[] = [], copied = false): GpuTensor {
+function checkOutput(name: string, t: unknown, dtype: 'f32' | 'f16', shape: readonly number[], inputs: readonly { data: unknown }[], copied: boolean): GpuTensor {
   const x = t as Partial<GpuTensor> | null;
   if (typeof x !== 'object' || x === null || !isGpuBuffer(x.data)) throw new ValueError(name, 'a GpuTensor { data: GPUBuffer, dtype, shape }', describe(t));
   if (x.dtype !== dtype) throw new DTypeError(`${name}.dtype`, `'${dtype}'`, describe(x.dtype));
@@ -205,11 +205,15 @@ export function checkOutput(name: string, t: unknown, dtype: 'f32' | 'f16', shap
   return x as GpuTensor;
 }
 
-/** forward()'s options.out and options.lse, checked against q's shape; undefined where neither is given. */
-function checkOutputs(o: AttentionOptions | undefined, Q: AnyTensor, inputs: readonly { data: unknown }[], d: { B: number; H: number; Nq: number }, packed: boolean): Problem['outputs'] {
+/**
+ * options.out and options.lse of forward() or a KV cache call, checked against q's shape (lse: (B, H, Nq));
+ * undefined where neither is given. `packed`: packed sequences, which copy their results in (COPY_DST).
+ */
+export function checkOutputs(o: Pick<AttentionOptions, 'out' | 'lse'> | undefined, Q: AnyTensor, inputs: readonly { data: unknown }[], d: { B: number; H: number; Nq: number }, packed: boolean): Problem['outputs'] {
   if (o?.out === undefined && o?.lse === undefined) return undefined;
   if (!isGpuBuffer(Q.data)) {
-    throw new ValueError(o.out !== undefined ? 'options.out' : 'options.lse', 'undefined for typed-array q (results come back as typed arrays)', 'a GpuTensor');
+    const [name, given] = o.out !== undefined ? ['options.out', o.out] : ['options.lse', o.lse];
+    throw new ValueError(name, 'undefined for typed-array q (results come back as typed arrays)', describe(given));
   }
   const dtype = Q.dtype as 'f32' | 'f16';
   const out = o.out === undefined ? undefined : checkOutput('options.out', o.out, dtype, Q.shape, [Q, ...inputs], packed);
