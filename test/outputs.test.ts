@@ -4,19 +4,11 @@
 // see no key), and the buffers are checked (shape, dtype, size, usage, not an input).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DTypeError, ShapeError, ValueError, backward, forward, webgpuDevice, type AttentionOptions, type GpuTensor, type Tensor } from '../src/index.js';
+import { DTypeError, ShapeError, ValueError, backward, forward, webgpuDevice, type AttentionOptions, type GpuTensor } from '../src/index.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
-import { inputs, type Case } from './util.js';
+import { inputs, onDevice, type Case } from './util.js';
 
 reportWebgpuSkip();
-
-/** A GPUBuffer on `device` holding the tensor's data, as a GpuTensor. */
-function onDevice(device: GPUDevice, t: Tensor): GpuTensor {
-  const bytes = Math.ceil(t.data.byteLength / 4) * 4;
-  const buffer = device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-  device.queue.writeBuffer(buffer, 0, t.data.buffer, t.data.byteOffset, bytes);
-  return { data: buffer, dtype: t.dtype as 'f32' | 'f16', shape: t.shape };
-}
 
 /** A result buffer of `shape` filled with 0xFF bytes (NaN in f32 and f16): what a kernel leaves unwritten shows. */
 function garbage(device: GPUDevice, dtype: 'f32' | 'f16', shape: number[], usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST): GpuTensor {

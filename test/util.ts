@@ -1,6 +1,6 @@
 /** Test helpers: seeded inputs, the one error rule, snapshots that prove inputs were not modified. */
 import assert from 'node:assert/strict';
-import { encodeF16, tensor, type DType, type Layout, type Tensor } from '../src/index.js';
+import { encodeF16, tensor, type DType, type GpuTensor, type Layout, type Tensor } from '../src/index.js';
 import { mulberry32 } from '../src/cli/random.js';
 import { dimsOf, toF64 } from '../src/tensor.js';
 import './dawn-poll.js'; // Dawn's busy wait becomes a 1 ms timer in every test process (see there)
@@ -114,4 +114,17 @@ export function concat(a: Tensor | undefined, b: Tensor): Tensor {
   data.set(a.data as Float32Array);
   data.set(b.data as Float32Array, a.data.length);
   return { data: data as unknown as Tensor['data'], dtype: b.dtype, shape: [1, a.shape[1] + b.shape[1], b.shape[2], b.shape[3]] };
+}
+
+/**
+ * A GPUBuffer on `device` holding the tensor's data (zero-padded to whole 4-byte words), as a GpuTensor.
+ * `usage`: STORAGE, COPY_SRC and COPY_DST by default; COPY_DST is always added (the data is written in).
+ */
+export function onDevice(device: GPUDevice, t: Tensor, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST): GpuTensor {
+  const bytes = Math.ceil(t.data.byteLength / 4) * 4;
+  const buffer = device.createBuffer({ size: bytes, usage: usage | GPUBufferUsage.COPY_DST });
+  const padded = new Uint8Array(bytes);
+  padded.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  device.queue.writeBuffer(buffer, 0, padded);
+  return { data: buffer, dtype: t.dtype as GpuTensor['dtype'], shape: t.shape };
 }

@@ -27,7 +27,7 @@ import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { defaultGpu } from '../src/webgpu/device.js';
 import { BACKENDS, bnhd, reportWebgpuSkip } from './spec.js';
-import { assertWithinRule, maxError, randomTensor, relayout } from './util.js';
+import { assertWithinRule, maxError, onDevice, randomTensor, relayout } from './util.js';
 
 reportWebgpuSkip();
 
@@ -346,16 +346,6 @@ describe('packed sequences: memory', () => {
     });
   }
 });
-
-/** A GPUBuffer holding the tensor's data, as a GpuTensor. */
-function onDevice(device: GPUDevice, t: Tensor, usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST): GpuTensor {
-  const bytes = Math.ceil(t.data.byteLength / 4) * 4;
-  const buffer = device.createBuffer({ size: bytes, usage: usage | GPUBufferUsage.COPY_DST });
-  const padded = new Uint8Array(bytes);
-  padded.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
-  device.queue.writeBuffer(buffer, 0, padded);
-  return { data: buffer, dtype: t.dtype as GpuTensor['dtype'], shape: t.shape };
-}
 
 /** A GpuTensor's values, as a typed array of its dtype (the buffer is destroyed). */
 async function readBack(device: GPUDevice, t: GpuTensor): Promise<Tensor> {

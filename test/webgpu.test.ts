@@ -14,18 +14,11 @@ import { defaultGpu, gpuEntry } from '../src/webgpu/device.js';
 import { forwardChoice } from '../src/webgpu/index.js';
 import { standardChunks, webgpuStandardForward } from '../src/webgpu/standard.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
-import { assertWithinRule, inputs, maxError, type Case } from './util.js';
+import { assertWithinRule, inputs, maxError, onDevice, type Case } from './util.js';
 
 reportWebgpuSkip();
 
 const c = { B: 2, H: 3, Hkv: 3, Nq: 70, Nk: 90, D: 24 };
-
-/** A GPUBuffer on `device` holding the tensor's data, as a GpuTensor. */
-function onDevice(device: GPUDevice, t: Tensor): GpuTensor {
-  const buffer = device.createBuffer({ size: Math.ceil(t.data.byteLength / 4) * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
-  device.queue.writeBuffer(buffer, 0, t.data.buffer, t.data.byteOffset, Math.ceil(t.data.byteLength / 4) * 4);
-  return { data: buffer, dtype: t.dtype as 'f32' | 'f16', shape: t.shape };
-}
 
 async function readBack(device: GPUDevice, t: GpuTensor): Promise<Float32Array> {
   const staging = device.createBuffer({ size: t.data.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
