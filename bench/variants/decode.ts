@@ -6,14 +6,13 @@
  * workgroup size and split target, each validated against the float64 reference (on one batch row and
  * the first key/value head's group) before it is timed. Prints K/V bytes read per second, and the host's
  * wall time per call over 100 back-to-back calls against their GPU time.
- * Run: node dist/bench/variants/decode.js [--sweep | --sweep-all | --sweep-scatter | --sweep-tune | --sweep-late] (--sweep: the shipped
+ * Run: node dist/bench/variants/decode.js [--sweep | --sweep-all | --sweep-scatter | --sweep-tune | --sweep-wave] (--sweep: the shipped
  * kernel over split targets; --sweep-all: also the subgroup kernel over T, U and R, the subgroup-matrix
  * kernel over its warps, and the portable kernel; --sweep-scatter: the subgroup kernel with its scores
  * all-reduced (T = U = 8, R = 2) and reduce-scattered (T = U = 16, R = 4), with 8- and 16-byte loads,
  * over split targets of 128 to 1024 workgroups; --sweep-tune: the shipped choice with half and twice its
- * workgroup size, over 16K to 48K invocations a dispatch; --sweep-late: the shipped reduce-scattered choice with V's
- * rows loaded with K's and after the scores (lateV), at its workgroup size and half, over the same targets;
- * --sweep-wave: the reduce-scattered choice at 4, 8 and 16 groups a workgroup, V early and late, over 64 to 1024
+ * workgroup size, over 16K to 48K invocations a dispatch; --sweep-wave:
+ * the reduce-scattered choice at 4, 8 and 16 groups a workgroup over 64 to 1024
  * workgroups a dispatch. --cases 0,2: only those cases, by their index in CASES)
  */
 import { createKVCache, forward, type GpuTensor, type Tensor } from '../../src/index.js';
@@ -36,9 +35,8 @@ const CALLS = 100;
 const sweepAll = process.argv.includes('--sweep-all');
 const sweepScatter = process.argv.includes('--sweep-scatter');
 const sweepTune = process.argv.includes('--sweep-tune');
-const sweepLate = process.argv.includes('--sweep-late');
 const sweepWave = process.argv.includes('--sweep-wave');
-const sweep = sweepAll || sweepScatter || sweepTune || sweepLate || sweepWave || process.argv.includes('--sweep');
+const sweep = sweepAll || sweepScatter || sweepTune || sweepWave || process.argv.includes('--sweep');
 /** --cases 0,2: only those of CASES (by index). */
 const casesArg = process.argv.indexOf('--cases');
 const only = casesArg > 0 ? new Set(process.argv[casesArg + 1].split(',').map(Number)) : undefined;
@@ -183,21 +181,17 @@ for (const [index, c] of CASES.entries()) {
         }
       }
     }
-    // The shipped reduce-scattered choice with V loaded after the scores (lateV), at 128 or 256 invocations a workgroup.
-    if (sweepLate && sub.kernel === 'decodeSubgroup' && sub.params.scatter) {
-      for (const NG of [sub.params.NG, sub.params.NG / 2]) for (const lateV of [false, true]) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, NG, lateV } });
-    }
-    // The reduce-scattered choice at 64 to 256 invocations a workgroup, V early and late, over 64 to 1024 workgroups.
+    // The reduce-scattered choice at 64 to 256 invocations a workgroup, over 64 to 1024 workgroups.
     if (sweepWave && sub.kernel === 'decodeSubgroup' && sub.params.scatter) {
       const T = sub.params.T;
-      for (const NG of [4, 8, 16]) if (NG * T <= gpu.limits.maxComputeInvocationsPerWorkgroup) for (const lateV of [false, true]) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, NG, lateV } });
+      for (const NG of [4, 8, 16]) if (NG * T <= gpu.limits.maxComputeInvocationsPerWorkgroup) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, NG } });
     }
     // Around the shipped choice: workgroups of 64 to 256 invocations, 16K to 48K invocations a dispatch.
     if (sweepTune && sub.kernel === 'decodeSubgroup') for (const f of [0.5, 2]) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, NG: sub.params.NG * f } });
     if (sweepAll) for (const WG of [128]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
     for (const choice of choices) {
       const { R, block, WG } = decodeShape(choice);
-      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : sweepWave ? [64, 128, 256, 384, 512, 1024] : sweepScatter ? [128, 256, 512, 1024] : sweepTune || sweepLate ? [16384, 24576, 32768, 49152].map((n) => n / WG) : [1024, 2048];
+      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : sweepWave ? [64, 128, 256, 384, 512, 1024] : sweepScatter ? [128, 256, 512, 1024] : sweepTune ? [16384, 24576, 32768, 49152].map((n) => n / WG) : [1024, 2048];
       const seen = new Set<number>();
       for (const target of targets) {
         const rowChunks = Math.ceil(G / R);
@@ -206,7 +200,7 @@ for (const [index, c] of CASES.entries()) {
         if (seen.has(plan.splits)) continue;
         seen.add(plan.splits);
         const sizes = decodeSizes({ B, H, Hkv, Nq: 1, Nk, q: sq, keys: { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: Nk, maxPages: 1 }, scale: p.scale }, R, plan);
-        const label = `${choice.kernel} ${Object.entries(choice.params).filter(([key]) => ['T', 'U', 'NG', 'R', 'Bc', 'WG', 'W', 'scatter', 'wide', 'lateV'].includes(key)).map(([key, x]) => `${key}=${x}`).join(' ')} splits=${plan.splits} wgs=${B * Hkv * rowChunks * plan.splits}`;
+        const label = `${choice.kernel} ${Object.entries(choice.params).filter(([key]) => ['T', 'U', 'NG', 'R', 'Bc', 'WG', 'W', 'scatter', 'wide'].includes(key)).map(([key, x]) => `${key}=${x}`).join(' ')} splits=${plan.splits} wgs=${B * Hkv * rowChunks * plan.splits}`;
         let pipes;
         try {
           pipes = await decodePipelines(gpu, choice, plan.splits > 1);

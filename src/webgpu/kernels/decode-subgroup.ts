@@ -47,11 +47,6 @@ export interface DecodeSubgroupParams {
   scatter?: boolean;
   /** f16 K/V loaded 16 bytes at a time (requires an even number of vec4s a lane and rows at multiples of 8 halves). */
   wide?: boolean;
-  /**
-   * With scatter: V's rows loaded after every row's scores and softmax, not with K's, so that V's registers
-   * are not live while the scores are formed (fewer registers a lane, V's latency exposed instead).
-   */
-  lateV?: boolean;
 }
 
 export function decodeSubgroupWorkgroupBytes(p: Pick<DecodeSubgroupParams, 'D' | 'NG' | 'R'>): number {
@@ -66,8 +61,6 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   // f16 K/V rows 16 bytes a load (8 halves as vec4<u32>) where wide, else a vec4 of the storage type.
   const kvType = wide ? 'vec4<u32>' : `vec4<${dtype}>`;
   if (p.scatter && U !== T) throw new Error(`decodeSubgroup: scatter needs U == T keys a group at a time (U = ${U}, T = ${T})`);
-  const lateV = p.lateV === true;
-  if (lateV && !p.scatter) throw new Error('decodeSubgroup: lateV needs scatter');
   const D4 = D / 4;
   const VPT = D4 / T;
   const WG = T * NG;
@@ -88,31 +81,32 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   const loadQ = rows
     .map((r) => vs.map((v) => `q${r}_${v} = select(vec4<f32>(0.0), load_q(${r}u, lane * ${VPT}u + ${v}u), ok_row(${r}u)) * u.scale;`).join('\n  '))
     .join('\n  ');
-  // Each key's address, then its K and V rows (`which`: both in one statement each, as before lateV, or one of them).
-  const rowLoads = (u: number, which: readonly ('k' | 'v')[]) =>
-    wide
-      ? vs
-          .filter((v) => v % 2 === 0)
-          .map((v) =>
-            which
-              .map((x) => {
-                const w = `${x}w${u}_${v / 2}`;
-                return `let ${w} = ${x === 'k' ? 'k' : 'vv'}[base${u} + ${v / 2}u];\n      let ${x}${u}_${v} = vec4<f32>(unpack2x16float(${w}.x), unpack2x16float(${w}.y));\n      let ${x}${u}_${v + 1} = vec4<f32>(unpack2x16float(${w}.z), unpack2x16float(${w}.w));`;
-              })
-              .join('\n      '),
-          )
-      : vs.map((v) => which.map((x) => `let ${x}${u}_${v} = vec4<f32>(${x === 'k' ? 'k' : 'vv'}[base${u} + ${v}u]);`).join('\n      '));
   const loads = us
     .map((u) => {
       const key = `key${u}`;
       return [
         `let ${key} = kb + ${p.scatter ? `(${u}u ^ lane)` : `${u}u`};`,
-        `let base${u} = key_base(min(${key}, keyEnd - 1u)) / ${wide ? 8 : 4}u + lane * ${wide ? VPT / 2 : VPT}u;`,
-        ...rowLoads(u, lateV ? ['k'] : ['k', 'v']),
+        ...(wide
+          ? [
+              `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 8u + lane * ${VPT / 2}u;`,
+              ...vs
+                .filter((v) => v % 2 === 0)
+                .map((v) =>
+                  ['k', 'v']
+                    .map((x) => {
+                      const w = `${x}w${u}_${v / 2}`;
+                      return `let ${w} = ${x === 'k' ? 'k' : 'vv'}[base${u} + ${v / 2}u];\n      let ${x}${u}_${v} = vec4<f32>(unpack2x16float(${w}.x), unpack2x16float(${w}.y));\n      let ${x}${u}_${v + 1} = vec4<f32>(unpack2x16float(${w}.z), unpack2x16float(${w}.w));`;
+                    })
+                    .join('\n      '),
+                ),
+            ]
+          : [
+              `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 4u + lane * ${VPT}u;`,
+              ...vs.map((v) => `let k${u}_${v} = vec4<f32>(k[base${u} + ${v}u]);\n      let v${u}_${v} = vec4<f32>(vv[base${u} + ${v}u]);`),
+            ]),
       ].join('\n      ');
     })
     .join('\n      ');
-  const lateLoads = lateV ? us.flatMap((u) => rowLoads(u, ['v'])).join('\n      ') : '';
   const mods = decodeModsWGSL(p);
   const visible = (r: number, u: number) => `key${u} < keyEnd${decodeKeepWGSL(p, `${r}u`, `key${u}`, `_${r}`)}`;
   const perRow = rows
@@ -135,12 +129,6 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
       }`;
     })
     .join('\n      ');
-  // scatter: O ← a·O + Σ_u P̃(slot u) V(slot u), the P̃ of slot u from lane t ^ u.
-  const accumulate = (r: number, a: string, pv: string) =>
-    [
-      us.slice(1).map((u) => `let p${u} = subgroupShuffleXor(${pv}, ${u}u);`).join(' '),
-      ...vs.map((v) => `o${r}_${v} = ${a} * o${r}_${v} + ${us.map((u) => `${u === 0 ? pv : `p${u}`} * v${u}_${v}`).join(' + ')};`),
-    ].join('\n        ');
   // scatter: the rows' partial dots, reduce-scattered (slot 0 of lane t: key kb + t), then one key a lane.
   const perRowScatter = rows
     .map((r) => {
@@ -156,13 +144,12 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
         let a = exp(m${r} - mx);
         let p = select(exp(s - mx), 0.0, s == MASKED);
         l${r} = a * l${r} + p;
-        ${lateV ? `ar${r} = a; pr${r} = p;` : accumulate(r, 'a', 'p')}
+        ${us.slice(1).map((u) => `let p${u} = subgroupShuffleXor(p, ${u}u);`).join(' ')}
+        ${vs.map((v) => `o${r}_${v} = a * o${r}_${v} + ${us.map((u) => `${u === 0 ? 'p' : `p${u}`} * v${u}_${v}`).join(' + ')};`).join('\n        ')}
         m${r} = mx;
       }`;
     })
     .join('\n      ');
-  // lateV: each row's O from its a and p, once V is loaded.
-  const lateAccumulate = lateV ? rows.map((r) => `{\n        ${accumulate(r, `ar${r}`, `pr${r}`)}\n      }`).join('\n      ') : '';
   // scatter: each lane summed l over its own keys, and saw NaNs only in them.
   const gatherLanes = p.scatter
     ? rows
@@ -223,14 +210,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let lane = lid % ${T}u;
   let grp = lid / ${T}u;
   ${decl}
-  ${rows.map((r) => `var poisoned${r} = false;`).join(' ')}${lateV ? `\n  ${rows.map((r) => `var ar${r} = 0.0; var pr${r} = 0.0;`).join(' ')}` : ''}
+  ${rows.map((r) => `var poisoned${r} = false;`).join(' ')}
   ${loadQ}${p.mods ? `\n  ${rows.map((r) => mods.rowOf(`${r}u`, `_${r}`, '  ')).join('\n  ')}` : ''}
 
   // Every group runs the same iterations (keys past the end are masked), so the loop is uniform.
   for (var k0 = keyStart; k0 < keyEnd; k0 += ${NG * U}u) {
       let kb = k0 + grp * ${U}u;${p.scatter ? '\n      let mine = kb + lane;' : ''}
       ${loads}
-      ${p.scatter ? perRowScatter : perRow}${lateV ? `\n      ${lateLoads}\n      ${lateAccumulate}` : ''}
+      ${p.scatter ? perRowScatter : perRow}
   }
 
   // Combine the NG groups: M = max m_g, L = Σ e^(m_g − M) l_g, O = Σ e^(m_g − M) O_g / L.
