@@ -39,7 +39,8 @@ export interface GpuTensor {
 export type AnyTensor = Tensor | GpuTensor;
 
 export function isGpuBuffer(x: unknown): x is GPUBuffer {
-  return typeof x === 'object' && x !== null && typeof (x as GPUBuffer).mapAsync === 'function' && typeof (x as GPUBuffer).size === 'number';
+  // `'size' in x`, not a read of it: size is a getter that calls into the WebGPU implementation (Dawn in Node).
+  return typeof x === 'object' && x !== null && typeof (x as GPUBuffer).mapAsync === 'function' && 'size' in x;
 }
 
 export const BYTES_PER_ELEMENT: Record<DType, number> = { f32: 4, f16: 2, f64: 8 };
