@@ -69,6 +69,14 @@ test('workers do not inherit the options of the entry point (node -e CODE, --inp
   assert.deepEqual(workerExecArgv(['--print=1']), []);
 });
 
+test('a process started with V8 or process options (node --max-old-space-size, --expose-gc) still gets its workers', { skip: NO_POOL }, async () => {
+  const script = `import(${JSON.stringify(new URL('../src/index.js', import.meta.url).href)}).then(async (l) => console.log(JSON.stringify(await l.cpuThreads())))`;
+  const { stdout } = await promisify(execFile)(process.execPath, ['--max-old-space-size=4096', '--expose-gc', '--stack-size=2000', '--enable-source-maps', '--input-type=module', '-e', script]);
+  const t = JSON.parse(stdout);
+  assert.equal(t.workers, 'worker_threads', t.reason);
+  assert.equal(t.threads, Math.min(availableParallelism(), 16));
+});
+
 test('cpuThreads() reports the worker threads, one per core, and the WebAssembly they run', { skip: NO_POOL }, async () => {
   const t = await cpuThreads();
   assert.deepEqual(t, { threads: Math.min(availableParallelism(), 16), workers: 'worker_threads', wasm: wasmSupport() });

@@ -13,7 +13,9 @@
  * over split targets of 128 to 1024 workgroups; --sweep-tune: the shipped choice with half and twice its
  * workgroup size, over 16K to 48K invocations a dispatch; --sweep-wave:
  * the reduce-scattered choice at 4, 8 and 16 groups a workgroup over 64 to 1024
- * workgroups a dispatch. --cases 0,2: only those cases, by their index in CASES)
+ * workgroups a dispatch; --sweep-keys: the reduce-scattered choice with 16, 8 and 4 keys a group at a time
+ * (U ≤ T: fewer K/V rows a lane), 16 and 32 lanes a key, 8 and 16 groups, over 128 to 1024 workgroups.
+ * --cases 0,2: only those cases, by their index in CASES)
  */
 import { createKVCache, forward, type GpuTensor, type Tensor } from '../../src/index.js';
 import { checkForward } from '../../src/problem.js';
@@ -36,7 +38,8 @@ const sweepAll = process.argv.includes('--sweep-all');
 const sweepScatter = process.argv.includes('--sweep-scatter');
 const sweepTune = process.argv.includes('--sweep-tune');
 const sweepWave = process.argv.includes('--sweep-wave');
-const sweep = sweepAll || sweepScatter || sweepTune || sweepWave || process.argv.includes('--sweep');
+const sweepKeys = process.argv.includes('--sweep-keys');
+const sweep = sweepAll || sweepScatter || sweepTune || sweepWave || sweepKeys || process.argv.includes('--sweep');
 /** --cases 0,2: only those of CASES (by index). */
 const casesArg = process.argv.indexOf('--cases');
 const only = casesArg > 0 ? new Set(process.argv[casesArg + 1].split(',').map(Number)) : undefined;
@@ -186,17 +189,25 @@ for (const [index, c] of CASES.entries()) {
       const T = sub.params.T;
       for (const NG of [4, 8, 16]) if (NG * T <= gpu.limits.maxComputeInvocationsPerWorkgroup) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, NG } });
     }
+    // The reduce-scattered choice with fewer keys a group at a time (U < T holds fewer K/V rows a lane), and 32 lanes a key.
+    if (sweepKeys && sub.kernel === 'decodeSubgroup' && sub.params.scatter) {
+      for (const T of [16, 32]) {
+        if (T > (gpu.subgroupSize ?? 0) || D % (4 * T) !== 0) continue;
+        const wide = sub.params.wide === true && (D / 4 / T) % 2 === 0;
+        for (const U of [16, 8, 4]) for (const NG of [8, 16]) if (U <= T && NG * T <= gpu.limits.maxComputeInvocationsPerWorkgroup) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, NG, wide } });
+      }
+    }
     // Around the shipped choice: workgroups of 64 to 256 invocations, 16K to 48K invocations a dispatch.
     if (sweepTune && sub.kernel === 'decodeSubgroup') for (const f of [0.5, 2]) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, NG: sub.params.NG * f } });
     if (sweepAll) for (const WG of [128]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
     for (const choice of choices) {
       const { R, block, WG } = decodeShape(choice);
-      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : sweepWave ? [64, 128, 256, 384, 512, 1024] : sweepScatter ? [128, 256, 512, 1024] : sweepTune ? [16384, 24576, 32768, 49152].map((n) => n / WG) : [1024, 2048];
+      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : sweepWave ? [64, 128, 256, 384, 512, 1024] : sweepKeys ? [128, 256, 512, 1024] : sweepScatter ? [128, 256, 512, 1024] : sweepTune ? [16384, 24576, 32768, 49152].map((n) => n / WG) : [1024, 2048];
       const seen = new Set<number>();
       for (const target of targets) {
         const rowChunks = Math.ceil(G / R);
         if (choice.kernel === 'decode' && target > 1024) continue;
-        const plan = splitPlan(B, Hkv, rowChunks, Nk, block, target, sweepWave ? 1 : undefined);
+        const plan = splitPlan(B, Hkv, rowChunks, Nk, block, target, sweepWave || sweepKeys ? 1 : undefined);
         if (seen.has(plan.splits)) continue;
         seen.add(plan.splits);
         const sizes = decodeSizes({ B, H, Hkv, Nq: 1, Nk, q: sq, keys: { kvPage: sk.batch, kvRow: sk.row, kvHead: sk.head, pageSize: Nk, maxPages: 1 }, scale: p.scale }, R, plan);

@@ -138,8 +138,21 @@ async function createPool(): Promise<Pool | undefined> {
     const n = Math.min(availableParallelism(), MAX_WORKERS);
     if (n < 2) return none('one core');
     const url = new URL('./worker.js', import.meta.url);
+    let execArgv = workerExecArgv(process.execArgv);
+    const start = () => {
+      try {
+        return new Worker(url, { execArgv });
+      } catch (e) {
+        // V8's and the process's options (node --max-old-space-size=…, --expose-gc, --title=…) are the
+        // process's: a worker refuses them by name, and runs without them.
+        const refused = invalidExecArgv(e);
+        if (!refused) throw e;
+        execArgv = execArgv.filter((a) => !refused.has(a));
+        return new Worker(url, { execArgv });
+      }
+    };
     const workers = Array.from({ length: n }, () => {
-      const w = new Worker(url, { execArgv: workerExecArgv(process.execArgv) });
+      const w = start();
       w.unref();
       return w;
     });
@@ -171,6 +184,16 @@ export function workerExecArgv(execArgv: readonly string[]): string[] {
     else if (!/^(--eval|--print|--input-type)=/.test(a)) out.push(a);
   }
   return out;
+}
+
+/**
+ * The options a worker refused (Node's ERR_WORKER_INVALID_EXEC_ARGV names them after a colon, separated
+ * by commas), or undefined for any other error.
+ */
+export function invalidExecArgv(e: unknown): Set<string> | undefined {
+  if (!(e instanceof Error) || (e as { code?: unknown }).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') return undefined;
+  const colon = e.message.indexOf(':');
+  return colon < 0 ? undefined : new Set(e.message.slice(colon + 1).split(',').map((a) => a.trim()).filter((a) => a));
 }
 
 /** Jobs smaller than this many multiply-adds run inline: a round trip to the workers costs more. */

@@ -13,13 +13,16 @@
  * groups' (m, l, O) are combined through workgroup memory (NG·R·(D4·16 + 8) bytes), once.
  * The variants (`mods`: window, ALiBi, soft-cap) as in decode.ts.
  *
- * `scatter` (U = T keys a group at a time): lane t loads key u ^ t into its slot u, so that the T lanes'
- * partial dot products are summed by a reduce-scatter instead of an all-reduce: at step m (T/2, …, 1)
- * lane t adds slot u + m of lane t ^ m to its slot u (both hold key u ^ t), and after log2 T steps lane
- * t holds the whole score of key t: T − 1 shuffles a row instead of U·log2 T, and each lane runs the
- * softmax for one key instead of every lane for all U. The row max is a max over the T lanes; l is summed
- * per lane and over the lanes once at the end; for O each lane takes the P̃ of the key in its slot u from
- * lane t ^ u (T − 1 shuffles a row).
+ * `scatter` (U keys a group at a time, U a power of two dividing T): lane t, with j = t mod U, loads key
+ * u ^ j into its slot u, so that the lanes' partial dot products are summed by a reduce-scatter instead of
+ * an all-reduce: at step m (U/2, …, 1) lane t adds slot u + m of lane t ^ m to its slot u (both hold key
+ * u ^ j), and after log2 U steps lane t holds key j's sum over the U lanes that differ from it in the low
+ * bits; log2(T/U) all-reduce steps (m = T/2, …, U) add the other lanes' D slices. Then lane t holds the
+ * whole score of key j: U − 1 + log2(T/U) shuffles a row instead of U·log2 T, and each lane runs the
+ * softmax for one key (the T/U lanes of a key alike) instead of every lane for all U. The row max is a
+ * max over U lanes; l is summed per lane and over U lanes once at the end; for O each lane takes the P̃
+ * of the key in its slot u from lane t ^ u (U − 1 shuffles a row). U < T holds fewer K/V rows a lane
+ * (fewer registers) for a few more shuffles a key.
  * Requires D % 4 == 0 and K/V rows at multiples of 4 elements (vec4 loads); `wide` (f16): 16-byte loads
  * (vec4<u32>, unpacked), rows at multiples of 8 halves.
  */
@@ -43,7 +46,7 @@ export interface DecodeSubgroupParams {
   split: boolean;
   /** The variants' flags, only when the call has some (as DecodeParams.mods). */
   mods?: string;
-  /** Lane t loads key u ^ t into slot u and the scores are reduce-scattered (requires U == T). */
+  /** Lane t loads key u ^ (t mod U) into slot u and the scores are reduce-scattered (requires U a power of two dividing T). */
   scatter?: boolean;
   /** f16 K/V loaded 16 bytes at a time (requires an even number of vec4s a lane and rows at multiples of 8 halves). */
   wide?: boolean;
@@ -60,17 +63,17 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   if (wide && (dtype !== 'f16' || (D / 4 / T) % 2 !== 0)) throw new Error(`decodeSubgroup: wide loads need f16 and an even number of vec4s a lane (D = ${D}, T = ${T})`);
   // f16 K/V rows 16 bytes a load (8 halves as vec4<u32>) where wide, else a vec4 of the storage type.
   const kvType = wide ? 'vec4<u32>' : `vec4<${dtype}>`;
-  if (p.scatter && U !== T) throw new Error(`decodeSubgroup: scatter needs U == T keys a group at a time (U = ${U}, T = ${T})`);
+  if (p.scatter && (U > T || T % U !== 0 || (U & (U - 1)) !== 0)) throw new Error(`decodeSubgroup: scatter needs U, the keys a group takes at a time, a power of two dividing T (U = ${U}, T = ${T})`);
   const D4 = D / 4;
   const VPT = D4 / T;
   const WG = T * NG;
   const rows = Array.from({ length: R }, (_, r) => r);
   const vs = Array.from({ length: VPT }, (_, v) => v);
   const us = Array.from({ length: U }, (_, u) => u);
-  // WGSL lines, one for each step m = T/2, …, 1 of a butterfly over a group's T lanes.
-  const xorSteps = (f: (m: number) => string) => {
+  // WGSL lines, one for each step m = top/2, …, 1 of a butterfly over `top` lanes (T: a group's, U: a scatter's), down to `low`.
+  const xorSteps = (f: (m: number) => string, top = T, low = 1) => {
     const steps: string[] = [];
-    for (let m = T / 2; m >= 1; m /= 2) steps.push(f(m));
+    for (let m = top / 2; m >= low; m /= 2) steps.push(f(m));
     return steps;
   };
   const shuffles = (x: string) => xorSteps((m) => `${x} += subgroupShuffleXor(${x}, ${m}u);`).join(' ');
@@ -85,7 +88,7 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
     .map((u) => {
       const key = `key${u}`;
       return [
-        `let ${key} = kb + ${p.scatter ? `(${u}u ^ lane)` : `${u}u`};`,
+        `let ${key} = kb + ${p.scatter ? `(${u}u ^ j)` : `${u}u`};`,
         ...(wide
           ? [
               `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 8u + lane * ${VPT / 2}u;`,
@@ -129,18 +132,22 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
       }`;
     })
     .join('\n      ');
-  // scatter: the rows' partial dots, reduce-scattered (slot 0 of lane t: key kb + t), then one key a lane.
+  // scatter: the rows' partial dots, reduce-scattered over U lanes (slot 0 of lane t: key kb + t mod U) and
+  // all-reduced over the T / U lanes of a key, then one key a lane.
   const perRowScatter = rows
     .map((r) => {
       const partials = us.map((u) => `var s${r}_${u} = ${vs.map((v) => `dot(q${r}_${v}, k${u}_${v})`).join(' + ')};`).join('\n        ');
-      const scatter = xorSteps((m) => Array.from({ length: m }, (_, u) => `s${r}_${u} += subgroupShuffleXor(s${r}_${u + m}, ${m}u);`).join(' ')).join('\n        ');
+      const scatter = [
+        ...xorSteps((m) => Array.from({ length: m }, (_, u) => `s${r}_${u} += subgroupShuffleXor(s${r}_${u + m}, ${m}u);`).join(' '), U),
+        ...xorSteps((m) => `s${r}_0 += subgroupShuffleXor(s${r}_0, ${m}u);`, T, U),
+      ].join('\n        ');
       return `{
         ${partials}
         ${scatter}
         let s = select(MASKED, ${decodeScoreWGSL(p, 'mine', `s${r}_0`, `_${r}`)}, mine < keyEnd${decodeKeepWGSL(p, `${r}u`, 'mine', `_${r}`)});
         poisoned${r} = poisoned${r} || is_nan(s);
         var mx = max(m${r}, s);
-        ${xorSteps((m) => `mx = max(mx, subgroupShuffleXor(mx, ${m}u));`).join(' ')}
+        ${xorSteps((m) => `mx = max(mx, subgroupShuffleXor(mx, ${m}u));`, U).join(' ')}
         let a = exp(m${r} - mx);
         let p = select(exp(s - mx), 0.0, s == MASKED);
         l${r} = a * l${r} + p;
@@ -150,10 +157,10 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
       }`;
     })
     .join('\n      ');
-  // scatter: each lane summed l over its own keys, and saw NaNs only in them.
+  // scatter: each lane summed l over its own keys (the T / U lanes of a key alike), and saw NaNs only in them.
   const gatherLanes = p.scatter
     ? rows
-        .map((r) => [`var poison${r} = select(0u, 1u, poisoned${r});`, ...xorSteps((m) => `l${r} += subgroupShuffleXor(l${r}, ${m}u); poison${r} |= subgroupShuffleXor(poison${r}, ${m}u);`), `poisoned${r} = poison${r} != 0u;`].join('\n  '))
+        .map((r) => [`var poison${r} = select(0u, 1u, poisoned${r});`, ...xorSteps((m) => `l${r} += subgroupShuffleXor(l${r}, ${m}u); poison${r} |= subgroupShuffleXor(poison${r}, ${m}u);`, U), `poisoned${r} = poison${r} != 0u;`].join('\n  '))
         .join('\n  ')
     : '';
   const stashGroup = rows
@@ -208,14 +215,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let keyStart = ${mods.keyStart};
   let keyEnd = min(len, keyStart + u.chunk);
   let lane = lid % ${T}u;
-  let grp = lid / ${T}u;
+  let grp = lid / ${T}u;${p.scatter ? `\n  let j = lane % ${U}u; // the key of the group's U this lane takes the softmax of` : ''}
   ${decl}
   ${rows.map((r) => `var poisoned${r} = false;`).join(' ')}
   ${loadQ}${p.mods ? `\n  ${rows.map((r) => mods.rowOf(`${r}u`, `_${r}`, '  ')).join('\n  ')}` : ''}
 
   // Every group runs the same iterations (keys past the end are masked), so the loop is uniform.
   for (var k0 = keyStart; k0 < keyEnd; k0 += ${NG * U}u) {
-      let kb = k0 + grp * ${U}u;${p.scatter ? '\n      let mine = kb + lane;' : ''}
+      let kb = k0 + grp * ${U}u;${p.scatter ? '\n      let mine = kb + j;' : ''}
       ${loads}
       ${p.scatter ? perRowScatter : perRow}
   }
