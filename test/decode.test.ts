@@ -9,7 +9,8 @@ import { forward, type DType, type Layout } from '../src/index.js';
 import { checkForward } from '../src/problem.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
-import { decodeFits, splitPlan } from '../src/webgpu/decode.js';
+import { decodeChoice, decodeFits, decodePlan, splitPlan, type DecodeShape } from '../src/webgpu/decode.js';
+import type { Gpu } from '../src/webgpu/device.js';
 import { webgpuDecodeForward } from '../src/webgpu/index.js';
 import { defaultGpu } from '../src/webgpu/device.js';
 import { BACKENDS, checkInputs, reportWebgpuSkip } from './spec.js';
@@ -23,6 +24,25 @@ const CASES: (Case & { dtype: DType; layout: Layout; causal: boolean })[] = [
   { B: 1, H: 32, Hkv: 1, Nq: 1, Nk: 600, D: 1, dtype: 'f32', layout: 'BNHD', causal: false },
   { B: 2, H: 16, Hkv: 2, Nq: 3, Nk: 777, D: 96, dtype: 'f16', layout: 'BHND', causal: true },
 ];
+
+test('on a GPU with subgroups of 32: GQA groups take the reduce-scattered kernel with the most lanes a key and 8 keys a group at a time, in long splits of 256 workgroups; MHA the all-reduced one', () => {
+  const limits = { maxComputeWorkgroupStorageSize: 49152, maxComputeInvocationsPerWorkgroup: 1024, maxComputeWorkgroupSizeX: 1024 } as GPUSupportedLimits;
+  const gpu = { limits, software: false, subgroups: true, subgroupSize: 32, matrixF16: true } as Gpu;
+  const shape = (D: number, G: number): DecodeShape => ({ D, dtype: 'f16', G, Nq: 1, causal: false, cache: false, paged: false, aligned: true, aligned8: true });
+  const pick = (c: ReturnType<typeof decodeChoice>) => (c?.kernel === 'decodeSubgroup' ? { T: c.params.T, U: c.params.U, R: c.params.R, NG: c.params.NG, scatter: c.params.scatter === true, wide: c.params.wide === true } : c?.kernel);
+  assert.deepEqual(pick(decodeChoice(shape(128, 4), gpu)), { T: 32, U: 8, R: 4, NG: 8, scatter: true, wide: false });
+  assert.deepEqual(pick(decodeChoice(shape(64, 8), gpu)), { T: 16, U: 8, R: 4, NG: 16, scatter: true, wide: false });
+  assert.deepEqual(pick(decodeChoice(shape(256, 4), gpu)), { T: 32, U: 8, R: 4, NG: 8, scatter: true, wide: true });
+  assert.deepEqual(pick(decodeChoice(shape(128, 1), gpu)), { T: 8, U: 8, R: 1, NG: 16, scatter: false, wide: true });
+  // B = 8, Hkv = 8, Nk = 32768 and B = 1, Nk = 131072: 256 workgroups (8192 and 4096 keys a split).
+  const c = decodeChoice(shape(128, 4), gpu)!;
+  const wgs = (B: number, Nk: number) => {
+    const plan = decodePlan(c, B, 8, 4, Nk);
+    return B * 8 * plan.rowChunks * plan.splits;
+  };
+  assert.equal(wgs(8, 32768), 256);
+  assert.equal(wgs(1, 131072), 256);
+});
 
 describe('decode schedule', () => {
   reportWebgpuSkip();

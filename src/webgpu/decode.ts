@@ -34,15 +34,15 @@ const DECODE_TARGET_INVOCATIONS = 131072;
 
 /**
  * Invocations a dispatch of the reduce-scattered subgroup kernel aims for where its splits come out long
- * (LONG_SPLIT keys or more): 128 workgroups of 256, about one a multiprocessor of a large GPU. On an H200,
- * long problems read faster in fewer and longer splits, as long as the workgroups make one even wave:
- * B = 8, Hkv = 8, Nk = 32768 (GQA 4:1) at 3.18 TB/s with 128 workgroups of 256 against 2.65 with 192;
- * with workgroups of 128: 3.13 with 256, 3.05 with 512, 2.98 with 1024, 2.66 with 384; B = 1, Nk =
- * 131072 at 2.76 against 2.33 and 1.99 (bench/results/2026-12-04-h200-decode-scatter.md). Shorter
- * problems keep the usual target: with 128 workgroups, B = 8, Nk = 4096 read at 0.84 TB/s, where the
- * plan before the reduce-scattered kernel read 1.26 (the usual target with this kernel: not yet measured).
+ * (LONG_SPLIT keys or more): 256 workgroups of 256, about two a multiprocessor of a large GPU. On an H200
+ * (bench/results/2026-12-05-h200-decode-keys.md; T = 32 lanes a key, U = 8 keys a group at a time),
+ * B = 8, Hkv = 8, Nk = 32768 (GQA 4:1) read 3.53 TB/s with 256 workgroups of 256 against 2.68 with 128,
+ * 3.48 with 512 and 3.39 with 1024; B = 1, Nk = 131072 3.00 against 2.44, 2.63, 2.19. (With U = 16 keys,
+ * which holds twice the K/V rows a lane, 128 workgroups had been best: 3.16 and 2.75.) Shorter problems
+ * keep the usual target: with 128 workgroups, B = 8, Nk = 4096 read at 0.84 TB/s, where the plan before
+ * the reduce-scattered kernel read 1.26.
  */
-const LONG_SPLIT_INVOCATIONS = 32768;
+const LONG_SPLIT_INVOCATIONS = 65536;
 
 /** Keys a split must have for LONG_SPLIT_INVOCATIONS' plan to be taken. */
 const LONG_SPLIT = 4096;
@@ -121,17 +121,21 @@ const SUBGROUP_REGISTERS = 320;
 
 /**
  * The subgroup kernel's configuration, where the device has subgroups of one fixed size and K/V rows
- * load as vec4s. From the H200 sweeps (bench/variants/decode.ts; bench/results/2026-12-04-h200-decode.md
- * and 2026-12-04-h200-decode-scatter.md), f16, D = 128, B = 8, H = 32, Hkv = 8, Nk = 32768:
- * - a group of 4 or more query rows per key/value head (GQA 4:1): the scores reduce-scattered over
- *   T = 16 lanes, U = 16 keys at a time, R = 4 rows (K and V read once a group), 16 groups (256
- *   invocations): 3.18 TB/s; with 8 groups 3.13, against 3.07 for the all-reduced R = 2, T = 8, U = 8
- *   (which reads K and V twice, the second time from L2), 2.37 for the scatter at T = 8, R = 4, and 1.1
- *   for the all-reduced R = 4 (4 rows of redundant softmax); at B = 1, Nk = 131072: 2.76, 2.68, 2.67;
+ * load as vec4s. From the H200 sweeps (bench/variants/decode.ts; bench/results/2026-12-04-h200-decode.md,
+ * 2026-12-04-h200-decode-scatter.md and 2026-12-05-h200-decode-keys.md), f16, D = 128, B = 8, H = 32,
+ * Hkv = 8, Nk = 32768:
+ * - a group of 4 or more query rows per key/value head (GQA 4:1): the scores reduce-scattered, R = 4 rows
+ *   (K and V read once a group), U = 8 keys a group at a time over the most lanes a key (T = 32 where D / 4
+ *   is a multiple of 32, else 16: a lane holds the fewest K/V elements), 256 invocations: 3.53 TB/s with
+ *   T = 32 (2.99 at B = 1, Nk = 131072), against 3.16 for T = U = 16 (2.75), 2.90 for T = 32, U = 16 and
+ *   2.97 for T = 32, U = 4; 3.07 for the all-reduced R = 2, T = 8, U = 8 (which reads K and V twice, the
+ *   second time from L2), and 1.1 for the all-reduced R = 4 (4 rows of redundant softmax). At D = 64
+ *   (B = 8, Nk = 4096) T = 16, U = 8 read 1.44 TB/s against 1.25 for U = 16;
  * - fewer rows (MHA: R = 1): the scores all-reduced, T = 8, U = 8, R ≤ 2 (4.27 TB/s at B = 32, Nk =
- *   4096, where the scatter read 3.0: its lanes load different keys, and one row does not pay for that);
+ *   4096, where the scatter with T = U = 16 read 3.0: its lanes load different keys, and one row does not
+ *   pay for that);
  * - f16 rows 16 bytes a load where they are aligned to 8 halves and a lane's vec4s pair up: +10 %
- *   (2.99 against 2.73 TB/s).
+ *   (2.99 against 2.73 TB/s, T = U = 8).
  * T otherwise: the fewest of 8, 16, 32 lanes (fewer where D / 4 has no such divisor) whose registers
  * (q and O: 2·R·VPT vec4s, K and V: 2·U·VPT) stay within 320 floats; where none does, the most lanes
  * (the fewest registers). On lavapipe with 128-bit vectors (subgroups of 4) f16 D = 96 took T = 1 before,
@@ -152,8 +156,9 @@ function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
     }
     return undefined;
   };
-  if (s.G * s.Nq >= 4 && divides(16) && regs(16, 4, 16) <= SUBGROUP_REGISTERS) {
-    const scatter = fit(16, 4, 16, true, invocations(gpu, 256));
+  const scatterT = [32, 16].find(divides);
+  if (s.G * s.Nq >= 4 && scatterT !== undefined && regs(scatterT, 4, 8) <= SUBGROUP_REGISTERS) {
+    const scatter = fit(scatterT, 4, 8, true, invocations(gpu, 256));
     if (scatter) return scatter;
   }
   const R = Math.min(2, 2 ** Math.ceil(Math.log2(s.G * s.Nq)));
