@@ -7,8 +7,9 @@
  * memory is its own: the child makes the inputs (seeded normal values, flashattn's test/util.js) and its
  * session, notes its resident memory, then runs one call and checks the output against a float64
  * reference on a few query rows of every head (max|err| / max|ref| ≤ 1e-4; a case that fails is not
- * timed). The parent then asks the children for samples in turn, one call each per round, so a machine
- * shared with other work disturbs every case alike, each after the machine has gone quiet (settle: the
+ * timed), then --warmup more calls (2 by default; each peer's runtime optimizes its WebAssembly during
+ * its first calls; their times are kept in the results). The parent then asks the children for samples
+ * in turn, one call each per round, so a machine shared with other work disturbs every case alike, each after the machine has gone quiet (settle: the
  * previous case's thread pools may still spin); each sample gives the share of the machine's CPU time
  * that other processes took meanwhile (/proc/stat, less the child's own) and the child's CPU time per
  * wall-clock time (≈ the threads it kept busy). At the end each child gives its peak resident set
@@ -24,7 +25,7 @@
  *
  * Run from the project root (Node ≥ 20; the peers are bench/peers' own dependencies, not the library's):
  *   npm run build && npm ci --prefix bench/peers --ignore-scripts
- *   node bench/peers/cpu-peers.mjs [--n 1024,4096] [--samples 5] [--heads 8] [--dim 64] [--out report/cpu-peers]
+ *   node bench/peers/cpu-peers.mjs [--n 1024,4096] [--warmup 2] [--samples 5] [--heads 8] [--dim 64] [--out report/cpu-peers]
  * It prints the device, date and versions and a table, and writes OUT.json and OUT.md.
  * `--ignore-scripts`: onnxruntime-node's install script fetches CUDA libraries; its cpu binaries ship in the package.
  */
@@ -174,7 +175,14 @@ async function child(c) {
     }
     const error = err / top; // NaN where the output was NaN
     if (!(error <= TOLERANCE)) throw new Error(`validation failed: max|err|/max|ref| = ${error} on rows ${rows.join(', ')} (tolerance ${TOLERANCE})`);
-    await send({ ready: true, detail, error, firstMs, rssBefore });
+    // Warm-up calls, not sampled (every peer alike): a runtime's WebAssembly optimizing tier takes over during the first calls.
+    const warmupMs = [];
+    for (let i = 0; i < c.warmup; i++) {
+      const t = performance.now();
+      await call();
+      warmupMs.push(performance.now() - t);
+    }
+    await send({ ready: true, detail, error, firstMs, warmupMs, rssBefore });
     process.on('message', async (m) => {
       if (m === 'sample') {
         const { ms, ownMs, others } = await timedCall(call);
@@ -270,17 +278,18 @@ async function parent() {
   const H = Number(arg('heads', '8'));
   const D = Number(arg('dim', '64'));
   const samples = Number(arg('samples', '5'));
+  const warmup = Number(arg('warmup', '2'));
   const out = resolve(arg('out', resolve(root, 'report/cpu-peers')));
   const env = environment();
   const command = `node bench/peers/cpu-peers.mjs ${args.join(' ')}`.trim();
   process.stdout.write(
     `${env.date}  ${env.cpu}, ${env.cores} cores, ${env.memoryGiB} GiB; load average ${env.loadavg.join(' ')}\n` +
       `Node ${env.node}; flashattn ${env.flashattn}; onnxruntime-node ${env['onnxruntime-node']}; onnxruntime-web ${env['onnxruntime-web']}\n` +
-      `forward, B=1 H=${H} D=${D} f32, N = ${Ns.join(', ')}, causal off and on; ${samples} samples each, cases in turn\n`,
+      `forward, B=1 H=${H} D=${D} f32, N = ${Ns.join(', ')}, causal off and on; ${warmup} warm-up calls and ${samples} samples each, cases in turn\n`,
   );
 
   const cases = [];
-  for (const N of Ns) for (const causal of [false, true]) for (const peer of PEERS) cases.push({ peer, N, H, D, causal, scale: 1 / Math.sqrt(D) });
+  for (const N of Ns) for (const causal of [false, true]) for (const peer of PEERS) cases.push({ peer, N, H, D, causal, scale: 1 / Math.sqrt(D), warmup });
   // Start and validate the cases one at a time (a start is the busiest moment), then sample them in turn.
   const live = [];
   const results = [];
@@ -296,8 +305,8 @@ async function parent() {
       child.kill();
       continue;
     }
-    Object.assign(r, { detail: m.detail, validation: m.error, firstMs: m.firstMs, times: [], cpuPerWallSamples: [], others: [] });
-    process.stderr.write(`${label}: ${m.detail}; max|err|/max|ref| ${m.error.toExponential(1)}; first call ${m.firstMs.toFixed(0)} ms\n`);
+    Object.assign(r, { detail: m.detail, validation: m.error, firstMs: m.firstMs, warmupMs: m.warmupMs, times: [], cpuPerWallSamples: [], others: [] });
+    process.stderr.write(`${label}: ${m.detail}; max|err|/max|ref| ${m.error.toExponential(1)}; first call ${m.firstMs.toFixed(0)} ms; warm-up ${m.warmupMs.map((x) => x.toFixed(0)).join(', ')} ms\n`);
     live.push({ r, child });
   }
   for (let s = 0; s < samples; s++) {
@@ -328,18 +337,18 @@ async function parent() {
     '',
     `${env.cpu}, ${env.cores} cores, ${env.memoryGiB} GiB; Node ${env.node}; flashattn ${env.flashattn}; onnxruntime-node ${env['onnxruntime-node']}; onnxruntime-web ${env['onnxruntime-web']}.`,
     `Load average ${env.loadavg.join(' ')} before, ${env.loadavgAfter.join(' ')} after. \`${command}\`, ${env.date}.`,
-    `Forward, B=1 H=${H} D=${D} f32 (BNHD), ${samples} samples per case, the cases in turn; GFLOP/s = 4·N²·D·H / median time (best: / the fastest sample's), halved when causal;`,
+    `Forward, B=1 H=${H} D=${D} f32 (BNHD); per case a validating first call and ${warmup} warm-up calls (not sampled), then ${samples} samples, the cases in turn; GFLOP/s = 4·N²·D·H / median time (best: / the fastest sample's), halved when causal;`,
     'GFLOP per CPU-second: the same FLOPs / the process\'s CPU time (median over the samples), far less disturbed by other work than GFLOP/s.',
     'Peak memory growth: the child process\'s peak resident set less its resident set before the first call (inputs and session made).',
     '',
     table(results),
     '',
-    ...results.filter((r) => r.detail).map((r) => `- ${r.peer} N=${r.N}${r.causal ? ' causal' : ''}: ${r.detail}; max|err|/max|ref| ${r.validation.toExponential(1)}; waited ${((r.settleMs ?? 0) / samples).toFixed(0)} ms a sample for a quiet machine`),
+    ...results.filter((r) => r.detail).map((r) => `- ${r.peer} N=${r.N}${r.causal ? ' causal' : ''}: ${r.detail}; max|err|/max|ref| ${r.validation.toExponential(1)}; first call ${r.firstMs.toFixed(0)} ms, warm-up calls ${r.warmupMs.map((x) => x.toFixed(0)).join(', ')} ms; waited ${((r.settleMs ?? 0) / samples).toFixed(0)} ms a sample for a quiet machine`),
     '',
   ].join('\n');
   process.stdout.write(`\n${table(results)}\n`);
   mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(`${out}.json`, `${JSON.stringify({ environment: env, command, settings: { Ns, H, D, samples, tolerance: TOLERANCE }, results }, null, 1)}\n`);
+  writeFileSync(`${out}.json`, `${JSON.stringify({ environment: env, command, settings: { Ns, H, D, warmup, samples, tolerance: TOLERANCE }, results }, null, 1)}\n`);
   writeFileSync(`${out}.md`, md);
   process.stdout.write(`\nwrote ${out}.json and ${out}.md\n`);
 }
