@@ -190,11 +190,12 @@ for (const [index, c] of CASES.entries()) {
       for (const NG of [4, 8, 16]) if (NG * T <= gpu.limits.maxComputeInvocationsPerWorkgroup) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, NG } });
     }
     // The reduce-scattered choice with fewer keys a group at a time (U < T holds fewer K/V rows a lane), and 32 lanes a key.
-    if (sweepKeys && sub.kernel === 'decodeSubgroup' && sub.params.scatter) {
+    // (MHA too: one row a key/value head, R = 1.)
+    if (sweepKeys && sub.kernel === 'decodeSubgroup') {
       for (const T of [16, 32]) {
         if (T > (gpu.subgroupSize ?? 0) || D % (4 * T) !== 0) continue;
-        const wide = sub.params.wide === true && (D / 4 / T) % 2 === 0;
-        for (const U of [16, 8, 4]) for (const NG of [8, 16]) if (U <= T && NG * T <= gpu.limits.maxComputeInvocationsPerWorkgroup) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, NG, wide } });
+        const wide = p.dtype === 'f16' && (D / 4 / T) % 2 === 0;
+        for (const U of [16, 8, 4]) for (const NG of [8, 16]) if (U <= T && NG * T <= gpu.limits.maxComputeInvocationsPerWorkgroup) choices.push({ kernel: 'decodeSubgroup', params: { ...sub.params, T, U, NG, R: Math.min(4, G), scatter: true, wide } });
       }
     }
     // Around the shipped choice: workgroups of 64 to 256 invocations, 16K to 48K invocations a dispatch.

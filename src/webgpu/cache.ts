@@ -109,7 +109,7 @@ export class WebgpuCacheStore implements CacheStore {
         const longest = Math.max(1, ...s.lengths);
         const problem = this.problem(s, longest);
         const mods = modsOf(problem);
-        const shape = { D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true, aligned8: D % 8 === 0, ...(mods && { mods }) };
+        const shape = { D, dtype, G: H / Hkv, Nq, causal: s.causal, cache: true, paged: this.g.paged, aligned: true, aligned8: D % 8 === 0, ...(mods && { mods }), ...(this.g.paged && { pageSize: this.g.pageSize }) };
         const choice = decodeChoice(shape, this.gpu, this.kernels)!;
         const plan = decodePlan(choice, B, Hkv, (H / Hkv) * Nq, keysSeen(s.mods, Nq, longest));
         const { R } = plan;

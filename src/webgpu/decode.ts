@@ -11,6 +11,7 @@ import { DECODE_MOD_FLAGS, decodeWGSL, decodeWorkgroupBytes, mergeWGSL, type Dec
 import { decodeSubgroupWGSL, decodeSubgroupWorkgroupBytes, type DecodeSubgroupParams } from './kernels/decode-subgroup.js';
 import { DECODE_MATRIX_ROWS, decodeMatrixWGSL, decodeMatrixWorkgroupBytes, type DecodeMatrixParams } from './kernels/decode-matrix.js';
 import type { StorageType } from './kernels/common.js';
+import { modFlags } from './kernels/modifiers.js';
 import { pipeline } from './pipelines.js';
 
 /** Most queries per sequence the decode schedule takes (single-token decode up to speculative decoding). */
@@ -75,6 +76,8 @@ export interface DecodeShape {
   aligned8?: boolean;
   /** The variants' flags (modsOf; DECODE_MOD_FLAGS only), when the call has some. */
   mods?: string;
+  /** Keys a page of a paged cache. */
+  pageSize?: number;
 }
 
 function invocations(gpu: Gpu, most = 128): number {
@@ -149,9 +152,11 @@ function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
   const divides = (T: number) => T <= SGS && D4 % T === 0;
   const wide = (T: number) => s.dtype === 'f16' && s.aligned8 === true && (D4 / T) % 2 === 0;
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
+  // A group's U keys in one page: one block-table lookup for them (splits start at multiples of U but for a window's).
+  const pageRun = (U: number) => s.paged && s.pageSize !== undefined && s.pageSize % U === 0 && !modFlags(s.mods).window;
   const fit = (T: number, R: number, U: number, scatter: boolean, WG: number): DecodeChoice | undefined => {
     for (let NG = WG / T; NG >= 1; NG /= 2) {
-      const params = { D: s.D, dtype: s.dtype, T, NG, R, U, causal: s.causal, cache: s.cache, paged: s.paged, ...(s.mods && { mods: s.mods }), ...(scatter && { scatter }), ...(wide(T) && { wide: true }) };
+      const params = { D: s.D, dtype: s.dtype, T, NG, R, U, causal: s.causal, cache: s.cache, paged: s.paged, ...(s.mods && { mods: s.mods }), ...(scatter && { scatter }), ...(wide(T) && { wide: true }), ...(pageRun(U) && { pageRun: true }) };
       if (Number.isInteger(NG) && decodeSubgroupWorkgroupBytes(params) <= limit) return { kernel: 'decodeSubgroup', params };
     }
     return undefined;

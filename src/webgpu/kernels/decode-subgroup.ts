@@ -50,6 +50,11 @@ export interface DecodeSubgroupParams {
   scatter?: boolean;
   /** f16 K/V loaded 16 bytes at a time (requires an even number of vec4s a lane and rows at multiples of 8 halves). */
   wide?: boolean;
+  /**
+   * Paged: a group's U keys lie in one page (the page size a multiple of U, and every split starting at a
+   * multiple of U: no window), so one block-table lookup serves them all.
+   */
+  pageRun?: boolean;
 }
 
 export function decodeSubgroupWorkgroupBytes(p: Pick<DecodeSubgroupParams, 'D' | 'NG' | 'R'>): number {
@@ -84,6 +89,16 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   const loadQ = rows
     .map((r) => vs.map((v) => `q${r}_${v} = select(vec4<f32>(0.0), load_q(${r}u, lane * ${VPT}u + ${v}u), ok_row(${r}u)) * u.scale;`).join('\n  '))
     .join('\n  ');
+  if (p.pageRun && !p.paged) throw new Error('decodeSubgroup: pageRun is for paged caches');
+  // The element offset of key `key` (clamped to the split's last: no key outside it is read, so a NaN there
+  // cannot reach O through 0·NaN); with pageRun, from the group's page (run_base: kb's page, or the last
+  // key's where kb is past it, which is where every key of the group is clamped to then).
+  const keyBase = (key: string) => (p.pageRun ? `run_base + (min(${key}, keyEnd - 1u) - kc) * u.kvRow` : `key_base(min(${key}, keyEnd - 1u))`);
+  const pageRun = p.pageRun
+    ? `let kc = min(kb, keyEnd - 1u);
+      let run_base = u32(table[slot * u.maxPages + kc / u.pageSize]) * u.kvPage + (kc % u.pageSize) * u.kvRow + hk * u.kvHead;
+      `
+    : '';
   const loads = us
     .map((u) => {
       const key = `key${u}`;
@@ -91,7 +106,7 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
         `let ${key} = kb + ${p.scatter ? `(${u}u ^ j)` : `${u}u`};`,
         ...(wide
           ? [
-              `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 8u + lane * ${VPT / 2}u;`,
+              `let base${u} = (${keyBase(key)}) / 8u + lane * ${VPT / 2}u;`,
               ...vs
                 .filter((v) => v % 2 === 0)
                 .map((v) =>
@@ -104,7 +119,7 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
                 ),
             ]
           : [
-              `let base${u} = key_base(min(${key}, keyEnd - 1u)) / 4u + lane * ${VPT}u;`,
+              `let base${u} = (${keyBase(key)}) / 4u + lane * ${VPT}u;`,
               ...vs.map((v) => `let k${u}_${v} = vec4<f32>(k[base${u} + ${v}u]);\n      let v${u}_${v} = vec4<f32>(vv[base${u} + ${v}u]);`),
             ]),
       ].join('\n      ');
@@ -223,7 +238,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   // Every group runs the same iterations (keys past the end are masked), so the loop is uniform.
   for (var k0 = keyStart; k0 < keyEnd; k0 += ${NG * U}u) {
       let kb = k0 + grp * ${U}u;${p.scatter ? '\n      let mine = kb + j;' : ''}
-      ${loads}
+      ${pageRun}${loads}
       ${p.scatter ? perRowScatter : perRow}
   }
 
