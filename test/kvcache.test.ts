@@ -62,8 +62,9 @@ async function step(m: Model, cache: KVCache, slots: number[], n: number, Nq: nu
 
 describe('KV cache', () => {
   reportWebgpuSkip();
-  // webgpu: the kernel the device gets, and the subgroup decode kernel forced (software adapters get the portable one).
-  const runs = BACKENDS.flatMap((backend) => (backend === 'webgpu' ? [['webgpu', 'auto'], ['webgpu', 'subgroup']] : [['cpu', 'auto']]) as ['cpu' | 'webgpu', DecodeKernels][]);
+  // webgpu: the kernel the device gets, and the subgroup decode kernel forced (software adapters get the
+  // portable one), all-reduced and reduce-scattered (GQA groups on GPUs).
+  const runs = BACKENDS.flatMap((backend) => (backend === 'webgpu' ? [['webgpu', 'auto'], ['webgpu', 'subgroup'], ['webgpu', 'scatter']] : [['cpu', 'auto']]) as ['cpu' | 'webgpu', DecodeKernels][]);
   for (const [backend, kernels] of runs) {
     for (const [dtype, D, pageSize] of [
       ['f32', 40, undefined],

@@ -144,7 +144,7 @@ const SUBGROUP_REGISTERS = 320;
  * (the fewest registers). On lavapipe with 128-bit vectors (subgroups of 4) f16 D = 96 took T = 1 before,
  * VPT = 24: its unrolled kernel took lavapipe minutes to compile, against seconds with T = 4.
  */
-function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
+function subgroupChoice(s: DecodeShape, gpu: Gpu, scatterOnly = false): DecodeChoice | undefined {
   const SGS = gpu.subgroupSize;
   if (!gpu.subgroups || SGS === undefined || !s.aligned || s.D % 4 !== 0) return undefined;
   const D4 = s.D / 4;
@@ -161,9 +161,11 @@ function subgroupChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
     }
     return undefined;
   };
-  const scatterT = [32, 16].find(divides);
-  if (s.G * s.Nq >= 4 && scatterT !== undefined && regs(scatterT, 4, 8) <= SUBGROUP_REGISTERS) {
-    const scatter = fit(scatterT, 4, 8, true, invocations(gpu, 256));
+  // scatterOnly (DecodeKernels 'scatter'): the reduce-scattered kernel for any rows, over as many lanes as divide D / 4.
+  const scatterT = (scatterOnly ? [32, 16, 8, 4, 2, 1] : [32, 16]).find(divides);
+  const scatterU = Math.min(8, scatterT ?? 8);
+  if ((scatterOnly || s.G * s.Nq >= 4) && scatterT !== undefined && regs(scatterT, 4, scatterU) <= SUBGROUP_REGISTERS) {
+    const scatter = fit(scatterT, 4, scatterU, true, invocations(gpu, 256));
     if (scatter) return scatter;
   }
   const R = Math.min(2, 2 ** Math.ceil(Math.log2(s.G * s.Nq)));
@@ -194,9 +196,11 @@ function matrixChoice(s: DecodeShape, gpu: Gpu): DecodeChoice | undefined {
  * software adapters (in Chromium's SwiftShader the subgroup kernel's pages stopped answering; lavapipe
  * runs it, and the tests force it there: 'subgroup'); 'subgroup' and 'matrix' that kernel where it
  * applies (else the portable one; the subgroup-matrix kernel is correct but slower than the subgroup
- * one on an H200, so only tests and measurements ask for it), 'portable' the portable kernel only.
+ * one on an H200, so only tests and measurements ask for it), 'scatter' the subgroup kernel with its
+ * scores reduce-scattered whatever the rows, over as many lanes as the subgroup has and D / 4 allows (so
+ * that lavapipe's subgroups of 4 run it: tests), 'portable' the portable kernel only.
  */
-export type DecodeKernels = 'auto' | 'matrix' | 'subgroup' | 'portable';
+export type DecodeKernels = 'auto' | 'matrix' | 'subgroup' | 'scatter' | 'portable';
 
 /**
  * The decode kernel for a shape on a device: the subgroup-matrix kernel (kernels/decode-matrix.ts) where
@@ -207,7 +211,7 @@ export type DecodeKernels = 'auto' | 'matrix' | 'subgroup' | 'portable';
 export function decodeChoice(s: DecodeShape, gpu: Gpu, kernels: DecodeKernels = 'auto'): DecodeChoice | undefined {
   const matrix = kernels === 'matrix' ? matrixChoice(s, gpu) : undefined;
   if (matrix) return matrix;
-  const sub = kernels === 'subgroup' || (kernels === 'auto' && !gpu.software) ? subgroupChoice(s, gpu) : undefined;
+  const sub = kernels === 'subgroup' || kernels === 'scatter' || (kernels === 'auto' && !gpu.software) ? subgroupChoice(s, gpu, kernels === 'scatter') : undefined;
   if (sub) return sub;
   const WG = invocations(gpu);
   const limit = gpu.limits.maxComputeWorkgroupStorageSize;
