@@ -24,6 +24,13 @@
  * The host keeps the lengths and the block table, so a call never waits for the device to learn them;
  * on webgpu the append and the attention are one submission, and a call on GPUBuffer tensors returns as
  * soon as its work is queued (see webgpu/cache.ts).
+ *
+ * A prompt into empty slots (every slot of the call empty, Nq = n new tokens, more than PREFILL_QUERIES,
+ * no options.encoder) sees only its own keys: its attention is forward() over the call's own q, k and v
+ * (the prefill kernels, which read K and V once per query tile rather than once per few query rows as
+ * the decode schedule does), and k and v are appended beside it (createKVCache's webgpu caches;
+ * `prefill`). On lavapipe a 512- and a 2048-token prompt (H = 8, Hkv = 2, D = 64, f32, causal) took 66 and
+ * 926 ms so, against 230 and 3720 ms on the decode schedule.
  */
 import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from './errors.js';
 import { MemoryTracker } from './memory.js';
@@ -166,6 +173,12 @@ export function poolElements(g: CacheGeometry): number {
   return g.pages * g.pageSize * g.Hkv * g.D;
 }
 
+/** Queries above which a prompt into empty slots runs on forward() (as forward() leaves the decode schedule above 16). */
+export const PREFILL_QUERIES = 16;
+
+/** forward() with the cache's backend and device: a prompt's attention over its own q, k, v. */
+export type CachePrefill = (q: AnyTensor, k: AnyTensor, v: AnyTensor, options: AttentionOptions) => Promise<{ out: AnyTensor; lse: AnyTensor }>;
+
 export class KVCache {
   readonly geometry: CacheGeometry;
   private readonly lens: Int32Array;
@@ -180,6 +193,7 @@ export class KVCache {
     geometry: CacheGeometry,
     private readonly store: CacheStore,
     readonly memory: MemoryTracker,
+    private readonly prefill?: CachePrefill,
   ) {
     this.geometry = geometry;
     this.lens = new Int32Array(geometry.batch);
@@ -318,6 +332,15 @@ export class KVCache {
     }
     if (g.paged) this.assignPages(slots, lengths);
     const scale = o.scale ?? 1 / Math.sqrt(g.D);
+    if (attend && this.prefill && k !== undefined && v !== undefined && o.encoder === undefined && Nq === n && Nq > PREFILL_QUERIES && starts.every((x) => x === 0)) {
+      // A prompt into empty slots: forward() over its own q, k, v, then k and v appended.
+      const result = await this.prefill(q!, k, v, { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory });
+      const append = { k, v, n, slots, starts, lengths, table: this.table, tableChanged: this.tableChanged, causal: false, scale, mods: {}, H: 0, Nq: 0, memory: this.memory };
+      await this.store.step(append);
+      this.tableChanged = false;
+      slots.forEach((s, b) => (this.lens[s] = lengths[b]));
+      return { out: result.out, lse: result.lse };
+    }
     const step: CacheStep = {
       q: attend ? q : undefined,
       k,

@@ -102,6 +102,28 @@ describe('KV cache', () => {
     }
   }
 
+  for (const backend of BACKENDS.filter((b) => b === 'webgpu')) {
+    test(`${backend}: a prompt into empty slots is forward() over its own q, k, v (the same bits), then decode steps see its keys`, async () => {
+      const [B, Nq, H, Hkv, D] = [2, 40, 4, 2, 16];
+      const q = randomTensor('f32', [B, Nq, H, D], 61);
+      const k = randomTensor('f32', [B, Nq, Hkv, D], 62);
+      const v = randomTensor('f32', [B, Nq, Hkv, D], 63);
+      const options = { causal: true, window: [24, 0] as const, softcap: 30 };
+      const cache = await createKVCache({ batch: 3, kvHeads: Hkv, headDim: D, maxLength: 64, backend, pageSize: 8 });
+      const got = await cache.forward(q, k, v, { ...options, sequences: [2, 0] });
+      const want = await forward(q, k, v, { ...options, backend });
+      assert.deepEqual(Array.from(got.out.data as Float32Array), Array.from(want.out.data as Float32Array));
+      assert.deepEqual(Array.from(got.lse.data as Float32Array), Array.from(want.lse.data as Float32Array));
+      assert.deepEqual(cache.lengths, [40, 0, 40]);
+      const { k: k2 } = await cache.read(2);
+      assert.deepEqual(Array.from(k2.data), Array.from(rows(k, 0, 0, Nq).data), 'slot 2 holds row 0 of k');
+      // A decode step on top: 41 keys, against the oracle.
+      const m: Model = { backend, dtype: 'f32', H, Hkv, D, history: [[rows(k, 1, 0, Nq), rows(v, 1, 0, Nq)], [], [rows(k, 0, 0, Nq), rows(v, 0, 0, Nq)]] };
+      await step(m, cache, [0, 2], 1, 1, false, 70);
+      cache.dispose();
+    });
+  }
+
   if (BACKENDS.includes('webgpu')) {
     test('webgpu: GPUBuffer tensors in, results in the caller’s out and lse, the same as typed arrays', async () => {
       const device = await webgpuDevice();
