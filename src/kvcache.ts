@@ -333,17 +333,13 @@ export class KVCache {
     }
     if (g.paged) this.assignPages(slots, lengths);
     const scale = o.scale ?? 1 / Math.sqrt(g.D);
-    if (attend && this.prefill && k !== undefined && v !== undefined && o.encoder === undefined && Nq === n && Nq > PREFILL_QUERIES && starts.every((x) => x === 0)) {
-      // A prompt into empty slots: forward() over its own q, k, v, then k and v appended.
-      const result = await this.prefill(q!, k, v, { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory });
-      const append = { k, v, n, slots, starts, lengths, table: this.table, tableChanged: this.tableChanged, causal: false, scale, mods: {}, H: 0, Nq: 0, memory: this.memory };
-      await this.store.step(append);
-      this.tableChanged = false;
-      slots.forEach((s, b) => (this.lens[s] = lengths[b]));
-      return { out: result.out, lse: result.lse };
-    }
+    // A prompt into empty slots: forward() over its own q, k, v; the store then only appends k and v.
+    const prefilled =
+      attend && this.prefill && k !== undefined && v !== undefined && o.encoder === undefined && Nq === n && Nq > PREFILL_QUERIES && starts.every((x) => x === 0)
+        ? await this.prefill(q!, k, v, { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory })
+        : undefined;
     const step: CacheStep = {
-      q: attend ? q : undefined,
+      q: attend && !prefilled ? q : undefined,
       k,
       v,
       n,
@@ -366,7 +362,7 @@ export class KVCache {
     const result = await this.store.step(step);
     this.tableChanged = false;
     slots.forEach((s, b) => (this.lens[s] = lengths[b]));
-    return result;
+    return prefilled ? { out: prefilled.out, lse: prefilled.lse } : result;
   }
 
   /** Pages for every slot up to its new length, from the free pool (all or none). */

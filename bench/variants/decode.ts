@@ -203,7 +203,7 @@ for (const [index, c] of CASES.entries()) {
     if (sweepAll) for (const WG of [128]) choices.push({ kernel: 'decode', params: { ...(portable.params as DecodeParams), WG } });
     for (const choice of choices) {
       const { R, block, WG } = decodeShape(choice);
-      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : sweepWave ? [64, 128, 256, 384, 512, 1024] : sweepKeys ? [128, 256, 512, 1024] : sweepScatter ? [128, 256, 512, 1024] : sweepTune ? [16384, 24576, 32768, 49152].map((n) => n / WG) : [1024, 2048];
+      const targets = choice.kernel === 'decodeMatrix' ? [2048, 4096, 8192] : sweepWave ? [64, 128, 256, 384, 512, 1024] : sweepKeys || sweepScatter ? [128, 256, 512, 1024] : sweepTune ? [16384, 24576, 32768, 49152].map((n) => n / WG) : [1024, 2048];
       const seen = new Set<number>();
       for (const target of targets) {
         const rowChunks = Math.ceil(G / R);
