@@ -10,7 +10,9 @@
 // EACH=1: also each call's GFLOP/s in wall time, the first call included (a process's first calls: V8 runs
 // WebAssembly on its baseline compiler, Liftoff, until it has optimized the hot functions in the background).
 // V8_FLAGS (e.g. '--no-liftoff'): passed to v8.setFlagsFromString before the library loads, for measurement
-// only (the library sets no flags).
+// only (the library sets no flags); whether a flag set at run time reaches the workers' WebAssembly is not
+// known: `node --no-liftoff bench/variants/cpu-pool-build.mjs …` sets it for the whole process (the workers
+// run with it since 7240c0b).
 // Used for bench/results/2026-12-05-cpu1024.md and 2026-12-05-cpu-first-calls.md (round 2).
 import v8 from 'node:v8';
 import { resolve } from 'node:path';
