@@ -16,7 +16,19 @@ import { defaultGpu } from '../src/webgpu/device.js';
 import { standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
-import { assertWithinRule, concat, maxError, randomTensor, rows } from './util.js';
+import { assertWithinRule, concat, maxError, onDevice, randomTensor, rows } from './util.js';
+
+/** The first n f32 of a GPUBuffer (COPY_SRC) of `device`. */
+async function readF32(device: GPUDevice, buffer: GPUBuffer, n: number): Promise<Float32Array> {
+  const staging = device.createBuffer({ size: n * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = device.createCommandEncoder();
+  enc.copyBufferToBuffer(buffer, 0, staging, 0, n * 4);
+  device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const data = new Float32Array(staging.getMappedRange().slice(0));
+  staging.destroy();
+  return data;
+}
 
 
 
@@ -125,6 +137,46 @@ describe('KV cache', () => {
     });
   }
 
+  for (const backend of BACKENDS) {
+    test(`${backend}: a prompt after cached tokens (chunked prefill) is forward() over the slots' keys (the same bits); slots of different lengths stay on the decode schedule`, async () => {
+      const [H, Hkv, D, n0, n] = [4, 2, 16, 27, 21];
+      const options = { causal: true, window: [30, 0] as const, softcap: 30 };
+      const cache = await createKVCache({ batch: 3, kvHeads: Hkv, headDim: D, maxLength: 96, backend, pageSize: 8 });
+      const [k0, v0] = [81, 82].map((seed) => randomTensor('f32', [2, n0, Hkv, D], seed));
+      const q = randomTensor('f32', [2, n, H, D], 83);
+      const [k, v] = [84, 85].map((seed) => randomTensor('f32', [2, n, Hkv, D], seed));
+      // Each batch row's n0 cached tokens, then its n new ones: (2, n0 + n, Hkv, D).
+      const joined = (a: Tensor, b: Tensor): Tensor => {
+        const [r0, r1] = [0, 1].map((row) => concat(rows(a, row, 0, n0), rows(b, row, 0, n)));
+        return { data: Float32Array.from([...(r0.data as Float32Array), ...(r1.data as Float32Array)]), dtype: 'f32', shape: [2, n0 + n, Hkv, D] };
+      };
+      const want = await forward(q, joined(k0, k), joined(v0, v), { ...options, backend });
+      const sequences = [2, 0];
+      let out: Float32Array;
+      let lse: Float32Array;
+      if (backend === 'webgpu') {
+        // On webgpu the path takes GPUBuffer tensors (typed arrays stay on the decode schedule).
+        const device = await webgpuDevice();
+        const gpu = (t: Tensor) => onDevice(device, t);
+        await cache.append(gpu(k0), gpu(v0), { sequences });
+        const [o, l] = [gpu(randomTensor('f32', [2, n, H, D], 9)), gpu(randomTensor('f32', [2, H, n], 9))];
+        await cache.forward(gpu(q), gpu(k), gpu(v), { ...options, sequences, out: o, lse: l });
+        [out, lse] = await Promise.all([readF32(device, o.data, 2 * n * H * D), readF32(device, l.data, 2 * H * n)]);
+      } else {
+        await cache.append(k0, v0, { sequences });
+        const r = await cache.forward(q, k, v, { ...options, sequences });
+        [out, lse] = [r.out.data as Float32Array, r.lse.data as Float32Array];
+      }
+      assert.deepEqual(Array.from(out), Array.from(want.out.data as Float32Array));
+      assert.deepEqual(Array.from(lse), Array.from(want.lse.data as Float32Array));
+      assert.deepEqual(cache.lengths, [n0 + n, 0, n0 + n]);
+      // Slots 0 (48 tokens) and 1 (empty) take 18 more each: different lengths, the decode schedule.
+      const m: Model = { backend, dtype: 'f32', H, Hkv, D, history: [[rows(joined(k0, k), 1, 0, n0 + n), rows(joined(v0, v), 1, 0, n0 + n)], [], []] };
+      await step(m, cache, [0, 1], 18, 18, true, 90);
+      cache.dispose();
+    });
+  }
+
   if (BACKENDS.includes('webgpu')) {
     test('webgpu: GPUBuffer tensors in, results in the caller’s out and lse, the same as typed arrays', async () => {
       const device = await webgpuDevice();
@@ -145,16 +197,8 @@ describe('KV cache', () => {
       const lse = make(randomTensor('f32', [2, 4, 1], 9));
       const got = await b.forward(make(q), undefined, undefined, { out, lse });
       assert.equal(got.out.data, out.data);
-      const read = async (buf: GPUBuffer, n: number) => {
-        const staging = device.createBuffer({ size: n * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-        const enc = device.createCommandEncoder();
-        enc.copyBufferToBuffer(buf, 0, staging, 0, n * 4);
-        device.queue.submit([enc.finish()]);
-        await staging.mapAsync(GPUMapMode.READ);
-        return new Float32Array(staging.getMappedRange().slice(0));
-      };
-      assert.deepEqual(Array.from(await read(out.data, 128)), Array.from(ref.out.data as Float32Array));
-      assert.deepEqual(Array.from(await read(lse.data, 8)), Array.from(ref.lse.data as Float32Array));
+      assert.deepEqual(Array.from(await readF32(device, out.data, 128)), Array.from(ref.out.data as Float32Array));
+      assert.deepEqual(Array.from(await readF32(device, lse.data, 8)), Array.from(ref.lse.data as Float32Array));
       a.dispose();
       b.dispose();
     });

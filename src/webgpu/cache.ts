@@ -69,6 +69,7 @@ export class WebgpuCacheStore implements CacheStore {
     this.appendUniform = this.own.create(80, 'append sizes', 'config', uniform);
     this.attendUniform = this.own.create(80, 'decode sizes', 'config', uniform);
     this.scratch = decodeScratch(gpu.device);
+    if ((g.Hkv * g.D * BYTES[g.dtype]) % 4 === 0) this.prefix = async (slots, length, table) => this.copyPrefix(slots, length, table);
   }
 
   /** The pool's strides: page, row (token), head. */
@@ -180,6 +181,32 @@ export class WebgpuCacheStore implements CacheStore {
     const group = modBuffers(p, mods, this.own);
     this.modGroup = { key, slopes, group };
     return group;
+  }
+
+  /**
+   * CacheStore.prefix: copies of the slots' rows into fresh buffers, a copyBufferToBuffer per page of each
+   * slot, submitted after the steps before; absent where a token's row (Hkv·D elements) is not a multiple
+   * of 4 bytes (f16 with Hkv·D odd).
+   */
+  readonly prefix?: (slots: Int32Array, length: number, table: Int32Array) => Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
+
+  private copyPrefix(slots: Int32Array, length: number, table: Int32Array): { k: GpuTensor; v: GpuTensor; done(): void } {
+    const { Hkv, D, dtype, pageSize, maxPages } = this.g;
+    const width = Hkv * D * BYTES[dtype];
+    const call = new GpuBuffers(this.gpu.device, this.memory);
+    const [k, v] = ['k', 'v'].map((name) => call.create(slots.length * length * width, `a prompt's cached ${name}`, name));
+    const enc = this.gpu.device.createCommandEncoder();
+    slots.forEach((slot, b) => {
+      for (let t0 = 0; t0 < length; t0 += pageSize) {
+        const page = table[slot * maxPages + t0 / pageSize];
+        const bytes = Math.min(pageSize, length - t0) * width;
+        enc.copyBufferToBuffer(this.k, page * pageSize * width, k, (b * length + t0) * width, bytes);
+        enc.copyBufferToBuffer(this.v, page * pageSize * width, v, (b * length + t0) * width, bytes);
+      }
+    });
+    this.gpu.device.queue.submit([enc.finish()]);
+    const shape = [slots.length, length, Hkv, D];
+    return { k: { data: k, dtype, shape }, v: { data: v, dtype, shape }, done: () => call.destroyAll() };
   }
 
   async read(slot: number, length: number, table: Int32Array): Promise<{ k: Tensor; v: Tensor }> {
