@@ -154,6 +154,8 @@ export interface CacheStore {
    * Hkv·D, which copyBufferToBuffer's 4-byte steps cannot cut).
    */
   prefix?(slots: Int32Array, length: number, table: Int32Array): Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
+  /** The most bytes prefix() can copy into one tensor (a device's buffer limit); none where absent. */
+  readonly prefixBytes?: number;
   dispose(): void;
 }
 
@@ -352,7 +354,13 @@ export class KVCache {
     // window and ALiBi's distances are the cache's own there: each slot's diagonal at its length − Nq.
     const prompt = attend && this.prefill !== undefined && k !== undefined && v !== undefined && o.encoder === undefined && Nq === n && Nq > PREFILL_QUERIES;
     const empty = prompt && starts.every((x) => x === 0);
-    const chunked = prompt && !empty && this.store.prefix !== undefined && starts.every((x) => x === starts[0]) && (!onGpu || isGpuBuffer(q!.data));
+    const chunked =
+      prompt &&
+      !empty &&
+      this.store.prefix !== undefined &&
+      starts.every((x) => x === starts[0]) &&
+      (!onGpu || isGpuBuffer(q!.data)) &&
+      B * lengths[0] * g.Hkv * g.D * BYTES_PER_ELEMENT[g.dtype] <= (this.store.prefixBytes ?? Infinity); // checked before the append: a refused call changes nothing
     const prefillOptions = { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory };
     const prefilled = empty ? await this.prefill!(q!, k!, v!, prefillOptions) : undefined;
     const step: CacheStep = {

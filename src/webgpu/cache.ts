@@ -70,6 +70,7 @@ export class WebgpuCacheStore implements CacheStore {
     this.attendUniform = this.own.create(80, 'decode sizes', 'config', uniform);
     this.scratch = decodeScratch(gpu.device);
     if ((g.Hkv * g.D * BYTES[g.dtype]) % 4 === 0) this.prefix = async (slots, length, table) => this.copyPrefix(slots, length, table);
+    this.prefixBytes = Math.min(gpu.device.limits.maxBufferSize, gpu.device.limits.maxStorageBufferBindingSize);
   }
 
   /** The pool's strides: page, row (token), head. */
@@ -189,6 +190,7 @@ export class WebgpuCacheStore implements CacheStore {
    * of 4 bytes (f16 with Hkv·D odd).
    */
   readonly prefix?: (slots: Int32Array, length: number, table: Int32Array) => Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
+  readonly prefixBytes: number;
 
   private copyPrefix(slots: Int32Array, length: number, table: Int32Array): { k: GpuTensor; v: GpuTensor; done(): void } {
     const { Hkv, D, dtype, pageSize, maxPages } = this.g;
