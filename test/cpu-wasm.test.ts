@@ -7,7 +7,9 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { backward, forward, type DType, type Layout, type Tensor } from '../src/index.js';
+import { backward, encodeF16, forward, type DType, type Layout, type Tensor } from '../src/index.js';
+import { linearScratch, linearTask, linearTasks, type LinearKernel, type LinearShape } from '../src/cpu/linear.js';
+import { wasmLinearKernel } from '../src/cpu/wasm/linear.js';
 import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
@@ -526,6 +528,32 @@ describe("cpu WebAssembly: the module's soft-cap and ALiBi (score-mod.ts) beside
         const ulp = 2 ** -23;
         assert.ok(Math.abs(got - row[c]) <= 4 * ulp * cap + 2 * ulp * Math.abs(row[c]), `row ${r} key ${c}: ${got} against ${row[c]}`);
         assert.ok(Math.abs(dc - dcap[c]) <= 8 * ulp, `row ${r} key ${c}: derivative ${dc} against ${dcap[c]}`);
+      }
+    }
+  });
+});
+
+describe('cpu WebAssembly: the nn linear', () => {
+  test('the micro-kernel gives the JavaScript kernel’s bits: f32 and f16, rows and columns past the tiles, activations, residual', (t) => {
+    const w = wasmLinearKernel({ M: 16, N: 4, K: 4, MB: 16, NB: 4, activation: 'none', residual: false });
+    if (!w) return t.skip(`no WebAssembly SIMD here (${wasmSupport()})`);
+    let seed = 7;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
+    for (const dtype of ['f32', 'f16'] as const) {
+      // M past DIRECT_ROWS (the packed path), N and M not multiples of 4, K odd and K = 1
+      for (const [M, N, K] of [[9, 5, 3], [61, 101, 77], [64, 8, 1], [13, 6, 130]]) {
+        const data = (n: number) => (dtype === 'f16' ? encodeF16(Float64Array.from({ length: n }, rnd)) : Float32Array.from({ length: n }, rnd));
+        const [x, wt, b, r] = [data(M * K), data(N * K), data(N), data(M * N)];
+        for (const [activation, residual] of [['none', false], ['gelu', true], ['relu', false]] as const) {
+          const s: LinearShape = { M, N, K, MB: 16, NB: 4 * Math.ceil(N / 8), activation, residual };
+          const y = (kernel: LinearKernel | undefined) => {
+            const out = dtype === 'f16' ? new Uint16Array(M * N) : new Float32Array(M * N);
+            const scratch = new Float64Array(linearScratch(s));
+            for (let task = 0; task < linearTasks(s); task++) linearTask(s, { x, w: wt, b, y: out, r }, task, scratch, kernel);
+            return Array.from(out);
+          };
+          assert.deepEqual(y(wasmLinearKernel(s)), y(undefined), `${dtype} ${M}×${N}×${K} ${activation}${residual ? ' + residual' : ''}`);
+        }
       }
     }
   });

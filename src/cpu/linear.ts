@@ -1,16 +1,19 @@
 /**
  * The cpu backend's matrix-product kernel, for the nn ops (src/nn/cpu/ops.ts) on the same worker threads
- * as attention: plain typed-array loops, f32 or f16 in memory and f64 in registers.
+ * as attention: f32 or f16 in memory and f64 in registers; the packed path's 4×4 micro-kernel runs in
+ * WebAssembly SIMD where the runtime has it (wasm/linear.ts: the same bits, 4× the JavaScript loop's
+ * rate on one core of the 2-core VM), else in JavaScript (microKernel).
  *
  * linearTask: y = act(x·Wᵀ + b) (+ r), x (M, K) → y (M, N) with W (N, K), act none, ReLU or GELU (tanh
  *   approximation), r an optional residual (M, N) added last. One task owns a block of MB rows of x and
  *   NB columns of y (several column blocks where there are few row blocks, as in single-token decode, so
- *   that every thread has work): it packs its rows into f64 scratch, four rows interleaved
+ *   that every thread has work): it packs its rows into f64 (the thread's scratch, or the WebAssembly
+ *   module's memory: LinearKernel), four rows interleaved
  *   (xp[g·4K + 4k + i] = x[4g + i][k]), then for each group of four rows of W packs those the same way (wp[4k + j] = W[n + j][k]) and runs a
  *   4×4 register-blocked micro-kernel over k for every row group: each step loads 4 + 4 doubles from two
  *   contiguous streams for 16 multiply-adds. The packed x block (MB·K doubles) stays in L2 and the packed
  *   W group (4·K) in L1. Tails (M, N not multiples of 4) are packed as zeros and not stored.
- *   Scratch per thread: (MB + 4)·K f64.
+ *   Scratch per thread: (MB + 4)·K + 4·MB f64 (the tiles of the row groups).
  */
 import { f16ToNumber, numberToF16 } from '../f16.js';
 /** f32 values, or f16 bits. */
@@ -55,9 +58,9 @@ export function linearTasks(s: LinearShape): number {
   return Math.ceil(s.M / s.MB) * Math.ceil(s.N / s.NB);
 }
 
-/** f64 elements of scratch each thread needs. */
+/** f64 elements of scratch each thread needs: x's rows, a W group, and the row groups' 4×4 tiles. */
 export function linearScratch(s: LinearShape): number {
-  return (s.MB + 4) * s.K;
+  return (s.MB + 4) * s.K + 4 * s.MB;
 }
 
 /** Rows of x per task: enough tasks for every thread twice over, 16 to 64 rows each. */
@@ -89,13 +92,13 @@ export function store(y: HostData, i: number, v: number): void {
 }
 
 /**
- * tile[4i + j] = Σ_k xp[ia + 4k + i] · wp[4k + j]: the 4×4 micro-kernel over packed rows. A function of
- * its own so that V8 optimises it whole once, rather than the loop alone and then again around it.
+ * tile[to + 4i + j] = Σ_k xp[ia + 4k + i] · wp[wo + 4k + j]: the 4×4 micro-kernel over packed rows. A
+ * function of its own so that V8 optimises it whole once, rather than the loop alone and then again around it.
  */
-function microKernel(xp: Float64Array, ia: number, wp: Float64Array, K: number, tile: Float64Array): void {
+function microKernel(xp: Float64Array, ia: number, wp: Float64Array, wo: number, K: number, tile: Float64Array, to: number): void {
   let c00 = 0, c01 = 0, c02 = 0, c03 = 0, c10 = 0, c11 = 0, c12 = 0, c13 = 0;
   let c20 = 0, c21 = 0, c22 = 0, c23 = 0, c30 = 0, c31 = 0, c32 = 0, c33 = 0;
-  for (let k = 0, ib = 0; k < K; k++, ia += 4, ib += 4) {
+  for (let k = 0, ib = wo; k < K; k++, ia += 4, ib += 4) {
     const a0 = xp[ia], a1 = xp[ia + 1], a2 = xp[ia + 2], a3 = xp[ia + 3];
     const b0 = wp[ib], b1 = wp[ib + 1], b2 = wp[ib + 2], b3 = wp[ib + 3];
     c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3;
@@ -103,10 +106,10 @@ function microKernel(xp: Float64Array, ia: number, wp: Float64Array, K: number, 
     c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3;
     c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3;
   }
-  tile[0] = c00; tile[1] = c01; tile[2] = c02; tile[3] = c03;
-  tile[4] = c10; tile[5] = c11; tile[6] = c12; tile[7] = c13;
-  tile[8] = c20; tile[9] = c21; tile[10] = c22; tile[11] = c23;
-  tile[12] = c30; tile[13] = c31; tile[14] = c32; tile[15] = c33;
+  tile[to] = c00; tile[to + 1] = c01; tile[to + 2] = c02; tile[to + 3] = c03;
+  tile[to + 4] = c10; tile[to + 5] = c11; tile[to + 6] = c12; tile[to + 7] = c13;
+  tile[to + 8] = c20; tile[to + 9] = c21; tile[to + 10] = c22; tile[to + 11] = c23;
+  tile[to + 12] = c30; tile[to + 13] = c31; tile[to + 14] = c32; tile[to + 15] = c33;
 }
 
 /**
@@ -178,7 +181,40 @@ function dot8F16(x: Float64Array, xo: number, w: Uint16Array, o: number, K: numb
   return DOT8;
 }
 
-export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: Float64Array): void {
+/**
+ * Where a task packs its rows and how it multiplies them (JavaScript's microKernel, or the WebAssembly
+ * module of wasm/linear.ts on its memory): xp holds groups·4·K f64 from element xo (rows four-interleaved),
+ * wp 4·K from element wo (a group of four W rows, interleaved the same way), and `tiles(groups)` leaves
+ * the 4×4 tile of row group g in tile[to + 16g ..] (Σ over k in order, in f64: the same bits either way).
+ */
+export interface LinearKernel {
+  xp: Float64Array;
+  xo: number;
+  wp: Float64Array;
+  wo: number;
+  tile: Float64Array;
+  to: number;
+  tiles(groups: number): void;
+}
+
+/** The JavaScript kernel on a thread's scratch ((MB + 4)·K + 4·MB f64, linearScratch). */
+function jsKernel(s: LinearShape, scratch: Float64Array): LinearKernel {
+  const { MB, K } = s;
+  const [wo, to] = [MB * K, (MB + 4) * K];
+  return {
+    xp: scratch,
+    xo: 0,
+    wp: scratch,
+    wo,
+    tile: scratch,
+    to,
+    tiles: (groups) => {
+      for (let g = 0; g < groups; g++) microKernel(scratch, g * 4 * K, scratch, wo, K, scratch, to + 16 * g);
+    },
+  };
+}
+
+export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: Float64Array, kernel: LinearKernel = jsKernel(s, scratch)): void {
   const { M, N, K, activation } = s;
   const r = s.residual ? a.r : undefined;
   const columnBlocks = Math.ceil(N / s.NB);
@@ -188,32 +224,30 @@ export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: 
   const rows = Math.min(s.MB, M - m0);
   if (rows <= DIRECT_ROWS) return linearRows(s, a, m0, rows, n0, n1, scratch);
   const groups = Math.ceil(rows / 4);
-  const xp = scratch.subarray(0, groups * 4 * K);
-  const wp = scratch.subarray(s.MB * K, (s.MB + 4) * K);
+  const { xp, xo, wp, wo, tile, to } = kernel;
   for (let r = 0; r < groups * 4; r++) {
-    const d = (r >> 2) * 4 * K + (r & 3);
+    const d = xo + (r >> 2) * 4 * K + (r & 3);
     if (r < rows) packRow(xp, d, a.x, (m0 + r) * K, K);
     else zeroLane(xp, d, K);
   }
   const bias = new Float64Array(4);
-  const tile = new Float64Array(16);
   for (let n = n0; n < n1; n += 4) {
     for (let j = 0; j < 4; j++) {
       if (n + j < n1) {
-        packRow(wp, j, a.w, (n + j) * K, K);
+        packRow(wp, wo + j, a.w, (n + j) * K, K);
         bias[j] = at(a.b, n + j);
       } else {
-        zeroLane(wp, j, K);
+        zeroLane(wp, wo + j, K);
       }
     }
     const cols = Math.min(4, n1 - n);
+    kernel.tiles(groups);
     for (let g = 0; g < groups; g++) {
-      microKernel(xp, g * 4 * K, wp, K, tile);
       const m = m0 + 4 * g;
       for (let i = 0; i < 4 && m + i < M; i++) {
         for (let j = 0; j < cols; j++) {
           const e = (m + i) * N + n + j;
-          const v = activate(activation, tile[4 * i + j] + bias[j]);
+          const v = activate(activation, tile[to + 16 * g + 4 * i + j] + bias[j]);
           store(a.y, e, r ? v + at(r, e) : v);
         }
       }

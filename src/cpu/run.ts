@@ -9,6 +9,7 @@ import { backwardTask, forwardTask, type BackwardArrays, type ForwardArrays } fr
 import { LANE_BYTES, views, type Job } from './job.js';
 import { wasmBackward, wasmDecode, wasmForward } from './wasm/index.js';
 import { linearTask, type LinearArrays } from './linear.js';
+import { wasmLinearKernel } from './wasm/linear.js';
 import { standardBackwardTask, standardForwardTask, type StandardBackwardArrays, type StandardForwardArrays } from './standard.js';
 
 /** The task function of a job: task t of its kernel, run with the given arrays and scratch. */
@@ -16,7 +17,8 @@ function taskOf(job: Job, scratch: Float64Array): (t: number) => void {
   const a = views(job);
   if (job.kernel === 'linear') {
     const s = job.shape;
-    return (t) => linearTask(s, a as unknown as LinearArrays, t, scratch);
+    const kernel = wasmLinearKernel(s); // the WebAssembly micro-kernel where it runs: the same bits as JavaScript's
+    return (t) => linearTask(s, a as unknown as LinearArrays, t, scratch, kernel);
   }
   if (job.kernel === 'decode') {
     const s = job.shape;
