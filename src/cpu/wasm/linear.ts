@@ -7,12 +7,17 @@
  *                         linear.ts packs them) into the 16 f64 from byte t + 128g. Per k: W's four
  *                         values as two f64x2 loads, each x value splatted by a load64_splat, 8 f64x2
  *                         multiplies and 8 adds into 8 accumulators.
+ *   packw(raw, wp, K4)   four f32 rows of W (4·K4 elements each, copied raw from byte raw) into wp as
+ *                         tiles reads it (wp[4k + j] = W[j][k], f64): four k a step, a 4×4 transpose by
+ *                         shuffles, each column widened by two promotes.
  * Every entry is summed over k in order, one f64 multiply and one f64 add a term, as the JavaScript
  * kernel sums: the same bits. (f32 and f16 inputs widened to f64 multiply exactly; relaxed SIMD's fused
  * multiply-add would round differently, so it is not used here.)
- * Memory (bytes): xp (MB·K f64) | wp (4·K f64) | tiles (MB/4 · 16 f64), grown to the shape's size.
+ * Memory (bytes): xp (MB·K f64) | wp (4·Kp f64, Kp = K rounded up to 4) | tiles (MB/4 · 16 f64) | W's
+ * four raw rows (4·Kp f32), grown to the shape's size.
  */
 import { assemble, Fn, i32, op, simd, v128 } from './asm.js';
+import { lanes } from './emit.js';
 import { instance, reserve, wasmSupport } from './instance.js';
 import type { LinearKernel, LinearShape } from '../linear.js';
 
@@ -45,7 +50,38 @@ function linearModule(): Uint8Array {
     f.get(t).get(g).i32(128).op(op.i32mul).op(op.i32add).set(ta);
     acc.forEach((a, n) => f.get(ta).get(a).memSimd(simd.store, 16 * n, 4));
   });
-  return assemble([], [f], 1);
+  // ---- packw(raw, wp, K4): four f32 rows of 4·K4 elements each from byte raw, four-interleaved into f64 at wp ----
+  const p = new Fn('packw', [i32, i32, i32], []);
+  {
+    const [raw, wp2, K4] = p.params;
+    const q = p.local(i32);
+    const r = [0, 1, 2, 3].map(() => p.local(v128));
+    const t = [0, 1, 2, 3].map(() => p.local(v128));
+    const c = p.local(v128);
+    const ra = p.local(i32);
+    const wa2 = p.local(i32);
+    p.get(raw).set(ra);
+    p.get(wp2).set(wa2);
+    p.for(q, () => p.i32(0), () => p.get(K4), 1, () => {
+      // r[j] = row j's 4 values at k = 4q .. 4q + 3
+      r.forEach((rj, j) => p.get(ra).get(K4).i32(16 * j).op(op.i32mul).op(op.i32add).memSimd(simd.load, 0, 4).set(rj));
+      // transpose: t0 = (r0[0], r1[0], r0[1], r1[1]), t1 = (r2[0], r3[0], r2[1], r3[1]), t2, t3 the same of lanes 2, 3
+      p.get(r[0]).get(r[1]).simd(simd.shuffle, ...lanes(0, 4, 1, 5)).set(t[0]);
+      p.get(r[2]).get(r[3]).simd(simd.shuffle, ...lanes(0, 4, 1, 5)).set(t[1]);
+      p.get(r[0]).get(r[1]).simd(simd.shuffle, ...lanes(2, 6, 3, 7)).set(t[2]);
+      p.get(r[2]).get(r[3]).simd(simd.shuffle, ...lanes(2, 6, 3, 7)).set(t[3]);
+      for (let k = 0; k < 4; k++) {
+        // column values of the four rows at k = 4q + k, widened, into wp[4k .. 4k + 3]
+        const [a, b] = k < 2 ? [t[0], t[1]] : [t[2], t[3]];
+        p.get(a).get(b).simd(simd.shuffle, ...(k % 2 === 0 ? lanes(0, 1, 4, 5) : lanes(2, 3, 6, 7))).set(c);
+        p.get(wa2).get(c).simd(simd.f64x2_promote_low_f32x4).memSimd(simd.store, 32 * k, 4);
+        p.get(wa2).get(c).get(c).simd(simd.shuffle, ...lanes(2, 3, 0, 1)).simd(simd.f64x2_promote_low_f32x4).memSimd(simd.store, 32 * k + 16, 4);
+      }
+      p.get(ra).i32(16).op(op.i32add).set(ra);
+      p.get(wa2).i32(128).op(op.i32add).set(wa2);
+    });
+  }
+  return assemble([], [f, p], 1);
 }
 
 /**
@@ -55,8 +91,33 @@ function linearModule(): Uint8Array {
 export function wasmLinearKernel(s: LinearShape): LinearKernel | undefined {
   if (wasmSupport() === 'none') return undefined;
   const w = instance('linear', linearModule);
-  const [XP, WP, T] = [0, s.MB * s.K * 8, (s.MB + 4) * s.K * 8];
-  if (!w || !reserve(w, T + s.MB * 32)) return undefined;
-  const tiles = w.exports.tiles as (xp: number, wp: number, t: number, groups: number, K: number) => void;
-  return { xp: w.f64, xo: XP / 8, wp: w.f64, wo: WP / 8, tile: w.f64, to: T / 8, tiles: (groups) => tiles(XP, WP, T, groups, s.K) };
+  const Kp = Math.ceil(s.K / 4) * 4;
+  const [XP, WP, T, RAW] = [0, s.MB * s.K * 8, s.MB * s.K * 8 + 4 * Kp * 8, s.MB * s.K * 8 + 4 * Kp * 8 + s.MB * 32];
+  if (!w || !reserve(w, RAW + 4 * Kp * 4)) return undefined;
+  const e = w.exports as { tiles: (xp: number, wp: number, t: number, groups: number, K: number) => void; packw: (raw: number, wp: number, K4: number) => void };
+  const F = w.f32;
+  return {
+    xp: w.f64,
+    xo: XP / 8,
+    wp: w.f64,
+    wo: WP / 8,
+    tile: w.f64,
+    to: T / 8,
+    tiles: (groups) => e.tiles(XP, WP, T, groups, s.K),
+    // f32 W: its rows copied raw (zero past K and past the last column), then interleaved and widened here
+    packW: (W, n, cols) => {
+      if (!(W instanceof Float32Array)) return false;
+      for (let j = 0; j < 4; j++) {
+        const at = RAW / 4 + j * Kp;
+        if (j < cols) {
+          F.set(W.subarray((n + j) * s.K, (n + j + 1) * s.K), at);
+          F.fill(0, at + s.K, at + Kp);
+        } else {
+          F.fill(0, at, at + Kp);
+        }
+      }
+      e.packw(RAW, WP, Kp / 4);
+      return true;
+    },
+  };
 }
