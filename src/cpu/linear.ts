@@ -127,11 +127,14 @@ function microKernel(xp: Float64Array, ia: number, wp: Float64Array, wo: number,
 export const DIRECT_ROWS = 8;
 
 /**
- * y rows m0 .. m0 + rows − 1, columns [n0, n1), with W read where it is: each x row widened to f64 once
- * (scratch), then eight W rows at a time dotted with it (eight sums in flight: 1.25× four's speed), every
- * sum over k in order, in f64, as the packed kernel sums: the same bits.
+ * y rows m0 .. m0 + rows − 1, columns [n0, n1), with W read where it is. In WebAssembly (f32 data:
+ * kernel.direct, wasm/linear.ts's dots) x's rows and eight W rows at a time are copied into the module's
+ * memory, and each product is summed in f32 over four lanes of k, the lanes then in f64: a decode step's
+ * linears are bound by reading W, which that does at the copy's speed. In JavaScript (f16, or no SIMD)
+ * each x row is widened to f64 once (scratch), then eight W rows at a time are dotted with it (eight sums
+ * in flight: 1.25× four's speed), every sum over k in order, in f64, as the packed kernel sums.
  */
-function linearRows(s: LinearShape, a: LinearArrays, m0: number, rows: number, n0: number, n1: number, scratch: Float64Array): void {
+function linearRows(s: LinearShape, a: LinearArrays, m0: number, rows: number, n0: number, n1: number, scratch: Float64Array, kernel: LinearKernel): void {
   const { N, K, activation } = s;
   const r = s.residual ? a.r : undefined;
   const x = scratch.subarray(0, rows * K);
@@ -140,6 +143,15 @@ function linearRows(s: LinearShape, a: LinearArrays, m0: number, rows: number, n
     const v = activate(activation, sum + at(a.b, n));
     store(a.y, e, r ? v + at(r, e) : v);
   };
+  const dots = kernel.direct?.(a.x, m0, rows, a.w);
+  if (dots) {
+    for (let n = n0; n < n1; n += 8) {
+      const count = Math.min(8, n1 - n);
+      const d = dots(n, count);
+      for (let i = 0; i < rows; i++) for (let j = 0; j < count; j++) put(m0 + i, n + j, d[8 * i + j]);
+    }
+    return;
+  }
   for (let i = 0; i < rows; i++) packRow(x, i * K, a.x, (m0 + i) * K, K, 1);
   // Eight W rows at a time against every x row, so that each W row is read from memory once.
   let n = n0;
@@ -202,6 +214,12 @@ export interface LinearKernel {
   tiles(groups: number): void;
   /** Pack W's rows n .. n + cols − 1 (cols ≤ 4) into wp, zero lanes past them; false where it leaves that to linearTask. */
   packW?(w: HostData, n: number, cols: number): boolean;
+  /**
+   * For rows of x few enough to read W in place (linearRows): stage x's rows m0 .. m0 + rows − 1 and give
+   * a function of W's rows n .. n + count − 1 (count ≤ 8) that returns their dot products with the staged
+   * rows, d[8i + j]; undefined where linearRows' JavaScript loop does it (f16 data).
+   */
+  direct?(x: HostData, m0: number, rows: number, w: HostData): ((n: number, count: number) => Float64Array) | undefined;
 }
 
 /** The JavaScript kernel on a thread's scratch ((MB + 4)·K + 4·MB f64, linearScratch). */
@@ -229,7 +247,7 @@ export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: 
   const n0 = (t % columnBlocks) * s.NB;
   const n1 = Math.min(N, n0 + s.NB);
   const rows = Math.min(s.MB, M - m0);
-  if (rows <= DIRECT_ROWS) return linearRows(s, a, m0, rows, n0, n1, scratch);
+  if (rows <= DIRECT_ROWS) return linearRows(s, a, m0, rows, n0, n1, scratch, kernel);
   const groups = Math.ceil(rows / 4);
   const { xp, xo, wp, wo, tile, to } = kernel;
   for (let r = 0; r < groups * 4; r++) {

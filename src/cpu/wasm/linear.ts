@@ -10,7 +10,12 @@
  *   packw(raw, wp, K4)   four f32 rows of W (4·K4 elements each, copied raw from byte raw) into wp as
  *                         tiles reads it (wp[4k + j] = W[j][k], f64): four k a step, a 4×4 transpose by
  *                         shuffles, each column widened by two promotes.
- * Every entry is summed over k in order, one f64 multiply and one f64 add a term, as the JavaScript
+ *   dots(X, W, Y, M, K4)  the direct path (linearRows: rows of x at most DIRECT_ROWS, W read where it is):
+ *                         Y[8i + j] = Σ_k X[i][k] · W[j][k] for M staged rows of x and 8 of W (f32 rows
+ *                         of 4·K4, zero past K), products and sums in f32 over four lanes of k, the four
+ *                         lanes added in f64 at the end. Within the error bound of any f32 sum
+ *                         (γ_K·Σ|x_k w_k|, test/nn.test.ts), not the JavaScript kernel's bits.
+ * Every entry of tiles is summed over k in order, one f64 multiply and one f64 add a term, as the JavaScript
  * kernel sums: the same bits. (f32 and f16 inputs widened to f64 multiply exactly; relaxed SIMD's fused
  * multiply-add would round differently, so it is not used here.)
  * Memory (bytes): xp (MB·K f64) | wp (4·Kp f64, Kp = K rounded up to 4) | tiles (MB/4 · 16 f64) | W's
@@ -19,7 +24,7 @@
 import { assemble, Fn, i32, op, simd, v128 } from './asm.js';
 import { lanes } from './emit.js';
 import { instance, reserve, wasmSupport } from './instance.js';
-import type { LinearKernel, LinearShape } from '../linear.js';
+import { DIRECT_ROWS, type LinearKernel, type LinearShape } from '../linear.js';
 
 const LOAD64_SPLAT = 0x0a;
 
@@ -81,7 +86,37 @@ function linearModule(): Uint8Array {
       p.get(wa2).i32(128).op(op.i32add).set(wa2);
     });
   }
-  return assemble([], [f, p], 1);
+  // ---- dots(X, W, Y, M, K4): Y[8i + j] = Σ_k X[i][k] · W[j][k] for M rows of X and 8 of W (f32 rows of 4·K4) ----
+  const d = new Fn('dots', [i32, i32, i32, i32, i32], []);
+  {
+    const [X, W, Y, M, K4] = d.params;
+    const i = d.local(i32);
+    const q = d.local(i32);
+    const xa = d.local(i32);
+    const wa = [0, 1, 2, 3, 4, 5, 6, 7].map(() => d.local(i32));
+    const acc = [0, 1, 2, 3, 4, 5, 6, 7].map(() => d.local(v128));
+    const xv = d.local(v128);
+    const h = d.local(v128);
+    d.for(i, () => d.i32(0), () => d.get(M), 1, () => {
+      d.get(X).get(i).get(K4).op(op.i32mul).i32(16).op(op.i32mul).op(op.i32add).set(xa);
+      wa.forEach((w, j) => d.get(W).get(K4).i32(16 * j).op(op.i32mul).op(op.i32add).set(w));
+      for (const a of acc) d.f32(0).simd(simd.f32x4_splat).set(a);
+      d.for(q, () => d.i32(0), () => d.get(K4), 1, () => {
+        d.get(xa).memSimd(simd.load, 0, 4).set(xv);
+        acc.forEach((a, j) => d.get(a).get(xv).get(wa[j]).memSimd(simd.load, 0, 4).simd(simd.f32x4_mul).simd(simd.f32x4_add).set(a));
+        d.get(xa).i32(16).op(op.i32add).set(xa);
+        for (const w of wa) d.get(w).i32(16).op(op.i32add).set(w);
+      });
+      // each accumulator's four lanes summed in f64: (l0 + l2) + (l1 + l3)
+      acc.forEach((a, j) => {
+        d.get(Y).get(i).i32(64).op(op.i32mul).op(op.i32add);
+        d.get(a).simd(simd.f64x2_promote_low_f32x4).get(a).get(a).simd(simd.shuffle, ...lanes(2, 3, 0, 1)).simd(simd.f64x2_promote_low_f32x4).simd(simd.f64x2_add).set(h);
+        d.get(h).simd(simd.f64x2_extract_lane, 0).get(h).simd(simd.f64x2_extract_lane, 1).op(op.f64add);
+        d.mem(op.f64store, 8 * j, 3);
+      });
+    });
+  }
+  return assemble([], [f, p, d], 1);
 }
 
 /**
@@ -93,9 +128,28 @@ export function wasmLinearKernel(s: LinearShape): LinearKernel | undefined {
   const w = instance('linear', linearModule);
   const Kp = Math.ceil(s.K / 4) * 4;
   const [XP, WP, T, RAW] = [0, s.MB * s.K * 8, s.MB * s.K * 8 + 4 * Kp * 8, s.MB * s.K * 8 + 4 * Kp * 8 + s.MB * 32];
-  if (!w || !reserve(w, RAW + 4 * Kp * 4)) return undefined;
-  const e = w.exports as { tiles: (xp: number, wp: number, t: number, groups: number, K: number) => void; packw: (raw: number, wp: number, K4: number) => void };
+  // The direct path's staging: x's rows (at most DIRECT_ROWS) and 8 W rows, Kp f32 each, then 8 · DIRECT_ROWS f64 results.
+  const [DX, DW, DY] = [0, DIRECT_ROWS * Kp * 4, (DIRECT_ROWS + 8) * Kp * 4];
+  if (!w || !reserve(w, Math.max(RAW + 4 * Kp * 4, DY + DIRECT_ROWS * 64))) return undefined;
+  const e = w.exports as {
+    tiles: (xp: number, wp: number, t: number, groups: number, K: number) => void;
+    packw: (raw: number, wp: number, K4: number) => void;
+    dots: (X: number, W: number, Y: number, M: number, K4: number) => void;
+  };
   const F = w.f32;
+  const K = s.K;
+  /** Rows [r0, r0 + count) of f32 `src` (K each) into F at element `at`, Kp apart, zero past K; rows count .. upto − 1 zero. */
+  const stage = (src: Float32Array, r0: number, count: number, at: number, upto: number) => {
+    if (K === Kp) F.set(src.subarray(r0 * K, (r0 + count) * K), at);
+    else {
+      for (let j = 0; j < count; j++) {
+        F.set(src.subarray((r0 + j) * K, (r0 + j + 1) * K), at + j * Kp);
+        F.fill(0, at + j * Kp + K, at + (j + 1) * Kp);
+      }
+    }
+    F.fill(0, at + count * Kp, at + upto * Kp);
+  };
+
   return {
     xp: w.f64,
     xo: XP / 8,
@@ -118,6 +172,16 @@ export function wasmLinearKernel(s: LinearShape): LinearKernel | undefined {
       }
       e.packw(RAW, WP, Kp / 4);
       return true;
+    },
+    direct: (x, m0, rows, W) => {
+      if (!(x instanceof Float32Array) || !(W instanceof Float32Array)) return undefined;
+      stage(x, m0, rows, DX / 4, rows);
+      const Y = new Float64Array(w.mem.buffer, DY, 8 * rows);
+      return (n, count) => {
+        stage(W, n, count, DW / 4, 8);
+        e.dots(DX, DW, DY, rows, Kp / 4);
+        return Y;
+      };
     },
   };
 }
