@@ -303,6 +303,7 @@ export const op = {
 export const simd = {
   load: 0x00,
   load32_splat: 0x09,
+  load64_splat: 0x0a,
   store: 0x0b,
   shuffle: 0x0d,
   i32x4_splat: 0x11,

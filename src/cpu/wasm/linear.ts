@@ -26,8 +26,6 @@ import { lanes } from './emit.js';
 import { instance, reserve, wasmSupport } from './instance.js';
 import { DIRECT_ROWS, type LinearKernel, type LinearShape } from '../linear.js';
 
-const LOAD64_SPLAT = 0x0a;
-
 function linearModule(): Uint8Array {
   const f = new Fn('tiles', [i32, i32, i32, i32, i32], []);
   const [xp, wp, t, groups, K] = f.params;
@@ -47,7 +45,7 @@ function linearModule(): Uint8Array {
       f.get(wa).memSimd(simd.load, 0, 4).set(w[0]);
       f.get(wa).memSimd(simd.load, 16, 4).set(w[1]);
       for (let i = 0; i < 4; i++) {
-        f.get(xa).memSimd(LOAD64_SPLAT, 8 * i, 3).set(x);
+        f.get(xa).memSimd(simd.load64_splat, 8 * i, 3).set(x);
         for (let h = 0; h < 2; h++) f.get(acc[2 * i + h]).get(x).get(w[h]).simd(simd.f64x2_mul).simd(simd.f64x2_add).set(acc[2 * i + h]);
       }
       f.get(xa).i32(32).op(op.i32add).set(xa);
