@@ -40,6 +40,13 @@ export class CpuOps implements Ops {
   private readonly owned = new Map<HostData, number>();
   /** Arrays of create (weights) on shared memory: linear passes them to the workers without a copy. */
   private readonly resident = new WeakSet<HostData>();
+  /** The scratch of linears run inline, kept from call to call (grown as needed; counted by each call). */
+  private scratchKept?: Float64Array;
+
+  private inlineScratch(length: number): Float64Array {
+    if (!this.scratchKept || this.scratchKept.length < length) this.scratchKept = new Float64Array(length);
+    return this.scratchKept.subarray(0, length);
+  }
 
   /** `maxBufferBytes` (tests): a lower limit for the tensors made here (see OpsConfig). */
   constructor(
@@ -144,7 +151,7 @@ export class CpuOps implements Ops {
       const scratch = this.memory.allocate(scratchBytes);
       try {
         const buffers = Object.fromEntries([...arrays.map((a, i) => [names[i], regionOf(a)]), ['y' + f16, regionOf(y)]]);
-        await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch: [regionOf(new Float64Array(scratchBytes / 8))], counter: regionOf(new Int32Array(1)) });
+        await runJob({ kernel: 'linear', shape: s, tasks: linearTasks(s), buffers, scratch: [regionOf(this.inlineScratch(scratchBytes / 8))], counter: regionOf(new Int32Array(1)) });
       } catch (e) {
         this.free(this.tensor(y, shape));
         throw e;
