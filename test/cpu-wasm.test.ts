@@ -9,7 +9,8 @@ import { createHash } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { backward, encodeF16, forward, type DType, type Layout, type Tensor } from '../src/index.js';
 import { linearScratch, linearTask, linearTasks, type LinearKernel, type LinearShape } from '../src/cpu/linear.js';
-import { wasmLinearKernel } from '../src/cpu/wasm/linear.js';
+import { linearModule, wasmLinearKernel } from '../src/cpu/wasm/linear.js';
+import { f16ToNumber } from '../src/f16.js';
 import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
@@ -17,7 +18,7 @@ import { backwardTask, backwardTasks, forwardTask, forwardTasks, reduceDq, type 
 import { cpuShape, scratchLength, tileSizes, type CpuShape } from '../src/cpu/job.js';
 import { backwardLayout, backwardModule } from '../src/cpu/wasm/backward-module.js';
 import { forwardLayout, forwardModule } from '../src/cpu/wasm/forward-module.js';
-import { instance } from '../src/cpu/wasm/instance.js';
+import { instance, reserve } from '../src/cpu/wasm/instance.js';
 import { modifyRow, type Modifiers } from '../src/modifiers.js';
 import { biasValues } from '../src/reference/standard.js';
 import { setCpuKernels, setWasmVariant, wasmBackward, wasmForward, wasmSupport } from '../src/cpu/wasm/index.js';
@@ -557,4 +558,19 @@ describe('cpu WebAssembly: the nn linear', () => {
       }
     }
   });
+});
+
+test('cpu WebAssembly: the linear module widens every f16 exactly (subnormals, ±0, ±Inf, NaN)', (t) => {
+  if (wasmSupport() === 'none') return t.skip('no WebAssembly SIMD here');
+  const w = instance('linear (the f16 test)', linearModule);
+  assert.ok(w && reserve(w, 6 * 65536), 'an instance with 384 KiB'); // 65536 f16 in, 65536 f32 out
+  const { exports, mem } = w;
+  const bits = new Uint16Array(mem.buffer, 0, 65536);
+  bits.forEach((_, i) => (bits[i] = i));
+  (exports.widen as (src: number, dst: number, n4: number) => void)(0, 131072, 65536 / 4);
+  const got = new Float32Array(mem.buffer, 131072, 65536);
+  for (let h = 0; h < 65536; h++) {
+    const want = f16ToNumber(h);
+    assert.ok(Number.isNaN(want) ? Number.isNaN(got[h]) : Object.is(got[h], want), `f16 bits ${h.toString(16)}: ${got[h]} against ${want}`);
+  }
 });

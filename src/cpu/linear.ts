@@ -127,10 +127,10 @@ function microKernel(xp: Float64Array, ia: number, wp: Float64Array, wo: number,
 export const DIRECT_ROWS = 8;
 
 /**
- * y rows m0 .. m0 + rows − 1, columns [n0, n1), with W read where it is. In WebAssembly (f32 data:
- * kernel.direct, wasm/linear.ts's dots) x's rows and eight W rows at a time are copied into the module's
- * memory, and each product is summed in f32 over four lanes of k, the lanes then in f64: a decode step's
- * linears are bound by reading W, which that does at the copy's speed. In JavaScript (f16, or no SIMD)
+ * y rows m0 .. m0 + rows − 1, columns [n0, n1), with W read where it is. In WebAssembly (kernel.direct,
+ * wasm/linear.ts's dots) x's rows and eight W rows at a time are copied into the module's memory (f16
+ * widened to f32 there), and each product is summed in f32 over four lanes of k, the lanes then in f64: a
+ * decode step's linears are bound by reading W, which that does at the copy's speed. In JavaScript (no SIMD)
  * each x row is widened to f64 once (scratch), then eight W rows at a time are dotted with it (eight sums
  * in flight: 1.25× four's speed), every sum over k in order, in f64, as the packed kernel sums.
  */
@@ -217,7 +217,7 @@ export interface LinearKernel {
   /**
    * For rows of x few enough to read W in place (linearRows): stage x's rows m0 .. m0 + rows − 1 and give
    * a function of W's rows n .. n + count − 1 (count ≤ 8) that returns their dot products with the staged
-   * rows, d[8i + j]; undefined where linearRows' JavaScript loop does it (f16 data).
+   * rows, d[8i + j]; undefined where linearRows' JavaScript loop does it.
    */
   direct?(x: HostData, m0: number, rows: number, w: HostData): ((n: number, count: number) => Float64Array) | undefined;
 }

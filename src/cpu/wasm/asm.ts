@@ -302,6 +302,7 @@ export const op = {
 /** SIMD opcodes (after the 0xfd prefix). */
 export const simd = {
   load: 0x00,
+  load16x4_u: 0x04,
   load32_splat: 0x09,
   load64_splat: 0x0a,
   store: 0x0b,
@@ -310,6 +311,7 @@ export const simd = {
   f32x4_splat: 0x13,
   f64x2_splat: 0x14,
   f32x4_extract_lane: 0x1f,
+  i32x4_replace_lane: 0x1c,
   f64x2_extract_lane: 0x21,
   i32x4_gt_s: 0x3b,
   f32x4_lt: 0x43,

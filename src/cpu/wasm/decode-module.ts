@@ -18,7 +18,7 @@
  */
 import { assemble, Fn, i32, op, simd, v128, type Local } from './asm.js';
 import { forwardLayout, type ForwardLayout } from './forward-module.js';
-import { layoutOf, lanes } from './emit.js';
+import { f16Consts, layoutOf, lanes, widenF16 } from './emit.js';
 
 export interface DecodeLayout {
   /** The forward module's layout for (Dp, R4, Bc): Q, Sᵀ, O, m, l, α, N. */
@@ -48,13 +48,6 @@ export function decodeLayout(D: number, R4: number, Bc: number, f16: boolean, st
   return { fw, D, f16, K, V, stageK, stageV, bytes: at() };
 }
 
-/** v128.load16x4_u: 4 u16 zero-extended to i32x4. */
-const LOAD16X4_U = 0x04;
-/** v128.or, i32x4.gt_s, i32x4.replace_lane. */
-const V128_OR = 0x50;
-const I32X4_GT_S = 0x3b;
-const I32X4_REPLACE_LANE = 0x1c;
-
 /**
  * The `tile` module: it imports the memory of the decode kernel's forward module (m.mem). tile(n, kb, vb,
  * stride): the n staged rows of K from byte kb and of V from byte vb, `stride` bytes apart.
@@ -74,38 +67,19 @@ export function decodeTileModule(lay: DecodeLayout): Uint8Array {
   const h = f.local(v128);
   const y = f.local(v128);
   const tail = f.local(v128);
-  const consts = lay.f16
-    ? Object.fromEntries(
-        (
-          [
-            ['abs', 0x7fff],
-            ['sign', 0x8000],
-            ['infAbove', 0x0f7fffff], // (0x7c00 << 13) − 1: the f16 exponent all ones
-            ['expOnes', 0x7f800000],
-            ['pow112', 0x77800000], // 2^112 as f32 bits
-          ] as const
-        ).map(([name, bits]) => {
-          const l = f.local(v128);
-          f.i32(bits).simd(simd.i32x4_splat).set(l);
-          return [name, l];
-        }),
-      )
-    : {};
+  const consts = lay.f16 ? f16Consts(f) : undefined;
   // The lanes of the last 4 columns that are < D (a staged row may be followed by other rows' elements).
   const full = lay.D % 4 === 0 ? Dp : Dp - 4;
   f.i32(-1).simd(simd.i32x4_splat).set(tail);
-  for (let lane = lay.D % 4 || 4; lane < 4; lane++) f.get(tail).i32(0).simd(I32X4_REPLACE_LANE, lane).set(tail);
+  for (let lane = lay.D % 4 || 4; lane < 4; lane++) f.get(tail).i32(0).simd(simd.i32x4_replace_lane, lane).set(tail);
   /** Pushes the f32x4 of columns x..x+3 of the row staged at byte `row` (f16 widened; `masked`: columns from D on 0). */
   const load = (row: Local, masked: boolean) => {
     f.get(row).get(x).i32(es).op(op.i32mul).op(op.i32add).set(sa);
     if (!lay.f16) {
       f.get(sa).memSimd(simd.load, 0, 2);
     } else {
-      f.get(sa).memSimd(LOAD16X4_U, 0, 1).set(h);
-      f.get(h).get(consts.abs).simd(simd.v128_and).i32(13).simd(simd.i32x4_shl).set(y);
-      f.get(y).get(consts.pow112).simd(simd.f32x4_mul);
-      f.get(y).get(consts.infAbove).simd(I32X4_GT_S).get(consts.expOnes).simd(simd.v128_and).simd(V128_OR);
-      f.get(h).get(consts.sign).simd(simd.v128_and).i32(16).simd(simd.i32x4_shl).simd(V128_OR);
+      f.get(sa).memSimd(simd.load16x4_u, 0, 1).set(h);
+      widenF16(f, consts!, h, y);
     }
     if (masked) f.get(tail).simd(simd.v128_and);
   };

@@ -35,6 +35,42 @@ export function lanes(...l: number[]): number[] {
 }
 
 export const v128Const = (f: Fn, bytes: Uint8Array) => f.simd(0x0c, ...bytes);
+
+/** The constants of widenF16, splatted into locals of f. */
+export interface F16Consts {
+  abs: Local;
+  sign: Local;
+  infAbove: Local;
+  expOnes: Local;
+  pow112: Local;
+}
+
+export function f16Consts(f: Fn): F16Consts {
+  const splat = (bits: number) => {
+    const l = f.local(v128);
+    f.i32(bits).simd(simd.i32x4_splat).set(l);
+    return l;
+  };
+  return {
+    abs: splat(0x7fff),
+    sign: splat(0x8000),
+    infAbove: splat(0x0f7fffff), // (0x7c00 << 13) − 1: the f16 exponent all ones
+    expOnes: splat(0x7f800000),
+    pow112: splat(0x77800000), // 2^112 as f32 bits
+  };
+}
+
+/**
+ * Pushes the f32x4 of the four f16 in local h (their bits zero-extended to i32 lanes, as load16x4_u
+ * gives them), exact for every f16: (h & 0x7fff) << 13 as f32 times 2^112 (subnormals included), the
+ * exponent forced to all ones for Inf and NaN, the sign or'ed back in. y: a v128 local it uses.
+ */
+export function widenF16(f: Fn, k: F16Consts, h: Local, y: Local): void {
+  f.get(h).get(k.abs).simd(simd.v128_and).i32(13).simd(simd.i32x4_shl).set(y);
+  f.get(y).get(k.pow112).simd(simd.f32x4_mul);
+  f.get(y).get(k.infAbove).simd(simd.i32x4_gt_s).get(k.expOnes).simd(simd.v128_and).simd(simd.v128_or);
+  f.get(h).get(k.sign).simd(simd.v128_and).i32(16).simd(simd.i32x4_shl).simd(simd.v128_or);
+}
 export const splatF32 = (f: Fn, x: number) => v128Const(f, new Uint8Array(new Float32Array([x, x, x, x]).buffer));
 export const zero = (f: Fn, l: Local) => {
   splatF32(f, 0).set(l);

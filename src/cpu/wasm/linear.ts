@@ -15,18 +15,22 @@
  *                         of 4·K4, zero past K), products and sums in f32 over four lanes of k, the four
  *                         lanes added in f64 at the end. Within the error bound of any f32 sum
  *                         (γ_K·Σ|x_k w_k|, test/nn.test.ts), not the JavaScript kernel's bits.
+ *   widen(src, dst, n4)   4·n4 f16 (bits, staged raw) to f32, exactly (emit.ts's widenF16): f16 weights and
+ *                         rows of x go through it before packw and dots.
  * Every entry of tiles is summed over k in order, one f64 multiply and one f64 add a term, as the JavaScript
  * kernel sums: the same bits. (f32 and f16 inputs widened to f64 multiply exactly; relaxed SIMD's fused
  * multiply-add would round differently, so it is not used here.)
  * Memory (bytes): xp (MB·K f64) | wp (4·Kp f64, Kp = K rounded up to 4) | tiles (MB/4 · 16 f64) | W's
- * four raw rows (4·Kp f32), grown to the shape's size.
+ * four raw rows (4·Kp f32); the direct path's x rows, W rows and results over the same bytes; then 8·Kp
+ * u16 where f16 rows are staged raw; grown to the shape's size.
  */
 import { assemble, Fn, i32, op, simd, v128 } from './asm.js';
-import { lanes } from './emit.js';
+import { f16Consts, lanes, widenF16 } from './emit.js';
 import { instance, reserve, wasmSupport } from './instance.js';
-import { DIRECT_ROWS, type LinearKernel, type LinearShape } from '../linear.js';
+import { DIRECT_ROWS, type HostData, type LinearKernel, type LinearShape } from '../linear.js';
 
-function linearModule(): Uint8Array {
+/** The module of tiles, packw, dots and widen (exported for the tests). */
+export function linearModule(): Uint8Array {
   const f = new Fn('tiles', [i32, i32, i32, i32, i32], []);
   const [xp, wp, t, groups, K] = f.params;
   const g = f.local(i32);
@@ -114,7 +118,22 @@ function linearModule(): Uint8Array {
       });
     });
   }
-  return assemble([], [f, p, d], 1);
+  // ---- widen(src, dst, n4): 4·n4 f16 (bits) from byte src into f32 at dst ----
+  const wd = new Fn('widen', [i32, i32, i32], []);
+  {
+    const [src, dst, n4] = wd.params;
+    const q = wd.local(i32);
+    const hv = wd.local(v128);
+    const y = wd.local(v128);
+    const k = f16Consts(wd);
+    wd.for(q, () => wd.i32(0), () => wd.get(n4), 1, () => {
+      wd.get(dst).get(q).i32(4).op(op.i32shl).op(op.i32add);
+      wd.get(src).get(q).i32(3).op(op.i32shl).op(op.i32add).memSimd(simd.load16x4_u, 0, 1).set(hv);
+      widenF16(wd, k, hv, y);
+      wd.memSimd(simd.store, 0, 4);
+    });
+  }
+  return assemble([], [f, p, d, wd], 1);
 }
 
 /**
@@ -128,24 +147,34 @@ export function wasmLinearKernel(s: LinearShape): LinearKernel | undefined {
   const [XP, WP, T, RAW] = [0, s.MB * s.K * 8, s.MB * s.K * 8 + 4 * Kp * 8, s.MB * s.K * 8 + 4 * Kp * 8 + s.MB * 32];
   // The direct path's staging: x's rows (at most DIRECT_ROWS) and 8 W rows, Kp f32 each, then 8 · DIRECT_ROWS f64 results.
   const [DX, DW, DY] = [0, DIRECT_ROWS * Kp * 4, (DIRECT_ROWS + 8) * Kp * 4];
-  if (!w || !reserve(w, Math.max(RAW + 4 * Kp * 4, DY + DIRECT_ROWS * 64))) return undefined;
+  // f16 rows are staged raw here (at most 8 rows of Kp), then widened to f32 where the f32 rows go.
+  const S16 = Math.max(RAW + 4 * Kp * 4, DY + DIRECT_ROWS * 64);
+  if (!w || !reserve(w, S16 + 8 * Kp * 2)) return undefined;
   const e = w.exports as {
     tiles: (xp: number, wp: number, t: number, groups: number, K: number) => void;
     packw: (raw: number, wp: number, K4: number) => void;
     dots: (X: number, W: number, Y: number, M: number, K4: number) => void;
+    widen: (src: number, dst: number, n4: number) => void;
   };
   const F = w.f32;
+  const U = new Uint16Array(w.mem.buffer);
   const K = s.K;
-  /** Rows [r0, r0 + count) of f32 `src` (K each) into F at element `at`, Kp apart, zero past K; rows count .. upto − 1 zero. */
-  const stage = (src: Float32Array, r0: number, count: number, at: number, upto: number) => {
-    if (K === Kp) F.set(src.subarray(r0 * K, (r0 + count) * K), at);
+  /**
+   * Rows [r0, r0 + count) of `src` (K each) as f32 rows Kp apart from byte `to`, zero past K, rows count ..
+   * upto − 1 zero: f32 copied there, f16 copied raw to S16 and widened.
+   */
+  const stage = (src: HostData, r0: number, count: number, to: number, upto: number) => {
+    const f16 = src instanceof Uint16Array;
+    const [view, at] = f16 ? [U, S16 / 2] : [F, to / 4];
+    if (K === Kp) view.set(src.subarray(r0 * K, (r0 + count) * K), at);
     else {
       for (let j = 0; j < count; j++) {
-        F.set(src.subarray((r0 + j) * K, (r0 + j + 1) * K), at + j * Kp);
-        F.fill(0, at + j * Kp + K, at + (j + 1) * Kp);
+        view.set(src.subarray((r0 + j) * K, (r0 + j + 1) * K), at + j * Kp);
+        view.fill(0, at + j * Kp + K, at + (j + 1) * Kp);
       }
     }
-    F.fill(0, at + count * Kp, at + upto * Kp);
+    view.fill(0, at + count * Kp, at + upto * Kp);
+    if (f16) e.widen(S16, to, (upto * Kp) / 4);
   };
 
   return {
@@ -156,27 +185,17 @@ export function wasmLinearKernel(s: LinearShape): LinearKernel | undefined {
     tile: w.f64,
     to: T / 8,
     tiles: (groups) => e.tiles(XP, WP, T, groups, s.K),
-    // f32 W: its rows copied raw (zero past K and past the last column), then interleaved and widened here
+    // W's rows copied raw (zero past K and past the last column; f16 widened to f32), then interleaved and widened here
     packW: (W, n, cols) => {
-      if (!(W instanceof Float32Array)) return false;
-      for (let j = 0; j < 4; j++) {
-        const at = RAW / 4 + j * Kp;
-        if (j < cols) {
-          F.set(W.subarray((n + j) * s.K, (n + j + 1) * s.K), at);
-          F.fill(0, at + s.K, at + Kp);
-        } else {
-          F.fill(0, at, at + Kp);
-        }
-      }
+      stage(W, n, cols, RAW, 4);
       e.packw(RAW, WP, Kp / 4);
       return true;
     },
     direct: (x, m0, rows, W) => {
-      if (!(x instanceof Float32Array) || !(W instanceof Float32Array)) return undefined;
-      stage(x, m0, rows, DX / 4, rows);
+      stage(x, m0, rows, DX, rows);
       const Y = new Float64Array(w.mem.buffer, DY, 8 * rows);
       return (n, count) => {
-        stage(W, n, count, DW / 4, 8);
+        stage(W, n, count, DW, 8);
         e.dots(DX, DW, DY, rows, Kp / 4);
         return Y;
       };
