@@ -51,6 +51,11 @@ export function checkTensor(name: string, t: unknown, rank: number): AnyTensor {
   if (typeof t !== 'object' || t === null) {
     throw new ValueError(name, 'a tensor { data, dtype, shape }', describe(t));
   }
+  if (ArrayBuffer.isView(t)) {
+    // A bare array where a tensor wraps it: the mistake a first call makes most.
+    throw new ValueError(name, `a tensor { data, dtype, shape } (tensor(data, shape, dtype) wraps a ${t.constructor.name})`, `a bare ${t.constructor.name}`);
+  }
+  if (isGpuBuffer(t)) throw new ValueError(name, "a tensor { data: the GPUBuffer, dtype: 'f32' or 'f16', shape }", 'a bare GPUBuffer');
   const { data, dtype, shape } = t as Partial<Tensor>;
   const onGpu = isGpuBuffer(data);
   const arrayType = onGpu ? undefined : dtypeOfArray(data);

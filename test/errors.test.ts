@@ -42,6 +42,7 @@ describe('forward: bad tensors', () => {
   const cases: [string, () => Promise<unknown>, ErrorClass, string, ...string[]][] = [
     ['q is null', () => forward(null as unknown as Tensor, k, v), ValueError, 'q', 'null'],
     ['q is a number', () => forward(3 as unknown as Tensor, k, v), ValueError, 'q', '3'],
+    ['q is a bare Float32Array', () => forward(q.data as unknown as Tensor, k, v), ValueError, 'q', 'tensor(data, shape, dtype)', 'Float32Array'],
     ['q.data is a plain array', () => forward(with_(q, { data: [1, 2] }), k, v), DTypeError, 'q.data'],
     ['k.data is an Int32Array', () => forward(q, with_(k, { data: new Int32Array(k.data.length) }), v), DTypeError, 'k.data', 'Int32Array'],
     ['q.dtype does not match its array', () => forward(with_(q, { dtype: 'f16' }), k, v), DTypeError, 'q.dtype', '"f16"'],
