@@ -31,10 +31,10 @@
  * the decode schedule does), and k and v are appended beside it (createKVCache's caches; `prefill`). A
  * 512- and a 2048-token prompt (H = 8, Hkv = 2, D = 64, f32, causal) took 66 and 926 ms so on lavapipe,
  * against 230 and 3720 ms on the decode schedule, and 9–11 and 109–111 ms on the cpu backend against
- * 11–15 and 130–136 (the 2-core VM). A prompt after cached tokens (chunked prefill), with every slot of
- * the call at the same length (and GPUBuffer tensors on webgpu), is appended first and then attends on
- * forward() over the slots' keys as the store copies them out (CacheStore.prefix): 512 tokens after 1536
- * took 0.58 s on lavapipe against 1.4 s on the decode schedule.
+ * 11–15 and 130–136 (the 2-core VM). A prompt after cached tokens (chunked prefill; GPUBuffer tensors on
+ * webgpu; on the cpu, slots of one length) is appended first and then attends on forward() over the
+ * slots' keys as the store copies them out (CacheStore.prefix; slots of different lengths left-padded
+ * and masked): 512 tokens after 1536 took 0.58 s on lavapipe against 1.4 s on the decode schedule.
  */
 import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from './errors.js';
 import { MemoryTracker } from './memory.js';
@@ -147,13 +147,14 @@ export interface CacheStore {
   /** K and V of a slot's first `length` tokens as (1, length, Hkv, D) typed-array tensors. */
   read(slot: number, length: number, table: Int32Array): Promise<{ k: Tensor; v: Tensor }>;
   /**
-   * K and V of the slots' first `length` tokens as (B, length, Hkv, D) tensors where the store's own
-   * kernels would take them (typed arrays on the cpu, GPUBuffers on the cache's device; copies, queued
-   * after the steps before), for a prompt's attention on forward()'s kernels; `done` frees them once that
-   * attention is queued. Absent where the store cannot copy its rows so (webgpu: f16 rows of an odd
-   * Hkv·D, which copyBufferToBuffer's 4-byte steps cannot cut).
+   * K and V of each slot's first lengths[b] tokens as (B, L, Hkv, D) tensors, L the longest, each slot's
+   * tokens at the end of its row (the rows before them zero), where forward()'s kernels take them (typed
+   * arrays on the cpu, GPUBuffers on the cache's device; copies, queued after the steps before), for a
+   * prompt's attention on the prefill kernels; `done` frees them once that attention is queued. Absent
+   * where the store cannot copy its rows so (webgpu: f16 rows of an odd Hkv·D, which copyBufferToBuffer's
+   * 4-byte steps cannot cut).
    */
-  prefix?(slots: Int32Array, length: number, table: Int32Array): Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
+  prefix?(slots: Int32Array, lengths: Int32Array, table: Int32Array): Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
   /** The most bytes prefix() can copy into one tensor (a device's buffer limit); none where absent. */
   readonly prefixBytes?: number;
   dispose(): void;
@@ -349,19 +350,23 @@ export class KVCache {
     // A prompt (more than PREFILL_QUERIES new tokens, each a query) runs on forward()'s prefill kernels
     // rather than the decode schedule, whose workgroups would each read all the keys for a few query rows:
     // into empty slots, over its own q, k, v, the store then only appending k and v; after cached tokens
-    // (chunked prefill) with the same length in every slot of the call, over the slots' keys as the store
-    // copies them out once it has appended (on webgpu, for GPUBuffer tensors). Bottom-right causal, the
-    // window and ALiBi's distances are the cache's own there: each slot's diagonal at its length − Nq.
+    // (chunked prefill), over the slots' keys as the store copies them out once it has appended (on webgpu,
+    // for GPUBuffer tensors). Bottom-right causal, the window and ALiBi's distances are the cache's own
+    // there: each slot's diagonal at its length − Nq. On webgpu, slots of different lengths are copied each
+    // to the end of a row of the longest's length, and a key mask leaves out the zeros before them (512
+    // tokens after 1536 and 1024 on lavapipe: 1.2–1.4 s against 2.5–2.7 on the decode schedule); the cpu's
+    // decode kernel handles many rows well and was faster there (89–157 ms against 167–253 masked).
     const prompt = attend && this.prefill !== undefined && k !== undefined && v !== undefined && o.encoder === undefined && Nq === n && Nq > PREFILL_QUERIES;
     const empty = prompt && starts.every((x) => x === 0);
+    const longest = Math.max(...lengths);
     const chunked =
       prompt &&
       !empty &&
       this.store.prefix !== undefined &&
-      starts.every((x) => x === starts[0]) &&
+      (onGpu || lengths.every((x) => x === longest)) &&
       (!onGpu || isGpuBuffer(q!.data)) &&
-      B * lengths[0] * g.Hkv * g.D * BYTES_PER_ELEMENT[g.dtype] <= (this.store.prefixBytes ?? Infinity); // checked before the append: a refused call changes nothing
-    const prefillOptions = { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory };
+      B * longest * g.Hkv * g.D * BYTES_PER_ELEMENT[g.dtype] <= (this.store.prefixBytes ?? Infinity); // checked before the append: a refused call changes nothing
+    const prefillOptions: AttentionOptions = { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory };
     const prefilled = empty ? await this.prefill!(q!, k!, v!, prefillOptions) : undefined;
     const step: CacheStep = {
       q: attend && !prefilled && !chunked ? q : undefined,
@@ -388,9 +393,13 @@ export class KVCache {
     this.tableChanged = false;
     slots.forEach((s, b) => (this.lens[s] = lengths[b]));
     if (chunked) {
-      const keys = await this.store.prefix!(slots, lengths[0], this.table);
+      const keys = await this.store.prefix!(slots, lengths, this.table);
+      // Slots shorter than the longest: the first longest − length keys of their rows are zeros, masked out.
+      const mask = lengths.every((x) => x === longest)
+        ? undefined
+        : { data: Uint8Array.from({ length: B * longest }, (_, e) => (e % longest >= longest - lengths[Math.floor(e / longest)] ? 1 : 0)), shape: [B, 1, 1, longest] };
       try {
-        return await this.prefill!(q!, keys.k, keys.v, prefillOptions);
+        return await this.prefill!(q!, keys.k, keys.v, { ...prefillOptions, ...(mask && { mask }) });
       } finally {
         keys.done();
       }

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { createKVCache, forward, KVCache, OutOfMemoryError, ShapeError, ValueError, webgpuDevice, type DType, type Tensor } from '../src/index.js';
+import { createKVCache, forward, KVCache, OutOfMemoryError, ShapeError, ValueError, webgpuDevice, type DType, type GpuTensor, type Tensor } from '../src/index.js';
 import { checkForward } from '../src/problem.js';
 import { cacheGeometry } from '../src/kvcache.js';
 import { memory } from '../src/memory.js';
@@ -138,7 +138,7 @@ describe('KV cache', () => {
   }
 
   for (const backend of BACKENDS) {
-    test(`${backend}: a prompt after cached tokens (chunked prefill) is forward() over the slots' keys (the same bits); slots of different lengths stay on the decode schedule`, async () => {
+    test(`${backend}: a prompt after cached tokens (chunked prefill) is forward() over the slots' keys (the same bits); on webgpu slots of different lengths too, left-padded and masked`, async () => {
       const [H, Hkv, D, n0, n] = [4, 2, 16, 27, 21];
       const options = { causal: true, window: [30, 0] as const, softcap: 30 };
       const cache = await createKVCache({ batch: 3, kvHeads: Hkv, headDim: D, maxLength: 96, backend, pageSize: 8 });
@@ -170,9 +170,24 @@ describe('KV cache', () => {
       assert.deepEqual(Array.from(out), Array.from(want.out.data as Float32Array));
       assert.deepEqual(Array.from(lse), Array.from(want.lse.data as Float32Array));
       assert.deepEqual(cache.lengths, [n0 + n, 0, n0 + n]);
-      // Slots 0 (48 tokens) and 1 (empty) take 18 more each: different lengths, the decode schedule.
+      // Slots 0 (48 tokens) and 1 (empty) take 18 more each: different lengths (webgpu: slot 1's row
+      // left-padded and masked, GPUBuffer tensors; the cpu: the decode schedule), against the oracle over
+      // each slot's history.
       const m: Model = { backend, dtype: 'f32', H, Hkv, D, history: [[rows(joined(k0, k), 1, 0, n0 + n), rows(joined(v0, v), 1, 0, n0 + n)], [], []] };
-      await step(m, cache, [0, 1], 18, 18, true, 90);
+      const [q2, k2, v2] = [91, 92, 93].map((seed, i) => randomTensor('f32', [2, 18, i === 0 ? H : Hkv, D], seed));
+      [0, 1].forEach((slot, b) => (m.history[slot] = [concat(m.history[slot][0], rows(k2, b, 0, 18)), concat(m.history[slot][1], rows(v2, b, 0, 18))]));
+      let r2: { out: Tensor; lse: Tensor };
+      if (backend === 'webgpu') {
+        const device = await webgpuDevice();
+        const got = await cache.forward(onDevice(device, q2), onDevice(device, k2), onDevice(device, v2), { sequences: [0, 1], causal: true });
+        const [o2, l2] = [got.out, got.lse] as GpuTensor[];
+        r2 = { out: { data: await readF32(device, o2.data, 2 * 18 * H * D), dtype: 'f32', shape: o2.shape }, lse: { data: await readF32(device, l2.data, 2 * H * 18), dtype: 'f32', shape: l2.shape } };
+      } else {
+        r2 = (await cache.forward(q2, k2, v2, { sequences: [0, 1], causal: true })) as { out: Tensor; lse: Tensor };
+      }
+      for (let b = 0; b < 2; b++) await checkRow(m, `${backend} chunked prefill, slots of 66 and 18 tokens`, q2, r2.out, r2.lse, b, b, true);
+      // And with typed arrays (the decode schedule on webgpu): 17 more each.
+      await step(m, cache, [1, 0], 17, 17, true, 95);
       cache.dispose();
     });
   }

@@ -85,34 +85,36 @@ export class CpuCacheStore implements CacheStore {
     });
   }
 
-  /** The slots' first `length` tokens as contiguous (B, length, Hkv, D) tensors. */
-  private gather(slots: ArrayLike<number>, length: number, table: Int32Array): { k: Tensor; v: Tensor } {
+  /** Each slot's first lengths[b] tokens as (B, L, Hkv, D) tensors (L the longest), at the end of its row (zeros before). */
+  private gather(slots: ArrayLike<number>, lengths: ArrayLike<number>, table: Int32Array): { k: Tensor; v: Tensor } {
     const { Hkv, D, dtype, pageSize } = this.g;
     const width = Hkv * D;
     const B = slots.length;
-    const k = dtype === 'f16' ? new Uint16Array(B * length * width) : new Float32Array(B * length * width);
-    const v = dtype === 'f16' ? new Uint16Array(B * length * width) : new Float32Array(B * length * width);
+    const L = Math.max(...Array.from(lengths));
+    const k = dtype === 'f16' ? new Uint16Array(B * L * width) : new Float32Array(B * L * width);
+    const v = dtype === 'f16' ? new Uint16Array(B * L * width) : new Float32Array(B * L * width);
     for (let b = 0; b < B; b++) {
-      for (let t = 0; t < length; t++) {
+      const pad = L - lengths[b];
+      for (let t = 0; t < lengths[b]; t++) {
         const at = this.row(table, slots[b], t);
         for (let h = 0; h < Hkv; h++) {
           const from = at + h * pageSize * D;
-          const to = (b * length + t) * width + h * D;
+          const to = (b * L + pad + t) * width + h * D;
           k.set(this.k.subarray(from, from + D), to);
           v.set(this.v.subarray(from, from + D), to);
         }
       }
     }
-    const shape = [B, length, Hkv, D];
+    const shape = [B, L, Hkv, D];
     return { k: { data: k, dtype, shape }, v: { data: v, dtype, shape } };
   }
 
   async read(slot: number, length: number, table: Int32Array): Promise<{ k: Tensor; v: Tensor }> {
-    return this.gather([slot], length, table);
+    return this.gather([slot], [length], table);
   }
 
-  async prefix(slots: Int32Array, length: number, table: Int32Array): Promise<{ k: AnyTensor; v: AnyTensor; done(): void }> {
-    const { k, v } = this.gather(slots, length, table);
+  async prefix(slots: Int32Array, lengths: Int32Array, table: Int32Array): Promise<{ k: AnyTensor; v: AnyTensor; done(): void }> {
+    const { k, v } = this.gather(slots, lengths, table);
     const counted = this.memory.allocate(2 * k.data.byteLength);
     return { k, v, done: () => this.memory.release(counted) };
   }

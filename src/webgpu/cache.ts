@@ -69,7 +69,7 @@ export class WebgpuCacheStore implements CacheStore {
     this.appendUniform = this.own.create(80, 'append sizes', 'config', uniform);
     this.attendUniform = this.own.create(80, 'decode sizes', 'config', uniform);
     this.scratch = decodeScratch(gpu.device);
-    if ((g.Hkv * g.D * BYTES[g.dtype]) % 4 === 0) this.prefix = async (slots, length, table) => this.copyPrefix(slots, length, table);
+    if ((g.Hkv * g.D * BYTES[g.dtype]) % 4 === 0) this.prefix = async (slots, lengths, table) => this.copyPrefix(slots, lengths, table);
     this.prefixBytes = Math.min(gpu.device.limits.maxBufferSize, gpu.device.limits.maxStorageBufferBindingSize);
   }
 
@@ -189,25 +189,28 @@ export class WebgpuCacheStore implements CacheStore {
    * slot, submitted after the steps before; absent where a token's row (Hkv·D elements) is not a multiple
    * of 4 bytes (f16 with Hkv·D odd).
    */
-  readonly prefix?: (slots: Int32Array, length: number, table: Int32Array) => Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
+  readonly prefix?: (slots: Int32Array, lengths: Int32Array, table: Int32Array) => Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
   readonly prefixBytes: number;
 
-  private copyPrefix(slots: Int32Array, length: number, table: Int32Array): { k: GpuTensor; v: GpuTensor; done(): void } {
+  private copyPrefix(slots: Int32Array, lengths: Int32Array, table: Int32Array): { k: GpuTensor; v: GpuTensor; done(): void } {
     const { Hkv, D, dtype, pageSize, maxPages } = this.g;
     const width = Hkv * D * BYTES[dtype];
+    const L = Math.max(...lengths);
     const call = new GpuBuffers(this.gpu.device, this.memory);
-    const [k, v] = ['k', 'v'].map((name) => call.create(slots.length * length * width, `a prompt's cached ${name}`, name));
+    // New buffers are zero: a shorter slot's row keeps zeros before its tokens.
+    const [k, v] = ['k', 'v'].map((name) => call.create(slots.length * L * width, `a prompt's cached ${name}`, name));
     const enc = this.gpu.device.createCommandEncoder();
     slots.forEach((slot, b) => {
-      for (let t0 = 0; t0 < length; t0 += pageSize) {
+      const at = b * L + L - lengths[b];
+      for (let t0 = 0; t0 < lengths[b]; t0 += pageSize) {
         const page = table[slot * maxPages + t0 / pageSize];
-        const bytes = Math.min(pageSize, length - t0) * width;
-        enc.copyBufferToBuffer(this.k, page * pageSize * width, k, (b * length + t0) * width, bytes);
-        enc.copyBufferToBuffer(this.v, page * pageSize * width, v, (b * length + t0) * width, bytes);
+        const bytes = Math.min(pageSize, lengths[b] - t0) * width;
+        enc.copyBufferToBuffer(this.k, page * pageSize * width, k, (at + t0) * width, bytes);
+        enc.copyBufferToBuffer(this.v, page * pageSize * width, v, (at + t0) * width, bytes);
       }
     });
     this.gpu.device.queue.submit([enc.finish()]);
-    const shape = [slots.length, length, Hkv, D];
+    const shape = [slots.length, L, Hkv, D];
     return { k: { data: k, dtype, shape }, v: { data: v, dtype, shape }, done: () => call.destroyAll() };
   }
 
