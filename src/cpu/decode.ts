@@ -448,6 +448,18 @@ export function mergeDecode(s: DecodeShape, opart: Float64Array, lpart: Float64A
     for (let h = 0; h < H; h++) {
       for (let i = 0; i < Nq; i++) {
         const row = (b * H + h) * Nq + i;
+        const dst = b * s.qBatch + i * s.qRow + h * s.qHead;
+        if (splits === 1) {
+          // One split: its O / l and L are the results (what the general path gives with the one weight 1).
+          const L = lpart[row];
+          lse[row] = L;
+          const o = row * D;
+          for (let x = 0; x < D; x++) {
+            const y = L !== L ? NaN : L === -Infinity ? 0 : opart[o + x];
+            out[dst + x] = f16 ? numberToF16(y) : y;
+          }
+          continue;
+        }
         let M = -Infinity;
         let nan = false;
         for (let p = 0; p < splits; p++) {
@@ -472,7 +484,6 @@ export function mergeDecode(s: DecodeShape, opart: Float64Array, lpart: Float64A
         }
         const inv = M === -Infinity && !nan ? 0 : 1 / sum;
         lse[row] = nan ? NaN : M === -Infinity ? -Infinity : M + Math.log(sum);
-        const dst = b * s.qBatch + i * s.qRow + h * s.qHead;
         if (f16) for (let x = 0; x < D; x++) out[dst + x] = numberToF16(acc[x] * inv);
         else for (let x = 0; x < D; x++) out[dst + x] = acc[x] * inv;
       }
