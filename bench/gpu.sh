@@ -17,6 +17,8 @@
 #                                                  earlier run instead; ORT=0: no onnxruntime; TORCH_TIMEOUT,
 #                                                  ORT_TIMEOUT: seconds each peer may take, default 200 and 120,
 #                                                  since a device call lasts at most 10 minutes)
+# TAR=1: everything under $OUT packed into $OUT/all.tar.gz at the end, the rest removed (a device call
+# brings back only a few files: one run lost its decode.txt and report that way).
 # The PyTorch scripts are bench/anchors/; the machine's python3 has torch.
 set -uo pipefail
 out=${OUT:-/tmp/out}
@@ -61,3 +63,7 @@ case "${1:-}" in
     echo "bench exit $?"; sed -n '/^Decode: GB\/s/,/^heads:/p' "$out/decode.txt"; tail -n 3 "$out/decode.txt" ;;
   *) echo "usage: bench/gpu.sh tests|product|default|decode" >&2; exit 2 ;;
 esac
+if [ "${TAR:-0}" = 1 ]; then
+  tar -czf /tmp/gpu-out.tar.gz -C "$out" . && find "$out" -mindepth 1 -delete && mv /tmp/gpu-out.tar.gz "$out/all.tar.gz"
+  echo "packed: $out/all.tar.gz"
+fi
