@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { backward, encodeF16, forward, type DType, type Layout, type Tensor } from '../src/index.js';
+import { backward, decodeF16, encodeF16, forward, type DType, type Layout, type Tensor } from '../src/index.js';
 import { linearScratch, linearTask, linearTasks, type LinearKernel, type LinearShape } from '../src/cpu/linear.js';
 import { linearModule, wasmLinearKernel } from '../src/cpu/wasm/linear.js';
 import { f16ToNumber } from '../src/f16.js';
@@ -554,6 +554,42 @@ describe('cpu WebAssembly: the nn linear', () => {
             return Array.from(out);
           };
           assert.deepEqual(y(wasmLinearKernel(s)), y(undefined), `${dtype} ${M}×${N}×${K} ${activation}${residual ? ' + residual' : ''}`);
+        }
+      }
+    }
+  });
+
+  test('rows that read W in place (M ≤ 8): the WebAssembly and the JavaScript path within the error bound of an f32 sum', (t) => {
+    if (wasmSupport() === 'none') return t.skip(`no WebAssembly SIMD here (${wasmSupport()})`);
+    let seed = 11;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
+    const u = 2 ** -24;
+    for (const dtype of ['f32', 'f16'] as const) {
+      // one and eight rows, N past a multiple of 8, K past a multiple of 4
+      for (const [M, N, K] of [[1, 70, 45], [8, 77, 45], [2, 21, 130]]) {
+        const values = (n: number) => (dtype === 'f16' ? Array.from(decodeF16(encodeF16(Float64Array.from({ length: n }, rnd)))) : Array.from(Float32Array.from({ length: n }, rnd)));
+        const [xv, wv, bv] = [values(M * K), values(N * K), values(N)];
+        const data = (v: number[]) => (dtype === 'f16' ? encodeF16(Float64Array.from(v)) : Float32Array.from(v));
+        const s: LinearShape = { M, N, K, MB: 16, NB: 4 * Math.ceil(N / 4), activation: 'none', residual: false };
+        for (const kernel of [wasmLinearKernel(s), undefined]) {
+          const out = dtype === 'f16' ? new Uint16Array(M * N) : new Float32Array(M * N);
+          const scratch = new Float64Array(linearScratch(s));
+          for (let task = 0; task < linearTasks(s); task++) linearTask(s, { x: data(xv), w: data(wv), b: data(bv), y: out }, task, scratch, kernel);
+          const got = dtype === 'f16' ? decodeF16(out as Uint16Array) : out;
+          for (let m = 0; m < M; m++) {
+            for (let n = 0; n < N; n++) {
+              let sum = bv[n];
+              let mag = Math.abs(bv[n]);
+              for (let k = 0; k < K; k++) {
+                sum += xv[m * K + k] * wv[n * K + k];
+                mag += Math.abs(xv[m * K + k] * wv[n * K + k]);
+              }
+              // γ_{K+1} of the magnitudes, and the store's rounding (f16: its unit roundoff, or its smallest step)
+              const store = dtype === 'f16' ? 2 ** -11 * Math.abs(sum) + 2 ** -25 : u * Math.abs(sum);
+              const bound = (((K + 1) * u) / (1 - (K + 1) * u)) * mag * 1.001 + store;
+              assert.ok(Math.abs(got[m * N + n] - sum) <= bound, `${kernel ? 'WebAssembly' : 'JavaScript'} ${dtype} ${M}×${N}×${K} [${m}, ${n}]: ${got[m * N + n]} against ${sum}`);
+            }
+          }
         }
       }
     }

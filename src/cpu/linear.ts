@@ -137,14 +137,13 @@ export const DIRECT_ROWS = 8;
 function linearRows(s: LinearShape, a: LinearArrays, m0: number, rows: number, n0: number, n1: number, scratch: Float64Array, kernel: LinearKernel): void {
   const { N, K, activation } = s;
   const r = s.residual ? a.r : undefined;
-  const x = scratch.subarray(0, rows * K);
   const put = (m: number, n: number, sum: number) => {
     const e = m * N + n;
     const v = activate(activation, sum + at(a.b, n));
     store(a.y, e, r ? v + at(r, e) : v);
   };
-  const dots = kernel.direct?.(a.x, m0, rows, a.w);
-  if (dots) {
+  if (kernel.direct) {
+    const dots = kernel.direct(a.x, m0, rows, a.w);
     for (let n = n0; n < n1; n += 8) {
       const count = Math.min(8, n1 - n);
       const d = dots(n, count);
@@ -152,6 +151,7 @@ function linearRows(s: LinearShape, a: LinearArrays, m0: number, rows: number, n
     }
     return;
   }
+  const x = scratch.subarray(0, rows * K);
   for (let i = 0; i < rows; i++) packRow(x, i * K, a.x, (m0 + i) * K, K, 1);
   // Eight W rows at a time against every x row, so that each W row is read from memory once.
   let n = n0;
@@ -201,25 +201,23 @@ function dot8F16(x: Float64Array, xo: number, w: Uint16Array, o: number, K: numb
 /**
  * Where a task packs its rows and how it multiplies them (JavaScript's microKernel, or the WebAssembly
  * module of wasm/linear.ts on its memory): xp holds groups·4·K f64 from element xo (rows four-interleaved),
- * wp 4·K from element wo (a group of four W rows, interleaved the same way), and `tiles(groups)` leaves
+ * packW puts a group of four W rows beside it (interleaved the same way), and `tiles(groups)` leaves
  * the 4×4 tile of row group g in tile[to + 16g ..] (Σ over k in order, in f64: the same bits either way).
  */
 export interface LinearKernel {
   xp: Float64Array;
   xo: number;
-  wp: Float64Array;
-  wo: number;
   tile: Float64Array;
   to: number;
   tiles(groups: number): void;
-  /** Pack W's rows n .. n + cols − 1 (cols ≤ 4) into wp, zero lanes past them; false where it leaves that to linearTask. */
-  packW?(w: HostData, n: number, cols: number): boolean;
+  /** Pack W's rows n .. n + cols − 1 (cols ≤ 4) into wp, zero lanes past them. */
+  packW(w: HostData, n: number, cols: number): void;
   /**
    * For rows of x few enough to read W in place (linearRows): stage x's rows m0 .. m0 + rows − 1 and give
    * a function of W's rows n .. n + count − 1 (count ≤ 8) that returns their dot products with the staged
-   * rows, d[8i + j]; undefined where linearRows' JavaScript loop does it.
+   * rows, d[8i + j]. Absent (JavaScript's kernel): linearRows' own loop.
    */
-  direct?(x: HostData, m0: number, rows: number, w: HostData): ((n: number, count: number) => Float64Array) | undefined;
+  direct?(x: HostData, m0: number, rows: number, w: HostData): (n: number, count: number) => Float64Array;
 }
 
 /** The JavaScript kernel on a thread's scratch ((MB + 4)·K + 4·MB f64, linearScratch). */
@@ -229,12 +227,16 @@ function jsKernel(s: LinearShape, scratch: Float64Array): LinearKernel {
   return {
     xp: scratch,
     xo: 0,
-    wp: scratch,
-    wo,
     tile: scratch,
     to,
     tiles: (groups) => {
       for (let g = 0; g < groups; g++) microKernel(scratch, g * 4 * K, scratch, wo, K, scratch, to + 16 * g);
+    },
+    packW: (w, n, cols) => {
+      for (let j = 0; j < 4; j++) {
+        if (j < cols) packRow(scratch, wo + j, w, (n + j) * K, K);
+        else zeroLane(scratch, wo + j, K);
+      }
     },
   };
 }
@@ -249,7 +251,7 @@ export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: 
   const rows = Math.min(s.MB, M - m0);
   if (rows <= DIRECT_ROWS) return linearRows(s, a, m0, rows, n0, n1, scratch, kernel);
   const groups = Math.ceil(rows / 4);
-  const { xp, xo, wp, wo, tile, to } = kernel;
+  const { xp, xo, tile, to } = kernel;
   for (let r = 0; r < groups * 4; r++) {
     const d = xo + (r >> 2) * 4 * K + (r & 3);
     if (r < rows) packRow(xp, d, a.x, (m0 + r) * K, K);
@@ -258,15 +260,8 @@ export function linearTask(s: LinearShape, a: LinearArrays, t: number, scratch: 
   const bias = new Float64Array(4);
   for (let n = n0; n < n1; n += 4) {
     const cols = Math.min(4, n1 - n);
-    const packed = kernel.packW?.(a.w, n, cols) ?? false;
-    for (let j = 0; j < 4; j++) {
-      if (j < cols) {
-        if (!packed) packRow(wp, wo + j, a.w, (n + j) * K, K);
-        bias[j] = at(a.b, n + j);
-      } else if (!packed) {
-        zeroLane(wp, wo + j, K);
-      }
-    }
+    kernel.packW(a.w, n, cols);
+    for (let j = 0; j < cols; j++) bias[j] = at(a.b, n + j);
     kernel.tiles(groups);
     for (let g = 0; g < groups; g++) {
       const m = m0 + 4 * g;

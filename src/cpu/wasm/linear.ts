@@ -180,8 +180,6 @@ export function wasmLinearKernel(s: LinearShape): LinearKernel | undefined {
   return {
     xp: w.f64,
     xo: XP / 8,
-    wp: w.f64,
-    wo: WP / 8,
     tile: w.f64,
     to: T / 8,
     tiles: (groups) => e.tiles(XP, WP, T, groups, s.K),
@@ -189,7 +187,6 @@ export function wasmLinearKernel(s: LinearShape): LinearKernel | undefined {
     packW: (W, n, cols) => {
       stage(W, n, cols, RAW, 4);
       e.packw(RAW, WP, Kp / 4);
-      return true;
     },
     direct: (x, m0, rows, W) => {
       stage(x, m0, rows, DX, rows);
