@@ -358,16 +358,18 @@ export class KVCache {
     // decode kernel handles many rows well and was faster there (89–157 ms against 167–253 masked).
     const prompt = attend && this.prefill !== undefined && k !== undefined && v !== undefined && o.encoder === undefined && Nq === n && Nq > PREFILL_QUERIES;
     const empty = prompt && starts.every((x) => x === 0);
-    const longest = Math.max(...lengths);
+    const longest = prompt ? Math.max(...lengths) : 0;
+    const sameLength = prompt && lengths.every((x) => x === longest);
     const chunked =
       prompt &&
       !empty &&
       this.store.prefix !== undefined &&
-      (onGpu || lengths.every((x) => x === longest)) &&
-      (!onGpu || isGpuBuffer(q!.data)) &&
+      (onGpu ? isGpuBuffer(q!.data) : sameLength) &&
       B * longest * g.Hkv * g.D * BYTES_PER_ELEMENT[g.dtype] <= (this.store.prefixBytes ?? Infinity); // checked before the append: a refused call changes nothing
-    const prefillOptions: AttentionOptions = { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory };
-    const prefilled = empty ? await this.prefill!(q!, k!, v!, prefillOptions) : undefined;
+    const prefillOptions: AttentionOptions | undefined = prompt
+      ? { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory }
+      : undefined;
+    const prefilled = empty ? await this.prefill!(q!, k!, v!, prefillOptions!) : undefined;
     const step: CacheStep = {
       q: attend && !prefilled && !chunked ? q : undefined,
       k,
@@ -395,7 +397,7 @@ export class KVCache {
     if (chunked) {
       const keys = await this.store.prefix!(slots, lengths, this.table);
       // Slots shorter than the longest: the first longest − length keys of their rows are zeros, masked out.
-      const mask = lengths.every((x) => x === longest)
+      const mask = sameLength
         ? undefined
         : { data: Uint8Array.from({ length: B * longest }, (_, e) => (e % longest >= longest - lengths[Math.floor(e / longest)] ? 1 : 0)), shape: [B, 1, 1, longest] };
       try {
