@@ -96,7 +96,7 @@ export function decodeSubgroupWGSL(p: DecodeSubgroupParams, workgroupLimit: numb
   const keyBase = (key: string) => (p.pageRun ? `run_base + (min(${key}, keyEnd - 1u) - kc) * u.kvRow` : `key_base(min(${key}, keyEnd - 1u))`);
   const pageRun = p.pageRun
     ? `let kc = min(kb, keyEnd - 1u);
-      let run_base = u32(table[slot * u.maxPages + kc / u.pageSize]) * u.kvPage + (kc % u.pageSize) * u.kvRow + hk * u.kvHead;
+      let run_base = key_base(kc);
       `
     : '';
   const loads = us
