@@ -25,7 +25,7 @@ import { decodeSizesBytes, type DecodeParams } from '../../src/webgpu/kernels/de
 import { problemStrides } from '../../src/problem.js';
 import { GpuTimer } from '../../src/webgpu/timer.js';
 import { toF64 } from '../../src/tensor.js';
-import { randomF16 } from './util.js';
+import { gpuTensor, randomF16, readF16, tiled } from './util.js';
 
 const CASES = [
   { B: 8, H: 32, Hkv: 8, Nk: 32768, D: 128 },
@@ -43,32 +43,6 @@ const sweep = sweepAll || sweepScatter || sweepTune || sweepWave || sweepKeys ||
 /** --cases 0,2: only those of CASES (by index). */
 const casesArg = process.argv.indexOf('--cases');
 const only = casesArg > 0 ? new Set(process.argv[casesArg + 1].split(',').map(Number)) : undefined;
-
-/** n f16 values: 2^20 seeded normal ones, repeated (drawing hundreds of millions in JavaScript takes minutes). */
-function tiled(n: number, seed: number): Uint16Array {
-  const block = randomF16(Math.min(n, 1 << 20) + 7, seed); // a period prime to the row length
-  const out = new Uint16Array(n);
-  for (let i = 0; i < n; i += block.length) out.set(block.subarray(0, Math.min(block.length, n - i)), i);
-  return out;
-}
-
-function gpuTensor(gpu: Gpu, data: Uint16Array, shape: number[]): GpuTensor {
-  const buffer = gpu.device.createBuffer({ size: Math.ceil(data.byteLength / 4) * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
-  gpu.device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, Math.ceil(data.byteLength / 4) * 4);
-  return { data: buffer, dtype: 'f16', shape };
-}
-
-async function readF16(gpu: Gpu, t: GpuTensor, elements: number, f32 = false): Promise<Float64Array> {
-  const bytes = Math.ceil((elements * (f32 ? 4 : 2)) / 4) * 4;
-  const staging = gpu.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-  const enc = gpu.device.createCommandEncoder();
-  enc.copyBufferToBuffer(t.data, 0, staging, 0, bytes);
-  gpu.device.queue.submit([enc.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const raw = staging.getMappedRange().slice(0);
-  staging.destroy();
-  return toF64({ data: f32 ? new Float32Array(raw).subarray(0, elements) : new Uint16Array(raw).subarray(0, elements), dtype: f32 ? 'f32' : 'f16', shape: [elements] } as Tensor);
-}
 
 /** GPU ms per call (timestamp queries) and wall ms per call of CALLS back-to-back calls of `run`. */
 async function time(gpu: Gpu, run: () => Promise<unknown>): Promise<{ gpu: number; wall: number }> {

@@ -241,3 +241,31 @@ export async function timeForwardBackward(gpu: Gpu, dtype: 'f16' | 'f32'): Promi
     }
   }
 }
+
+/** n f16 values: 2^20 seeded normal ones, repeated (drawing hundreds of millions in JavaScript takes minutes). */
+export function tiled(n: number, seed: number): Uint16Array {
+  const block = randomF16(Math.min(n, 1 << 20) + 7, seed); // a period prime to the row length
+  const out = new Uint16Array(n);
+  for (let i = 0; i < n; i += block.length) out.set(block.subarray(0, Math.min(block.length, n - i)), i);
+  return out;
+}
+
+/** An f16 GPU tensor of `data` (the buffer rounded up to 4 bytes; storage, copy source and destination). */
+export function gpuTensor(gpu: Gpu, data: Uint16Array, shape: number[]): GpuTensor {
+  const buffer = gpu.device.createBuffer({ size: Math.ceil(data.byteLength / 4) * 4, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC });
+  gpu.device.queue.writeBuffer(buffer, 0, data.buffer, data.byteOffset, Math.ceil(data.byteLength / 4) * 4);
+  return { data: buffer, dtype: 'f16', shape };
+}
+
+/** The first `elements` values of a GPU tensor (f16, or f32 with `f32`), read back as float64. */
+export async function readF16(gpu: Gpu, t: GpuTensor, elements: number, f32 = false): Promise<Float64Array> {
+  const bytes = Math.ceil((elements * (f32 ? 4 : 2)) / 4) * 4;
+  const staging = gpu.device.createBuffer({ size: bytes, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const enc = gpu.device.createCommandEncoder();
+  enc.copyBufferToBuffer(t.data, 0, staging, 0, bytes);
+  gpu.device.queue.submit([enc.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const raw = staging.getMappedRange().slice(0);
+  staging.destroy();
+  return toF64({ data: f32 ? new Float32Array(raw).subarray(0, elements) : new Uint16Array(raw).subarray(0, elements), dtype: f32 ? 'f32' : 'f16', shape: [elements] } as Tensor);
+}
