@@ -12,10 +12,10 @@ import { preferWebgpu } from './webgpu/device.js';
 import { webgpuBackward, webgpuForward } from './webgpu/index.js';
 import { webgpuStandardBackward, webgpuStandardForward } from './webgpu/standard.js';
 import { CpuCacheStore } from './cpu/cache.js';
-import { KVCache, cacheGeometry, type KVCacheConfig } from './kvcache.js';
+import { KVCache, cacheGeometry, type CachePrefill, type KVCacheConfig } from './kvcache.js';
 import { memory as defaultMemory } from './memory.js';
 import { BackendUnavailableError } from './errors.js';
-import { WebgpuCacheStore } from './webgpu/cache.js';
+import { WebgpuCacheStore, typedPrompt } from './webgpu/cache.js';
 import { varlenBackward, varlenForward, type RunBackward, type RunForward } from './varlen.js';
 import { defaultGpu, gpuOf } from './webgpu/device.js';
 
@@ -134,5 +134,6 @@ export async function createKVCache(config: KVCacheConfig): Promise<KVCache> {
   if (!webgpu) return new KVCache(g, new CpuCacheStore(g, memory), memory, (q, k, v, o) => forward(q as Tensor, k as Tensor, v as Tensor, { ...o, backend: 'cpu' }));
   const gpu = config.device ? gpuOf(config.device) : await defaultGpu();
   if (g.dtype === 'f16' && !gpu.f16) throw new BackendUnavailableError('config.dtype', "'f32' (this adapter lacks shader-f16, which an f16 cache needs)", "'f16'");
-  return new KVCache(g, new WebgpuCacheStore(g, gpu, memory), memory, (q, k, v, o) => forward(q as Tensor, k as Tensor, v as Tensor, { ...o, backend: 'webgpu', device: gpu.device }));
+  const prefill: CachePrefill = (q, k, v, o) => forward(q as Tensor, k as Tensor, v as Tensor, { ...o, backend: 'webgpu', device: gpu.device });
+  return new KVCache(g, new WebgpuCacheStore(g, gpu, memory), memory, typedPrompt(gpu, memory, prefill));
 }

@@ -31,8 +31,8 @@
  * the decode schedule does), and k and v are appended beside it (createKVCache's caches; `prefill`). A
  * 512- and a 2048-token prompt (H = 8, Hkv = 2, D = 64, f32, causal) took 66 and 926 ms so on lavapipe,
  * against 230 and 3720 ms on the decode schedule, and 9–11 and 109–111 ms on the cpu backend against
- * 11–15 and 130–136 (the 2-core VM). A prompt after cached tokens (chunked prefill; GPUBuffer tensors on
- * webgpu; on the cpu, slots of one length) is appended first and then attends on forward() over the
+ * 11–15 and 130–136 (the 2-core VM). A prompt after cached tokens (chunked prefill; on the cpu, slots of
+ * one length; on webgpu typed arrays too, q uploaded for it) is appended first and then attends on forward() over the
  * slots' keys as the store copies them out (CacheStore.prefix; slots of different lengths left-padded
  * and masked): 512 tokens after 1536 took 0.58 s on lavapipe against 1.4 s on the decode schedule.
  */
@@ -350,12 +350,13 @@ export class KVCache {
     // A prompt (more than PREFILL_QUERIES new tokens, each a query) runs on forward()'s prefill kernels
     // rather than the decode schedule, whose workgroups would each read all the keys for a few query rows:
     // into empty slots, over its own q, k, v, the store then only appending k and v; after cached tokens
-    // (chunked prefill), over the slots' keys as the store copies them out once it has appended (on webgpu,
-    // for GPUBuffer tensors). Bottom-right causal, the window and ALiBi's distances are the cache's own
-    // there: each slot's diagonal at its length − Nq. On webgpu, slots of different lengths are copied each
-    // to the end of a row of the longest's length, and a key mask leaves out the zeros before them (512
-    // tokens after 1536 and 1024 on lavapipe: 1.2–1.4 s against 2.5–2.7 on the decode schedule); the cpu's
-    // decode kernel handles many rows well and was faster there (89–157 ms against 167–253 masked).
+    // (chunked prefill), over the slots' keys as the store copies them out once it has appended (on webgpu
+    // typed arrays too: webgpu/cache.ts's typedPrompt uploads q). Bottom-right causal, the window and
+    // ALiBi's distances are the cache's own there: each slot's diagonal at its length − Nq. On webgpu,
+    // slots of different lengths are copied each to the end of a row of the longest's length, and a key
+    // mask leaves out the zeros before them (512 tokens after 1536 and 1024 on lavapipe: 1.2–1.4 s against
+    // 2.5–2.7 on the decode schedule); the cpu's decode kernel handles many rows well and was faster there
+    // (89–157 ms against 167–253 masked).
     const prompt = attend && this.prefill !== undefined && k !== undefined && v !== undefined && o.encoder === undefined && Nq === n && Nq > PREFILL_QUERIES;
     const empty = prompt && starts.every((x) => x === 0);
     const longest = prompt ? Math.max(...lengths) : 0;
@@ -364,7 +365,7 @@ export class KVCache {
       prompt &&
       !empty &&
       this.store.prefix !== undefined &&
-      (onGpu ? isGpuBuffer(q!.data) : sameLength) &&
+      (onGpu || sameLength) &&
       B * longest * g.Hkv * g.D * BYTES_PER_ELEMENT[g.dtype] <= (this.store.prefixBytes ?? Infinity); // checked before the append: a refused call changes nothing
     const prefillOptions: AttentionOptions | undefined = prompt
       ? { causal: o.causal ?? false, scale, window: o.window, softcap: o.softcap, alibiSlopes: o.alibiSlopes, out: o.out, lse: o.lse, memory: this.memory }

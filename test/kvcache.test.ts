@@ -155,7 +155,7 @@ describe('KV cache', () => {
       let out: Float32Array;
       let lse: Float32Array;
       if (backend === 'webgpu') {
-        // On webgpu the path takes GPUBuffer tensors (typed arrays stay on the decode schedule).
+        // GPUBuffer tensors, into the caller's out and lse.
         const device = await webgpuDevice();
         const gpu = (t: Tensor) => onDevice(device, t);
         await cache.append(gpu(k0), gpu(v0), { sequences });
@@ -170,6 +170,15 @@ describe('KV cache', () => {
       assert.deepEqual(Array.from(out), Array.from(want.out.data as Float32Array));
       assert.deepEqual(Array.from(lse), Array.from(want.lse.data as Float32Array));
       assert.deepEqual(cache.lengths, [n0 + n, 0, n0 + n]);
+      if (backend === 'webgpu') {
+        // Typed arrays take the path too (q uploaded, out and lse read back).
+        const typed = await createKVCache({ batch: 3, kvHeads: Hkv, headDim: D, maxLength: 96, backend, pageSize: 8 });
+        await typed.append(k0, v0, { sequences });
+        const r = (await typed.forward(q, k, v, { ...options, sequences })) as { out: Tensor; lse: Tensor };
+        assert.deepEqual(Array.from(r.out.data as Float32Array), Array.from(want.out.data as Float32Array));
+        assert.deepEqual(Array.from(r.lse.data as Float32Array), Array.from(want.lse.data as Float32Array));
+        typed.dispose();
+      }
       // Slots 0 (48 tokens) and 1 (empty) take 18 more each: different lengths (webgpu: slot 1's row
       // left-padded and masked, GPUBuffer tensors; the cpu: the decode schedule), against the oracle over
       // each slot's history.
@@ -186,7 +195,7 @@ describe('KV cache', () => {
         r2 = (await cache.forward(q2, k2, v2, { sequences: [0, 1], causal: true })) as { out: Tensor; lse: Tensor };
       }
       for (let b = 0; b < 2; b++) await checkRow(m, `${backend} chunked prefill, slots of 66 and 18 tokens`, q2, r2.out, r2.lse, b, b, true);
-      // And with typed arrays (the decode schedule on webgpu): 17 more each.
+      // And with typed arrays (on webgpu the masked path again, q uploaded; the cpu: the decode schedule): 17 more each.
       await step(m, cache, [1, 0], 17, 17, true, 95);
       cache.dispose();
     });

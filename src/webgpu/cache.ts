@@ -15,7 +15,7 @@
  */
 import { keysSeen } from '../modifiers.js';
 import { NotSupportedError, ValueError } from '../errors.js';
-import type { CacheGeometry, CacheStep, CacheStore } from '../kvcache.js';
+import type { CacheGeometry, CachePrefill, CacheStep, CacheStore } from '../kvcache.js';
 import { poolElements } from '../kvcache.js';
 import type { MemoryTracker } from '../memory.js';
 import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../tensor.js';
@@ -247,6 +247,33 @@ export class WebgpuCacheStore implements CacheStore {
   dispose(): void {
     this.own.destroyAll();
   }
+}
+
+/**
+ * `prefill` (forward() on the device) for a chunked prompt of typed arrays: q goes up, the keys are the
+ * GPU tensors the store copied out (CacheStore.prefix), and out and lse come back as typed arrays (a
+ * typed-array call has no options.out or options.lse). It costs the host what the decode schedule's
+ * typed-array step does, which uploads q and reads its results back too.
+ */
+export function typedPrompt(gpu: Gpu, memory: MemoryTracker, prefill: CachePrefill): CachePrefill {
+  return async (q, k, v, options) => {
+    if (isGpuBuffer(q.data) || !isGpuBuffer(k.data)) return prefill(q, k, v, options);
+    const t = q as Tensor;
+    const call = new GpuBuffers(gpu.device, memory);
+    try {
+      const up: GpuTensor = { data: call.upload(t.data, 'q'), dtype: t.dtype as GpuTensor['dtype'], shape: t.shape }; // the cache's dtype
+      const r = (await prefill(up, k, v, options)) as { out: GpuTensor; lse: GpuTensor };
+      const [o, l] = [call.adopt(r.out.data), call.adopt(r.lse.data)];
+      const lseLength = r.lse.shape.reduce((a, b) => a * b, 1);
+      const [ob, lb] = [await call.read(o, t.data.byteLength, 'q'), await call.read(l, lseLength * 4, 'q')];
+      return {
+        out: { data: t.dtype === 'f16' ? new Uint16Array(ob) : new Float32Array(ob), dtype: t.dtype, shape: [...t.shape] } as Tensor,
+        lse: { data: new Float32Array(lb), dtype: 'f32', shape: [...r.lse.shape] } satisfies Tensor,
+      };
+    } finally {
+      call.destroyAll();
+    }
+  };
 }
 
 /** (a[b], c[b]) pairs as u32s. */
