@@ -32,9 +32,10 @@
  * 512- and a 2048-token prompt (H = 8, Hkv = 2, D = 64, f32, causal) took 66 and 926 ms so on lavapipe,
  * against 230 and 3720 ms on the decode schedule, and 9–11 and 109–111 ms on the cpu backend against
  * 11–15 and 130–136 (the 2-core VM). A prompt after cached tokens (chunked prefill; on the cpu, slots of
- * one length; on webgpu typed arrays too, q uploaded for it) is appended first and then attends on forward() over the
- * slots' keys as the store copies them out (CacheStore.prefix; slots of different lengths left-padded
- * and masked): 512 tokens after 1536 took 0.58 s on lavapipe against 1.4 s on the decode schedule.
+ * one length; on webgpu typed arrays too, q uploaded for it) is appended first and then attends on
+ * forward() over the slots' keys as the store copies them out (CacheStore.prefix; slots of different
+ * lengths left-padded and masked): 512 tokens after 1536 took 0.58 s on lavapipe against 1.4 s on the
+ * decode schedule.
  */
 import { DTypeError, OutOfMemoryError, ShapeError, ValueError, describe } from './errors.js';
 import { MemoryTracker } from './memory.js';
