@@ -218,6 +218,20 @@ export class WebgpuCacheStore implements CacheStore {
     const { Hkv, D, dtype, pageSize, maxPages } = this.g;
     const width = Hkv * D * BYTES[dtype];
     const shape = [1, length, Hkv, D];
+    const typed = (b: Uint8Array) => (dtype === 'f16' ? new Uint16Array(b.buffer) : new Float32Array(b.buffer));
+    if (this.prefix) {
+      // The slot's rows gathered on the device (one copy per page), then read back once for k and once for v.
+      const keys = this.copyPrefix(Int32Array.of(slot), Int32Array.of(length), table);
+      const call = new GpuBuffers(this.gpu.device, this.memory);
+      try {
+        const [k, v] = await Promise.all([keys.k, keys.v].map(async (t) => new Uint8Array(await call.read(t.data, length * width, 'sequence'))));
+        return { k: { data: typed(k), dtype, shape }, v: { data: typed(v), dtype, shape } };
+      } finally {
+        call.destroyAll();
+        keys.done();
+      }
+    }
+    // Rows not in whole 4-byte words (f16, Hkv·D odd): page by page, each read from the word boundaries around it.
     const k = new Uint8Array(length * width);
     const v = new Uint8Array(length * width);
     const call = new GpuBuffers(this.gpu.device, this.memory);
@@ -240,7 +254,6 @@ export class WebgpuCacheStore implements CacheStore {
     } finally {
       call.destroyAll();
     }
-    const typed = (b: Uint8Array) => (dtype === 'f16' ? new Uint16Array(b.buffer) : new Float32Array(b.buffer));
     return { k: { data: typed(k), dtype, shape }, v: { data: typed(v), dtype, shape } };
   }
 
