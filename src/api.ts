@@ -10,6 +10,8 @@ import { referenceBackward, referenceForward } from './reference/index.js';
 import type { AnyTensor, GpuTensor, Tensor } from './tensor.js';
 import { preferWebgpu } from './webgpu/device.js';
 import { webgpuBackward, webgpuForward } from './webgpu/index.js';
+import { zeroBiasGrad } from './webgpu/bias-grad.js';
+import { biasGradIsZero } from './modifiers.js';
 import { webgpuStandardBackward, webgpuStandardForward } from './webgpu/standard.js';
 import { CpuCacheStore } from './cpu/cache.js';
 import { KVCache, cacheGeometry, type CachePrefill, type KVCacheConfig } from './kvcache.js';
@@ -116,8 +118,15 @@ export async function backward(
       : backend === 'cpu'
         ? await cpuBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse))
         : referenceBackward(p, h(dout), h(q), h(k), h(v), h(out), h(lse));
-  const r = p.cuSeqlens ? await varlenBackward(p, dout, q, k, v, out, lse, run) : await run(p, dout, q, k, v, out, lse);
-  return { ...r, backend };
+  // A bias with one value along the keys has a zero gradient by the algebra (biasGradIsZero): the kernels
+  // run without dbias and it comes back as zeros. The float64 oracle computes it as written.
+  const zero = backend !== 'reference' && biasGradIsZero(p.mods);
+  const kernels = zero ? { ...p, mods: { ...p.mods, bias: { ...p.mods.bias!, grad: false } } } : p;
+  const r = p.cuSeqlens ? await varlenBackward(kernels, dout, q, k, v, out, lse, run) : await run(kernels, dout, q, k, v, out, lse);
+  if (!zero) return { ...r, backend };
+  const shape = [...p.mods.bias!.index.shape];
+  const dbias = p.onGpu ? await zeroBiasGrad(p) : { data: new Float32Array(shape.reduce((a, b) => a * b, 1)), dtype: 'f32' as const, shape };
+  return { ...r, dbias, backend };
 }
 
 /**

@@ -69,6 +69,18 @@ export function hasModifiers(m: Modifiers, causal: boolean): boolean {
   return !bandOnlyCausal || !!(m.alibi || m.softcap !== undefined || m.bias || m.mask || m.blockMask || m.dropout);
 }
 
+/**
+ * Whether dbias is zero by the algebra, whatever the inputs: a bias with one value along the keys (its key
+ * axis of size 1) adds the same number to every logit of a row, and softmax takes it away again. dS sums
+ * to zero along every row (Σ_j P_ij·(dP_ij·Z_ij − D_i) = D_i − D_i; dropout and masks too), so the sum
+ * dbias takes of it is zero. The backends return zeros without writing dS: summed, it would hold only the
+ * rounding by which FlashAttention's D = rowsum(dO ∘ O) differs from Σ_j P_ij·dP_ij, a few ulp per row that
+ * a bias of shape (1, H, 1, 1) adds up over every row of every batch.
+ */
+export function biasGradIsZero(m: Modifiers): boolean {
+  return m.bias?.grad === true && m.bias.index.shape[3] === 1;
+}
+
 /** The band of causal and window together (FlashAttention-2: causal is window (−1, 0)). */
 export function bandOf(causal: boolean, window: readonly [number, number] | undefined): Band | undefined {
   if (!causal && window === undefined) return undefined;

@@ -91,7 +91,10 @@ export interface AttentionOptions {
    * or 1, max nk or 1), element (s, h, i, j) the bias of sequence s's own query i and key j.
    */
   bias?: AnyTensor;
-  /** backward(): also return dbias, the gradient of the bias reduced to its shape. Default false. */
+  /**
+   * backward(): also return dbias, the gradient of the bias reduced to its shape. Default false. A bias
+   * with one value along the keys (last axis of size 1) has gradient zero: softmax removes it.
+   */
   biasGrad?: boolean;
   /**
    * Boolean mask, 1 (nonzero) = keep, shape (B or 1, H or 1, Nq or 1, Nk or 1), a Uint8Array. Packed

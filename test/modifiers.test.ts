@@ -5,14 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { type AttentionOptions, type DType, type Layout } from '../src/index.js';
-import { dropoutKeeps, dropoutRowKey } from '../src/modifiers.js';
+import { backward, forward, MemoryTracker, webgpuDevice, type AttentionOptions, type DType, type Layout, type Tensor } from '../src/index.js';
+import { dropoutKeeps, dropoutRowKey, mix32 } from '../src/modifiers.js';
 import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
 import { modifierSets, oracleOf, runWith, type ModResults } from './modifier-cases.js';
-import { assertWithinRule, inputs, maxError, randn, type Case } from './util.js';
+import { assertWithinRule, inputs, maxError, onDevice, randn, randomTensor, type Case } from './util.js';
 
 describe('modifiers: the oracle against direct definitions', () => {
   const c: Case = { B: 2, H: 2, Hkv: 1, Nq: 7, Nk: 11, D: 5 };
@@ -176,5 +176,88 @@ describe('modifiers: every backend against the oracle', () => {
         });
       }
     }
+  }
+});
+
+/**
+ * A bias with one value along the keys (key axis of size 1) shifts every logit of a row alike, which
+ * softmax takes away: its gradient is zero (the oracle's is, to its rounding). The backends return zeros
+ * (biasGradIsZero, src/modifiers.ts) instead of summing dS, whose sum over a row holds only the few ulp
+ * by which FlashAttention's D = rowsum(dO ∘ O) differs from Σ_j P_ij·dP_ij; at (1, H, 1, 1) those add up
+ * over every row (a random case of this shape at D = 128 was 7× the standard's error). dq, dk and dv keep
+ * the bits of the same call without biasGrad.
+ */
+describe('modifiers: dbias of a bias constant along the keys is zero', () => {
+  reportWebgpuSkip();
+  const c: Case = { B: 2, H: 6, Hkv: 2, Nq: 78, Nk: 49, D: 128 };
+  const { q, k, v, dout } = inputs(c, 'f32', 'BNHD', 11);
+  const variants: AttentionOptions = {
+    softcap: 5,
+    alibiSlopes: Float32Array.from({ length: c.H }, (_, h) => 0.05 * (h + 1)),
+    dropout: { p: 0.2, seed: 5 },
+    mask: { data: Uint8Array.from({ length: c.Nq * c.Nk }, (_, e) => (mix32(e) % 5 === 0 ? 0 : 1)), shape: [1, 1, c.Nq, c.Nk] },
+    causal: true,
+  };
+  const families = BACKENDS.flatMap((backend) => (['flash', 'standard'] as const).map((algorithm) => ({ backend, algorithm })));
+  for (const shape of [
+    [1, c.H, 1, 1],
+    [c.B, c.H, c.Nq, 1],
+    [c.B, 1, 1, 1],
+  ]) {
+    const bias = randomTensor('f32', shape, 13, 2);
+    test(`bias [${shape.join(', ')}]: the oracle's dbias is zero to rounding`, () => {
+      const f64 = (t: Tensor): Tensor => ({ data: toF64(t), dtype: 'f64', shape: t.shape });
+      const p = checkForward(f64(q), f64(k), f64(v), { ...variants, bias: f64(bias), biasGrad: true });
+      const g = standardBackward(p, toF64(dout), toF64(q), toF64(k), toF64(v));
+      const scale = g.dq.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+      assert.ok(scale > 0.1, `dq is not trivially small (${scale})`);
+      assert.ok(maxError(g.dbias!, new Float64Array(g.dbias!.length)) < 1e-12, `oracle's dbias ${maxError(g.dbias!, new Float64Array(g.dbias!.length))}`);
+    });
+    for (const how of families) {
+      test(`bias [${shape.join(', ')}]: ${how.backend} ${how.algorithm} returns zeros, dq, dk, dv as without biasGrad`, async () => {
+        const o: AttentionOptions = { ...variants, ...how, bias };
+        const f = await forward(q, k, v, o);
+        const g = await backward(dout, q, k, v, f.out, f.lse, { ...o, biasGrad: true });
+        const plain = await backward(dout, q, k, v, f.out, f.lse, o);
+        assert.ok(g.dbias, 'dbias returned');
+        assert.deepEqual(g.dbias.shape, shape);
+        assert.equal(g.dbias.dtype, 'f32');
+        assert.ok(g.dbias.data.every((x) => x === 0), 'dbias is zero');
+        for (const n of ['dq', 'dk', 'dv'] as const) assert.deepEqual(g[n].data, plain[n].data, `${n} as without biasGrad`);
+      });
+    }
+  }
+
+  test('packed sequences on the cpu: zeros of the packed bias shape', async () => {
+    const cuSeqlensQ = Int32Array.of(0, 5, 12);
+    const cuSeqlensK = Int32Array.of(0, 9, 20);
+    const t = inputs({ B: 1, H: 4, Hkv: 2, Nq: 12, Nk: 20, D: 16 }, 'f32', 'BNHD', 3);
+    const o: AttentionOptions = { cuSeqlensQ, cuSeqlensK, bias: randomTensor('f32', [2, 4, 1, 1], 4), softcap: 3, backend: 'cpu' };
+    const f = await forward(t.q, t.k, t.v, o);
+    const g = await backward(t.dout, t.q, t.k, t.v, f.out, f.lse, { ...o, biasGrad: true });
+    assert.deepEqual(g.dbias?.shape, [2, 4, 1, 1]);
+    assert.ok(g.dbias.data.every((x) => x === 0), 'dbias is zero');
+  });
+
+  if (BACKENDS.includes('webgpu')) {
+    test('GPUBuffers on webgpu: dbias a zeroed GPUBuffer, handed over (nothing left counted)', async () => {
+      const device = await webgpuDevice();
+      const memory = new MemoryTracker();
+      const [gq, gk, gv, gdout, gbias] = [q, k, v, dout, randomTensor('f32', [1, c.H, 1, 1], 17)].map((x) => onDevice(device, x));
+      const o: AttentionOptions = { ...variants, bias: gbias, memory };
+      const f = await forward(gq, gk, gv, o);
+      const g = await backward(gdout, gq, gk, gv, f.out, f.lse, { ...o, biasGrad: true });
+      assert.equal(memory.live, 0, 'nothing counted once the outputs are handed over');
+      assert.ok(g.dbias?.data instanceof GPUBuffer, 'dbias is a GPUBuffer');
+      assert.deepEqual(g.dbias.shape, [1, c.H, 1, 1]);
+      const staging = device.createBuffer({ size: g.dbias.data.size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      const enc = device.createCommandEncoder();
+      enc.copyBufferToBuffer(g.dbias.data, 0, staging, 0, g.dbias.data.size);
+      device.queue.submit([enc.finish()]);
+      await staging.mapAsync(GPUMapMode.READ);
+      assert.ok(new Float32Array(staging.getMappedRange()).every((x) => x === 0), 'dbias is zero');
+      staging.destroy();
+      for (const x of [gq, gk, gv, gdout, gbias, f.out, f.lse, g.dq, g.dk, g.dv, g.dbias]) x.data.destroy();
+    });
   }
 });

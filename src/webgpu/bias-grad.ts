@@ -4,7 +4,9 @@
  * invocation per element of the bias, in a fixed order (deterministic, no atomics). A bias of the full
  * shape needs no sum: dS is the gradient.
  */
-import type { Call } from './index.js';
+import type { Problem } from '../problem.js';
+import type { AnyTensor } from '../tensor.js';
+import { Call, gpuFor } from './call.js';
 import { dispatch, pipeline } from './pipelines.js';
 
 const WG = 64;
@@ -61,4 +63,20 @@ export async function reduceBiasGrad(call: Call, enc: GPUCommandEncoder, dS: GPU
   const pipe = await pipeline(call.gpu.device, 'biasGradReduce', { WG }, () => REDUCE_WGSL);
   dispatch(enc, call.gpu.device, pipe, [uniform, dS, out], [rowGroups, Math.ceil(groups / rowGroups)]);
   return out;
+}
+
+/**
+ * dbias where it is zero by the algebra (biasGradIsZero, src/modifiers.ts), for GPUBuffer inputs: a new
+ * buffer of the bias's shape (WebGPU zeroes it at creation), handed over as the other outputs are.
+ */
+export async function zeroBiasGrad(p: Problem): Promise<AnyTensor> {
+  const call = new Call(p, await gpuFor(p));
+  try {
+    const shape = p.mods.bias!.index.shape;
+    const dbias = call.output(shape.reduce((a, b) => a * b, 1), 'dbias', 'q', 'f32');
+    await call.submit(async () => undefined);
+    return await call.result(dbias, shape, 'q', 'f32');
+  } finally {
+    call.dispose();
+  }
 }
