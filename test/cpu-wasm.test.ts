@@ -381,7 +381,7 @@ describe('cpu WebAssembly forward and backward with the variants, against the fl
 /**
  * Both kernels' forward and backward task functions over all tasks with the variants `mods`, on the same
  * f32 inputs (BNHD), with tiles of Br × Bc (small: the band's block ranges and every tile class occur);
- * the backward of each from its own forward; dq reduced, dS (for dbias) where asked.
+ * the backward of each from its own forward; dq reduced, dS and P (for dbias) where asked.
  */
 function bothWithMods(c: Case, mods: Mods, t: { q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array }, Br: number, Bc: number, chunks = 2, headBytes?: number) {
   const tensor = (data: Float32Array, N: number, H: number): Tensor => ({ data, dtype: 'f32', shape: [c.B, N, H, c.D] });
@@ -397,20 +397,20 @@ function bothWithMods(c: Case, mods: Mods, t: { q: Float32Array; k: Float32Array
     for (let i = 0; i < forwardTasks(s); i++) ft(i);
     const bwd: BackwardArrays = {
       ...fwd, dout: t.dout, dqPartial: new Float64Array(chunks * t.q.length), dk: new Float32Array(t.k.length), dv: new Float32Array(t.v.length),
-      ...(p.mods.bias?.grad && { dS: new Float32Array(c.B * c.H * c.Nq * c.Nk) }),
+      ...(p.mods.bias?.grad && { dS: new Float32Array(c.B * c.H * c.Nq * c.Nk), dbiasP: new Float32Array(c.B * c.H * c.Nq * c.Nk) }),
     };
     const bt = kernel === 'wasm' ? wasmBackward(s, bwd, headBytes) : (i: number) => backwardTask(s, bwd, i, scratch);
     assert.ok(bt, 'the WebAssembly backward runs here');
     for (let i = 0; i < backwardTasks(s); i++) bt(i);
     const dq = new Float32Array(t.q.length);
     reduceDq(s, bwd.dqPartial, dq);
-    return { out: fwd.out, lse: fwd.lse, dq, dk: bwd.dk, dv: bwd.dv, dS: bwd.dS };
+    return { out: fwd.out, lse: fwd.lse, dq, dk: bwd.dk, dv: bwd.dv, dS: bwd.dS, dbiasP: bwd.dbiasP };
   };
   return { wasm: run('wasm'), js: run('js') };
 }
 
 type Both = ReturnType<typeof bothWithMods>;
-const ALL = ['out', 'lse', 'dq', 'dk', 'dv', 'dS'] as const;
+const ALL = ['out', 'lse', 'dq', 'dk', 'dv', 'dS', 'dbiasP'] as const;
 
 /** max |wasm − js| / max |js| over the outputs (lse: absolute), and whether ±∞ and NaN sit in the same places. */
 function assertBeside(what: string, r: Both, tolerance: number): void {

@@ -7,11 +7,12 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { backward, forward, MemoryTracker, webgpuDevice, type AttentionOptions, type DType, type Layout, type Tensor } from '../src/index.js';
 import { dropoutKeeps, dropoutRowKey, mix32 } from '../src/modifiers.js';
+import { setCpuKernels } from '../src/cpu/wasm/index.js';
 import { checkForward } from '../src/problem.js';
 import { standardBackward, standardForward } from '../src/reference/index.js';
 import { toF64 } from '../src/tensor.js';
 import { BACKENDS, reportWebgpuSkip } from './spec.js';
-import { modifierSets, oracleOf, runWith, type ModResults } from './modifier-cases.js';
+import { modifierSets, oracleOf, runWith, type ModResults, type Mods } from './modifier-cases.js';
 import { assertWithinRule, inputs, maxError, onDevice, randn, randomTensor, type Case } from './util.js';
 
 describe('modifiers: the oracle against direct definitions', () => {
@@ -259,5 +260,38 @@ describe('modifiers: dbias of a bias constant along the keys is zero', () => {
       staging.destroy();
       for (const x of [gq, gk, gv, gdout, gbias, f.out, f.lse, g.dq, g.dk, g.dv, g.dbias]) x.data.destroy();
     });
+  }
+});
+
+/**
+ * dbias of a bias that varies along the keys, where FlashAttention's D = rowsum(dO ∘ O), taken from the f16
+ * out, differs from the D that makes each row of dS sum to zero by about 2⁻¹¹ of |dO|·|O|: f16, rows that
+ * see one to three keys, an f32 bias summing dS over rows and heads. The cpu's flash backward corrects each
+ * row (reduceDbias); both of its kernels are checked against the oracle under the rule. Without the
+ * correction the first case (a random case's shape, its bias's seed found by a search) is 4.9× the
+ * standard's error.
+ */
+describe('modifiers: dbias with f16 out and narrow rows, within the rule', () => {
+  const cases: { c: Case; mods: Mods; layout: Layout }[] = [
+    { c: { B: 1, H: 3, Hkv: 3, Nq: 2, Nk: 2, D: 12 }, mods: { bias: randomTensor('f32', [1, 1, 1, 2], 31), biasGrad: true, causal: true }, layout: 'BHND' },
+    { c: { B: 2, H: 4, Hkv: 2, Nq: 64, Nk: 64, D: 24 }, mods: { bias: randomTensor('f32', [1, 4, 1, 64], 21), biasGrad: true, window: [2, 0] }, layout: 'BNHD' },
+  ];
+  const kernels = BACKENDS.includes('cpu') ? (['js', 'wasm'] as const) : [];
+  for (const { c, mods, layout } of cases) {
+    let oracle: ModResults | undefined;
+    for (const kernel of kernels) {
+      const label = `cpu ${kernel} kernels, Nq=${c.Nq} Nk=${c.Nk} bias [${(mods.bias as Tensor).shape.join(', ')}]`;
+      test(label, async () => {
+        oracle ??= oracleOf(c, 'f16', mods);
+        setCpuKernels(kernel);
+        try {
+          const standard = await runWith(c, 'f16', layout, mods, { backend: 'cpu', algorithm: 'standard' });
+          const got = await runWith(c, 'f16', layout, mods, { backend: 'cpu', algorithm: 'flash' });
+          assertWithinRule(`${label} dbias`, maxError(got.dbias!, oracle.dbias!), maxError(standard.dbias!, oracle.dbias!), 3);
+        } finally {
+          setCpuKernels('wasm');
+        }
+      });
+    }
   }
 });

@@ -52,6 +52,8 @@ export interface BackwardArrays {
   mask?: Uint8Array;
   /** With biasGrad: (B, H, Nq, Nk) dS, zero where no task writes (reduceDbias sums it). */
   dS?: Float32Array;
+  /** With dS: P (before dropout) of the same elements, for dbias's row correction (reduceDbias). */
+  dbiasP?: Float32Array;
 }
 
 /** The variants of one task: the modifiers, those of its full tiles (no element rules), the bias values. */
@@ -427,6 +429,7 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
   const Z = take(mods ? Bc : 0);
   const dropout = mods?.m.dropout !== undefined;
   const dSAll = a.dS;
+  const PAll = a.dbiasP;
 
   // Alg. 2 line 4: D = rowsum(dO ∘ O) for every query head of the group.
   for (let g = 0; g < G; g++) {
@@ -454,7 +457,10 @@ export function backwardTask(s: CpuShape, a: BackwardArrays, t: number, scratch:
       const p = Math.exp(Math.fround(Srow[c]) - L);
       const z = dropout ? Z[c] : 1;
       const ds = p * (dS[sr + c] * z - Dr);
-      if (dSAll) dSAll[dso + c] = ds;
+      if (dSAll) {
+        dSAll[dso + c] = ds;
+        PAll![dso + c] = p;
+      }
       P[sr + c] = p * z;
       dS[sr + c] = scale * ds * dcap[c];
     }

@@ -200,8 +200,14 @@ function stageMods(p: Problem, bufs: Buffers, buffers: Record<string, Region>): 
 /**
  * dbias: dS (B, H, Nq, Nk; f32, or f16 bits where the standard kernel stored it so) summed over the axes
  * the bias broadcasts, in f64 and a fixed order, as an f32 tensor of the bias's shape.
+ *
+ * With `P` (the flash kernel's, of the same elements), each row is corrected first: dS_ij − P_ij·r_i,
+ * where r_i = Σ_j dS_ij. The flash backward takes D = rowsum(dO ∘ O) from the rounded out (FlashAttention's
+ * D), which differs from Σ_j P_ij·dP_ij, the D that makes every row of dS sum to zero, by a few ulp of out
+ * (of f16 out: about 2⁻¹¹ of |dO|·|O|). r_i is that difference, and the correction puts the consistent D in
+ * its place. Summed over many rows, the difference would otherwise dominate dbias's error.
  */
-function reduceDbias(p: Problem, dS: Float32Array | Uint16Array): Tensor {
+function reduceDbias(p: Problem, dS: Float32Array | Uint16Array, P?: Float32Array): Tensor {
   const index = p.mods.bias!.index;
   const { B, H, Nq, Nk } = p;
   const size = index.shape.reduce((a, b) => a * b, 1);
@@ -216,7 +222,9 @@ function reduceDbias(p: Problem, dS: Float32Array | Uint16Array): Tensor {
         for (let i = 0; i < Nq; i++) {
           const o = at(index, b, h, i, 0);
           const e = ((b * H + h) * Nq + i) * Nk;
-          for (let j = 0; j < Nk; j++) sum[o + j * sj] += value(e + j);
+          let r = 0;
+          if (P) for (let j = 0; j < Nk; j++) r += value(e + j);
+          for (let j = 0; j < Nk; j++) sum[o + j * sj] += P ? value(e + j) - P[e + j] * r : value(e + j);
         }
       }
     }
@@ -431,7 +439,7 @@ export async function cpuBackward(
     ...(flash
       ? { dqPartial: [shape.chunks * p.B * p.H * p.Nq * p.D * 8, 'the dQ partial sums'] }
       : { P: [scores, what('P')], dP: [scores, what('dP')], dS: [scores, what('dS')] }),
-    ...(flash && biasGrad && { dS: [p.B * p.H * p.Nq * p.Nk * 4, what('dS, for dbias')] }),
+    ...(flash && biasGrad && { dS: [p.B * p.H * p.Nq * p.Nk * 4, what('dS, for dbias')], dbiasP: [p.B * p.H * p.Nq * p.Nk * 4, what('P, for dbias')] }),
     ...modsPlan(p, shape),
     ...scratchPlan(kernel, shape, threads),
   });
@@ -456,7 +464,9 @@ export async function cpuBackward(
     if (flash && biasGrad) {
       // The flash kernel writes dS only where it visits a tile: the rest must read 0.
       bufs.f32('dS').fill(0);
+      bufs.f32('dbiasP').fill(0);
       buffers.dS = bufs.region('dS');
+      buffers.dbiasP = bufs.region('dbiasP');
     }
     const tasks = flash ? backwardTasks(shape) : p.B * p.Hkv;
     const f16 = p.dtype === 'f16';
@@ -477,7 +487,7 @@ export async function cpuBackward(
     if (!biasGrad) return grads;
     const r = bufs.region('dS');
     const dS = shape.f16Scores && !flash ? new Uint16Array(r.buffer, r.byteOffset, r.byteLength / 2) : bufs.f32('dS');
-    return { ...grads, dbias: reduceDbias(p, dS) };
+    return { ...grads, dbias: reduceDbias(p, dS, flash ? bufs.f32('dbiasP') : undefined) };
   } finally {
     outputs.release();
     bufs.releaseAll();

@@ -225,7 +225,7 @@ function backwardTaskWasm(s: CpuShape, a: BackwardArrays, t: number, bw: Backwar
           if (vr.dropout) dPHook(vr, tm!, ta!, lay.dP / 4, b * H + h, F64, z.D / 8 + at);
         }
         bw.ds(rows4, cols, z.L + at * 4, post ? 1 : scale);
-        if (post) dSHook(vr!, tm!, ta!, lay.dP / 4, scale, H, Nq, Nk, a.dS);
+        if (post) dSHook(vr!, tm!, ta!, lay.dP / 4, scale, H, Nq, Nk, a.dS, a.dbiasP);
         bw.dq(rows4, z.Kf, z.dQ + at * Dp * 8);
         bw.atbExact(rows, cols, lay.S, z.dO + at * ld * 4, lay.dV);
         bw.atb(rows, cols, lay.dP, z.Qf + at * ld * 4, lay.dK);

@@ -162,9 +162,21 @@ export function needsDSHook(v: VariantRows, dS: Float32Array | undefined): boole
 
 /**
  * Backward, after ds ran with scale 1 (P on the panels at m.S, dS = P ∘ (dP − D) on those at dP): dS into
- * `dSAll` (B, H, Nq, Nk) where asked, then scale · dS times the soft-cap's derivative, and P ∘ Z.
+ * `dSAll` (B, H, Nq, Nk) and P into `PAll` where asked, then scale · dS times the soft-cap's derivative,
+ * and P ∘ Z.
  */
-export function dSHook(v: VariantRows, m: TileMemory, t: TileAt, dP: number, scale: number, H: number, Nq: number, Nk: number, dSAll: Float32Array | undefined): void {
+export function dSHook(
+  v: VariantRows,
+  m: TileMemory,
+  t: TileAt,
+  dP: number,
+  scale: number,
+  H: number,
+  Nq: number,
+  Nk: number,
+  dSAll: Float32Array | undefined,
+  PAll: Float32Array | undefined,
+): void {
   const { F, I, S, panel, N, dcap } = m;
   const { Bc } = v;
   for (let r = 0; r < t.rows; r++) {
@@ -174,6 +186,7 @@ export function dSHook(v: VariantRows, m: TileMemory, t: TileAt, dP: number, sca
     if (dSAll) {
       const dso = ((t.b * H + t.h) * Nq + t.r0 + r) * Nk + t.c0;
       for (let c = 0; c < n; c++) dSAll[dso + c] = F[dP + o + 4 * c];
+      for (let c = 0; c < n; c++) PAll![dso + c] = F[S + o + 4 * c];
     }
     if (dcap !== undefined) for (let c = 0; c < n; c++) F[dP + o + 4 * c] *= scale * F[dcap + o + 4 * c];
     else for (let c = 0; c < n; c++) F[dP + o + 4 * c] *= scale;
