@@ -22,7 +22,7 @@ import { isGpuBuffer, type AnyTensor, type GpuTensor, type Tensor } from '../ten
 import { GpuBuffers } from './buffers.js';
 import { decodeChoice, decodePipelines, decodePlan, decodeScratch, decodeSizes, encodeDecode, flatGroups, type DecodeKernels, type DecodeScratch } from './decode.js';
 import type { Gpu } from './device.js';
-import { appendWGSL } from './kernels/append.js';
+import { appendWGSL, gatherWGSL } from './kernels/append.js';
 import { decodeSizesBytes, type DecodeSizes } from './kernels/decode.js';
 import { pipeline } from './pipelines.js';
 import { modBuffers, modsOf } from './modifiers.js';
@@ -69,7 +69,7 @@ export class WebgpuCacheStore implements CacheStore {
     this.appendUniform = this.own.create(80, 'append sizes', 'config', uniform);
     this.attendUniform = this.own.create(80, 'decode sizes', 'config', uniform);
     this.scratch = decodeScratch(gpu.device);
-    if ((g.Hkv * g.D * BYTES[g.dtype]) % 4 === 0) this.prefix = async (slots, lengths, table) => this.copyPrefix(slots, lengths, table);
+    if ((g.Hkv * g.D * BYTES[g.dtype]) % 4 === 0) this.prefix = (slots, lengths) => this.copyPrefix(slots, lengths);
     this.prefixBytes = Math.min(gpu.device.limits.maxBufferSize, gpu.device.limits.maxStorageBufferBindingSize);
   }
 
@@ -185,33 +185,42 @@ export class WebgpuCacheStore implements CacheStore {
   }
 
   /**
-   * CacheStore.prefix: copies of the slots' rows into fresh buffers, a copyBufferToBuffer per page of each
-   * slot, submitted after the steps before; absent where a token's row (Hkv·D elements) is not a multiple
-   * of 4 bytes (f16 with Hkv·D odd).
+   * CacheStore.prefix: copies of the slots' rows into fresh buffers, gathered through the block table by
+   * one dispatch (kernels/append.ts's gather), queued after the steps before; absent where a token's row
+   * (Hkv·D elements) is not a multiple of 4 bytes (f16 with Hkv·D odd).
    */
   readonly prefix?: (slots: Int32Array, lengths: Int32Array, table: Int32Array) => Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
   readonly prefixBytes: number;
 
-  private copyPrefix(slots: Int32Array, lengths: Int32Array, table: Int32Array): { k: GpuTensor; v: GpuTensor; done(): void } {
-    const { Hkv, D, dtype, pageSize, maxPages } = this.g;
-    const width = Hkv * D * BYTES[dtype];
+  private async copyPrefix(slots: Int32Array, lengths: Int32Array): Promise<{ k: GpuTensor; v: GpuTensor; done(): void }> {
+    const { device } = this.gpu;
+    const { Hkv, D, dtype } = this.g;
+    const B = slots.length;
+    const words = (Hkv * D * BYTES[dtype]) / 4;
     const L = Math.max(...lengths);
-    const call = new GpuBuffers(this.gpu.device, this.memory);
-    // New buffers are zero: a shorter slot's row keeps zeros before its tokens.
-    const [k, v] = ['k', 'v'].map((name) => call.create(slots.length * L * width, `a prompt's cached ${name}`, name));
-    const enc = this.gpu.device.createCommandEncoder();
-    slots.forEach((slot, b) => {
-      const at = b * L + L - lengths[b];
-      for (let t0 = 0; t0 < lengths[b]; t0 += pageSize) {
-        const page = table[slot * maxPages + t0 / pageSize];
-        const bytes = Math.min(pageSize, lengths[b] - t0) * width;
-        enc.copyBufferToBuffer(this.k, page * pageSize * width, k, (at + t0) * width, bytes);
-        enc.copyBufferToBuffer(this.v, page * pageSize * width, v, (at + t0) * width, bytes);
-      }
-    });
-    this.gpu.device.queue.submit([enc.finish()]);
-    const shape = [slots.length, L, Hkv, D];
-    return { k: { data: k, dtype, shape }, v: { data: v, dtype, shape }, done: () => call.destroyAll() };
+    const call = new GpuBuffers(device, this.memory);
+    try {
+      // New buffers are zero: a shorter slot's row keeps zeros before its tokens.
+      const [k, v] = ['k', 'v'].map((name) => call.create(B * L * words * 4, `a prompt's cached ${name}`, name));
+      const keys = this.keys();
+      const sizes: DecodeSizes = { B, H: Hkv, Hkv, Nq: 0, Nk: L, qBatch: 0, qRow: 0, qHead: 0, ...keys, kvPage: keys.pageSize * words, kvRow: words, rowChunks: 1, splits: 1, chunk: 0, scale: 0 };
+      const uniform = call.uniform(decodeSizesBytes(sizes), 'gather sizes');
+      const seqs = call.upload(pairs(slots, lengths), 'slots of a prompt', 'sequence');
+      const pipe = await pipeline(device, 'cacheGather', { WG: 64 }, gatherWGSL);
+      const entries = [uniform, this.k, this.v, k, v, seqs, this.table].map((buffer, binding) => ({ binding, resource: { buffer } }));
+      const enc = device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      pass.setPipeline(pipe);
+      pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries }));
+      pass.dispatchWorkgroups(...flatGroups(B * L * words, 64));
+      pass.end();
+      device.queue.submit([enc.finish()]);
+      const shape = [B, L, Hkv, D];
+      return { k: { data: k, dtype, shape }, v: { data: v, dtype, shape }, done: () => call.destroyAll() };
+    } catch (e) {
+      call.destroyAll();
+      throw e;
+    }
   }
 
   async read(slot: number, length: number, table: Int32Array): Promise<{ k: Tensor; v: Tensor }> {
@@ -221,7 +230,7 @@ export class WebgpuCacheStore implements CacheStore {
     const typed = (b: Uint8Array) => (dtype === 'f16' ? new Uint16Array(b.buffer) : new Float32Array(b.buffer));
     if (this.prefix) {
       // The slot's rows gathered on the device (one copy per page), then read back once for k and once for v.
-      const keys = this.copyPrefix(Int32Array.of(slot), Int32Array.of(length), table);
+      const keys = await this.copyPrefix(Int32Array.of(slot), Int32Array.of(length));
       const call = new GpuBuffers(this.gpu.device, this.memory);
       try {
         const [k, v] = await Promise.all([keys.k, keys.v].map(async (t) => new Uint8Array(await call.read(t.data, length * width, 'sequence'))));
