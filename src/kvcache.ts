@@ -152,8 +152,8 @@ export interface CacheStore {
    * tokens at the end of its row (the rows before them zero), where forward()'s kernels take them (typed
    * arrays on the cpu, GPUBuffers on the cache's device; copies, queued after the steps before), for a
    * prompt's attention on the prefill kernels; `done` frees them once that attention is queued. Absent
-   * where the store cannot copy its rows so (webgpu: f16 rows of an odd Hkv·D, which copyBufferToBuffer's
-   * 4-byte steps cannot cut).
+   * where the store cannot copy its rows so (webgpu: f16 rows of an odd Hkv·D, which the gather's 4-byte
+   * words cannot cut).
    */
   prefix?(slots: Int32Array, lengths: Int32Array, table: Int32Array): Promise<{ k: AnyTensor; v: AnyTensor; done(): void }>;
   /** The most bytes prefix() can copy into one tensor (a device's buffer limit); none where absent. */

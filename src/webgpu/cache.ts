@@ -229,7 +229,7 @@ export class WebgpuCacheStore implements CacheStore {
     const shape = [1, length, Hkv, D];
     const typed = (b: Uint8Array) => (dtype === 'f16' ? new Uint16Array(b.buffer) : new Float32Array(b.buffer));
     if (this.prefix) {
-      // The slot's rows gathered on the device (one copy per page), then read back once for k and once for v.
+      // The slot's rows gathered on the device (one dispatch), then read back once for k and once for v.
       const keys = await this.copyPrefix(Int32Array.of(slot), Int32Array.of(length));
       const call = new GpuBuffers(this.gpu.device, this.memory);
       try {
