@@ -18,7 +18,7 @@ import { KVCache, cacheGeometry, type CachePrefill, type KVCacheConfig } from '.
 import { memory as defaultMemory } from './memory.js';
 import { BackendUnavailableError } from './errors.js';
 import { WebgpuCacheStore, typedPrompt } from './webgpu/cache.js';
-import { varlenBackward, varlenForward, type RunBackward, type RunForward } from './varlen.js';
+import { biasGradOutput, varlenBackward, varlenForward, type RunBackward, type RunForward } from './varlen.js';
 import { defaultGpu, gpuOf } from './webgpu/device.js';
 
 /** The backends that run computations ('auto' resolves to one of them). */
@@ -124,9 +124,7 @@ export async function backward(
   const kernels = zero ? { ...p, mods: { ...p.mods, bias: { ...p.mods.bias!, grad: false } } } : p;
   const r = p.cuSeqlens ? await varlenBackward(kernels, dout, q, k, v, out, lse, run) : await run(kernels, dout, q, k, v, out, lse);
   if (!zero) return { ...r, backend };
-  const shape = [...p.mods.bias!.index.shape];
-  const dbias = p.onGpu ? await zeroBiasGrad(p) : { data: new Float32Array(shape.reduce((a, b) => a * b, 1)), dtype: 'f32' as const, shape };
-  return { ...r, dbias, backend };
+  return { ...r, dbias: p.onGpu ? await zeroBiasGrad(p) : biasGradOutput(p), backend };
 }
 
 /**

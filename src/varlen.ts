@@ -318,8 +318,8 @@ function wantsBiasGrad(p: Problem, outputs: Packed[]): boolean {
   return p.mods.bias?.grad === true && outputs[0].name === 'dq';
 }
 
-/** The packed dbias on the host: zeros of the bias's shape, f32 (f64 for f64 inputs). */
-function biasGradOutput(p: Problem): Tensor {
+/** dbias on the host, zeros of the bias's shape, f32 (f64 for f64 inputs): the packed one before sequences add in, and api.ts's where it is zero (biasGradIsZero). */
+export function biasGradOutput(p: Problem): Tensor {
   const shape = [...p.mods.bias!.index.shape];
   const dtype = lseType(p);
   return { data: zeros(dtype, shape.reduce((a, b) => a * b, 1)), dtype, shape };

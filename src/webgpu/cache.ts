@@ -24,7 +24,7 @@ import { decodeChoice, decodePipelines, decodePlan, decodeScratch, decodeSizes, 
 import type { Gpu } from './device.js';
 import { appendWGSL, gatherWGSL } from './kernels/append.js';
 import { decodeSizesBytes, type DecodeSizes } from './kernels/decode.js';
-import { pipeline } from './pipelines.js';
+import { dispatch, pipeline } from './pipelines.js';
 import { modBuffers, modsOf } from './modifiers.js';
 import type { Problem } from '../problem.js';
 
@@ -207,13 +207,8 @@ export class WebgpuCacheStore implements CacheStore {
       const uniform = call.uniform(decodeSizesBytes(sizes), 'gather sizes');
       const seqs = call.upload(pairs(slots, lengths), 'slots of a prompt', 'sequence');
       const pipe = await pipeline(device, 'cacheGather', { WG: 64 }, gatherWGSL);
-      const entries = [uniform, this.k, this.v, k, v, seqs, this.table].map((buffer, binding) => ({ binding, resource: { buffer } }));
       const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      pass.setPipeline(pipe);
-      pass.setBindGroup(0, device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries }));
-      pass.dispatchWorkgroups(...flatGroups(B * L * words, 64));
-      pass.end();
+      dispatch(enc, device, pipe, [uniform, this.k, this.v, k, v, seqs, this.table], flatGroups(B * L * words, 64));
       device.queue.submit([enc.finish()]);
       const shape = [B, L, Hkv, D];
       return { k: { data: k, dtype, shape }, v: { data: v, dtype, shape }, done: () => call.destroyAll() };
